@@ -1,0 +1,93 @@
+"""Box helpers on numpy arrays. No Ray, no TensorFlow.
+
+Formats, named everywhere a box crosses a boundary:
+- ``xyxy``: ``(..., 4)`` as ``(xmin, ymin, xmax, ymax)``;
+- ``xywh``: ``(..., 4)`` as ``(xmin, ymin, width, height)`` (COCO's ``bbox``);
+- *normalized*: coordinates divided by the image width/height, in ``[0, 1]``; *pixel*: in image pixels.
+Pixel boxes here are continuous (no VOC ``+1`` convention): a box from 10 to 20 is 10 pixels wide.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_boxes(boxes: np.ndarray, name: str = "boxes") -> np.ndarray:
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.shape[-1:] != (4,):
+        raise ValueError(f"{name} must have shape (..., 4), got {arr.shape}")
+    return arr
+
+
+def area(boxes_xyxy: np.ndarray) -> np.ndarray:
+    """``(..., 4)`` xyxy -> ``(...,)`` areas; inverted boxes have area 0."""
+    b = _as_boxes(boxes_xyxy)
+    return np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
+
+
+def xyxy_to_xywh(boxes_xyxy: np.ndarray) -> np.ndarray:
+    b = _as_boxes(boxes_xyxy)
+    return np.concatenate([b[..., :2], b[..., 2:] - b[..., :2]], axis=-1)
+
+
+def xywh_to_xyxy(boxes_xywh: np.ndarray) -> np.ndarray:
+    b = _as_boxes(boxes_xywh)
+    return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
+
+
+def _check_size(width: float, height: float) -> None:
+    if not (width > 0 and height > 0):
+        raise ValueError(f"image width and height must be positive to convert relative boxes, got {width!r} x {height!r}")
+
+
+def normalize(boxes_xyxy_pixel: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Pixel xyxy -> normalized xyxy for an image of ``width`` x ``height`` pixels."""
+    _check_size(width, height)
+    return _as_boxes(boxes_xyxy_pixel) / np.array([width, height, width, height], dtype=np.float64)
+
+
+def denormalize(boxes_xyxy_norm: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Normalized xyxy -> pixel xyxy for an image of ``width`` x ``height`` pixels."""
+    _check_size(width, height)
+    return _as_boxes(boxes_xyxy_norm) * np.array([width, height, width, height], dtype=np.float64)
+
+
+def clip(boxes_xyxy: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Clip xyxy boxes to ``[0, width] x [0, height]`` (use 1, 1 for normalized boxes)."""
+    b = _as_boxes(boxes_xyxy)
+    return np.stack(
+        [np.clip(b[..., 0], 0, width), np.clip(b[..., 1], 0, height),
+         np.clip(b[..., 2], 0, width), np.clip(b[..., 3], 0, height)], axis=-1)
+
+
+def iou_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+    """``(N, 4)`` and ``(M, 4)`` xyxy (same units) -> ``(N, M)`` intersection over union; 0 where the union is 0."""
+    a = _as_boxes(a_xyxy, "a").reshape(-1, 4)
+    b = _as_boxes(b_xyxy, "b").reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+    """Element-wise IoU of two ``(..., 4)`` xyxy arrays of the same shape -> ``(...,)``."""
+    a, b = _as_boxes(a_xyxy, "a"), _as_boxes(b_xyxy, "b")
+    lt = np.maximum(a[..., :2], b[..., :2])
+    rb = np.minimum(a[..., 2:], b[..., 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    union = area(a) + area(b) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
+    """Greedy non-maximum suppression. ``(N, 4)`` xyxy, ``(N,)`` scores -> indices kept, best score first."""
+    b = _as_boxes(boxes_xyxy).reshape(-1, 4)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    keep: list[int] = []
+    while order.size:
+        best, order = order[0], order[1:]
+        keep.append(int(best))
+        order = order[iou_matrix(b[best:best + 1], b[order])[0] <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)

@@ -1,0 +1,172 @@
+"""The ``raydet`` command: argument parsing and dispatch, nothing else.
+
+Each subcommand turns its arguments into a frozen config (which validates itself, so bad arguments stop
+here, before Ray or TensorFlow start) and calls one function of the module that owns the stage. Heavy
+modules are imported only once the arguments are known to be good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from raydet import config as C
+
+
+def _add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to use (e.g. auto, ray://head:10001). Default: RAY_ADDRESS, else a fresh local Ray")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raydet", description="raydet: distributed object detection on Ray (Pascal VOC in, Parquet shards, Ray Train, TFLite out).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write the built-in synthetic dataset (a VOC devkit with a train/test split)")
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--images", type=int, default=C.SynthConfig.images)
+    p.add_argument("--image-size", type=int, default=C.SynthConfig.image_size, help="side of the written JPEGs, pixels")
+    p.add_argument("--classes", type=int, default=C.SynthConfig.classes, help="number of shape classes (1-8)")
+    p.add_argument("--max-objects", type=int, default=C.SynthConfig.max_objects)
+    p.add_argument("--seed", type=int, default=C.SynthConfig.seed)
+
+    p = sub.add_parser("prepare", help="VOC-labelled folder or bucket -> Parquet shards + manifest (Ray Data)")
+    p.add_argument("data", help="dataset folder or URI (file://, s3://, gs://)")
+    p.add_argument("--out", required=True, help="PREP folder to write")
+    p.add_argument("--image-size", type=int, default=C.PrepareConfig.image_size)
+    p.add_argument("--classes", default=None, help="comma-separated class names to keep, in label order (default: all found, sorted)")
+    p.add_argument("--test-fraction", type=float, default=C.PrepareConfig.test_fraction)
+    p.add_argument("--max-objects", type=int, default=C.PrepareConfig.max_objects)
+    _add_address(p)
+
+    p = sub.add_parser("train", help="train the two-headed CNN data-parallel with Ray Train")
+    p.add_argument("prep", help="PREP folder written by `raydet prepare`")
+    p.add_argument("--out", required=True, help="RUNS folder (shared storage on a multi-node cluster)")
+    p.add_argument("--name", required=True, help="run name; re-running the same --out/--name resumes it")
+    p.add_argument("--workers", type=int, default=C.TrainConfig.workers)
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--cpus-per-worker", type=float, default=C.TrainConfig.cpus_per_worker)
+    p.add_argument("--epochs", type=int, default=C.TrainConfig.epochs, help="total epochs (a resumed run trains only the missing ones)")
+    p.add_argument("--batch-size", type=int, default=C.TrainConfig.batch_size, help="global batch size, split across workers")
+    p.add_argument("--lr", type=float, default=C.TrainConfig.lr, help="learning rate for the global batch size")
+    p.add_argument("--qat", action="store_true", help="quantization-aware training")
+    p.add_argument("--init-from", default=None, help="RUN folder whose float model starts this run (QAT fine-tune)")
+    _add_address(p)
+
+    p = sub.add_parser("quantize", help="post-training quantization of a run's float model to TFLite")
+    p.add_argument("run", help="RUN folder (RUNS/NAME)")
+    p.add_argument("--mode", default="all", help="dynamic, float16, int8 or all (comma lists work too)")
+    p.add_argument("--calibration", default=None, help="PREP folder for int8 calibration (default: the run's)")
+    p.add_argument("--calibration-images", type=int, default=C.QuantizeConfig.calibration_images)
+
+    p = sub.add_parser("evaluate", help="evaluate models of a run in a Ray actor pool; report, COCO files, drawings")
+    p.add_argument("run", help="RUN folder")
+    p.add_argument("--data", required=True, help="PREP folder; its test split is evaluated")
+    p.add_argument("--models", default="float,int8", help=f"comma list of {','.join(C.MODEL_NAMES)}")
+    p.add_argument("--actors", type=int, default=C.EvaluateConfig.actors)
+    p.add_argument("--batch-size", type=int, default=C.EvaluateConfig.batch_size)
+    p.add_argument("--coco-out", default=None, help="folder for ground_truth.json and detections_<model>.json")
+    p.add_argument("--draw", type=int, default=C.EvaluateConfig.draw, help="test images to draw (0: none)")
+    _add_address(p)
+
+    p = sub.add_parser("predict", help="draw predicted boxes on images or folders of images")
+    p.add_argument("run", help="RUN folder")
+    p.add_argument("paths", nargs="+", help="images or folders")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default=C.PredictConfig.model)
+    p.add_argument("--score-threshold", type=float, default=C.PredictConfig.score_threshold)
+
+    p = sub.add_parser("run", help="the whole job: synth (no --data), prepare, train, quantize, evaluate")
+    p.add_argument("--data", default=None, help="VOC dataset (default: the built-in synthetic set)")
+    p.add_argument("--out", default=C.RunConfig.out)
+    p.add_argument("--images", type=int, default=C.RunConfig.images, help="synthetic images to make")
+    p.add_argument("--image-size", type=int, default=C.RunConfig.image_size)
+    p.add_argument("--workers", type=int, default=C.RunConfig.workers)
+    p.add_argument("--epochs", type=int, default=C.RunConfig.epochs)
+    p.add_argument("--batch-size", type=int, default=C.RunConfig.batch_size)
+    p.add_argument("--gpu", action="store_true")
+    _add_address(p)
+    return parser
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    return C.QUANT_MODES if text == "all" else tuple(m.strip() for m in text.split(","))
+
+
+def config_from_args(args: argparse.Namespace):
+    """Namespace -> the stage's frozen config. Raises ValueError naming a bad value."""
+    cmd = args.command
+    if cmd == "synth":
+        return C.SynthConfig(out=args.out, images=args.images, image_size=args.image_size,
+                             classes=args.classes, max_objects=args.max_objects, seed=args.seed)
+    if cmd == "prepare":
+        return C.PrepareConfig(data=args.data, out=args.out, image_size=args.image_size,
+                               classes=C.parse_class_list(args.classes), test_fraction=args.test_fraction,
+                               max_objects=args.max_objects, address=args.address)
+    if cmd == "train":
+        return C.TrainConfig(prep=args.prep, out=args.out, name=args.name, workers=args.workers, use_gpu=args.gpu,
+                             cpus_per_worker=args.cpus_per_worker, epochs=args.epochs, batch_size=args.batch_size,
+                             lr=args.lr, qat=args.qat, init_from=args.init_from, address=args.address)
+    if cmd == "quantize":
+        return C.QuantizeConfig(run=args.run, modes=_modes(args.mode), calibration=args.calibration,
+                                calibration_images=args.calibration_images)
+    if cmd == "evaluate":
+        return C.EvaluateConfig(run=args.run, data=args.data, models=tuple(m.strip() for m in args.models.split(",")),
+                                actors=args.actors, batch_size=args.batch_size, coco_out=args.coco_out,
+                                draw=args.draw, address=args.address)
+    if cmd == "predict":
+        return C.PredictConfig(run=args.run, paths=tuple(args.paths), out=args.out, model=args.model,
+                               score_threshold=args.score_threshold)
+    if cmd == "run":
+        return C.RunConfig(data=args.data, out=args.out, images=args.images, image_size=args.image_size,
+                           workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
+                           use_gpu=args.gpu, address=args.address)
+    raise AssertionError(f"unhandled command {cmd!r}")
+
+
+def dispatch(cfg) -> object:
+    """Run the stage a config belongs to (imports its module only now)."""
+    from raydet.runtime import use_legacy_keras
+
+    use_legacy_keras()  # before anything imports TensorFlow
+    if isinstance(cfg, C.SynthConfig):
+        from raydet.synth import write_synthetic
+        return write_synthetic(cfg)
+    if isinstance(cfg, C.PrepareConfig):
+        from raydet.data import prepare
+        return prepare(cfg)
+    if isinstance(cfg, C.TrainConfig):
+        from raydet.train import train
+        return train(cfg)
+    if isinstance(cfg, C.QuantizeConfig):
+        from raydet.quantize import quantize
+        return quantize(cfg)
+    if isinstance(cfg, C.EvaluateConfig):
+        from raydet.evaluate import evaluate
+        return evaluate(cfg)
+    if isinstance(cfg, C.PredictConfig):
+        from raydet.predict import predict
+        return predict(cfg)
+    if isinstance(cfg, C.RunConfig):
+        from raydet.pipeline import run
+        return run(cfg)
+    raise AssertionError(f"unhandled config {type(cfg).__name__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        parser.error(f"{args.command}: {exc}")  # exits 2 before any work
+    try:
+        dispatch(cfg)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        print(f"raydet {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Connecting to Ray, the same way for every command.
+
+- ``address`` given: connect to that cluster (``auto``, ``ray://host:10001`` or ``host:6379``).
+- ``RAY_ADDRESS`` set (as inside ``ray job submit``): connect to it.
+- otherwise: start a fresh local Ray. ``address="local"`` ignores a stale ``ray_current_cluster`` file
+  left by an earlier ``ray start`` (FINDINGS.md).
+
+Every worker must import TensorFlow with ``TF_USE_LEGACY_KERAS=1`` (Keras 3 breaks two-worker ``fit``),
+so the variable travels in the runtime environment, and the driver sets it for itself before TF loads.
+"""
+
+from __future__ import annotations
+
+import os
+
+LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}
+
+
+def use_legacy_keras() -> None:
+    """Make this process's later ``import tensorflow`` use tf-keras (Keras 2). Call before TF is imported."""
+    os.environ.update(LEGACY_KERAS_ENV)
+
+
+def runtime_env() -> dict:
+    """The runtime environment every raydet task, actor and Train worker runs in."""
+    return {"env_vars": dict(LEGACY_KERAS_ENV)}
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to (or start) Ray once per process; later calls are no-ops."""
+    import ray
+
+    use_legacy_keras()
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, runtime_env=runtime_env())
+    else:
+        ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env())
