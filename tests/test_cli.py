@@ -1,0 +1,49 @@
+"""The CLI turns arguments into configs and refuses bad ones before any work starts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from raydet import cli
+from raydet import config as C
+
+
+def parse(argv):
+    return cli.config_from_args(cli.get_args_parser().parse_args(argv))
+
+
+def test_prepare_arguments_become_a_config():
+    cfg = parse(["prepare", "data", "--out", "prep", "--image-size", "96", "--classes", "raccoon,dog"])
+    assert cfg == C.PrepareConfig(data="data", out="prep", image_size=96, classes=("raccoon", "dog"))
+
+
+def test_quantize_all_expands_to_every_mode():
+    assert parse(["quantize", "run"]).modes == C.QUANT_MODES
+    assert parse(["quantize", "run", "--mode", "int8"]).modes == ("int8",)
+
+
+def test_train_flags():
+    cfg = parse(["train", "prep", "--out", "runs", "--name", "n", "--workers", "2", "--gpu", "--qat"])
+    assert (cfg.workers, cfg.use_gpu, cfg.qat) == (2, True, True)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["prepare", "d", "--out", "o", "--image-size", "-3"], "--image-size must be positive, got -3"),
+    (["prepare", "d", "--out", "o", "--classes", "a,,b"], "malformed class list 'a,,b'"),
+    (["evaluate", "r", "--data", "p", "--models", "float,bogus"], "float,bogus"),
+])
+def test_bad_arguments_exit_2_naming_the_value(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_bad_arguments_stop_before_heavy_imports():
+    # A bad value must be refused before TensorFlow or Ray are even imported (fast, no side effects).
+    code = ("import sys; from raydet import cli\n"
+            "try: cli.main(['train', 'p', '--out', 'o', '--name', 'n', '--epochs', '0'])\n"
+            "except SystemExit as e: assert e.code == 2\n"
+            "assert 'tensorflow' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
