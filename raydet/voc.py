@@ -1,0 +1,495 @@
+"""Pascal VOC annotations: parse one XML safely into a plain record, and find datasets on any filesystem.
+
+No Ray, no TensorFlow: this module is pure (pyarrow.fs for listing, defusedxml for parsing), so Ray tasks
+can call it and tests run without a cluster.
+
+Parsing (``parse_voc``)
+    XML is parsed with defusedxml: a DTD, entity declarations (billion laughs) and external entities are
+    refused before anything is expanded, and the annotation is rejected with ``VocError`` naming its source.
+    Boxes come out as pixel **xyxy** floats, clipped to ``[0, width] x [0, height]`` when ``<size>`` is known
+    (always to >= 0). Objects that cannot be used (no ``<bndbox>``, missing, non-numeric, inverted or,
+    after clipping, zero-area coordinates, a class outside the given list) are dropped with one reason each;
+    the rest of the annotation still loads.
+
+Discovery (``discover``): the layouts, tried in this order on the listing of the root (names compared
+case-insensitively, files and folders starting with ``.`` ignored, e.g. macOS ``._x.xml`` forks):
+    1. **devkit**: ``Annotations/*.xml`` and ``JPEGImages/``. The split comes from
+       ``ImageSets/Main/{train,val,trainval,test}.txt`` (first token of each line is an image id = the XML's
+       stem): train/val/trainval -> "train", test -> "test" (test wins if an id is listed in both); an id in
+       none, or a devkit without these files -> None (the caller then makes its own split).
+    2. **paired**: ``annotations/`` or ``annots/`` beside ``images/`` (as labelImg writes). No split.
+    3. **train_test**: ``train/`` and ``test/`` folders, each a flat or paired folder; the split is the folder.
+    4. **flat**: ``*.xml`` in the root itself; images are looked for beside them. No split.
+    5. Otherwise, if exactly one sub-folder (up to two levels down, e.g. ``VOCdevkit/VOC2007``) is a devkit,
+       that devkit, with paths still relative to the given root.
+Listing is one ``get_file_info(FileSelector(folder))`` per folder; no annotation is read on the driver
+(XML parsing happens later, in Ray tasks). Local paths and URIs (``file://``, ``s3://``, ``gs://``) go through
+the same pyarrow filesystem code.
+
+Images (``resolve_image``): the ``<filename>`` inside the annotation's image folder (exact, then ignoring case
+and Unicode normalization), else the XML's stem with any image extension (any case). A ``<filename>`` that is
+absolute or contains ``..`` is refused, whether or not an image would have been found.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import posixpath
+import re
+import unicodedata
+import urllib.parse
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from xml.etree.ElementTree import Element, ParseError
+
+import defusedxml
+import defusedxml.ElementTree as SafeET
+import numpy as np
+import pyarrow
+import pyarrow.fs as pafs
+
+from raydet import boxes as B
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # lower-case
+ANNOTATION_EXTENSION = ".xml"
+LAYOUTS = ("devkit", "paired", "flat", "train_test")
+# ImageSets/Main files -> the split their ids belong to; later entries win (so "test" beats "train").
+SPLIT_FILES = (("train", "train"), ("val", "train"), ("trainval", "train"), ("test", "test"))
+_COORDS = ("xmin", "ymin", "xmax", "ymax")
+# VOC annotations never need a DTD; refusing it stops billion-laughs and external-entity XML before expansion.
+_UNSAFE = {"DTDForbidden": "it has a DTD (<!DOCTYPE>), which could declare entities",
+           "EntitiesForbidden": "it declares entities", "ExternalReferenceForbidden": "it references an external resource"}
+
+
+class VocError(ValueError):
+    """An annotation that cannot be used at all. The message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class VocObject:
+    name: str
+    box: tuple[float, float, float, float]  # xyxy, pixels, clipped to the image
+    difficult: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class VocRecord:
+    filename: str  # the <filename> text ('' when absent)
+    width: int  # <size>; 0 when absent/invalid (the decoder then supplies the real size)
+    height: int
+    objects: tuple[VocObject, ...]
+    dropped: tuple[str, ...]  # one reason per dropped object, naming it
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+def _text(elem: Element | None, tag: str) -> str | None:
+    """Stripped text of ``elem/tag``; None when the child is missing or empty."""
+    child = None if elem is None else elem.find(tag)
+    if child is None or child.text is None:
+        return None
+    return child.text.strip() or None
+
+
+def _size(root: Element, tag: str) -> int:
+    """A ``<size>`` dimension as a positive int, 0 when absent or not a positive number ("650.0" -> 650)."""
+    text = _text(root.find("size"), tag)
+    try:
+        value = float(text) if text is not None else 0.0
+    except ValueError:
+        return 0
+    return int(value) if math.isfinite(value) and value >= 1 else 0
+
+
+def _flag(obj: Element, tag: str) -> bool:
+    """``<difficult>1</difficult>`` -> True; absent, 0 or junk -> False."""
+    text = _text(obj, tag)
+    try:
+        return text is not None and float(text) != 0
+    except ValueError:
+        return text.lower() in ("true", "yes")
+
+
+def _box(obj: Element, width: int, height: int) -> tuple[tuple[float, float, float, float] | None, str]:
+    """The object's pixel xyxy box, clipped; or (None, reason) when it cannot be used."""
+    bndbox = obj.find("bndbox")
+    if bndbox is None:
+        return None, "no <bndbox>"
+    values = []
+    for tag in _COORDS:
+        text = _text(bndbox, tag)
+        if text is None:
+            return None, f"missing {tag}"
+        try:
+            value = float(text)
+        except ValueError:
+            return None, f"non-numeric {tag}={text!r}"
+        if not math.isfinite(value):
+            return None, f"non-numeric {tag}={text!r}"
+        values.append(value)
+    x0, y0, x1, y1 = values
+    if x0 > x1:
+        return None, f"inverted box xmin={_num(x0)} > xmax={_num(x1)}"
+    if y0 > y1:
+        return None, f"inverted box ymin={_num(y0)} > ymax={_num(y1)}"
+    # The upper bound is known only with <size>; negative pixels are outside every image.
+    clipped = B.clip(np.array(values), width or math.inf, height or math.inf)
+    if B.area(clipped) <= 0:
+        where = f" after clipping to {width}x{height}" if width and height else ""
+        return None, f"zero-area box{where} ({', '.join(f'{t}={_num(v)}' for t, v in zip(_COORDS, values))})"
+    return tuple(float(v) for v in clipped), ""
+
+
+def _num(value: float) -> str:
+    """12.0 -> '12', 12.5 -> '12.5': coordinates in messages as the annotator wrote them."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def parse_voc(data: bytes, classes: Sequence[str] | None = None, *, source: str = "") -> VocRecord:
+    """One VOC XML document -> ``VocRecord`` with pixel xyxy boxes (clipped to ``<size>`` when known).
+
+    ``classes``: when given, objects whose (stripped) name is not in it are dropped with a reason.
+    ``source``: the file name used in messages. Raises ``VocError`` naming ``source`` for XML that cannot be
+    used at all: malformed, not an ``<annotation>``, or carrying a DTD/entities/external references.
+    """
+    where = source or "<annotation>"
+    try:
+        root = SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except defusedxml.DefusedXmlException as exc:
+        what = _UNSAFE.get(type(exc).__name__, type(exc).__name__)
+        raise VocError(f"{where}: unsafe XML refused: {what} ({exc})") from None
+    except ParseError as exc:
+        raise VocError(f"{where}: malformed XML ({exc})") from None
+    if root.tag != "annotation":
+        raise VocError(f"{where}: root element is <{root.tag}>, not <annotation>")
+    width, height = _size(root, "width"), _size(root, "height")
+    if not (width and height):
+        width = height = 0  # half a size is no size: do not clip against it
+    wanted = None if classes is None else frozenset(classes)
+    objects: list[VocObject] = []
+    dropped: list[str] = []
+    for index, obj in enumerate(root.findall("object"), start=1):
+        name = _text(obj, "name")
+        label = f"object {index} {name!r}" if name else f"object {index}"
+        if name is None:
+            dropped.append(f"{label}: no <name>")
+            continue
+        if wanted is not None and name not in wanted:
+            dropped.append(f"{label}: class not in the class list")
+            continue
+        box, reason = _box(obj, width, height)
+        if box is None:
+            dropped.append(f"{label}: {reason}")
+            continue
+        objects.append(VocObject(name, box, difficult=_flag(obj, "difficult"), truncated=_flag(obj, "truncated")))
+    return VocRecord(_text(root, "filename") or "", width, height, tuple(objects), tuple(dropped))
+
+
+def normalize_boxes(record: VocRecord, width: int, height: int) -> np.ndarray:
+    """The record's boxes as ``(N, 4)`` float32 **normalized xyxy** in [0, 1] for an image of ``width`` x
+    ``height`` pixels (the decoded size, which wins over ``<size>``). ``(0, 4)`` when there are no objects."""
+    if not record.objects:
+        return np.zeros((0, 4), np.float32)
+    pixel = np.array([o.box for o in record.objects], dtype=np.float64)
+    return np.clip(B.normalize(pixel, width, height), 0.0, 1.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------- discovery
+
+@dataclass(frozen=True)
+class AnnotationRef:
+    annotation: str  # path of the XML relative to the dataset root, posix
+    image_dir: str  # folder (relative to root, '' for the root itself) where its image should be
+    split: str | None  # "train"/"test" when the dataset defines it, else None
+
+
+def _join(*parts: str) -> str:
+    return posixpath.join(*[p for p in parts if p])
+
+
+def _checked_relpath(relpath: str) -> str:
+    """A posix path relative to the dataset root; ``VocError`` for absolute paths or ones with ``..``."""
+    path = relpath.replace("\\", "/")
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path) or ".." in path.split("/") or "\x00" in path:
+        raise VocError(f"path traversal refused: {relpath!r}")
+    return path
+
+
+def read_file(filesystem: pafs.FileSystem, root: str, relpath: str) -> bytes:
+    """Bytes of ``root/relpath`` on ``filesystem`` (picklable arguments: usable inside a Ray task)."""
+    with filesystem.open_input_stream(_join(root, _checked_relpath(relpath))) as stream:
+        return stream.read()
+
+
+@dataclass(frozen=True)
+class Dataset:
+    filesystem: pafs.FileSystem
+    root: str  # root path inside that filesystem
+    layout: str  # "devkit" | "paired" | "flat" | "train_test"
+    annotations: tuple[AnnotationRef, ...]  # sorted by path
+    image_files: Mapping[str, frozenset[str]] = field(compare=False)  # image_dir -> image names in it
+    unlabeled_images: tuple[str, ...] = ()  # images (relative paths) whose stem no annotation in their folder has
+    source: str = ""  # the path or URI given to discover()
+
+    def read(self, relpath: str) -> bytes:
+        """Bytes of a file under the root (``relpath`` posix, relative; ``..`` refused)."""
+        return read_file(self.filesystem, self.root, relpath)
+
+    def image_names(self, ref: AnnotationRef) -> frozenset[str]:
+        """Names of the image files in ``ref``'s image folder (what ``resolve_image`` needs)."""
+        return self.image_files.get(ref.image_dir, frozenset())
+
+
+def open_filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
+    """``file://``, ``s3://``, ``gs://``... URI or local path -> (pyarrow filesystem, path inside it).
+
+    Raises ``FileNotFoundError`` naming ``uri_or_path`` when nothing is there, ``ValueError`` for a URI
+    pyarrow cannot open.
+    """
+    if not uri_or_path:
+        raise ValueError("dataset path is empty")
+    if "://" in uri_or_path:
+        try:
+            filesystem, path = pafs.FileSystem.from_uri(uri_or_path)
+        except pyarrow.ArrowInvalid:
+            # "file:///data/my set" is what people type; pyarrow wants it percent-encoded.
+            quoted = urllib.parse.quote(uri_or_path, safe=":/%@?&=+~#!$,;")
+            try:
+                filesystem, path = pafs.FileSystem.from_uri(quoted)
+            except pyarrow.ArrowInvalid as exc:
+                raise ValueError(f"cannot open {uri_or_path!r}: {exc}") from None
+    else:
+        filesystem, path = pafs.LocalFileSystem(), posixpath.abspath(uri_or_path.replace("\\", "/"))
+    path = path.rstrip("/") or "/"
+    if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"dataset not found: {uri_or_path}")
+    return filesystem, path
+
+
+@dataclass
+class _Listing:
+    """One folder's direct children: sub-folder names by case-folded name, and file names."""
+    dirs: dict[str, str]
+    files: list[str]
+
+
+def _list(filesystem: pafs.FileSystem, path: str) -> _Listing:
+    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    dirs: dict[str, str] = {}
+    files: list[str] = []
+    for info in infos:
+        name = info.base_name
+        if not name or name.startswith("."):
+            continue
+        if info.type == pafs.FileType.Directory:
+            dirs.setdefault(name.casefold(), name)
+        elif info.type == pafs.FileType.File:
+            files.append(name)
+    return _Listing(dirs, sorted(files))
+
+
+def _suffix(name: str) -> str:
+    return posixpath.splitext(name)[1].lower()
+
+
+def _xml_names(listing: _Listing) -> list[str]:
+    return [n for n in listing.files if _suffix(n) == ANNOTATION_EXTENSION]
+
+
+def _image_names(listing: _Listing) -> frozenset[str]:
+    return frozenset(n for n in listing.files if _suffix(n) in IMAGE_EXTENSIONS)
+
+
+@dataclass
+class _Found:
+    """What one layout found, paths relative to the dataset root."""
+    layout: str
+    annotations: list[AnnotationRef]
+    image_files: dict[str, frozenset[str]]
+
+
+def _read_splits(filesystem: pafs.FileSystem, root: str, main_dir: str) -> dict[str, str]:
+    """ImageSets/Main/{train,val,trainval,test}.txt -> {image id: "train" | "test"}."""
+    listing = _list(filesystem, _join(root, main_dir))
+    by_name = {n.casefold(): n for n in listing.files}
+    split_of: dict[str, str] = {}
+    for stem, split in SPLIT_FILES:
+        name = by_name.get(f"{stem}.txt")
+        if name is None:
+            continue
+        text = read_file(filesystem, root, _join(main_dir, name)).decode("utf-8", errors="replace")
+        for line in text.splitlines():
+            tokens = line.split()
+            if tokens:
+                split_of[tokens[0]] = split
+    return split_of
+
+
+def _devkit(filesystem: pafs.FileSystem, root: str, base: str, listing: _Listing) -> _Found | None:
+    """``base`` (relative to root) as a VOC devkit, or None when it is not one."""
+    ann, img = listing.dirs.get("annotations"), listing.dirs.get("jpegimages")
+    if ann is None or img is None:
+        return None
+    ann_dir, img_dir = _join(base, ann), _join(base, img)
+    xmls = _xml_names(_list(filesystem, _join(root, ann_dir)))
+    split_of: dict[str, str] = {}
+    sets = listing.dirs.get("imagesets")
+    if sets is not None:
+        main = _list(filesystem, _join(root, base, sets)).dirs.get("main")
+        if main is not None:
+            split_of = _read_splits(filesystem, root, _join(base, sets, main))
+    refs = [AnnotationRef(_join(ann_dir, x), img_dir, split_of.get(posixpath.splitext(x)[0])) for x in xmls]
+    return _Found("devkit", refs, {img_dir: _image_names(_list(filesystem, _join(root, img_dir)))})
+
+
+def _paired(filesystem: pafs.FileSystem, root: str, base: str, listing: _Listing, split: str | None) -> _Found | None:
+    ann = listing.dirs.get("annotations") or listing.dirs.get("annots")
+    img = listing.dirs.get("images")
+    if ann is None or img is None:
+        return None
+    ann_dir, img_dir = _join(base, ann), _join(base, img)
+    xmls = _xml_names(_list(filesystem, _join(root, ann_dir)))
+    refs = [AnnotationRef(_join(ann_dir, x), img_dir, split) for x in xmls]
+    return _Found("paired", refs, {img_dir: _image_names(_list(filesystem, _join(root, img_dir)))})
+
+
+def _flat(base: str, listing: _Listing, split: str | None) -> _Found | None:
+    xmls = _xml_names(listing)
+    if not xmls:
+        return None
+    refs = [AnnotationRef(_join(base, x), base, split) for x in xmls]
+    return _Found("flat", refs, {base: _image_names(listing)})
+
+
+def _train_test(filesystem: pafs.FileSystem, root: str, listing: _Listing) -> _Found | None:
+    if "train" not in listing.dirs or "test" not in listing.dirs:
+        return None
+    refs: list[AnnotationRef] = []
+    images: dict[str, frozenset[str]] = {}
+    for split in ("train", "test"):
+        base = listing.dirs[split]
+        sub = _list(filesystem, _join(root, base))
+        found = _paired(filesystem, root, base, sub, split) or _flat(base, sub, split)
+        if found is not None:
+            refs += found.annotations
+            images.update(found.image_files)
+    return _Found("train_test", refs, images) if refs else None
+
+
+def _detect(filesystem: pafs.FileSystem, root: str, listing: _Listing) -> _Found | None:
+    """The root's layout, trying them in the documented order."""
+    return (_devkit(filesystem, root, "", listing)
+            or _paired(filesystem, root, "", listing, None)
+            or _train_test(filesystem, root, listing)
+            or _flat("", listing, None))
+
+
+def _nested_devkit(filesystem: pafs.FileSystem, root: str, listing: _Listing, base: str = "", depth: int = 2) -> list[_Found]:
+    """Devkits in sub-folders of ``base``, up to ``depth`` levels down (``VOC2007/``, ``VOCdevkit/VOC2012/``)."""
+    found: list[_Found] = []
+    for name in sorted(listing.dirs.values()):
+        sub_base = _join(base, name)
+        sub = _list(filesystem, _join(root, sub_base))
+        kit = _devkit(filesystem, root, sub_base, sub)
+        if kit is not None:
+            found.append(kit)
+        elif depth > 1:
+            found += _nested_devkit(filesystem, root, sub, sub_base, depth - 1)
+    return found
+
+
+def _unlabeled(found: _Found) -> tuple[str, ...]:
+    stems: dict[str, set[str]] = {}
+    for ref in found.annotations:
+        stems.setdefault(ref.image_dir, set()).add(posixpath.splitext(posixpath.basename(ref.annotation))[0])
+    return tuple(sorted(_join(d, n) for d, names in found.image_files.items() for n in names
+                        if posixpath.splitext(n)[0] not in stems.get(d, ())))
+
+
+def discover(uri_or_path: str) -> Dataset:
+    """Find the annotations and images of a VOC dataset (layouts in the module docstring).
+
+    Raises ``FileNotFoundError`` naming the path when it is missing, ``ValueError`` naming it when no
+    annotation is found (or several nested devkits make the choice ambiguous).
+    """
+    filesystem, root = open_filesystem(uri_or_path)
+    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
+        raise NotADirectoryError(f"dataset must be a folder: {uri_or_path}")
+    listing = _list(filesystem, root)
+    found = _detect(filesystem, root, listing)
+    if found is None:
+        kits = _nested_devkit(filesystem, root, listing)
+        if len(kits) > 1:
+            names = ", ".join(posixpath.dirname(k.annotations[0].annotation) if k.annotations else "?" for k in kits)
+            raise ValueError(f"several VOC devkits under {uri_or_path} ({names}): point raydet at one of them")
+        found = kits[0] if kits else None
+    if found is None or not found.annotations:
+        raise ValueError(
+            f"no VOC annotations found in {uri_or_path}: expected Annotations/ + JPEGImages/ (devkit), "
+            "annotations/ or annots/ beside images/, train/ + test/ folders, or *.xml beside the images")
+    return Dataset(filesystem, root, found.layout, tuple(sorted(found.annotations, key=lambda r: r.annotation)),
+                   dict(found.image_files), _unlabeled(found), uri_or_path)
+
+
+# -------------------------------------------------------------------------------------------- images
+
+def _key(name: str) -> str:
+    """Comparison key: NFC (macOS stores names decomposed) and case-folded."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+@functools.lru_cache(maxsize=16)
+def _index(names: frozenset[str]) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """Built once per folder (a frozenset caches its hash): key(name) -> name, and key(stem) -> image names."""
+    by_name: dict[str, str] = {}
+    by_stem: dict[str, list[str]] = {}
+    for name in sorted(names):
+        by_name.setdefault(_key(name), name)
+        stem, ext = posixpath.splitext(name)
+        if ext.lower() in IMAGE_EXTENSIONS:
+            by_stem.setdefault(_key(stem), []).append(name)
+    return by_name, {k: tuple(v) for k, v in by_stem.items()}
+
+
+def resolve_image(dataset_or_names: Dataset | Collection[str], ref: AnnotationRef, filename: str) -> str:
+    """The image of annotation ``ref`` as a posix path relative to the dataset root.
+
+    ``dataset_or_names``: the ``Dataset``, or just the names of the files in ``ref.image_dir`` (a frozenset
+    from ``Dataset.image_files``: pure, no filesystem access, cheap to ship to a Ray task).
+    ``filename``: the record's ``<filename>``. Order: that name in ``ref.image_dir`` (exactly, then ignoring
+    case and Unicode normalization); else the XML's stem with any image extension, preferring the extension of
+    ``<filename>``. Raises ``VocError`` "path traversal refused" for an absolute ``<filename>`` or one with
+    ``..``, and "image not found" when nothing matches.
+    """
+    if isinstance(dataset_or_names, Dataset):
+        names = dataset_or_names.image_names(ref)
+    else:
+        names = dataset_or_names if isinstance(dataset_or_names, frozenset) else frozenset(dataset_or_names)
+    filename = filename.strip()
+    try:
+        relative = _checked_relpath(filename)
+    except VocError:
+        raise VocError(f"path traversal refused: {ref.annotation}: <filename> {filename!r}") from None
+    by_name, by_stem = _index(names)
+    if relative and "/" not in relative:
+        if relative in names:
+            return _join(ref.image_dir, relative)
+        if _key(relative) in by_name:
+            return _join(ref.image_dir, by_name[_key(relative)])
+    stem = posixpath.splitext(posixpath.basename(ref.annotation))[0]
+    candidates = by_stem.get(_key(stem), ())
+    if candidates:
+        wanted = _suffix(relative)
+        return _join(ref.image_dir, next((c for c in candidates if _suffix(c) == wanted), candidates[0]))
+    raise VocError(f"image not found: {ref.annotation}: no {filename!r} and no {stem}.<image extension> "
+                   f"in {ref.image_dir or '.'}/")
+
+
+def unreferenced_images(dataset: Dataset, used: Collection[str]) -> tuple[str, ...]:
+    """Images of the dataset (relative paths) not in ``used`` (the resolved images of the loaded annotations):
+    the exact unlabeled list once every ``<filename>`` is known, where ``Dataset.unlabeled_images`` goes by stem."""
+    used_set = set(used)
+    return tuple(sorted(p for d, names in dataset.image_files.items() for n in names
+                        if (p := _join(d, n)) not in used_set))
