@@ -11,6 +11,7 @@ so the variable travels in the runtime environment, and the driver sets it for i
 
 from __future__ import annotations
 
+import json
 import os
 
 LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}
@@ -26,6 +27,28 @@ def runtime_env() -> dict:
     return {"env_vars": dict(LEGACY_KERAS_ENV)}
 
 
+def job_runtime_env() -> dict:
+    """The runtime environment of the ``ray job submit`` that started this driver; {} outside a job.
+
+    The job supervisor hands it to the driver in ``RAY_JOB_CONFIG_JSON_ENV_VAR`` (Ray 2.60).
+    """
+    text = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    return (json.loads(text).get("runtime_env") or {}) if text else {}
+
+
+def driver_runtime_env() -> dict:
+    """What this driver passes to ``ray.init``: ``runtime_env()`` minus what the job already sets.
+
+    Inside a job Ray merges the job's runtime env with ``ray.init``'s, but refuses (ValueError) any field or
+    env var that both name, even with the same value, so a job submitted with ``--runtime-env
+    jobs/runtime_env.yaml`` (which sets TF_USE_LEGACY_KERAS) would fail if we repeated it. A job that set the
+    variable to another value keeps its own: the user asked for it.
+    """
+    job = job_runtime_env()
+    env_vars = {k: v for k, v in runtime_env()["env_vars"].items() if k not in (job.get("env_vars") or {})}
+    return {"env_vars": env_vars} if env_vars else {}
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to (or start) Ray once per process; later calls are no-ops."""
     import ray
@@ -34,6 +57,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, runtime_env=runtime_env())
+        ray.init(address=address, runtime_env=driver_runtime_env() or None)
     else:
         ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env())
