@@ -1,0 +1,251 @@
+"""The built-in synthetic dataset: coloured shapes on textured, noisy backgrounds, written as a VOC devkit.
+
+``write_synthetic(cfg)`` writes ``OUT/Annotations/NNNNNN.xml`` (as labelImg writes them, integer pixel
+xyxy boxes), ``OUT/JPEGImages/NNNNNN.jpg`` (``cfg.image_size`` square, RGB) and
+``OUT/ImageSets/Main/{train,test}.txt``, plus ``OUT/synth.json`` (the config and counts, which also marks
+the folder as ours so a rewrite may clear it).
+
+What makes it learnable, yet not trivial:
+- the class is the *shape* (circle, square, triangle, cross, star, diamond, ring, hourglass: the first
+  ``cfg.classes``); colours are drawn independently of the class, so colour says nothing about it;
+- each object spans 15-70 % of the image side (its longer box side), with aspect 2:3..3:2 and a rotation
+  that never turns one class into another (squares and diamonds only tilt by up to 15 degrees);
+- backgrounds are a two-colour gradient + smooth blotches + thin clutter lines + per-pixel noise, and the
+  object's colour keeps a minimum RGB distance from the background under it, so it stays visible at 64 px;
+- several objects per image (``cfg.max_objects`` > 1) never intersect, and are smaller the more there are.
+Boxes are computed from the shape's geometry (not from pixels), so they are exact; edges are anti-aliased by
+drawing the shape's mask at 4x and averaging it down.
+
+Deterministic: image ``i`` draws from its own generator seeded by ``(cfg.seed, i)``, and the split from
+another, so the same seed gives byte-identical files (for the same Pillow version).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw
+
+from raydet import boxes as B
+from raydet.config import SynthConfig
+
+SUPERSAMPLE = 4  # the mask is drawn at 4x and averaged down: anti-aliased edges
+MIN_SIZE, MAX_SIZE = 0.15, 0.70  # longer box side, fraction of the image side
+MIN_ASPECT, MAX_ASPECT = 2 / 3, 3 / 2
+MIN_CONTRAST = 110.0  # RGB distance between object colour and the background under it (max is 441)
+JPEG_QUALITY = 92
+MARKER = "synth.json"
+
+
+def _regular(n: int, radius: float = 1.0, phase: float = -math.pi / 2) -> np.ndarray:
+    angles = phase + 2 * math.pi * np.arange(n) / n
+    return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
+    outer, inner_ = _regular(points), _regular(points, inner, -math.pi / 2 + math.pi / points)
+    return np.stack([outer, inner_], axis=1).reshape(-1, 2)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A class: polygons in unit coordinates ([-1, 1], y down), filled in order; ``hole`` ones are cut out."""
+    name: str
+    polygons: tuple[np.ndarray, ...]
+    max_rotation: float  # degrees either way; 180 = any orientation
+    hole: tuple[bool, ...] = ()
+
+
+_A = 0.34  # half-width of the cross's arms: thick enough to read at 10 pixels
+SHAPES: tuple[Shape, ...] = (
+    Shape("circle", (_regular(48),), 180),
+    Shape("square", (np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float),), 15),
+    Shape("triangle", (np.array([[0, -1], [1, 0.75], [-1, 0.75]], float),), 180),
+    Shape("cross", (np.array([[-_A, -1], [_A, -1], [_A, -_A], [1, -_A], [1, _A], [_A, _A], [_A, 1], [-_A, 1],
+                              [-_A, _A], [-1, _A], [-1, -_A], [-_A, -_A]], float),), 15),
+    Shape("star", (_star(),), 180),
+    Shape("diamond", (np.array([[0, -1], [1, 0], [0, 1], [-1, 0]], float),), 15),
+    Shape("ring", (_regular(48), _regular(48, 0.55)), 180, hole=(False, True)),
+    Shape("hourglass", (np.array([[-1, -1], [1, -1], [0.15, 0], [1, 1], [-1, 1], [-0.15, 0]], float),), 15),
+)
+CLASS_NAMES = tuple(s.name for s in SHAPES)
+
+
+# ---------------------------------------------------------------------------------------------- drawing
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) float32 RGB 0..255: two-colour gradient + smooth blotches + thin clutter lines."""
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    theta = rng.uniform(0, 2 * math.pi)
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    t = (np.cos(theta) * ramp[None, :] + np.sin(theta) * ramp[:, None])
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    img = c0.astype(np.float32) + t[..., None] * (c1 - c0).astype(np.float32)
+    cells = int(rng.integers(3, 9))  # blotch scale: a few cells across, upsampled smoothly
+    blotches = rng.standard_normal((cells, cells, 3), dtype=np.float32) * rng.uniform(8, 30)
+    img += cv2.resize(blotches, (size, size), interpolation=cv2.INTER_CUBIC)
+    canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(2, 7))):
+        xy = [tuple(p) for p in rng.uniform(0, size, (2, 2))]
+        draw.line(xy, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, max(2, size // 64) + 1)))
+    return np.asarray(canvas, dtype=np.float32)
+
+
+def _geometry(shape: Shape, rng: np.random.Generator, size: int, max_side: float) -> list[np.ndarray]:
+    """The shape's polygons, scaled, stretched and rotated, relative to their box's top-left corner (pixels)."""
+    aspect = math.exp(rng.uniform(math.log(MIN_ASPECT), math.log(MAX_ASPECT)))
+    angle = math.radians(rng.uniform(-shape.max_rotation, shape.max_rotation))
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    polys = [(p * [math.sqrt(aspect), 1 / math.sqrt(aspect)]) @ rot.T for p in shape.polygons]
+    pts = np.concatenate(polys)
+    lo, extent = pts.min(axis=0), pts.max(axis=0) - pts.min(axis=0)
+    side = rng.uniform(MIN_SIZE, max_side) * size  # the longer box side, pixels
+    scale = side / extent.max()
+    return [(p - lo) * scale for p in polys]
+
+
+def _place(rng: np.random.Generator, polys: list[np.ndarray], size: int, taken: list[np.ndarray], tries: int = 30):
+    """Shift ``polys`` to a random spot inside the image that intersects no box in ``taken``; None if none found."""
+    extent = np.concatenate(polys).max(axis=0)
+    for _ in range(tries):
+        offset = rng.uniform(0, size - extent)  # keeps the whole shape inside: never truncated
+        box = np.concatenate([offset, offset + extent])
+        # 2 px apart, so neighbouring boxes never touch after rounding to integer pixels
+        grown = box + np.array([-2, -2, 2, 2])
+        if not taken or B.iou_matrix(grown[None], np.array(taken)).max() == 0:
+            return [p + offset for p in polys], box
+    return None
+
+
+def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
+    """A random RGB colour at least MIN_CONTRAST from the mean of ``under`` (or the farthest of 20 tries)."""
+    mean = under.reshape(-1, 3).mean(axis=0)
+    candidates = rng.uniform(0, 255, (20, 3))
+    distance = np.linalg.norm(candidates - mean, axis=1)
+    ok = np.flatnonzero(distance >= MIN_CONTRAST)
+    return candidates[ok[0] if ok.size else int(distance.argmax())]
+
+
+def _paint(img: np.ndarray, rng: np.random.Generator, shape: Shape, polys: list[np.ndarray], box: np.ndarray) -> None:
+    """Composite the shape into ``img`` (in place) inside its box, with anti-aliased edges and light shading."""
+    x0, y0 = int(math.floor(box[0])), int(math.floor(box[1]))
+    x1, y1 = min(int(math.ceil(box[2])) + 1, img.shape[1]), min(int(math.ceil(box[3])) + 1, img.shape[0])
+    w, h = x1 - x0, y1 - y0
+    mask = Image.new("L", (w * SUPERSAMPLE, h * SUPERSAMPLE), 0)
+    draw = ImageDraw.Draw(mask)
+    for poly, hole in zip(polys, shape.hole or (False,) * len(polys)):
+        # -0.5: PIL fills the pixels whose centres the outline touches, both ends included
+        pts = (poly - [x0, y0]) * SUPERSAMPLE - 0.5
+        draw.polygon([tuple(p) for p in pts], fill=0 if hole else 255)
+    alpha = np.asarray(mask.reduce(SUPERSAMPLE), dtype=np.float32)[..., None] / 255.0
+    region = img[y0:y1, x0:x1]
+    colour = _contrasting_colour(rng, region)
+    # a gentle linear shade across the object: flat fills would be too easy a cue
+    shade = (np.linspace(-1, 1, w, dtype=np.float32)[None, :, None] * rng.uniform(-20, 20)
+             + np.linspace(-1, 1, h, dtype=np.float32)[:, None, None] * rng.uniform(-20, 20))
+    region[...] = region * (1 - alpha) + np.clip(colour + shade, 0, 255) * alpha
+
+
+def make_image(cfg: SynthConfig, index: int) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
+    """Image ``index`` of the dataset: (size, size, 3) uint8 RGB and its objects as (class, pixel xyxy ints)."""
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1, index)))
+    size = cfg.image_size
+    img = _background(rng, size)
+    wanted = int(rng.integers(1, cfg.max_objects + 1))
+    # more objects must share the image: shrink the largest allowed size so they still fit side by side
+    max_side = max(MIN_SIZE + 0.05, MAX_SIZE / math.sqrt(wanted))
+    taken: list[np.ndarray] = []
+    objects = []
+    for _ in range(wanted):
+        shape = SHAPES[int(rng.integers(cfg.classes))]
+        placed = _place(rng, _geometry(shape, rng, size, max_side), size, taken)
+        if placed is None:
+            continue  # no free spot: fewer objects in this image
+        polys, box = placed
+        _paint(img, rng, shape, polys, box)
+        taken.append(box)
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        objects.append((shape.name, (max(x0, 0), max(y0, 0), min(x1, size), min(y1, size))))
+    img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(2, 10)
+    return np.clip(img, 0, 255).astype(np.uint8), objects
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+def voc_xml(filename: str, size: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
+    """An annotation laid out as labelImg writes it (tabs, integer pixel xyxy boxes)."""
+    parts = [f"<annotation>\n\t<folder>JPEGImages</folder>\n\t<filename>{filename}</filename>\n"
+             f"\t<source>\n\t\t<database>raydet synthetic</database>\n\t</source>\n"
+             f"\t<size>\n\t\t<width>{size}</width>\n\t\t<height>{size}</height>\n\t\t<depth>3</depth>\n\t</size>\n"
+             f"\t<segmented>0</segmented>\n"]
+    for name, (x0, y0, x1, y1) in objects:
+        parts.append(f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
+                     f"\t\t<difficult>0</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>{x0}</xmin>\n\t\t\t<ymin>{y0}</ymin>\n"
+                     f"\t\t\t<xmax>{x1}</xmax>\n\t\t\t<ymax>{y1}</ymax>\n\t\t</bndbox>\n\t</object>\n")
+    parts.append("</annotation>\n")
+    return "".join(parts)
+
+
+def _prepare_out(out: Path) -> None:
+    """Create ``out``; clear an earlier synthetic set there, refuse to write into any other non-empty folder."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"synth output is not a folder: {out}")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise ValueError(f"synth output {out} is not empty and holds no {MARKER}: refusing to write into it")
+        for sub in ("Annotations", "JPEGImages", "ImageSets"):
+            shutil.rmtree(out / sub, ignore_errors=True)  # stale files of a larger earlier set would be discovered
+        (out / MARKER).unlink()
+    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+
+def split_ids(cfg: SynthConfig) -> tuple[list[str], list[str]]:
+    """(train ids, test ids), sorted; ``round(images * test_fraction)`` test images chosen by the seed."""
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0,)))
+    n_test = int(round(cfg.images * cfg.test_fraction))
+    is_test = np.zeros(cfg.images, bool)
+    is_test[rng.permutation(cfg.images)[:n_test]] = True
+    ids = [image_id(i) for i in range(cfg.images)]
+    return [x for x, t in zip(ids, is_test) if not t], [x for x, t in zip(ids, is_test) if t]
+
+
+def image_id(index: int) -> str:
+    return f"{index + 1:06d}"
+
+
+def write_synthetic(cfg: SynthConfig) -> dict:
+    """Write the dataset described by ``cfg`` to ``cfg.out``; return {out, images, objects, classes, train, test}."""
+    out = Path(cfg.out)
+    _prepare_out(out)
+    objects = 0
+    counts = dict.fromkeys(CLASS_NAMES[:cfg.classes], 0)
+    for i in range(cfg.images):
+        img, objs = make_image(cfg, i)
+        stem = image_id(i)
+        Image.fromarray(img).save(out / "JPEGImages" / f"{stem}.jpg", quality=JPEG_QUALITY)
+        (out / "Annotations" / f"{stem}.xml").write_text(voc_xml(f"{stem}.jpg", cfg.image_size, objs), encoding="utf-8")
+        objects += len(objs)
+        for name, _ in objs:
+            counts[name] += 1
+    train, test = split_ids(cfg)
+    main = out / "ImageSets" / "Main"
+    (main / "train.txt").write_text("".join(f"{x}\n" for x in train))
+    (main / "test.txt").write_text("".join(f"{x}\n" for x in test))
+    summary = {"out": str(out), "images": cfg.images, "objects": objects, "classes": list(counts),
+               "objects_per_class": counts, "train": len(train), "test": len(test)}
+    # no paths in the marker: the same seed gives the same bytes wherever the set is written
+    marker = {"config": {k: v for k, v in asdict(cfg).items() if k != "out"},
+              **{k: v for k, v in summary.items() if k != "out"}}
+    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    print(f"synth: {cfg.images} images ({len(train)} train, {len(test)} test) of {cfg.image_size} px, {objects} objects "
+          f"of {cfg.classes} classes ({', '.join(counts)}) -> {out}")
+    return summary
