@@ -52,7 +52,8 @@ def _bbox(box_xyxy, where: str) -> list[float]:
 def _label(label, num_classes: int, where: str) -> int:
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) \
             or not 0 <= int(label) < num_classes:
-        raise ValueError(f"{where}: label must be a class index in [0, {num_classes}), got {label!r}")
+        shown = label.item() if isinstance(label, np.generic) else label
+        raise ValueError(f"{where}: label must be a class index in [0, {num_classes}), got {shown!r}")
     return int(label)
 
 
