@@ -9,8 +9,20 @@ Ray) and adds only what the job's runtime env lacks (Ray refuses a repeated env 
 """
 
 import sys
+from pathlib import PurePosixPath
 
-from raydet.cli import main
+from raydet.cli import get_args_parser, main
+
+
+def check_out(argv: list[str]) -> None:
+    """Refuse a relative --out: a job runs in a temporary copy of the uploaded folder, deleted afterwards."""
+    out = get_args_parser().parse_args(["run", *argv]).out
+    if not PurePosixPath(out).is_absolute():
+        sys.exit(f"jobs/pipeline.py: --out {out!r} is relative, so the results would land in the job's temporary "
+                 "working dir and be lost; give an absolute path on storage every node reaches, "
+                 "e.g. --out /mnt/efs/raydet-out")
+
 
 if __name__ == "__main__":
+    check_out(sys.argv[1:])
     sys.exit(main(["run", *sys.argv[1:]]))
