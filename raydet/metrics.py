@@ -28,6 +28,7 @@ Conventions (decided here, documented once):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,22 +80,32 @@ class MatchStats:
                    tp=np.zeros((d, thr.size), bool), voc_tp=np.zeros((d, thr.size), bool),
                    gt_per_class=np.zeros(num_classes, np.int64), iou_thresholds=thr)
 
+    @classmethod
+    def concat(cls, parts: Sequence[MatchStats]) -> MatchStats:
+        """Merge many partial statistics at once (linear time; ``sum(parts)`` copies the growing arrays each step).
+        At least one part; all of the same classes and thresholds."""
+        if not parts:
+            raise ValueError("MatchStats.concat needs at least one part (use MatchStats.empty for none)")
+        first = parts[0]
+        for other in parts[1:]:
+            if other.num_classes != first.num_classes:
+                raise ValueError(f"cannot merge statistics of {first.num_classes} and {other.num_classes} classes")
+            if not np.array_equal(other.iou_thresholds, first.iou_thresholds):
+                raise ValueError(f"cannot merge statistics at IoU thresholds {first.iou_thresholds} and "
+                                 f"{other.iou_thresholds}")
+
+        def cat(field: str) -> np.ndarray:
+            return np.concatenate([getattr(p, field) for p in parts])
+
+        return cls(scores=cat("scores"), labels=cat("labels"), image_ids=cat("image_ids"),
+                   det_index=cat("det_index"), coco_counted=cat("coco_counted"), tp=cat("tp"), voc_tp=cat("voc_tp"),
+                   gt_per_class=np.sum([p.gt_per_class for p in parts], axis=0, dtype=np.int64),
+                   iou_thresholds=first.iou_thresholds)
+
     def __add__(self, other: MatchStats) -> MatchStats:
         if not isinstance(other, MatchStats):
             return NotImplemented
-        if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge statistics of {self.num_classes} and {other.num_classes} classes")
-        if not np.array_equal(other.iou_thresholds, self.iou_thresholds):
-            raise ValueError(f"cannot merge statistics at IoU thresholds {self.iou_thresholds} and "
-                             f"{other.iou_thresholds}")
-        cat = np.concatenate
-        return MatchStats(scores=cat([self.scores, other.scores]), labels=cat([self.labels, other.labels]),
-                          image_ids=cat([self.image_ids, other.image_ids]),
-                          det_index=cat([self.det_index, other.det_index]),
-                          coco_counted=cat([self.coco_counted, other.coco_counted]),
-                          tp=cat([self.tp, other.tp]), voc_tp=cat([self.voc_tp, other.voc_tp]),
-                          gt_per_class=self.gt_per_class + other.gt_per_class,
-                          iou_thresholds=self.iou_thresholds)
+        return MatchStats.concat([self, other])
 
     def __radd__(self, other):
         # lets the builtin sum() start from 0: sum(per_batch_stats)

@@ -18,13 +18,14 @@ def test_box_edges_have_the_box_colour_and_the_rest_is_untouched():
     out = draw.draw_detections(img, [[20, 20, 120, 120]], ["a"], [[60, 100, 180, 180]], ["b"], [0.93], scale=1)
     assert out.shape == img.shape and out is not img
     assert (img == GREY).all()  # the input is not drawn on
-    # 200 px: line width round(200 / 200) = 1. Left edge of the GT box, midway (its label sits at the bottom)
-    assert tuple(out[70, 20]) == draw.GT_COLOR
+    # 200 px: line width round(200 / 200) = 1 for predictions, 2 for ground truth (OpenCV: x - 1 .. x + 1).
+    # Left edge of the GT box, midway (its label sits at the bottom)
+    assert tuple(out[70, 19]) == tuple(out[70, 20]) == tuple(out[70, 21]) == draw.GT_COLOR
     # right and bottom edges of the prediction (its label sits above the top edge)
     assert tuple(out[140, 180]) == draw.PRED_COLOR
     assert tuple(out[180, 120]) == draw.PRED_COLOR
-    # one pixel inside and outside an edge, and a far corner, keep the original grey
-    for y, x in [(70, 21), (70, 19), (140, 179), (195, 5), (5, 195)]:
+    # just inside and outside the edges, and far corners, keep the original grey
+    for y, x in [(70, 22), (70, 18), (140, 179), (140, 181), (195, 5), (5, 195)]:
         assert tuple(out[y, x]) == (GREY,) * 3, (y, x)
     # the prediction's label, "b 0.93" on a red background, sits just above its top edge at x = 60
     above = out[100 - 8, 60:100]
@@ -36,10 +37,11 @@ def test_small_images_are_upscaled_before_drawing():
     img = grey(64, 48)
     assert draw.drawing_scale(64, 48) == 8  # ceil(384 / 48)
     out = draw.draw_detections(img, [[4, 8, 40, 56]], ["a"], [], [], [])
-    # 48 x 64 becomes 384 x 512, boxes follow: x 4 -> 32, y 8 -> 64, 56 -> 448; line width round(384 / 200) = 2
+    # 48 x 64 becomes 384 x 512, boxes follow: x 4 -> 32, y 8 -> 64, 56 -> 448;
+    # line width round(384 / 200) = 2, ground truth 4: OpenCV covers x 30 .. 34
     assert out.shape == (512, 384, 3)
-    assert tuple(out[200, 32]) == draw.GT_COLOR and tuple(out[200, 33]) == draw.GT_COLOR
-    assert tuple(out[200, 36]) == (GREY,) * 3
+    assert all(tuple(out[200, x]) == draw.GT_COLOR for x in range(30, 35))
+    assert tuple(out[200, 29]) == tuple(out[200, 35]) == (GREY,) * 3
     assert draw.drawing_scale(500, 800) == 1
 
 

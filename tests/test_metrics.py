@@ -130,16 +130,20 @@ def test_merging_in_any_order_equals_computing_at_once():
     at_once = sum(per_image)
     halves = sum(per_image[6:]) + sum(per_image[:6])  # batches may finish in any order
     shuffled = sum(per_image[j] for j in rng.permutation(12)) + M.MatchStats.empty(3)
+    concatenated = M.MatchStats.concat([per_image[j] for j in rng.permutation(12)])
     expected = M.detection_summary(at_once)
     assert 0 < expected["coco_map"] < 1  # a case where ties and order could matter
     assert M.detection_summary(halves) == expected
     assert M.detection_summary(shuffled) == expected
+    assert M.detection_summary(concatenated) == expected
     np.testing.assert_array_equal(halves.gt_per_class, at_once.gt_per_class)
 
 
 def test_merging_refuses_mismatched_statistics():
     with pytest.raises(ValueError, match="3 and 2 classes"):
         M.MatchStats.empty(3) + M.MatchStats.empty(2)
+    with pytest.raises(ValueError, match="at least one part"):
+        M.MatchStats.concat([])
     with pytest.raises(ValueError, match="IoU thresholds"):
         M.MatchStats.empty(2) + M.MatchStats.empty(2, iou_thresholds=[0.5])
     with pytest.raises(ValueError, match="COCO's IoU thresholds"):
