@@ -3,7 +3,8 @@
 Every metric is computed in two steps so that evaluation can be spread over Ray actors:
 
 1. per image (or per batch of images), on a worker: :func:`match_image` / :func:`class_box_stats` turn ground truth
-   and detections into partial statistics (:class:`MatchStats`, :class:`ClassBoxStats`) that merge with ``+``;
+   and detections into partial statistics (:class:`MatchStats`, :class:`ClassBoxStats`) that merge with ``+``
+   (or :meth:`MatchStats.concat` for many parts) in any order; each image must be matched in exactly one call;
 2. on the driver: the merged statistics are finished by :func:`average_precision` / :func:`detection_summary`
    (and ``ClassBoxStats.accuracy`` / ``.mean_iou``).
 

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
+# a test dependency (pyproject's [test] extra): imported, not skipped, so a missing install fails loudly
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
 from raydet import coco
 from raydet import metrics as M
-
-pycocotools = pytest.importorskip("pycocotools")  # a test dependency (pyproject's [test] extra)
-from pycocotools.coco import COCO  # noqa: E402
-from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 
 def test_ground_truth_layout():
