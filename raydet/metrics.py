@@ -104,15 +104,13 @@ class MatchStats:
                    iou_thresholds=first.iou_thresholds)
 
     def __add__(self, other: MatchStats) -> MatchStats:
+        if isinstance(other, int) and not isinstance(other, bool) and other == 0:
+            return self  # 0 is the start of sum() and of a loop's accumulator, whichever side it is on
         if not isinstance(other, MatchStats):
             return NotImplemented
         return MatchStats.concat([self, other])
 
-    def __radd__(self, other):
-        # lets the builtin sum() start from 0: sum(per_batch_stats)
-        if isinstance(other, int) and other == 0:
-            return self
-        return NotImplemented
+    __radd__ = __add__  # merging is order-free: the final sort decides the order
 
 
 def _check_thresholds(iou_thresholds) -> np.ndarray:
@@ -305,16 +303,15 @@ class ClassBoxStats:
     no_ground_truth: int = 0
 
     def __add__(self, other: ClassBoxStats) -> ClassBoxStats:
+        if isinstance(other, int) and not isinstance(other, bool) and other == 0:
+            return self  # the start of sum()
         if not isinstance(other, ClassBoxStats):
             return NotImplemented
         return ClassBoxStats(self.correct + other.correct, self.iou_sum + other.iou_sum,
                              self.hits_50 + other.hits_50, self.images + other.images,
                              self.no_ground_truth + other.no_ground_truth)
 
-    def __radd__(self, other):
-        if isinstance(other, int) and other == 0:
-            return self
-        return NotImplemented
+    __radd__ = __add__
 
     @property
     def accuracy(self) -> float:

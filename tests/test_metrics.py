@@ -144,6 +144,10 @@ def test_merging_refuses_mismatched_statistics():
         M.MatchStats.empty(3) + M.MatchStats.empty(2)
     with pytest.raises(ValueError, match="at least one part"):
         M.MatchStats.concat([])
+    with pytest.raises(TypeError):
+        M.MatchStats.empty(2) + 1.5
+    s = M.MatchStats.empty(2)
+    assert (s + 0) is s and (0 + s) is s  # an empty batch's accumulator (0) merges as nothing
     with pytest.raises(ValueError, match="IoU thresholds"):
         M.MatchStats.empty(2) + M.MatchStats.empty(2, iou_thresholds=[0.5])
     with pytest.raises(ValueError, match="COCO's IoU thresholds"):
