@@ -1,0 +1,372 @@
+"""``raydet prepare``: a VOC-labelled folder or bucket -> Parquet shards + manifest, with Ray Data.
+
+Pipeline (the driver only lists files and does bookkeeping; every file is read in a Ray task):
+
+1. driver: ``voc.discover(DATA)`` lists annotations and images (no file is opened).
+2. **parse pass**, Ray Data: ``from_items(annotation paths)`` -> ``map_batches(_parse_batch)``: each task reads
+   and parses its XML with ``voc.parse_voc`` and sends back the (small) records.
+3. driver: the class list (``--classes``, else every name found, sorted), each annotation's image
+   (``voc.resolve_image``), its split, its objects sorted largest first and cut to ``max_objects``.
+   Parsing before decoding is what lets the labels be final integers when the shards are written, and it
+   keeps images with nothing to learn from out of the expensive pass.
+4. **decode pass**, Ray Data: ``from_items(planned rows)`` -> ``map_batches(_decode_write_batch)``: each task
+   reads, decodes and resizes its images (``images.decode_resize``), normalizes the boxes and writes its rows
+   as one Parquet shard per split, ``PREP/{train,test}/part-<first row>.parquet``; it returns only a small
+   summary per row (loaded or the reason it was skipped, the node it ran on).
+5. driver: ``PREP/manifest.json`` (docs/FORMATS.md) and one line: loaded, skipped, where the manifest is.
+
+Why the tasks write their own shards instead of ``Dataset.write_parquet`` (FINDINGS.md measured that the
+layout of the work decides whether Ray helps at all here): a failed decode must come back as a *reason* in
+the manifest, which a fused ``map_batches -> write_parquet`` cannot return; rows go to two folders in one
+pass; and the images never travel through the object store (read, decode, encode and write happen in the same
+task, on the node that read the file). The shard's encoding is chosen for write speed: Parquet stores the
+``(S, S, 3)`` uint8 tensor as a list of 150,528 values per 224 px image, and writing that costs about as much
+CPU as decoding the JPEG (see benchmarks/ingest.py); dictionary encoding keeps it at ~1 byte per value
+(plain encoding widens uint8 to int32: 4x the bytes), and statistics are written only for the scalar columns.
+
+Decisions:
+- An annotation whose every object was dropped (or that has none) is **skipped** with reason
+  "no usable objects": the detector's target is an image's largest object, so such an image has none.
+- The split is the dataset's own (devkit ``ImageSets/Main``, ``train/`` + ``test/`` folders) when it names at
+  least one test image; annotations it leaves out then fall back to the hash. Otherwise the split is a hash:
+  ``sha1(image path)`` as a fraction of 2**160 below ``test_fraction`` means test, so adding images never moves
+  old ones.
+- Boxes are normalized by the *decoded* image size (``voc.normalize_boxes``); an object whose box falls
+  outside the decoded image (an XML whose ``<size>`` disagrees with its image) is dropped with a reason.
+- On a multi-node cluster ``--out`` must be storage every node can write (NFS or a bucket URI): the tasks
+  write the shards where they run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pickle
+import posixpath
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raydet import boxes as B
+from raydet.config import PrepareConfig
+from raydet.images import ImageError, decode_resize
+from raydet.voc import Dataset, VocError, VocRecord, discover, normalize_boxes, parse_voc, read_file, resolve_image, unreferenced_images
+
+SPLITS = ("train", "test")
+NO_OBJECTS = "no usable objects"
+# Rows per decode task = rows per shard: ~16 MiB of pixels (111 rows at 224 px), bounded so tiny images do
+# not make thousands of rows per task and huge ones still batch a few. Larger shards amortise the per-file
+# and per-task overheads; smaller ones balance 2 cores better at the end of the pass.
+SHARD_BYTES = 16 * 2**20
+MIN_SHARD_ROWS, MAX_SHARD_ROWS = 8, 512
+PARSE_ROWS = 512  # annotations per parse task: parsing is ~20,000 XML/s, so tasks stay well above overhead
+# Statistics (min/max per page) only mean something for the scalar columns; on the pixels they are pure cost.
+_STATS_COLUMNS = ["file", "num_objects", "width", "height"]
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One annotation that survived parsing, ready for the decode pass."""
+    index: int  # position among the annotations (shards are named by their first row's index)
+    file: str  # image path relative to the dataset root, posix
+    split: str
+    record: VocRecord  # objects sorted by area, largest first, at most max_objects
+
+
+# ----------------------------------------------------------------------------------------- Ray tasks
+
+def _parse_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, classes: tuple[str, ...] | None) -> pa.Table:
+    """[Ray task] annotation paths -> one row each: the pickled ``VocRecord`` or the error, and the node."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    records, errors = [], []
+    for relpath in batch["annotation"]:
+        try:
+            record = parse_voc(read_file(filesystem, root, relpath), classes, source=relpath)
+            records.append(pickle.dumps(record))
+            errors.append("")
+        except VocError as exc:
+            records.append(None)
+            errors.append(str(exc))
+        except OSError as exc:  # vanished or unreadable between listing and reading
+            records.append(None)
+            errors.append(f"{relpath}: cannot read: {exc}")
+    return pa.table({"annotation": pa.array(list(batch["annotation"]), pa.string()),
+                     "record": pa.array(records, pa.binary()), "error": pa.array(errors, pa.string()),
+                     "node": pa.array([node] * len(errors), pa.string())})
+
+
+def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, out_fs: pafs.FileSystem,
+                        out_root: str, image_size: int, max_objects: int, class_index: dict[str, int]) -> pa.Table:
+    """[Ray task] planned rows -> decoded, resized rows written as one Parquet shard per split; returns a
+    summary row per input: ``ok``, ``reason``, ``objects`` loaded, ``dropped`` object reasons, ``node``, and the
+    task's start/end times (seconds since the epoch) for the steady-state rate."""
+    import ray
+
+    start = time.time()
+    node = ray.get_runtime_context().get_node_id()
+    rows = {split: [] for split in SPLITS}
+    summary = {"index": [], "file": [], "ok": [], "reason": [], "objects": [], "dropped": []}
+    for index, file, split, blob in zip(batch["index"], batch["file"], batch["split"], batch["record"]):
+        record: VocRecord = pickle.loads(blob)
+        row, reason, dropped = _decode_row(filesystem, root, file, record, image_size, max_objects, class_index)
+        if row is not None:
+            rows[split].append(row)
+        summary["index"].append(int(index))
+        summary["file"].append(str(file))
+        summary["ok"].append(row is not None)
+        summary["reason"].append(reason)
+        summary["objects"].append(0 if row is None else int(row["num_objects"]))
+        summary["dropped"].append(dropped)
+    first = int(min(batch["index"]))
+    for split, split_rows in rows.items():
+        if split_rows:
+            _write_shard(out_fs, f"{out_root}/{split}/part-{first:07d}.parquet", split_rows)
+    n = len(summary["index"])
+    return pa.table({**summary, "dropped": pa.array(summary["dropped"], pa.list_(pa.string())),
+                     "node": [node] * n, "start": [start] * n, "end": [time.time()] * n})
+
+
+def _decode_row(filesystem, root, file, record: VocRecord, image_size: int, max_objects: int,
+                class_index: dict[str, int]) -> tuple[dict | None, str, list[str]]:
+    """One image -> (row of the shard or None, skip reason, reasons of objects dropped here)."""
+    try:
+        pixels, width, height = decode_resize(read_file(filesystem, root, file), image_size)
+    except ImageError as exc:
+        return None, f"{file}: {exc}", []
+    except OSError as exc:
+        return None, f"{file}: cannot read: {exc}", []
+    except Exception as exc:  # noqa: BLE001 -- a decoder bug on one hostile file must not stop the run
+        return None, f"{file}: unexpected {type(exc).__name__} while decoding: {exc}", []
+    norm = normalize_boxes(record, width, height)  # (N, 4) normalized xyxy, largest first
+    inside = B.area(norm) > 0
+    dropped = [f"object {o.name!r} box {o.box} lies outside the decoded {width}x{height} image"
+               for o, ok in zip(record.objects, inside) if not ok]
+    if not inside.any():
+        return None, f"{file}: {NO_OBJECTS} (every box lies outside the decoded {width}x{height} image)", dropped
+    kept = [o for o, ok in zip(record.objects, inside) if ok]
+    boxes = np.zeros((max_objects, 4), np.float32)
+    labels = np.full((max_objects,), -1, np.int32)
+    boxes[: len(kept)] = norm[inside]
+    labels[: len(kept)] = [class_index[o.name] for o in kept]
+    return {"file": file, "image": pixels, "boxes": boxes, "labels": labels, "num_objects": len(kept),
+            "width": width, "height": height}, "", dropped
+
+
+def _write_shard(out_fs: pafs.FileSystem, path: str, rows: list[dict]) -> None:
+    """Rows -> one Parquet file with the docs/FORMATS.md schema (tensor columns as Ray's ArrowTensorTypeV2)."""
+    from ray.data.extensions import ArrowTensorArray
+
+    table = pa.table({
+        "file": pa.array([r["file"] for r in rows], pa.string()),
+        "image": ArrowTensorArray.from_numpy(np.stack([r["image"] for r in rows])),
+        "boxes": ArrowTensorArray.from_numpy(np.stack([r["boxes"] for r in rows])),
+        "labels": ArrowTensorArray.from_numpy(np.stack([r["labels"] for r in rows])),
+        "num_objects": pa.array([r["num_objects"] for r in rows], pa.int32()),
+        "width": pa.array([r["width"] for r in rows], pa.int32()),
+        "height": pa.array([r["height"] for r in rows], pa.int32()),
+    })
+    pq.write_table(table, path, filesystem=out_fs, compression="snappy", write_statistics=_STATS_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+def shard_rows(image_size: int) -> int:
+    """Rows per decode task and shard for ``image_size`` px images (about ``SHARD_BYTES`` of pixels)."""
+    return int(np.clip(SHARD_BYTES // (image_size * image_size * 3), MIN_SHARD_ROWS, MAX_SHARD_ROWS))
+
+
+def hash_split(file: str, test_fraction: float) -> str:
+    """"test" when sha1(``file``), read as a fraction of 2**160, is below ``test_fraction``; else "train".
+    Depends on nothing but the path, so adding or removing other images never moves this one."""
+    fraction = int.from_bytes(hashlib.sha1(file.encode("utf-8")).digest(), "big") / 2**160
+    return "test" if fraction < test_fraction else "train"
+
+
+def _open_out(out: str) -> tuple[pafs.FileSystem, str]:
+    """``--out`` (path or URI) -> (filesystem, path); refuses a file, or a folder that looks like someone
+    else's data (train/ or test/ without our manifest), and clears an earlier PREP's shards."""
+    if "://" in out:
+        filesystem, path = pafs.FileSystem.from_uri(out)
+    else:
+        filesystem, path = pafs.LocalFileSystem(), posixpath.abspath(out.replace("\\", "/"))
+    path = path.rstrip("/") or "/"
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if info.type == pafs.FileType.Directory:
+        ours = filesystem.get_file_info(f"{path}/manifest.json").type == pafs.FileType.File
+        present = [s for s in SPLITS if filesystem.get_file_info(f"{path}/{s}").type != pafs.FileType.NotFound]
+        if present and not ours:
+            raise ValueError(f"--out {out} already has {'/ and '.join(present)}/ but no manifest.json: "
+                             "refusing to overwrite a folder raydet did not write")
+        for split in present:
+            filesystem.delete_dir(f"{path}/{split}")
+        if ours:
+            filesystem.delete_file(f"{path}/manifest.json")
+    for split in SPLITS:
+        filesystem.create_dir(f"{path}/{split}", recursive=True)
+    return filesystem, path
+
+
+def _parse_all(dataset: Dataset, classes: tuple[str, ...] | None, cpus: int) -> list[dict]:
+    """Ray Data parse pass: every annotation -> {annotation, record (pickled) or None, error, node}."""
+    import ray
+
+    refs = [{"annotation": ref.annotation} for ref in dataset.annotations]
+    blocks = max(min(len(refs), 2 * cpus), math.ceil(len(refs) / PARSE_ROWS))
+    ds = ray.data.from_items(refs, override_num_blocks=blocks)
+    ds = ds.map_batches(_parse_batch, batch_size=None, batch_format="numpy",
+                        fn_kwargs={"filesystem": dataset.filesystem, "root": dataset.root, "classes": classes})
+    return ds.take_all()
+
+
+def _plan(dataset: Dataset, parsed: list[dict], cfg: PrepareConfig) -> tuple[list[_Planned], list[str], str, dict]:
+    """Driver bookkeeping after the parse pass: -> (rows to decode, classes, split source, accounts) where
+    accounts holds ``skipped``, ``objects_skipped`` and ``resolved`` (every image an annotation points to)."""
+    refs = {ref.annotation: ref for ref in dataset.annotations}
+    skipped: list[dict] = []
+    objects_skipped: list[dict] = []
+    resolved: set[str] = set()
+    kept: list[tuple[int, str, str | None, VocRecord]] = []
+    used_by: dict[str, str] = {}
+    for index, row in enumerate(sorted(parsed, key=lambda r: r["annotation"])):
+        name = row["annotation"]
+        if row["record"] is None:
+            skipped.append({"file": name, "reason": row["error"]})
+            continue
+        record: VocRecord = pickle.loads(row["record"])
+        objects_skipped += [{"file": name, "reason": reason} for reason in record.dropped]
+        try:
+            image = resolve_image(dataset, refs[name], record.filename)
+        except VocError as exc:
+            skipped.append({"file": name, "reason": str(exc)})
+            continue
+        resolved.add(image)
+        if image in used_by:
+            skipped.append({"file": name, "reason": f"{name}: its image {image} is already labelled by {used_by[image]}"})
+            continue
+        used_by[image] = name
+        if not record.objects:
+            why = f"{len(record.dropped)} object(s) dropped" if record.dropped else "the annotation has no <object>"
+            skipped.append({"file": name, "reason": f"{name}: {NO_OBJECTS} ({why})"})
+            continue
+        kept.append((index, image, refs[name].split, _largest_first(record, cfg.max_objects, name, objects_skipped)))
+    classes = list(cfg.classes) if cfg.classes else sorted({o.name for *_, rec in kept for o in rec.objects})
+    own = any(ref.split == "test" for ref in dataset.annotations)
+    planned = [_Planned(index, image, split if own and split else hash_split(image, cfg.test_fraction), record)
+               for index, image, split, record in kept]
+    accounts = {"skipped": skipped, "objects_skipped": objects_skipped, "resolved": resolved}
+    return planned, classes, "dataset" if own else "hash", accounts
+
+
+def _largest_first(record: VocRecord, max_objects: int, name: str, objects_skipped: list[dict]) -> VocRecord:
+    """The record with its objects sorted by area, largest first, cut to ``max_objects`` (the rest reported)."""
+    areas = B.area(np.array([o.box for o in record.objects], dtype=np.float64))
+    order = np.argsort(-areas, kind="stable")
+    for i in order[max_objects:]:
+        o = record.objects[i]
+        objects_skipped.append({"file": name, "reason": f"object {o.name!r} {o.box}: beyond --max-objects "
+                                                        f"{max_objects} (the {max_objects} largest are kept)"})
+    return replace(record, objects=tuple(record.objects[i] for i in order[:max_objects]))
+
+
+def _decode_all(dataset: Dataset, planned: list[_Planned], classes: list[str], out_fs: pafs.FileSystem,
+                out_root: str, cfg: PrepareConfig, cpus: int) -> list[dict]:
+    """Ray Data decode pass: planned rows -> shards on disk, one summary row back per input row."""
+    import ray
+
+    if not planned:
+        return []
+    items = [{"index": p.index, "file": p.file, "split": p.split, "record": pickle.dumps(p.record)} for p in planned]
+    rows = shard_rows(cfg.image_size)
+    # One block per task (batch_size=None) so a task's rows are one shard; at least 2 per CPU so every node
+    # of a cluster gets work even from a small dataset.
+    blocks = max(min(len(items), 2 * cpus), math.ceil(len(items) / rows))
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ds.map_batches(_decode_write_batch, batch_size=None, batch_format="numpy", fn_kwargs={
+        "filesystem": dataset.filesystem, "root": dataset.root, "out_fs": out_fs, "out_root": out_root,
+        "image_size": cfg.image_size, "max_objects": cfg.max_objects,
+        "class_index": {name: i for i, name in enumerate(classes)}})
+    return ds.take_all()
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Run the ingestion (module docstring) and return the manifest (docs/FORMATS.md).
+
+    Besides the documented keys, ``stats`` holds where the time went (seconds per phase), the Ray node ids the
+    parse and decode tasks ran on, and the decode pass's window (first task start to last task end).
+    Raises FileNotFoundError/ValueError naming the path for a missing dataset, a folder without annotations,
+    an unusable ``--out``, or a dataset where nothing could be loaded (the manifest is still written then).
+    """
+    from raydet.runtime import init_ray
+
+    t0 = time.perf_counter()
+    dataset = discover(cfg.data)
+    out_fs, out_root = _open_out(cfg.out)
+    t_discover = time.perf_counter()
+    import ray
+
+    started = not ray.is_initialized()
+    init_ray(cfg.address)
+    t_ray = time.perf_counter()
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    parsed = _parse_all(dataset, cfg.classes, cpus)
+    planned, classes, split_source, accounts = _plan(dataset, parsed, cfg)
+    t_parse = time.perf_counter()
+    summaries = _decode_all(dataset, planned, classes, out_fs, out_root, cfg, cpus)
+    t_decode = time.perf_counter()
+
+    split_of = {p.index: p.split for p in planned}
+    skipped, objects_skipped = accounts["skipped"], accounts["objects_skipped"]
+    loaded = Counter()
+    objects_loaded = 0
+    for s in sorted(summaries, key=lambda s: s["index"]):
+        objects_skipped += [{"file": s["file"], "reason": reason} for reason in s["dropped"]]
+        if s["ok"]:
+            loaded[split_of[s["index"]]] += 1
+            objects_loaded += int(s["objects"])
+        else:
+            skipped.append({"file": s["file"], "reason": s["reason"]})
+    manifest = {
+        "classes": classes, "image_size": cfg.image_size, "max_objects": cfg.max_objects,
+        "splits": {split: loaded[split] for split in SPLITS}, "split_source": split_source,
+        "annotations_found": len(dataset.annotations), "images_loaded": sum(loaded.values()),
+        "skipped": skipped, "objects_loaded": objects_loaded, "objects_skipped": objects_skipped,
+        "unlabeled_images": list(unreferenced_images(dataset, accounts["resolved"])),
+        "source": cfg.data, "layout": dataset.layout,
+        "stats": _stats(parsed, summaries, cpus, started, [t0, t_discover, t_ray, t_parse, t_decode]),
+    }
+    assert manifest["images_loaded"] + len(skipped) == manifest["annotations_found"], "every annotation accounted for"
+    path = f"{out_root}/manifest.json"
+    with out_fs.open_output_stream(path) as stream:
+        stream.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    shown = path if "://" not in cfg.out else cfg.out.rstrip("/") + "/manifest.json"
+    if not manifest["images_loaded"]:
+        first = "; ".join(s["reason"] for s in skipped[:3])
+        raise ValueError(f"nothing loadable in {cfg.data}: all {len(skipped)} annotations skipped "
+                         f"(e.g. {first}); see {shown}")
+    print(f"raydet prepare: loaded {manifest['images_loaded']} images (train {loaded['train']}, "
+          f"test {loaded['test']}), skipped {len(skipped)}; manifest: {shown}", flush=True)
+    return manifest
+
+
+def _stats(parsed: list[dict], summaries: list[dict], cpus: int, started: bool, marks: list[float]) -> dict:
+    """Where the time went: seconds per phase, nodes used, and the decode pass's own window."""
+    t0, t_discover, t_ray, t_parse, t_decode = marks
+    window = (max(s["end"] for s in summaries) - min(s["start"] for s in summaries)) if summaries else 0.0
+    return {
+        "cpus": cpus,
+        "seconds": {"discover": round(t_discover - t0, 3), "ray_start": round(t_ray - t_discover, 3) if started else 0.0,
+                    "parse_pass": round(t_parse - t_ray, 3), "decode_pass": round(t_decode - t_parse, 3),
+                    "decode_window": round(window, 3), "total": round(t_decode - t0, 3)},
+        "nodes": {"parse": sorted({r["node"] for r in parsed}), "decode": sorted({s["node"] for s in summaries})},
+        "decoded": len(summaries),
+    }
