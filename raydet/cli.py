@@ -58,6 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="all", help="dynamic, float16, int8 or all (comma lists work too)")
     p.add_argument("--calibration", default=None, help="PREP folder for int8 calibration (default: the run's)")
     p.add_argument("--calibration-images", type=int, default=C.QuantizeConfig.calibration_images)
+    _add_address(p)
 
     p = sub.add_parser("evaluate", help="evaluate models of a run in a Ray actor pool; report, COCO files, drawings")
     p.add_argument("run", help="RUN folder")
@@ -109,7 +110,7 @@ def config_from_args(args: argparse.Namespace):
                              lr=args.lr, qat=args.qat, init_from=args.init_from, address=args.address)
     if cmd == "quantize":
         return C.QuantizeConfig(run=args.run, modes=_modes(args.mode), calibration=args.calibration,
-                                calibration_images=args.calibration_images)
+                                calibration_images=args.calibration_images, address=args.address)
     if cmd == "evaluate":
         return C.EvaluateConfig(run=args.run, data=args.data, models=tuple(m.strip() for m in args.models.split(",")),
                                 actors=args.actors, batch_size=args.batch_size, coco_out=args.coco_out,

@@ -138,6 +138,7 @@ class QuantizeConfig:
     modes: tuple[str, ...] = QUANT_MODES
     calibration: str | None = None  # PREP folder for int8 calibration; None: the run's own PREP
     calibration_images: int = 200
+    address: str | None = None  # Ray cluster for the calibration read; None: RAY_ADDRESS or a fresh local Ray
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in QUANT_MODES]
