@@ -340,7 +340,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         "splits": {split: loaded[split] for split in SPLITS}, "split_source": split_source,
         "annotations_found": len(dataset.annotations), "images_loaded": sum(loaded.values()),
         "skipped": skipped, "objects_loaded": objects_loaded, "objects_skipped": objects_skipped,
-        "unlabeled_images": list(unreferenced_images(dataset, accounts["resolved"])),
+        "unlabeled_images": _unlabeled(dataset, accounts["resolved"]),
         "source": cfg.data, "layout": dataset.layout,
         "stats": _stats(parsed, summaries, cpus, started, [t0, t_discover, t_ray, t_parse, t_decode]),
     }
@@ -356,6 +356,12 @@ def prepare(cfg: PrepareConfig) -> dict:
     print(f"raydet prepare: loaded {manifest['images_loaded']} images (train {loaded['train']}, "
           f"test {loaded['test']}), skipped {len(skipped)}; manifest: {shown}", flush=True)
     return manifest
+
+
+def _unlabeled(dataset: Dataset, resolved: set[str]) -> list[str]:
+    """Images no annotation points to: neither a parsed ``<filename>`` (``resolved``) nor, for XML that could
+    not be parsed, an annotation of the same stem beside it (``Dataset.unlabeled_images``)."""
+    return sorted(set(unreferenced_images(dataset, resolved)) & set(dataset.unlabeled_images))
 
 
 def _stats(parsed: list[dict], summaries: list[dict], cpus: int, started: bool, marks: list[float]) -> dict:

@@ -1,0 +1,373 @@
+"""raydet.data.prepare end to end on tiny datasets: hostile files, every layout, a URI, the split, the Parquet
+contract read back two ways, the real raccoon photos, and a two-node cluster."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from raydet.config import PrepareConfig
+from raydet.data import hash_split, prepare
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+def jpeg(size=(64, 48), color=(200, 30, 60), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def png(im: Image.Image, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **kwargs)
+    return buf.getvalue()
+
+
+def noisy_jpeg(seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
+    """~90 bytes of PNG whose header claims width x height RGB pixels."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def obj(name: str, x0, y0, x1, y1) -> str:
+    return (f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+            f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+
+
+def voc(filename: str, *objects: str, size=(64, 48)) -> str:
+    return (f"<annotation><folder>images</folder><filename>{filename}</filename><size><width>{size[0]}</width>"
+            f"<height>{size[1]}</height><depth>3</depth></size>{''.join(objects)}</annotation>")
+
+
+def write(path: Path, content: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
+def run(data, out, **kwargs) -> dict:
+    return prepare(PrepareConfig(data=str(data), out=str(out), **kwargs))
+
+
+def by_file(entries: list[dict]) -> dict[str, str]:
+    return {e["file"]: e["reason"] for e in entries}
+
+
+def read_rows(prep: Path) -> dict[str, dict]:
+    """Every row of both splits, read with plain pyarrow, keyed by file. Tensor columns come back as flat
+    lists (or arrays, once Ray has registered its extension type) and are reshaped here by hand."""
+    manifest = json.loads((prep / "manifest.json").read_text())
+    size, k = manifest["image_size"], manifest["max_objects"]
+    shapes = {"image": (size, size, 3), "boxes": (k, 4), "labels": (k,)}
+    rows = {}
+    for split in ("train", "test"):
+        for path in sorted((prep / split).glob("*.parquet")):
+            for r in pq.read_table(path).to_pylist():
+                rows[r["file"]] = {**r, **{c: np.asarray(r[c]).reshape(shape) for c, shape in shapes.items()},
+                                   "split": split}
+    return rows
+
+
+def one_good(folder: Path, stem: str, color=(200, 30, 60), name="dog") -> None:
+    write(folder / f"{stem}.jpg", jpeg(color=color))
+    write(folder / f"{stem}.xml", voc(f"{stem}.jpg", obj(name, 16, 12, 48, 36)))
+
+
+# ------------------------------------------------------------------------------- hostile, paired layout
+
+LAUGHS = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;'
+          '&lol;&lol;&lol;&lol;&lol;"><!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>'
+          '<annotation><filename>&lol3;</filename></annotation>')
+XXE = ('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+       '<annotation><filename>&xxe;</filename></annotation>')
+NON_ASCII = "ñandú-猫"
+
+# annotation stem -> (image name, image bytes, xml text): each a case from issue 2's "Done when" list
+def hostile_cases() -> dict[str, tuple[str, bytes | None, str]]:
+    pal = Image.new("P", (64, 48), 1)
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    return {
+        # two objects, the small one first in the XML: the output puts the large one first
+        "good": ("good.jpg", jpeg(), voc("good.jpg", obj("cat", 0, 0, 8, 8), obj("dog", 16, 12, 48, 36))),
+        "gray": ("gray.jpg", jpeg(mode="L", color=90), voc("gray.jpg", obj("dog", 0, 0, 32, 24))),
+        "cmyk": ("cmyk.jpg", jpeg(mode="CMYK", color=(0, 255, 255, 0)), voc("cmyk.jpg", obj("dog", 0, 0, 32, 24))),
+        "rgba": ("rgba.png", png(Image.new("RGBA", (64, 48), (0, 255, 0, 255))), voc("rgba.png", obj("cat", 0, 0, 32, 24))),
+        "palette": ("palette.png", png(pal), voc("palette.png", obj("cat", 0, 0, 32, 24))),
+        NON_ASCII: (f"{NON_ASCII}.jpg", jpeg(), voc(f"{NON_ASCII}.jpg", obj("cat", 0, 0, 32, 24))),
+        # 10 objects, max_objects 8: the two smallest (widths 2 and 4) are cut
+        "many": ("many.jpg", jpeg(), voc("many.jpg", *[obj("cat", 0, 0, 2 * k, 40) for k in range(1, 11)])),
+        # 4 objects: good, no bndbox, non-numeric, out of bounds (clipped, kept)
+        "partial": ("partial.jpg", jpeg(), voc("partial.jpg", obj("dog", 0, 0, 20, 20), "<object><name>cat</name></object>",
+                                               obj("cat", "ten", 0, 20, 20), obj("cat", -10, 30, 100, 60))),
+        "inverted": ("inverted.jpg", jpeg(), voc("inverted.jpg", obj("dog", 40, 0, 10, 20))),
+        "truncated": ("truncated.jpg", noisy_jpeg()[:1500], voc("truncated.jpg", obj("dog", 0, 0, 32, 24))),
+        "empty": ("empty.jpg", b"", voc("empty.jpg", obj("dog", 0, 0, 32, 24))),
+        "notimage": ("notimage.jpg", b"just some text\n" * 20, voc("notimage.jpg", obj("dog", 0, 0, 32, 24))),
+        "bomb": ("bomb.png", bomb_png(), voc("bomb.png", obj("dog", 0, 0, 32, 24))),
+        "malformed": ("malformed.jpg", jpeg(), "<annotation><filename>malformed.jpg</filename><object>"),
+        "laughs": ("laughs.jpg", jpeg(), LAUGHS),
+        "xxe": ("xxe.jpg", jpeg(), XXE),
+        "missing": ("", None, voc("nothere.jpg", obj("dog", 0, 0, 32, 24))),
+        "traversal": ("", None, voc("../../../etc/passwd", obj("dog", 0, 0, 32, 24))),
+    }
+
+
+LOADED = {"good", "gray", "cmyk", "rgba", "palette", NON_ASCII, "many", "partial"}
+SKIPPED = {  # annotation stem -> (file reported, reason pattern)
+    "inverted": ("annotations/inverted.xml", r"no usable objects \(1 object\(s\) dropped\)"),
+    "truncated": ("images/truncated.jpg", r"truncated or corrupt JPEG data: image file is truncated"),
+    "empty": ("images/empty.jpg", r"empty file \(0 bytes\)"),
+    "notimage": ("images/notimage.jpg", r"not a recognised image"),
+    "bomb": ("images/bomb.png", r"decompression bomb"),
+    "malformed": ("annotations/malformed.xml", r"malformed XML"),
+    "laughs": ("annotations/laughs.xml", r"unsafe XML refused"),
+    "xxe": ("annotations/xxe.xml", r"unsafe XML refused"),
+    "missing": ("annotations/missing.xml", r"image not found"),
+    "traversal": ("annotations/traversal.xml", r"path traversal refused"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """A paired (labelImg) dataset full of hostile files, prepared once at 32 px for the tests below."""
+    import ray
+
+    from raydet.runtime import runtime_env
+
+    if not ray.is_initialized():  # what the ray_local fixture does, at module scope
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env())
+    root = tmp_path_factory.mktemp("hostile")
+    data, prep = root / "data", root / "prep"
+    for stem, (image, content, xml) in hostile_cases().items():
+        write(data / "annotations" / f"{stem}.xml", xml)
+        if content is not None:
+            write(data / "images" / image, content)
+    write(data / "images" / "lonely.jpg", jpeg())  # no annotation names it
+    return data, prep, run(data, prep, image_size=32, max_objects=8)
+
+
+def test_hostile_files_are_loaded_or_skipped_with_a_reason(hostile):
+    _, _, m = hostile
+    assert m["annotations_found"] == len(hostile_cases()) == 18
+    assert m["images_loaded"] + len(m["skipped"]) == m["annotations_found"]  # the invariant
+    assert m["images_loaded"] == len(LOADED) == 8
+    skipped = by_file(m["skipped"])
+    assert set(skipped) == {file for file, _ in SKIPPED.values()}
+    for stem, (file, pattern) in SKIPPED.items():
+        assert re.search(pattern, skipped[file]), (stem, skipped[file])
+    assert m["layout"] == "paired" and m["classes"] == ["cat", "dog"]  # all names found, sorted
+    assert m["unlabeled_images"] == ["images/lonely.jpg"]
+
+
+def test_dropped_objects_are_reported(hostile):
+    _, _, m = hostile
+    dropped = [e["reason"] for e in m["objects_skipped"] if e["file"] == "annotations/partial.xml"]
+    assert len(dropped) == 2 and "no <bndbox>" in dropped[0] and "non-numeric xmin='ten'" in dropped[1]
+    beyond = [e["reason"] for e in m["objects_skipped"] if e["file"] == "annotations/many.xml"]
+    assert len(beyond) == 2 and all("beyond --max-objects 8" in r for r in beyond)
+    assert "(0.0, 0.0, 2.0, 40.0)" in beyond[0] + beyond[1] and "(0.0, 0.0, 4.0, 40.0)" in beyond[0] + beyond[1]
+    # objects loaded: good 2 + gray/cmyk/rgba/palette/non-ascii 1 each + many 8 + partial 2 = 17
+    assert m["objects_loaded"] == 17
+
+
+def test_parquet_rows_by_hand_with_pyarrow(hostile):
+    _, prep, m = hostile
+    rows = read_rows(prep)
+    assert sorted(rows) == sorted(f"images/{hostile_cases()[s][0]}" for s in LOADED)
+    assert sum(m["splits"].values()) == 8 and m["split_source"] == "hash"
+    for file, r in rows.items():
+        assert r["split"] == hash_split(file, 0.2)
+    good = rows["images/good.jpg"]
+    assert (good["width"], good["height"], good["num_objects"]) == (64, 48, 2)
+    boxes = good["boxes"]
+    # dog (16, 12, 48, 36) on 64 x 48 -> (16/64, 12/48, 48/64, 36/48) = (0.25, 0.25, 0.75, 0.75), largest first;
+    # cat (0, 0, 8, 8) -> (0, 0, 8/64, 8/48) = (0, 0, 0.125, 0.1667); the rest zero padding
+    np.testing.assert_allclose(boxes[:2], [[0.25, 0.25, 0.75, 0.75], [0, 0, 0.125, 8 / 48]], rtol=1e-6)
+    assert (boxes[2:] == 0).all()
+    assert good["labels"].tolist() == [1, 0, -1, -1, -1, -1, -1, -1]  # classes ["cat", "dog"]: dog = 1, cat = 0
+    image = good["image"]
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert np.abs(image.astype(int) - (200, 30, 60)).max() <= 4  # the flat JPEG colour, resized
+    partial = rows["images/partial.jpg"]
+    # kept: (0, 0, 20, 20) area 400 and (-10, 30, 100, 60) clipped to (0, 30, 64, 48) area 64 * 18 = 1152,
+    # so the clipped one comes first: (0, 30/48, 1, 1)
+    np.testing.assert_allclose(partial["boxes"][:2],
+                               [[0, 30 / 48, 1, 1], [0, 0, 20 / 64, 20 / 48]], rtol=1e-6)
+    many = rows["images/many.jpg"]
+    assert many["num_objects"] == 8 and many["boxes"][0, 2] == pytest.approx(20 / 64)
+    grey = rows["images/gray.jpg"]["image"]
+    assert np.abs(grey.astype(int) - 90).max() <= 3
+
+
+def test_parquet_read_back_with_ray_data(hostile):
+    import ray
+
+    _, prep, m = hostile
+    ds = ray.data.read_parquet(str(prep / "train"))
+    batch = ds.take_batch(m["splits"]["train"], batch_format="numpy")
+    n = m["splits"]["train"]
+    assert batch["image"].shape == (n, 32, 32, 3) and batch["image"].dtype == np.uint8
+    assert batch["boxes"].shape == (n, 8, 4) and batch["boxes"].dtype == np.float32
+    assert batch["labels"].shape == (n, 8) and batch["labels"].dtype == np.int32
+    assert batch["num_objects"].dtype == np.int32 and batch["width"].dtype == np.int32
+    # padding is exactly where num_objects says
+    for k, labels, boxes in zip(batch["num_objects"], batch["labels"], batch["boxes"]):
+        assert (labels[:k] >= 0).all() and (labels[k:] == -1).all() and (boxes[k:] == 0).all()
+        assert ((boxes[:k] >= 0) & (boxes[:k] <= 1)).all()
+
+
+def test_one_summary_line_and_manifest_on_disk(hostile, capsys, tmp_path):
+    data, _, _ = hostile
+    m = run(data, tmp_path / "again", image_size=16, max_objects=1, classes=("dog",))
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line == (f"raydet prepare: loaded {m['images_loaded']} images (train {m['splits']['train']}, test "
+                    f"{m['splits']['test']}), skipped {len(m['skipped'])}; manifest: {tmp_path / 'again' / 'manifest.json'}")
+    on_disk = json.loads((tmp_path / "again" / "manifest.json").read_text())
+    assert on_disk == m
+    # only "dog" kept: good, gray, cmyk and partial load; rgba, palette, many and the non-ASCII image (cats
+    # only) join the skipped as "no usable objects": 18 - 4 = 14 skipped
+    assert m["classes"] == ["dog"] and m["images_loaded"] == 4 and len(m["skipped"]) == 14
+    assert "no usable objects" in by_file(m["skipped"])["annotations/rgba.xml"]
+    assert any("class not in the class list" in e["reason"] for e in m["objects_skipped"])
+
+
+# ------------------------------------------------------------------------------------- layouts and URI
+
+def test_devkit_through_a_file_uri_uses_the_dataset_split(tmp_path, ray_local):
+    data = tmp_path / "VOC2007"
+    for i, color in enumerate([(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0)]):
+        write(data / "JPEGImages" / f"00000{i}.jpg", jpeg(color=color))
+        write(data / "Annotations" / f"00000{i}.xml", voc(f"00000{i}.jpg", obj("dog", 16, 12, 48, 36)))
+    write(data / "ImageSets" / "Main" / "trainval.txt", "000000\n000001\n000002\n")
+    write(data / "ImageSets" / "Main" / "test.txt", "000003\n")
+    m = run(data.as_uri(), tmp_path / "prep", image_size=16)
+    assert m["layout"] == "devkit" and m["split_source"] == "dataset" and m["source"] == data.as_uri()
+    assert m["splits"] == {"train": 3, "test": 1} and m["images_loaded"] == 4
+    rows = read_rows(tmp_path / "prep")
+    assert rows["JPEGImages/000003.jpg"]["split"] == "test"
+    blue = rows["JPEGImages/000002.jpg"]["image"]
+    assert blue[..., 2].min() > 240 and blue[..., :2].max() < 10
+
+
+def test_train_test_folders_layout(tmp_path, ray_local):
+    one_good(tmp_path / "data" / "train", "a")
+    one_good(tmp_path / "data" / "train", "b")
+    one_good(tmp_path / "data" / "test", "c")
+    m = run(tmp_path / "data", tmp_path / "prep", image_size=16)
+    assert m["layout"] == "train_test" and m["split_source"] == "dataset"
+    assert m["splits"] == {"train": 2, "test": 1}
+    assert read_rows(tmp_path / "prep")["test/c.jpg"]["split"] == "test"
+
+
+def test_flat_layout_and_hash_split_stability(tmp_path, ray_local):
+    data = tmp_path / "flat"
+    for i in range(12):
+        one_good(data, f"img{i:02d}")
+    first = run(data, tmp_path / "prep1", image_size=16, test_fraction=0.3)
+    assert first["layout"] == "flat" and first["split_source"] == "hash" and first["images_loaded"] == 12
+    before = {f: r["split"] for f, r in read_rows(tmp_path / "prep1").items()}
+    for i in range(12, 30):
+        one_good(data, f"img{i:02d}")
+    second = run(data, tmp_path / "prep2", image_size=16, test_fraction=0.3)
+    after = {f: r["split"] for f, r in read_rows(tmp_path / "prep2").items()}
+    assert second["images_loaded"] == 30
+    assert {f: after[f] for f in before} == before  # adding 18 images moved none of the first 12
+    assert set(after.values()) == {"train", "test"}
+
+
+def test_hash_split_is_a_pure_function_of_the_path():
+    names = [f"images/photo-{i}.jpg" for i in range(2000)]
+    splits = [hash_split(n, 0.2) for n in names]
+    assert splits == [hash_split(n, 0.2) for n in names]  # deterministic, no state
+    # binomial(2000, 0.2): mean 400, sd sqrt(2000 * 0.2 * 0.8) = 17.9; 5 sd either side
+    assert 310 < splits.count("test") < 490
+    assert all(hash_split(n, 0.0) == "train" for n in names[:50])
+    # a larger fraction only moves images from train to test, never back
+    assert all(hash_split(n, 0.5) == "test" for n, s in zip(names, splits) if s == "test")
+
+
+def test_rerun_into_the_same_prep_replaces_the_shards(tmp_path, ray_local):
+    one_good(tmp_path / "d", "a")
+    one_good(tmp_path / "d", "b")
+    run(tmp_path / "d", tmp_path / "prep", image_size=16)
+    (tmp_path / "d" / "b.xml").unlink()
+    m = run(tmp_path / "d", tmp_path / "prep", image_size=16)
+    assert m["images_loaded"] == 1 and list(read_rows(tmp_path / "prep")) == ["a.jpg"]
+
+
+def test_raccoon_every_photo_accounted_for(raccoon_dir, tmp_path, ray_local):
+    m = run(raccoon_dir, tmp_path / "prep", image_size=64)
+    assert m["annotations_found"] == 200
+    assert m["images_loaded"] + len(m["skipped"]) == 200
+    assert m["images_loaded"] == 200 and m["objects_loaded"] == 217 and m["classes"] == ["raccoon"]
+    assert sum(m["splits"].values()) == 200 and m["splits"]["test"] > 0
+    rows = read_rows(tmp_path / "prep")
+    r = rows["images/raccoon-1.jpg"]
+    # raccoon-1.xml: 650 x 417, box (81, 88, 522, 408) -> (81/650, 88/417, 522/650, 408/417)
+    assert (r["width"], r["height"]) == (650, 417)
+    np.testing.assert_allclose(r["boxes"][0], [81 / 650, 88 / 417, 522 / 650, 408 / 417], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+def test_missing_path_and_folder_without_annotations(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope"))):
+        run(tmp_path / "nope", tmp_path / "prep")
+    write(tmp_path / "pics" / "a.jpg", jpeg())
+    with pytest.raises(ValueError, match=r"no VOC annotations found in .*pics"):
+        run(tmp_path / "pics", tmp_path / "prep")
+
+
+def test_out_folder_not_written_by_raydet_is_refused(tmp_path):
+    one_good(tmp_path / "d", "a")
+    write(tmp_path / "precious" / "train" / "keep.txt", "mine")
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        run(tmp_path / "d", tmp_path / "precious")
+    assert (tmp_path / "precious" / "train" / "keep.txt").read_text() == "mine"
+
+
+def test_nothing_loadable_names_the_path(tmp_path, ray_local):
+    write(tmp_path / "d" / "a.jpg", b"")
+    write(tmp_path / "d" / "a.xml", voc("a.jpg", obj("dog", 0, 0, 8, 8)))
+    with pytest.raises(ValueError, match=rf"nothing loadable in {re.escape(str(tmp_path / 'd'))}: all 1 annotations skipped"):
+        run(tmp_path / "d", tmp_path / "prep")
+
+
+# ------------------------------------------------------------------------------------ two-node cluster
+
+def test_parse_and_decode_ran_on_both_nodes_of_a_two_node_cluster(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    for i in range(16):
+        one_good(tmp_path / "d", f"img{i:02d}")
+    ray.shutdown()  # the shared local Ray; this test needs its own cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        m = run(tmp_path / "d", tmp_path / "prep", image_size=16, address=cluster.address)
+        assert m["images_loaded"] == 16 and m["stats"]["cpus"] == 2
+        assert len(set(m["stats"]["nodes"]["parse"])) == 2
+        assert len(set(m["stats"]["nodes"]["decode"])) == 2
+        assert set(m["stats"]["nodes"]["decode"]) == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
