@@ -42,6 +42,7 @@ MIN_ASPECT, MAX_ASPECT = 2 / 3, 3 / 2
 MIN_CONTRAST = 110.0  # RGB distance between object colour and the background under it (max is 441)
 JPEG_QUALITY = 92  # with 4:4:4 chroma (subsampling=0): colour edges stay sharp at 64 px
 MARKER = "synth.json"
+PROGRESS_EVERY = 5000
 
 
 def _regular(n: int, radius: float = 1.0, phase: float = -math.pi / 2) -> np.ndarray:
@@ -247,6 +248,8 @@ def write_synthetic(cfg: SynthConfig) -> dict:
         objects += len(objs)
         for name, _ in objs:
             counts[name] += 1
+        if (i + 1) % PROGRESS_EVERY == 0 and i + 1 < cfg.images:
+            print(f"synth: {i + 1}/{cfg.images} images", flush=True)  # ~5 s apart: large sets show progress
     train, test = split_ids(cfg)
     main = out / "ImageSets" / "Main"
     (main / "train.txt").write_text("".join(f"{x}\n" for x in train))

@@ -27,7 +27,7 @@ Listing is one ``get_file_info(FileSelector(folder))`` per folder; no annotation
 the same pyarrow filesystem code.
 
 Images (``resolve_image``): the ``<filename>`` inside the annotation's image folder (exact, then ignoring case
-and Unicode normalization), else the XML's stem with any image extension (any case). A ``<filename>`` that is
+and Unicode normalization), else that name's stem, else the XML's stem, with any image extension (any case). A ``<filename>`` that is
 absolute or contains ``..`` is refused, whether or not an image would have been found.
 """
 
@@ -459,8 +459,8 @@ def resolve_image(dataset_or_names: Dataset | Collection[str], ref: AnnotationRe
     ``dataset_or_names``: the ``Dataset``, or just the names of the files in ``ref.image_dir`` (a frozenset
     from ``Dataset.image_files``: pure, no filesystem access, cheap to ship to a Ray task).
     ``filename``: the record's ``<filename>``. Order: that name in ``ref.image_dir`` (exactly, then ignoring
-    case and Unicode normalization); else the XML's stem with any image extension, preferring the extension of
-    ``<filename>``. Raises ``VocError`` "path traversal refused" for an absolute ``<filename>`` or one with
+    case and Unicode normalization); else its stem with any image extension (any case); else the XML's stem
+    with any image extension, preferring the extension of ``<filename>``. Raises ``VocError`` "path traversal refused" for an absolute ``<filename>`` or one with
     ``..``, and "image not found" when nothing matches.
     """
     if isinstance(dataset_or_names, Dataset):
@@ -479,7 +479,9 @@ def resolve_image(dataset_or_names: Dataset | Collection[str], ref: AnnotationRe
         if _key(relative) in by_name:
             return _join(ref.image_dir, by_name[_key(relative)])
     stem = posixpath.splitext(posixpath.basename(ref.annotation))[0]
-    candidates = by_stem.get(_key(stem), ())
+    # "IMG_1" or "IMG_1.jpg" written for IMG_1.jpeg: the filename's own stem, then the XML's
+    named_stem = posixpath.splitext(relative)[0] if relative and "/" not in relative else ""
+    candidates = (named_stem and by_stem.get(_key(named_stem), ())) or by_stem.get(_key(stem), ())
     if candidates:
         wanted = _suffix(relative)
         return _join(ref.image_dir, next((c for c in candidates if _suffix(c) == wanted), candidates[0]))

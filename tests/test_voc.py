@@ -145,6 +145,9 @@ def test_resolve_by_filename_then_stem_with_any_extension_case():
     assert resolve_image(names, REF, "IMG_0001.jpg") == "images/ñandú 1.JPG"
     assert resolve_image(frozenset({"x.png"}), AnnotationRef("x.xml", "", None), "") == "x.png"
     assert resolve_image(frozenset({"x.png", "x.jpg"}), AnnotationRef("x.xml", "", None), "x.PNG") == "x.png"
+    # <filename> without its extension, or with another one, and an XML named differently
+    assert resolve_image(frozenset({"IMG_1.jpeg", "ann_1.jpg"}), AnnotationRef("ann_1.xml", "", None), "IMG_1") == "IMG_1.jpeg"
+    assert resolve_image(frozenset({"IMG_1.jpeg"}), AnnotationRef("ann_1.xml", "", None), "img_1.jpg") == "IMG_1.jpeg"
 
 
 def test_resolve_matches_decomposed_unicode_names():
