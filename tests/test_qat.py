@@ -1,0 +1,153 @@
+"""raydet.qat: quantization-aware training on raydet.model's network, save/load, export to int8 .tflite."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from quant_helpers import ap50, synthetic, train_small_model
+
+
+def _model_config():
+    from raydet.config import ModelConfig
+
+    return ModelConfig(num_classes=3, image_size=32, width=8, depth=3, head_units=32, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def float_model():
+    """raydet.model's network, trained in float for a few seconds (the --init-from of a QAT fine-tune)."""
+    from raydet.model import build_model
+
+    images, labels, boxes = synthetic(800, seed=0)
+    return train_small_model(images, labels, boxes, model=build_model(_model_config()))
+
+
+@pytest.fixture(scope="module")
+def qat_run(float_model, tmp_path_factory):
+    """A RUN folder after a QAT fine-tune: model_qat.keras (save_qat_model), config.json, model_qat.tflite."""
+    from raydet.qat import apply_qat, export_qat_tflite, save_qat_model
+
+    images, labels, boxes = synthetic(800, seed=0)
+    model = train_small_model(images, labels, boxes, epochs=3, model=apply_qat(float_model))
+    run = tmp_path_factory.mktemp("qat") / "run"
+    run.mkdir()
+    save_qat_model(model, run / "model_qat.keras")
+    (run / "config.json").write_text(json.dumps({"model": dataclasses.asdict(_model_config())}))
+    return {"run": run, "model": model, "tflite": export_qat_tflite(run)}
+
+
+def test_apply_qat_wraps_the_network_and_keeps_names_and_weights(float_model):
+    from raydet.qat import apply_qat
+
+    qat = apply_qat(float_model)
+    assert qat.input_names == ["image"]
+    assert sorted(qat.output_names) == ["boxes", "class_logits"]
+    kinds = {layer.name: type(layer).__name__ for layer in qat.layers}
+    assert kinds["quant_conv0"] == "QuantizeWrapperV2" and kinds["class_logits"] == "QuantizeWrapperV2"
+    # Rescaling carries raydet's config: no weight quantizer, one output quantizer (its range variables)
+    rescale = qat.get_layer("quant_rescale")
+    assert type(rescale.quantize_config).__name__ == "RescalingQuantizeConfig"
+    assert rescale.quantize_config.get_weights_and_quantizers(rescale.layer) == []
+    assert sorted(w.name.split("/")[-1] for w in rescale.weights) == ["optimizer_step:0", "output_max:0",
+                                                                     "output_min:0"]
+    # the float weights carried over (conv0's kernel, the class head's kernel)
+    for wrapper, name in (("quant_conv0", "conv0"), ("class_logits", "class_logits")):
+        kernel = [w for w in qat.get_layer(wrapper).weights if w.name.endswith("/kernel:0")]
+        assert len(kernel) == 1, [w.name for w in qat.get_layer(wrapper).weights]
+        np.testing.assert_array_equal(kernel[0].numpy(), float_model.get_layer(name).kernel.numpy())
+
+
+def test_plain_tfmot_refuses_rescaling(float_model):
+    """Why apply_qat exists: tfmot's one-call quantize_model rejects the network's Rescaling layer."""
+    import tensorflow_model_optimization as tfmot
+
+    with pytest.raises(RuntimeError, match="rescale.*not supported"):
+        tfmot.quantization.keras.quantize_model(float_model)
+
+
+def test_batchnorm_after_pooling_is_refused_with_the_layer_named():
+    """The original project's order, Conv -> MaxPool -> BN, which tfmot cannot fold."""
+    import tf_keras as keras
+
+    from raydet.qat import apply_qat
+
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, name="conv")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.BatchNormalization(name="bn_after_pool")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, {"class_logits": keras.layers.Dense(3, name="class_logits")(x),
+                                 "boxes": keras.layers.Dense(4, activation="sigmoid", name="boxes")(x)})
+    with pytest.raises(ValueError, match=r"bn_after_pool follows pool \(MaxPooling2D\).*Conv\(no bias\) -> BatchNorm"):
+        apply_qat(model)
+
+
+def test_qat_model_trains_saves_and_loads_exactly(qat_run):
+    from raydet.qat import load_qat_model
+
+    images = synthetic(16, seed=2)[0].astype(np.float32)
+    loaded = load_qat_model(qat_run["run"] / "model_qat.keras")
+    ref, out = qat_run["model"].predict(images, verbose=0), loaded.predict(images, verbose=0)
+    for name in ("class_logits", "boxes"):
+        np.testing.assert_array_equal(out[name], ref[name])
+
+
+def test_export_is_full_int8_with_uint8_input(qat_run):
+    from raydet.tflite import TFLiteModel
+
+    model = TFLiteModel(qat_run["tflite"])
+    assert model.input_dtype == np.uint8
+    interpreter = model._interpreter
+    tensors = interpreter.get_tensor_details()
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED"):
+            # activations in and weights: int8 (not float kernels run in float)
+            assert tensors[op["inputs"][0]]["dtype"] == np.int8, op
+            assert tensors[op["inputs"][1]]["dtype"] == np.int8, op
+    out = model.predict(synthetic(4, seed=2)[0])
+    assert out["class_logits"].shape == (4, 3) and out["boxes"].shape == (4, 4)
+
+
+def test_qat_tflite_keeps_the_keras_answers_and_float_ap(qat_run, float_model):
+    from raydet.tflite import TFLiteModel
+
+    images, labels, boxes = synthetic(200, seed=1)
+    keras_out = qat_run["model"].predict(images.astype(np.float32), verbose=0)
+    lite_out = TFLiteModel(qat_run["tflite"], batch_size=32).predict(images)
+    agree = np.mean(lite_out["class_logits"].argmax(1) == keras_out["class_logits"].argmax(1))
+    assert agree >= 0.95, agree
+    assert np.abs(lite_out["boxes"] - keras_out["boxes"]).mean() < 0.02
+    float_ap = ap50(float_model.predict(images.astype(np.float32), verbose=0), labels, boxes)
+    assert float_ap > 0.8, float_ap
+    assert ap50(lite_out, labels, boxes) >= float_ap - 0.02  # issue 4: QAT loses at most 0.02 AP50
+
+
+def test_a_native_keras_zip_is_rebuilt_from_the_run_config(qat_run, tmp_path):
+    """What `model.save("model_qat.keras")` writes: load_model cannot read it back, export still can."""
+    from raydet.qat import export_qat_tflite, load_qat_model
+    from raydet.tflite import TFLiteModel
+
+    run = tmp_path / "run"
+    run.mkdir()
+    qat_run["model"].save(run / "model_qat.keras")  # native zip format
+    with pytest.raises(ValueError, match="native .keras zip"):
+        load_qat_model(run / "model_qat.keras")
+    (run / "config.json").write_text((qat_run["run"] / "config.json").read_text())
+    images = synthetic(8, seed=3)[0]
+    rebuilt = TFLiteModel(export_qat_tflite(run)).predict(images)
+    reference = TFLiteModel(qat_run["tflite"]).predict(images)
+    for name in ("class_logits", "boxes"):
+        np.testing.assert_array_equal(rebuilt[name], reference[name])
+
+
+def test_export_without_a_qat_model_names_what_exists(tmp_path):
+    from raydet.qat import export_qat_tflite
+
+    (tmp_path / "model.keras").write_text("")
+    with pytest.raises(FileNotFoundError, match=r"model_qat\.keras.*holds model\.keras"):
+        export_qat_tflite(tmp_path)
