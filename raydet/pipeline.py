@@ -43,7 +43,7 @@ def stage_configs(cfg: C.RunConfig) -> dict:
     train = C.TrainConfig(prep=prepare.out, out=str(out / "runs"), name=RUN_NAME, workers=cfg.workers,
                           use_gpu=cfg.use_gpu, epochs=cfg.epochs, batch_size=cfg.batch_size, address=cfg.address)
     run_dir = str(Path(train.out) / train.name)
-    quantize = C.QuantizeConfig(run=run_dir, modes=QUANT_MODES)
+    quantize = C.QuantizeConfig(run=run_dir, modes=QUANT_MODES, address=cfg.address)
     evaluate = C.EvaluateConfig(run=run_dir, data=prepare.out, models=EVAL_MODELS, draw=cfg.draw,
                                 coco_out=str(Path(run_dir) / "eval" / "coco"), address=cfg.address)
     return {"synth": synth, "prepare": prepare, "train": train, "quantize": quantize, "evaluate": evaluate}
