@@ -65,6 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="PREP folder; its test split is evaluated")
     p.add_argument("--models", default="float,int8", help=f"comma list of {','.join(C.MODEL_NAMES)}")
     p.add_argument("--actors", type=int, default=C.EvaluateConfig.actors)
+    p.add_argument("--threads", type=int, default=C.EvaluateConfig.threads, help="interpreter threads (and CPUs) per actor")
     p.add_argument("--batch-size", type=int, default=C.EvaluateConfig.batch_size)
     p.add_argument("--coco-out", default=None, help="folder for ground_truth.json and detections_<model>.json")
     p.add_argument("--draw", type=int, default=C.EvaluateConfig.draw, help="test images to draw (0: none)")
@@ -113,7 +114,7 @@ def config_from_args(args: argparse.Namespace):
                                 calibration_images=args.calibration_images, address=args.address)
     if cmd == "evaluate":
         return C.EvaluateConfig(run=args.run, data=args.data, models=tuple(m.strip() for m in args.models.split(",")),
-                                actors=args.actors, batch_size=args.batch_size, coco_out=args.coco_out,
+                                actors=args.actors, threads=args.threads, batch_size=args.batch_size, coco_out=args.coco_out,
                                 draw=args.draw, address=args.address)
     if cmd == "predict":
         return C.PredictConfig(run=args.run, paths=tuple(args.paths), out=args.out, model=args.model,

@@ -158,12 +158,16 @@ class EvaluateConfig:
     draw: int = 16  # test images drawn with boxes (0: none)
     split: str = "test"
     address: str | None = None
+    # LiteRT/TF threads per actor; each actor reserves as many CPUs, so actors x threads never oversubscribes
+    # the cores (1: on a 2-core machine two 1-thread actors beat one 2-thread actor, see benchmarks/infer.py)
+    threads: int = 1
 
     def __post_init__(self) -> None:
         bad = [m for m in self.models if m not in MODEL_NAMES]
         if bad or not self.models:
             raise ValueError(f"--models must be a comma list of {MODEL_NAMES}, got {','.join(self.models)!r}")
         _positive("--actors", self.actors)
+        _positive("--threads", self.threads)
         _positive("--batch-size", self.batch_size)
         if self.draw < 0:
             raise ValueError(f"--draw must be >= 0, got {self.draw!r}")
