@@ -105,18 +105,32 @@ def _parse_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, classes
 
 def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, out_fs: pafs.FileSystem,
                         out_root: str, image_size: int, max_objects: int, class_index: dict[str, int]) -> pa.Table:
-    """[Ray task] planned rows -> decoded, resized rows written as one Parquet shard per split; returns a
-    summary row per input: ``ok``, ``reason``, ``objects`` loaded, ``dropped`` object reasons, ``node``, and the
-    task's start/end times (seconds since the epoch) for the steady-state rate."""
+    """[Ray task] planned rows -> decoded, resized rows written as one Parquet shard per split.
+
+    Returns one summary row per input: ``ok``, ``reason`` (why it was skipped), ``objects`` loaded, ``dropped``
+    (reasons of objects dropped here), ``node``; and, on the first row only so that sums add up, the task's
+    ``start``/``end`` (wall clock, seconds since the epoch) and the CPU seconds it spent reading, decoding and
+    writing (CPU time, unlike wall time, does not grow when other processes share the cores).
+    """
     import ray
 
     start = time.time()
     node = ray.get_runtime_context().get_node_id()
+    seconds = {"read": 0.0, "decode": 0.0, "write": 0.0}
     rows = {split: [] for split in SPLITS}
     summary = {"index": [], "file": [], "ok": [], "reason": [], "objects": [], "dropped": []}
     for index, file, split, blob in zip(batch["index"], batch["file"], batch["split"], batch["record"]):
-        record: VocRecord = pickle.loads(blob)
-        row, reason, dropped = _decode_row(filesystem, root, file, record, image_size, max_objects, class_index)
+        t = time.process_time()
+        try:
+            data, reason = read_file(filesystem, root, file), ""
+        except OSError as exc:  # vanished or unreadable between listing and reading
+            data, reason = None, f"{file}: cannot read: {exc}"
+        seconds["read"] += time.process_time() - t
+        t = time.process_time()
+        row, dropped = None, []
+        if data is not None:
+            row, reason, dropped = _decode_row(data, file, pickle.loads(blob), image_size, max_objects, class_index)
+        seconds["decode"] += time.process_time() - t
         if row is not None:
             rows[split].append(row)
         summary["index"].append(int(index))
@@ -125,24 +139,26 @@ def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, 
         summary["reason"].append(reason)
         summary["objects"].append(0 if row is None else int(row["num_objects"]))
         summary["dropped"].append(dropped)
+    t = time.process_time()
     first = int(min(batch["index"]))
     for split, split_rows in rows.items():
         if split_rows:
             _write_shard(out_fs, f"{out_root}/{split}/part-{first:07d}.parquet", split_rows)
+    seconds["write"] = time.process_time() - t
     n = len(summary["index"])
+    once = lambda value: [value] + [0.0] * (n - 1)  # noqa: E731 -- per task, not per row
     return pa.table({**summary, "dropped": pa.array(summary["dropped"], pa.list_(pa.string())),
-                     "node": [node] * n, "start": [start] * n, "end": [time.time()] * n})
+                     "node": [node] * n, "start": [start] * n, "end": [time.time()] * n,
+                     **{f"{phase}_s": once(value) for phase, value in seconds.items()}})
 
 
-def _decode_row(filesystem, root, file, record: VocRecord, image_size: int, max_objects: int,
+def _decode_row(data: bytes, file: str, record: VocRecord, image_size: int, max_objects: int,
                 class_index: dict[str, int]) -> tuple[dict | None, str, list[str]]:
-    """One image -> (row of the shard or None, skip reason, reasons of objects dropped here)."""
+    """One image's bytes -> (row of the shard or None, skip reason, reasons of objects dropped here)."""
     try:
-        pixels, width, height = decode_resize(read_file(filesystem, root, file), image_size)
+        pixels, width, height = decode_resize(data, image_size)
     except ImageError as exc:
         return None, f"{file}: {exc}", []
-    except OSError as exc:
-        return None, f"{file}: cannot read: {exc}", []
     except Exception as exc:  # noqa: BLE001 -- a decoder bug on one hostile file must not stop the run
         return None, f"{file}: unexpected {type(exc).__name__} while decoding: {exc}", []
     norm = normalize_boxes(record, width, height)  # (N, 4) normalized xyxy, largest first
@@ -373,6 +389,8 @@ def _stats(parsed: list[dict], summaries: list[dict], cpus: int, started: bool, 
         "seconds": {"discover": round(t_discover - t0, 3), "ray_start": round(t_ray - t_discover, 3) if started else 0.0,
                     "parse_pass": round(t_parse - t_ray, 3), "decode_pass": round(t_decode - t_parse, 3),
                     "decode_window": round(window, 3), "total": round(t_decode - t0, 3)},
+        # CPU seconds inside the decode tasks, summed over tasks: where the decode pass's work goes
+        "task_cpu_seconds": {phase: round(sum(s[f"{phase}_s"] for s in summaries), 3) for phase in ("read", "decode", "write")},
         "nodes": {"parse": sorted({r["node"] for r in parsed}), "decode": sorted({s["node"] for s in summaries})},
         "decoded": len(summaries),
     }
