@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -138,10 +139,9 @@ def test_written_jpegs_are_the_checked_images_and_their_objects_stand_out(tmp_pa
 
 def test_speed_3000_images_of_128_px_fit_in_seconds():
     cfg = SynthConfig(out="-", images=100, image_size=128)
-    import time
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the shared test machine's load must not fail this
     for i in range(cfg.images):
         synth.make_image(cfg, i)
-    per_image = (time.perf_counter() - start) / cfg.images
-    # 3,000 images in well under a minute even on a busy shared 2-core box (measured ~1 ms/image when idle)
-    assert per_image * 3000 < 30, f"{per_image * 1e3:.1f} ms per image"
+    per_image = (time.process_time() - start) / cfg.images
+    # 3,000 images in a few seconds: ~1 ms of CPU per image measured; fail past 5 ms (15 s for 3,000)
+    assert per_image * 3000 < 15, f"{per_image * 1e3:.1f} ms of CPU per image"
