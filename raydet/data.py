@@ -333,7 +333,9 @@ def prepare(cfg: PrepareConfig) -> dict:
     started = not ray.is_initialized()
     init_ray(cfg.address)
     t_ray = time.perf_counter()
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if cpus < 1:  # Ray Data's tasks need a CPU each; without one they would wait forever
+        raise ValueError(f"the Ray cluster at {cfg.address or 'RAY_ADDRESS'} has no CPU for the prepare tasks")
     parsed = _parse_all(dataset, cfg.classes, cpus)
     planned, classes, split_source, accounts = _plan(dataset, parsed, cfg)
     t_parse = time.perf_counter()
