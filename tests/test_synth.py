@@ -145,3 +145,15 @@ def test_speed_3000_images_of_128_px_fit_in_seconds():
     per_image = (time.process_time() - start) / cfg.images
     # 3,000 images in a few seconds: ~1 ms of CPU per image measured; fail past 5 ms (15 s for 3,000)
     assert per_image * 3000 < 15, f"{per_image * 1e3:.1f} ms of CPU per image"
+
+
+def test_cli_synth_writes_the_set_and_refuses_bad_arguments(tmp_path, capsys):
+    from raydet.cli import main
+
+    assert main(["synth", str(tmp_path / "s"), "--images", "5", "--image-size", "32", "--classes", "8",
+                 "--max-objects", "3", "--seed", "7"]) == 0
+    assert len(list((tmp_path / "s" / "JPEGImages").glob("*.jpg"))) == 5
+    assert "synth: 5 images (4 train, 1 test) of 32 px" in capsys.readouterr().out  # round(5 * 0.2) = 1 test
+    with pytest.raises(SystemExit):
+        main(["synth", str(tmp_path / "t"), "--classes", "9"])
+    assert not (tmp_path / "t").exists()
