@@ -80,7 +80,8 @@ def require_models(run: str | os.PathLike, names: tuple[str, ...]) -> dict[str, 
 class ModelRunner:
     """One model loaded in this process: uint8 images in, logits, boxes and per-image seconds out.
 
-    ``.tflite`` files run in the LiteRT interpreter (XNNPACK is its default CPU delegate), one image per invoke;
+    ``.tflite`` files run in the LiteRT interpreter (:class:`raydet.tflite.TFLiteModel`; XNNPACK is its default
+    CPU delegate), one image per invoke;
     ``.keras`` files run in tf_keras, one call per batch. ``num_threads`` caps the threads either runtime uses.
     """
 
@@ -96,19 +97,11 @@ class ModelRunner:
             raise ValueError(f"{self.path}: not a .keras or .tflite model")
 
     def _load_tflite(self, num_threads: int) -> None:
-        from ai_edge_litert.interpreter import Interpreter
+        from raydet.tflite import TFLiteModel
 
-        interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
-        self._runner = interpreter.get_signature_runner()
-        inputs = self._runner.get_input_details()
-        if "image" not in inputs:
-            raise ValueError(f"{self.path}: the model's input is {sorted(inputs)}, expected 'image' (docs/FORMATS.md)")
-        self._in = inputs["image"]
-        outputs = self._runner.get_output_details()
-        if not {"class_logits", "boxes"} <= set(outputs):
-            raise ValueError(f"{self.path}: outputs {sorted(outputs)}, expected 'class_logits' and 'boxes'")
-        self._out = outputs
-        self.image_size = int(self._in["shape"][1])
+        # batch_size 1: one image per invoke, as on a device, so each invoke's time is one image's latency
+        self._tflite = TFLiteModel(str(self.path), num_threads=num_threads, batch_size=1)
+        self.image_size = self._tflite.image_size
         self._predict = self._predict_tflite
 
     def _load_keras(self, num_threads: int) -> None:
@@ -126,14 +119,13 @@ class ModelRunner:
         self._predict = self._predict_keras
 
     def _predict_tflite(self, images: np.ndarray):
-        x = _quantize_input(images, self._in)
         logits, boxes, seconds = [], [], np.zeros(len(images))
         for i in range(len(images)):
             t = time.perf_counter()
-            out = self._runner(image=x[i:i + 1])
+            out = self._tflite.predict(images[i:i + 1])
             seconds[i] = time.perf_counter() - t
-            logits.append(_dequantize(out["class_logits"], self._out["class_logits"]))
-            boxes.append(_dequantize(out["boxes"], self._out["boxes"]))
+            logits.append(out["class_logits"])
+            boxes.append(out["boxes"])
         return np.concatenate(logits), np.concatenate(boxes), seconds
 
     def _predict_keras(self, images: np.ndarray):
@@ -152,25 +144,6 @@ class ModelRunner:
         if len(images) == 0:
             return np.zeros((0, 0), np.float32), np.zeros((0, 4), np.float32), np.zeros(0)
         return self._predict(images)
-
-
-def _quantize_input(images: np.ndarray, detail: dict) -> np.ndarray:
-    """uint8 pixels -> the interpreter's input dtype (uint8 as is, float as 0..255, int8 through its scale)."""
-    dtype = detail["dtype"]
-    if dtype == np.uint8:
-        return images.astype(np.uint8, copy=False)
-    if np.issubdtype(dtype, np.floating):
-        return images.astype(dtype)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(images / scale + zero), info.min, info.max).astype(dtype)
-
-
-def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
-    if np.issubdtype(values.dtype, np.integer):
-        scale, zero = detail["quantization"]
-        return ((values.astype(np.float32) - zero) * scale).astype(np.float32)
-    return values.astype(np.float32, copy=False)
 
 
 def decode_predictions(logits: np.ndarray, boxes_norm: np.ndarray, width: np.ndarray, height: np.ndarray):

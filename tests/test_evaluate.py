@@ -58,10 +58,10 @@ def make_prep(root, n: int = N_TEST, seed: int = 0):
 def make_run(root, rows):
     """A RUN folder: a small build_model() float model fit briefly on the rows themselves (so AP is not 0 and the
     comparison with pycocotools means something) and its full-integer int8 TFLite file."""
-    import tensorflow as tf
     import tf_keras
 
     from raydet.model import build_model, compile_model
+    from raydet.quantize import convert
 
     run = root / "run"
     run.mkdir()
@@ -80,12 +80,7 @@ def make_run(root, rows):
     head.set_weights([np.zeros_like(head.get_weights()[0]), np.log(mean / (1.0 - mean))])
     model.save(run / "model.keras")
     (run / "config.json").write_text(json.dumps({"classes": CLASSES, "image_size": SIZE}))
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([images[i:i + 1]] for i in range(len(images)))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.uint8
-    (run / "model_int8.tflite").write_bytes(conv.convert())
+    (run / "model_int8.tflite").write_bytes(convert(model, "int8", np.stack([r["image"] for r in rows])))
     return run
 
 
