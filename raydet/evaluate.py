@@ -300,6 +300,26 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[dict[str, Path], dict, list[str]]
     return paths, manifest, classes
 
 
+def load_split(split_dir: Path, batch_size: int):
+    """Read a PREP split once into Ray's object store -> (dataset, ground-truth rows sorted by file, {file: id}).
+
+    The dataset is cut into one block per batch: the actor pool hands out whole blocks, so a split read as a
+    single block would keep all but one actor idle. Ground-truth rows hold every column but ``image``.
+    """
+    import ray
+
+    from raydet import coco
+
+    ds = ray.data.read_parquet(str(split_dir)).materialize()
+    ds = ds.repartition(max(1, math.ceil(ds.count() / batch_size))).materialize()
+    gt_rows = ds.select_columns(["file", "boxes", "labels", "num_objects", "width", "height"]).take_all()
+    gt_rows.sort(key=lambda r: r["file"])
+    image_ids = {r["file"]: coco.image_id(i) for i, r in enumerate(gt_rows)}
+    if len(image_ids) != len(gt_rows):
+        raise ValueError(f"{split_dir} lists some files more than once")
+    return ds, gt_rows, image_ids
+
+
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Evaluate ``cfg.models`` of ``cfg.run`` on ``cfg.data``'s split; returns the report (``{"models": ...}``)."""
     import ray
@@ -313,15 +333,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         raise ValueError(f"--actors {cfg.actors} x --threads {cfg.threads} needs {cfg.actors * cfg.threads} CPUs, "
                          f"the Ray cluster has {cpus:g}")
 
-    # 1. read the split once; every model maps over the same materialized blocks. One block per batch: the
-    #    actor pool hands out whole blocks, so a split read as a single block would keep all but one actor idle.
-    ds = ray.data.read_parquet(str(Path(cfg.data) / cfg.split)).materialize()
-    ds = ds.repartition(max(1, math.ceil(ds.count() / cfg.batch_size))).materialize()
-    gt_rows = ds.select_columns(["file", "boxes", "labels", "num_objects", "width", "height"]).take_all()
-    gt_rows.sort(key=lambda r: r["file"])
-    image_ids = {r["file"]: coco.image_id(i) for i, r in enumerate(gt_rows)}
-    if len(image_ids) != len(gt_rows):
-        raise ValueError(f"{cfg.data}/{cfg.split} lists some files more than once")
+    # 1. read the split once; every model maps over the same materialized blocks
+    ds, gt_rows, image_ids = load_split(Path(cfg.data) / cfg.split, cfg.batch_size)
 
     # 2. each model in its actor pool
     results = {}
