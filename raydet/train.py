@@ -1,0 +1,503 @@
+"""Data-parallel training with Ray Train's TensorflowTrainer (tf-keras, MultiWorkerMirroredStrategy).
+
+``train(cfg)`` [driver] checks the PREP folder and the cluster, reads the Parquet shards with Ray Data,
+and runs ``train_loop_per_worker(config)`` [each worker]. The target of each image is its largest object
+(row 0 of ``boxes``/``labels``, see raydet.model).
+
+Design decisions (measured, see the report in benchmarks/train.py and FINDINGS.md):
+- **Input path.** The driver ``materialize()``s both splits *before* the workers start: on a 2-CPU laptop
+  with 2 one-CPU workers, a lazy ``read_parquet`` would wait forever for a CPU that the workers hold.
+  Each worker then pulls its train shard (``get_dataset_shard``, an equal split) and the test split into
+  memory once, and every epoch runs from a ``tf.data`` pipeline over those arrays (shuffle, augment,
+  batch, prefetch): no Ray Data work per epoch, so one worker runs as fast as a plain ``fit``. The cost
+  is memory: a worker holds its shard (S*S*3 bytes per image, 12 KB at 64 px, 150 KB at 224 px).
+- **Batch size is global.** Each of N workers takes ``batch_size // N`` images per step. The learning rate
+  is for that global batch: scale it linearly with the batch (``--batch-size 128`` -> twice ``--lr``).
+  The schedule is a cosine decay per epoch from ``lr`` to ``lr / 20``.
+- **Validation on every worker's part of the test split.** Worker r evaluates rows r, r+N, ...; the rows
+  are padded to equal length with weight-0 copies (MultiWorkerMirroredStrategy needs the same number of
+  steps everywhere) and Keras sums the weighted metrics across workers, so ``val_*`` are exact means
+  over the whole test split.
+- **Checkpoints** hold the weights with the optimizer state, the clean float model, and the history so
+  far. Resuming (same ``--out``/``--name``, or a restart after a worker failure) restores all three, so
+  ``history.jsonl``, written by the driver from the newest checkpoint, holds each epoch exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from raydet.config import ModelConfig, TrainConfig
+from raydet.runtime import init_ray, runtime_env, use_legacy_keras
+
+STATE_FILE = "state.json"  # in each checkpoint: {"history": [...], "nonfinite": null | {"epoch", "loss"}}
+WEIGHTS_PREFIX = "weights/ckpt"  # TF-format weights + optimizer state, in each checkpoint
+FLOAT_MODEL = "model.keras"
+QAT_MODEL = "model_qat.keras"
+# Test hooks, read by the driver and passed to the workers (never set in normal use):
+FAIL_ONCE_ENV = "RAYDET_TEST_FAIL_ONCE"  # marker file path: the last worker os._exit(1)s once, mid epoch 2
+CHECKSUM_DIR_ENV = "RAYDET_TEST_CHECKSUM_DIR"  # each worker writes rank<r>.json with its weights' sha256
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    run_dir: str  # RUNS/NAME, absolute
+    model_path: str  # RUN/model.keras (RUN/model_qat.keras for a QAT run)
+    history: tuple[dict, ...]  # one dict per epoch, as in history.jsonl
+    trained_epochs: int  # epochs this call trained (0 when the run was already complete)
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def read_manifest(prep: str | os.PathLike) -> dict:
+    """PREP/manifest.json, checked: ValueError/FileNotFoundError naming the path when it is not a valid PREP."""
+    prep = Path(prep)
+    path = prep / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; is {prep} a folder written by `raydet prepare`?")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    classes, size = manifest.get("classes"), manifest.get("image_size")
+    if not isinstance(classes, list) or not classes:
+        raise ValueError(f"{path}: 'classes' must be a non-empty list, got {classes!r}")
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"{path}: 'image_size' must be a positive integer, got {size!r}")
+    for split in ("train", "test"):
+        if not list((prep / split).glob("*.parquet")):
+            raise FileNotFoundError(f"{prep / split}: no Parquet shards (expected {prep / split}/*.parquet)")
+    return manifest
+
+
+def check_resources(cfg: TrainConfig, resources: dict, node_cpus: list[float]) -> None:
+    """Refuse a request the cluster can never meet (Ray would wait forever), naming the numbers.
+
+    ``resources``: ``ray.cluster_resources()``; ``node_cpus``: CPUs of each alive node.
+    """
+    need_cpu = cfg.workers * cfg.cpus_per_worker
+    have_cpu = float(resources.get("CPU", 0))
+    if need_cpu > have_cpu:
+        raise ValueError(f"--workers {cfg.workers} x --cpus-per-worker {cfg.cpus_per_worker:g} = {need_cpu:g} CPUs, "
+                         f"but the cluster has {have_cpu:g} CPUs")
+    if node_cpus and cfg.cpus_per_worker > max(node_cpus):
+        raise ValueError(f"--cpus-per-worker {cfg.cpus_per_worker:g} is more than the largest node has "
+                         f"({max(node_cpus):g} CPUs)")
+    if cfg.use_gpu:
+        have_gpu = float(resources.get("GPU", 0))
+        if cfg.workers > have_gpu:
+            raise ValueError(f"--gpu with --workers {cfg.workers} needs {cfg.workers} GPUs (one per worker), "
+                             f"but the cluster has {have_gpu:g} GPUs")
+
+
+def resources_per_worker(cfg: TrainConfig) -> dict:
+    """What each Train worker reserves: its CPUs, and one GPU when ``use_gpu``."""
+    return {"CPU": cfg.cpus_per_worker, "GPU": 1} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}
+
+
+def model_config(cfg: TrainConfig, manifest: dict) -> ModelConfig:
+    """The architecture: classes and input size from the manifest; width/depth from ``cfg``, or from the
+    ``--init-from`` run (so its weights fit)."""
+    width, depth, extra = cfg.width, cfg.depth, {}
+    if cfg.init_from:
+        init_cfg = json.loads((Path(cfg.init_from) / "config.json").read_text())["model"]
+        width, depth = init_cfg["width"], init_cfg["depth"]
+        extra = {k: init_cfg[k] for k in ("max_width", "head_units", "dropout") if k in init_cfg}
+    return ModelConfig(num_classes=len(manifest["classes"]), image_size=manifest["image_size"],
+                       width=width, depth=depth, **extra)
+
+
+def _check_init_from(cfg: TrainConfig) -> None:
+    if cfg.init_from:
+        for name in ("config.json", FLOAT_MODEL):
+            if not (Path(cfg.init_from) / name).is_file():
+                raise FileNotFoundError(f"--init-from {cfg.init_from}: no {name} there (is it a finished RUN folder?)")
+
+
+def train(cfg: TrainConfig) -> TrainSummary:
+    """Train (or resume) the run ``cfg.out/cfg.name``; returns where the model is and the full history.
+
+    Raises FileNotFoundError/ValueError for a bad PREP or an impossible resource request (before Ray
+    Train starts), and ValueError when the loss becomes non-finite (naming the epoch).
+    """
+    manifest = read_manifest(cfg.prep)
+    _check_init_from(cfg)
+    mcfg = model_config(cfg, manifest)
+    init_ray(cfg.address)
+    import ray
+
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    check_resources(cfg, ray.cluster_resources(), nodes)
+
+    run_dir = Path(cfg.out).absolute() / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({
+        "classes": manifest["classes"], "image_size": manifest["image_size"], "model": asdict(mcfg),
+        "train": asdict(cfg), "prep": str(Path(cfg.prep).absolute())}, indent=2) + "\n")
+
+    started = time.time()
+    result = _fit(cfg, mcfg, manifest, run_dir)
+    return _finish(cfg, run_dir, result, started)
+
+
+def _fit(cfg: TrainConfig, mcfg: ModelConfig, manifest: dict, run_dir: Path):
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    prep = Path(cfg.prep).absolute()
+    # Materialized here, before the workers take their CPUs (FINDINGS: a lazy read hangs on 2 CPUs).
+    print(f"reading {prep} ...", flush=True)
+    datasets = {split: ray.data.read_parquet(str(prep / split)).materialize() for split in ("train", "test")}
+    n_train = datasets["train"].count()
+    local_batch = cfg.batch_size // cfg.workers
+    steps = (n_train // cfg.workers) // local_batch  # the equal split gives every worker n_train // workers rows
+    if steps < 1:
+        raise ValueError(f"{n_train} training images are fewer than one step of {cfg.workers} workers x "
+                         f"{local_batch} images (--batch-size {cfg.batch_size}); lower --batch-size")
+    loop_config = {
+        "model": asdict(mcfg), "train": asdict(cfg), "steps_per_epoch": steps, "local_batch": local_batch,
+        "n_test": datasets["test"].count(),
+        "hooks": {"fail_once": os.environ.get(FAIL_ONCE_ENV), "checksum_dir": os.environ.get(CHECKSUM_DIR_ENV)},
+    }
+    print(f"training on {n_train} images: {cfg.workers} workers x {local_batch} images per step "
+          f"(global batch {local_batch * cfg.workers}), {steps} steps per epoch", flush=True)
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=resources_per_worker(cfg)),
+        run_config=RunConfig(name=cfg.name, storage_path=str(run_dir.parent),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             worker_runtime_env=runtime_env()),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # every worker gets the whole test split
+    )
+    return trainer.fit()
+
+
+def _finish(cfg: TrainConfig, run_dir: Path, result, started: float) -> TrainSummary:
+    if result.checkpoint is None:
+        raise RuntimeError(f"training of {run_dir} ended without a checkpoint (error: {result.error!r})")
+    model_name = QAT_MODEL if cfg.qat else FLOAT_MODEL
+    with result.checkpoint.as_directory() as ckpt:
+        state = json.loads((Path(ckpt) / STATE_FILE).read_text())
+        history = state["history"]
+        write_history(run_dir / "history.jsonl", history)
+        bad = state.get("nonfinite")
+        if bad:
+            raise ValueError(f"loss became non-finite ({bad['loss']}) at epoch {bad['epoch']} of {run_dir}; "
+                             f"history.jsonl keeps the {len(history)} good epochs (try a lower --lr)")
+        if not (Path(ckpt) / model_name).is_file():
+            raise RuntimeError(f"newest checkpoint {result.checkpoint.path} holds no {model_name}")
+        shutil.copyfile(Path(ckpt) / model_name, run_dir / model_name)
+    if cfg.qat:
+        from raydet.qat import export_qat_tflite
+
+        export_qat_tflite(run_dir)
+    trained = sum(1 for row in history if row["end_time"] >= started)
+    print(f"model: {run_dir / model_name}  ({len(history)} epochs; history: {run_dir / 'history.jsonl'})", flush=True)
+    return TrainSummary(str(run_dir), str(run_dir / model_name), tuple(history), trained)
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """One JSON object per epoch, rewritten whole from a checkpoint's history (so never duplicated)."""
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------- worker
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: build (or restore) the model under MultiWorkerMirroredStrategy and fit.
+
+    ``config``: ``model`` (ModelConfig fields), ``train`` (TrainConfig fields), ``steps_per_epoch``,
+    ``local_batch``, ``n_test``, ``hooks`` (test hooks, normally None).
+    """
+    use_legacy_keras()
+    import ray.train
+    import tensorflow as tf
+
+    from raydet.model import build_model
+
+    tf.get_logger().setLevel("ERROR")  # MWMS logs every collective at INFO: thousands of lines
+    tcfg = config["train"]
+    # One intra-op thread per reserved CPU: two workers on two cores must not each spin two threads.
+    tf.config.threading.set_intra_op_parallelism_threads(max(1, round(tcfg["cpus_per_worker"])))
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    tf.keras.utils.set_random_seed(tcfg["seed"] + rank)  # different shuffles per worker, same init below
+
+    train_arrays = load_split(ray.train.get_dataset_shard("train"))
+    test_arrays = load_split(ray.train.get_dataset_shard("test"))
+    local_batch = config["local_batch"]
+    train_ds = strategy.distribute_datasets_from_function(
+        lambda _: train_dataset(train_arrays, local_batch, tcfg["augment"], tcfg["seed"] + rank))
+    val_ds, val_steps = test_dataset(test_arrays, local_batch, rank, world)
+    val_ds = strategy.distribute_datasets_from_function(lambda _: val_ds)
+
+    mcfg = ModelConfig(**config["model"])
+    checkpoint = ray.train.get_checkpoint()
+    # The export copy is built here, outside the strategy's scope: variables made inside it (fit runs
+    # callbacks inside it) are mirrored, and creating them on one worker alone waits forever for the rest.
+    export = None if tcfg["qat"] else build_model(mcfg)
+    with strategy.scope():
+        model, history = _build(mcfg, tcfg, checkpoint)
+    initial_epoch = len(history)
+    if initial_epoch >= tcfg["epochs"]:
+        if rank == 0:
+            print(f"run already has {initial_epoch} epochs (asked for {tcfg['epochs']}): nothing to train", flush=True)
+        return
+
+    reporter = _EpochReporter(model, export, tcfg, history, rank)
+    callbacks = [tf.keras.callbacks.LearningRateScheduler(lambda e: cosine_lr(tcfg["lr"], e, tcfg["epochs"])),
+                 reporter]
+    if config["hooks"]["fail_once"]:
+        callbacks.append(_FailOnce(config["hooks"]["fail_once"], rank, world, config["steps_per_epoch"]))
+    model.fit(train_ds, epochs=tcfg["epochs"], initial_epoch=initial_epoch, steps_per_epoch=config["steps_per_epoch"],
+              validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks, verbose=0)
+    if config["hooks"]["checksum_dir"]:
+        Path(config["hooks"]["checksum_dir"], f"rank{rank}.json").write_text(
+            json.dumps({"rank": rank, "sha256": weights_sha256(model.trainable_weights)}))
+
+
+def _build(mcfg: ModelConfig, tcfg: dict, checkpoint):
+    """Model + optimizer, restored from ``checkpoint`` or started from ``--init-from``; returns (model, history)."""
+    import tf_keras
+
+    from raydet.model import build_model, compile_model
+
+    model = build_model(mcfg)
+    history: list[dict] = []
+    if tcfg["init_from"] and checkpoint is None:
+        transfer_weights(tf_keras.models.load_model(Path(tcfg["init_from"]) / FLOAT_MODEL, compile=False), model)
+    if tcfg["qat"]:
+        from raydet.qat import apply_qat
+
+        model = apply_qat(model)
+    optimizer = tf_keras.optimizers.AdamW(learning_rate=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    compile_model(model, optimizer, tcfg["box_loss_weight"], tcfg["giou_loss_weight"])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt:
+            state = json.loads((Path(ckpt) / STATE_FILE).read_text())
+            history = state["history"]
+            if history:  # an epoch-1 non-finite checkpoint holds no weights
+                optimizer.build(model.trainable_variables)  # so the optimizer state restores now, not lazily
+                model.load_weights(str(Path(ckpt) / WEIGHTS_PREFIX)).assert_existing_objects_matched()
+    return model, history
+
+
+def transfer_weights(source, target) -> None:
+    """Copy every layer's weights from ``source`` to the same-named layer of ``target`` where shapes match
+    (a pretrained run with other classes or another input size keeps its conv blocks); prints what moved."""
+    moved, skipped = [], []
+    for layer in target.layers:
+        try:
+            src = source.get_layer(layer.name)
+        except ValueError:
+            continue
+        weights = src.get_weights()
+        if weights and [w.shape for w in weights] == [w.shape for w in layer.get_weights()]:
+            layer.set_weights(weights)
+            moved.append(layer.name)
+        elif weights:
+            skipped.append(layer.name)
+    print(f"init-from: copied {len(moved)} layers, kept fresh {skipped or 'none'} (shapes differ)", flush=True)
+
+
+def cosine_lr(lr: float, epoch: int, epochs: int, floor: float = 0.05) -> float:
+    """Learning rate of 0-based ``epoch``: cosine from ``lr`` (epoch 0) down to ``floor * lr`` (last epoch)."""
+    t = epoch / max(epochs - 1, 1)
+    return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0))))
+
+
+def load_split(shard) -> dict:
+    """Pull a Ray Data split into memory: ``image`` (n, S, S, 3) uint8, ``label`` (n,) int32 and ``box``
+    (n, 4) float32 xyxy normalized of each image's largest object (row 0), ``valid`` (n,) bool (False for
+    an image without objects, which has no target)."""
+    import numpy as np
+
+    parts = {"image": [], "label": [], "box": [], "valid": []}
+    for batch in shard.iter_batches(batch_size=1024, batch_format="numpy"):
+        labels = np.asarray(batch["labels"]).reshape(len(batch["image"]), -1)
+        boxes = np.asarray(batch["boxes"], dtype=np.float32).reshape(len(labels), -1, 4)
+        valid = (np.asarray(batch["num_objects"]) > 0) & (labels[:, 0] >= 0)
+        parts["image"].append(np.asarray(batch["image"], dtype=np.uint8))
+        parts["label"].append(np.where(valid, labels[:, 0], 0).astype(np.int32))
+        parts["box"].append(np.where(valid[:, None], boxes[:, 0], np.float32([0, 0, 1, 1])).astype(np.float32))
+        parts["valid"].append(valid)
+    if not parts["image"]:
+        raise ValueError("this worker's data split is empty")
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def train_dataset(arrays: dict, local_batch: int, augment: bool, seed: int):
+    """Endless shuffled (and augmented) batches of this worker's shard: ({"image"}, {"class_logits", "boxes"})."""
+    import tensorflow as tf
+
+    from raydet.augment import augment as augment_fn
+
+    keep = arrays["valid"]
+    ds = tf.data.Dataset.from_tensor_slices((arrays["image"][keep], arrays["label"][keep], arrays["box"][keep]))
+
+    def to_example(image, label, box):
+        image = tf.cast(image, tf.float32)
+        if augment:
+            image, boxes = augment_fn(image, box[None])
+            box = boxes[0]
+        return {"image": image}, {"class_logits": label, "boxes": box}
+
+    ds = ds.shuffle(int(keep.sum()), seed=seed, reshuffle_each_iteration=True).repeat()
+    return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch, drop_remainder=True) \
+        .prefetch(tf.data.AUTOTUNE)
+
+
+def test_dataset(arrays: dict, local_batch: int, rank: int, world: int):
+    """Worker ``rank``'s part of the test split (rows rank, rank+world, ...), padded with weight-0 rows to
+    ceil(n / world) so every worker runs the same number of steps. Returns (dataset, steps)."""
+    import numpy as np
+    import tensorflow as tf
+
+    n = len(arrays["valid"])
+    per_worker = -(-n // world)
+    idx = np.arange(rank, n, world)
+    weight = arrays["valid"][idx].astype(np.float32)
+    pad = per_worker - len(idx)
+    idx = np.concatenate([idx, np.zeros(pad, dtype=idx.dtype)])
+    weight = np.concatenate([weight, np.zeros(pad, np.float32)])
+    ds = tf.data.Dataset.from_tensor_slices((arrays["image"][idx], arrays["label"][idx], arrays["box"][idx], weight))
+
+    def to_example(image, label, box, w):  # uint8 kept in memory, float32 per batch
+        return {"image": tf.cast(image, tf.float32)}, {"class_logits": label, "boxes": box}, {"class_logits": w, "boxes": w}
+
+    return ds.batch(local_batch).map(to_example).prefetch(2), -(-per_worker // local_batch)
+
+
+def weights_sha256(variables) -> str:
+    """sha256 over the bytes of each variable's value, in order: equal on workers that hold equal weights."""
+    digest = hashlib.sha256()
+    for v in variables:
+        digest.update(v.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _metrics_row(epoch: int, epochs: int, logs: dict, lr: float, seconds: float) -> dict:
+    """Keras's multi-output log names -> the history names of docs/FORMATS.md."""
+    names = {"loss": "loss", "class_logits_loss": "class_loss", "boxes_loss": "box_loss",
+             "class_logits_class_accuracy": "class_accuracy", "boxes_mean_iou": "mean_iou"}
+    row = {"epoch": epoch, "epochs": epochs}
+    for keras_name, name in names.items():
+        for prefix in ("", "val_"):
+            if prefix + keras_name in logs:
+                row[prefix + name] = float(logs[prefix + keras_name])
+    # seconds: train + validation of this epoch; end_time (unix): lets benchmarks time whole epochs.
+    row.update(lr=lr, seconds=round(seconds, 3), end_time=time.time())
+    return row
+
+
+def format_row(row: dict) -> str:
+    """The one readable line per epoch."""
+    return (f"epoch {row['epoch']}/{row['epochs']}  loss {row['loss']:.4f}  val_loss {row.get('val_loss', float('nan')):.4f}  "
+            f"val_acc {row.get('val_class_accuracy', float('nan')):.3f}  val_iou {row.get('val_mean_iou', float('nan')):.3f}  "
+            f"lr {row['lr']:.2e}  {row['seconds']:.1f}s")
+
+
+def _make_reporter_class():
+    import ray.train
+    import tf_keras
+
+    class EpochReporter(tf_keras.callbacks.Callback):
+        """After each epoch: check the loss, save a checkpoint (all workers save, so collective reads
+        of synced variables match; rank 0's folder is the one reported), report the metrics."""
+
+        def __init__(self, model, export, tcfg: dict, history: list[dict], rank: int):
+            super().__init__()
+            self.net, self.export, self.tcfg, self.history, self.rank = model, export, tcfg, history, rank
+            self.last_dir: str | None = None  # newest good checkpoint folder of this worker
+            self.t0 = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.t0
+            lr = float(tf_keras.backend.get_value(self.net.optimizer.learning_rate))
+            row = _metrics_row(epoch + 1, self.tcfg["epochs"], logs or {}, lr, seconds)
+            if not all(math.isfinite(row.get(k, 0.0)) for k in ("loss", "val_loss")):
+                self._report_nonfinite(row)
+                return
+            self.history.append(row)
+            folder = tempfile.mkdtemp(prefix=f"raydet-ckpt-r{self.rank}-")
+            self._save(folder)
+            if self.rank == 0:
+                print(format_row(row), flush=True)
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder) if self.rank == 0 else None)
+            if self.rank != 0:  # only rank 0's folder is reported (uploaded); the others were for the collectives
+                shutil.rmtree(folder, ignore_errors=True)
+                return
+            if self.last_dir:
+                shutil.rmtree(self.last_dir, ignore_errors=True)
+            self.last_dir = folder  # kept until the next one: a non-finite epoch re-reports it
+
+        def on_train_end(self, logs=None):
+            if self.last_dir:
+                shutil.rmtree(self.last_dir, ignore_errors=True)
+
+        def _save(self, folder: str) -> None:
+            self.net.save_weights(str(Path(folder) / WEIGHTS_PREFIX))
+            if self.tcfg["qat"]:
+                self.net.save(str(Path(folder) / QAT_MODEL), save_format="keras_v3")
+            else:
+                # Every worker reads (synced variables are read collectively); the export copy has no
+                # compile state, so model.keras loads without custom objects.
+                self.export.set_weights(self.net.get_weights())
+                if self.rank == 0:
+                    # save_format named: tf_keras keeps "use the .keras format" in a thread-local that its
+                    # own save/load reset to False, so a second save in Ray's training thread wrote HDF5.
+                    self.export.save(str(Path(folder) / FLOAT_MODEL), save_format="keras_v3")
+            Path(folder, STATE_FILE).write_text(json.dumps({"history": self.history, "nonfinite": None}))
+
+        def _report_nonfinite(self, row: dict) -> None:
+            """Stop everywhere; re-report the last good weights with a marker the driver turns into an error."""
+            self.net.stop_training = True
+            if self.rank != 0:
+                ray.train.report(row, checkpoint=None)
+                return
+            folder = self.last_dir or tempfile.mkdtemp(prefix="raydet-ckpt-r0-")
+            Path(folder, STATE_FILE).write_text(json.dumps({
+                "history": self.history,
+                "nonfinite": {"epoch": row["epoch"], "loss": row["loss"]}}))
+            print(f"loss became non-finite ({row['loss']}) at epoch {row['epoch']}: stopping", flush=True)
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    return EpochReporter
+
+
+def _EpochReporter(*args, **kwargs):  # noqa: N802 - a class built lazily so this module imports without TF
+    return _make_reporter_class()(*args, **kwargs)
+
+
+def _FailOnce(marker: str, rank: int, world: int, steps: int):  # noqa: N802
+    """Test hook: the last worker ends its process (``os._exit(1)``, no clean-up) halfway through epoch 2,
+    once: the marker file records that it happened."""
+    import tf_keras
+
+    class FailOnce(tf_keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == steps // 2 and rank == world - 1 and not os.path.exists(marker):
+                Path(marker).write_text(f"killed rank {rank} at epoch 2 step {batch + 1}\n")
+                os._exit(1)
+
+    return FailOnce()

@@ -1,0 +1,174 @@
+"""Ray Train: two synchronous workers, resume, a worker killed mid-epoch, and the refusals.
+
+Small data (128 + 64 rows of 32 px made here with pyarrow, in the PREP schema of docs/FORMATS.md) and a
+tiny network, so the whole file runs in a few minutes on 2 CPUs.
+"""
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raydet.config import TrainConfig
+from raydet.train import (CHECKSUM_DIR_ENV, FAIL_ONCE_ENV, check_resources, cosine_lr, read_manifest,
+                          resources_per_worker, train)
+
+SIZE = 32
+COLORS = np.array([[230, 40, 40], [40, 200, 40]], np.uint8)
+
+
+def make_prep(out, n_train=128, n_test=64, seed=0):
+    """A PREP folder: a coloured rectangle (class = colour) on dark noise, one per image, 2 shards a split."""
+    from ray.data.extensions import ArrowTensorArray
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = rng.integers(0, 60, (n, SIZE, SIZE, 3)).astype(np.uint8)
+        boxes = np.zeros((n, 2, 4), np.float32)  # K = 2: row 1 is padding
+        labels = np.full((n, 2), -1, np.int32)
+        for i in range(n):
+            w, h = rng.integers(SIZE // 4, SIZE // 2, 2)
+            x0, y0 = rng.integers(0, SIZE - w), rng.integers(0, SIZE - h)
+            k = rng.integers(len(COLORS))
+            images[i, y0:y0 + h, x0:x0 + w] = COLORS[k]
+            boxes[i, 0] = [x0 / SIZE, y0 / SIZE, (x0 + w) / SIZE, (y0 + h) / SIZE]
+            labels[i, 0] = k
+        (out / split).mkdir(parents=True)
+        for s, idx in enumerate(np.array_split(np.arange(n), 2)):
+            pq.write_table(pa.table({
+                "file": [f"{split}/{i}.jpg" for i in idx], "image": ArrowTensorArray.from_numpy(images[idx]),
+                "boxes": ArrowTensorArray.from_numpy(boxes[idx]), "labels": ArrowTensorArray.from_numpy(labels[idx]),
+                "num_objects": pa.array(np.ones(len(idx), np.int32)),
+                "width": pa.array(np.full(len(idx), SIZE, np.int32)),
+                "height": pa.array(np.full(len(idx), SIZE, np.int32))}), out / split / f"part-{s}.parquet")
+    (out / "manifest.json").write_text(json.dumps({
+        "classes": ["red", "green"], "image_size": SIZE, "max_objects": 2, "splits": {"train": n_train, "test": n_test}}))
+    return out
+
+
+def _cfg(prep, out, **kw):
+    base = dict(prep=str(prep), out=str(out), name="run", workers=2, epochs=2, batch_size=16, width=8, depth=3,
+                lr=3e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory):
+    return make_prep(tmp_path_factory.mktemp("prep"))
+
+
+@pytest.fixture(scope="module")
+def killed_run(prep, tmp_path_factory):
+    """Two workers, 2 epochs; the last worker os._exit(1)s halfway through epoch 2 (once)."""
+    import ray
+
+    from raydet.runtime import runtime_env
+
+    tmp = tmp_path_factory.mktemp("runs")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env())
+    mp = pytest.MonkeyPatch()
+    mp.setenv(FAIL_ONCE_ENV, str(tmp / "killed.txt"))
+    mp.setenv(CHECKSUM_DIR_ENV, str(tmp))
+    try:
+        summary = train(_cfg(prep, tmp / "runs"))
+    finally:
+        mp.undo()
+    return tmp, summary
+
+
+def _history(run_dir):
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_killed_worker_still_finishes_with_each_epoch_once(killed_run):
+    tmp, summary = killed_run
+    assert "killed rank 1 at epoch 2" in (tmp / "killed.txt").read_text()  # the hook really fired
+    history = _history(tmp / "runs" / "run")
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert all(math.isfinite(row["val_mean_iou"]) and 0 <= row["val_class_accuracy"] <= 1 for row in history)
+    assert summary.model_path.endswith("run/model.keras")
+
+
+@pytest.mark.slow
+def test_two_workers_hold_the_same_weights(killed_run):
+    tmp, _ = killed_run
+    sums = [json.loads((tmp / f"rank{r}.json").read_text())["sha256"] for r in (0, 1)]
+    assert sums[0] == sums[1]
+
+
+@pytest.mark.slow
+def test_model_file_loads_as_the_contract_says(killed_run):
+    import tf_keras
+
+    tmp, _ = killed_run
+    model = tf_keras.models.load_model(tmp / "runs" / "run" / "model.keras", compile=False)
+    out = model(np.zeros((3, SIZE, SIZE, 3), np.float32))
+    assert out["class_logits"].shape == (3, 2) and out["boxes"].shape == (3, 4)
+    config = json.loads((tmp / "runs" / "run" / "config.json").read_text())
+    assert config["classes"] == ["red", "green"] and config["image_size"] == SIZE and config["model"]["width"] == 8
+
+
+@pytest.mark.slow
+def test_rerun_with_more_epochs_trains_only_the_new_one(killed_run, prep):
+    tmp, _ = killed_run
+    before = _history(tmp / "runs" / "run")
+    summary = train(_cfg(prep, tmp / "runs", epochs=3))
+    after = _history(tmp / "runs" / "run")
+    assert summary.trained_epochs == 1
+    assert [row["epoch"] for row in after] == [1, 2, 3]
+    assert after[:2] == before  # the old epochs are kept as they were, not retrained
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_stops_naming_the_epoch(prep, tmp_path, ray_local):
+    with pytest.raises(ValueError, match=r"non-finite .* at epoch 1"):
+        train(_cfg(prep, tmp_path, workers=1, epochs=2, lr=1e20))
+
+
+def test_bad_prep_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "manifest.json")):
+        train(_cfg(tmp_path, tmp_path / "runs"))
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"classes": ["a"], "image_size": 32}))
+    with pytest.raises(FileNotFoundError, match="no Parquet shards"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"classes": [], "image_size": 32}))
+    with pytest.raises(ValueError, match=r"'classes' must be a non-empty list, got \[\]"):
+        read_manifest(tmp_path)
+
+
+def test_resource_check_names_the_numbers():
+    cpu_cluster = {"CPU": 2.0}
+    with pytest.raises(ValueError, match="3 x --cpus-per-worker 1 = 3 CPUs, but the cluster has 2 CPUs"):
+        check_resources(TrainConfig(prep="p", out="o", name="n", workers=3), cpu_cluster, [2.0])
+    with pytest.raises(ValueError, match="needs 2 GPUs .* but the cluster has 0 GPUs"):
+        check_resources(TrainConfig(prep="p", out="o", name="n", workers=2, use_gpu=True), cpu_cluster, [2.0])
+    with pytest.raises(ValueError, match="--cpus-per-worker 4 is more than the largest node has \\(2 CPUs\\)"):
+        check_resources(TrainConfig(prep="p", out="o", name="n", workers=1, cpus_per_worker=4),
+                        {"CPU": 8.0}, [2.0, 2.0, 2.0, 2.0])
+    check_resources(TrainConfig(prep="p", out="o", name="n", workers=2, use_gpu=True), {"CPU": 2, "GPU": 2}, [2.0])
+    assert resources_per_worker(TrainConfig(prep="p", out="o", name="n", use_gpu=True)) == {"CPU": 1.0, "GPU": 1}
+    assert resources_per_worker(TrainConfig(prep="p", out="o", name="n")) == {"CPU": 1.0}
+
+
+def test_too_many_workers_or_gpus_refused_on_the_real_cluster(prep, tmp_path, ray_local):
+    # ray_local has 2 CPUs and no GPU; refused before Ray Train starts (it would wait forever)
+    with pytest.raises(ValueError, match="= 3 CPUs, but the cluster has 2 CPUs"):
+        train(_cfg(prep, tmp_path, workers=3))
+    with pytest.raises(ValueError, match="needs 1 GPUs .* has 0 GPUs"):
+        train(_cfg(prep, tmp_path, workers=1, use_gpu=True))
+
+
+def test_cosine_schedule_by_hand():
+    # 5 epochs: t = e / 4; lr * (0.05 + 0.95 * (1 + cos(pi t)) / 2)
+    assert cosine_lr(1.0, 0, 5) == pytest.approx(1.0)
+    assert cosine_lr(1.0, 2, 5) == pytest.approx(0.05 + 0.95 * 0.5)  # cos(pi/2) = 0 -> 0.525
+    assert cosine_lr(1.0, 4, 5) == pytest.approx(0.05)
