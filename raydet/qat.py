@@ -20,7 +20,7 @@ Usage in training (``raydet train --qat``), on every worker, inside ``strategy.s
 
     model = apply_qat(build_model(model_cfg))        # or a float model loaded with --init-from
     compile_model(model, ...); model.fit(...)
-    save_qat_model(model, RUN / "model_qat.keras")   # rank 0
+    save_qat_model(model, path)                      # EVERY worker (rank 0's path is RUN/model_qat.keras)
     export_qat_tflite(RUN)                           # on the driver -> RUN/model_qat.tflite
 """
 
@@ -162,7 +162,11 @@ def _output_keys(model) -> list[str]:
 
 
 def save_qat_model(model, path: str | os.PathLike) -> None:
-    """Save a QAT model so :func:`load_qat_model` restores it exactly (HDF5; see module docstring)."""
+    """Save a QAT model so :func:`load_qat_model` restores it exactly (HDF5; see module docstring).
+
+    Under MultiWorkerMirroredStrategy call it on every worker (each to its own path): reading the
+    quantizers' synchronized variables is a collective operation, and one worker saving alone hangs.
+    """
     model.save(str(path), save_format="h5", include_optimizer=False)
 
 
