@@ -127,8 +127,6 @@ def test_job_workers_get_legacy_keras_and_no_big_folders(ray_head, with_runtime_
 
 @pytest.mark.slow
 def test_pipeline_job_succeeds_and_writes_its_report(ray_head, tmp_path):
-    for stage in ("synth", "data", "train", "quantize", "evaluate"):
-        pytest.importorskip(f"raydet.{stage}")  # TODO(OPS): drop once every stage has landed
     out = tmp_path / "out"
     proc = submit(ray_head, "python", "jobs/pipeline.py", "--out", str(out), "--images", "64", "--image-size", "32",
                   "--epochs", "1", "--workers", "1", "--batch-size", "16", timeout=540)

@@ -146,10 +146,18 @@ def two_node_cluster():
 
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
+    for attempt in range(3):
+        cluster = Cluster()
+        try:
+            cluster.add_node(num_cpus=1, include_dashboard=False)  # the head
+            cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            break
+        except Exception:  # Ray gives a raylet 30 s to register: a busy shared machine can miss that; retry
+            cluster.shutdown()
+            if attempt == 2:
+                raise
     try:
-        cluster.wait_for_nodes()
         ray.init(address=cluster.address, runtime_env=runtime_env())
         yield cluster
     finally:
@@ -162,8 +170,6 @@ def test_whole_pipeline_on_two_nodes_trains_across_them(two_node_cluster, tmp_pa
     import ray
     from ray._private.state import actors
 
-    for stage in ("synth", "data", "train", "quantize", "evaluate"):
-        pytest.importorskip(f"raydet.{stage}")  # TODO(OPS): drop once every stage has landed
     result = pipeline.run(RunConfig(out=str(tmp_path / "out"), images=64, image_size=32, epochs=1, workers=2,
                                     batch_size=16, draw=2, address=two_node_cluster.address))
     report = json.loads(Path(result["report"]).read_text())
