@@ -472,7 +472,7 @@ def _make_reporter_class():
             if self.rank != 0:
                 ray.train.report(row, checkpoint=None)
                 return
-            folder = self.last_dir or tempfile.mkdtemp(prefix="raydet-ckpt-r0-")
+            folder = self.last_dir = self.last_dir or tempfile.mkdtemp(prefix="raydet-ckpt-r0-")  # freed at train end
             Path(folder, STATE_FILE).write_text(json.dumps({
                 "history": self.history,
                 "nonfinite": {"epoch": row["epoch"], "loss": row["loss"]}}))
