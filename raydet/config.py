@@ -159,7 +159,7 @@ class EvaluateConfig:
     split: str = "test"
     address: str | None = None
     # LiteRT/TF threads per actor; each actor reserves as many CPUs, so actors x threads never oversubscribes
-    # the cores (1: on a 2-core machine two 1-thread actors beat one 2-thread actor, see benchmarks/infer.py)
+    # the cores (1: scale with --actors, which also spreads over nodes; benchmarks/infer.py compares layouts)
     threads: int = 1
 
     def __post_init__(self) -> None:
