@@ -21,14 +21,17 @@ the manifest, which a fused ``map_batches -> write_parquet`` cannot return; rows
 pass; and the images never travel through the object store (read, decode, encode and write happen in the same
 task, on the node that read the file).
 
-Where the time goes (benchmarks/ingest.py, 12,000 photos at 224 px): inside the decode tasks, reading is 2%
-of the CPU, decode + resize 44%, and the Parquet write 54%. Parquet stores the ``(S, S, 3)`` uint8 tensor
-column (docs/FORMATS.md) as a nested list of 150,528 values per image, with a repetition level per value;
-every list encoding measured (snappy/lz4/zstd/none, dictionary or plain, fixed-size or native tensor types)
-costs about as much CPU as the JPEG decode, except plain uncompressed (~1.7x faster, but 4x the bytes: uint8
-is widened to int32). Dictionary + snappy, Ray's own default, is kept: the smallest files (~140 KB per 224 px
-image) at the same speed. Statistics are written only for the scalar columns. A raw-bytes ``binary`` image
-column writes ~10x faster (same size) but would change the contract every reader relies on.
+Where the time goes (benchmarks/ingest.py, 12,000 photos at 224 px). With ``image`` stored as Ray's
+``(S, S, 3)`` uint8 tensor column, the Parquet write took 54% of the decode tasks' CPU (decode + resize 44%,
+reading 2%): Parquet stores a tensor as a nested list of 150,528 values per image with a repetition level per
+value, and every list encoding tried (snappy/lz4/zstd/none, dictionary or plain, fixed-size or native tensor
+types) cost about as much CPU as the JPEG decode. So ``image`` is now a plain ``binary`` column of the raw
+row-major bytes (docs/FORMATS.md, manifest ``image_encoding`` "raw_uint8_hwc"), without dictionary encoding
+(an image never repeats); ``read_split`` turns it back into the tensor column for every stage. Compression,
+measured on 111 raccoon photos at 224 px (CPU ms per image to build + write the column / to read it, bytes):
+none 0.29 / 0.18 ms, 150.5 KB; snappy 0.34 / 0.11 ms, 140.3 KB; lz4 0.40 / 0.11 ms, 136.4 KB; zstd 0.51 /
+0.18 ms, 129.6 KB. Snappy is kept: +0.06 ms over none (about 1% of a decode + resize) for 7% smaller files
+that read faster. Statistics are written only for the scalar columns.
 
 Decisions:
 - An annotation whose every object was dropped (or that has none) is **skipped** with reason
@@ -48,6 +51,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import pickle
 import posixpath
 import time
@@ -74,6 +78,12 @@ MIN_SHARD_ROWS, MAX_SHARD_ROWS = 8, 512
 PARSE_ROWS = 512  # annotations per parse task: parsing is ~20,000 XML/s, so tasks stay well above overhead
 # Statistics (min/max per page) only mean something for the scalar columns; on the pixels they are pure cost.
 _STATS_COLUMNS = ["file", "num_objects", "width", "height"]
+# docs/FORMATS.md: the ``image`` column is a Parquet binary of the (S, S, 3) uint8 array's row-major bytes;
+# the manifest records it as ``image_encoding``. Readers: ``read_split`` (Ray) and ``image_array`` (pyarrow).
+IMAGE_ENCODING = "raw_uint8_hwc"
+# snappy, measured on 111 raccoon photos at 224 px (module docstring): +0.06 ms CPU per image over none
+# (~1% of decode + resize) for 7% smaller files, and it reads faster than none; lz4/zstd cost more CPU.
+IMAGE_COMPRESSION = "snappy"
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,7 @@ def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, 
     first = int(min(batch["index"]))
     for split, split_rows in rows.items():
         if split_rows:
-            _write_shard(out_fs, f"{out_root}/{split}/part-{first:07d}.parquet", split_rows)
+            write_shard(f"{out_root}/{split}/part-{first:07d}.parquet", split_rows, out_fs)
     seconds["write"] = time.process_time() - t
     n = len(summary["index"])
     once = lambda value: [value] + [0.0] * (n - 1)  # noqa: E731 -- per task, not per row
@@ -182,20 +192,130 @@ def _decode_row(data: bytes, file: str, record: VocRecord, image_size: int, max_
             "width": width, "height": height}, "", dropped
 
 
-def _write_shard(out_fs: pafs.FileSystem, path: str, rows: list[dict]) -> None:
-    """Rows -> one Parquet file with the docs/FORMATS.md schema (tensor columns as Ray's ArrowTensorTypeV2)."""
+def write_shard(path: str, rows: list[dict], filesystem: pafs.FileSystem | None = None,
+                compression: str = IMAGE_COMPRESSION) -> None:
+    """Rows -> one Parquet file with the docs/FORMATS.md schema.
+
+    Each row: ``file`` str, ``image`` (S, S, 3) uint8, ``boxes`` (K, 4) float32 normalized xyxy, ``labels``
+    (K,) int32, ``num_objects``/``width``/``height`` int. ``image`` is stored as a plain ``binary`` column of
+    the raw row-major bytes (``IMAGE_ENCODING``; read it back with ``read_split`` or ``image_array``), without
+    dictionary encoding (an image never repeats); ``boxes``/``labels`` as Ray tensor columns.
+    ``filesystem`` None means ``path`` is local. Raises ValueError naming the file for an image that is not
+    (S, S, 3) uint8 with every row the same S.
+    """
     from ray.data.extensions import ArrowTensorArray
 
+    size = rows[0]["image"].shape[0] if rows else 0
+    bad = [r for r in rows if r["image"].shape != (size, size, 3) or r["image"].dtype != np.uint8]
+    if bad:  # raw bytes carry no shape: a wrong one would be read back as garbage, so refuse it here
+        raise ValueError(f"write_shard {path}: image of {bad[0]['file']!r} is {bad[0]['image'].shape} "
+                         f"{bad[0]['image'].dtype}, expected ({size}, {size}, 3) uint8 like the first row")
     table = pa.table({
         "file": pa.array([r["file"] for r in rows], pa.string()),
-        "image": ArrowTensorArray.from_numpy(np.stack([r["image"] for r in rows])),
+        "image": pa.array([np.ascontiguousarray(r["image"]).tobytes() for r in rows], pa.binary()),
         "boxes": ArrowTensorArray.from_numpy(np.stack([r["boxes"] for r in rows])),
         "labels": ArrowTensorArray.from_numpy(np.stack([r["labels"] for r in rows])),
         "num_objects": pa.array([r["num_objects"] for r in rows], pa.int32()),
         "width": pa.array([r["width"] for r in rows], pa.int32()),
         "height": pa.array([r["height"] for r in rows], pa.int32()),
     })
-    pq.write_table(table, path, filesystem=out_fs, compression="snappy", write_statistics=_STATS_COLUMNS)
+    # S travels with the shard too, so ``image_array`` needs no manifest
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"raydet.image_encoding": IMAGE_ENCODING.encode(),
+                                           b"raydet.image_size": str(size).encode()})
+    pq.write_table(table, path, filesystem=filesystem, compression=compression, write_statistics=_STATS_COLUMNS,
+                   use_dictionary=[c for c in table.column_names if c != "image"])
+
+
+def image_array(table: pa.Table, image_size: int | None = None) -> np.ndarray:
+    """A shard's ``image`` column read with plain pyarrow -> (N, S, S, 3) uint8, without Ray.
+
+    Accepts the ``binary`` raw-bytes column (``IMAGE_ENCODING``) and, for older PREP folders, a Ray tensor
+    column (an extension array, or the flat list it reads as when Ray's type is not registered). S is
+    ``image_size`` when given, else the shard's ``raydet.image_size`` metadata, else sqrt(bytes / 3) (images
+    are square). Raises ValueError for a row whose size does not match.
+    """
+    column = table.column("image")
+    n = len(column)
+    meta = table.schema.metadata or {}
+    if image_size is None and b"raydet.image_size" in meta:
+        image_size = int(meta[b"raydet.image_size"])
+    kind = column.type.storage_type if isinstance(column.type, pa.ExtensionType) else column.type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        if image_size is None:
+            image_size = math.isqrt(len(column[0].as_py()) // 3) if n else 0
+        row = image_size * image_size * 3
+        chunks = []
+        for chunk in column.chunks:
+            if chunk.null_count:
+                raise ValueError(f"image column has {chunk.null_count} null row(s)")
+            offsets = np.frombuffer(chunk.buffers()[1], np.int64 if pa.types.is_large_binary(kind) else np.int32,
+                                    len(chunk) + 1, chunk.offset * (8 if pa.types.is_large_binary(kind) else 4))
+            if (np.diff(offsets) != row).any():
+                bad = int(np.flatnonzero(np.diff(offsets) != row)[0])
+                raise ValueError(f"image row {bad} has {int(np.diff(offsets)[bad])} bytes, expected {row} "
+                                 f"({image_size} x {image_size} x 3 uint8)")
+            data = np.frombuffer(chunk.buffers()[2], np.uint8) if len(chunk) else np.empty(0, np.uint8)
+            chunks.append(data[offsets[0]:offsets[-1]])
+        flat = np.concatenate(chunks) if chunks else np.empty(0, np.uint8)
+        return flat.reshape(n, image_size, image_size, 3)
+    # a tensor column: flatten whatever nesting pyarrow gives back and reshape by hand
+    flat = column.combine_chunks()
+    if isinstance(flat, pa.ExtensionArray):
+        flat = flat.storage
+    while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type) or pa.types.is_fixed_size_list(flat.type):
+        flat = flat.flatten()
+    values = flat.to_numpy(zero_copy_only=False).astype(np.uint8, copy=False)
+    if image_size is None:
+        image_size = math.isqrt(values.size // max(n, 1) // 3)
+    return values.reshape(n, image_size, image_size, 3)
+
+
+def read_split(prep: str | os.PathLike, split: str, **read_kwargs):
+    """``PREP/<split>`` -> a ``ray.data.Dataset`` whose ``image`` is an (N, S, S, 3) uint8 tensor column.
+
+    The one reader every stage uses. Shards written by ``write_shard`` hold ``image`` as raw bytes, which
+    ``ray.data.read_parquet(tensor_column_schema=...)`` turns back into the tensor column (S from
+    ``PREP/manifest.json``, else the shard's metadata); shards whose ``image`` already is a tensor column (older
+    PREP folders, hand-made fixtures) are read as they are. ``read_kwargs`` go to ``read_parquet`` unchanged
+    (``override_num_blocks``, ``columns``, ...). ``prep`` may be a path or a URI. Raises ValueError naming the
+    folder when ``split`` is not train/test or the folder holds no Parquet file.
+    """
+    import ray
+
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: must be one of {', '.join(SPLITS)}")
+    prep = str(prep)
+    filesystem, root = pafs.FileSystem.from_uri(prep) if "://" in prep else (
+        pafs.LocalFileSystem(), posixpath.abspath(prep.replace("\\", "/")))
+    folder = f"{root.rstrip('/')}/{split}"
+    try:
+        shards = sorted(i.path for i in filesystem.get_file_info(pafs.FileSelector(folder))
+                        if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    except FileNotFoundError:
+        shards = []
+    if not shards:
+        raise ValueError(f"{folder}: no .parquet shards (is {prep} a folder written by raydet prepare?)")
+    schema = pq.read_schema(shards[0], filesystem=filesystem)
+    target = prep.rstrip("/") + "/" + split if "://" in prep else folder
+    if "image" in schema.names and pa.types.is_binary(schema.field("image").type):
+        size = _image_size(filesystem, root, schema)
+        read_kwargs = {**read_kwargs, "tensor_column_schema": {"image": (np.uint8, (size, size, 3))}}
+        columns = read_kwargs.get("columns")
+        if columns is not None and "image" not in columns:  # Ray would cast a column it did not read
+            del read_kwargs["tensor_column_schema"]
+    return ray.data.read_parquet(target, filesystem=filesystem, **read_kwargs)
+
+
+def _image_size(filesystem: pafs.FileSystem, root: str, schema: pa.Schema) -> int:
+    """S of a PREP: the manifest's ``image_size``, else the shard's ``raydet.image_size`` metadata."""
+    path = f"{root.rstrip('/')}/manifest.json"
+    if filesystem.get_file_info(path).type == pafs.FileType.File:
+        with filesystem.open_input_stream(path) as stream:
+            return int(json.loads(stream.read().decode("utf-8"))["image_size"])
+    meta = schema.metadata or {}
+    if b"raydet.image_size" in meta:
+        return int(meta[b"raydet.image_size"])
+    raise ValueError(f"{root}: no manifest.json and no raydet.image_size in the shards: cannot tell the image size")
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -360,7 +480,8 @@ def prepare(cfg: PrepareConfig) -> dict:
         else:
             skipped.append({"file": s["file"], "reason": s["reason"]})
     manifest = {
-        "classes": classes, "image_size": cfg.image_size, "max_objects": cfg.max_objects,
+        "classes": classes, "image_size": cfg.image_size, "image_encoding": IMAGE_ENCODING,
+        "max_objects": cfg.max_objects,
         "splits": {split: loaded[split] for split in SPLITS}, "split_source": split_source,
         "annotations_found": len(dataset.annotations), "images_loaded": sum(loaded.values()),
         "skipped": skipped, "objects_loaded": objects_loaded, "objects_skipped": objects_skipped,
