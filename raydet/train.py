@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from raydet.config import ModelConfig, TrainConfig
+from raydet.data import read_split
 from raydet.runtime import init_ray, runtime_env, use_legacy_keras
 
 STATE_FILE = "state.json"  # in each checkpoint: {"history": [...], "nonfinite": null | {"epoch", "loss"}}
@@ -155,7 +156,7 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, manifest: dict, run_dir: Path):
     prep = Path(cfg.prep).absolute()
     # Materialized here, before the workers take their CPUs (FINDINGS: a lazy read hangs on 2 CPUs).
     print(f"reading {prep} ...", flush=True)
-    datasets = {split: ray.data.read_parquet(str(prep / split)).materialize() for split in ("train", "test")}
+    datasets = {split: read_split(prep, split).materialize() for split in ("train", "test")}
     n_train = datasets["train"].count()
     local_batch = cfg.batch_size // cfg.workers
     steps = (n_train // cfg.workers) // local_batch  # the equal split gives every worker n_train // workers rows
