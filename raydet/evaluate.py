@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from raydet.config import MODEL_NAMES, EvaluateConfig
+from raydet.data import read_split
 from raydet.runtime import init_ray, use_legacy_keras
 
 CRASH_ENV = "RAYDET_TEST_CRASH_ONCE"  # test hook, see the module docstring
@@ -310,7 +311,7 @@ def load_split(split_dir: Path, batch_size: int):
 
     from raydet import coco
 
-    ds = ray.data.read_parquet(str(split_dir)).materialize()
+    ds = read_split(split_dir.parent, split_dir.name).materialize()  # image: raw bytes -> (N, S, S, 3) uint8
     ds = ds.repartition(max(1, math.ceil(ds.count() / batch_size))).materialize()
     gt_rows = ds.select_columns(["file", "boxes", "labels", "num_objects", "width", "height"]).take_all()
     gt_rows.sort(key=lambda r: r["file"])
