@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from raydet.config import QuantizeConfig
+from raydet.data import read_split
 from raydet.runtime import init_ray, use_legacy_keras
 
 FLOAT_MODEL = "model.keras"
@@ -77,7 +78,7 @@ def calibration_images(prep: str | os.PathLike, limit: int, image_size: int | No
     init_ray(address)
     import ray
 
-    ds = ray.data.read_parquet(str(train.resolve())).select_columns(["image"]).limit(limit)
+    ds = read_split(Path(prep).resolve(), "train").select_columns(["image"]).limit(limit)
     batch = ds.take_batch(batch_size=limit, batch_format="numpy")
     images = np.asarray(batch["image"], dtype=np.uint8)
     if images.ndim != 4 or images.shape[-1] != 3:
