@@ -89,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from raydet.data import read_split
     from raydet.runtime import init_ray
 
     init_ray(args.address)
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    ds = ray.data.read_parquet(str(args.data / args.split)).materialize()
+    ds = read_split(args.data, args.split).materialize()
     if args.repeat > 1:
         ds = ds.union(*[ds] * (args.repeat - 1))
     n = ds.count()
