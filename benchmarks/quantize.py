@@ -22,7 +22,9 @@ def read_test(prep: str, limit: int | None):
     """PREP/test -> images (N, S, S, 3) uint8, per-image ground truth [(boxes (G, 4) xyxy normalized, labels (G,))]."""
     import ray
 
-    ds = ray.data.read_parquet(str(Path(prep, "test").resolve())).select_columns(
+    from raydet.data import read_split
+
+    ds = read_split(Path(prep).resolve(), "test").select_columns(
         ["image", "boxes", "labels", "num_objects"])
     if limit:
         ds = ds.limit(limit)
