@@ -35,12 +35,13 @@ def plain_fit(prep: Path, epochs: int, batch: int, width: int) -> tuple[float, i
     import tf_keras
 
     from raydet.config import ModelConfig
+    from raydet.data import read_split
     from raydet.model import build_model, compile_model
     from raydet.train import load_split, read_manifest, test_dataset, train_dataset
 
     manifest = read_manifest(prep)
-    train_arrays = load_split(ray.data.read_parquet(str(prep / "train")))
-    test_arrays = load_split(ray.data.read_parquet(str(prep / "test")))
+    train_arrays = load_split(read_split(prep, "train"))
+    test_arrays = load_split(read_split(prep, "test"))
     steps = len(train_arrays["image"]) // batch
     model = build_model(ModelConfig(num_classes=len(manifest["classes"]), image_size=manifest["image_size"], width=width))
     compile_model(model, tf_keras.optimizers.AdamW(2e-3, weight_decay=1e-4), 5.0, 1.0)
@@ -61,9 +62,9 @@ def raydet_fit(prep: Path, out: Path, name: str, workers: int, cpus: float, epoc
     cfg = TrainConfig(prep=str(prep), out=str(out), name=name, workers=workers, cpus_per_worker=cpus,
                       epochs=epochs, batch_size=batch, width=width)
     summary = train(cfg)
-    import ray.data
+    from raydet.data import read_split
 
-    rows = ray.data.read_parquet(str(prep / "train")).count()
+    rows = read_split(prep, "train").count()
     local = batch // workers
     images = (rows // workers) // local * local * workers  # steps per epoch x global batch, as train() runs it
     return steady_images_per_s([row["end_time"] for row in summary.history], images)
