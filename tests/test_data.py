@@ -1,5 +1,6 @@
 """raydet.data.prepare end to end on tiny datasets: hostile files, every layout, a URI, the split, the Parquet
-contract read back two ways, the real raccoon photos, and a two-node cluster."""
+contract read back two ways (plain pyarrow + ``image_array``, and ``read_split``), a hand-made tensor-column
+shard through ``read_split``, the real raccoon photos, and a two-node cluster."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from raydet.config import PrepareConfig
-from raydet.data import hash_split, prepare
+from raydet.data import IMAGE_ENCODING, hash_split, image_array, prepare, read_split, write_shard
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -71,17 +73,20 @@ def by_file(entries: list[dict]) -> dict[str, str]:
 
 
 def read_rows(prep: Path) -> dict[str, dict]:
-    """Every row of both splits, read with plain pyarrow, keyed by file. Tensor columns come back as flat
-    lists (or arrays, once Ray has registered its extension type) and are reshaped here by hand."""
+    """Every row of both splits, read with plain pyarrow, keyed by file. ``image`` (raw bytes) comes back
+    through ``image_array``; the tensor columns as flat lists (or arrays, once Ray has registered its extension
+    type), reshaped here by hand."""
     manifest = json.loads((prep / "manifest.json").read_text())
-    size, k = manifest["image_size"], manifest["max_objects"]
-    shapes = {"image": (size, size, 3), "boxes": (k, 4), "labels": (k,)}
+    k = manifest["max_objects"]
+    shapes = {"boxes": (k, 4), "labels": (k,)}
     rows = {}
     for split in ("train", "test"):
         for path in sorted((prep / split).glob("*.parquet")):
-            for r in pq.read_table(path).to_pylist():
+            table = pq.read_table(path)
+            images = image_array(table)
+            for r, image in zip(table.drop_columns(["image"]).to_pylist(), images):
                 rows[r["file"]] = {**r, **{c: np.asarray(r[c]).reshape(shape) for c, shape in shapes.items()},
-                                   "split": split}
+                                   "image": image, "split": split}
     return rows
 
 
@@ -216,13 +221,28 @@ def test_parquet_rows_by_hand_with_pyarrow(hostile):
     assert np.abs(grey.astype(int) - 90).max() <= 3
 
 
-def test_parquet_read_back_with_ray_data(hostile):
-    import ray
-
+def test_image_is_a_raw_binary_column_without_dictionary(hostile):
     _, prep, m = hostile
-    ds = ray.data.read_parquet(str(prep / "train"), override_num_blocks=1)  # one read task: tiny files
+    assert m["image_encoding"] == IMAGE_ENCODING == "raw_uint8_hwc" and m["image_size"] == 32
+    path = sorted((prep / "train").glob("*.parquet"))[0]
+    meta = pq.ParquetFile(path).metadata
+    field = pq.read_schema(path).field("image")
+    assert str(field.type) == "binary"
+    column = next(meta.row_group(0).column(i) for i in range(meta.num_columns)
+                  if meta.row_group(0).column(i).path_in_schema == "image")
+    assert "RLE_DICTIONARY" not in column.encodings and "PLAIN_DICTIONARY" not in column.encodings
+    first = pq.read_table(path).column("image")[0].as_py()
+    assert len(first) == 32 * 32 * 3  # S * S * 3 bytes, one per uint8 channel value
+
+
+def test_parquet_read_back_with_ray_data(hostile):
+    _, prep, m = hostile
+    ds = read_split(prep, "train", override_num_blocks=1)  # one read task: tiny files
     batch = ds.take_batch(m["splits"]["train"], batch_format="numpy")
     n = m["splits"]["train"]
+    by_hand = read_rows(prep)
+    for file, image in zip(batch["file"], batch["image"]):  # the same pixels both ways
+        np.testing.assert_array_equal(image, by_hand[file]["image"])
     assert batch["image"].shape == (n, 32, 32, 3) and batch["image"].dtype == np.uint8
     assert batch["boxes"].shape == (n, 8, 4) and batch["boxes"].dtype == np.float32
     assert batch["labels"].shape == (n, 8) and batch["labels"].dtype == np.int32
@@ -246,6 +266,33 @@ def test_one_summary_line_and_manifest_on_disk(hostile, capsys, tmp_path):
     assert m["classes"] == ["dog"] and m["images_loaded"] == 4 and len(m["skipped"]) == 14
     assert "no usable objects" in by_file(m["skipped"])["annotations/rgba.xml"]
     assert any("class not in the class list" in e["reason"] for e in m["objects_skipped"])
+
+
+def test_read_split_reads_a_hand_made_tensor_column_shard_and_refuses_bad_arguments(tmp_path, ray_local):
+    from ray.data.extensions import ArrowTensorArray
+
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)  # values 0..95, every pixel distinct
+    write(tmp_path / "old" / "manifest.json", json.dumps({"image_size": 4}))
+    (tmp_path / "old" / "test").mkdir()
+    table = pa.table({"file": ["a.jpg", "b.jpg"], "image": ArrowTensorArray.from_numpy(images)})
+    pq.write_table(table, tmp_path / "old" / "test" / "part-0.parquet")  # the pre-binary format
+    batch = read_split(tmp_path / "old", "test", override_num_blocks=1).take_batch(2, batch_format="numpy")
+    assert batch["image"].shape == (2, 4, 4, 3) and batch["image"].dtype == np.uint8
+    np.testing.assert_array_equal(batch["image"], images)
+    np.testing.assert_array_equal(image_array(pq.read_table(tmp_path / "old" / "test" / "part-0.parquet")), images)
+    # and a write_shard fixture through a file:// URI
+    rows = [{"file": f"{i}.jpg", "image": images[i], "boxes": np.zeros((1, 4), np.float32),
+             "labels": np.array([i], np.int32), "num_objects": 1, "width": 4, "height": 4} for i in range(2)]
+    (tmp_path / "new" / "train").mkdir(parents=True)
+    write_shard(str(tmp_path / "new" / "train" / "part-0.parquet"), rows)
+    batch = read_split((tmp_path / "new").as_uri(), "train", override_num_blocks=1).take_batch(2, batch_format="numpy")
+    np.testing.assert_array_equal(batch["image"], images)  # S from the shard's metadata: no manifest here
+    with pytest.raises(ValueError, match="'val'"):
+        read_split(tmp_path / "new", "val")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "new" / "test"))):
+        read_split(tmp_path / "new", "test")  # no shards
+    with pytest.raises(ValueError, match=r"'1.jpg' is \(3, 3, 3\)"):
+        write_shard(str(tmp_path / "bad.parquet"), [rows[0], {**rows[1], "image": images[1, :3, :3]}])
 
 
 # ------------------------------------------------------------------------------------- layouts and URI
