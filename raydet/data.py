@@ -30,8 +30,14 @@ row-major bytes (docs/FORMATS.md, manifest ``image_encoding`` "raw_uint8_hwc"), 
 (an image never repeats); ``read_split`` turns it back into the tensor column for every stage. Compression,
 measured on 111 raccoon photos at 224 px (CPU ms per image to build + write the column / to read it, bytes):
 none 0.29 / 0.18 ms, 150.5 KB; snappy 0.34 / 0.11 ms, 140.3 KB; lz4 0.40 / 0.11 ms, 136.4 KB; zstd 0.51 /
-0.18 ms, 129.6 KB. Snappy is kept: +0.06 ms over none (about 1% of a decode + resize) for 7% smaller files
-that read faster. Statistics are written only for the scalar columns.
+0.18 ms, 129.6 KB. Snappy is kept: +0.06 ms over none (about 3% of a 2.1 ms decode + resize) for 7% smaller
+files that read faster; with the file write included the two were within the noise of a loaded machine
+(0.18-0.43 vs 0.13-0.38 ms). Statistics are written only for the scalar columns.
+After the change (three runs, 19:32-19:41 UTC, load average 3.4-18 from other users): inside the decode
+tasks read 3-4%, decode + resize 74-75%, Parquet write 21-23% (~0.6 ms per image, table build included);
+348-355 images per task CPU-second against 470-501 for decode + resize alone, i.e. 71-74% (was ~44%). The
+wall-clock figures (end to end 0.84-1.09x the serial baseline, steady state 36-42% per core) were set by the
+other load: the tasks got about one of the two cores.
 
 Decisions:
 - An annotation whose every object was dropped (or that has none) is **skipped** with reason
