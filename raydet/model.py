@@ -5,8 +5,9 @@ which is row 0 of ``boxes``/``labels`` in the PREP Parquet (rows are sorted by a
 More objects per image would need another head (anchors or a set loss) and come later.
 
 Architecture (the original project's family, reordered so tensorflow-model-optimization accepts it):
-``depth`` blocks of Conv2D(3x3, no bias) -> BatchNorm -> ReLU -> MaxPool(2), then Flatten (keeps where
-things are, which the box head needs), a 2-layer class head and a 4-layer box head.
+``depth`` blocks of Conv2D(3x3, no bias) -> BatchNorm -> ReLU -> MaxPool(2), then a 2-layer class head on
+globally pooled features (a shape's class does not depend on its position) and a 4-layer box head on the
+flattened map (which keeps where things are).
 
 Model contract (docs/FORMATS.md): input ``image`` (N, S, S, 3) float32 raw pixels 0..255 (a Rescaling
 layer inside divides by 255); outputs a dict ``class_logits`` (N, C) float32 logits and ``boxes``
@@ -42,17 +43,20 @@ def build_model(cfg: ModelConfig):
     for i, filters in enumerate(block_widths(cfg)):
         # No bias: BatchNorm's beta replaces it, and Conv -> BN -> ReLU is the order QAT folds.
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    # What a shape is does not depend on where it is: the class head pools over positions. With Flatten
+    # instead, it stayed at chance for 4+ epochs on synth (it must learn each shape at every position).
+    pooled = layers.GlobalAveragePooling2D(name="pool_class")(x)
+    # Where it is does: the box head sees the flattened map.
     features = layers.Flatten(name="flatten")(x)
 
-    c = layers.Dense(cfg.head_units, activation="relu", name="class_fc")(features)
+    c = layers.Dense(cfg.head_units, activation="relu", name="class_fc")(pooled)
     c = layers.Dropout(cfg.dropout, name="class_dropout")(c)
     class_logits = layers.Dense(cfg.num_classes, name="class_logits")(c)
 
     b = layers.Dense(cfg.head_units, activation="relu", name="box_fc1")(features)
-    b = layers.Dropout(cfg.dropout, name="box_dropout")(b)
     b = layers.Dense(cfg.head_units, activation="relu", name="box_fc2")(b)
     b = layers.Dense(max(cfg.head_units // 2, 4), activation="relu", name="box_fc3")(b)
     boxes = layers.Dense(4, activation="sigmoid", name="boxes")(b)
