@@ -7,6 +7,7 @@ import json
 import sys
 import time
 import types
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -176,8 +177,11 @@ def test_whole_pipeline_on_two_nodes_trains_across_them(two_node_cluster, tmp_pa
     assert set(report["models"]) == {"float", "int8"}
     assert all(m["images"] > 0 for m in report["models"].values())
     assert len(list(Path(result["images"]).glob("*.png"))) >= 2
-    # Where Ray Train's workers ran: one per node (1 CPU per node, 1 CPU per worker).
+    # Where Ray Train's workers ran: one per node (1 CPU per node, 1 CPU per worker). A worker group that
+    # Ray Train restarted (FailureConfig; on a loaded machine a health check can time out) adds two more
+    # actors, again one per node, so every node hosts the same number of them.
     workers = [a for a in actors().values() if a["ActorClassName"].endswith("RayTrainWorker")]
-    nodes = {a["Address"]["NodeID"] for a in workers}
-    assert len(workers) == 2 and len(nodes) == 2, workers
-    assert nodes == {n["NodeID"] for n in ray.nodes()}
+    per_node = Counter(a["Address"]["NodeID"] for a in workers)
+    assert len(workers) >= 2 and len(workers) % 2 == 0, workers
+    assert set(per_node) == {n["NodeID"] for n in ray.nodes()}, per_node
+    assert len(set(per_node.values())) == 1, per_node
