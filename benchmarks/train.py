@@ -62,9 +62,11 @@ def raydet_fit(prep: Path, out: Path, name: str, workers: int, cpus: float, epoc
     cfg = TrainConfig(prep=str(prep), out=str(out), name=name, workers=workers, cpus_per_worker=cpus,
                       epochs=epochs, batch_size=batch, width=width)
     summary = train(cfg)
-    from raydet.data import read_split
+    from raydet.train import read_manifest
 
-    rows = read_split(prep, "train").count()
+    # From the manifest: a lazy read_split(...).count() prunes the image column, which Ray 2.60's
+    # tensor_column_schema cast then fails to find (KeyError 'Field "image" does not exist').
+    rows = read_manifest(prep)["splits"]["train"]
     local = batch // workers
     images = (rows // workers) // local * local * workers  # steps per epoch x global batch, as train() runs it
     return steady_images_per_s([row["end_time"] for row in summary.history], images)

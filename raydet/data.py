@@ -285,6 +285,10 @@ def read_split(prep: str | os.PathLike, split: str, **read_kwargs):
     PREP folders, hand-made fixtures) are read as they are. ``read_kwargs`` go to ``read_parquet`` unchanged
     (``override_num_blocks``, ``columns``, ...). ``prep`` may be a path or a URI. Raises ValueError naming the
     folder when ``split`` is not train/test or the folder holds no Parquet file.
+
+    Known limit (Ray 2.60): an operation Ray answers without reading ``image`` (``.count()`` on the lazy
+    dataset) fails in Ray's tensor cast with ``KeyError: Field "image"``; ``materialize()`` first, or take
+    row counts from ``manifest.json``'s ``splits``.
     """
     import ray
 
