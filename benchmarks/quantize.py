@@ -20,7 +20,6 @@ import numpy as np
 
 def read_test(prep: str, limit: int | None):
     """PREP/test -> images (N, S, S, 3) uint8, per-image ground truth [(boxes (G, 4) xyxy normalized, labels (G,))]."""
-    import ray
 
     from raydet.data import read_split
 

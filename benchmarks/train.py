@@ -31,7 +31,6 @@ def steady_images_per_s(end_times: list[float], images_per_epoch: int) -> float:
 
 def plain_fit(prep: Path, epochs: int, batch: int, width: int) -> tuple[float, int]:
     """(a): returns (images/s, images per epoch)."""
-    import ray.data
     import tf_keras
 
     from raydet.config import ModelConfig

@@ -307,7 +307,6 @@ def load_split(split_dir: Path, batch_size: int):
     The dataset is cut into one block per batch: the actor pool hands out whole blocks, so a split read as a
     single block would keep all but one actor idle. Ground-truth rows hold every column but ``image``.
     """
-    import ray
 
     from raydet import coco
 

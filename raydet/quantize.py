@@ -76,7 +76,6 @@ def calibration_images(prep: str | os.PathLike, limit: int, image_size: int | No
         raise FileNotFoundError(f"no calibration images: {train} does not exist (expected a PREP folder "
                                 "written by `raydet prepare`)")
     init_ray(address)
-    import ray
 
     ds = read_split(Path(prep).resolve(), "train").select_columns(["image"]).limit(limit)
     batch = ds.take_batch(batch_size=limit, batch_format="numpy")

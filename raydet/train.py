@@ -149,7 +149,6 @@ def train(cfg: TrainConfig) -> TrainSummary:
 
 
 def _fit(cfg: TrainConfig, mcfg: ModelConfig, manifest: dict, run_dir: Path):
-    import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
