@@ -110,7 +110,7 @@ def model_config(cfg: TrainConfig, manifest: dict) -> ModelConfig:
     if cfg.init_from:
         init_cfg = json.loads((Path(cfg.init_from) / "config.json").read_text())["model"]
         width, depth = init_cfg["width"], init_cfg["depth"]
-        extra = {k: init_cfg[k] for k in ("max_width", "head_units", "dropout") if k in init_cfg}
+        extra = {k: init_cfg[k] for k in ("max_width", "head_units", "dropout", "bn_momentum") if k in init_cfg}
     return ModelConfig(num_classes=len(manifest["classes"]), image_size=manifest["image_size"],
                        width=width, depth=depth, **extra)
 
