@@ -81,7 +81,7 @@ NO_OBJECTS = "no usable objects"
 # and per-task overheads; smaller ones balance 2 cores better at the end of the pass.
 SHARD_BYTES = 16 * 2**20
 MIN_SHARD_ROWS, MAX_SHARD_ROWS = 8, 512
-PARSE_ROWS = 512  # annotations per parse task: parsing is ~20,000 XML/s, so tasks stay well above overhead
+PARSE_ROWS = 4096  # annotations per parse task at most: parsing is ~20,000 XML/s, so a task lasts ~0.2 s, well above its overhead
 # Statistics (min/max per page) only mean something for the scalar columns; on the pixels they are pure cost.
 _STATS_COLUMNS = ["file", "num_objects", "width", "height"]
 # docs/FORMATS.md: the ``image`` column is a Parquet binary of the (S, S, 3) uint8 array's row-major bytes;
@@ -218,7 +218,7 @@ def write_shard(path: str, rows: list[dict], filesystem: pafs.FileSystem | None 
                          f"{bad[0]['image'].dtype}, expected ({size}, {size}, 3) uint8 like the first row")
     table = pa.table({
         "file": pa.array([r["file"] for r in rows], pa.string()),
-        "image": pa.array([np.ascontiguousarray(r["image"]).tobytes() for r in rows], pa.binary()),
+        "image": _binary_images(np.stack([r["image"] for r in rows]) if rows else np.empty((0, 0, 0, 3), np.uint8)),
         "boxes": ArrowTensorArray.from_numpy(np.stack([r["boxes"] for r in rows])),
         "labels": ArrowTensorArray.from_numpy(np.stack([r["labels"] for r in rows])),
         "num_objects": pa.array([r["num_objects"] for r in rows], pa.int32()),
@@ -230,6 +230,19 @@ def write_shard(path: str, rows: list[dict], filesystem: pafs.FileSystem | None 
                                            b"raydet.image_size": str(size).encode()})
     pq.write_table(table, path, filesystem=filesystem, compression=compression, write_statistics=_STATS_COLUMNS,
                    use_dictionary=[c for c in table.column_names if c != "image"])
+
+
+def _binary_images(images: np.ndarray) -> pa.Array:
+    """(N, S, S, 3) uint8 -> a ``binary`` array, one row per image, made from the array's own buffer (no
+    per-row bytes objects, no second copy: measured 0.13-0.16 ms per 224 px image to build and write a
+    shard instead of 0.24-0.53 ms via a list of ``bytes``). ``large_binary`` when a shard passes 2 GiB."""
+    n = len(images)
+    row = int(np.prod(images.shape[1:]))
+    large = n * row >= 2**31
+    offsets = np.arange(0, (n + 1) * row, row, dtype=np.int64 if large else np.int32)
+    data = np.ascontiguousarray(images).reshape(-1)
+    return pa.Array.from_buffers(pa.large_binary() if large else pa.binary(), n,
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def image_array(table: pa.Table, image_size: int | None = None) -> np.ndarray:
@@ -307,7 +320,8 @@ def read_split(prep: str | os.PathLike, split: str, **read_kwargs):
         raise ValueError(f"{folder}: no .parquet shards (is {prep} a folder written by raydet prepare?)")
     schema = pq.read_schema(shards[0], filesystem=filesystem)
     target = prep.rstrip("/") + "/" + split if "://" in prep else folder
-    if "image" in schema.names and pa.types.is_binary(schema.field("image").type):
+    if "image" in schema.names and (pa.types.is_binary(schema.field("image").type)
+                                    or pa.types.is_large_binary(schema.field("image").type)):
         size = _image_size(filesystem, root, schema)
         read_kwargs = {**read_kwargs, "tensor_column_schema": {"image": (np.uint8, (size, size, 3))}}
         columns = read_kwargs.get("columns")
@@ -458,7 +472,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     Raises FileNotFoundError/ValueError naming the path for a missing dataset, a folder without annotations,
     an unusable ``--out``, or a dataset where nothing could be loaded (the manifest is still written then).
     """
-    from raydet.runtime import init_ray
+    from raydet.runtime import data_uses_every_cpu, init_ray
 
     t0 = time.perf_counter()
     dataset = discover(cfg.data)
@@ -472,11 +486,12 @@ def prepare(cfg: PrepareConfig) -> dict:
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if cpus < 1:  # Ray Data's tasks need a CPU each; without one they would wait forever
         raise ValueError(f"the Ray cluster at {cfg.address or 'RAY_ADDRESS'} has no CPU for the prepare tasks")
-    parsed = _parse_all(dataset, cfg.classes, cpus)
-    planned, classes, split_source, accounts = _plan(dataset, parsed, cfg)
-    t_parse = time.perf_counter()
-    summaries = _decode_all(dataset, planned, classes, out_fs, out_root, cfg, cpus)
-    t_decode = time.perf_counter()
+    with data_uses_every_cpu():
+        parsed = _parse_all(dataset, cfg.classes, cpus)
+        planned, classes, split_source, accounts = _plan(dataset, parsed, cfg)
+        t_parse = time.perf_counter()
+        summaries = _decode_all(dataset, planned, classes, out_fs, out_root, cfg, cpus)
+        t_decode = time.perf_counter()
 
     split_of = {p.index: p.split for p in planned}
     skipped, objects_skipped = accounts["skipped"], accounts["objects_skipped"]

@@ -1,0 +1,45 @@
+"""raydet.runtime: Ray Data may use every CPU inside ``data_uses_every_cpu`` and gets its default back after."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+
+def _concurrency(ray) -> float:
+    """Average number of tasks running at once while 12 one-block tasks of 0.4 s go through map_batches."""
+
+    def sleepy(batch: dict) -> dict:  # defined here so that cloudpickle ships it by value to the workers
+        start = time.time()
+        time.sleep(0.4)  # no CPU used: what is measured is how many tasks Ray Data lets run at once
+        return {"start": np.array([start]), "end": np.array([time.time()])}
+
+    rows = ray.data.range(12, override_num_blocks=12).map_batches(sleepy, batch_size=None).take_all()
+    window = max(r["end"] for r in rows) - min(r["start"] for r in rows)
+    return sum(r["end"] - r["start"] for r in rows) / window
+
+
+def test_map_tasks_use_both_cpus_inside_the_block_and_the_default_comes_back(ray_local):
+    from ray.data import DataContext
+
+    from raydet.runtime import data_uses_every_cpu
+
+    default = DataContext.get_current().op_resource_reservation_enabled
+    with data_uses_every_cpu():
+        inside = _concurrency(ray_local)
+    assert inside >= 1.6, f"two CPUs, but Ray Data ran {inside:.2f} tasks at a time on average"
+    assert DataContext.get_current().op_resource_reservation_enabled == default
+
+
+def test_the_setting_is_restored_when_the_block_raises(ray_local):
+    from ray.data import DataContext
+
+    from raydet.runtime import data_uses_every_cpu
+
+    default = DataContext.get_current().op_resource_reservation_enabled
+    with pytest.raises(RuntimeError, match="boom"):
+        with data_uses_every_cpu():
+            raise RuntimeError("boom")
+    assert DataContext.get_current().op_resource_reservation_enabled == default
