@@ -1,10 +1,11 @@
 """Inference speed in a Ray actor pool: images/s of the float Keras model vs each .tflite model of a run, and
 1 vs 2 actors, printed as ratios measured in the same process (so the same machine load applies to all).
 
-    python benchmarks/infer.py RUNS/NAME --data PREP [--split train] [--repeat 4] [--batch-size 64] [--rounds 3]
+    python benchmarks/infer.py RUNS/NAME --data PREP [--split train] [--repeat 10] [--batch-size B] [--rounds 3]
 
 Each configuration maps the same materialized images (read once) through ``map_batches`` with an actor pool,
-each actor loading its model once, exactly as ``raydet evaluate`` does (raydet.evaluate.ModelRunner), but the
+each actor loading its model once and the images cut into calls as ``raydet evaluate`` cuts them
+(raydet.evaluate.ModelRunner, raydet.evaluate.batch_plan; ``--batch-size`` as in evaluate), but the
 actors only predict and decode (class, score, pixel box): the metric bookkeeping of an evaluation is left out,
 so the figures are the models' speed. images/s = images / (last batch's end - first batch's start) inside the
 actors; the pool starts handing out batches only when all its actors have loaded their model.
@@ -13,7 +14,7 @@ actors; the pool starts handing out batches only when all its actors have loaded
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import os
 import time
 from pathlib import Path
@@ -75,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="RUN folder (model.keras and model_*.tflite)")
     parser.add_argument("--data", type=Path, required=True, help="PREP folder")
     parser.add_argument("--split", default="train", help="split to read (train: the larger one)")
-    parser.add_argument("--repeat", type=int, default=4, help="pass over the split this many times (longer runs, less noise)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=10, help="pass over the split this many times (longer runs, less noise)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per actor call (default: as raydet evaluate)")
     parser.add_argument("--rounds", type=int, default=3, help="passes per configuration; the median is reported")
     parser.add_argument("--address", default=None, help="Ray cluster (default: a fresh local Ray)")
     args = parser.parse_args(argv)
-    if min(args.repeat, args.batch_size, args.rounds) < 1:
+    if min(args.repeat, args.rounds) < 1 or (args.batch_size is not None and args.batch_size < 1):
         parser.error(f"--repeat, --batch-size and --rounds must be positive, got {args.repeat}, {args.batch_size}, "
                      f"{args.rounds}")
     models = model_files(args.run)
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from raydet.data import read_split
+    from raydet.evaluate import batch_plan
     from raydet.runtime import init_ray
 
     init_ray(args.address)
@@ -98,21 +100,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat > 1:
         ds = ds.union(*[ds] * (args.repeat - 1))
     n = ds.count()
-    ds = ds.repartition(max(1, math.ceil(n / args.batch_size))).materialize()  # one block per batch
-    print(f"{n} images ({args.split} x {args.repeat}) of {args.data}, batch {args.batch_size}, {cpus} CPUs "
+    image_size = int(json.loads((args.data / "manifest.json").read_text())["image_size"])
+    blocks, batch_size = batch_plan(n, image_size, 2, args.batch_size)
+    ds = ds.repartition(blocks).materialize()  # one block per actor call
+    print(f"{n} images ({args.split} x {args.repeat}) of {args.data}, {batch_size} per call, {cpus} CPUs "
           f"in Ray, load average {os.getloadavg()[0]:.1f}", flush=True)
 
     # 1. every model, 1 actor x 1 thread; 2. float and int8 with 2 actors x 1 thread and 1 actor x 2 threads
     runs: list[tuple[str, int, int, dict]] = []
     for name, path in models.items():
-        runs.append((name, 1, 1, measure(ds, path, 1, 1, args.batch_size, args.rounds)))
+        runs.append((name, 1, 1, measure(ds, path, 1, 1, batch_size, args.rounds)))
         print(f"  {name:15s} 1 actor  x 1 thread : {runs[-1][3]['images_per_s']:8.1f} images/s", flush=True)
     if cpus >= 2:
         for name in ("float (keras)", "int8"):
             if name not in models:
                 continue
             for actors, threads in ((2, 1), (1, 2)):
-                runs.append((name, actors, threads, measure(ds, models[name], actors, threads, args.batch_size, args.rounds)))
+                runs.append((name, actors, threads, measure(ds, models[name], actors, threads, batch_size, args.rounds)))
                 print(f"  {name:15s} {actors} actor{'s' if actors > 1 else ' '} x {threads} thread"
                       f"{'s' if threads > 1 else ' '}: {runs[-1][3]['images_per_s']:8.1f} images/s", flush=True)
 

@@ -50,7 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=C.TrainConfig.batch_size, help="global batch size, split across workers")
     p.add_argument("--lr", type=float, default=C.TrainConfig.lr, help="learning rate for the global batch size")
     p.add_argument("--qat", action="store_true", help="quantization-aware training")
-    p.add_argument("--init-from", default=None, help="RUN folder whose float model starts this run (QAT fine-tune)")
+    p.add_argument("--init-from", default=None, help="RUN folder whose float model starts this run (QAT fine-tune, "
+                   "or a model pretrained on `raydet synth` data for a small real dataset: see README)")
+    p.add_argument("--clip-norm", type=float, default=None, help="clip the global gradient norm to this (fine-tunes: 1.0)")
     _add_address(p)
 
     p = sub.add_parser("quantize", help="post-training quantization of a run's float model to TFLite")
@@ -66,7 +68,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="float,int8", help=f"comma list of {','.join(C.MODEL_NAMES)}")
     p.add_argument("--actors", type=int, default=C.EvaluateConfig.actors)
     p.add_argument("--threads", type=int, default=C.EvaluateConfig.threads, help="interpreter threads (and CPUs) per actor")
-    p.add_argument("--batch-size", type=int, default=C.EvaluateConfig.batch_size)
+    p.add_argument("--batch-size", type=int, default=C.EvaluateConfig.batch_size,
+                   help="images per actor call (default: ~24 MiB of pixels, at most 512, at least 2 calls per actor)")
     p.add_argument("--coco-out", default=None, help="folder for ground_truth.json and detections_<model>.json")
     p.add_argument("--draw", type=int, default=C.EvaluateConfig.draw, help="test images to draw (0: none)")
     _add_address(p)
@@ -108,7 +111,8 @@ def config_from_args(args: argparse.Namespace):
     if cmd == "train":
         return C.TrainConfig(prep=args.prep, out=args.out, name=args.name, workers=args.workers, use_gpu=args.gpu,
                              cpus_per_worker=args.cpus_per_worker, epochs=args.epochs, batch_size=args.batch_size,
-                             lr=args.lr, qat=args.qat, init_from=args.init_from, address=args.address)
+                             lr=args.lr, qat=args.qat, init_from=args.init_from, clip_norm=args.clip_norm,
+                             address=args.address)
     if cmd == "quantize":
         return C.QuantizeConfig(run=args.run, modes=_modes(args.mode), calibration=args.calibration,
                                 calibration_images=args.calibration_images, address=args.address)

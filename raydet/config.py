@@ -109,6 +109,10 @@ class TrainConfig:
     batch_size: int = 32  # global: each of N workers takes batch_size / N per step (32: more steps per epoch)
     lr: float = 2e-3  # for the global batch size; scale linearly with it (see README)
     weight_decay: float = 1e-4
+    # Scale the global gradient (all workers' sum) down to this L2 norm when it is larger; None: no clipping.
+    # For fine-tunes (--init-from): a pretrained box head sits near saturated sigmoids, where one large step
+    # pushes it to the whole-image box and its gradient vanishes (FINDINGS-style collapse, seen in raydet runs).
+    clip_norm: float | None = None
     box_loss_weight: float = 1.0  # smooth L1 weight; 5.0 (with lr 2e-3) kept the class head at chance for 5 epochs on synth
     giou_loss_weight: float = 2.0  # 2.0 over 1.0: synth 64 px mean IoU 0.84 vs 0.74 in 15 epochs (single process)
     augment: bool = True
@@ -130,6 +134,8 @@ class TrainConfig:
         if self.batch_size < self.workers:
             raise ValueError(f"--batch-size {self.batch_size} is smaller than --workers {self.workers}")
         _positive("--lr", self.lr)
+        if self.clip_norm is not None:
+            _positive("--clip-norm", self.clip_norm)
         if self.max_failures < 0:
             raise ValueError(f"--max-failures must be >= 0, got {self.max_failures!r}")
 
@@ -155,7 +161,7 @@ class EvaluateConfig:
     data: str  # PREP folder; its test split is evaluated
     models: tuple[str, ...] = ("float", "int8")
     actors: int = 2
-    batch_size: int = 64
+    batch_size: int | None = None  # images per actor call; None: raydet.evaluate.batch_plan picks (~24 MiB)
     coco_out: str | None = None
     draw: int = 16  # test images drawn with boxes (0: none)
     split: str = "test"
@@ -170,7 +176,8 @@ class EvaluateConfig:
             raise ValueError(f"--models must be a comma list of {MODEL_NAMES}, got {','.join(self.models)!r}")
         _positive("--actors", self.actors)
         _positive("--threads", self.threads)
-        _positive("--batch-size", self.batch_size)
+        if self.batch_size is not None:
+            _positive("--batch-size", self.batch_size)
         if self.draw < 0:
             raise ValueError(f"--draw must be >= 0, got {self.draw!r}")
         if self.split not in ("train", "test"):

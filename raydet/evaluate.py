@@ -44,6 +44,15 @@ from raydet.data import read_split
 from raydet.runtime import init_ray, use_legacy_keras
 
 CRASH_ENV = "RAYDET_TEST_CRASH_ONCE"  # test hook, see the module docstring
+# Images per actor call when --batch-size is not given: ~24 MiB of uint8 pixels (512 at 64-96 px, 167 at 224 px),
+# at most 512. Ray Data costs ~10 ms per call on this 2-core machine (moving the block, the task, the result),
+# which at 64 px is as long as predicting 20-40 images: benchmarks/infer.py measured two int8 actors 1.18-1.36x
+# one with 64 per call, 1.46x with 256 and 1.67x with 512 (24,000 images). The float Keras model predicts
+# a call's images in chunks of ~KERAS_CHUNK_BYTES of pixels (a whole call at 64 px, 55 images at 224 px), so
+# large calls at large sizes do not mean gigabytes of activations; chunks of 64 at 64 px cost a third of its speed.
+AUTO_BATCH_BYTES = 24 * 2**20
+MAX_AUTO_BATCH = 512
+KERAS_CHUNK_BYTES = 8 * 2**20
 ACTOR_START_TIMEOUT_S = 600  # a cluster that cannot place the pool's actors in 10 minutes is refused, not waited for
 REPORT_KEYS = ("class_accuracy", "mean_iou", "voc_map_50", "coco_map", "coco_map_50", "images", "images_per_s",
                "latency_ms_p50", "latency_ms_p95", "size_bytes")
@@ -131,9 +140,14 @@ class ModelRunner:
 
     def _predict_keras(self, images: np.ndarray):
         t = time.perf_counter()
-        out = self._model.predict_on_batch(images.astype(np.float32))
+        chunk = max(1, KERAS_CHUNK_BYTES // max(1, images[0].nbytes)) if len(images) else 1
+        outs = [self._model.predict_on_batch(images[i:i + chunk].astype(np.float32))
+                for i in range(0, len(images), chunk)]
         seconds = np.full(len(images), (time.perf_counter() - t) / max(1, len(images)))
-        return np.asarray(out["class_logits"]), np.asarray(out["boxes"]), seconds
+        if not outs:
+            return np.zeros((0, 0), np.float32), np.zeros((0, 4), np.float32), seconds
+        return (np.concatenate([np.asarray(o["class_logits"]) for o in outs]),
+                np.concatenate([np.asarray(o["boxes"]) for o in outs]), seconds)
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``images`` (N, S, S, 3) uint8 RGB 0..255 -> (``class_logits`` (N, C) float32, ``boxes`` (N, 4) float32
@@ -301,23 +315,40 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[dict[str, Path], dict, list[str]]
     return paths, manifest, classes
 
 
-def load_split(split_dir: Path, batch_size: int):
-    """Read a PREP split once into Ray's object store -> (dataset, ground-truth rows sorted by file, {file: id}).
+def batch_plan(images: int, image_size: int, actors: int, batch_size: int | None = None) -> tuple[int, int]:
+    """How to cut ``images`` rows for an actor pool -> (blocks, rows per block); one block is one actor call.
 
-    The dataset is cut into one block per batch: the actor pool hands out whole blocks, so a split read as a
-    single block would keep all but one actor idle. Ground-truth rows hold every column but ``image``.
+    Rows per call: ``batch_size``, or when None ~``AUTO_BATCH_BYTES`` of pixels (16..``MAX_AUTO_BATCH``); then
+    at least 2 blocks per actor (when there are that many rows) so no actor idles while another works through
+    the last big block, and the rows spread evenly over the blocks.
+    """
+    if images <= 0:
+        return 1, 1
+    rows = batch_size or int(np.clip(AUTO_BATCH_BYTES // (image_size * image_size * 3), 16, MAX_AUTO_BATCH))
+    blocks = min(images, max(math.ceil(images / rows), 2 * actors))
+    return blocks, math.ceil(images / blocks)
+
+
+def load_split(split_dir: Path, image_size: int, actors: int, batch_size: int | None = None):
+    """Read a PREP split once into Ray's object store -> (dataset, ground-truth rows sorted by file, {file: id},
+    rows per block).
+
+    The dataset is cut into one block per actor call (``batch_plan``): the actor pool hands out whole blocks,
+    so a split read as a single block would keep all but one actor idle. Ground-truth rows hold every column
+    but ``image``.
     """
 
     from raydet import coco
 
     ds = read_split(split_dir.parent, split_dir.name).materialize()  # image: raw bytes -> (N, S, S, 3) uint8
-    ds = ds.repartition(max(1, math.ceil(ds.count() / batch_size))).materialize()
+    blocks, rows = batch_plan(ds.count(), image_size, actors, batch_size)
+    ds = ds.repartition(blocks).materialize()
     gt_rows = ds.select_columns(["file", "boxes", "labels", "num_objects", "width", "height"]).take_all()
     gt_rows.sort(key=lambda r: r["file"])
     image_ids = {r["file"]: coco.image_id(i) for i, r in enumerate(gt_rows)}
     if len(image_ids) != len(gt_rows):
         raise ValueError(f"{split_dir} lists some files more than once")
-    return ds, gt_rows, image_ids
+    return ds, gt_rows, image_ids, rows
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
@@ -334,7 +365,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                          f"the Ray cluster has {cpus:g}")
 
     # 1. read the split once; every model maps over the same materialized blocks
-    ds, gt_rows, image_ids = load_split(Path(cfg.data) / cfg.split, cfg.batch_size)
+    ds, gt_rows, image_ids, batch_size = load_split(Path(cfg.data) / cfg.split, int(manifest["image_size"]),
+                                                      cfg.actors, cfg.batch_size)
 
     # 2. each model in its actor pool
     results = {}
@@ -342,12 +374,12 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         print(f"evaluate: {name} ({path.name}, {path.stat().st_size:,} bytes) on {len(gt_rows)} images, "
               f"{cfg.actors} actor(s) x {cfg.threads} thread(s)", flush=True)
         results[name] = run_model(ds, name, path, num_classes=len(classes), image_ids=image_ids,
-                                  actors=cfg.actors, threads=cfg.threads, batch_size=cfg.batch_size)
+                                  actors=cfg.actors, threads=cfg.threads, batch_size=batch_size)
 
     # 3. report, drawings, COCO files
     report = {"models": {name: r.report for name, r in results.items()}, "split": cfg.split,
               "data": str(Path(cfg.data).resolve()), "classes": classes, "actors": cfg.actors,
-              "threads": cfg.threads, "batch_size": cfg.batch_size,
+              "threads": cfg.threads, "batch_size": batch_size,
               # processes that returned results per model: a pool of N that shared the work shows N (+1 per restart)
               "actor_processes": {name: len(r.actor_pids) for name, r in results.items()}}
     out = Path(cfg.run) / "eval"

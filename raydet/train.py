@@ -284,7 +284,10 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint):
         from raydet.qat import apply_qat
 
         model = apply_qat(model)
-    optimizer = tf_keras.optimizers.AdamW(learning_rate=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    # global_clipnorm clips after the cross-worker all-reduce (tf_keras aggregates, then clips), so every
+    # worker applies the same clipped step and the replicas stay identical.
+    optimizer = tf_keras.optimizers.AdamW(learning_rate=tcfg["lr"], weight_decay=tcfg["weight_decay"],
+                                          global_clipnorm=tcfg.get("clip_norm"))
     compile_model(model, optimizer, tcfg["box_loss_weight"], tcfg["giou_loss_weight"])
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt:
