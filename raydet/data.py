@@ -33,11 +33,21 @@ none 0.29 / 0.18 ms, 150.5 KB; snappy 0.34 / 0.11 ms, 140.3 KB; lz4 0.40 / 0.11 
 0.18 ms, 129.6 KB. Snappy is kept: +0.06 ms over none (about 3% of a 2.1 ms decode + resize) for 7% smaller
 files that read faster; with the file write included the two were within the noise of a loaded machine
 (0.18-0.43 vs 0.13-0.38 ms). Statistics are written only for the scalar columns.
-After the change (three runs, 19:32-19:41 UTC, load average 3.4-18 from other users): inside the decode
-tasks read 3-4%, decode + resize 74-75%, Parquet write 21-23% (~0.6 ms per image, table build included);
-348-355 images per task CPU-second against 470-501 for decode + resize alone, i.e. 71-74% (was ~44%). The
-wall-clock figures (end to end 0.84-1.09x the serial baseline, steady state 36-42% per core) were set by the
-other load: the tasks got about one of the two cores.
+Building that column from one ``np.stack`` of the shard's images (``_binary_images``: one buffer, no per-row
+``bytes``) costs 0.10-0.16 ms per image to build and write against 0.24-0.53 ms through a list of ``bytes``;
+with it snappy and none measured the same within noise in the whole pipeline (per core 400-403 vs 383-398 img/s),
+so snappy stays.
+
+**Ray Data's resource reservation** (the largest lever): by default Ray Data reserves half the cluster for each
+operator (``op_resource_reservation_ratio``), and on a 2-CPU machine that kept this single ``map_batches`` pool
+at 1.16-1.24 tasks at a time (a 23.5 s decode window with the tasks' CPU time summing to 27.7 s). Both passes
+run inside ``runtime.data_uses_every_cpu()``, which turns the reservation off: 1.92 tasks at a time, a 16.0 s
+window for the same work (tests/test_runtime.py checks the concurrency).
+Now (benchmarks/ingest.py, quiet machine): end to end 1.59-1.60x the serial baseline, steady state 71-75% of the
+single-core decode + resize rate per core (83% in CPU time: read 3%, decode + resize 78%, Parquet write 20% of the
+tasks' CPU); the rest of the end-to-end time is fixed: interpreter + ``import ray`` ~0.9 s, Ray start-up 3.1-4.9 s,
+the parse pass 3.3-5 s of which ~2.5 s is starting and importing the workers (a warm parse pass of 12,000 XML takes
+0.7 s), ``ray.shutdown`` 1.2-1.4 s.
 
 Decisions:
 - An annotation whose every object was dropped (or that has none) is **skipped** with reason
@@ -78,7 +88,7 @@ SPLITS = ("train", "test")
 NO_OBJECTS = "no usable objects"
 # Rows per decode task = rows per shard: ~16 MiB of pixels (111 rows at 224 px), bounded so tiny images do
 # not make thousands of rows per task and huge ones still batch a few. Larger shards amortise the per-file
-# and per-task overheads; smaller ones balance 2 cores better at the end of the pass.
+# and per-task overheads; smaller ones balance 2 cores better at the end of the pass (48 MiB measured the same).
 SHARD_BYTES = 16 * 2**20
 MIN_SHARD_ROWS, MAX_SHARD_ROWS = 8, 512
 PARSE_ROWS = 4096  # annotations per parse task at most: parsing is ~20,000 XML/s, so a task lasts ~0.2 s, well above its overhead
@@ -87,8 +97,7 @@ _STATS_COLUMNS = ["file", "num_objects", "width", "height"]
 # docs/FORMATS.md: the ``image`` column is a Parquet binary of the (S, S, 3) uint8 array's row-major bytes;
 # the manifest records it as ``image_encoding``. Readers: ``read_split`` (Ray) and ``image_array`` (pyarrow).
 IMAGE_ENCODING = "raw_uint8_hwc"
-# snappy, measured on 111 raccoon photos at 224 px (module docstring): +0.06 ms CPU per image over none
-# (~1% of decode + resize) for 7% smaller files, and it reads faster than none; lz4/zstd cost more CPU.
+# snappy: ~6% smaller shards than none (142 vs 150.5 KB per 224 px image) for the same pipeline speed (module docstring); lz4/zstd cost more CPU.
 IMAGE_COMPRESSION = "snappy"
 
 
