@@ -420,13 +420,18 @@ def format_table(models: dict[str, dict]) -> str:
     for name, m in models.items():
         cells = [name, f(m["class_accuracy"], ".3f"), f(m["mean_iou"], ".3f"), f(m["voc_map_50"], ".3f"),
                  f(m["coco_map"], ".3f"), f(m["coco_map_50"], ".3f"), str(m["images"]), f(m["images_per_s"], ".1f"),
-                 f(m["latency_ms_p50"], ".3f"), f(m["latency_ms_p95"], ".3f"), _size(m["size_bytes"])]
+                 f(m["latency_ms_p50"], ".3f"), f(m["latency_ms_p95"], ".3f"), format_size(m["size_bytes"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+def format_size(n: float | None) -> str:
+    """A file size as every raydet table prints it: decimal units (1 kB = 1,000 bytes), "-" for None."""
+    if n is None:
+        return "-"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} MB"
+    return f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n:.0f} B"
 
 
 def _markdown(report: dict, table: str) -> str:

@@ -96,25 +96,18 @@ def _is_newer(path: Path, than: Path) -> bool:
     return path.is_file() and than.is_file() and path.stat().st_mtime >= than.stat().st_mtime
 
 
-def _fmt_size(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 def results_table(models: dict) -> str:
-    """Per model: COCO AP50, COCO mAP@[.5:.95], VOC AP50, class accuracy, mean IoU, images/s, file size."""
+    """Per model: COCO AP50, COCO mAP@[.5:.95], VOC AP50, class accuracy, mean IoU, images/s, file size
+    (decimal units, as in ``RUN/eval/report.md``)."""
+    from raydet.evaluate import format_size  # evaluate imports nothing heavy at module level
+
     head = ("model", "AP50", "mAP", "VOC AP50", "accuracy", "mean IoU", "images/s", "size")
     rows = [head]
     for name, m in models.items():
         def num(key, fmt="{:.3f}"):
             return fmt.format(m[key]) if m.get(key) is not None else "-"
         rows.append((name, num("coco_map_50"), num("coco_map"), num("voc_map_50"), num("class_accuracy"),
-                     num("mean_iou"), num("images_per_s", "{:.0f}"), _fmt_size(m.get("size_bytes"))))
+                     num("mean_iou"), num("images_per_s", "{:.0f}"), format_size(m.get("size_bytes"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in rows]

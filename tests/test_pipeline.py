@@ -128,9 +128,10 @@ def test_results_table_rows_and_units():
         "int8": {"coco_map_50": 0.94, "coco_map": None, "images_per_s": 640.0, "size_bytes": 800 * 1024}})
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["model", "AP50", "mAP"] and set(lines[1]) <= {"-", " "}
-    # 3 * 1024 * 1024 B = 3.0 MB; 800 * 1024 B = 800.0 KB; a missing metric prints "-".
-    assert lines[2].split() == ["float", "0.951", "0.600", "0.960", "0.990", "0.800", "180", "3.0", "MB"]
-    assert lines[3].split() == ["int8", "0.940", "-", "-", "-", "-", "640", "800.0", "KB"]
+    # decimal units as in report.md: 3 * 1024 * 1024 B = 3,145,728 B = 3.15 MB; 800 * 1024 B = 819.2 kB;
+    # a missing metric prints "-".
+    assert lines[2].split() == ["float", "0.951", "0.600", "0.960", "0.990", "0.800", "180", "3.15", "MB"]
+    assert lines[3].split() == ["int8", "0.940", "-", "-", "-", "-", "640", "819.2", "kB"]
 
 
 # ---------------------------------------------------------------------------------------------------------
