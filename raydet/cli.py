@@ -52,7 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--qat", action="store_true", help="quantization-aware training")
     p.add_argument("--init-from", default=None, help="RUN folder whose float model starts this run (QAT fine-tune, "
                    "or a model pretrained on `raydet synth` data for a small real dataset: see README)")
-    p.add_argument("--clip-norm", type=float, default=None, help="clip the global gradient norm to this (fine-tunes: 1.0)")
+    p.add_argument("--clip-norm", type=float, default=C.TrainConfig.clip_norm,
+                   help="clip the global gradient norm to this (0: no clipping)")
     _add_address(p)
 
     p = sub.add_parser("quantize", help="post-training quantization of a run's float model to TFLite")

@@ -109,10 +109,11 @@ class TrainConfig:
     batch_size: int = 32  # global: each of N workers takes batch_size / N per step (32: more steps per epoch)
     lr: float = 2e-3  # for the global batch size; scale linearly with it (see README)
     weight_decay: float = 1e-4
-    # Scale the global gradient (all workers' sum) down to this L2 norm when it is larger; None: no clipping.
-    # For fine-tunes (--init-from): a pretrained box head sits near saturated sigmoids, where one large step
-    # pushes it to the whole-image box and its gradient vanishes (FINDINGS-style collapse, seen in raydet runs).
-    clip_norm: float | None = None
+    # Scale the global gradient (after the all-reduce) down to this L2 norm when it is larger; 0: no clipping.
+    # Without it a large early step can push the box head's sigmoids into saturation, where their gradient
+    # vanishes and the run never recovers (seen in ~1 of 4 runs: val IoU frozen from epoch 1). On synth at 96 px,
+    # 2 workers, 3 epochs: val IoU 0.479 -> 0.650 with 1.0 against 0.229 -> 0.524 without.
+    clip_norm: float = 1.0
     box_loss_weight: float = 1.0  # smooth L1 weight; 5.0 (with lr 2e-3) kept the class head at chance for 5 epochs on synth
     giou_loss_weight: float = 2.0  # 2.0 over 1.0: synth 64 px mean IoU 0.84 vs 0.74 in 15 epochs (single process)
     augment: bool = True
@@ -134,8 +135,8 @@ class TrainConfig:
         if self.batch_size < self.workers:
             raise ValueError(f"--batch-size {self.batch_size} is smaller than --workers {self.workers}")
         _positive("--lr", self.lr)
-        if self.clip_norm is not None:
-            _positive("--clip-norm", self.clip_norm)
+        if not self.clip_norm >= 0:  # also refuses nan
+            raise ValueError(f"--clip-norm must be >= 0 (0: no clipping), got {self.clip_norm!r}")
         if self.max_failures < 0:
             raise ValueError(f"--max-failures must be >= 0, got {self.max_failures!r}")
 

@@ -156,6 +156,10 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, manifest: dict, run_dir: Path):
     # Materialized here, before the workers take their CPUs (FINDINGS: a lazy read hangs on 2 CPUs).
     print(f"reading {prep} ...", flush=True)
     datasets = {split: read_split(prep, split).materialize() for split in ("train", "test")}
+    for ds in datasets.values():
+        # The workers read their shards once, into memory, in about a second; the progress bar of that read was
+        # left half-drawn and repeated on every later line of the output (seen in `raydet run`), so none is drawn.
+        ds.context.enable_progress_bars = False
     n_train = datasets["train"].count()
     local_batch = cfg.batch_size // cfg.workers
     steps = (n_train // cfg.workers) // local_batch  # the equal split gives every worker n_train // workers rows
@@ -287,7 +291,7 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint):
     # global_clipnorm clips after the cross-worker all-reduce (tf_keras aggregates, then clips), so every
     # worker applies the same clipped step and the replicas stay identical.
     optimizer = tf_keras.optimizers.AdamW(learning_rate=tcfg["lr"], weight_decay=tcfg["weight_decay"],
-                                          global_clipnorm=tcfg.get("clip_norm"))
+                                          global_clipnorm=tcfg.get("clip_norm") or None)
     compile_model(model, optimizer, tcfg["box_loss_weight"], tcfg["giou_loss_weight"])
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt:

@@ -25,9 +25,9 @@ def test_quantize_all_expands_to_every_mode():
 
 def test_train_flags():
     cfg = parse(["train", "prep", "--out", "runs", "--name", "n", "--workers", "2", "--gpu", "--qat"])
-    assert (cfg.workers, cfg.use_gpu, cfg.qat, cfg.clip_norm) == (2, True, True, None)
-    cfg = parse(["train", "prep", "--out", "runs", "--name", "n", "--init-from", "runs/synth", "--clip-norm", "1.0"])
-    assert (cfg.init_from, cfg.clip_norm) == ("runs/synth", 1.0)
+    assert (cfg.workers, cfg.use_gpu, cfg.qat, cfg.clip_norm) == (2, True, True, 1.0)
+    cfg = parse(["train", "prep", "--out", "runs", "--name", "n", "--init-from", "runs/synth", "--clip-norm", "0"])
+    assert (cfg.init_from, cfg.clip_norm) == ("runs/synth", 0.0)
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -35,7 +35,7 @@ def test_train_flags():
     (["prepare", "d", "--out", "o", "--classes", "a,,b"], "malformed class list 'a,,b'"),
     (["evaluate", "r", "--data", "p", "--models", "float,bogus"], "float,bogus"),
     (["evaluate", "r", "--data", "p", "--batch-size", "0"], "--batch-size must be positive, got 0"),
-    (["train", "p", "--out", "o", "--name", "n", "--clip-norm", "-1"], "--clip-norm must be positive, got -1"),
+    (["train", "p", "--out", "o", "--name", "n", "--clip-norm", "-1"], "--clip-norm must be >= 0 (0: no clipping), got -1.0"),
 ])
 def test_bad_arguments_exit_2_naming_the_value(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -63,7 +63,7 @@ def prep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def killed_run(prep, tmp_path_factory):
-    """Two workers, 2 epochs; the last worker os._exit(1)s halfway through epoch 2 (once)."""
+    """Two workers, 2 epochs, gradients clipped; the last worker os._exit(1)s halfway through epoch 2 (once)."""
     import ray
 
     from raydet.runtime import runtime_env
@@ -75,7 +75,8 @@ def killed_run(prep, tmp_path_factory):
     mp.setenv(FAIL_ONCE_ENV, str(tmp / "killed.txt"))
     mp.setenv(CHECKSUM_DIR_ENV, str(tmp))
     try:
-        summary = train(_cfg(prep, tmp / "runs"))
+        # clipped: the replicas must stay identical with clipping too (it runs after the all-reduce)
+        summary = train(_cfg(prep, tmp / "runs", clip_norm=0.5))
     finally:
         mp.undo()
     return tmp, summary
@@ -112,13 +113,14 @@ def test_model_file_loads_as_the_contract_says(killed_run):
     assert out["class_logits"].shape == (3, 2) and out["boxes"].shape == (3, 4)
     config = json.loads((tmp / "runs" / "run" / "config.json").read_text())
     assert config["classes"] == ["red", "green"] and config["image_size"] == SIZE and config["model"]["width"] == 8
+    assert config["train"]["clip_norm"] == 0.5
 
 
 @pytest.mark.slow
 def test_rerun_with_more_epochs_trains_only_the_new_one(killed_run, prep):
     tmp, _ = killed_run
     before = _history(tmp / "runs" / "run")
-    summary = train(_cfg(prep, tmp / "runs", epochs=3))
+    summary = train(_cfg(prep, tmp / "runs", epochs=3, clip_norm=0.5))
     after = _history(tmp / "runs" / "run")
     assert summary.trained_epochs == 1
     assert [row["epoch"] for row in after] == [1, 2, 3]
