@@ -42,6 +42,7 @@ import numpy as np
 from raydet.config import MODEL_NAMES, EvaluateConfig
 from raydet.data import read_split
 from raydet.runtime import init_ray, use_legacy_keras
+from raydet.sizes import format_size
 
 CRASH_ENV = "RAYDET_TEST_CRASH_ONCE"  # test hook, see the module docstring
 # Images per actor call when --batch-size is not given: ~24 MiB of uint8 pixels (512 at 64-96 px, 167 at 224 px),
@@ -423,15 +424,6 @@ def format_table(models: dict[str, dict]) -> str:
                  f(m["latency_ms_p50"], ".3f"), f(m["latency_ms_p95"], ".3f"), format_size(m["size_bytes"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def format_size(n: float | None) -> str:
-    """A file size as every raydet table prints it: decimal units (1 kB = 1,000 bytes), "-" for None."""
-    if n is None:
-        return "-"
-    if n >= 1e6:
-        return f"{n / 1e6:.2f} MB"
-    return f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n:.0f} B"
 
 
 def _markdown(report: dict, table: str) -> str:

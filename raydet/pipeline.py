@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from raydet import config as C
+from raydet.sizes import format_size
 from raydet.runtime import init_ray
 
 RUN_NAME = "main"
@@ -99,8 +100,6 @@ def _is_newer(path: Path, than: Path) -> bool:
 def results_table(models: dict) -> str:
     """Per model: COCO AP50, COCO mAP@[.5:.95], VOC AP50, class accuracy, mean IoU, images/s, file size
     (decimal units, as in ``RUN/eval/report.md``)."""
-    from raydet.evaluate import format_size  # evaluate imports nothing heavy at module level
-
     head = ("model", "AP50", "mAP", "VOC AP50", "accuracy", "mean IoU", "images/s", "size")
     rows = [head]
     for name, m in models.items():

@@ -224,10 +224,3 @@ def test_batch_plan_sizes_calls_by_pixels_and_keeps_every_actor_busy():
     # huge images: never fewer than 16 per call
     assert batch_plan(1000, 2048, 1) == (63, 16)
 
-
-def test_format_size_is_decimal_everywhere():
-    from raydet.evaluate import format_size
-
-    # 616,600 B / 1,000 = 616.6 kB; 2,430,000 B / 1,000,000 = 2.43 MB; under 1,000 B plain bytes
-    assert (format_size(616_600), format_size(2_430_000), format_size(999), format_size(None)) == \
-        ("616.6 kB", "2.43 MB", "999 B", "-")
