@@ -9,14 +9,14 @@ import pytest
 
 
 def _concurrency(ray) -> float:
-    """Average number of tasks running at once while 12 one-block tasks of 0.4 s go through map_batches."""
+    """Average number of tasks running at once while 10 one-block tasks of 0.6 s go through map_batches."""
 
     def sleepy(batch: dict) -> dict:  # defined here so that cloudpickle ships it by value to the workers
         start = time.time()
-        time.sleep(0.4)  # no CPU used: what is measured is how many tasks Ray Data lets run at once
+        time.sleep(0.6)  # no CPU used: what is measured is how many tasks Ray Data lets run at once
         return {"start": np.array([start]), "end": np.array([time.time()])}
 
-    rows = ray.data.range(12, override_num_blocks=12).map_batches(sleepy, batch_size=None).take_all()
+    rows = ray.data.range(10, override_num_blocks=10).map_batches(sleepy, batch_size=None).take_all()
     window = max(r["end"] for r in rows) - min(r["start"] for r in rows)
     return sum(r["end"] - r["start"] for r in rows) / window
 
@@ -27,10 +27,14 @@ def test_map_tasks_use_both_cpus_inside_the_block_and_the_default_comes_back(ray
     from raydet.runtime import data_uses_every_cpu
 
     default = DataContext.get_current().op_resource_reservation_enabled
+    outside = _concurrency(ray_local)
     with data_uses_every_cpu():
         inside = _concurrency(ray_local)
-    assert inside >= 1.6, f"two CPUs, but Ray Data ran {inside:.2f} tasks at a time on average"
     assert DataContext.get_current().op_resource_reservation_enabled == default
+    # Measured alone: 1.96-1.98 inside, 1.16-1.64 with Ray's default (shorter tasks, lower); 1.57 inside once in
+    # the full suite on a loaded machine. Both bounds leave room for that and still fail without the block.
+    assert inside >= 1.45, f"two CPUs, but Ray Data ran {inside:.2f} tasks at a time on average"
+    assert inside >= outside + 0.2, f"{inside:.2f} tasks at a time inside the block, {outside:.2f} outside"
 
 
 def test_the_setting_is_restored_when_the_block_raises(ray_local):
