@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from raydet.config import ModelConfig, TrainConfig
@@ -130,6 +130,8 @@ def train(cfg: TrainConfig) -> TrainSummary:
     """
     manifest = read_manifest(cfg.prep)
     _check_init_from(cfg)
+    if cfg.init_from:  # the workers run in other folders: a relative path would not be found there
+        cfg = replace(cfg, init_from=str(Path(cfg.init_from).absolute()))
     mcfg = model_config(cfg, manifest)
     init_ray(cfg.address)
     import ray

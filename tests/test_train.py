@@ -128,6 +128,17 @@ def test_rerun_with_more_epochs_trains_only_the_new_one(killed_run, prep):
 
 
 @pytest.mark.slow
+def test_init_from_a_relative_run_folder(killed_run, prep, monkeypatch):
+    """`--init-from runs/x` as typed in a shell: the Ray Train workers run elsewhere, so it must reach them whole."""
+    tmp, _ = killed_run
+    monkeypatch.chdir(tmp)
+    summary = train(_cfg(prep, tmp / "runs", name="warm", workers=1, epochs=1, init_from="runs/run"))
+    assert summary.trained_epochs == 1
+    config = json.loads((tmp / "runs" / "warm" / "config.json").read_text())
+    assert config["train"]["init_from"] == str(tmp / "runs" / "run")
+
+
+@pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_epoch(prep, tmp_path, ray_local):
     with pytest.raises(ValueError, match=r"non-finite .* at epoch 1"):
         train(_cfg(prep, tmp_path, workers=1, epochs=2, lr=1e20))
