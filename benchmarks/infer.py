@@ -14,7 +14,6 @@ actors; the pool starts handing out batches only when all its actors have loaded
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -92,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from raydet.data import read_split
     from raydet.evaluate import batch_plan
+    from raydet.train import read_manifest
     from raydet.runtime import init_ray
 
     init_ray(args.address)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat > 1:
         ds = ds.union(*[ds] * (args.repeat - 1))
     n = ds.count()
-    image_size = int(json.loads((args.data / "manifest.json").read_text())["image_size"])
+    image_size = read_manifest(args.data)["image_size"]
     blocks, batch_size = batch_plan(n, image_size, 2, args.batch_size)
     ds = ds.repartition(blocks).materialize()  # one block per actor call
     print(f"{n} images ({args.split} x {args.repeat}) of {args.data}, {batch_size} per call, {cpus} CPUs "

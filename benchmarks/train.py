@@ -36,7 +36,7 @@ def plain_fit(prep: Path, epochs: int, batch: int, width: int) -> tuple[float, i
     from raydet.config import ModelConfig, TrainConfig
     from raydet.data import read_split
     from raydet.model import build_model, compile_model
-    from raydet.train import load_split, read_manifest, test_dataset, train_dataset
+    from raydet.train import load_split, make_optimizer, read_manifest, test_dataset, train_dataset
 
     manifest = read_manifest(prep)
     train_arrays = load_split(read_split(prep, "train"))
@@ -44,8 +44,7 @@ def plain_fit(prep: Path, epochs: int, batch: int, width: int) -> tuple[float, i
     steps = len(train_arrays["image"]) // batch
     model = build_model(ModelConfig(num_classes=len(manifest["classes"]), image_size=manifest["image_size"], width=width))
     d = TrainConfig(prep="", out="", name="plain")  # raydet's defaults: the same optimizer, clipping and loss weights
-    compile_model(model, tf_keras.optimizers.AdamW(d.lr, weight_decay=d.weight_decay, global_clipnorm=d.clip_norm or None),
-                  d.box_loss_weight, d.giou_loss_weight)
+    compile_model(model, make_optimizer(d.lr, d.weight_decay, d.clip_norm), d.box_loss_weight, d.giou_loss_weight)
     val_ds, val_steps = test_dataset(test_arrays, batch, 0, 1)
     ends: list[float] = []
     stamp = tf_keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: ends.append(time.time()))

@@ -227,7 +227,7 @@ def write_shard(path: str, rows: list[dict], filesystem: pafs.FileSystem | None 
                          f"{bad[0]['image'].dtype}, expected ({size}, {size}, 3) uint8 like the first row")
     table = pa.table({
         "file": pa.array([r["file"] for r in rows], pa.string()),
-        "image": _binary_images(np.stack([r["image"] for r in rows]) if rows else np.empty((0, 0, 0, 3), np.uint8)),
+        "image": _binary_images(np.stack([r["image"] for r in rows])),
         "boxes": ArrowTensorArray.from_numpy(np.stack([r["boxes"] for r in rows])),
         "labels": ArrowTensorArray.from_numpy(np.stack([r["labels"] for r in rows])),
         "num_objects": pa.array([r["num_objects"] for r in rows], pa.int32()),

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from raydet import config as C
-from raydet.sizes import format_size
 from raydet.runtime import init_ray
+from raydet.sizes import format_size
 
 RUN_NAME = "main"
 STATE_FILE = "pipeline.json"

@@ -290,10 +290,7 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint):
         from raydet.qat import apply_qat
 
         model = apply_qat(model)
-    # global_clipnorm clips after the cross-worker all-reduce (tf_keras aggregates, then clips), so every
-    # worker applies the same clipped step and the replicas stay identical.
-    optimizer = tf_keras.optimizers.AdamW(learning_rate=tcfg["lr"], weight_decay=tcfg["weight_decay"],
-                                          global_clipnorm=tcfg.get("clip_norm") or None)
+    optimizer = make_optimizer(tcfg["lr"], tcfg["weight_decay"], tcfg.get("clip_norm") or 0.0)
     compile_model(model, optimizer, tcfg["box_loss_weight"], tcfg["giou_loss_weight"])
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt:
@@ -303,6 +300,17 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint):
                 optimizer.build(model.trainable_variables)  # so the optimizer state restores now, not lazily
                 model.load_weights(str(Path(ckpt) / WEIGHTS_PREFIX)).assert_existing_objects_matched()
     return model, history
+
+
+def make_optimizer(lr: float, weight_decay: float, clip_norm: float):
+    """The training optimizer: AdamW, the global gradient norm clipped to ``clip_norm`` (0: not clipped).
+
+    tf_keras clips after the cross-worker all-reduce (it aggregates, then clips), so every worker applies the
+    same clipped step and the replicas stay identical.
+    """
+    import tf_keras
+
+    return tf_keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay, global_clipnorm=clip_norm or None)
 
 
 def transfer_weights(source, target) -> None:

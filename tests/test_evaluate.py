@@ -223,4 +223,3 @@ def test_batch_plan_sizes_calls_by_pixels_and_keeps_every_actor_busy():
     assert batch_plan(3, 64, 2) == (3, 1)
     # huge images: never fewer than 16 per call
     assert batch_plan(1000, 2048, 1) == (63, 16)
-
