@@ -102,7 +102,10 @@ def single_core_decode_rate(data: Path, size: int, sample: int) -> tuple[float, 
     """(images per wall second, images per CPU second) of decode_resize on in-memory bytes, one process."""
     from raydet.images import decode_resize
 
-    blobs = [p.read_bytes() for p in sorted((data / "images").iterdir())[:sample]]
+    files = sorted((data / "images").iterdir())
+    # every k-th file: each distinct photo is in the sample (sorted names put a photo's copies side by side, so the
+    # first N files would be a few photos many times over)
+    blobs = [p.read_bytes() for p in files[:: max(1, len(files) // sample)][:sample]]
     decode_resize(blobs[0], size)  # imports and first-call set-up out of the timing
     t, cpu = time.perf_counter(), time.process_time()
     for blob in blobs:

@@ -6,10 +6,12 @@ import io
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+import raydet.images
 from raydet.images import ImageError, decode_resize
 
 
@@ -114,6 +116,46 @@ def test_large_jpeg_decoded_at_reduced_scale_matches_full_decode():
     full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
     assert (w, h) == (1600, 1200)
     assert np.abs(pixels.astype(int) - full.astype(int)).mean() < 2.0
+
+
+def jpeg_claiming(data: bytes, width: int, height: int) -> bytes:
+    """``data`` (a baseline JPEG) with its SOF0 frame header rewritten to claim width x height."""
+    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height (2), width (2)
+    return data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9:]
+
+
+def test_jpeg_at_a_scale_pillow_draft_cannot_use(monkeypatch):
+    # 500 x 375 -> 224: Pillow's draft has only 1/2 (250 x 188 < 224), libjpeg-turbo decodes at 5/8 (313 x 235).
+    # The result must match a full decode + area resize of the same file.
+    yy, xx = np.mgrid[0:375, 0:500]
+    a = np.stack([xx * 255 // 499, yy * 255 // 374, (xx + yy) % 256], -1).astype(np.uint8)
+    data = encode(Image.fromarray(a), "JPEG", quality=95)
+    seen = []
+    real = raydet.images._resize
+    monkeypatch.setattr(raydet.images, "_resize", lambda rgb, size: seen.append(rgb.shape) or real(rgb, size))
+    pixels, w, h = decode_resize(data, 224)
+    assert (w, h) == (500, 375)
+    assert seen == [(235, 313, 3)]  # decoded at 5/8: the smallest scale with both sides >= 224
+    full = cv2.resize(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), (224, 224), interpolation=cv2.INTER_AREA)
+    assert np.abs(pixels.astype(int) - full.astype(int)).mean() < 2.0
+
+
+def test_small_jpeg_is_enlarged_bilinear():
+    a = np.zeros((10, 20, 3), np.uint8)
+    a[:, 10:] = 255
+    pixels, w, h = decode_resize(encode(Image.fromarray(a), "JPEG", quality=100), 40)
+    assert (w, h) == (20, 10) and pixels.shape == (40, 40, 3)
+    assert pixels[:, :15].max() < 40 and pixels[:, 25:].min() > 215  # dark left, white right, a blend between
+    assert 40 < pixels[:, 20].mean() < 215
+
+
+def test_jpeg_decompression_bomb_refused_from_header():
+    data = encode(Image.new("RGB", (64, 48), (9, 9, 9)), "JPEG")
+    bomb = jpeg_claiming(data, 60_000, 60_000)
+    with pytest.raises(ImageError, match="decompression bomb refused: the JPEG header says 60000 x 60000"):
+        decode_resize(bomb, 32)
+    with pytest.raises(ImageError, match="3,072 pixels, over the limit of 3,071"):  # 64 * 48
+        decode_resize(data, 32, max_pixels=3_071)
 
 
 def test_zero_byte_file():
