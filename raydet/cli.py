@@ -28,6 +28,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=C.SynthConfig.image_size, help="side of the written JPEGs, pixels")
     p.add_argument("--classes", type=int, default=C.SynthConfig.classes, help="number of shape classes (1-8)")
     p.add_argument("--max-objects", type=int, default=C.SynthConfig.max_objects)
+    p.add_argument("--object-size", default=",".join(f"{v:g}" for v in C.SynthConfig.object_size),
+                   help="MIN,MAX of an object's longer side, fractions of the image side (default %(default)s; "
+                        "e.g. 0.35,0.95 to pretrain for photos whose objects fill the frame)")
     p.add_argument("--seed", type=int, default=C.SynthConfig.seed)
 
     p = sub.add_parser("prepare", help="VOC-labelled folder or bucket -> Parquet shards + manifest (Ray Data)")
@@ -104,7 +107,8 @@ def config_from_args(args: argparse.Namespace):
     cmd = args.command
     if cmd == "synth":
         return C.SynthConfig(out=args.out, images=args.images, image_size=args.image_size,
-                             classes=args.classes, max_objects=args.max_objects, seed=args.seed)
+                             classes=args.classes, max_objects=args.max_objects, seed=args.seed,
+                             object_size=C.parse_object_size(args.object_size))
     if cmd == "prepare":
         return C.PrepareConfig(data=args.data, out=args.out, image_size=args.image_size,
                                classes=C.parse_class_list(args.classes), test_fraction=args.test_fraction,

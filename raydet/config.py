@@ -46,6 +46,9 @@ class SynthConfig:
     max_objects: int = 1  # one object per image is what the single-box heads learn
     seed: int = 0  # same seed -> byte-identical dataset
     test_fraction: float = 0.2  # written as ImageSets/Main/{train,test}.txt
+    # (min, max) of an object's longer box side as a fraction of the image side; several objects in one image
+    # shrink the max so they fit. Pretraining for photos whose objects fill most of the frame: e.g. (0.35, 0.95).
+    object_size: tuple[float, float] = (0.2, 0.7)
 
     def __post_init__(self) -> None:
         _positive("--images", self.images)
@@ -55,6 +58,22 @@ class SynthConfig:
             raise ValueError(f"--classes must be between 1 and 8, got {self.classes!r}")
         _positive("--max-objects", self.max_objects)
         _fraction("--test-fraction", self.test_fraction)
+        low, high = self.object_size
+        if not 0.05 <= low <= high <= 1.0:
+            raise ValueError(f"--object-size must be MIN,MAX with 0.05 <= MIN <= MAX <= 1 (fractions of the image "
+                             f"side), got {low!r},{high!r}")
+
+
+def parse_object_size(text: str) -> tuple[float, float]:
+    """``"0.35,0.95"`` -> ``(0.35, 0.95)``; anything else raises ValueError naming the text (the range itself is
+    checked by SynthConfig)."""
+    parts = text.split(",")
+    try:
+        low, high = (float(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"malformed --object-size {text!r}: expected MIN,MAX fractions of the image side, "
+                         f"e.g. 0.2,0.7") from None
+    return low, high
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ the folder as ours so a rewrite may clear it).
 What makes it learnable, yet not trivial:
 - the class is the *shape* (circle, square, triangle, cross, star, diamond, ring, hourglass: the first
   ``cfg.classes``); colours are drawn independently of the class, so colour says nothing about it;
-- each object spans 20-70 % of the image side (its longer box side), with aspect 2:3..3:2 and a rotation
-  that never turns one class into another (squares and diamonds only tilt by up to 15 degrees, triangles 40);
+- each object spans 20-70 % of the image side by default (its longer box side; ``--object-size`` sets the
+  range), with aspect 2:3..3:2 and a rotation that never turns one class into another (squares and diamonds only tilt by up to 15 degrees, triangles 40);
 - backgrounds are a two-colour gradient + smooth blotches + half-transparent clutter lines + per-pixel
   noise, and the object's colour keeps a minimum RGB distance from the background under it, so it stays
   visible at 64 px. (A first version with 15 % objects, opaque lines and any triangle orientation left
@@ -39,7 +39,6 @@ from raydet import boxes as B
 from raydet.config import SynthConfig
 
 SUPERSAMPLE = 4  # the mask is drawn at 4x and averaged down: anti-aliased edges
-MIN_SIZE, MAX_SIZE = 0.20, 0.70  # longer box side, fraction of the image side (10..45 px at 64 px)
 MIN_ASPECT, MAX_ASPECT = 2 / 3, 3 / 2
 MIN_CONTRAST = 120.0  # RGB distance between object colour and the background under it (max is 441)
 JPEG_QUALITY = 92  # with 4:4:4 chroma (subsampling=0): colour edges stay sharp at 64 px
@@ -106,7 +105,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _geometry(shape: Shape, rng: np.random.Generator, size: int, max_side: float) -> list[np.ndarray]:
+def _geometry(shape: Shape, rng: np.random.Generator, size: int, min_side: float, max_side: float) -> list[np.ndarray]:
     """The shape's polygons, scaled, stretched and rotated, relative to their box's top-left corner (pixels)."""
     aspect = math.exp(rng.uniform(math.log(MIN_ASPECT), math.log(MAX_ASPECT)))
     angle = math.radians(rng.uniform(-shape.max_rotation, shape.max_rotation))
@@ -114,7 +113,7 @@ def _geometry(shape: Shape, rng: np.random.Generator, size: int, max_side: float
     polys = [(p * [math.sqrt(aspect), 1 / math.sqrt(aspect)]) @ rot.T for p in shape.polygons]
     pts = np.concatenate(polys)
     lo, extent = pts.min(axis=0), pts.max(axis=0) - pts.min(axis=0)
-    side = rng.uniform(MIN_SIZE, max_side) * size  # the longer box side, pixels
+    side = rng.uniform(min_side, max_side) * size  # the longer box side, pixels
     scale = side / extent.max()
     return [(p - lo) * scale for p in polys]
 
@@ -177,12 +176,13 @@ def make_image(cfg: SynthConfig, index: int, *, noise: bool = True) -> tuple[np.
     img = _background(rng, size)
     wanted = int(rng.integers(1, cfg.max_objects + 1))
     # more objects must share the image: shrink the largest allowed size so they still fit side by side
-    max_side = max(MIN_SIZE + 0.05, MAX_SIZE / math.sqrt(wanted))
+    min_side, max_side = cfg.object_size
+    max_side = max(min(min_side + 0.05, max_side), max_side / math.sqrt(wanted))
     taken: list[np.ndarray] = []
     objects = []
     for _ in range(wanted):
         shape = SHAPES[int(rng.integers(cfg.classes))]
-        placed = _place(rng, _geometry(shape, rng, size, max_side), size, taken)
+        placed = _place(rng, _geometry(shape, rng, size, min_side, max_side), size, taken)
         if placed is None:
             continue  # no free spot: fewer objects in this image
         polys, box = placed

@@ -156,4 +156,19 @@ def test_cli_synth_writes_the_set_and_refuses_bad_arguments(tmp_path, capsys):
     assert "synth: 5 images (4 train, 1 test) of 32 px" in capsys.readouterr().out  # round(5 * 0.2) = 1 test
     with pytest.raises(SystemExit):
         main(["synth", str(tmp_path / "t"), "--classes", "9"])
+    for bad, named in (("0.5", "'0.5'"), ("0.9,0.4", "0.9,0.4"), ("0,1", "0.0,1.0"), ("a,b", "'a,b'")):
+        with pytest.raises(SystemExit):
+            main(["synth", str(tmp_path / "t"), "--object-size", bad])
+        assert named in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def test_object_size_sets_the_range_of_the_longer_side():
+    cfg = SynthConfig(out="-", images=80, image_size=64, object_size=(0.6, 0.9))
+    sides = []
+    for i in range(cfg.images):
+        _, objects = synth.make_image(cfg, i, noise=False)
+        sides += [max(x1 - x0, y1 - y0) / 64 for _, (x0, y0, x1, y1) in objects]
+    assert len(sides) == 80  # one object per image, each placed
+    assert min(sides) >= 0.6 - 1 / 64 and max(sides) <= 0.9 + 1 / 64  # whole pixels: +-1 px
+    assert min(sides) < 0.65 and max(sides) > 0.85  # the range is used, not one end of it
