@@ -183,11 +183,18 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, manifest: dict, run_dir: Path):
         run_config=RunConfig(name=cfg.name, storage_path=str(run_dir.parent),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             worker_runtime_env=runtime_env()),
+                             worker_runtime_env=_worker_env()),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),  # every worker gets the whole test split
     )
     return trainer.fit()
+
+
+def _worker_env() -> dict:
+    """raydet's runtime env, plus: Ray Train's own ``print`` patch off. It sends each print to a logger *and*, where
+    Ray has replaced ``sys.stdout`` (it has in a worker), to stdout as well: every epoch line came out twice."""
+    env = runtime_env()
+    return {**env, "env_vars": {**env["env_vars"], "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
 
 
 def _finish(cfg: TrainConfig, run_dir: Path, result, started: float) -> TrainSummary:
