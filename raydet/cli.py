@@ -59,6 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="clip the global gradient norm to this (0: no clipping)")
     p.add_argument("--warmup-epochs", type=float, default=C.TrainConfig.warmup_epochs,
                    help="raise the learning rate linearly, step by step, over this many first epochs (0: none)")
+    p.add_argument("--seed", type=int, default=C.TrainConfig.seed, help="initial weights, shuffling and augmentation")
     _add_address(p)
 
     p = sub.add_parser("quantize", help="post-training quantization of a run's float model to TFLite")
@@ -119,7 +120,7 @@ def config_from_args(args: argparse.Namespace):
         return C.TrainConfig(prep=args.prep, out=args.out, name=args.name, workers=args.workers, use_gpu=args.gpu,
                              cpus_per_worker=args.cpus_per_worker, epochs=args.epochs, batch_size=args.batch_size,
                              lr=args.lr, qat=args.qat, init_from=args.init_from, clip_norm=args.clip_norm,
-                             warmup_epochs=args.warmup_epochs, address=args.address)
+                             warmup_epochs=args.warmup_epochs, seed=args.seed, address=args.address)
     if cmd == "quantize":
         return C.QuantizeConfig(run=args.run, modes=_modes(args.mode), calibration=args.calibration,
                                 calibration_images=args.calibration_images, address=args.address)

@@ -28,6 +28,9 @@ def test_train_flags():
     assert (cfg.workers, cfg.use_gpu, cfg.qat, cfg.clip_norm) == (2, True, True, 1.0)
     cfg = parse(["train", "prep", "--out", "runs", "--name", "n", "--init-from", "runs/synth", "--clip-norm", "0"])
     assert (cfg.init_from, cfg.clip_norm) == ("runs/synth", 0.0)
+    cfg = parse(["train", "prep", "--out", "runs", "--name", "n", "--warmup-epochs", "0.5", "--seed", "3"])
+    assert (cfg.warmup_epochs, cfg.seed) == (0.5, 3)
+    assert parse(["synth", "s", "--object-size", "0.35,0.95"]).object_size == (0.35, 0.95)
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -36,6 +39,7 @@ def test_train_flags():
     (["evaluate", "r", "--data", "p", "--models", "float,bogus"], "float,bogus"),
     (["evaluate", "r", "--data", "p", "--batch-size", "0"], "--batch-size must be positive, got 0"),
     (["train", "p", "--out", "o", "--name", "n", "--clip-norm", "-1"], "--clip-norm must be >= 0 (0: no clipping), got -1.0"),
+    (["train", "p", "--out", "o", "--name", "n", "--warmup-epochs", "-1"], "--warmup-epochs must be between 0 and --epochs 15, got -1.0"),
 ])
 def test_bad_arguments_exit_2_naming_the_value(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
