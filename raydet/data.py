@@ -27,27 +27,26 @@ reading 2%): Parquet stores a tensor as a nested list of 150,528 values per imag
 value, and every list encoding tried (snappy/lz4/zstd/none, dictionary or plain, fixed-size or native tensor
 types) cost about as much CPU as the JPEG decode. So ``image`` is now a plain ``binary`` column of the raw
 row-major bytes (docs/FORMATS.md, manifest ``image_encoding`` "raw_uint8_hwc"), without dictionary encoding
-(an image never repeats); ``read_split`` turns it back into the tensor column for every stage. Compression,
-measured on 111 raccoon photos at 224 px (CPU ms per image to build + write the column / to read it, bytes):
-none 0.29 / 0.18 ms, 150.5 KB; snappy 0.34 / 0.11 ms, 140.3 KB; lz4 0.40 / 0.11 ms, 136.4 KB; zstd 0.51 /
-0.18 ms, 129.6 KB. Snappy is kept: +0.06 ms over none (about 3% of a 2.1 ms decode + resize) for 7% smaller
-files that read faster; with the file write included the two were within the noise of a loaded machine
-(0.18-0.43 vs 0.13-0.38 ms). Statistics are written only for the scalar columns.
-Building that column from one ``np.stack`` of the shard's images (``_binary_images``: one buffer, no per-row
-``bytes``) costs 0.10-0.16 ms per image to build and write against 0.24-0.53 ms through a list of ``bytes``;
-with it snappy and none measured the same within noise in the whole pipeline (per core 400-403 vs 383-398 img/s),
-so snappy stays.
+(an image never repeats), built from one ``np.stack`` of the shard's images (``_binary_images``: one buffer, no
+per-row ``bytes``; 0.10-0.16 ms per image to build and write against 0.24-0.53 ms through a list of ``bytes``);
+``read_split`` turns it back into the tensor column for every stage. Compression: snappy makes the shards 6%
+smaller than none (142 vs 150.5 KB per 224 px image) and the whole pipeline measured the same with either (per
+core 397-398 vs 398-428 img/s, two runs each), so snappy stays; lz4/zstd cost more CPU. Statistics are written
+only for the scalar columns.
 
 **Ray Data's resource reservation** (the largest lever): by default Ray Data reserves half the cluster for each
 operator (``op_resource_reservation_ratio``), and on a 2-CPU machine that kept this single ``map_batches`` pool
 at 1.16-1.24 tasks at a time (a 23.5 s decode window with the tasks' CPU time summing to 27.7 s). Both passes
 run inside ``runtime.data_uses_every_cpu()``, which turns the reservation off: 1.92 tasks at a time, a 16.0 s
 window for the same work (tests/test_runtime.py checks the concurrency).
-Now (benchmarks/ingest.py, quiet machine): end to end 1.59-1.60x the serial baseline, steady state 71-75% of the
-single-core decode + resize rate per core (83% in CPU time: read 3%, decode + resize 78%, Parquet write 20% of the
-tasks' CPU); the rest of the end-to-end time is fixed: interpreter + ``import ray`` ~0.9 s, Ray start-up 3.1-4.9 s,
-the parse pass 3.3-5 s of which ~2.5 s is starting and importing the workers (a warm parse pass of 12,000 XML takes
-0.7 s), ``ray.shutdown`` 1.2-1.4 s.
+**JPEG decode** through libjpeg-turbo at any DCT scale (``images.decode_resize``) instead of Pillow's ``draft``:
+867 against ~560 images per second on one core (Pillow, the same photos), a 12.0 s decode window instead of 15.7 s.
+Now (benchmarks/ingest.py, quiet machine, two runs): end to end 23.4-23.7 s, 1.87x the serial baseline;
+steady state 496-499 img/s per core, 57% of the single-core decode + resize rate (73-74% in CPU time: read 3%,
+decode + resize 75-76%, Parquet write 21-22% of the tasks' CPU; the rest of each core goes to the driver, raylet
+and Ray Data's own actors). The rest of the end-to-end time is fixed: interpreter + ``import ray`` ~0.9 s, Ray
+start-up 4.5 s, the parse pass 4.0-4.3 s of which ~3 s is starting and importing the workers (a warm parse pass
+of 12,000 XML takes 0.7 s), ``ray.shutdown`` 1.4 s (1.07 s of it Ray waiting for its processes to exit).
 
 Decisions:
 - An annotation whose every object was dropped (or that has none) is **skipped** with reason

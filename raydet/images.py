@@ -108,10 +108,13 @@ def _check_size(fmt: str | None, width: int, height: int, max_pixels: int) -> No
 
 def _decode_jpeg_turbo(data: bytes, size: int, max_pixels: int) -> tuple[np.ndarray, int, int] | None:
     """A JPEG through libjpeg-turbo (module docstring) -> ``(pixels, width, height)``, or None where Pillow must
-    take it: a colour space other than YCbCr/grey/RGB, or data libjpeg-turbo refuses (``strict``: a truncated
-    file raises instead of returning grey rows). Refuses a decompression bomb from the header."""
-    import simplejpeg
-
+    take it: a colour space other than YCbCr/grey/RGB, data libjpeg-turbo refuses (``strict``: a truncated file
+    raises instead of returning grey rows), or no ``simplejpeg`` installed. Refuses a decompression bomb from the
+    header."""
+    try:
+        import simplejpeg
+    except ImportError:  # a cluster whose nodes lack it (raydet installed without deps) still decodes, via Pillow
+        return None
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:

@@ -140,6 +140,15 @@ def test_jpeg_at_a_scale_pillow_draft_cannot_use(monkeypatch):
     assert np.abs(pixels.astype(int) - full.astype(int)).mean() < 2.0
 
 
+def test_jpeg_without_simplejpeg_falls_back_to_pillow(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)  # import raises ImportError
+    data = encode(Image.new("RGB", (640, 480), (200, 100, 50)), "JPEG", quality=95)
+    pixels, w, h = decode_resize(data, 64)
+    assert (w, h) == (640, 480) and np.abs(pixels.astype(int) - (200, 100, 50)).max() <= 3
+
+
 def test_small_jpeg_is_enlarged_bilinear():
     a = np.zeros((10, 20, 3), np.uint8)
     a[:, 10:] = 255
