@@ -151,7 +151,7 @@ def train(cfg: TrainConfig) -> TrainSummary:
 
 
 def _fit(cfg: TrainConfig, mcfg: ModelConfig, manifest: dict, run_dir: Path):
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     prep = Path(cfg.prep).absolute()
@@ -183,7 +183,10 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, manifest: dict, run_dir: Path):
         run_config=RunConfig(name=cfg.name, storage_path=str(run_dir.parent),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             worker_runtime_env=_worker_env()),
+                             worker_runtime_env=_worker_env(),
+                             # Ray Train's own INFO lines (every checkpoint, every report with all its metrics, every
+                             # shard) buried raydet's one line per epoch; they stay in Ray's log files.
+                             logging_config=LoggingConfig(log_level="WARNING")),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),  # every worker gets the whole test split
     )
@@ -191,10 +194,12 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, manifest: dict, run_dir: Path):
 
 
 def _worker_env() -> dict:
-    """raydet's runtime env, plus: Ray Train's own ``print`` patch off. It sends each print to a logger *and*, where
-    Ray has replaced ``sys.stdout`` (it has in a worker), to stdout as well: every epoch line came out twice."""
+    """raydet's runtime env, plus: Ray Train's own ``print`` patch off (it sends each print to a logger *and*, where
+    Ray has replaced ``sys.stdout``, as in a worker, to stdout as well: every epoch line came out twice), and TF's
+    C++ INFO lines off (gRPC servers, coordination barriers) unless the user set ``TF_CPP_MIN_LOG_LEVEL``."""
     env = runtime_env()
-    return {**env, "env_vars": {**env["env_vars"], "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+    return {**env, "env_vars": {**env["env_vars"], "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")}}
 
 
 def _finish(cfg: TrainConfig, run_dir: Path, result, started: float) -> TrainSummary:
@@ -243,6 +248,7 @@ def train_loop_per_worker(config: dict) -> None:
     from raydet.model import build_model
 
     tf.get_logger().setLevel("ERROR")  # MWMS logs every collective at INFO: thousands of lines
+    _quiet_worker_logs()
     tcfg = config["train"]
     # One intra-op thread per reserved CPU: two workers on two cores must not each spin two threads.
     tf.config.threading.set_intra_op_parallelism_threads(max(1, round(tcfg["cpus_per_worker"])))
@@ -284,6 +290,20 @@ def train_loop_per_worker(config: dict) -> None:
     if config["hooks"]["checksum_dir"]:
         Path(config["hooks"]["checksum_dir"], f"rank{rank}.json").write_text(
             json.dumps({"rank": rank, "sha256": weights_sha256(model.trainable_weights)}))
+
+
+def _quiet_worker_logs() -> None:
+    """Keep the worker's output to raydet's one line per epoch. TF's checkpoint saver logs every save through absl
+    at INFO ("Sharding callback duration"), and Ray Train 2.60 logs every report, with all its metrics and from every
+    worker, through a logger named after its source file, which ``LoggingConfig`` does not reach."""
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray version: its lines stay
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
 def _build(mcfg: ModelConfig, tcfg: dict, checkpoint):
