@@ -131,22 +131,13 @@ def _decode_jpeg_turbo(data: bytes, size: int, max_pixels: int) -> tuple[np.ndar
 
 def _resize(rgb: np.ndarray, size: int) -> np.ndarray:
     """(h, w, 3) uint8 -> (size, size, 3): OpenCV's area filter when both sides shrink, else bilinear."""
-    cv2 = _opencv()
+    import cv2
+
     h, w = rgb.shape[:2]
     if (h, w) == (size, size):
         return np.ascontiguousarray(rgb)
     shrink = h >= size and w >= size
     return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def _opencv():
-    """cv2, its own thread pool off: one small image per call, on the one core a Ray task holds (OpenCV would
-    otherwise hand each resize to threads sized for the whole machine)."""
-    import cv2
-
-    if cv2.getNumThreads() != 1:
-        cv2.setNumThreads(1)
-    return cv2
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
