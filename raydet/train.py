@@ -185,7 +185,7 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, manifest: dict, run_dir: Path):
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              worker_runtime_env=_worker_env(),
                              # Ray Train's own INFO lines (every checkpoint, every report with all its metrics, every
-                             # shard) buried raydet's one line per epoch; they stay in Ray's log files.
+                             # shard) buried raydet's one line per epoch; Ray Train's system log files keep them.
                              logging_config=LoggingConfig(log_level="WARNING")),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),  # every worker gets the whole test split
