@@ -75,10 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("sizes, epochs, images and workers must be positive")
     if not args.source.is_dir():
         parser.error(f"{args.source} not found")
-    from raydet.config import SynthConfig, parse_object_size
+    from dataclasses import replace
 
-    try:
-        object_size = SynthConfig(out="-", object_size=parse_object_size(args.pretrain_object_size)).object_size
+    from raydet.config import SynthConfig, parse_object_size
+    from raydet.pipeline import SYNTH_MIN_SIZE
+
+    try:  # the pretraining set's settings, checked before any work; its folder is filled in below
+        synth_cfg = SynthConfig(out="", images=args.pretrain_images, image_size=max(args.image_size, SYNTH_MIN_SIZE),
+                                seed=args.seed, object_size=parse_object_size(args.pretrain_object_size))
     except ValueError as exc:
         parser.error(str(exc))
 
@@ -95,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {}
 
     t = time.perf_counter()
-    write_synthetic(SynthConfig(out=str(work / "synth"), images=args.pretrain_images, image_size=max(s, 128),
-                                seed=args.seed, object_size=object_size))
+    write_synthetic(replace(synth_cfg, out=str(work / "synth")))
     prepare(PrepareConfig(data=str(work / "synth"), out=str(work / "synth-prep"), image_size=s))
     train(TrainConfig(prep=str(work / "synth-prep"), out=str(work / "runs"), name="synth", workers=args.workers,
                       epochs=args.pretrain_epochs, seed=args.seed))

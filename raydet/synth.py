@@ -9,7 +9,8 @@ What makes it learnable, yet not trivial:
 - the class is the *shape* (circle, square, triangle, cross, star, diamond, ring, hourglass: the first
   ``cfg.classes``); colours are drawn independently of the class, so colour says nothing about it;
 - each object spans 20-70 % of the image side by default (its longer box side; ``--object-size`` sets the
-  range), with aspect 2:3..3:2 and a rotation that never turns one class into another (squares and diamonds only tilt by up to 15 degrees, triangles 40);
+  range), with aspect 2:3..3:2 and a rotation that never turns one class into another (squares and diamonds
+  only tilt by up to 15 degrees, triangles 40);
 - backgrounds are a two-colour gradient + smooth blotches + half-transparent clutter lines + per-pixel
   noise, and the object's colour keeps a minimum RGB distance from the background under it, so it stays
   visible at 64 px. (A first version with 15 % objects, opaque lines and any triangle orientation left

@@ -281,7 +281,7 @@ def train_loop_per_worker(config: dict) -> None:
         return
 
     reporter = _EpochReporter(model, export, tcfg, history, rank)
-    callbacks = [_StepLR(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg.get("warmup_epochs", 0.0)),
+    callbacks = [_StepLR(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
                  reporter]
     if config["hooks"]["fail_once"]:
         callbacks.append(_FailOnce(config["hooks"]["fail_once"], rank, world, config["steps_per_epoch"]))
@@ -320,7 +320,7 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint):
         from raydet.qat import apply_qat
 
         model = apply_qat(model)
-    optimizer = make_optimizer(tcfg["lr"], tcfg["weight_decay"], tcfg.get("clip_norm") or 0.0)
+    optimizer = make_optimizer(tcfg["lr"], tcfg["weight_decay"], tcfg["clip_norm"])
     compile_model(model, optimizer, tcfg["box_loss_weight"], tcfg["giou_loss_weight"])
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt:
