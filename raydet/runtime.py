@@ -3,10 +3,11 @@
 - ``address`` given: connect to that cluster (``auto``, ``ray://host:10001`` or ``host:6379``).
 - ``RAY_ADDRESS`` set (as inside ``ray job submit``): connect to it.
 - otherwise: start a fresh local Ray. ``address="local"`` ignores a stale ``ray_current_cluster`` file
-  left by an earlier ``ray start`` (FINDINGS.md).
+  left by an earlier ``ray start`` (FINDINGS.md). It has no dashboard unless ``RAYDET_DASHBOARD=1``.
 
-Every worker must import TensorFlow with ``TF_USE_LEGACY_KERAS=1`` (Keras 3 breaks two-worker ``fit``),
-so the variable travels in the runtime environment, and the driver sets it for itself before TF loads.
+Every worker must import TensorFlow with ``TF_USE_LEGACY_KERAS=1`` (Keras 3 breaks two-worker ``fit``). The
+driver sets it for itself before TF loads; a local Ray started here inherits it from the driver's environment,
+and on an existing cluster it travels in the runtime environment.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 
 LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}
+DASHBOARD_ENV = "RAYDET_DASHBOARD"
 
 
 def use_legacy_keras() -> None:
@@ -60,7 +62,18 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, runtime_env=driver_runtime_env() or None)
     else:
-        ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env())
+        # No runtime_env here: the local Ray's processes inherit this one's environment, which
+        # use_legacy_keras() just set. A job runtime_env would make Ray start fresh workers for it and throw
+        # away the ones it prestarted without one: measured 0.8-0.9 s off the first Ray Data pass of
+        # `raydet prepare` (benchmarks/ingest.py).
+        # No dashboard unless asked for (RAYDET_DASHBOARD=1): it lives only as long as this command, and starting
+        # it put 1.3 s of polling on ray.init's path plus ~2 CPU-s during a 20 s `raydet prepare`.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard_wanted())
+
+
+def dashboard_wanted() -> bool:
+    """Whether a local Ray started by raydet gets Ray's dashboard: ``RAYDET_DASHBOARD=1`` (or true/yes)."""
+    return os.environ.get(DASHBOARD_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 @contextlib.contextmanager

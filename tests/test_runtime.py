@@ -47,3 +47,39 @@ def test_the_setting_is_restored_when_the_block_raises(ray_local):
         with data_uses_every_cpu():
             raise RuntimeError("boom")
     assert DataContext.get_current().op_resource_reservation_enabled == default
+
+
+@pytest.mark.parametrize("value, wanted", [("1", True), ("true", True), (" YES ", True), ("0", False), ("", False),
+                                           ("no", False)])
+def test_dashboard_only_when_asked_for(monkeypatch, value, wanted):
+    from raydet.runtime import DASHBOARD_ENV, dashboard_wanted
+
+    monkeypatch.setenv(DASHBOARD_ENV, value)
+    assert dashboard_wanted() is wanted
+
+
+def test_dashboard_off_by_default(monkeypatch):
+    from raydet.runtime import DASHBOARD_ENV, dashboard_wanted
+
+    monkeypatch.delenv(DASHBOARD_ENV, raising=False)
+    assert not dashboard_wanted()
+
+
+def test_a_local_ray_started_by_raydet_gives_every_worker_tf_keras(tmp_path):
+    # No runtime_env on a local Ray (it would throw away the prestarted workers): the variable must reach the
+    # workers through the environment the raylet inherits from the driver, even when the shell did not set it.
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import ray\n"
+        "from raydet.runtime import init_ray\n"
+        "init_ray(num_cpus=1)\n"
+        "print('WORKER', ray.get(ray.remote(lambda: __import__('os').environ.get('TF_USE_LEGACY_KERAS')).remote()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "RAY_ADDRESS")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "WORKER 1" in done.stdout
