@@ -3,13 +3,13 @@
 Pipeline (the driver only lists files and does bookkeeping; every file is read in a Ray task):
 
 1. driver: ``voc.discover(DATA)`` lists annotations and images (no file is opened).
-2. **parse pass**, Ray Data: ``from_items(annotation paths)`` -> ``map_batches(_parse_batch)``: each task reads
+2. **parse pass**, Ray Data: ``from_blocks(annotation paths)`` -> ``map_batches(_parse_batch)``: each task reads
    and parses its XML with ``voc.parse_voc`` and sends back the (small) records.
 3. driver: the class list (``--classes``, else every name found, sorted), each annotation's image
    (``voc.resolve_image``), its split, its objects sorted largest first and cut to ``max_objects``.
    Parsing before decoding is what lets the labels be final integers when the shards are written, and it
    keeps images with nothing to learn from out of the expensive pass.
-4. **decode pass**, Ray Data: ``from_items(planned rows)`` -> ``map_batches(_decode_write_batch)``: each task
+4. **decode pass**, Ray Data: ``from_blocks(planned rows)`` -> ``map_batches(_decode_write_batch)``: each task
    reads, decodes and resizes its images (``images.decode_resize``), normalizes the boxes and writes its rows
    as one Parquet shard per split, ``PREP/{train,test}/part-<first row>.parquet``; it returns only a small
    summary per row (loaded or the reason it was skipped, the node it ran on).
@@ -29,10 +29,9 @@ types) cost about as much CPU as the JPEG decode. So ``image`` is now a plain ``
 row-major bytes (docs/FORMATS.md, manifest ``image_encoding`` "raw_uint8_hwc"), without dictionary encoding
 (an image never repeats), built from one ``np.stack`` of the shard's images (``_binary_images``: one buffer, no
 per-row ``bytes``; 0.10-0.16 ms per image to build and write against 0.24-0.53 ms through a list of ``bytes``);
-``read_split`` turns it back into the tensor column for every stage. Compression: snappy makes the shards 6%
-smaller than none (142 vs 150.5 KB per 224 px image) and the whole pipeline measured the same with either (per
-core 397-398 vs 398-428 img/s, two runs each), so snappy stays; lz4/zstd cost more CPU. Statistics are written
-only for the scalar columns.
+``read_split`` turns it back into the tensor column for every stage. The pixels are not compressed
+(``IMAGE_COMPRESSION``); statistics are written only for the scalar columns; a shard is encoded in memory and
+reaches the file system in 256 KiB pieces (``_write_in_pieces``).
 
 **Ray Data's resource reservation** (the largest lever): by default Ray Data reserves half the cluster for each
 operator (``op_resource_reservation_ratio``), and on a 2-CPU machine that kept this single ``map_batches`` pool
@@ -96,8 +95,13 @@ _STATS_COLUMNS = ["file", "num_objects", "width", "height"]
 # docs/FORMATS.md: the ``image`` column is a Parquet binary of the (S, S, 3) uint8 array's row-major bytes;
 # the manifest records it as ``image_encoding``. Readers: ``read_split`` (Ray) and ``image_array`` (pyarrow).
 IMAGE_ENCODING = "raw_uint8_hwc"
-# snappy: ~6% smaller shards than none (142 vs 150.5 KB per 224 px image) for the same pipeline speed (module docstring); lz4/zstd cost more CPU.
-IMAGE_COMPRESSION = "snappy"
+# The pixels are written uncompressed: snappy made them only 6% smaller (142 vs 150.5 KB per 224 px image) and
+# cost the decode tasks 0.6-0.8 CPU-s per 12,000 photos (three A/B pairs of `raydet prepare`: 0.5-1.5 s less
+# wall time without it); the small columns keep snappy.
+IMAGE_COMPRESSION = "none"
+OTHER_COMPRESSION = "snappy"
+# Shards reach the file system in pieces of at most this many bytes (``_write_in_pieces``).
+WRITE_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -112,9 +116,11 @@ class _Planned:
 # ----------------------------------------------------------------------------------------- Ray tasks
 
 def _parse_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, classes: tuple[str, ...] | None) -> pa.Table:
-    """[Ray task] annotation paths -> one row each: the pickled ``VocRecord`` or the error, and the node."""
+    """[Ray task] annotation paths -> one row each: the pickled ``VocRecord`` or the error, the node, and the
+    task's ``start``/``end`` (wall clock, seconds since the epoch)."""
     import ray
 
+    start = time.time()
     node = ray.get_runtime_context().get_node_id()
     records, errors = [], []
     for relpath in batch["annotation"]:
@@ -130,7 +136,8 @@ def _parse_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, classes
             errors.append(f"{relpath}: cannot read: {exc}")
     return pa.table({"annotation": pa.array(list(batch["annotation"]), pa.string()),
                      "record": pa.array(records, pa.binary()), "error": pa.array(errors, pa.string()),
-                     "node": pa.array([node] * len(errors), pa.string())})
+                     "node": pa.array([node] * len(errors), pa.string()),
+                     "start": [start] * len(errors), "end": [time.time()] * len(errors)})
 
 
 def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, out_fs: pafs.FileSystem,
@@ -206,15 +213,26 @@ def _decode_row(data: bytes, file: str, record: VocRecord, image_size: int, max_
             "width": width, "height": height}, "", dropped
 
 
-def write_shard(path: str, rows: list[dict], filesystem: pafs.FileSystem | None = None,
-                compression: str = IMAGE_COMPRESSION) -> None:
-    """Rows -> one Parquet file with the docs/FORMATS.md schema.
+def write_shard(path: str, rows: list[dict], filesystem: pafs.FileSystem | None = None) -> None:
+    """Rows -> one Parquet file with the docs/FORMATS.md schema (``shard_table``), written by ``_write_in_pieces``.
+
+    ``filesystem`` None means ``path`` is local. Raises ValueError naming the file for an image that is not
+    (S, S, 3) uint8 with every row the same S.
+    """
+    table = shard_table(rows, where=path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=shard_compression(table), write_statistics=_STATS_COLUMNS,
+                   use_dictionary=[c for c in table.column_names if c != "image"])
+    _write_in_pieces(sink.getvalue(), path, filesystem or pafs.LocalFileSystem())
+
+
+def shard_table(rows: list[dict], where: str = "shard") -> pa.Table:
+    """Rows -> the Arrow table of one shard.
 
     Each row: ``file`` str, ``image`` (S, S, 3) uint8, ``boxes`` (K, 4) float32 normalized xyxy, ``labels``
-    (K,) int32, ``num_objects``/``width``/``height`` int. ``image`` is stored as a plain ``binary`` column of
-    the raw row-major bytes (``IMAGE_ENCODING``; read it back with ``read_split`` or ``image_array``), without
-    dictionary encoding (an image never repeats); ``boxes``/``labels`` as Ray tensor columns.
-    ``filesystem`` None means ``path`` is local. Raises ValueError naming the file for an image that is not
+    (K,) int32, ``num_objects``/``width``/``height`` int. ``image`` becomes a plain ``binary`` column of the raw
+    row-major bytes (``IMAGE_ENCODING``; read it back with ``read_split`` or ``image_array``), ``boxes`` and
+    ``labels`` Ray tensor columns. Raises ValueError (naming ``where`` and the file) for an image that is not
     (S, S, 3) uint8 with every row the same S.
     """
     from ray.data.extensions import ArrowTensorArray
@@ -222,7 +240,7 @@ def write_shard(path: str, rows: list[dict], filesystem: pafs.FileSystem | None 
     size = rows[0]["image"].shape[0] if rows else 0
     bad = [r for r in rows if r["image"].shape != (size, size, 3) or r["image"].dtype != np.uint8]
     if bad:  # raw bytes carry no shape: a wrong one would be read back as garbage, so refuse it here
-        raise ValueError(f"write_shard {path}: image of {bad[0]['file']!r} is {bad[0]['image'].shape} "
+        raise ValueError(f"write_shard {where}: image of {bad[0]['file']!r} is {bad[0]['image'].shape} "
                          f"{bad[0]['image'].dtype}, expected ({size}, {size}, 3) uint8 like the first row")
     table = pa.table({
         "file": pa.array([r["file"] for r in rows], pa.string()),
@@ -234,10 +252,30 @@ def write_shard(path: str, rows: list[dict], filesystem: pafs.FileSystem | None 
         "height": pa.array([r["height"] for r in rows], pa.int32()),
     })
     # S travels with the shard too, so ``image_array`` needs no manifest
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"raydet.image_encoding": IMAGE_ENCODING.encode(),
-                                           b"raydet.image_size": str(size).encode()})
-    pq.write_table(table, path, filesystem=filesystem, compression=compression, write_statistics=_STATS_COLUMNS,
-                   use_dictionary=[c for c in table.column_names if c != "image"])
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"raydet.image_encoding": IMAGE_ENCODING.encode(),
+                                          b"raydet.image_size": str(size).encode()})
+
+
+def shard_compression(table: pa.Table) -> dict[str, str]:
+    """Parquet codec per column: none for the pixels (``IMAGE_COMPRESSION``), snappy for the rest."""
+    return {c: IMAGE_COMPRESSION if c == "image" else OTHER_COMPRESSION for c in table.column_names}
+
+
+def _write_in_pieces(data: pa.Buffer, path: str, filesystem: pafs.FileSystem) -> None:
+    """``data`` -> a new file ``path``, in writes of at most ``WRITE_CHUNK`` bytes (zero-copy slices).
+
+    Why not let Parquet write into the file: it hands its sink whole column chunks (16 MiB of pixels per shard),
+    and on the VM this project is measured on such multi-MiB writes into a new file cost the kernel 0.03-0.31 ms
+    per 224 px image, varying run to run with the page cache's state, against 0.035-0.045 ms in pieces
+    (benchmarks/write.py, six runs: 0.86x-2.69x less CPU in all, median ~1.2x; in the ingest pipeline the
+    decode tasks' write time fell from 2.6 to 2.0 CPU-s). Elsewhere the extra calls cost next to nothing (a few per
+    MiB), and a buffered stream (S3, GCS) gathers the pieces again.
+    """
+    with filesystem.open_output_stream(path) as stream:
+        for start in range(0, data.size, WRITE_CHUNK):
+            stream.write(data.slice(start, min(WRITE_CHUNK, data.size - start)))
+
+
 
 
 def _binary_images(images: np.ndarray) -> pa.Array:
@@ -390,13 +428,20 @@ def _open_out(out: str) -> tuple[pafs.FileSystem, str]:
     return filesystem, path
 
 
+def _split_table(table: pa.Table, blocks: int) -> list[pa.Table]:
+    """``table`` cut into ``blocks`` consecutive slices of (nearly) equal length: Ray Data's blocks, built in
+    one pass (``from_items`` with a dict per row cost the driver ~0.3 s for 12,000 rows)."""
+    bounds = np.linspace(0, len(table), blocks + 1).round().astype(int)
+    return [table.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _parse_all(dataset: Dataset, classes: tuple[str, ...] | None, cpus: int) -> list[dict]:
     """Ray Data parse pass: every annotation -> {annotation, record (pickled) or None, error, node}."""
     import ray
 
-    refs = [{"annotation": ref.annotation} for ref in dataset.annotations]
-    blocks = max(min(len(refs), 2 * cpus), math.ceil(len(refs) / PARSE_ROWS))
-    ds = ray.data.from_items(refs, override_num_blocks=blocks)
+    names = pa.table({"annotation": pa.array([ref.annotation for ref in dataset.annotations], pa.string())})
+    blocks = max(min(len(names), 2 * cpus), math.ceil(len(names) / PARSE_ROWS))
+    ds = ray.data.from_blocks(_split_table(names, blocks))
     ds = ds.map_batches(_parse_batch, batch_size=None, batch_format="numpy",
                         fn_kwargs={"filesystem": dataset.filesystem, "root": dataset.root, "classes": classes})
     return ds.take_all()
@@ -443,6 +488,8 @@ def _plan(dataset: Dataset, parsed: list[dict], cfg: PrepareConfig) -> tuple[lis
 
 def _largest_first(record: VocRecord, max_objects: int, name: str, objects_skipped: list[dict]) -> VocRecord:
     """The record with its objects sorted by area, largest first, cut to ``max_objects`` (the rest reported)."""
+    if len(record.objects) == 1:  # most photos: nothing to sort or cut
+        return record
     areas = B.area(np.array([o.box for o in record.objects], dtype=np.float64))
     order = np.argsort(-areas, kind="stable")
     for i in order[max_objects:]:
@@ -459,12 +506,15 @@ def _decode_all(dataset: Dataset, planned: list[_Planned], classes: list[str], o
 
     if not planned:
         return []
-    items = [{"index": p.index, "file": p.file, "split": p.split, "record": pickle.dumps(p.record)} for p in planned]
+    items = pa.table({"index": pa.array([p.index for p in planned], pa.int64()),
+                      "file": pa.array([p.file for p in planned], pa.string()),
+                      "split": pa.array([p.split for p in planned], pa.string()),
+                      "record": pa.array([pickle.dumps(p.record) for p in planned], pa.binary())})
     rows = shard_rows(cfg.image_size)
     # One block per task (batch_size=None) so a task's rows are one shard; at least 2 per CPU so every node
     # of a cluster gets work even from a small dataset.
     blocks = max(min(len(items), 2 * cpus), math.ceil(len(items) / rows))
-    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ray.data.from_blocks(_split_table(items, blocks))
     ds = ds.map_batches(_decode_write_batch, batch_size=None, batch_format="numpy", fn_kwargs={
         "filesystem": dataset.filesystem, "root": dataset.root, "out_fs": out_fs, "out_root": out_root,
         "image_size": cfg.image_size, "max_objects": cfg.max_objects,
@@ -546,11 +596,13 @@ def _stats(parsed: list[dict], summaries: list[dict], cpus: int, started: bool, 
     """Where the time went: seconds per phase, nodes used, and the decode pass's own window."""
     t0, t_discover, t_ray, t_parse, t_decode = marks
     window = (max(s["end"] for s in summaries) - min(s["start"] for s in summaries)) if summaries else 0.0
+    parse_window = (max(r["end"] for r in parsed) - min(r["start"] for r in parsed)) if parsed else 0.0
     return {
         "cpus": cpus,
         "seconds": {"discover": round(t_discover - t0, 3), "ray_start": round(t_ray - t_discover, 3) if started else 0.0,
                     "parse_pass": round(t_parse - t_ray, 3), "decode_pass": round(t_decode - t_parse, 3),
-                    "decode_window": round(window, 3), "total": round(t_decode - t0, 3)},
+                    "parse_window": round(parse_window, 3), "decode_window": round(window, 3),
+                    "total": round(t_decode - t0, 3)},
         # CPU seconds inside the decode tasks, summed over tasks: where the decode pass's work goes
         "task_cpu_seconds": {phase: round(sum(s[f"{phase}_s"] for s in summaries), 3) for phase in ("read", "decode", "write")},
         "nodes": {"parse": sorted({r["node"] for r in parsed}), "decode": sorted({s["node"] for s in summaries})},
