@@ -10,10 +10,11 @@
    process, no reading or writing: the per-core ceiling of the pipeline.
 4. **raydet prepare**, as a user runs it: ``python -m raydet.cli prepare`` in a fresh process, which starts
    its own local Ray; end-to-end wall time includes interpreter start-up, Ray start-up, both passes, the
-   manifest. Its manifest's ``stats`` give Ray's start-up, the passes, and the decode pass's steady state:
+   manifest, ``ray.shutdown`` and the interpreter's exit. Its manifest's ``stats`` give Ray's start-up, the passes, and the decode pass's steady state:
    images / (first decode task start .. last decode task end) / CPUs, start-up and parse pass excluded.
 
-Prints each figure, the ratio, the decode tasks' read/decode/write split, and the two issue-2 targets.
+Before each timed step, ``os.sync()`` (untimed) writes the previous step's files to disk (``settle``), so that
+no step pays for another's deferred write-back. Prints each figure, the ratio, the decode tasks' read/decode/write split, and the two issue-2 targets.
 The machine may be shared: run it more than once and quote the spread.
 """
 
@@ -68,6 +69,17 @@ def warm_cache(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
             path.read_bytes()
+
+
+def settle() -> float:
+    """Flush every dirty page to disk before a timed run (``os.sync``); returns the seconds it took.
+
+    The steps before a timed run leave files behind (the copies, the baseline's 1.7 GB of .npy): without this
+    the kernel may write them back during the next run, which would pay for the previous step's output.
+    """
+    t = time.perf_counter()
+    os.sync()
+    return time.perf_counter() - t
 
 
 def baseline(data: Path, out: Path, size: int) -> dict:
@@ -132,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         n = make_copies(Path(args.source), data, args.copies)
         warm_cache(data)
+        flushed = settle()
         print(f"{n} photos ({args.copies} copies of {args.source}) at {args.image_size} px, "
               f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}")
 
@@ -141,18 +154,21 @@ def main(argv: list[str] | None = None) -> None:
                   f"{n / b['total']:.0f} img/s, {n / b['cpu']:.0f} img per CPU-s  [parse {b['parse']:.1f} s, decode+resize {b['decode_resize']:.1f} s, "
                   f"np.save {b['save']:.1f} s]")
             shutil.rmtree(work / "baseline")
+            flushed += settle()
 
         rate, cpu_rate = single_core_decode_rate(data, args.image_size, args.decode_sample)
         print(f"single-core decode+resize (raydet.images.decode_resize, bytes in memory): {rate:.0f} img/s, "
               f"{cpu_rate:.0f} img per CPU-s")
 
+        flushed += settle()
+        print(f"(before each timed run, dirty pages were flushed to disk with os.sync: {flushed:.1f} s in all, not timed)")
         wall, m = run_prepare(data, work / "prep", args.image_size)
         st, sec, task = m["stats"], m["stats"]["seconds"], m["stats"]["task_cpu_seconds"]
         steady = st["decoded"] / sec["decode_window"] / st["cpus"]
         print(f"raydet prepare end to end (fresh process + Ray): {wall:.1f} s, {m['images_loaded'] / wall:.0f} img/s "
               f"({m['images_loaded']} loaded, {len(m['skipped'])} skipped)")
-        print(f"  Ray start-up {sec['ray_start']:.1f} s; parse pass {sec['parse_pass']:.1f} s (includes starting "
-              f"workers); decode pass {sec['decode_pass']:.1f} s; outside prepare() (interpreter, imports, exit) "
+        print(f"  Ray start-up {sec['ray_start']:.1f} s; parse pass {sec['parse_pass']:.1f} s (its tasks "
+              f"{sec['parse_window']:.1f} s; the rest is Ray Data's first start and the plan); decode pass {sec['decode_pass']:.1f} s; outside prepare() (interpreter, imports, exit) "
               f"{wall - sec['total']:.1f} s")
         busy = sum(task.values())
         print(f"  inside decode tasks ({busy:.1f} CPU-s, {st['decoded'] / busy:.0f} img per CPU-s): read {task['read'] / busy:.0%}, "
