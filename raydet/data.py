@@ -40,12 +40,24 @@ run inside ``runtime.data_uses_every_cpu()``, which turns the reservation off: 1
 window for the same work (tests/test_runtime.py checks the concurrency).
 **JPEG decode** through libjpeg-turbo at any DCT scale (``images.decode_resize``) instead of Pillow's ``draft``:
 867 against ~560 images per second on one core (Pillow, the same photos), a 12.0 s decode window instead of 15.7 s.
-Now (benchmarks/ingest.py, quiet machine, two runs): end to end 23.4-23.7 s, 1.87x the serial baseline;
-steady state 496-499 img/s per core, 57% of the single-core decode + resize rate (73-74% in CPU time: read 3%,
-decode + resize 75-76%, Parquet write 21-22% of the tasks' CPU; the rest of each core goes to the driver, raylet
-and Ray Data's own actors). The rest of the end-to-end time is fixed: interpreter + ``import ray`` ~0.9 s, Ray
-start-up 4.5 s, the parse pass 4.0-4.3 s of which ~3 s is starting and importing the workers (a warm parse pass
-of 12,000 XML takes 0.7 s), ``ray.shutdown`` 1.4 s (1.07 s of it Ray waiting for its processes to exit).
+**The local Ray** (``runtime.init_ray``) starts without a job runtime_env and without the dashboard: 0.8-0.9 s off
+the parse pass's cold start and 1.4-2.2 s off the whole command. **Writes**: the decode tasks' write CPU in
+back-to-back runs of the same command: 4.1-4.4 CPU-s (snappy, Parquet writing into the file), 3.5-3.7 (pixels
+uncompressed), 2.0-2.1 (each shard encoded in memory and written in 256 KiB pieces).
+
+Now (benchmarks/ingest.py, three runs): end to end 20.1-21.7 s, **2.08-2.24x** the serial baseline (44.9-45.4 s);
+steady state 481-539 img/s per core, 57-63% of the single-core decode + resize rate (73-79% in CPU time). Where
+the time goes: Ray start-up 2.8-3.0 s; the parse pass 3.4-3.8 s, of which its tasks take 0.9-1.1 s and the rest
+is Ray Data's first execution (importing Ray Data in the driver and the workers, and starting its two actors,
+_StatsActor and _AutoscalingCoordinatorActor, ~1 CPU-s each, which Ray 2.60 offers no public way to skip) and
+the plan; the decode pass 11.4-12.7 s; interpreter, imports and exit 2.3-2.4 s (``ray.shutdown`` ~1.35 s).
+Inside the decode tasks: decode + resize 76-79%, Parquet write 18-19%, reading 3-5%. Why 80% per core is out of
+reach here: per image the tasks spend ~1.2 ms decoding and ~0.3-0.5 ms reading and writing, so even with both
+cores doing nothing but these tasks the ceiling is ~70-75% of a decode-only loop, before the driver, the raylet
+and Ray Data's actors take their share. On this VM the write is also where the run-to-run spread comes from:
+page cache that grows into memory the host has not backed yet costs the kernel ~2-3 ms per MiB (touching 8 GiB
+of fresh memory took 14.1 s), so the same 1.7 GB of shards cost the tasks 2.0 CPU-s in one run and 4.7-5.9 in
+another.
 
 Decisions:
 - An annotation whose every object was dropped (or that has none) is **skipped** with reason
@@ -267,9 +279,10 @@ def _write_in_pieces(data: pa.Buffer, path: str, filesystem: pafs.FileSystem) ->
     Why not let Parquet write into the file: it hands its sink whole column chunks (16 MiB of pixels per shard),
     and on the VM this project is measured on such multi-MiB writes into a new file cost the kernel 0.03-0.31 ms
     per 224 px image, varying run to run with the page cache's state, against 0.035-0.045 ms in pieces
-    (benchmarks/write.py, six runs: 0.86x-2.69x less CPU in all, median ~1.2x; in the ingest pipeline the
-    decode tasks' write time fell from 2.6 to 2.0 CPU-s). Elsewhere the extra calls cost next to nothing (a few per
-    MiB), and a buffered stream (S3, GCS) gathers the pieces again.
+    (benchmarks/write.py, six runs: writing into the file used 0.86-2.69x the CPU, median ~1.2x). In back-to-back
+    `raydet prepare` runs the decode tasks' write time fell from 3.5-3.7 to 2.0-2.1 CPU-s per 12,000 photos.
+    Elsewhere the extra calls cost next to nothing (a few per MiB), and a buffered stream (S3, GCS) gathers the
+    pieces again.
     """
     with filesystem.open_output_stream(path) as stream:
         for start in range(0, data.size, WRITE_CHUNK):
