@@ -10,11 +10,13 @@
    process, no reading or writing: the per-core ceiling of the pipeline.
 4. **raydet prepare**, as a user runs it: ``python -m raydet.cli prepare`` in a fresh process, which starts
    its own local Ray; end-to-end wall time includes interpreter start-up, Ray start-up, both passes, the
-   manifest, ``ray.shutdown`` and the interpreter's exit. Its manifest's ``stats`` give Ray's start-up, the passes, and the decode pass's steady state:
-   images / (first decode task start .. last decode task end) / CPUs, start-up and parse pass excluded.
+   manifest, ``ray.shutdown`` and the interpreter's exit. Its manifest's ``stats`` give Ray's start-up, the
+   passes, and the decode pass's steady state: images / (first decode task start .. last decode task end) /
+   CPUs, start-up and parse pass excluded.
 
 Before each timed step, ``os.sync()`` (untimed) writes the previous step's files to disk (``settle``), so that
-no step pays for another's deferred write-back. Prints each figure, the ratio, the decode tasks' read/decode/write split, and the two issue-2 targets.
+no step pays for another's deferred write-back. Prints each figure, the ratio, the decode tasks'
+read/decode/write split, and the two issue-2 targets.
 The machine may be shared: run it more than once and quote the spread.
 """
 
@@ -161,15 +163,16 @@ def main(argv: list[str] | None = None) -> None:
               f"{cpu_rate:.0f} img per CPU-s")
 
         flushed += settle()
-        print(f"(before each timed run, dirty pages were flushed to disk with os.sync: {flushed:.1f} s in all, not timed)")
+        print(f"(before each timed run, dirty pages were flushed to disk with os.sync: {flushed:.1f} s in all, "
+              "not timed)")
         wall, m = run_prepare(data, work / "prep", args.image_size)
         st, sec, task = m["stats"], m["stats"]["seconds"], m["stats"]["task_cpu_seconds"]
         steady = st["decoded"] / sec["decode_window"] / st["cpus"]
         print(f"raydet prepare end to end (fresh process + Ray): {wall:.1f} s, {m['images_loaded'] / wall:.0f} img/s "
               f"({m['images_loaded']} loaded, {len(m['skipped'])} skipped)")
         print(f"  Ray start-up {sec['ray_start']:.1f} s; parse pass {sec['parse_pass']:.1f} s (its tasks "
-              f"{sec['parse_window']:.1f} s; the rest is Ray Data's first start and the plan); decode pass {sec['decode_pass']:.1f} s; outside prepare() (interpreter, imports, exit) "
-              f"{wall - sec['total']:.1f} s")
+              f"{sec['parse_window']:.1f} s; the rest is Ray Data's first start and the plan); decode pass "
+              f"{sec['decode_pass']:.1f} s; outside prepare() (interpreter, imports, exit) {wall - sec['total']:.1f} s")
         busy = sum(task.values())
         print(f"  inside decode tasks ({busy:.1f} CPU-s, {st['decoded'] / busy:.0f} img per CPU-s): read {task['read'] / busy:.0%}, "
               f"decode+resize {task['decode'] / busy:.0%}, Parquet write {task['write'] / busy:.0%}")

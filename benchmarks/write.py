@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     def direct(path: str) -> None:
         # write_shard's table and options, but Parquet writes into the file itself
         table = D.shard_table(rows)
-        pq.write_table(table, path, compression=D.shard_compression(table), write_statistics=D._STATS_COLUMNS,
-                       use_dictionary=[c for c in table.column_names if c != "image"])
+        pq.write_table(table, path, **D.parquet_options(table))
 
     def raydet(path: str) -> None:
         D.write_shard(path, rows)

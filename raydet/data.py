@@ -233,8 +233,7 @@ def write_shard(path: str, rows: list[dict], filesystem: pafs.FileSystem | None 
     """
     table = shard_table(rows, where=path)
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression=shard_compression(table), write_statistics=_STATS_COLUMNS,
-                   use_dictionary=[c for c in table.column_names if c != "image"])
+    pq.write_table(table, sink, **parquet_options(table))
     _write_in_pieces(sink.getvalue(), path, filesystem or pafs.LocalFileSystem())
 
 
@@ -268,9 +267,12 @@ def shard_table(rows: list[dict], where: str = "shard") -> pa.Table:
                                           b"raydet.image_size": str(size).encode()})
 
 
-def shard_compression(table: pa.Table) -> dict[str, str]:
-    """Parquet codec per column: none for the pixels (``IMAGE_COMPRESSION``), snappy for the rest."""
-    return {c: IMAGE_COMPRESSION if c == "image" else OTHER_COMPRESSION for c in table.column_names}
+def parquet_options(table: pa.Table) -> dict:
+    """``pq.write_table`` options for a shard: codec per column (none for the pixels, ``IMAGE_COMPRESSION``;
+    snappy for the rest), statistics for the scalar columns only, dictionary encoding for all but the pixels."""
+    return {"compression": {c: IMAGE_COMPRESSION if c == "image" else OTHER_COMPRESSION for c in table.column_names},
+            "write_statistics": _STATS_COLUMNS,
+            "use_dictionary": [c for c in table.column_names if c != "image"]}
 
 
 def _write_in_pieces(data: pa.Buffer, path: str, filesystem: pafs.FileSystem) -> None:
@@ -287,8 +289,6 @@ def _write_in_pieces(data: pa.Buffer, path: str, filesystem: pafs.FileSystem) ->
     with filesystem.open_output_stream(path) as stream:
         for start in range(0, data.size, WRITE_CHUNK):
             stream.write(data.slice(start, min(WRITE_CHUNK, data.size - start)))
-
-
 
 
 def _binary_images(images: np.ndarray) -> pa.Array:
@@ -449,7 +449,7 @@ def _split_table(table: pa.Table, blocks: int) -> list[pa.Table]:
 
 
 def _parse_all(dataset: Dataset, classes: tuple[str, ...] | None, cpus: int) -> list[dict]:
-    """Ray Data parse pass: every annotation -> {annotation, record (pickled) or None, error, node}."""
+    """Ray Data parse pass: every annotation -> {annotation, record (pickled) or None, error, node, start, end}."""
     import ray
 
     names = pa.table({"annotation": pa.array([ref.annotation for ref in dataset.annotations], pa.string())})
@@ -605,16 +605,19 @@ def _unlabeled(dataset: Dataset, resolved: set[str]) -> list[str]:
     return sorted(set(unreferenced_images(dataset, resolved)) & set(dataset.unlabeled_images))
 
 
+def _window(rows: list[dict]) -> float:
+    """Seconds from the first task's ``start`` to the last task's ``end`` (0 without rows)."""
+    return (max(r["end"] for r in rows) - min(r["start"] for r in rows)) if rows else 0.0
+
+
 def _stats(parsed: list[dict], summaries: list[dict], cpus: int, started: bool, marks: list[float]) -> dict:
     """Where the time went: seconds per phase, nodes used, and the decode pass's own window."""
     t0, t_discover, t_ray, t_parse, t_decode = marks
-    window = (max(s["end"] for s in summaries) - min(s["start"] for s in summaries)) if summaries else 0.0
-    parse_window = (max(r["end"] for r in parsed) - min(r["start"] for r in parsed)) if parsed else 0.0
     return {
         "cpus": cpus,
         "seconds": {"discover": round(t_discover - t0, 3), "ray_start": round(t_ray - t_discover, 3) if started else 0.0,
                     "parse_pass": round(t_parse - t_ray, 3), "decode_pass": round(t_decode - t_parse, 3),
-                    "parse_window": round(parse_window, 3), "decode_window": round(window, 3),
+                    "parse_window": round(_window(parsed), 3), "decode_window": round(_window(summaries), 3),
                     "total": round(t_decode - t0, 3)},
         # CPU seconds inside the decode tasks, summed over tasks: where the decode pass's work goes
         "task_cpu_seconds": {phase: round(sum(s[f"{phase}_s"] for s in summaries), 3) for phase in ("read", "decode", "write")},
