@@ -45,13 +45,13 @@ the parse pass's cold start and 1.4-2.2 s off the whole command. **Writes**: the
 back-to-back runs of the same command: 4.1-4.4 CPU-s (snappy, Parquet writing into the file), 3.5-3.7 (pixels
 uncompressed), 2.0-2.1 (each shard encoded in memory and written in 256 KiB pieces).
 
-Now (benchmarks/ingest.py, three runs): end to end 20.1-21.7 s, **2.08-2.24x** the serial baseline (44.9-45.4 s);
-steady state 481-539 img/s per core, 57-63% of the single-core decode + resize rate (73-79% in CPU time). Where
-the time goes: Ray start-up 2.8-3.0 s; the parse pass 3.4-3.8 s, of which its tasks take 0.9-1.1 s and the rest
+Now (benchmarks/ingest.py, four runs): end to end 20.1-21.7 s, **2.02-2.24x** the serial baseline (42.2-45.4 s);
+steady state 481-539 img/s per core, 56-63% of the single-core decode + resize rate (70-79% in CPU time). Where
+the time goes: Ray start-up 2.8-3.0 s; the parse pass 3.3-3.8 s, of which its tasks take 0.9-1.1 s and the rest
 is Ray Data's first execution (importing Ray Data in the driver and the workers, and starting its two actors,
 _StatsActor and _AutoscalingCoordinatorActor, ~1 CPU-s each, which Ray 2.60 offers no public way to skip) and
 the plan; the decode pass 11.4-12.7 s; interpreter, imports and exit 2.3-2.4 s (``ray.shutdown`` ~1.35 s).
-Inside the decode tasks: decode + resize 76-79%, Parquet write 18-19%, reading 3-5%. Why 80% per core is out of
+Inside the decode tasks: decode + resize 71-79%, Parquet write 18-26%, reading 3-5%. Why 80% per core is out of
 reach here: per image the tasks spend ~1.2 ms decoding and ~0.3-0.5 ms reading and writing, so even with both
 cores doing nothing but these tasks the ceiling is ~70-75% of a decode-only loop, before the driver, the raylet
 and Ray Data's actors take their share. On this VM the write is also where the run-to-run spread comes from:
