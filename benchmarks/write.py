@@ -60,7 +60,7 @@ def cpu() -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from raydet import data as D
+    from raydet import shards as D
 
     args = get_args_parser().parse_args(argv)
     rows = rows_from(Path(args.source), args.rows, args.image_size)

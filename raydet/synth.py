@@ -8,16 +8,21 @@ the folder as ours so a rewrite may clear it).
 What makes it learnable, yet not trivial:
 - the class is the *shape* (circle, square, triangle, cross, star, diamond, ring, hourglass: the first
   ``cfg.classes``); colours are drawn independently of the class, so colour says nothing about it;
-- each object spans 20-70 % of the image side by default (its longer box side; ``--object-size`` sets the
-  range), with aspect 2:3..3:2 and a rotation that never turns one class into another (squares and diamonds
-  only tilt by up to 15 degrees, triangles 40);
+- 1 to ``cfg.max_objects`` objects per image (6 by default; the count drawn uniformly), each of a class and
+  a size of its own: the longer box side spans 12-60 % of the image side by default (``--object-size`` sets
+  the range; the more objects, the smaller the largest allowed, so they fit), with aspect 2:3..3:2 and a
+  rotation that never turns one class into another (squares and diamonds only tilt by up to 15 degrees,
+  triangles 40);
 - backgrounds are a two-colour gradient + smooth blotches + half-transparent clutter lines + per-pixel
-  noise, and the object's colour keeps a minimum RGB distance from the background under it, so it stays
-  visible at 64 px. (A first version with 15 % objects, opaque lines and any triangle orientation left
-  the 64 px model at 0.66 train accuracy after 14 epochs: too hard for `raydet run`'s 15-epoch budget.)
-- several objects per image (``cfg.max_objects`` > 1) never intersect, and are smaller the more there are.
-Boxes are computed from the shape's geometry (not from pixels), so they are exact; edges are anti-aliased by
-drawing the shape's mask at 4x and averaging it down.
+  noise, and the object's colour keeps a minimum RGB distance from what lies under it (the background's mean
+  and every earlier object it overlaps), so it stays visible at 64 px. (A first version of the one-object
+  set with 15 % objects, opaque lines and any triangle orientation was too hard for `raydet run`'s
+  15-epoch budget.)
+- objects may overlap partly, a later one painted over an earlier one: any two boxes have an IoU of at most
+  ``MAX_IOU``, and boxes painted later cover at most ``MAX_COVERED`` of an earlier box's area, so every
+  object stays visible.
+Boxes are each shape's own geometric box (not what remains visible), computed from its polygons, so they are
+exact; edges are anti-aliased by drawing the shape's mask at 4x and averaging it down.
 
 Deterministic: image ``i`` draws from its own generator seeded by ``(cfg.seed, i)``, and the split from
 another, so the same seed gives byte-identical files (for the same Pillow version).
@@ -41,7 +46,9 @@ from raydet.config import SynthConfig
 
 SUPERSAMPLE = 4  # the mask is drawn at 4x and averaged down: anti-aliased edges
 MIN_ASPECT, MAX_ASPECT = 2 / 3, 3 / 2
-MIN_CONTRAST = 120.0  # RGB distance between object colour and the background under it (max is 441)
+MIN_CONTRAST = 120.0  # RGB distance between object colour and what lies under it (max is 441)
+MAX_IOU = 0.3  # any two boxes of an image overlap at most this much (pixel xyxy, as written)
+MAX_COVERED = 0.5  # at most this fraction of a box's area lies under boxes painted after it
 JPEG_QUALITY = 92  # with 4:4:4 chroma (subsampling=0): colour edges stay sharp at 64 px
 MARKER = "synth.json"
 PROGRESS_EVERY = 5000
@@ -119,30 +126,67 @@ def _geometry(shape: Shape, rng: np.random.Generator, size: int, min_side: float
     return [(p - lo) * scale for p in polys]
 
 
-def _place(rng: np.random.Generator, polys: list[np.ndarray], size: int, taken: list[np.ndarray], tries: int = 30):
-    """Shift ``polys`` to a random spot inside the image that intersects no box in ``taken``; None if none found."""
+@dataclass
+class _Placed:
+    """An object already in the image: its pixel xyxy int box, colour, and which pixels of its box later boxes cover."""
+    box: tuple[int, int, int, int]
+    colour: np.ndarray
+    covered: np.ndarray  # (y1 - y0, x1 - x0) bool
+
+
+def _place(rng: np.random.Generator, polys: list[np.ndarray], size: int, taken: list[_Placed], tries: int = 30):
+    """Shift ``polys`` to a random spot inside the image whose box, rounded to pixel xyxy ints, has an IoU of at
+    most ``MAX_IOU`` with each box in ``taken`` and leaves each of them at most ``MAX_COVERED`` covered ->
+    (polygons, float box, int box), or None when no such spot was found."""
     extent = np.concatenate(polys).max(axis=0)
     for _ in range(tries):
         offset = rng.uniform(0, size - extent)  # keeps the whole shape inside: never truncated
         box = np.concatenate([offset, offset + extent])
-        # 2 px apart, so neighbouring boxes never touch after rounding to integer pixels
-        grown = box + np.array([-2, -2, 2, 2])
-        if not taken or B.iou_matrix(grown[None], np.array(taken)).max() == 0:
-            return [p + offset for p in polys], box
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        pixel = (max(x0, 0), max(y0, 0), min(x1, size), min(y1, size))
+        if _fits(pixel, taken):
+            return [p + offset for p in polys], box, pixel
     return None
 
 
-def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
-    """A random RGB colour at least MIN_CONTRAST from the mean of ``under`` (or the farthest of 20 tries)."""
-    mean = under.reshape(-1, 3).mean(axis=0)
+def _fits(box: tuple[int, int, int, int], taken: list[_Placed]) -> bool:
+    """Whether pixel xyxy ``box`` may be painted over the objects ``taken`` (``MAX_IOU``, ``MAX_COVERED``)."""
+    if not taken:
+        return True
+    if B.iou_matrix(np.array([box], float), np.array([t.box for t in taken], float)).max() > MAX_IOU:
+        return False
+    for t in taken:
+        covered = _cover(t, box)
+        if covered is not None and covered.mean() > MAX_COVERED:
+            return False
+    return True
+
+
+def _cover(placed: _Placed, box: tuple[int, int, int, int]) -> np.ndarray | None:
+    """``placed.covered`` with pixel xyxy ``box`` added (a new array), or None when ``box`` misses it."""
+    x0, y0 = max(box[0], placed.box[0]), max(box[1], placed.box[1])
+    x1, y1 = min(box[2], placed.box[2]), min(box[3], placed.box[3])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    covered = placed.covered.copy()
+    covered[y0 - placed.box[1]:y1 - placed.box[1], x0 - placed.box[0]:x1 - placed.box[0]] = True
+    return covered
+
+
+def _contrasting_colour(rng: np.random.Generator, under: np.ndarray, avoid: list[np.ndarray]) -> np.ndarray:
+    """A random RGB colour at least MIN_CONTRAST from the mean of ``under`` and from every colour in ``avoid``
+    (or, of 20 tries, the one whose nearest of these is farthest)."""
+    targets = np.array([under.reshape(-1, 3).mean(axis=0), *avoid])
     candidates = rng.uniform(0, 255, (20, 3))
-    distance = np.linalg.norm(candidates - mean, axis=1)
+    distance = np.linalg.norm(candidates[:, None] - targets[None], axis=2).min(axis=1)
     ok = np.flatnonzero(distance >= MIN_CONTRAST)
     return candidates[ok[0] if ok.size else int(distance.argmax())]
 
 
-def _paint(img: np.ndarray, rng: np.random.Generator, shape: Shape, polys: list[np.ndarray], box: np.ndarray) -> None:
-    """Composite the shape into ``img`` (in place) inside its box, with anti-aliased edges and light shading."""
+def _paint(img: np.ndarray, rng: np.random.Generator, shape: Shape, polys: list[np.ndarray], box: np.ndarray,
+           avoid: list[np.ndarray]) -> np.ndarray:
+    """Composite the shape into ``img`` (in place) inside its float pixel xyxy ``box``, with anti-aliased edges
+    and light shading, in a colour that stands out from what is under it and from ``avoid`` -> that colour."""
     x0, y0 = int(math.floor(box[0])), int(math.floor(box[1]))
     x1, y1 = min(int(math.ceil(box[2])) + 1, img.shape[1]), min(int(math.ceil(box[3])) + 1, img.shape[0])
     w, h = x1 - x0, y1 - y0
@@ -154,11 +198,12 @@ def _paint(img: np.ndarray, rng: np.random.Generator, shape: Shape, polys: list[
         draw.polygon([tuple(p) for p in pts], fill=0 if hole else 255)
     alpha = np.asarray(mask.reduce(SUPERSAMPLE), dtype=np.float32)[..., None] / 255.0
     region = img[y0:y1, x0:x1]
-    colour = _contrasting_colour(rng, region)
+    colour = _contrasting_colour(rng, region, avoid)
     # a gentle linear shade across the object: flat fills would be too easy a cue
     shade = (np.linspace(-1, 1, w, dtype=np.float32)[None, :, None] * rng.uniform(-20, 20)
              + np.linspace(-1, 1, h, dtype=np.float32)[:, None, None] * rng.uniform(-20, 20))
     region[...] = region * (1 - alpha) + np.clip(colour + shade, 0, 255) * alpha
+    return colour
 
 
 def image_rng(cfg: SynthConfig, index: int) -> np.random.Generator:
@@ -166,11 +211,15 @@ def image_rng(cfg: SynthConfig, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1, index)))
 
 
-def make_image(cfg: SynthConfig, index: int, *, noise: bool = True) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
-    """Image ``index`` of the dataset: (size, size, 3) uint8 RGB and its objects as (class, pixel xyxy ints).
+def make_image(cfg: SynthConfig, index: int, *, noise: bool = True,
+               limit: int | None = None) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
+    """Image ``index`` of the dataset: (size, size, 3) uint8 RGB and its objects as (class, pixel xyxy ints), in
+    the order they were painted (a later one may cover part of an earlier one).
 
     ``noise=False`` leaves out the final per-pixel noise (all else identical): tests compare that image with
     ``_background(image_rng(cfg, index), size)`` to check every box against the pixels that changed.
+    ``limit``: stop after that many objects; with ``noise=False`` the first ones are painted exactly as in the
+    whole image, so tests can see each object before later ones cover it.
     """
     rng = image_rng(cfg, index)
     size = cfg.image_size
@@ -179,18 +228,24 @@ def make_image(cfg: SynthConfig, index: int, *, noise: bool = True) -> tuple[np.
     # more objects must share the image: shrink the largest allowed size so they still fit side by side
     min_side, max_side = cfg.object_size
     max_side = max(min(min_side + 0.05, max_side), max_side / math.sqrt(wanted))
-    taken: list[np.ndarray] = []
+    taken: list[_Placed] = []
     objects = []
     for _ in range(wanted):
+        if limit is not None and len(objects) >= limit:
+            break
         shape = SHAPES[int(rng.integers(cfg.classes))]
         placed = _place(rng, _geometry(shape, rng, size, min_side, max_side), size, taken)
         if placed is None:
             continue  # no free spot: fewer objects in this image
-        polys, box = placed
-        _paint(img, rng, shape, polys, box)
-        taken.append(box)
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        objects.append((shape.name, (max(x0, 0), max(y0, 0), min(x1, size), min(y1, size))))
+        polys, box, pixel = placed
+        under = [t.colour for t in taken if _cover(t, pixel) is not None]
+        colour = _paint(img, rng, shape, polys, box, under)
+        for t in taken:
+            covered = _cover(t, pixel)
+            if covered is not None:
+                t.covered = covered
+        taken.append(_Placed(pixel, colour, np.zeros((pixel[3] - pixel[1], pixel[2] - pixel[0]), bool)))
+        objects.append((shape.name, pixel))
     if noise:
         img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(2, 8)
     return np.clip(img, 0, 255).astype(np.uint8), objects

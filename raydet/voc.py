@@ -81,6 +81,7 @@ class VocRecord:
     height: int
     objects: tuple[VocObject, ...]
     dropped: tuple[str, ...]  # one reason per dropped object, naming it
+    unlisted: int = 0  # how many of ``dropped`` were dropped only because their class is not in ``classes``
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -150,7 +151,8 @@ def _num(value: float) -> str:
 def parse_voc(data: bytes, classes: Sequence[str] | None = None, *, source: str = "") -> VocRecord:
     """One VOC XML document -> ``VocRecord`` with pixel xyxy boxes (clipped to ``<size>`` when known).
 
-    ``classes``: when given, objects whose (stripped) name is not in it are dropped with a reason.
+    ``classes``: when given, objects whose (stripped) name is not in it are dropped with a reason (and counted
+    in ``unlisted``: unlike the other dropped objects, they are no fault of the annotation).
     ``source``: the file name used in messages. Raises ``VocError`` naming ``source`` for XML that cannot be
     used at all: malformed, not an ``<annotation>``, or carrying a DTD/entities/external references.
     """
@@ -170,6 +172,7 @@ def parse_voc(data: bytes, classes: Sequence[str] | None = None, *, source: str 
     wanted = None if classes is None else frozenset(classes)
     objects: list[VocObject] = []
     dropped: list[str] = []
+    unlisted = 0
     for index, obj in enumerate(root.findall("object"), start=1):
         name = _text(obj, "name")
         label = f"object {index} {name!r}" if name else f"object {index}"
@@ -178,13 +181,14 @@ def parse_voc(data: bytes, classes: Sequence[str] | None = None, *, source: str 
             continue
         if wanted is not None and name not in wanted:
             dropped.append(f"{label}: class not in the class list")
+            unlisted += 1
             continue
         box, reason = _box(obj, width, height)
         if box is None:
             dropped.append(f"{label}: {reason}")
             continue
         objects.append(VocObject(name, box, difficult=_flag(obj, "difficult"), truncated=_flag(obj, "truncated")))
-    return VocRecord(_text(root, "filename") or "", width, height, tuple(objects), tuple(dropped))
+    return VocRecord(_text(root, "filename") or "", width, height, tuple(objects), tuple(dropped), unlisted)
 
 
 def normalize_boxes(record: VocRecord, width: int, height: int) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""raydet.data.prepare end to end on tiny datasets: hostile files, every layout, a URI, the split, the Parquet
-contract read back two ways (plain pyarrow + ``image_array``, and ``read_split``), a hand-made tensor-column
-shard through ``read_split``, the real raccoon photos, and a two-node cluster."""
+"""raydet.data.prepare end to end on tiny datasets: hostile files, every layout, a URI, the split, every object
+kept (K, difficult flags, negatives, the max_objects cut), the Parquet contract read back two ways (plain pyarrow
++ ``image_array``, and ``read_split``), the real raccoon photos, and a two-node cluster. The shard format on its
+own: tests/test_shards.py."""
 
 from __future__ import annotations
 
@@ -9,16 +10,17 @@ import json
 import re
 import struct
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from raydet.config import PrepareConfig
-from raydet.data import IMAGE_ENCODING, hash_split, image_array, prepare, read_split, write_shard
+from raydet.data import hash_split, prepare
+from raydet.shards import IMAGE_ENCODING, image_array, read_split
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -49,8 +51,8 @@ def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
-def obj(name: str, x0, y0, x1, y1) -> str:
-    return (f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+def obj(name: str, x0, y0, x1, y1, difficult: int = 0) -> str:
+    return (f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
             f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
 
 
@@ -77,8 +79,8 @@ def read_rows(prep: Path) -> dict[str, dict]:
     through ``image_array``; the tensor columns as flat lists (or arrays, once Ray has registered its extension
     type), reshaped here by hand."""
     manifest = json.loads((prep / "manifest.json").read_text())
-    k = manifest["max_objects"]
-    shapes = {"boxes": (k, 4), "labels": (k,)}
+    k = manifest["objects_per_row"]  # K: the same in every shard, so this reshape fails for any other
+    shapes = {"boxes": (k, 4), "labels": (k,), "difficult": (k,)}
     rows = {}
     for split in ("train", "test"):
         for path in sorted((prep / split).glob("*.parquet")):
@@ -136,7 +138,8 @@ def hostile_cases() -> dict[str, tuple[str, bytes | None, str]]:
 
 LOADED = {"good", "gray", "cmyk", "rgba", "palette", NON_ASCII, "many", "partial"}
 SKIPPED = {  # annotation stem -> (file reported, reason pattern)
-    "inverted": ("annotations/inverted.xml", r"no usable objects \(1 object\(s\) dropped\)"),
+    "inverted": ("annotations/inverted.xml", r"no usable objects: 1 invalid object\(s\) dropped, so it is no "
+                                             r"negative image \(object 1 'dog': inverted box xmin=40 > xmax=10\)"),
     "truncated": ("images/truncated.jpg", r"truncated or corrupt JPEG data: image file is truncated"),
     "empty": ("images/empty.jpg", r"empty file \(0 bytes\)"),
     "notimage": ("images/notimage.jpg", r"not a recognised image"),
@@ -190,6 +193,8 @@ def test_dropped_objects_are_reported(hostile):
     assert "(0.0, 0.0, 2.0, 40.0)" in beyond[0] + beyond[1] and "(0.0, 0.0, 4.0, 40.0)" in beyond[0] + beyond[1]
     # objects loaded: good 2 + gray/cmyk/rgba/palette/non-ascii 1 each + many 8 + partial 2 = 17
     assert m["objects_loaded"] == 17
+    # K: "many" keeps 8 objects, the most of any image; the cut is still recorded
+    assert m["objects_per_row"] == 8 and m["max_objects"] == 8 and m["negative_images"] == 0
 
 
 def test_parquet_rows_by_hand_with_pyarrow(hostile):
@@ -239,50 +244,6 @@ def test_image_is_a_raw_binary_column_without_dictionary(hostile):
     assert others["file"] == others["num_objects"] == "SNAPPY"
 
 
-def test_write_in_pieces_passes_every_byte_in_chunks_of_at_most_write_chunk():
-    from raydet.data import WRITE_CHUNK, _write_in_pieces
-
-    class Recorder:  # the one method _write_in_pieces uses, on an in-memory "file system"
-        def __init__(self):
-            self.writes: list[bytes] = []
-
-        def open_output_stream(self, path):
-            recorder = self
-
-            class Stream:
-                def __enter__(self):
-                    return self
-
-                def __exit__(self, *exc):
-                    return False
-
-                def write(self, piece):
-                    recorder.writes.append(bytes(piece))
-
-            return Stream()
-
-    data = np.random.default_rng(0).integers(0, 256, 2 * WRITE_CHUNK + 1000, dtype=np.uint8).tobytes()
-    fs = Recorder()
-    _write_in_pieces(pa.py_buffer(data), "x.parquet", fs)
-    assert [len(w) for w in fs.writes] == [WRITE_CHUNK, WRITE_CHUNK, 1000]
-    assert b"".join(fs.writes) == data
-
-
-def test_a_shard_larger_than_one_write_reads_back_exactly(tmp_path):
-    from raydet.data import WRITE_CHUNK
-
-    images = np.random.default_rng(1).integers(0, 256, (4, 224, 224, 3), dtype=np.uint8)  # 4 x 147 KiB
-    assert images.nbytes > 2 * WRITE_CHUNK
-    rows = [{"file": f"{i}.jpg", "image": images[i], "boxes": np.full((2, 4), i / 10, np.float32),
-             "labels": np.array([i, -1], np.int32), "num_objects": 1, "width": 640, "height": 480}
-            for i in range(4)]
-    write_shard(str(tmp_path / "part-0.parquet"), rows)
-    table = pq.read_table(tmp_path / "part-0.parquet")
-    np.testing.assert_array_equal(image_array(table), images)
-    assert table.column("file").to_pylist() == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
-    assert table.column("width").to_pylist() == [640] * 4
-
-
 def test_parquet_read_back_with_ray_data(hostile):
     _, prep, m = hostile
     ds = read_split(prep, "train", override_num_blocks=1)  # one read task: tiny files
@@ -294,6 +255,7 @@ def test_parquet_read_back_with_ray_data(hostile):
     assert batch["image"].shape == (n, 32, 32, 3) and batch["image"].dtype == np.uint8
     assert batch["boxes"].shape == (n, 8, 4) and batch["boxes"].dtype == np.float32
     assert batch["labels"].shape == (n, 8) and batch["labels"].dtype == np.int32
+    assert batch["difficult"].shape == (n, 8) and batch["difficult"].dtype == np.uint8
     assert batch["num_objects"].dtype == np.int32 and batch["width"].dtype == np.int32
     # padding is exactly where num_objects says
     for k, labels, boxes in zip(batch["num_objects"], batch["labels"], batch["boxes"]):
@@ -306,41 +268,101 @@ def test_one_summary_line_and_manifest_on_disk(hostile, capsys, tmp_path):
     m = run(data, tmp_path / "again", image_size=16, max_objects=1, classes=("dog",))
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line == (f"raydet prepare: loaded {m['images_loaded']} images (train {m['splits']['train']}, test "
-                    f"{m['splits']['test']}), skipped {len(m['skipped'])}; manifest: {tmp_path / 'again' / 'manifest.json'}")
+                    f"{m['splits']['test']}; 4 negative), skipped {len(m['skipped'])}; manifest: {tmp_path / 'again' / 'manifest.json'}")
     on_disk = json.loads((tmp_path / "again" / "manifest.json").read_text())
     assert on_disk == m
-    # only "dog" kept: good, gray, cmyk and partial load; rgba, palette, many and the non-ASCII image (cats
-    # only) join the skipped as "no usable objects": 18 - 4 = 14 skipped
-    assert m["classes"] == ["dog"] and m["images_loaded"] == 4 and len(m["skipped"]) == 14
-    assert "no usable objects" in by_file(m["skipped"])["annotations/rgba.xml"]
+    # only "dog" kept: good, gray, cmyk and partial load with their dogs; rgba, palette, many and the non-ASCII
+    # image (cats only) load as negatives: 4 + 4 = 8 loaded, the 10 of SKIPPED skipped as before
+    assert m["classes"] == ["dog"] and m["images_loaded"] == 8 and len(m["skipped"]) == 10
+    assert m["negative_images"] == 4 and set(by_file(m["skipped"])) == {file for file, _ in SKIPPED.values()}
     assert any("class not in the class list" in e["reason"] for e in m["objects_skipped"])
+    rows = read_rows(tmp_path / "again")
+    # max_objects 1 and at most one dog per image: K = 1; a negative row is all padding
+    assert m["objects_per_row"] == 1
+    assert (rows["images/rgba.png"]["num_objects"], rows["images/rgba.png"]["labels"].tolist()) == (0, [-1])
+    assert rows["images/rgba.png"]["boxes"].tolist() == [[0, 0, 0, 0]]
 
 
-def test_read_split_reads_a_hand_made_tensor_column_shard_and_refuses_bad_arguments(tmp_path, ray_local):
-    from ray.data.extensions import ArrowTensorArray
+# --------------------------------------------------------------------------- every object, negatives
 
-    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)  # values 0..95, every pixel distinct
-    write(tmp_path / "old" / "manifest.json", json.dumps({"image_size": 4}))
-    (tmp_path / "old" / "test").mkdir()
-    table = pa.table({"file": ["a.jpg", "b.jpg"], "image": ArrowTensorArray.from_numpy(images)})
-    pq.write_table(table, tmp_path / "old" / "test" / "part-0.parquet")  # the pre-binary format
-    batch = read_split(tmp_path / "old", "test", override_num_blocks=1).take_batch(2, batch_format="numpy")
-    assert batch["image"].shape == (2, 4, 4, 3) and batch["image"].dtype == np.uint8
-    np.testing.assert_array_equal(batch["image"], images)
-    np.testing.assert_array_equal(image_array(pq.read_table(tmp_path / "old" / "test" / "part-0.parquet")), images)
-    # and a write_shard fixture through a file:// URI
-    rows = [{"file": f"{i}.jpg", "image": images[i], "boxes": np.zeros((1, 4), np.float32),
-             "labels": np.array([i], np.int32), "num_objects": 1, "width": 4, "height": 4} for i in range(2)]
-    (tmp_path / "new" / "train").mkdir(parents=True)
-    write_shard(str(tmp_path / "new" / "train" / "part-0.parquet"), rows)
-    batch = read_split((tmp_path / "new").as_uri(), "train", override_num_blocks=1).take_batch(2, batch_format="numpy")
-    np.testing.assert_array_equal(batch["image"], images)  # S from the shard's metadata: no manifest here
-    with pytest.raises(ValueError, match="'val'"):
-        read_split(tmp_path / "new", "val")
-    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "new" / "test"))):
-        read_split(tmp_path / "new", "test")  # no shards
-    with pytest.raises(ValueError, match=r"'1.jpg' is \(3, 3, 3\)"):
-        write_shard(str(tmp_path / "bad.parquet"), [rows[0], {**rows[1], "image": images[1, :3, :3]}])
+DENSE_NAMES = ("a", "b", "c")
+
+
+def dense_object(k: int) -> tuple[str, tuple[int, int, int, int], int]:
+    """Object k of 12 in dense.jpg (64 x 48): class k % 3, pixel xyxy (k, k % 4, 3k + 4, k % 4 + 20), width
+    2k + 4 so the area grows with k, difficult k % 2."""
+    return DENSE_NAMES[k % 3], (k, k % 4, 3 * k + 4, k % 4 + 20), k % 2
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory) -> tuple[Path, dict]:
+    """A train/test dataset: train/ holds dense (12 objects, small first in the XML), bad (every object
+    invalid), mixed (one invalid object, one outside --classes); test/ holds neg (no <object>) and zebra (only a
+    class outside --classes). Prepared once with the default max_objects."""
+    import ray
+
+    from raydet.runtime import runtime_env
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env())
+    root = tmp_path_factory.mktemp("dense")
+    objects = [obj(name, *box, difficult=d) for name, box, d in map(dense_object, range(12))]
+    cases = {"train/dense": objects, "train/bad": [obj("a", 40, 0, 10, 20), obj("b", 0, 30, 10, 5)],
+             "train/mixed": [obj("zebra", 0, 0, 10, 10), obj("a", 40, 0, 10, 20)],
+             "test/neg": [], "test/zebra": [obj("zebra", 0, 0, 10, 10)]}
+    for stem, objs in cases.items():
+        write(root / "data" / f"{stem}.jpg", jpeg())
+        write(root / "data" / f"{stem}.xml", voc(f"{Path(stem).name}.jpg", *objs))
+    return root / "prep", run(root / "data", root / "prep", image_size=16, classes=DENSE_NAMES)
+
+
+def test_an_image_with_12_objects_keeps_all_12_with_their_difficult_flags(dense):
+    prep, m = dense
+    assert PrepareConfig(data="d", out="o").max_objects == 100  # COCO's detections per image
+    assert m["max_objects"] == 100 and m["objects_per_row"] == 12  # K: the most objects of any image
+    row = read_rows(prep)["train/dense.jpg"]
+    assert row["num_objects"] == 12
+    # largest first: the area grows with k, so row j holds object 11 - j; pixels / (64, 48) -> normalized xyxy
+    expected = [dense_object(11 - j) for j in range(12)]
+    boxes = [[x0 / 64, y0 / 48, x1 / 64, y1 / 48] for _, (x0, y0, x1, y1), _ in expected]
+    np.testing.assert_allclose(row["boxes"], boxes, rtol=1e-6)
+    assert row["labels"].tolist() == [DENSE_NAMES.index(name) for name, _, _ in expected]  # classes a, b, c
+    assert row["difficult"].tolist() == [d for *_, d in expected] == [1, 0] * 6  # 11 % 2, 10 % 2, ...
+    assert m["objects_loaded"] == 12
+
+
+def test_annotations_without_objects_are_kept_as_negatives(dense):
+    prep, m = dense
+    rows = read_rows(prep)
+    assert sorted(rows) == ["test/neg.jpg", "test/zebra.jpg", "train/dense.jpg"]
+    assert m["negative_images"] == 2 and m["splits"] == {"train": 1, "test": 2}
+    for file in ("test/neg.jpg", "test/zebra.jpg"):  # a shard of negatives only still has K = 12
+        r = rows[file]
+        assert r["num_objects"] == 0 and r["labels"].tolist() == [-1] * 12
+        assert (r["boxes"] == 0).all() and r["difficult"].tolist() == [0] * 12
+    assert m["images_loaded"] + len(m["skipped"]) == m["annotations_found"] == 5  # 3 loaded + 2 skipped
+
+
+def test_annotations_whose_objects_are_all_invalid_are_skipped_with_the_reasons(dense):
+    _, m = dense
+    skipped = by_file(m["skipped"])
+    assert set(skipped) == {"train/bad.xml", "train/mixed.xml"}
+    assert skipped["train/bad.xml"] == ("train/bad.xml: no usable objects: 2 invalid object(s) dropped, so it is no "
+                                        "negative image (object 1 'a': inverted box xmin=40 > xmax=10; "
+                                        "object 2 'b': inverted box ymin=30 > ymax=5)")
+    assert skipped["train/mixed.xml"] == ("train/mixed.xml: no usable objects: 1 invalid object(s) dropped and 1 "
+                                          "outside the class list, so it is no negative image (object 1 'zebra': "
+                                          "class not in the class list; object 2 'a': inverted box xmin=40 > xmax=10)")
+    # every dropped object is in objects_skipped: bad 2 + mixed 2 + zebra 1
+    assert sorted(Counter(e["file"] for e in m["objects_skipped"]).items()) == [
+        ("test/zebra.xml", 1), ("train/bad.xml", 2), ("train/mixed.xml", 2)]
+
+
+def test_only_negatives_and_no_class_list_is_refused(tmp_path, ray_local):
+    write(tmp_path / "d" / "a.jpg", jpeg())
+    write(tmp_path / "d" / "a.xml", voc("a.jpg"))
+    with pytest.raises(ValueError, match=r"no object of any class in .*: all 1 usable annotations are negatives"):
+        run(tmp_path / "d", tmp_path / "prep")
 
 
 # ------------------------------------------------------------------------------------- layouts and URI

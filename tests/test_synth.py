@@ -38,7 +38,9 @@ def test_counts_split_and_discovery_as_a_devkit(tmp_path):
     summary = synth.write_synthetic(cfg)
     # round(50 * 0.2) = 10 test images, 40 train
     assert (summary["train"], summary["test"]) == (40, 10)
-    assert summary["objects"] == 50 and summary["classes"] == ["circle", "square", "triangle", "cross"]
+    drawn = [objects for i in range(50) for objects in synth.make_image(cfg, i, noise=False)[1]]
+    assert summary["objects"] == len(drawn) and summary["classes"] == ["circle", "square", "triangle", "cross"]
+    assert summary["objects_per_class"] == dict(Counter(name for name, _ in drawn))
     main = tmp_path / "s" / "ImageSets" / "Main"
     train, test = main.joinpath("train.txt").read_text().split(), main.joinpath("test.txt").read_text().split()
     assert len(train) == 40 and len(test) == 10 and not set(train) & set(test)
@@ -79,41 +81,68 @@ def test_xml_is_laid_out_as_labelimg_writes_it():
     assert rec.objects == (voc.VocObject("star", (3.0, 4.0, 30.0, 41.0)),)
 
 
-@pytest.mark.parametrize("cfg", [SynthConfig(out="-", images=150, image_size=64),
-                                 SynthConfig(out="-", images=60, image_size=128, classes=8, max_objects=4, seed=1)],
-                         ids=["64px-1-object", "128px-8-classes-4-objects"])
+def wanted_objects(cfg: SynthConfig, index: int) -> int:
+    """How many objects image ``index`` asks for: the draw right after its background (as make_image does)."""
+    rng = synth.image_rng(cfg, index)
+    synth._background(rng, cfg.image_size)
+    return int(rng.integers(1, cfg.max_objects + 1))
+
+
+@pytest.mark.parametrize("cfg", [SynthConfig(out="-", images=150, image_size=64, max_objects=1),
+                                 SynthConfig(out="-", images=60, image_size=128, classes=8, max_objects=4, seed=1),
+                                 SynthConfig(out="-", images=60, image_size=64)],
+                         ids=["64px-1-object", "128px-8-classes-4-objects", "64px-defaults"])
 def test_boxes_are_inside_the_image_and_fit_the_drawn_shape(cfg):
-    size, sizes, per_class, per_image = cfg.image_size, [], Counter(), Counter()
+    size, per_class, per_image = cfg.image_size, Counter(), Counter()
     for i in range(cfg.images):
         img, objects = synth.make_image(cfg, i, noise=False)
-        # The same image before any object was drawn (and clipped as the image is): what changed is the objects.
-        background = np.clip(synth._background(synth.image_rng(cfg, i), size), 0, 255)
-        changed = np.linalg.norm(img.astype(np.float64) - background, axis=2) > 30
-        covered = np.zeros_like(changed)
+        # each object on its own: the image before it (limit=k) and right after it (limit=k + 1), later ones unpainted
+        steps = [synth.make_image(cfg, i, noise=False, limit=k)[0] for k in range(len(objects) + 1)]
+        assert (steps[-1] == img).all() and steps[0].tolist() == np.clip(
+            synth._background(synth.image_rng(cfg, i), size), 0, 255).astype(np.uint8).tolist()
         boxes = np.array([box for _, box in objects], float)
-        for name, (x0, y0, x1, y1) in objects:
+        covered = np.zeros((size, size), bool)
+        for k, (name, (x0, y0, x1, y1)) in enumerate(objects):
             assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size, (i, name, (x0, y0, x1, y1))
             per_class[name] += 1
-            sizes.append(max(x1 - x0, y1 - y0) / size)
+            painted = (steps[k + 1] != steps[k]).any(axis=2)
+            ys, xs = np.nonzero(painted)
             # the shape reaches each side of its box to within 1 px (anti-aliased edge pixels may round either way)
-            lo_x, lo_y = max(x0 - 1, 0), max(y0 - 1, 0)
-            ys, xs = np.nonzero(changed[lo_y:y1 + 1, lo_x:x1 + 1])
-            assert xs.size, (i, name)
-            drawn = (xs.min() + lo_x, ys.min() + lo_y, xs.max() + lo_x + 1, ys.max() + lo_y + 1)
+            drawn = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
             assert np.abs(np.subtract(drawn, (x0, y0, x1, y1))).max() <= 1, (i, name, drawn, (x0, y0, x1, y1))
-            covered[lo_y:y1 + 1, lo_x:x1 + 1] = True
-        assert not (changed & ~covered).any(), f"image {i}: pixels changed outside every box"
-        # several objects never overlap (they are placed 2 px apart)
+            # later objects may cover part of it, never most of it: at least a quarter of its pixels stay visible
+            visible = painted & (img == steps[k + 1]).all(axis=2)
+            assert visible.sum() >= 0.25 * painted.sum(), (i, name, visible.sum(), painted.sum())
+            covered[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = True
+        assert (img[~covered] == steps[0][~covered]).all(), f"image {i}: pixels changed outside every box"
+        # overlaps are bounded: any two boxes (as written) have an IoU of at most MAX_IOU = 0.3
         overlap = iou_matrix(boxes, boxes)
-        assert (overlap[~np.eye(len(boxes), dtype=bool)] == 0).all()
+        assert (overlap[~np.eye(len(boxes), dtype=bool)] <= 0.3).all(), (i, overlap)
+        assert len(objects) == wanted_objects(cfg, i)  # every object asked for found a place
         per_image[len(objects)] += 1
     assert set(per_class) == set(synth.CLASS_NAMES[:cfg.classes])  # every class appears
-    # the longer side spans 15-70% of the image for single objects (rounding to whole pixels: +-1 px)
-    assert min(sizes) >= 0.15 - 1 / size and max(sizes) <= 0.70 + 1 / size
-    if cfg.max_objects == 1:
-        assert per_image == {1: cfg.images} and max(sizes) > 0.6 and min(sizes) < 0.2  # the whole range is used
-    else:
-        assert set(per_image) <= set(range(1, cfg.max_objects + 1)) and len(per_image) >= 3
+    assert set(per_image) == set(range(1, cfg.max_objects + 1))  # every count from 1 to max_objects
+
+
+def test_default_images_hold_1_to_6_objects_of_many_sizes_some_overlapping():
+    cfg = SynthConfig(out="-", images=120, image_size=128)
+    assert (cfg.max_objects, cfg.object_size) == (6, (0.12, 0.6))
+    per_image, sides, overlapping = Counter(), [], 0
+    for i in range(cfg.images):
+        _, objects = synth.make_image(cfg, i, noise=False)
+        per_image[len(objects)] += 1
+        sides += [max(x1 - x0, y1 - y0) / 128 for _, (x0, y0, x1, y1) in objects]
+        boxes = np.array([box for _, box in objects], float)
+        overlap = iou_matrix(boxes, boxes)[~np.eye(len(boxes), dtype=bool)]
+        overlapping += bool((overlap > 0).any())
+        assert (overlap <= 0.3).all()
+    assert set(per_image) == set(range(1, 7))
+    # uniform over 1..6: 20 images per count expected; binomial(120, 1/6) sd = sqrt(120 * 1/6 * 5/6) = 4.1, 3 sd
+    assert all(8 <= n <= 32 for n in per_image.values()), per_image
+    # the longer side spans 12-60% of the image (rounding to whole pixels: +-1 px), small ones included
+    assert min(sides) >= 0.12 - 1 / 128 and max(sides) <= 0.60 + 1 / 128
+    assert min(sides) < 0.14 and max(sides) > 0.5
+    assert overlapping > 0  # partial overlaps do occur
 
 
 def test_written_jpegs_are_the_checked_images_and_their_objects_stand_out(tmp_path):
@@ -164,7 +193,7 @@ def test_cli_synth_writes_the_set_and_refuses_bad_arguments(tmp_path, capsys):
 
 
 def test_object_size_sets_the_range_of_the_longer_side():
-    cfg = SynthConfig(out="-", images=80, image_size=64, object_size=(0.6, 0.9))
+    cfg = SynthConfig(out="-", images=80, image_size=64, max_objects=1, object_size=(0.6, 0.9))
     sides = []
     for i in range(cfg.images):
         _, objects = synth.make_image(cfg, i, noise=False)

@@ -80,6 +80,14 @@ def test_unknown_class_is_dropped_when_a_class_list_is_given():
     assert len(parse_voc(xml(obj("zebra"))).objects) == 1  # no list: every class is kept
 
 
+def test_objects_dropped_for_their_class_are_counted_apart_from_invalid_ones():
+    # zebra and emu: outside the list (unlisted 2); dog: inverted box, invalid whatever the list
+    rec = parse_voc(xml(obj("zebra") + obj("dog", bb(30, 5, 10, 25)) + obj("emu")), classes=["cat", "dog"])
+    assert rec.objects == () and len(rec.dropped) == 3 and rec.unlisted == 2
+    assert parse_voc(xml(obj("dog", bb(30, 5, 10, 25)))).unlisted == 0
+    assert parse_voc(xml(obj("cat"))).unlisted == 0
+
+
 def test_object_without_name_is_dropped():
     rec = parse_voc(xml("<object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>"))
     assert rec.objects == () and rec.dropped == ("object 1: no <name>",)
