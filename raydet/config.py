@@ -43,12 +43,13 @@ class SynthConfig:
     images: int = 3000  # FINDINGS: 3,000 images were enough for 0.998 accuracy; 1,000 were not
     image_size: int = 128  # pixels of the written JPEGs (square); prepare resizes them again
     classes: int = 4  # at least 4 shape classes are always available
-    max_objects: int = 1  # one object per image is what the single-box heads learn
+    max_objects: int = 6  # objects per image: 1 to max_objects, drawn uniformly (a dense detector's data)
     seed: int = 0  # same seed -> byte-identical dataset
     test_fraction: float = 0.2  # written as ImageSets/Main/{train,test}.txt
     # (min, max) of an object's longer box side as a fraction of the image side; several objects in one image
-    # shrink the max so they fit. Pretraining for photos whose objects fill most of the frame: e.g. (0.35, 0.95).
-    object_size: tuple[float, float] = (0.2, 0.7)
+    # shrink the max so they fit. Small objects included by default; pretraining for photos whose objects fill
+    # most of the frame: e.g. max_objects 1, (0.35, 0.95).
+    object_size: tuple[float, float] = (0.12, 0.6)
 
     def __post_init__(self) -> None:
         _positive("--images", self.images)
@@ -83,7 +84,9 @@ class PrepareConfig:
     image_size: int = 224  # square side the images are resized to (boxes stay normalized)
     classes: tuple[str, ...] | None = None  # None: every class name found, sorted
     test_fraction: float = 0.2  # used only when the dataset has no split of its own
-    max_objects: int = 8  # K: boxes/labels are padded to this; beyond it the K largest are kept
+    # objects kept per image at most (COCO's detections per image), the largest ones; the rest are counted in the
+    # manifest's objects_skipped. Rows are padded to K = the largest count kept in any image (docs/FORMATS.md).
+    max_objects: int = 100
     address: str | None = None  # Ray address; None: RAY_ADDRESS or a fresh local Ray
 
     def __post_init__(self) -> None:
@@ -94,26 +97,37 @@ class PrepareConfig:
             raise ValueError("--classes must name at least one class")
 
 
+BACKBONE_NAMES = ("cnn",)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     num_classes: int
-    image_size: int  # taken from the manifest
-    width: int = 16  # filters of the first block; doubles per block up to max_width (16 fits a 2-core laptop)
+    image_size: int  # taken from the manifest; a multiple of 32 (the deepest map is stride 32)
+    backbone: str = "cnn"  # raydet.model.BACKBONES
+    width: int = 16  # cnn: filters of the first block; doubles per block up to max_width (16 fits a 2-core laptop)
     max_width: int = 256
-    depth: int = 5  # conv blocks, each Conv(no bias) -> BN -> ReLU -> MaxPool (QAT-friendly order)
-    head_units: int = 128  # hidden units in each head
-    dropout: float = 0.2  # class head only: dropout before the box regressor slowed it (IoU 0.74 vs 0.84, synth 64 px)
+    depth: int = 5  # cnn: conv blocks, each Conv(no bias) -> BN -> ReLU -> MaxPool (QAT-friendly order)
+    neck_width: int = 64  # channels of the top-down path back to stride 4
+    head_width: int = 64  # channels of each head's 3x3 conv
     # Keras' 0.99 averages over ~100 steps; a 15-epoch run of ~75 steps/epoch needs BN statistics that keep up.
     bn_momentum: float = 0.9
 
     def __post_init__(self) -> None:
         _positive("num_classes", self.num_classes)
         _positive("image_size", self.image_size)
-        _positive("width", self.width)
-        _positive("depth", self.depth)
-        if self.image_size < 2**self.depth:
-            raise ValueError(f"image_size {self.image_size} is too small for depth {self.depth} (needs >= {2**self.depth})")
-        _fraction("dropout", self.dropout)
+        if self.backbone not in BACKBONE_NAMES:
+            raise ValueError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
+        for name in ("width", "max_width", "depth", "neck_width", "head_width"):
+            _positive(name, getattr(self, name))
+        if self.depth < 3:
+            raise ValueError(f"depth must be at least 3 (the neck starts at stride 8 or deeper), got {self.depth!r}")
+        multiple = max(32, 2**self.depth)
+        if self.image_size % multiple:
+            raise ValueError(f"image size {self.image_size} must be a multiple of {multiple} for this network "
+                             f"(prepare the data with --image-size {max(multiple, self.image_size // multiple * multiple)})")
+        if not 0.0 < self.bn_momentum < 1.0:
+            raise ValueError(f"bn_momentum must be in (0, 1), got {self.bn_momentum!r}")
 
 
 @dataclass(frozen=True)
@@ -121,41 +135,50 @@ class TrainConfig:
     prep: str  # folder written by `raydet prepare`
     out: str  # RUNS folder; the run lives in out/name
     name: str
-    workers: int = 2
+    # None: the fastest layout where it runs (raydet.train.worker_layout): one worker per GPU with --gpu, else one
+    # worker per node holding that node's CPUs (two 1-CPU workers on one 2-core machine train at about half the
+    # speed of one 2-CPU worker: benchmarks/train.py).
+    workers: int | None = None
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # None: with workers None, every CPU of a node; else 1
     epochs: int = 15
     batch_size: int = 32  # global: each of N workers takes batch_size / N per step (32: more steps per epoch)
     lr: float = 2e-3  # for the global batch size; scale linearly with it (see README)
     weight_decay: float = 1e-4
     # Scale the global gradient (after the all-reduce) down to this L2 norm when it is larger; 0: no clipping.
-    # Without it a large early step can push the box head's sigmoids into saturation, where their gradient
-    # vanishes and the run never recovers (seen in ~1 of 4 runs: val IoU frozen from epoch 1). On synth at 96 px,
-    # 2 workers, 3 epochs: val IoU 0.479 -> 0.650 with 1.0 against 0.229 -> 0.524 without.
+    # A large early step can push sigmoid outputs into saturation, where their gradient vanishes (docs/TRAINING.md).
     clip_norm: float = 1.0
     # The learning rate climbs linearly from lr / steps to lr over the first ``warmup_epochs`` epochs (per step);
-    # 0: no warm-up. Clipping alone did not stop the saturation above at 128 px (3,000 synth images, 1 worker,
-    # lr 2e-3, batch 32: val IoU frozen at 0.403 = predicting the whole image, from epoch 1 to 15).
+    # 0: no warm-up (docs/TRAINING.md: clipping alone did not prevent the saturation).
     warmup_epochs: float = 1.0
-    box_loss_weight: float = 1.0  # smooth L1 weight; 5.0 (with lr 2e-3) kept the class head at chance for 5 epochs on synth
-    giou_loss_weight: float = 2.0  # 2.0 over 1.0: synth 64 px mean IoU 0.84 vs 0.74 in 15 epochs (single process)
+    # Loss weights (raydet.model.compile_model): focal loss on the heatmap; at object centres L1 on the offset
+    # (cells), L1 on w, h (normalized) and 1 - GIoU of the box.
+    heatmap_loss_weight: float = 1.0
+    offset_loss_weight: float = 1.0
+    size_loss_weight: float = 5.0
+    giou_loss_weight: float = 2.0
     augment: bool = True
     qat: bool = False  # quantization-aware training (tensorflow-model-optimization)
     init_from: str | None = None  # a RUN folder whose float weights start this run (e.g. QAT fine-tune)
     max_failures: int = 2  # worker failures survived by restarting from the newest checkpoint
     seed: int = 0
     address: str | None = None
+    backbone: str = "cnn"  # ModelConfig.backbone
     width: int = 16  # ModelConfig.width
     depth: int = 5
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"--name must be a non-empty folder name, got {self.name!r}")
-        _positive("--workers", self.workers)
-        _positive("--cpus-per-worker", self.cpus_per_worker)
+        if self.workers is not None:
+            _positive("--workers", self.workers)
+        if self.cpus_per_worker is not None:
+            _positive("--cpus-per-worker", self.cpus_per_worker)
         _positive("--epochs", self.epochs)
         _positive("--batch-size", self.batch_size)
-        if self.batch_size < self.workers:
+        if self.backbone not in BACKBONE_NAMES:
+            raise ValueError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
+        if self.workers is not None and self.batch_size < self.workers:
             raise ValueError(f"--batch-size {self.batch_size} is smaller than --workers {self.workers}")
         _positive("--lr", self.lr)
         if not self.clip_norm >= 0:  # also refuses nan
@@ -216,7 +239,7 @@ class PredictConfig:
     paths: tuple[str, ...]
     out: str
     model: str = "int8"
-    score_threshold: float = 0.0
+    score_threshold: float = 0.3  # every detection scoring at least this is listed and drawn
 
     def __post_init__(self) -> None:
         if not self.paths:
@@ -232,8 +255,8 @@ class RunConfig:
     data: str | None = None  # None: write the built-in synthetic dataset first
     out: str = "raydet-out"
     images: int = 3000
-    image_size: int = 64
-    workers: int = 2
+    image_size: int = 96  # a multiple of 32; small synthetic objects need more than 64 px
+    workers: int | None = None  # None: TrainConfig's fastest layout
     epochs: int = 15
     use_gpu: bool = False
     address: str | None = None
@@ -243,6 +266,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _positive("--images", self.images)
         _positive("--image-size", self.image_size)
-        _positive("--workers", self.workers)
+        if self.workers is not None:
+            _positive("--workers", self.workers)
         _positive("--epochs", self.epochs)
         _positive("--batch-size", self.batch_size)

@@ -1,24 +1,35 @@
-"""The two-headed CNN and its losses (tf_keras, Keras 2; see FINDINGS.md for why not Keras 3).
+"""The dense two-headed detector and its losses (tf_keras, Keras 2: docs/STACK.md says why not Keras 3).
 
-One object per image: the network predicts the class and the box of the image's **largest** object,
-which is row 0 of ``boxes``/``labels`` in the PREP Parquet (rows are sorted by area, largest first).
-More objects per image would need another head (anchors or a set loss) and come later.
+Architecture: a backbone (one function of the config, ``BACKBONES``) gives feature maps by stride; a light
+top-down neck brings the deepest ones back to stride ``OUTPUT_STRIDE`` (nearest ``UpSampling2D`` + ``Add`` of a
+1x1 lateral projection, then Conv-BN-ReLU); two heads read the neck, each Conv3x3-BN-ReLU -> Conv1x1-sigmoid:
 
-Architecture (the original project's family, reordered so tensorflow-model-optimization accepts it):
-``depth`` blocks of Conv2D(3x3, no bias) -> BatchNorm -> ReLU -> MaxPool(2), then a 2-layer class head on
-globally pooled features (a shape's class does not depend on its position) and a 4-layer box head on the
-flattened map (which keeps where things are).
+- ``heatmap``: (N, G, G, C), one peak per object centre and class (CenterNet, "Objects as Points");
+- ``boxes``: (N, G, G, 4), channels [off_x, off_y, w, h]: the centre's sub-cell offset in cells [0, 1) and the box
+  width/height normalized by the image side [0, 1].
 
-Model contract (docs/FORMATS.md): input ``image`` (N, S, S, 3) float32 raw pixels 0..255 (a Rescaling
-layer inside divides by 255); outputs a dict ``class_logits`` (N, C) float32 logits and ``boxes``
-(N, 4) float32 normalized xyxy in [0, 1] (sigmoid). Only built-in layers, so
-``tf_keras.models.load_model(path, compile=False)`` needs no custom objects.
+G = S / ``OUTPUT_STRIDE``. The heads stay separate outputs, each in [0, 1]: TFLite gives a tensor one quantization
+scale, so pixel-scale boxes concatenated with scores would lose every score in int8. Every layer is in
+tensorflow-model-optimization's default 8-bit registry (Conv -> BN -> ReLU, Add, nearest UpSampling2D, MaxPool),
+so the same network trains quantization-aware (raydet.qat). Decoding (peaks, top-k, boxes) happens outside the
+graph, in numpy (raydet.decode), for every model file alike.
+
+Model contract (docs/FORMATS.md): input ``image`` (N, S, S, 3) float32 raw pixels 0..255 (a Rescaling layer inside
+divides by 255); S a multiple of 32. Only built-in layers, so ``tf_keras.models.load_model(path, compile=False)``
+needs no custom objects. Targets: raydet.targets.
 """
 
 from __future__ import annotations
 
 from raydet.config import ModelConfig
 from raydet.runtime import use_legacy_keras
+
+OUTPUT_STRIDE = 4
+OUTPUT_NAMES = ("heatmap", "boxes")
+# sigmoid(-2.19) = 0.1: the focal-loss prior (Lin et al. 2017), so the first steps do not drown in background loss
+HEATMAP_PRIOR_BIAS = -2.19
+# sigmoid(-1) = 0.27 of the image side for w, h and 0.27 of a cell for the offset: a moderate first guess
+BOX_BIAS = -1.0
 
 
 def _tf():
@@ -30,102 +41,148 @@ def _tf():
 
 
 def block_widths(cfg: ModelConfig) -> list[int]:
-    """Filters of each conv block: ``width`` doubling per block, capped at ``max_width``."""
+    """Filters of each conv block of the ``cnn`` backbone: ``width`` doubling per block, capped at ``max_width``."""
     return [min(cfg.width * 2**i, cfg.max_width) for i in range(cfg.depth)]
 
 
-def build_model(cfg: ModelConfig):
-    """The float model: input ``image`` (N, S, S, 3) float32 0..255 -> {class_logits (N, C), boxes (N, 4) xyxy normalized}."""
+def conv_bn_relu(x, filters: int, kernel: int, name: str, momentum: float, stride: int = 1):
+    """Conv2D (no bias: BN's beta replaces it) -> BatchNormalization -> ReLU, the order QAT folds."""
     _, keras = _tf()
     layers = keras.layers
-    inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), dtype="float32", name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def cnn_backbone(x, cfg: ModelConfig) -> dict[int, object]:
+    """The from-scratch CNN: ``depth`` blocks of Conv3x3-BN-ReLU -> MaxPool(2). Input (N, S, S, 3) scaled to
+    [0, 1]; returns {stride: feature map}, stride 2 .. 2**depth."""
+    _, keras = _tf()
+    features = {}
     for i, filters in enumerate(block_widths(cfg)):
-        # No bias: BatchNorm's beta replaces it, and Conv -> BN -> ReLU is the order QAT folds.
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{i}")(x)
-        x = layers.ReLU(name=f"relu{i}")(x)
-        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    # What a shape is does not depend on where it is: the class head pools over positions. With Flatten
-    # instead, it stayed at chance for 4+ epochs on synth (it must learn each shape at every position).
-    pooled = layers.GlobalAveragePooling2D(name="pool_class")(x)
-    # Where it is does: the box head sees the flattened map.
-    features = layers.Flatten(name="flatten")(x)
-
-    c = layers.Dense(cfg.head_units, activation="relu", name="class_fc")(pooled)
-    c = layers.Dropout(cfg.dropout, name="class_dropout")(c)
-    class_logits = layers.Dense(cfg.num_classes, name="class_logits")(c)
-
-    b = layers.Dense(cfg.head_units, activation="relu", name="box_fc1")(features)
-    b = layers.Dense(cfg.head_units, activation="relu", name="box_fc2")(b)
-    b = layers.Dense(max(cfg.head_units // 2, 4), activation="relu", name="box_fc3")(b)
-    boxes = layers.Dense(4, activation="sigmoid", name="boxes")(b)
-    return keras.Model(inputs, {"class_logits": class_logits, "boxes": boxes}, name="raydet")
+        x = conv_bn_relu(x, filters, 3, f"block{i}", cfg.bn_momentum)
+        x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+        features[2 ** (i + 1)] = x
+    return features
 
 
-def box_iou(y_true, y_pred):
-    """IoU of matching rows: (N, 4), (N, 4) xyxy normalized -> (N,). A box with x1 < x0 counts as empty."""
+BACKBONES = {"cnn": cnn_backbone}
+
+
+def neck(features: dict[int, object], cfg: ModelConfig):
+    """Top-down path from the deepest feature map to stride ``OUTPUT_STRIDE``: at each stride, upsample (nearest)
+    the path x2, add a 1x1 Conv-BN-ReLU projection of that stride's backbone map, smooth with Conv3x3-BN-ReLU."""
+    _, keras = _tf()
+    layers = keras.layers
+    strides = sorted(s for s in features if s >= OUTPUT_STRIDE)
+    if not strides or strides[0] != OUTPUT_STRIDE:
+        raise ValueError(f"backbone {cfg.backbone!r} gives strides {sorted(features)}; the neck needs {OUTPUT_STRIDE}")
+    x = conv_bn_relu(features[strides[-1]], cfg.neck_width, 1, f"neck_s{strides[-1]}_lateral", cfg.bn_momentum)
+    for stride in reversed(strides[:-1]):
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"neck_s{stride}_up")(x)
+        lateral = conv_bn_relu(features[stride], cfg.neck_width, 1, f"neck_s{stride}_lateral", cfg.bn_momentum)
+        x = layers.Add(name=f"neck_s{stride}_add")([x, lateral])
+        x = conv_bn_relu(x, cfg.neck_width, 3, f"neck_s{stride}_smooth", cfg.bn_momentum)
+    return x
+
+
+def _head(x, channels: int, name: str, cfg: ModelConfig, bias: float):
+    _, keras = _tf()
+    h = conv_bn_relu(x, cfg.head_width, 3, f"{name}_head", cfg.bn_momentum)
+    return keras.layers.Conv2D(channels, 1, activation="sigmoid", name=name,
+                               bias_initializer=keras.initializers.Constant(bias))(h)
+
+
+def build_model(cfg: ModelConfig):
+    """The float model: input ``image`` (N, S, S, 3) float32 0..255 -> {``heatmap`` (N, G, G, C),
+    ``boxes`` (N, G, G, 4) [off_x, off_y, w, h]}, G = S / OUTPUT_STRIDE."""
+    _, keras = _tf()
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {cfg.backbone!r}; expected one of {sorted(BACKBONES)}")
+    inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), dtype="float32", name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = neck(BACKBONES[cfg.backbone](x, cfg), cfg)
+    heatmap = _head(x, cfg.num_classes, "heatmap", cfg, HEATMAP_PRIOR_BIAS)
+    boxes = _head(x, 4, "boxes", cfg, BOX_BIAS)
+    return keras.Model(inputs, {"heatmap": heatmap, "boxes": boxes}, name="raydet")
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+def _per_image(tf, loss_sum, count):
+    """(N,) summed losses and the batch's object count -> per-image values whose batch mean is sum / count.
+
+    Keras averages a per-image loss over the batch (over the global batch under MultiWorkerMirroredStrategy);
+    scaling by N / count makes that mean the CenterNet normalisation: the batch's loss over its objects."""
+    n = tf.cast(tf.shape(loss_sum)[0], tf.float32)
+    return loss_sum * n / tf.maximum(count, 1.0)
+
+
+def focal_loss(y_true, y_pred):
+    """Penalty-reduced pixel-wise focal loss (CenterNet, alpha 2, beta 4) of ``heatmap`` maps (N, G, G, C),
+    divided by the batch's number of objects (target cells equal to 1). -> (N,)"""
     tf, _ = _tf()
     y_true = tf.cast(y_true, tf.float32)
-    y_pred = tf.cast(y_pred, tf.float32)
-    inter, union, _ = _inter_union_hull(tf, y_true, y_pred)
-    return inter / tf.maximum(union, 1e-7)
+    p = tf.clip_by_value(tf.cast(y_pred, tf.float32), 1e-4, 1.0 - 1e-4)  # as CenterNet: log(0) never happens
+    pos = tf.cast(y_true >= 1.0, tf.float32)
+    pos_loss = -tf.math.log(p) * tf.square(1.0 - p) * pos
+    neg_loss = -tf.math.log(1.0 - p) * tf.square(p) * tf.pow(1.0 - y_true, 4.0) * (1.0 - pos)
+    return _per_image(tf, tf.reduce_sum(pos_loss + neg_loss, axis=[1, 2, 3]), tf.reduce_sum(pos))
 
 
-def giou(y_true, y_pred):
-    """Generalized IoU (Rezatofighi et al. 2019) of matching rows, (N, 4) xyxy normalized -> (N,) in [-1, 1]."""
+def _centre_boxes(tf, maps, grid):
+    """[off_x, off_y, w, h] (..., 4) -> xyxy normalized relative to the cell's corner (the cell index cancels
+    when a prediction and its target share the cell)."""
+    cx, cy = maps[..., 0] / grid, maps[..., 1] / grid
+    w, h = maps[..., 2], maps[..., 3]
+    return tf.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
+
+
+def giou(a, b):
+    """Generalized IoU (Rezatofighi et al. 2019) of matching boxes (..., 4) xyxy -> (...,) in [-1, 1]."""
     tf, _ = _tf()
-    y_true = tf.cast(y_true, tf.float32)
-    y_pred = tf.cast(y_pred, tf.float32)
-    inter, union, hull = _inter_union_hull(tf, y_true, y_pred)
-    iou = inter / tf.maximum(union, 1e-7)
-    return iou - (hull - union) / tf.maximum(hull, 1e-7)
 
-
-def _inter_union_hull(tf, a, b):
     def area(box):
-        return tf.nn.relu(box[:, 2] - box[:, 0]) * tf.nn.relu(box[:, 3] - box[:, 1])
+        return tf.nn.relu(box[..., 2] - box[..., 0]) * tf.nn.relu(box[..., 3] - box[..., 1])
 
-    lo = tf.maximum(a[:, :2], b[:, :2])
-    hi = tf.minimum(a[:, 2:], b[:, 2:])
-    wh = tf.nn.relu(hi - lo)
-    inter = wh[:, 0] * wh[:, 1]
+    wh = tf.nn.relu(tf.minimum(a[..., 2:], b[..., 2:]) - tf.maximum(a[..., :2], b[..., :2]))
+    inter = wh[..., 0] * wh[..., 1]
     union = area(a) + area(b) - inter
-    hull_wh = tf.nn.relu(tf.maximum(a[:, 2:], b[:, 2:]) - tf.minimum(a[:, :2], b[:, :2]))
-    return inter, union, hull_wh[:, 0] * hull_wh[:, 1]
+    hull_wh = tf.nn.relu(tf.maximum(a[..., 2:], b[..., 2:]) - tf.minimum(a[..., :2], b[..., :2]))
+    hull = hull_wh[..., 0] * hull_wh[..., 1]
+    return inter / tf.maximum(union, 1e-7) - (hull - union) / tf.maximum(hull, 1e-7)
 
 
-def make_box_loss(box_weight: float, giou_weight: float, huber_delta: float = 0.1):
-    """Box loss on (N, 4) xyxy normalized: ``box_weight * smooth_L1 + giou_weight * (1 - GIoU)``, per row.
+def make_box_loss(offset_weight: float, size_weight: float, giou_weight: float):
+    """Loss of the ``boxes`` map at object centres, per image (N,), divided by the batch's object count.
 
-    Smooth L1 alone stalls near the mean box on hard data (FINDINGS); GIoU adds a gradient that rewards
-    overlap directly, also when the boxes do not overlap yet. ``huber_delta`` 0.1 (a tenth of the image)
-    keeps the L1 part robust to far-off boxes early in training.
+    ``y_true`` (N, G, G, 5) [off_x, off_y, w, h, mask] (raydet.targets), ``y_pred`` (N, G, G, 4). At each centre:
+    ``offset_weight * L1(offset, cells) + size_weight * L1(w, h normalized) + giou_weight * (1 - GIoU)``.
     """
-    tf, keras = _tf()
-    huber = keras.losses.Huber(delta=huber_delta, reduction="none")
+    tf, _ = _tf()
 
     def box_loss(y_true, y_pred):
         y_true = tf.cast(y_true, tf.float32)
-        # Huber / delta is smooth L1 with beta = delta; Keras averages the 4 coordinates -> (N,), and 4x
-        # makes it the usual sum over coordinates.
-        l1 = 4.0 * huber(y_true, y_pred) / huber_delta
-        return box_weight * l1 + giou_weight * (1.0 - giou(y_true, y_pred))
+        y_pred = tf.cast(y_pred, tf.float32)
+        mask = y_true[..., 4]
+        grid = tf.cast(tf.shape(y_pred)[2], tf.float32)
+        target = y_true[..., :4]
+        l1 = (offset_weight * tf.reduce_sum(tf.abs(y_pred[..., :2] - target[..., :2]), axis=-1)
+              + size_weight * tf.reduce_sum(tf.abs(y_pred[..., 2:] - target[..., 2:]), axis=-1))
+        g = giou(_centre_boxes(tf, y_pred, grid), _centre_boxes(tf, target, grid))
+        per_cell = (l1 + giou_weight * (1.0 - g)) * mask
+        return _per_image(tf, tf.reduce_sum(per_cell, axis=[1, 2]), tf.reduce_sum(mask))
 
     return box_loss
 
 
-def compile_model(model, optimizer, box_weight: float, giou_weight: float) -> None:
-    """Attach the losses and metrics: class accuracy on ``class_logits``, mean IoU on ``boxes``.
+def compile_model(model, optimizer, *, heatmap_weight: float = 1.0, offset_weight: float = 1.0,
+                  size_weight: float = 5.0, giou_weight: float = 2.0) -> None:
+    """Attach the losses: focal loss on ``heatmap`` (times ``heatmap_weight``), the box loss on ``boxes``.
 
-    Targets are a dict ``class_logits`` (N,) int32 labels and ``boxes`` (N, 4) xyxy normalized. Metric
-    names in Keras logs come out as ``class_logits_class_accuracy`` and ``boxes_mean_iou``.
+    Targets are a dict ``heatmap`` (N, G, G, C) and ``boxes`` (N, G, G, 5) from raydet.targets. Keras logs
+    ``loss``, ``heatmap_loss`` and ``boxes_loss``.
     """
-    _, keras = _tf()
-    model.compile(
-        optimizer=optimizer,
-        loss={"class_logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-              "boxes": make_box_loss(box_weight, giou_weight)},
-        metrics={"class_logits": [keras.metrics.SparseCategoricalAccuracy(name="class_accuracy")],
-                 "boxes": [keras.metrics.MeanMetricWrapper(box_iou, name="mean_iou")]},
-    )
+    model.compile(optimizer=optimizer,
+                  loss={"heatmap": focal_loss, "boxes": make_box_loss(offset_weight, size_weight, giou_weight)},
+                  loss_weights={"heatmap": heatmap_weight, "boxes": 1.0})

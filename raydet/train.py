@@ -1,25 +1,21 @@
 """Data-parallel training with Ray Train's TensorflowTrainer (tf-keras, MultiWorkerMirroredStrategy).
 
-``train(cfg)`` [driver] checks the PREP folder and the cluster, reads the Parquet shards with Ray Data,
-and runs ``train_loop_per_worker(config)`` [each worker]. The target of each image is its largest object
-(row 0 of ``boxes``/``labels``, see raydet.model).
+``train(cfg)`` [driver] checks the PREP folder and the cluster, reads the Parquet shards with Ray Data and runs
+``train_loop_per_worker(config)`` [each worker], which fits the dense detector (raydet.model) on batches that
+raydet.inputs builds from every object of every image. docs/TRAINING.md has the measurements behind each choice.
 
-Design decisions (measured, see the report in benchmarks/train.py and FINDINGS.md):
-- **Input path.** The driver ``materialize()``s both splits *before* the workers start: on a 2-CPU laptop
-  with 2 one-CPU workers, a lazy ``read_parquet`` would wait forever for a CPU that the workers hold.
-  Each worker then pulls its train shard (``get_dataset_shard``, an equal split) and the test split into
-  memory once, and every epoch runs from a ``tf.data`` pipeline over those arrays (shuffle, augment,
-  batch, prefetch): no Ray Data work per epoch, so one worker runs as fast as a plain ``fit``. The cost
-  is memory: a worker holds its shard (S*S*3 bytes per image, 12 KB at 64 px, 150 KB at 224 px).
-- **Batch size is global.** Each of N workers takes ``batch_size // N`` images per step. The learning rate
-  is for that global batch: scale it linearly with the batch (``--batch-size 128`` -> twice ``--lr``).
-  The schedule is a cosine decay per epoch from ``lr`` to ``lr / 20``.
-- **Validation on every worker's part of the test split.** Worker r evaluates rows r, r+N, ...; the rows
-  are padded to equal length with weight-0 copies (MultiWorkerMirroredStrategy needs the same number of
-  steps everywhere) and Keras sums the weighted metrics across workers, so ``val_*`` are exact means
-  over the whole test split.
-- **Checkpoints** hold the weights with the optimizer state, the clean float model, and the history so
-  far. Resuming (same ``--out``/``--name``, or a restart after a worker failure) restores all three, so
+- **Input path.** The driver ``materialize()``s both splits *before* the workers start: on a 2-CPU laptop a lazy
+  read would wait forever for a CPU that the workers hold. Each worker pulls its train shard (an equal split) and
+  the test split into memory once; every epoch runs from ``tf.data`` over those arrays.
+- **Workers.** By default one per GPU (``--gpu``) or one per node with all of its CPUs (``worker_layout``);
+  one worker trains under TF's default strategy, two or more under MultiWorkerMirroredStrategy.
+- **Batch size is global.** Each of N workers takes ``batch_size // N`` images per step; the learning rate is for
+  that global batch (scale it linearly). Per step a linear warm-up, per epoch a cosine decay to ``lr / 20``.
+- **Validation.** Keras' ``val_*`` losses are exact means over the whole test split (each worker takes rows
+  r, r+N, ..., padded with weight-0 rows). After each epoch rank 0 also decodes its float copy's predictions on
+  up to ``VAL_AP_IMAGES`` test images and reports COCO AP50 and mAP (``val_ap50``, ``val_map``).
+- **Checkpoints** hold the weights with the optimizer state, the clean float model, and the history so far.
+  Resuming (same ``--out``/``--name``, or a restart after a worker failure) restores all three, so
   ``history.jsonl``, written by the driver from the newest checkpoint, holds each epoch exactly once.
 """
 
@@ -36,7 +32,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from raydet.config import ModelConfig, TrainConfig
-from raydet.data import read_split
+from raydet.shards import read_split
+from raydet.inputs import objects_of
 from raydet.runtime import init_ray, runtime_env, use_legacy_keras
 
 STATE_FILE = "state.json"  # in each checkpoint: {"history": [...], "nonfinite": null | {"epoch", "loss"}}
@@ -78,10 +75,26 @@ def read_manifest(prep: str | os.PathLike) -> dict:
     return manifest
 
 
+def worker_layout(cfg: TrainConfig, node_cpus: list[float], gpus: float) -> tuple[int, float]:
+    """(workers, CPUs per worker) of a run: ``cfg``'s where given, else the fastest layout where it runs.
+
+    ``node_cpus``: CPUs of each alive node; ``gpus``: GPUs in the cluster. Defaults: with ``use_gpu`` one worker
+    per GPU (at least 1) with 1 CPU each; on CPU one worker per node holding the smallest node's CPUs (one
+    worker with every core trains about twice as fast as two 1-CPU workers on the same machine).
+    """
+    nodes = [c for c in node_cpus if c >= 1] or [1.0]
+    if cfg.workers is not None:
+        return cfg.workers, cfg.cpus_per_worker or 1.0
+    if cfg.use_gpu:
+        return max(1, int(gpus)), cfg.cpus_per_worker or 1.0
+    return len(nodes), cfg.cpus_per_worker or float(min(nodes))
+
+
 def check_resources(cfg: TrainConfig, resources: dict, node_cpus: list[float]) -> None:
     """Refuse a request the cluster can never meet (Ray would wait forever), naming the numbers.
 
-    ``resources``: ``ray.cluster_resources()``; ``node_cpus``: CPUs of each alive node.
+    ``cfg`` has its layout resolved (``worker_layout``); ``resources``: ``ray.cluster_resources()``;
+    ``node_cpus``: CPUs of each alive node.
     """
     need_cpu = cfg.workers * cfg.cpus_per_worker
     have_cpu = float(resources.get("CPU", 0))
@@ -91,6 +104,8 @@ def check_resources(cfg: TrainConfig, resources: dict, node_cpus: list[float]) -
     if node_cpus and cfg.cpus_per_worker > max(node_cpus):
         raise ValueError(f"--cpus-per-worker {cfg.cpus_per_worker:g} is more than the largest node has "
                          f"({max(node_cpus):g} CPUs)")
+    if cfg.batch_size < cfg.workers:
+        raise ValueError(f"--batch-size {cfg.batch_size} is smaller than the {cfg.workers} workers")
     if cfg.use_gpu:
         have_gpu = float(resources.get("GPU", 0))
         if cfg.workers > have_gpu:
@@ -103,16 +118,28 @@ def resources_per_worker(cfg: TrainConfig) -> dict:
     return {"CPU": cfg.cpus_per_worker, "GPU": 1} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}
 
 
+ARCHITECTURE_FIELDS = ("backbone", "width", "max_width", "depth", "neck_width", "head_width", "bn_momentum")
+
+
+def read_run_model_config(run: str | os.PathLike) -> dict:
+    """RUN/config.json's ``model`` fields; ValueError for a run of the single-box network raydet had before its
+    dense heads (its weights cannot start or be read as this network)."""
+    path = Path(run) / "config.json"
+    fields = json.loads(path.read_text())["model"]
+    if "backbone" not in fields:
+        raise ValueError(f"{run} was trained by an older raydet whose network predicted one box per image; "
+                         f"it cannot be used with the dense detector: retrain it with this version")
+    return fields
+
+
 def model_config(cfg: TrainConfig, manifest: dict) -> ModelConfig:
-    """The architecture: classes and input size from the manifest; width/depth from ``cfg``, or from the
-    ``--init-from`` run (so its weights fit)."""
-    width, depth, extra = cfg.width, cfg.depth, {}
+    """The architecture: classes and input size from the manifest; backbone, width, depth from ``cfg``, or from
+    the ``--init-from`` run (so its weights fit)."""
+    arch = {"backbone": cfg.backbone, "width": cfg.width, "depth": cfg.depth}
     if cfg.init_from:
-        init_cfg = json.loads((Path(cfg.init_from) / "config.json").read_text())["model"]
-        width, depth = init_cfg["width"], init_cfg["depth"]
-        extra = {k: init_cfg[k] for k in ("max_width", "head_units", "dropout", "bn_momentum") if k in init_cfg}
-    return ModelConfig(num_classes=len(manifest["classes"]), image_size=manifest["image_size"],
-                       width=width, depth=depth, **extra)
+        init_cfg = read_run_model_config(cfg.init_from)
+        arch = {k: init_cfg[k] for k in ARCHITECTURE_FIELDS if k in init_cfg}
+    return ModelConfig(num_classes=len(manifest["classes"]), image_size=manifest["image_size"], **arch)
 
 
 def _check_init_from(cfg: TrainConfig) -> None:
@@ -137,7 +164,10 @@ def train(cfg: TrainConfig) -> TrainSummary:
     import ray
 
     nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-    check_resources(cfg, ray.cluster_resources(), nodes)
+    resources = ray.cluster_resources()
+    workers, cpus = worker_layout(cfg, nodes, float(resources.get("GPU", 0)))
+    cfg = replace(cfg, workers=workers, cpus_per_worker=cpus)
+    check_resources(cfg, resources, nodes)
 
     run_dir = Path(cfg.out).absolute() / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +185,7 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, manifest: dict, run_dir: Path):
     from ray.train.tensorflow import TensorflowTrainer
 
     prep = Path(cfg.prep).absolute()
-    # Materialized here, before the workers take their CPUs (FINDINGS: a lazy read hangs on 2 CPUs).
+    # Materialized here, before the workers take their CPUs (docs/STACK.md: a lazy read hangs on 2 CPUs).
     print(f"reading {prep} ...", flush=True)
     datasets = {split: read_split(prep, split).materialize() for split in ("train", "test")}
     for ds in datasets.values():
@@ -259,19 +289,28 @@ def train_loop_per_worker(config: dict) -> None:
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(tcfg["seed"] + rank)  # different shuffles per worker, same init below
 
+    from raydet.inputs import load_split, train_dataset, val_dataset
+    from raydet.model import OUTPUT_STRIDE
+
+    mcfg = ModelConfig(**config["model"])
+    grid = mcfg.image_size // OUTPUT_STRIDE
     train_arrays = load_split(ray.train.get_dataset_shard("train"))
     test_arrays = load_split(ray.train.get_dataset_shard("test"))
     local_batch = config["local_batch"]
-    train_ds = strategy.distribute_datasets_from_function(
-        lambda _: train_dataset(train_arrays, local_batch, tcfg["augment"], tcfg["seed"] + rank))
-    val_ds, val_steps = test_dataset(test_arrays, local_batch, rank, world)
+    train_ds = strategy.distribute_datasets_from_function(lambda _: train_dataset(
+        train_arrays, mcfg.num_classes, grid, local_batch, tcfg["augment"], tcfg["seed"] + rank))
+    val_ds, val_steps = val_dataset(test_arrays, mcfg.num_classes, grid, local_batch, rank, world)
     val_ds = strategy.distribute_datasets_from_function(lambda _: val_ds)
 
-    mcfg = ModelConfig(**config["model"])
     checkpoint = ray.train.get_checkpoint()
     # The export copy is built here, outside the strategy's scope: variables made inside it (fit runs
     # callbacks inside it) are mirrored, and creating them on one worker alone waits forever for the rest.
-    export = None if tcfg["qat"] else build_model(mcfg)
+    # It holds each epoch's weights for the saved model and for rank 0's validation AP.
+    export = build_model(mcfg)
+    if tcfg["qat"]:
+        from raydet.qat import apply_qat
+
+        export = apply_qat(export)
     with strategy.scope():
         model, history = _build(mcfg, tcfg, checkpoint)
     initial_epoch = len(history)
@@ -280,7 +319,8 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"run already has {initial_epoch} epochs (asked for {tcfg['epochs']}): nothing to train", flush=True)
         return
 
-    reporter = _EpochReporter(model, export, tcfg, history, rank)
+    validation = ValidationAP(test_arrays, mcfg.num_classes) if rank == 0 else None
+    reporter = _EpochReporter(model, export, tcfg, history, rank, validation)
     callbacks = [_StepLR(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
                  reporter]
     if config["hooks"]["fail_once"]:
@@ -321,7 +361,9 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint):
 
         model = apply_qat(model)
     optimizer = make_optimizer(tcfg["lr"], tcfg["weight_decay"], tcfg["clip_norm"])
-    compile_model(model, optimizer, tcfg["box_loss_weight"], tcfg["giou_loss_weight"])
+    compile_model(model, optimizer, heatmap_weight=tcfg["heatmap_loss_weight"],
+                  offset_weight=tcfg["offset_loss_weight"], size_weight=tcfg["size_loss_weight"],
+                  giou_weight=tcfg["giou_loss_weight"])
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt:
             state = json.loads((Path(ckpt) / STATE_FILE).read_text())
@@ -396,68 +438,6 @@ def _StepLR(lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float):
     return StepLR()
 
 
-def load_split(shard) -> dict:
-    """Pull a Ray Data split into memory: ``image`` (n, S, S, 3) uint8, ``label`` (n,) int32 and ``box``
-    (n, 4) float32 xyxy normalized of each image's largest object (row 0), ``valid`` (n,) bool (False for
-    an image without objects, which has no target)."""
-    import numpy as np
-
-    parts = {"image": [], "label": [], "box": [], "valid": []}
-    for batch in shard.iter_batches(batch_size=1024, batch_format="numpy"):
-        labels = np.asarray(batch["labels"]).reshape(len(batch["image"]), -1)
-        boxes = np.asarray(batch["boxes"], dtype=np.float32).reshape(len(labels), -1, 4)
-        valid = (np.asarray(batch["num_objects"]) > 0) & (labels[:, 0] >= 0)
-        parts["image"].append(np.asarray(batch["image"], dtype=np.uint8))
-        parts["label"].append(np.where(valid, labels[:, 0], 0).astype(np.int32))
-        parts["box"].append(np.where(valid[:, None], boxes[:, 0], np.float32([0, 0, 1, 1])).astype(np.float32))
-        parts["valid"].append(valid)
-    if not parts["image"]:
-        raise ValueError("this worker's data split is empty")
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def train_dataset(arrays: dict, local_batch: int, augment: bool, seed: int):
-    """Endless shuffled (and augmented) batches of this worker's shard: ({"image"}, {"class_logits", "boxes"})."""
-    import tensorflow as tf
-
-    from raydet.augment import augment as augment_fn
-
-    keep = arrays["valid"]
-    ds = tf.data.Dataset.from_tensor_slices((arrays["image"][keep], arrays["label"][keep], arrays["box"][keep]))
-
-    def to_example(image, label, box):
-        image = tf.cast(image, tf.float32)
-        if augment:
-            image, boxes = augment_fn(image, box[None])
-            box = boxes[0]
-        return {"image": image}, {"class_logits": label, "boxes": box}
-
-    ds = ds.shuffle(int(keep.sum()), seed=seed, reshuffle_each_iteration=True).repeat()
-    return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch, drop_remainder=True) \
-        .prefetch(tf.data.AUTOTUNE)
-
-
-def test_dataset(arrays: dict, local_batch: int, rank: int, world: int):
-    """Worker ``rank``'s part of the test split (rows rank, rank+world, ...), padded with weight-0 rows to
-    ceil(n / world) so every worker runs the same number of steps. Returns (dataset, steps)."""
-    import numpy as np
-    import tensorflow as tf
-
-    n = len(arrays["valid"])
-    per_worker = -(-n // world)
-    idx = np.arange(rank, n, world)
-    weight = arrays["valid"][idx].astype(np.float32)
-    pad = per_worker - len(idx)
-    idx = np.concatenate([idx, np.zeros(pad, dtype=idx.dtype)])
-    weight = np.concatenate([weight, np.zeros(pad, np.float32)])
-    ds = tf.data.Dataset.from_tensor_slices((arrays["image"][idx], arrays["label"][idx], arrays["box"][idx], weight))
-
-    def to_example(image, label, box, w):  # uint8 kept in memory, float32 per batch
-        return {"image": tf.cast(image, tf.float32)}, {"class_logits": label, "boxes": box}, {"class_logits": w, "boxes": w}
-
-    return ds.batch(local_batch).map(to_example).prefetch(2), -(-per_worker // local_batch)
-
-
 def weights_sha256(variables) -> str:
     """sha256 over the bytes of each variable's value, in order: equal on workers that hold equal weights."""
     digest = hashlib.sha256()
@@ -466,10 +446,42 @@ def weights_sha256(variables) -> str:
     return digest.hexdigest()
 
 
+VAL_AP_IMAGES = 500  # test images rank 0 decodes after each epoch for val_ap50 / val_map (the first ones in order)
+
+
+class ValidationAP:
+    """COCO AP50 and mAP@[.5:.95] of a float model on up to ``VAL_AP_IMAGES`` rows of ``arrays``
+    (raydet.inputs arrays), decoded as evaluation decodes them; boxes compared in normalized xyxy."""
+
+    def __init__(self, arrays: dict, num_classes: int, limit: int = VAL_AP_IMAGES):
+        n = min(limit, len(arrays["image"]))
+        self.images = arrays["image"][:n]
+        self.truth = [objects_of(arrays, i) for i in range(n)]
+        self.num_classes = num_classes
+
+    def __call__(self, model, chunk: int = 64) -> dict[str, float]:
+        import tensorflow as tf
+
+        from raydet.decode import decode
+        from raydet.metrics import MatchStats, detection_summary, match_image
+
+        # A plain call in a tf.function, not ``predict``: Keras' predict runs under the distribution strategy of the
+        # surrounding fit (callbacks run inside its scope) and would wait for the other workers' collectives.
+        forward = tf.function(lambda x: model(x, training=False))
+        parts = []
+        for start in range(0, len(self.images), chunk):
+            out = {k: v.numpy() for k, v in forward(self.images[start:start + chunk].astype("float32")).items()}
+            for k, det in enumerate(decode(out["heatmap"], out["boxes"])):
+                boxes, labels, difficult = self.truth[start + k]
+                parts.append(match_image(boxes, labels, det.boxes, det.labels, det.scores, self.num_classes,
+                                         image_id=start + k, gt_difficult=difficult))
+        summary = detection_summary(MatchStats.concat(parts))
+        return {"val_ap50": summary["coco_map_50"], "val_map": summary["coco_map"]}
+
+
 def _metrics_row(epoch: int, epochs: int, logs: dict, lr: float, seconds: float) -> dict:
     """Keras's multi-output log names -> the history names of docs/FORMATS.md."""
-    names = {"loss": "loss", "class_logits_loss": "class_loss", "boxes_loss": "box_loss",
-             "class_logits_class_accuracy": "class_accuracy", "boxes_mean_iou": "mean_iou"}
+    names = {"loss": "loss", "heatmap_loss": "heatmap_loss", "boxes_loss": "box_loss"}
     row = {"epoch": epoch, "epochs": epochs}
     for keras_name, name in names.items():
         for prefix in ("", "val_"):
@@ -482,8 +494,10 @@ def _metrics_row(epoch: int, epochs: int, logs: dict, lr: float, seconds: float)
 
 def format_row(row: dict) -> str:
     """The one readable line per epoch."""
-    return (f"epoch {row['epoch']}/{row['epochs']}  loss {row['loss']:.4f}  val_loss {row.get('val_loss', float('nan')):.4f}  "
-            f"val_acc {row.get('val_class_accuracy', float('nan')):.3f}  val_iou {row.get('val_mean_iou', float('nan')):.3f}  "
+    nan = float("nan")
+    return (f"epoch {row['epoch']}/{row['epochs']}  loss {row['loss']:.4f} (heatmap {row.get('heatmap_loss', nan):.3f} "
+            f"box {row.get('box_loss', nan):.3f})  val_loss {row.get('val_loss', nan):.4f}  "
+            f"val_AP50 {row.get('val_ap50', nan):.3f}  val_mAP {row.get('val_map', nan):.3f}  "
             f"lr {row['lr']:.2e}  {row['seconds']:.1f}s")
 
 
@@ -492,12 +506,14 @@ def _make_reporter_class():
     import tf_keras
 
     class EpochReporter(tf_keras.callbacks.Callback):
-        """After each epoch: check the loss, save a checkpoint (all workers save, so collective reads
-        of synced variables match; rank 0's folder is the one reported), report the metrics."""
+        """After each epoch: check the loss, copy the weights into the plain (non-distributed) ``export`` model
+        (every worker: synced variables are read collectively), let rank 0 measure ``validation`` on it, save a
+        checkpoint (rank 0's folder is the one reported), report the metrics."""
 
-        def __init__(self, model, export, tcfg: dict, history: list[dict], rank: int):
+        def __init__(self, model, export, tcfg: dict, history: list[dict], rank: int, validation=None):
             super().__init__()
             self.net, self.export, self.tcfg, self.history, self.rank = model, export, tcfg, history, rank
+            self.validation = validation
             self.last_dir: str | None = None  # newest good checkpoint folder of this worker
             self.t0 = 0.0
 
@@ -511,6 +527,9 @@ def _make_reporter_class():
             if not all(math.isfinite(row.get(k, 0.0)) for k in ("loss", "val_loss")):
                 self._report_nonfinite(row)
                 return
+            self.export.set_weights(self.net.get_weights())
+            if self.validation is not None:
+                row.update(self.validation(self.export))
             self.history.append(row)
             folder = tempfile.mkdtemp(prefix=f"raydet-ckpt-r{self.rank}-")
             self._save(folder)
@@ -533,9 +552,7 @@ def _make_reporter_class():
             if self.tcfg["qat"]:
                 self.net.save(str(Path(folder) / QAT_MODEL), save_format="keras_v3")
             else:
-                # Every worker reads (synced variables are read collectively); the export copy has no
-                # compile state, so model.keras loads without custom objects.
-                self.export.set_weights(self.net.get_weights())
+                # the export copy has no compile state, so model.keras loads without custom objects
                 if self.rank == 0:
                     # save_format named: tf_keras keeps "use the .keras format" in a thread-local that its
                     # own save/load reset to False, so a second save in Ray's training thread wrote HDF5.

@@ -1,4 +1,6 @@
-"""The two-headed model's contract (docs/FORMATS.md) and its box maths, checked by hand."""
+"""The dense two-headed model's contract (docs/FORMATS.md), its layers for QAT, and its losses by hand."""
+
+import math
 
 import numpy as np
 import pytest
@@ -7,51 +9,92 @@ tf = pytest.importorskip("tensorflow")
 tf_keras = pytest.importorskip("tf_keras")
 
 from raydet.config import ModelConfig  # noqa: E402
-from raydet.model import block_widths, box_iou, build_model, compile_model, giou, make_box_loss  # noqa: E402
+from raydet.model import (HEATMAP_PRIOR_BIAS, OUTPUT_STRIDE, block_widths, build_model, compile_model,  # noqa: E402
+                          focal_loss, giou, make_box_loss)
 
 
 def test_contract_save_and_load_without_custom_objects(tmp_path):
-    cfg = ModelConfig(num_classes=3, image_size=32, width=8, depth=3)
+    cfg = ModelConfig(num_classes=3, image_size=64, width=8, depth=3, neck_width=16, head_width=16)
     model = build_model(cfg)
-    assert model.input.name == "image" and model.input.shape[1:] == (32, 32, 3)
-    out = model(np.full((2, 32, 32, 3), 255.0, np.float32))
-    assert set(out) == {"class_logits", "boxes"}
-    assert out["class_logits"].shape == (2, 3) and out["boxes"].shape == (2, 4)
-    assert float(tf.reduce_min(out["boxes"])) >= 0 and float(tf.reduce_max(out["boxes"])) <= 1  # sigmoid
-    compile_model(model, tf_keras.optimizers.Adam(1e-3), 5.0, 1.0)  # compiled with custom losses...
+    assert model.input.name == "image" and model.input.shape[1:] == (64, 64, 3)
+    out = model(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32))
+    assert set(out) == {"heatmap", "boxes"}
+    assert OUTPUT_STRIDE == 4
+    assert out["heatmap"].shape == (2, 16, 16, 3) and out["boxes"].shape == (2, 16, 16, 4)  # 64 / 4 = 16
+    compile_model(model, tf_keras.optimizers.Adam(1e-3))  # compiled with custom losses...
     model.save(tmp_path / "model.keras", save_format="keras_v3")
     loaded = tf_keras.models.load_model(tmp_path / "model.keras", compile=False)  # ...still no custom objects
-    np.testing.assert_allclose(loaded(np.zeros((1, 32, 32, 3), np.float32))["boxes"],
-                               model(np.zeros((1, 32, 32, 3), np.float32))["boxes"], atol=1e-6)
+    x = np.zeros((1, 64, 64, 3), np.float32)
+    np.testing.assert_allclose(loaded(x)["heatmap"], model(x)["heatmap"], atol=1e-6)
 
 
-def test_blocks_are_conv_bn_relu_pool_for_qat():
+def test_heatmap_starts_at_the_focal_prior():
+    # bias -2.19 -> sigmoid = 1 / (1 + e^2.19) = 0.1007; the last conv's kernel is small, so an untrained map
+    # sits near it everywhere (a heatmap starting at 0.5 drowns the first steps in background loss)
+    model = build_model(ModelConfig(num_classes=2, image_size=32, width=8, depth=3, neck_width=8, head_width=8))
+    layer = model.get_layer("heatmap")
+    np.testing.assert_allclose(layer.bias.numpy(), [HEATMAP_PRIOR_BIAS] * 2)
+    assert 1 / (1 + math.exp(2.19)) == pytest.approx(0.1007, abs=1e-4)
+
+
+def test_every_batchnorm_follows_a_linear_conv_and_upsampling_is_nearest():
+    """tensorflow-model-optimization folds BN only right after a conv without activation; bilinear upsampling and
+    Lambda layers are outside its 8-bit registry."""
     model = build_model(ModelConfig(num_classes=2, image_size=32, width=8, depth=3))
-    kinds = [type(layer).__name__ for layer in model.layers]
-    start = kinds.index("Conv2D")
-    assert kinds[start:start + 8] == ["Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D"] * 2
-    assert all(not layer.use_bias for layer in model.layers if type(layer).__name__ == "Conv2D")
+    for layer in model.layers:
+        kind = type(layer).__name__
+        assert kind not in ("Lambda", "TFOpLambda"), layer.name
+        if kind == "BatchNormalization":
+            feeder = layer.inbound_nodes[0].inbound_layers
+            assert type(feeder).__name__ == "Conv2D" and feeder.get_config()["activation"] == "linear", layer.name
+        if kind == "UpSampling2D":
+            assert layer.get_config()["interpolation"] == "nearest"
+        if kind == "Conv2D" and layer.name not in ("heatmap", "boxes"):
+            assert not layer.use_bias
     # width 8 doubling: 8, 16, 32; capped by max_width
     assert block_widths(ModelConfig(num_classes=2, image_size=32, width=8, depth=3)) == [8, 16, 32]
     assert block_widths(ModelConfig(num_classes=2, image_size=64, width=64, depth=4, max_width=128)) == [64, 128, 128, 128]
 
 
-def test_iou_and_giou_by_hand():
+def test_image_size_must_fit_the_strides():
+    with pytest.raises(ValueError, match="image size 100 must be a multiple of 32.*--image-size 96"):
+        ModelConfig(num_classes=2, image_size=100)
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        ModelConfig(num_classes=2, image_size=64, backbone="resnet")
+
+
+def test_giou_by_hand():
     a = tf.constant([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.2, 0.2]])
     b = tf.constant([[0.0, 0.0, 0.5, 0.25], [0.4, 0.0, 0.6, 0.2]])
-    # row 0: inter 0.5*0.25 = 0.125, union 0.25 -> 0.5; hull = union -> giou 0.5
+    # row 0: inter 0.5*0.25 = 0.125, union 0.25 -> IoU 0.5; hull = union -> giou 0.5
     # row 1: no overlap, union 0.04+0.04 = 0.08, hull 0.6*0.2 = 0.12 -> giou 0 - 0.04/0.12 = -1/3
-    np.testing.assert_allclose(box_iou(a, b).numpy(), [0.5, 0.0], atol=1e-6)
     np.testing.assert_allclose(giou(a, b).numpy(), [0.5, -1 / 3], atol=1e-6)
-    # an inverted prediction (x1 < x0) has no area, so no overlap
-    np.testing.assert_allclose(box_iou(a[:1], tf.constant([[0.5, 0.0, 0.0, 0.5]])).numpy(), [0.0], atol=1e-6)
 
 
-def test_box_loss_by_hand():
-    loss = make_box_loss(box_weight=2.0, giou_weight=1.0, huber_delta=0.1)
-    t = tf.constant([[0.0, 0.0, 0.5, 0.5]])
-    p = tf.constant([[0.0, 0.0, 0.5, 0.25]])
-    # smooth L1 (beta 0.1) per coordinate: only y1 is off by 0.25 > 0.1 -> 0.25 - 0.05 = 0.2; sum 0.2
-    # giou 0.5 -> 1 - 0.5 = 0.5;  total 2 * 0.2 + 0.5 = 0.9
-    np.testing.assert_allclose(loss(t, p).numpy(), [0.9], atol=1e-5)
-    np.testing.assert_allclose(loss(t, t).numpy(), [0.0], atol=1e-6)
+def test_focal_loss_by_hand():
+    # one image, a 1x2 grid, one class: cell 0 is an object centre (target 1), cell 1 background with target 0.5
+    y_true = np.array([[[[1.0], [0.5]]]], np.float32)
+    y_pred = np.array([[[[0.8], [0.4]]]], np.float32)
+    # positive: -log(0.8) * (1 - 0.8)^2 = 0.22314 * 0.04 = 0.0089257
+    # negative: -log(1 - 0.4) * 0.4^2 * (1 - 0.5)^4 = 0.51083 * 0.16 * 0.0625 = 0.0051083
+    # sum 0.014034, one object -> 0.014034 per image (batch of 1: times N / objects = 1)
+    expected = -math.log(0.8) * 0.04 + -math.log(0.6) * 0.16 * 0.0625
+    np.testing.assert_allclose(focal_loss(y_true, y_pred).numpy(), [expected], rtol=1e-5)
+    # two images, objects only in the first: the per-image values average to the batch sum / 1 object
+    both = focal_loss(np.concatenate([y_true, np.zeros_like(y_true)]), np.concatenate([y_pred, y_pred])).numpy()
+    bg = -math.log(0.2) * 0.64 + -math.log(0.6) * 0.16  # image 2: both cells background with target 0
+    np.testing.assert_allclose(both.mean(), expected + bg, rtol=1e-5)
+
+
+def test_box_loss_at_centres_by_hand():
+    loss = make_box_loss(offset_weight=1.0, size_weight=5.0, giou_weight=2.0)
+    y_true = np.zeros((1, 2, 2, 5), np.float32)
+    y_pred = np.zeros((1, 2, 2, 4), np.float32)
+    y_true[0, 0, 1] = [0.5, 0.5, 0.5, 0.5, 1.0]  # an object centred in cell (0, 1), half the image wide and high
+    y_pred[0, 0, 1] = [0.5, 0.5, 0.5, 0.25]  # right centre and width, half the height
+    y_pred[0, 1, 0] = [0.9, 0.9, 0.9, 0.9]  # not a centre: ignored
+    # offset L1 0; size L1 |0.25 - 0.5| = 0.25 -> 5 * 0.25 = 1.25
+    # boxes around the same centre: 0.5 x 0.5 and 0.5 x 0.25 -> IoU 0.125 / 0.25 = 0.5, hull = union -> GIoU 0.5
+    # 2 * (1 - 0.5) = 1.0; total 2.25 over 1 object
+    np.testing.assert_allclose(loss(y_true, y_pred).numpy(), [2.25], rtol=1e-5)
+    np.testing.assert_allclose(loss(y_true, y_true[..., :4]).numpy(), [0.0], atol=1e-6)

@@ -1,57 +1,28 @@
 """Ray Train: two synchronous workers, resume, a worker killed mid-epoch, and the refusals.
 
-Small data (128 + 64 rows of 32 px made here with pyarrow, in the PREP schema of docs/FORMATS.md) and a
-tiny network, so the whole file runs in a few minutes on 2 CPUs.
+Small data (tests/prep_helpers.py: 128 + 64 rows of 32 px, several objects each, in the PREP schema of
+docs/FORMATS.md) and a tiny network, so the whole file runs in a few minutes on 2 CPUs.
 """
 
 import json
 import math
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from prep_helpers import make_prep
 
 from raydet.config import TrainConfig
-from raydet.train import (CHECKSUM_DIR_ENV, FAIL_ONCE_ENV, check_resources, cosine_lr, read_manifest, step_lr,
-                          resources_per_worker, train)
+from raydet.train import (CHECKSUM_DIR_ENV, FAIL_ONCE_ENV, ValidationAP, check_resources, cosine_lr, read_manifest,
+                          resources_per_worker, step_lr, train, worker_layout)
 
 SIZE = 32
-COLORS = np.array([[230, 40, 40], [40, 200, 40]], np.uint8)
-
-
-def make_prep(out, n_train=128, n_test=64, seed=0):
-    """A PREP folder: a coloured rectangle (class = colour) on dark noise, one per image, 2 shards a split."""
-    from ray.data.extensions import ArrowTensorArray
-
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        images = rng.integers(0, 60, (n, SIZE, SIZE, 3)).astype(np.uint8)
-        boxes = np.zeros((n, 2, 4), np.float32)  # K = 2: row 1 is padding
-        labels = np.full((n, 2), -1, np.int32)
-        for i in range(n):
-            w, h = rng.integers(SIZE // 4, SIZE // 2, 2)
-            x0, y0 = rng.integers(0, SIZE - w), rng.integers(0, SIZE - h)
-            k = rng.integers(len(COLORS))
-            images[i, y0:y0 + h, x0:x0 + w] = COLORS[k]
-            boxes[i, 0] = [x0 / SIZE, y0 / SIZE, (x0 + w) / SIZE, (y0 + h) / SIZE]
-            labels[i, 0] = k
-        (out / split).mkdir(parents=True)
-        for s, idx in enumerate(np.array_split(np.arange(n), 2)):
-            pq.write_table(pa.table({
-                "file": [f"{split}/{i}.jpg" for i in idx], "image": ArrowTensorArray.from_numpy(images[idx]),
-                "boxes": ArrowTensorArray.from_numpy(boxes[idx]), "labels": ArrowTensorArray.from_numpy(labels[idx]),
-                "num_objects": pa.array(np.ones(len(idx), np.int32)),
-                "width": pa.array(np.full(len(idx), SIZE, np.int32)),
-                "height": pa.array(np.full(len(idx), SIZE, np.int32))}), out / split / f"part-{s}.parquet")
-    (out / "manifest.json").write_text(json.dumps({
-        "classes": ["red", "green"], "image_size": SIZE, "max_objects": 2, "splits": {"train": n_train, "test": n_test}}))
-    return out
 
 
 def _cfg(prep, out, **kw):
     base = dict(prep=str(prep), out=str(out), name="run", workers=2, epochs=2, batch_size=16, width=8, depth=3,
                 lr=3e-3)
+    base.setdefault("cpus_per_worker", 1.0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -92,8 +63,35 @@ def test_killed_worker_still_finishes_with_each_epoch_once(killed_run):
     assert "killed rank 1 at epoch 2" in (tmp / "killed.txt").read_text()  # the hook really fired
     history = _history(tmp / "runs" / "run")
     assert [row["epoch"] for row in history] == [1, 2]
-    assert all(math.isfinite(row["val_mean_iou"]) and 0 <= row["val_class_accuracy"] <= 1 for row in history)
     assert summary.model_path.endswith("run/model.keras")
+
+
+def _test_arrays(prep):
+    """The test split read back with plain pyarrow, as raydet.inputs arrays."""
+    from raydet.shards import image_array
+
+    tables = [pq.read_table(p) for p in sorted((prep / "test").glob("*.parquet"))]
+    cols = {c: np.concatenate([np.stack(t.column(c).to_numpy(zero_copy_only=False)) for t in tables])
+            for c in ("boxes", "labels", "num_objects")}
+    return {"image": np.concatenate([image_array(t) for t in tables]),
+            "boxes": cols["boxes"].reshape(len(cols["labels"]), -1, 4).astype(np.float32),
+            "labels": cols["labels"].astype(np.int32), "num_objects": cols["num_objects"].astype(np.int32),
+            "difficult": np.zeros(cols["labels"].shape, bool)}
+
+
+@pytest.mark.slow
+def test_history_val_ap_is_the_saved_models_ap(killed_run, prep):
+    """val_ap50 / val_map of the last epoch are what the saved model scores on the test split, decoded as
+    evaluation decodes (so the epoch line tells the truth), and the model learnt something."""
+    import tf_keras
+
+    tmp, _ = killed_run
+    last = _history(tmp / "runs" / "run")[-1]
+    model = tf_keras.models.load_model(tmp / "runs" / "run" / "model.keras", compile=False)
+    again = ValidationAP(_test_arrays(prep), num_classes=2)(model)
+    assert last["val_ap50"] == pytest.approx(again["val_ap50"], abs=1e-6)
+    assert last["val_map"] == pytest.approx(again["val_map"], abs=1e-6)
+    assert math.isfinite(last["val_heatmap_loss"]) and math.isfinite(last["val_box_loss"])
 
 
 @pytest.mark.slow
@@ -110,7 +108,7 @@ def test_model_file_loads_as_the_contract_says(killed_run):
     tmp, _ = killed_run
     model = tf_keras.models.load_model(tmp / "runs" / "run" / "model.keras", compile=False)
     out = model(np.zeros((3, SIZE, SIZE, 3), np.float32))
-    assert out["class_logits"].shape == (3, 2) and out["boxes"].shape == (3, 4)
+    assert out["heatmap"].shape == (3, 8, 8, 2) and out["boxes"].shape == (3, 8, 8, 4)  # stride 4: 32 / 4 = 8
     config = json.loads((tmp / "runs" / "run" / "config.json").read_text())
     assert config["classes"] == ["red", "green"] and config["image_size"] == SIZE and config["model"]["width"] == 8
     assert config["train"]["clip_norm"] == 0.5
@@ -132,10 +130,30 @@ def test_init_from_a_relative_run_folder(killed_run, prep, monkeypatch):
     """`--init-from runs/x` as typed in a shell: the Ray Train workers run elsewhere, so it must reach them whole."""
     tmp, _ = killed_run
     monkeypatch.chdir(tmp)
-    summary = train(_cfg(prep, tmp / "runs", name="warm", workers=1, epochs=1, init_from="runs/run"))
+    import tf_keras
+
+    # lr ~0: the warm run's weights stay those it started from, so they show where it started
+    summary = train(_cfg(prep, tmp / "runs", name="warm", workers=1, epochs=1, init_from="runs/run", lr=1e-12,
+                         warmup_epochs=0))
     assert summary.trained_epochs == 1
     config = json.loads((tmp / "runs" / "warm" / "config.json").read_text())
     assert config["train"]["init_from"] == str(tmp / "runs" / "run")
+    source = tf_keras.models.load_model(tmp / "runs" / "run" / "model.keras", compile=False)
+    warm = tf_keras.models.load_model(tmp / "runs" / "warm" / "model.keras", compile=False)
+    for name in ("block0_conv", "neck_s4_smooth_conv", "heatmap", "boxes"):
+        for a, b in zip(source.get_layer(name).get_weights(), warm.get_layer(name).get_weights()):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_init_from_a_single_box_run_is_refused(prep, tmp_path):
+    """A RUN of the network raydet had before the dense heads cannot start this one: say so, before Ray starts."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "model.keras").write_bytes(b"")
+    (old / "config.json").write_text(json.dumps({"model": {"num_classes": 2, "image_size": 32, "width": 8,
+                                                           "depth": 3, "head_units": 128, "dropout": 0.2}}))
+    with pytest.raises(ValueError, match="predicted one box per image.*retrain it"):
+        train(_cfg(prep, tmp_path / "runs", init_from=str(old)))
 
 
 @pytest.mark.slow
@@ -161,15 +179,27 @@ def test_bad_prep_is_named(tmp_path):
 def test_resource_check_names_the_numbers():
     cpu_cluster = {"CPU": 2.0}
     with pytest.raises(ValueError, match="3 x --cpus-per-worker 1 = 3 CPUs, but the cluster has 2 CPUs"):
-        check_resources(TrainConfig(prep="p", out="o", name="n", workers=3), cpu_cluster, [2.0])
+        check_resources(TrainConfig(prep="p", out="o", name="n", workers=3, cpus_per_worker=1.0), cpu_cluster, [2.0])
     with pytest.raises(ValueError, match="needs 2 GPUs .* but the cluster has 0 GPUs"):
-        check_resources(TrainConfig(prep="p", out="o", name="n", workers=2, use_gpu=True), cpu_cluster, [2.0])
+        check_resources(TrainConfig(prep="p", out="o", name="n", workers=2, cpus_per_worker=1.0, use_gpu=True), cpu_cluster, [2.0])
     with pytest.raises(ValueError, match="--cpus-per-worker 4 is more than the largest node has \\(2 CPUs\\)"):
         check_resources(TrainConfig(prep="p", out="o", name="n", workers=1, cpus_per_worker=4),
                         {"CPU": 8.0}, [2.0, 2.0, 2.0, 2.0])
-    check_resources(TrainConfig(prep="p", out="o", name="n", workers=2, use_gpu=True), {"CPU": 2, "GPU": 2}, [2.0])
-    assert resources_per_worker(TrainConfig(prep="p", out="o", name="n", use_gpu=True)) == {"CPU": 1.0, "GPU": 1}
-    assert resources_per_worker(TrainConfig(prep="p", out="o", name="n")) == {"CPU": 1.0}
+    check_resources(TrainConfig(prep="p", out="o", name="n", workers=2, cpus_per_worker=1.0, use_gpu=True), {"CPU": 2, "GPU": 2}, [2.0])
+    assert resources_per_worker(TrainConfig(prep="p", out="o", name="n", workers=1, cpus_per_worker=1.0,
+                                            use_gpu=True)) == {"CPU": 1.0, "GPU": 1}
+    assert resources_per_worker(TrainConfig(prep="p", out="o", name="n", workers=2, cpus_per_worker=1.0)) == {"CPU": 1.0}
+
+
+def test_default_layout_is_one_worker_per_node_or_gpu():
+    auto = TrainConfig(prep="p", out="o", name="n")
+    assert worker_layout(auto, [2.0], 0) == (1, 2.0)  # a 2-core laptop: one worker with both cores
+    assert worker_layout(auto, [8.0, 4.0, 4.0], 0) == (3, 4.0)  # one per node, the smallest node's CPUs
+    gpu = TrainConfig(prep="p", out="o", name="n", use_gpu=True)
+    assert worker_layout(gpu, [8.0, 8.0], 4) == (4, 1.0)  # one per GPU
+    assert worker_layout(gpu, [8.0], 0) == (1, 1.0)  # none yet (an autoscaler may add one): ask for one
+    given = TrainConfig(prep="p", out="o", name="n", workers=2)
+    assert worker_layout(given, [2.0], 0) == (2, 1.0)
 
 
 def test_too_many_workers_or_gpus_refused_on_the_real_cluster(prep, tmp_path, ray_local):
