@@ -5,8 +5,9 @@
 
 Each configuration maps the same materialized images (read once) through ``map_batches`` with an actor pool,
 each actor loading its model once and the images cut into calls as ``raydet evaluate`` cuts them
-(raydet.evaluate.ModelRunner, raydet.evaluate.batch_plan; ``--batch-size`` as in evaluate), but the
-actors only predict and decode (class, score, pixel box): the metric bookkeeping of an evaluation is left out,
+(raydet.infer.ModelRunner, raydet.infer.batch_plan; ``--batch-size`` as in evaluate), but the actors only
+predict and decode (raydet.decode.decode, as evaluate: top 100 peaks with score >= 0.01, then pixel boxes): the
+matching and metric bookkeeping of an evaluation are left out,
 so the figures are the models' speed. images/s = images / (last batch's end - first batch's start) inside the
 actors; the pool starts handing out batches only when all its actors have loaded their model.
 """
@@ -25,20 +26,22 @@ class SpeedActor:
     """Loads one model once; per batch: predict + decode, returns the image count and the batch's start/end."""
 
     def __init__(self, model_path: str, num_threads: int):
-        from raydet.evaluate import ModelRunner
+        from raydet.infer import ModelRunner
 
         self.runner = ModelRunner(model_path, num_threads)
         s = self.runner.image_size
         self.runner.predict(np.zeros((1, s, s, 3), np.uint8))  # warm-up outside the timed batches
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from raydet.evaluate import decode_predictions
+        from raydet.decode import decode, to_pixels
 
         t_start = time.time()
-        logits, boxes, _ = self.runner.predict(batch["image"])
-        decode_predictions(logits, boxes, batch["width"].astype(np.float64), batch["height"].astype(np.float64))
-        return {"images": np.array([len(logits)]), "t_start": np.array([t_start]), "t_end": np.array([time.time()]),
-                "pid": np.array([os.getpid()])}
+        outputs, _ = self.runner.predict(batch["image"])
+        decoded = decode(outputs["heatmap"], outputs["boxes"], top_k=100, score_threshold=0.01)
+        for det, width, height in zip(decoded, batch["width"], batch["height"]):
+            to_pixels(det.boxes, float(width), float(height))
+        return {"images": np.array([len(decoded)]), "t_start": np.array([t_start]),
+                "t_end": np.array([time.time()]), "pid": np.array([os.getpid()])}
 
 
 def measure(ds, path: Path, actors: int, threads: int, batch_size: int, rounds: int) -> dict:
@@ -63,11 +66,11 @@ def _one_pass(ds, path: Path, actors: int, threads: int, batch_size: int) -> dic
 
 def model_files(run: Path) -> dict[str, Path]:
     """Every model of the run that exists: the float Keras model, the float32 reference .tflite and the
-    quantized ones (docs/FORMATS.md names)."""
-    names = {"float (keras)": "model.keras", "float32 tflite": "model_float32.tflite",
-             "dynamic": "model_dynamic.tflite", "float16": "model_float16.tflite", "int8": "model_int8.tflite",
-             "qat": "model_qat.tflite"}
-    return {k: run / v for k, v in names.items() if (run / v).is_file()}
+    quantized ones (raydet.infer's names)."""
+    from raydet.infer import KNOWN_MODELS, available_models, model_file
+
+    labels = {"float": "float (keras)", "float32": "float32 tflite"}
+    return {labels.get(n, n): model_file(run, n) for n in available_models(run, KNOWN_MODELS)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,20 +90,22 @@ def main(argv: list[str] | None = None) -> int:
     if "float (keras)" not in models:
         parser.error(f"{args.run} has no model.keras (found: {', '.join(models) or 'nothing'})")
 
+    import json
+
     import ray
 
-    from raydet.data import read_split
-    from raydet.evaluate import batch_plan
-    from raydet.train import read_manifest
+    from raydet.infer import batch_plan, check_run
     from raydet.runtime import init_ray
+    from raydet.shards import read_split
 
+    check_run(args.run)  # an old single-box run is refused before Ray starts
+    image_size = int(json.loads((args.data / "manifest.json").read_text())["image_size"])
     init_ray(args.address)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     ds = read_split(args.data, args.split).materialize()
     if args.repeat > 1:
         ds = ds.union(*[ds] * (args.repeat - 1))
     n = ds.count()
-    image_size = read_manifest(args.data)["image_size"]
     blocks, batch_size = batch_plan(n, image_size, 2, args.batch_size)
     ds = ds.repartition(blocks).materialize()  # one block per actor call
     print(f"{n} images ({args.split} x {args.repeat}) of {args.data}, {batch_size} per call, {cpus} CPUs "

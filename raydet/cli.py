@@ -42,13 +42,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-objects", type=int, default=C.PrepareConfig.max_objects)
     _add_address(p)
 
-    p = sub.add_parser("train", help="train the two-headed CNN data-parallel with Ray Train")
+    p = sub.add_parser("train", help="train the dense two-headed detector data-parallel with Ray Train")
     p.add_argument("prep", help="PREP folder written by `raydet prepare`")
     p.add_argument("--out", required=True, help="RUNS folder (shared storage on a multi-node cluster)")
     p.add_argument("--name", required=True, help="run name; re-running the same --out/--name resumes it")
-    p.add_argument("--workers", type=int, default=C.TrainConfig.workers)
+    p.add_argument("--workers", type=int, default=C.TrainConfig.workers,
+                   help="training workers (default: one per node with all its CPUs, or one per GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--cpus-per-worker", type=float, default=C.TrainConfig.cpus_per_worker)
+    p.add_argument("--cpus-per-worker", type=float, default=C.TrainConfig.cpus_per_worker,
+                   help="CPUs each worker reserves (default: the node's CPUs with default --workers, else 1)")
+    p.add_argument("--backbone", default=C.TrainConfig.backbone, choices=C.BACKBONE_NAMES,
+                   help="feature extractor under the detection heads (default %(default)s)")
     p.add_argument("--epochs", type=int, default=C.TrainConfig.epochs, help="total epochs (a resumed run trains only the missing ones)")
     p.add_argument("--batch-size", type=int, default=C.TrainConfig.batch_size, help="global batch size, split across workers")
     p.add_argument("--lr", type=float, default=C.TrainConfig.lr, help="learning rate for the global batch size")
@@ -93,7 +97,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=C.RunConfig.out)
     p.add_argument("--images", type=int, default=C.RunConfig.images, help="synthetic images to make")
     p.add_argument("--image-size", type=int, default=C.RunConfig.image_size)
-    p.add_argument("--workers", type=int, default=C.RunConfig.workers)
+    p.add_argument("--workers", type=int, default=C.RunConfig.workers,
+                   help="training workers (default: one per node, or one per GPU with --gpu)")
     p.add_argument("--epochs", type=int, default=C.RunConfig.epochs)
     p.add_argument("--batch-size", type=int, default=C.RunConfig.batch_size)
     p.add_argument("--gpu", action="store_true")
@@ -118,7 +123,8 @@ def config_from_args(args: argparse.Namespace):
                                max_objects=args.max_objects, address=args.address)
     if cmd == "train":
         return C.TrainConfig(prep=args.prep, out=args.out, name=args.name, workers=args.workers, use_gpu=args.gpu,
-                             cpus_per_worker=args.cpus_per_worker, epochs=args.epochs, batch_size=args.batch_size,
+                             cpus_per_worker=args.cpus_per_worker, backbone=args.backbone, epochs=args.epochs,
+                             batch_size=args.batch_size,
                              lr=args.lr, qat=args.qat, init_from=args.init_from, clip_norm=args.clip_norm,
                              warmup_epochs=args.warmup_epochs, seed=args.seed, address=args.address)
     if cmd == "quantize":

@@ -40,7 +40,7 @@ def parse_class_list(text: str | None) -> tuple[str, ...] | None:
 @dataclass(frozen=True)
 class SynthConfig:
     out: str
-    images: int = 3000  # FINDINGS: 3,000 images were enough for 0.998 accuracy; 1,000 were not
+    images: int = 3000  # enough for the 15-epoch `raydet run` (docs/TRAINING.md); 1,000 were too few
     image_size: int = 128  # pixels of the written JPEGs (square); prepare resizes them again
     classes: int = 4  # at least 4 shape classes are always available
     max_objects: int = 6  # objects per image: 1 to max_objects, drawn uniformly (a dense detector's data)

@@ -98,15 +98,15 @@ def _is_newer(path: Path, than: Path) -> bool:
 
 
 def results_table(models: dict) -> str:
-    """Per model: COCO AP50, COCO mAP@[.5:.95], VOC AP50, class accuracy, mean IoU, images/s, file size
-    (decimal units, as in ``RUN/eval/report.md``)."""
-    head = ("model", "AP50", "mAP", "VOC AP50", "accuracy", "mean IoU", "images/s", "size")
+    """Per model: COCO AP50, mAP@[.5:.95], AP75, VOC AP50, images/s, file size (decimal units, as in
+    ``RUN/eval/report.md``); a missing figure prints "-"."""
+    head = ("model", "AP50", "mAP", "AP75", "VOC AP50", "images/s", "size")
     rows = [head]
     for name, m in models.items():
         def num(key, fmt="{:.3f}"):
             return fmt.format(m[key]) if m.get(key) is not None else "-"
-        rows.append((name, num("coco_map_50"), num("coco_map"), num("voc_map_50"), num("class_accuracy"),
-                     num("mean_iou"), num("images_per_s", "{:.0f}"), format_size(m.get("size_bytes"))))
+        rows.append((name, num("coco_map_50"), num("coco_map"), num("coco_map_75"), num("voc_map_50"),
+                     num("images_per_s", "{:.0f}"), format_size(m.get("size_bytes"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in rows]
@@ -178,7 +178,8 @@ def run(cfg: C.RunConfig) -> dict:
     else:
         from raydet.train import train
 
-        t = banner("train", f"{train_cfg.workers} workers, epochs {done + 1}-{train_cfg.epochs}, "
+        workers = "default workers" if train_cfg.workers is None else f"{train_cfg.workers} workers"
+        t = banner("train", f"{workers}, epochs {done + 1}-{train_cfg.epochs}, "
                             f"batch {train_cfg.batch_size} -> {run_dir}")
         train(train_cfg)
         seconds["train"] = time.perf_counter() - t

@@ -7,13 +7,17 @@ trained on); a file that cannot be read or decoded is reported with the reason a
 
 ``DIR/predictions.json``::
 
-    {"model": "int8", "model_file": ".../model_int8.tflite", "classes": [...], "score_threshold": 0.0,
+    {"model": "int8", "model_file": ".../model_int8.tflite", "classes": [...], "score_threshold": 0.3,
+     "complete": true,
      "images": [{"file": "in/a.jpg", "output": "a.png", "width": 500, "height": 375,
                  "detections": [{"class": "raccoon", "label": 0, "score": 0.93,
-                                 "box": [xmin, ymin, xmax, ymax]}]}],   # original pixels, xyxy
+                                 "box": [xmin, ymin, xmax, ymax]}, ...]}],   # original pixels, xyxy, best first
      "skipped": [{"file": "in/bad.jpg", "reason": "truncated or corrupt JPEG data: ..."}]}
 
-An image whose detection scores below ``--score-threshold`` is listed with no detections and drawn without a box.
+Every detection of :func:`raydet.decode.decode` with score >= ``--score-threshold`` (at most ``TOP_K`` per
+image) is listed and drawn; an image without one is listed with no detections and drawn without a box. The file
+is rewritten (atomically: beside it, then renamed) after every chunk of ``CHUNK`` images with ``"complete":
+false``, so a predict that is interrupted keeps every image finished so far; the last write says ``true``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from raydet.config import PredictConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CHUNK = 64  # images decoded, predicted and drawn together: bounded memory for any number of files
+TOP_K = 100  # detections per image at most (COCO's maxDets)
 
 
 def collect_images(paths: tuple[str, ...] | list[str]) -> tuple[list[Path], list[dict]]:
@@ -80,58 +85,82 @@ def _classes(run: Path) -> list[str]:
 
 def predict(cfg: PredictConfig) -> dict:
     """Predict ``cfg.paths`` with model ``cfg.model`` of ``cfg.run``; writes ``cfg.out``. Returns the JSON's dict."""
-    from raydet import draw
-    from raydet.evaluate import ModelRunner, decode_predictions, require_models
-    from raydet.images import ImageError, decode_resize
+    from raydet.infer import ModelRunner, check_run, require_models
 
     # 1. everything that can be refused before loading the model
     run = Path(cfg.run)
     model_path = require_models(run, (cfg.model,))[cfg.model]
+    check_run(run, (cfg.model,))
     classes = _classes(run)
     files, skipped = collect_images(cfg.paths)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
     runner = ModelRunner(model_path, num_threads=os.cpu_count() or 1)
-    size = runner.image_size
-    print(f"predict: {len(files)} image(s) with {cfg.model} ({model_path.name}, {size} px) -> {out}", flush=True)
+    if runner.num_classes != len(classes):
+        raise ValueError(f"{model_path.name} predicts {runner.num_classes} classes, {run / 'config.json'} names "
+                         f"{len(classes)}: {classes}")
+    print(f"predict: {len(files)} image(s) with {cfg.model} ({model_path.name}, {runner.image_size} px) -> {out}",
+          flush=True)
 
-    # 2. decode, predict and draw chunk by chunk
-    results, used = [], set()
+    # 2. decode, predict and draw chunk by chunk; the JSON is rewritten after each
+    report = {"model": cfg.model, "model_file": str(model_path.resolve()), "classes": classes,
+              "score_threshold": cfg.score_threshold, "complete": False, "images": [], "skipped": skipped}
+    used: set[str] = set()
+    _write_json(out / "predictions.json", report)  # no stale file from an earlier predict stands in for this one
     for start in range(0, len(files), CHUNK):
-        chunk, pixels, sizes = [], [], []
-        for path in files[start:start + CHUNK]:
-            try:
-                image, width, height = decode_resize(path.read_bytes(), size)
-            except (OSError, ImageError) as exc:
-                skipped.append({"file": str(path), "reason": str(exc)})
-                continue
-            chunk.append(path)
-            pixels.append(image)
-            sizes.append((width, height))
-        if not chunk:
-            continue
-        logits, boxes_norm, _ = runner.predict(np.stack(pixels))
-        wh = np.asarray(sizes, np.float64)
-        labels, scores, boxes = decode_predictions(logits, boxes_norm, wh[:, 0], wh[:, 1])
-        for i, path in enumerate(chunk):
-            keep = scores[i] >= cfg.score_threshold
-            dets = [{"class": classes[labels[i]], "label": int(labels[i]), "score": float(scores[i]),
-                     "box": [float(v) for v in boxes[i]]}] if keep else []
-            drawn = draw.draw_detections(_read_rgb(path), np.zeros((0, 4)), [],
-                                         np.asarray([d["box"] for d in dets]).reshape(-1, 4),
-                                         [d["class"] for d in dets], [d["score"] for d in dets])
-            name = _output_name(path, used)
-            draw.write_png(out / name, drawn)
-            results.append({"file": str(path), "output": name, "width": int(sizes[i][0]),
-                            "height": int(sizes[i][1]), "detections": dets})
+        report["images"] += _predict_chunk(runner, files[start:start + CHUNK], classes, cfg.score_threshold, out,
+                                           used, skipped)
+        _write_json(out / "predictions.json", report)
         print(f"  {min(start + CHUNK, len(files))}/{len(files)} images", flush=True)
 
-    # 3. the JSON, and the files that could not be used
-    report = {"model": cfg.model, "model_file": str(model_path.resolve()), "classes": classes,
-              "score_threshold": cfg.score_threshold, "images": results, "skipped": skipped}
-    (out / "predictions.json").write_text(json.dumps(report, indent=1))
-    print(f"predict: {len(results)} drawn, {len(skipped)} skipped; {out / 'predictions.json'}", flush=True)
+    # 3. the final JSON, and the files that could not be used
+    report["complete"] = True
+    _write_json(out / "predictions.json", report)
+    print(f"predict: {len(report['images'])} drawn, {len(skipped)} skipped; {out / 'predictions.json'}", flush=True)
     for s in skipped:
         print(f"  skipped {s['file']}: {s['reason']}", flush=True)
     return report
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    """``obj`` as JSON at ``path``, whole or not at all (written beside it, then renamed over it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _predict_chunk(runner, paths: list[Path], classes: list[str], score_threshold: float, out: Path,
+                   used: set[str], skipped: list[dict]) -> list[dict]:
+    """Decode, predict, draw and describe ``paths``; files that cannot be decoded go to ``skipped``. Returns one
+    dict per drawn image (the ``images`` entries of predictions.json)."""
+    from raydet import draw
+    from raydet.decode import decode, to_pixels
+    from raydet.images import ImageError, decode_resize
+
+    chunk, pixels, sizes = [], [], []
+    for path in paths:
+        try:
+            image, width, height = decode_resize(path.read_bytes(), runner.image_size)
+        except (OSError, ImageError) as exc:
+            skipped.append({"file": str(path), "reason": str(exc)})
+            continue
+        chunk.append(path)
+        pixels.append(image)
+        sizes.append((width, height))
+    if not chunk:
+        return []
+    outputs, _ = runner.predict(np.stack(pixels))
+    decoded = decode(outputs["heatmap"], outputs["boxes"], top_k=TOP_K, score_threshold=score_threshold)
+    results = []
+    for path, (width, height), det in zip(chunk, sizes, decoded):
+        boxes = to_pixels(det.boxes, width, height)
+        dets = [{"class": classes[int(label)], "label": int(label), "score": float(score),
+                 "box": [float(v) for v in box]} for box, label, score in zip(boxes, det.labels, det.scores)]
+        drawn = draw.draw_detections(_read_rgb(path), np.zeros((0, 4)), [], boxes, [d["class"] for d in dets],
+                                     [d["score"] for d in dets])
+        name = _output_name(path, used)
+        draw.write_png(out / name, drawn)
+        results.append({"file": str(path), "output": name, "width": int(width), "height": int(height),
+                        "detections": dets})
+    return results

@@ -1,13 +1,13 @@
 """Quantization-aware training (tensorflow-model-optimization) and its export to ``RUN/model_qat.tflite``.
 
-Why the original project's QAT failed, and what is done here instead (FINDINGS.md):
+Why the original project's QAT failed, and what is done here instead (docs/STACK.md):
 - tfmot refuses ``Rescaling`` ("Layer rescaling is not supported"): it is annotated with
   ``RescalingQuantizeConfig``: no weights to quantize, but its output gets an 8-bit range measured in
-  training, like the input. A config that quantizes nothing at all (FINDINGS.md's first fix) trains, but
+  training, like the input. A config that quantizes nothing at all (the first fix tried) trains, but
   the converted int8 file then loses the rescale and predicts garbage (measured, see the class).
 - tfmot folds BatchNormalization only when it directly follows a convolution (or Dense) with linear
   activation; Conv -> MaxPool -> BN is refused deep inside tfmot. :func:`apply_qat` checks this first and
-  names the offending layers; ``raydet.model.build_model`` uses Conv(no bias) -> BN -> ReLU -> MaxPool.
+  names the offending layers; ``raydet.model.build_model`` puts every BN right after a Conv without bias.
 
 Saving: a QAT model saved in the native ``.keras`` zip format does not load back with ``load_model``
 (tf-keras 2.21 + tfmot 0.8.1: ``QuantizeLayer`` is built twice on load and the wrappers list their
@@ -125,7 +125,7 @@ def apply_qat(model):
     """A float tf-keras model -> its quantization-aware copy (tfmot default 8-bit scheme), weights kept.
 
     Call inside the distribution strategy's scope: the copy creates new variables. Input and outputs keep
-    their names (``image``; ``class_logits``, ``boxes``), so the same losses, metrics and logs apply.
+    their names (``image``; ``heatmap``, ``boxes``), so the same losses, metrics and logs apply.
     Raises ValueError if the model has BatchNormalization that tfmot cannot fold (see module docstring).
     """
     use_legacy_keras()
@@ -144,7 +144,7 @@ def apply_qat(model):
     with qat_scope():
         quantized = qk.quantize_apply(annotated)
     # quantize_apply names each wrapper "quant_<layer>"; give the output layers their own names back so
-    # Keras logs, compile() dicts and the TFLite signature say class_logits/boxes as for the float model.
+    # Keras logs, compile() dicts and the TFLite signature say heatmap/boxes as for the float model.
     renamed = {}
     for name in model.output_names:
         wrapper = quantized.get_layer(f"quant_{name}")
@@ -157,7 +157,7 @@ def apply_qat(model):
 def _output_keys(model) -> list[str]:
     """The keys of a dict-output model, in its declared order."""
     if not isinstance(model.output, dict):
-        raise ValueError(f"expected a model with dict outputs (class_logits, boxes), got {type(model.output).__name__}")
+        raise ValueError(f"expected a model with dict outputs (heatmap, boxes), got {type(model.output).__name__}")
     return list(model.output)
 
 

@@ -4,15 +4,16 @@ Modes (``tf.lite.TFLiteConverter.from_keras_model``):
 - ``dynamic``: int8 weights, float activations; no calibration data.
 - ``float16``: float16 weights (half the size, float compute).
 - ``int8``: full integer. Weights and activations int8, ranges calibrated on train images read through
-  Ray Data; the input is **uint8** pixels 0..255 (its scale comes out as ~1 pixel, so raw pixels feed it
-  directly); the outputs stay **float32** (``class_logits`` logits, ``boxes`` normalized xyxy) so every
-  consumer reads every file the same way.
+  Ray Data; the input is **uint8** pixels 0..255 (its scale is the calibration images' range, ~1 pixel per
+  step); the outputs stay **float32** (the ``heatmap`` scores and ``boxes`` maps, each its own tensor with its
+  own quantization scale) so every consumer reads every file the same way.
 A ``model_float32.tflite`` (no optimization) is always written beside them: it is the reference that
-shows what quantization itself gains, apart from leaving Keras (FINDINGS.md: LiteRT float32 alone is
-faster than Keras ``predict`` on this CPU).
+shows what quantization itself gains, apart from leaving Keras (docs/STACK.md: LiteRT float32 alone is
+faster than Keras ``predict`` on a CPU).
 
 Every file keeps the Keras model's names in its ``serving_default`` signature: input ``image``, outputs
-``class_logits`` and ``boxes``. :class:`raydet.tflite.TFLiteModel` runs any of them.
+``heatmap`` and ``boxes``. :class:`raydet.tflite.TFLiteModel` runs any of them; raydet.decode turns the maps into
+detections outside the graph (top-k and gathers inside an int8 graph lost every detection in TF's own CenterNet).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from raydet.config import QuantizeConfig
-from raydet.data import read_split
+from raydet.shards import read_split
 from raydet.runtime import init_ray, use_legacy_keras
 
 FLOAT_MODEL = "model.keras"
@@ -94,7 +95,7 @@ def convert(model, mode: str, calibration: np.ndarray | None = None, progress: b
     """A float tf-keras model -> the bytes of a ``.tflite`` file of ``mode``.
 
     Args:
-        model: input ``image`` (N, S, S, 3) float32 0..255; outputs ``class_logits``, ``boxes``.
+        model: input ``image`` (N, S, S, 3) float32 0..255; outputs ``heatmap``, ``boxes``.
         mode: ``float32`` (reference, no optimization), ``dynamic``, ``float16`` or ``int8``.
         calibration: (N, S, S, 3) uint8 images; required for ``int8``, one calibration step each.
     """

@@ -3,7 +3,7 @@
 - ``address`` given: connect to that cluster (``auto``, ``ray://host:10001`` or ``host:6379``).
 - ``RAY_ADDRESS`` set (as inside ``ray job submit``): connect to it.
 - otherwise: start a fresh local Ray. ``address="local"`` ignores a stale ``ray_current_cluster`` file
-  left by an earlier ``ray start`` (FINDINGS.md). It has no dashboard unless ``RAYDET_DASHBOARD=1``.
+  left by an earlier ``ray start`` (docs/STACK.md). It has no dashboard unless ``RAYDET_DASHBOARD=1``.
 
 Every worker must import TensorFlow with ``TF_USE_LEGACY_KERAS=1`` (Keras 3 breaks two-worker ``fit``). The
 driver sets it for itself before TF loads; a local Ray started here inherits it from the driver's environment,

@@ -1,13 +1,15 @@
 """Run any raydet ``.tflite`` file (float32, dynamic, float16, int8, qat) the same way, through LiteRT.
 
 Every file written by ``raydet quantize`` or QAT export has one signature, ``serving_default``, with the
-input ``image`` and the outputs ``class_logits`` (N, C) and ``boxes`` (N, 4) normalized xyxy, the names
-of the Keras model (docs/FORMATS.md). The int8 and qat files take uint8 pixels; the others take float32
-pixels 0..255. :class:`TFLiteModel` hides those differences: it takes uint8 (or float) images 0..255 and
-returns float32 outputs, quantizing the input and dequantizing outputs where the file asks for it.
+input ``image`` and the outputs ``heatmap`` (N, G, G, C) sigmoid centre scores and ``boxes`` (N, G, G, 4)
+``[off_x, off_y, w, h]`` per cell, the names of the Keras model (the model contract in raydet.model and
+docs/FORMATS.md; :func:`raydet.decode.decode` turns them into boxes). The int8 and qat files take uint8
+pixels; the others take float32 pixels 0..255. :class:`TFLiteModel` hides those differences: it takes uint8
+(or float) images 0..255 and returns float32 outputs, quantizing the input and dequantizing outputs where the
+file asks for it.
 
 ``tf.lite.Interpreter`` is deprecated; ``ai_edge_litert`` runs the same files with the XNNPACK delegate
-(FINDINGS.md).
+(docs/STACK.md).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 
 import numpy as np
 
-OUTPUT_NAMES = ("class_logits", "boxes")
+OUTPUT_NAMES = ("heatmap", "boxes")
 SIGNATURE = "serving_default"
 
 
@@ -33,6 +35,15 @@ def _dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     if scale == 0.0:
         return q.astype(np.float32)
     return (q.astype(np.float32) - zero_point) * np.float32(scale)
+
+
+def signature(path: str) -> dict[str, list[str]]:
+    """``{"inputs": [...], "outputs": [...]}``: the names of a ``.tflite`` file's ``serving_default`` signature
+    (empty lists when it has none), read without allocating the interpreter's tensors."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    names = Interpreter(model_path=str(path)).get_signature_list().get(SIGNATURE, {})
+    return {"inputs": list(names.get("inputs", [])), "outputs": list(names.get("outputs", []))}
 
 
 class TFLiteModel:
@@ -83,8 +94,14 @@ class TFLiteModel:
         return int(self._input["shape_signature"][1])
 
     @property
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{name: shape}`` of the outputs, batch dimension first (-1 where the file leaves it open)."""
+        return {name: tuple(int(d) for d in self._outputs[name]["shape_signature"]) for name in OUTPUT_NAMES}
+
+    @property
     def num_classes(self) -> int:
-        return int(self._outputs["class_logits"]["shape_signature"][-1])
+        """C of the (N, G, G, C) heatmap."""
+        return int(self._outputs["heatmap"]["shape_signature"][-1])
 
     def _prepare(self, images: np.ndarray) -> np.ndarray:
         dtype = self.input_dtype
@@ -96,8 +113,8 @@ class TFLiteModel:
         return images.astype(dtype, copy=False)
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """(N, S, S, 3) uint8 or float pixels 0..255 -> ``class_logits`` (N, C) float32 logits and
-        ``boxes`` (N, 4) float32 normalized xyxy."""
+        """(N, S, S, 3) uint8 or float pixels 0..255 -> ``{"heatmap": (N, G, G, C) float32 scores,
+        "boxes": (N, G, G, 4) float32 [off_x, off_y, w, h]}``, dequantized where the file's outputs are integers."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(f"images must be (N, {self.image_size}, {self.image_size}, 3), got {images.shape}")
@@ -109,5 +126,5 @@ class TFLiteModel:
                 value = out[name]
                 parts[name].append(value if value.dtype == np.float32 else _dequantize(value, scale, zero_point))
         if not len(images):
-            return {"class_logits": np.zeros((0, self.num_classes), np.float32), "boxes": np.zeros((0, 4), np.float32)}
+            return {name: np.zeros((0,) + shape[1:], np.float32) for name, shape in self.output_shapes.items()}
         return {name: np.concatenate(chunks) for name, chunks in parts.items()}

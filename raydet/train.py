@@ -31,10 +31,12 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from raydet.config import ModelConfig, TrainConfig
-from raydet.shards import read_split
 from raydet.inputs import objects_of
 from raydet.runtime import init_ray, runtime_env, use_legacy_keras
+from raydet.shards import read_split
 
 STATE_FILE = "state.json"  # in each checkpoint: {"history": [...], "nonfinite": null | {"epoch", "loss"}}
 WEIGHTS_PREFIX = "weights/ckpt"  # TF-format weights + optimizer state, in each checkpoint
@@ -460,21 +462,25 @@ class ValidationAP:
         self.num_classes = num_classes
 
     def __call__(self, model, chunk: int = 64) -> dict[str, float]:
+        """``model`` (a tf_keras detector) predicts the rows in chunks; -> ``score`` of its outputs."""
         import tensorflow as tf
-
-        from raydet.decode import decode
-        from raydet.metrics import MatchStats, detection_summary, match_image
 
         # A plain call in a tf.function, not ``predict``: Keras' predict runs under the distribution strategy of the
         # surrounding fit (callbacks run inside its scope) and would wait for the other workers' collectives.
         forward = tf.function(lambda x: model(x, training=False))
+        chunks = [forward(self.images[i:i + chunk].astype("float32")) for i in range(0, len(self.images), chunk)]
+        return self.score({k: np.concatenate([c[k].numpy() for c in chunks]) for k in ("heatmap", "boxes")})
+
+    def score(self, outputs: dict) -> dict[str, float]:
+        """``heatmap`` (n, G, G, C) and ``boxes`` (n, G, G, 4) of the rows, in order -> {val_ap50, val_map}."""
+        from raydet.decode import decode
+        from raydet.metrics import MatchStats, detection_summary, match_image
+
         parts = []
-        for start in range(0, len(self.images), chunk):
-            out = {k: v.numpy() for k, v in forward(self.images[start:start + chunk].astype("float32")).items()}
-            for k, det in enumerate(decode(out["heatmap"], out["boxes"])):
-                boxes, labels, difficult = self.truth[start + k]
-                parts.append(match_image(boxes, labels, det.boxes, det.labels, det.scores, self.num_classes,
-                                         image_id=start + k, gt_difficult=difficult))
+        for i, det in enumerate(decode(outputs["heatmap"][:len(self.truth)], outputs["boxes"][:len(self.truth)])):
+            boxes, labels, difficult = self.truth[i]
+            parts.append(match_image(boxes, labels, det.boxes, det.labels, det.scores, self.num_classes,
+                                     image_id=i, gt_difficult=difficult))
         summary = detection_summary(MatchStats.concat(parts))
         return {"val_ap50": summary["coco_map_50"], "val_map": summary["coco_map"]}
 

@@ -28,7 +28,7 @@ def test_malformed_class_list_names_it(text, match):
     (lambda: C.SynthConfig(out="o", object_size=(0.8, 0.3)), "--object-size .* got 0.8,0.3"),
     (lambda: C.TrainConfig(prep="p", out="o", name="n", epochs=2, warmup_epochs=3), "--warmup-epochs .* got 3"),
     (lambda: C.TrainConfig(prep="p", out="o", name="n", warmup_epochs=float("nan")), "--warmup-epochs .* got nan"),
-    (lambda: C.ModelConfig(num_classes=2, image_size=16, depth=5), "too small for depth 5"),
+    (lambda: C.ModelConfig(num_classes=2, image_size=48, depth=5), "image size 48 must be a multiple of 32"),
 ])
 def test_bad_values_are_named(make, match):
     with pytest.raises(ValueError, match=match):

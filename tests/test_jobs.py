@@ -1,7 +1,7 @@
 """`ray job submit` of jobs/*.py to a Ray head this test starts and owns (token auth, own ports, own temp dir).
 
 The head runs under ``setsid`` so that it and everything it starts form one process group, which the
-fixture ends (TERM, then KILL) without touching any other Ray on the machine (FINDINGS.md, "Running jobs").
+fixture ends (TERM, then KILL) without touching any other Ray on the machine (docs/STACK.md, "Ray").
 """
 
 from __future__ import annotations

@@ -53,8 +53,8 @@ def fake_stages(monkeypatch):
 
     def evaluate(cfg):
         calls.append(("evaluate", cfg))
-        return {"models": {m: {"coco_map_50": 0.95, "coco_map": 0.6, "voc_map_50": 0.96, "class_accuracy": 0.99,
-                               "mean_iou": 0.81, "images_per_s": 500.0, "size_bytes": 2048} for m in cfg.models}}
+        return {"models": {m: {"coco_map_50": 0.95, "coco_map": 0.6, "coco_map_75": 0.7, "voc_map_50": 0.96,
+                               "images_per_s": 500.0, "size_bytes": 2048} for m in cfg.models}}
 
     for name, fn in [("synth", write_synthetic), ("data", prepare), ("train", train), ("quantize", quantize),
                      ("evaluate", evaluate)]:
@@ -123,15 +123,15 @@ def test_user_data_skips_synth(fake_stages, tmp_path):
 
 def test_results_table_rows_and_units():
     table = pipeline.results_table({
-        "float": {"coco_map_50": 0.9512, "coco_map": 0.6, "voc_map_50": 0.96, "class_accuracy": 0.99,
-                  "mean_iou": 0.8, "images_per_s": 180.4, "size_bytes": 3 * 1024 * 1024},
+        "float": {"coco_map_50": 0.9512, "coco_map": 0.6, "coco_map_75": 0.7004, "voc_map_50": 0.96,
+                  "images_per_s": 180.4, "size_bytes": 3 * 1024 * 1024},
         "int8": {"coco_map_50": 0.94, "coco_map": None, "images_per_s": 640.0, "size_bytes": 800 * 1024}})
     lines = table.splitlines()
-    assert lines[0].split()[:3] == ["model", "AP50", "mAP"] and set(lines[1]) <= {"-", " "}
+    assert lines[0].split()[:4] == ["model", "AP50", "mAP", "AP75"] and set(lines[1]) <= {"-", " "}
     # decimal units as in report.md: 3 * 1024 * 1024 B = 3,145,728 B = 3.15 MB; 800 * 1024 B = 819.2 kB;
     # a missing metric prints "-".
-    assert lines[2].split() == ["float", "0.951", "0.600", "0.960", "0.990", "0.800", "180", "3.15", "MB"]
-    assert lines[3].split() == ["int8", "0.940", "-", "-", "-", "-", "640", "819.2", "kB"]
+    assert lines[2].split() == ["float", "0.951", "0.600", "0.700", "0.960", "180", "3.15", "MB"]
+    assert lines[3].split() == ["int8", "0.940", "-", "-", "-", "640", "819.2", "kB"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -176,7 +176,8 @@ def test_whole_pipeline_on_two_nodes_trains_across_them(two_node_cluster, tmp_pa
                                     batch_size=16, draw=2, address=two_node_cluster.address))
     report = json.loads(Path(result["report"]).read_text())
     assert set(report["models"]) == {"float", "int8"}
-    assert all(m["images"] > 0 for m in report["models"].values())
+    manifest = json.loads((tmp_path / "out" / "prep" / "manifest.json").read_text())
+    assert all(m["images"] == manifest["splits"]["test"] for m in report["models"].values())  # each image once
     assert len(list(Path(result["images"]).glob("*.png"))) >= 2
     # Where Ray Train's workers ran: one per node (1 CPU per node, 1 CPU per worker). A worker group that
     # Ray Train restarted (FailureConfig; on a loaded machine a health check can time out) adds two more

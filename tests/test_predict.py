@@ -1,55 +1,44 @@
-"""raydet.predict: drawn copies and predictions.json in original pixels; bad files reported, the rest processed."""
+"""raydet.predict with the hand-set detector (tests/handset.py): every detection above the threshold listed in
+original pixels and drawn, bad files reported, predictions.json kept when a predict is interrupted, old runs
+refused."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from raydet.config import ModelConfig, PredictConfig
+import handset as H
+from raydet.config import PredictConfig
+from raydet.infer import ModelRunner, OldRunError
 from raydet.predict import collect_images, predict
 
-SIZE = 32
-CLASSES = ["cat", "dog"]
+A, B, C, D = H.Obj(1, 1, 0, 5, 1), H.Obj(5, 2, 1, 4, 2), H.Obj(2, 5, 0, 3, 2), H.Obj(6, 6, 0, 2, 1)
+SCENE = [A, B, C, D]  # scores 0.9975 (red), 0.9734 (blue), 0.7685 (red), 0.2315 (red: under the default 0.3)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A RUN whose float model answers the same for every image: class logits (0, ln 3) -> "dog" with softmax
-    score 3 / (1 + 3) = 0.75, and box sigmoid(logit(b)) = b = (0.25, 0.25, 0.75, 0.75) normalized xyxy
-    (zero kernels, the answers in the biases); plus its int8 file."""
-    import tf_keras
-
-    from raydet.model import build_model
-    from raydet.quantize import convert
-
-    run = tmp_path_factory.mktemp("predict") / "run"
-    run.mkdir()
-    tf_keras.utils.set_random_seed(0)
-    model = build_model(ModelConfig(num_classes=2, image_size=SIZE, width=8, depth=3, head_units=16))
-    for name, bias in (("class_logits", [0.0, math.log(3.0)]), ("boxes", np.log(np.array([1, 1, 3, 3]) / [3, 3, 1, 1]))):
-        layer = model.get_layer(name)
-        layer.set_weights([np.zeros_like(layer.get_weights()[0]), np.asarray(bias, np.float32)])
-    model.save(run / "model.keras")
-    rng = np.random.default_rng(0)
-    calibration = rng.integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8)
-    (run / "model_int8.tflite").write_bytes(convert(model, "int8", calibration))
-    (run / "config.json").write_text(json.dumps({"classes": CLASSES, "image_size": SIZE}))
-    return run
+    return H.write_run(tmp_path_factory.mktemp("predict") / "run")
 
 
 def _inputs(root):
-    """Two good images (80 x 40 PNG, 60 x 60 JPEG in a subfolder), an empty file, garbage bytes, a truncated JPEG."""
+    """scene.png (32 x 32: the model's own size, so no resampling), wide.png (64 x 32: one red object painted
+    over x 40..48, y 8..12, i.e. cell (5, 2) once squeezed to 32 x 32), an empty file, garbage bytes, a
+    truncated JPEG."""
     folder = root / "in"
     (folder / "sub").mkdir(parents=True)
-    Image.fromarray(np.full((40, 80, 3), 128, np.uint8)).save(folder / "wide.png")
-    Image.fromarray(np.full((60, 60, 3), 90, np.uint8)).save(folder / "sub" / "square.jpg", quality=90)
+    Image.fromarray(H.paint(SCENE)).save(folder / "scene.png")
+    wide = np.zeros((32, 64, 3), np.uint8)
+    wide[8:12, 40:48] = (255, 102, 0)
+    Image.fromarray(wide).save(folder / "sub" / "wide.png")
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "garbage.png").write_bytes(b"not an image at all")
-    good = (folder / "sub" / "square.jpg").read_bytes()
+    Image.fromarray(np.full((60, 60, 3), 90, np.uint8)).save(folder / "square.jpg", quality=90)
+    good = (folder / "square.jpg").read_bytes()
+    (folder / "square.jpg").unlink()
     (folder / "cut.jpg").write_bytes(good[: len(good) // 3])
     return folder
 
@@ -57,56 +46,102 @@ def _inputs(root):
 def test_collect_images_recurses_sorted_and_reports_missing(tmp_path):
     folder = _inputs(tmp_path)
     (folder / "notes.txt").write_text("not an image suffix, ignored in a folder")
-    files, skipped = collect_images([str(folder), str(folder / "wide.png"), str(tmp_path / "nope")])
+    files, skipped = collect_images([str(folder), str(folder / "scene.png"), str(tmp_path / "nope")])
     assert [f.relative_to(folder).as_posix() for f in files] == [
-        "cut.jpg", "empty.jpg", "garbage.png", "sub/square.jpg", "wide.png"]  # wide.png named twice: once
+        "cut.jpg", "empty.jpg", "garbage.png", "scene.png", "sub/wide.png"]  # scene.png named twice: once
     assert skipped == [{"file": str(tmp_path / "nope"), "reason": "no such file or folder"}]
 
 
-@pytest.mark.parametrize("model, tol", [("float", 1e-3), ("int8", 1.0)])
-def test_predict_draws_good_images_and_reports_bad_ones(run_dir, tmp_path, model, tol):
+@pytest.mark.parametrize("model, box_tol, score_tol", [("float", 1e-4, 1e-6), ("int8", 0.1, 0.01)])
+def test_predict_lists_and_draws_every_detection(run_dir, tmp_path, model, box_tol, score_tol):
     from raydet import draw
 
     folder = _inputs(tmp_path)
     out = tmp_path / "out"
     report = predict(PredictConfig(run=str(run_dir), paths=(str(folder),), out=str(out), model=model))
 
-    # 1. bad files are reported with a reason naming what is wrong; the good ones are processed
+    # 1. bad files are reported with a reason; the good ones are processed
     reasons = {s["file"].rsplit("/", 1)[-1]: s["reason"] for s in report["skipped"]}
     assert set(reasons) == {"empty.jpg", "garbage.png", "cut.jpg"}
-    assert "empty" in reasons["empty.jpg"] and "not a recognised image" in reasons["garbage.png"]
-    assert "truncated" in reasons["cut.jpg"].lower()
+    assert "empty" in reasons["empty.jpg"] and "truncated" in reasons["cut.jpg"].lower()
     on_disk = json.loads((out / "predictions.json").read_text())
-    assert on_disk == report
+    assert on_disk == report and report["complete"] is True and report["score_threshold"] == 0.3
     by_name = {img["output"]: img for img in on_disk["images"]}
-    assert set(by_name) == {"wide.png", "square.png"}
+    assert set(by_name) == {"scene.png", "wide.png"}
 
-    # 2. boxes in original pixels: (0.25, 0.25, 0.75, 0.75) * (80, 40, 80, 40) = (20, 10, 60, 30);
-    #    on 60 x 60: (15, 15, 45, 45); class "dog", score 0.75 (int8: within a quantization step or two)
-    wide, square = by_name["wide.png"], by_name["square.png"]
-    assert (wide["width"], wide["height"]) == (80, 40)
+    # 2. scene.png: A, B and C (score >= 0.3; D's 0.23 is not), best first, boxes = normalized * 32 px
+    dets = by_name["scene.png"]["detections"]
+    assert [(d["class"], d["label"]) for d in dets] == [("red", 0), ("blue", 1), ("red", 0)]
+    np.testing.assert_allclose([d["score"] for d in dets], [H.score(5), H.score(4), H.score(3)], atol=score_tol)
+    # A: centre (1.5 / 8, 1.5 / 8) = 0.1875, side 0.2 -> (0.0875, 0.0875, 0.2875, 0.2875) * 32 = (2.8, ..., 9.2)
+    np.testing.assert_allclose(dets[0]["box"], [2.8, 2.8, 9.2, 9.2], atol=box_tol)
+    np.testing.assert_allclose([d["box"] for d in dets], [H.box(o) * 32 for o in (A, B, C)], atol=box_tol)
+
+    # 3. wide.png, 64 x 32: centre ((5 + 0.5) / 8 * 64, (2 + 0.5) / 8 * 32) = (44, 10); w = h normalized, so the
+    #    box is twice as wide as tall in pixels (its side itself depends on how the resize blurred the green)
+    wide = by_name["wide.png"]
+    assert (wide["width"], wide["height"]) == (64, 32)
     (det,) = wide["detections"]
-    assert det["class"] == "dog" and det["label"] == 1
-    assert det["score"] == pytest.approx(0.75, abs=0.02 if model == "int8" else 1e-6)
-    np.testing.assert_allclose(det["box"], [20, 10, 60, 30], atol=tol)
-    np.testing.assert_allclose(square["detections"][0]["box"], [15, 15, 45, 45], atol=tol)
+    x0, y0, x1, y1 = det["box"]
+    assert det["class"] == "red"
+    np.testing.assert_allclose([(x0 + x1) / 2, (y0 + y1) / 2], [44, 10], atol=box_tol)
+    assert (x1 - x0) == pytest.approx(2 * (y1 - y0), rel=1e-6)
 
-    # 3. the drawing: 80 x 40 is upscaled by ceil(384 / 40) = 10 to 800 x 400; the box's left edge runs along
-    #    x = 20 * 10 = 200 from y = 100 to 300, in the prediction colour; the image's middle stays grey
-    with Image.open(out / "wide.png") as im:
+    # 4. the drawing: 32 x 32 is upscaled by ceil(384 / 32) = 12; A's left edge runs along x = 2.8 * 12 = 33.6 ->
+    #    34 at mid-height y = 0.1875 * 384 = 72 in the prediction colour; D's left edge (x 0.7125 * 384 = 273.6 ->
+    #    274, y 0.8125 * 384 = 312) is not drawn: black
+    with Image.open(out / "scene.png") as im:
         pixels = np.asarray(im.convert("RGB"))
-    assert pixels.shape == (400, 800, 3)
-    x = int(round(det["box"][0] * 10))
-    assert tuple(pixels[200, x]) == draw.PRED_COLOR
-    assert tuple(pixels[200, 400]) == (128, 128, 128)
+    assert pixels.shape == (384, 384, 3)
+    assert tuple(pixels[72, 34]) == draw.PRED_COLOR
+    assert tuple(pixels[312, 274]) == (0, 0, 0)
 
 
-def test_score_threshold_drops_the_detection_but_keeps_the_image(run_dir, tmp_path):
+def test_score_threshold_keeps_the_best_and_the_image(run_dir, tmp_path):
     folder = _inputs(tmp_path)
-    report = predict(PredictConfig(run=str(run_dir), paths=(str(folder / "wide.png"),), out=str(tmp_path / "o"),
-                                   model="float", score_threshold=0.8))  # 0.75 < 0.8
+    scene = str(folder / "scene.png")
+    report = predict(PredictConfig(run=str(run_dir), paths=(scene,), out=str(tmp_path / "o"), model="float",
+                                   score_threshold=0.9))  # A 0.9975 and B 0.9734 pass, C 0.7685 does not
+    assert [d["class"] for d in report["images"][0]["detections"]] == ["red", "blue"]
+    report = predict(PredictConfig(run=str(run_dir), paths=(scene,), out=str(tmp_path / "o"), model="float",
+                                   score_threshold=0.999))  # nothing reaches 0.999
     assert [img["detections"] for img in report["images"]] == [[]]
-    assert (tmp_path / "o" / "wide.png").is_file()
+    assert (tmp_path / "o" / "scene.png").is_file()
+
+
+def test_interrupted_predict_keeps_the_finished_chunks(run_dir, tmp_path, monkeypatch):
+    import raydet.predict
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in "abcde":
+        Image.fromarray(H.paint(SCENE)).save(folder / f"{name}.png")
+    monkeypatch.setattr(raydet.predict, "CHUNK", 2)
+    calls, original = [], ModelRunner.predict
+
+    def predict_then_fail(self, images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise RuntimeError("power cut")  # the second chunk (c.png, d.png) never finishes
+        return original(self, images)
+
+    monkeypatch.setattr(ModelRunner, "predict", predict_then_fail)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="power cut"):
+        predict(PredictConfig(run=str(run_dir), paths=(str(folder),), out=str(out), model="float"))
+    kept = json.loads((out / "predictions.json").read_text())
+    assert kept["complete"] is False
+    assert [img["output"] for img in kept["images"]] == ["a.png", "b.png"]  # the first chunk of 2, whole
+    assert [len(img["detections"]) for img in kept["images"]] == [3, 3]
+    assert (out / "b.png").is_file() and not (out / "c.png").exists()
+    assert not list(out.glob("*.tmp"))
+
+
+def test_old_run_is_refused_before_any_output(tmp_path):
+    old = H.write_old_run(tmp_path / "old")
+    with pytest.raises(OldRunError, match="must be retrained with this raydet version"):
+        predict(PredictConfig(run=str(old), paths=(str(tmp_path),), out=str(tmp_path / "o"), model="float"))
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_model_names_the_existing_ones(run_dir, tmp_path):

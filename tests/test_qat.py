@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import prep_helpers
 import quant_helpers
 from quant_helpers import ap50, synthetic, train_small_model
 
 
 def _model_config():
-    from raydet.config import ModelConfig
-
-    return ModelConfig(num_classes=3, image_size=32, width=8, depth=3, head_units=32, dropout=0.0)
+    return quant_helpers.model_config()
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +24,7 @@ def float_model():
     """raydet.model's network, trained in float for a few seconds (the --init-from of a QAT fine-tune)."""
     from raydet.model import build_model
 
-    images, labels, boxes = synthetic(800, seed=0)
-    return train_small_model(images, labels, boxes, model=build_model(_model_config()))
+    return train_small_model(synthetic(800, seed=0), model=build_model(_model_config()))
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +32,7 @@ def qat_run(float_model, tmp_path_factory):
     """A RUN folder after a QAT fine-tune: model_qat.keras (save_qat_model), config.json, model_qat.tflite."""
     from raydet.qat import apply_qat, export_qat_tflite, save_qat_model
 
-    images, labels, boxes = synthetic(800, seed=0)
-    model = train_small_model(images, labels, boxes, epochs=3, model=apply_qat(float_model))
+    model = train_small_model(synthetic(800, seed=0), epochs=3, model=apply_qat(float_model))
     run = tmp_path_factory.mktemp("qat") / "run"
     run.mkdir()
     save_qat_model(model, run / "model_qat.keras")
@@ -48,9 +45,10 @@ def test_apply_qat_wraps_the_network_and_keeps_names_and_weights(float_model):
 
     qat = apply_qat(float_model)
     assert qat.input_names == ["image"]
-    assert sorted(qat.output_names) == ["boxes", "class_logits"]
+    assert sorted(qat.output_names) == ["boxes", "heatmap"]
     kinds = {layer.name: type(layer).__name__ for layer in qat.layers}
-    assert kinds["quant_conv0"] == "QuantizeWrapperV2" and kinds["class_logits"] == "QuantizeWrapperV2"
+    assert kinds["quant_block0_conv"] == "QuantizeWrapperV2" and kinds["heatmap"] == "QuantizeWrapperV2"
+    assert kinds["quant_neck_s4_up"] == "QuantizeWrapperV2" and kinds["quant_neck_s4_add"] == "QuantizeWrapperV2"
     # Rescaling carries raydet's config: no weight quantizer, one output quantizer (its range variables)
     rescale = qat.get_layer("quant_rescale")
     assert type(rescale.quantize_config).__name__ == "RescalingQuantizeConfig"
@@ -58,7 +56,7 @@ def test_apply_qat_wraps_the_network_and_keeps_names_and_weights(float_model):
     assert sorted(w.name.split("/")[-1] for w in rescale.weights) == ["optimizer_step:0", "output_max:0",
                                                                      "output_min:0"]
     # the float weights carried over (conv0's kernel, the class head's kernel)
-    for wrapper, name in (("quant_conv0", "conv0"), ("class_logits", "class_logits")):
+    for wrapper, name in (("quant_block0_conv", "block0_conv"), ("heatmap", "heatmap")):
         kernel = [w for w in qat.get_layer(wrapper).weights if w.name.endswith("/kernel:0")]
         assert len(kernel) == 1, [w.name for w in qat.get_layer(wrapper).weights]
         np.testing.assert_array_equal(kernel[0].numpy(), float_model.get_layer(name).kernel.numpy())
@@ -83,9 +81,8 @@ def test_batchnorm_after_pooling_is_refused_with_the_layer_named():
     x = keras.layers.Conv2D(4, 3, name="conv")(x)
     x = keras.layers.MaxPooling2D(name="pool")(x)
     x = keras.layers.BatchNormalization(name="bn_after_pool")(x)
-    x = keras.layers.Flatten()(x)
-    model = keras.Model(inputs, {"class_logits": keras.layers.Dense(3, name="class_logits")(x),
-                                 "boxes": keras.layers.Dense(4, activation="sigmoid", name="boxes")(x)})
+    model = keras.Model(inputs, {"heatmap": keras.layers.Conv2D(3, 1, activation="sigmoid", name="heatmap")(x),
+                                 "boxes": keras.layers.Conv2D(4, 1, activation="sigmoid", name="boxes")(x)})
     with pytest.raises(ValueError, match=r"bn_after_pool follows pool \(MaxPooling2D\).*Conv\(no bias\) -> BatchNorm"):
         apply_qat(model)
 
@@ -93,10 +90,10 @@ def test_batchnorm_after_pooling_is_refused_with_the_layer_named():
 def test_qat_model_trains_saves_and_loads_exactly(qat_run):
     from raydet.qat import load_qat_model
 
-    images = synthetic(16, seed=2)[0].astype(np.float32)
+    images = synthetic(16, seed=2)["image"].astype(np.float32)
     loaded = load_qat_model(qat_run["run"] / "model_qat.keras")
     ref, out = qat_run["model"].predict(images, verbose=0), loaded.predict(images, verbose=0)
-    for name in ("class_logits", "boxes"):
+    for name in ("heatmap", "boxes"):
         np.testing.assert_array_equal(out[name], ref[name])
 
 
@@ -112,22 +109,22 @@ def test_export_is_full_int8_with_uint8_input(qat_run):
             # activations in and weights: int8 (not float kernels run in float)
             assert tensors[op["inputs"][0]]["dtype"] == np.int8, op
             assert tensors[op["inputs"][1]]["dtype"] == np.int8, op
-    out = model.predict(synthetic(4, seed=2)[0])
-    assert out["class_logits"].shape == (4, 3) and out["boxes"].shape == (4, 4)
+    out = model.predict(synthetic(4, seed=2)["image"])
+    assert out["heatmap"].shape == (4, 8, 8, 3) and out["boxes"].shape == (4, 8, 8, 4)
 
 
 def test_qat_tflite_keeps_the_keras_answers_and_float_ap(qat_run, float_model):
     from raydet.tflite import TFLiteModel
 
-    images, labels, boxes = synthetic(200, seed=1)
-    keras_out = qat_run["model"].predict(images.astype(np.float32), verbose=0)
-    lite_out = TFLiteModel(qat_run["tflite"], batch_size=32).predict(images)
-    agree = np.mean(lite_out["class_logits"].argmax(1) == keras_out["class_logits"].argmax(1))
-    assert agree >= 0.95, agree
-    assert np.abs(lite_out["boxes"] - keras_out["boxes"]).mean() < 0.02
-    float_ap = ap50(float_model.predict(images.astype(np.float32), verbose=0), labels, boxes)
+    from test_quantize import assert_same_detections
+
+    test = synthetic(200, seed=1)
+    keras_out = qat_run["model"].predict(test["image"].astype(np.float32), verbose=0)
+    lite_out = TFLiteModel(qat_run["tflite"], batch_size=32).predict(test["image"])
+    assert_same_detections(keras_out, lite_out, "qat")
+    float_ap = ap50(float_model.predict(test["image"].astype(np.float32), verbose=0), test)
     assert float_ap > 0.8, float_ap
-    assert ap50(lite_out, labels, boxes) >= float_ap - 0.02  # issue 4: QAT loses at most 0.02 AP50
+    assert ap50(lite_out, test) >= float_ap - 0.02  # QAT loses at most 0.02 AP50
 
 
 def test_a_native_keras_zip_is_rebuilt_from_the_run_config(qat_run, tmp_path):
@@ -141,10 +138,10 @@ def test_a_native_keras_zip_is_rebuilt_from_the_run_config(qat_run, tmp_path):
     with pytest.raises(ValueError, match="native .keras zip"):
         load_qat_model(run / "model_qat.keras")
     (run / "config.json").write_text((qat_run["run"] / "config.json").read_text())
-    images = synthetic(8, seed=3)[0]
+    images = synthetic(8, seed=3)["image"]
     rebuilt = TFLiteModel(export_qat_tflite(run)).predict(images)
     reference = TFLiteModel(qat_run["tflite"]).predict(images)
-    for name in ("class_logits", "boxes"):
+    for name in ("heatmap", "boxes"):
         np.testing.assert_array_equal(rebuilt[name], reference[name])
 
 
@@ -162,15 +159,16 @@ def _qat_worker_loop(config):
     import tensorflow as tf
     import tf_keras
 
+    from raydet.inputs import BatchMaker
     from raydet.model import build_model, compile_model
     from raydet.qat import apply_qat, save_qat_model
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = apply_qat(build_model(_model_config()))
-        compile_model(model, tf_keras.optimizers.Adam(1e-3), box_weight=5.0, giou_weight=1.0)
-    images, labels, boxes = synthetic(128, seed=0)
-    ds = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), {"class_logits": labels, "boxes": boxes}))
+        compile_model(model, tf_keras.optimizers.Adam(1e-3))
+    images, heatmap, box_target = BatchMaker(synthetic(128, seed=0), 3, 8)(np.arange(128))
+    ds = tf.data.Dataset.from_tensor_slices((images, {"heatmap": heatmap, "boxes": box_target}))
     history = model.fit(ds.batch(32), epochs=2, verbose=0)
     weights = model.get_weights()  # every worker reads: synced variables are read collectively
     rank = ray.train.get_context().get_world_rank()
@@ -185,7 +183,7 @@ def _qat_worker_loop(config):
 
 @pytest.mark.slow
 def test_qat_trains_with_two_workers_and_exports(ray_local, tmp_path):
-    """Two workers: one hides distribution bugs (FINDINGS.md). Both end with the same weights; export runs."""
+    """Two workers: one hides distribution bugs (docs/STACK.md). Both end with the same weights; export runs."""
     import ray.cloudpickle
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -197,6 +195,7 @@ def test_qat_trains_with_two_workers_and_exports(ray_local, tmp_path):
     # the workers cannot import this test module: ship it (and its helpers) by value
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.cloudpickle.register_pickle_by_value(quant_helpers)
+    ray.cloudpickle.register_pickle_by_value(prep_helpers)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"model": dataclasses.asdict(_model_config())}))
@@ -210,5 +209,5 @@ def test_qat_trains_with_two_workers_and_exports(ray_local, tmp_path):
     ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(np.isfinite(r["loss"]) for r in ranks), ranks
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-6), ranks  # replicas stayed in sync
-    out = TFLiteModel(export_qat_tflite(run)).predict(synthetic(4, seed=3)[0])
-    assert out["class_logits"].shape == (4, 3) and np.all(np.isfinite(out["boxes"]))
+    out = TFLiteModel(export_qat_tflite(run)).predict(synthetic(4, seed=3)["image"])
+    assert out["heatmap"].shape == (4, 8, 8, 3) and np.all(np.isfinite(out["boxes"]))
