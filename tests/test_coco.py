@@ -1,7 +1,5 @@
 """COCO export, and raydet's COCO mAP against pycocotools on the exported files."""
 
-import contextlib
-import io
 import json
 
 import numpy as np
@@ -9,7 +7,6 @@ import pytest
 
 # a test dependency (pyproject's [test] extra): imported, not skipped, so a missing install fails loudly
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from raydet import coco
 from raydet import metrics as M
@@ -101,15 +98,9 @@ def raydet_summary(images, dets, n_classes):
 
 
 def pycocotools_stats(tmp_path, images, dets, classes):
-    coco.write_json(tmp_path / "gt.json", coco.ground_truth(images, classes))
-    coco.write_json(tmp_path / "dt.json", coco.detections(dets, classes))
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and its table
-        gt = COCO(str(tmp_path / "gt.json"))
-        ev = COCOeval(gt, gt.loadRes(str(tmp_path / "dt.json")), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev.stats
+    from test_metrics import pycocotools_eval
+
+    return pycocotools_eval(tmp_path, images, dets, classes).stats
 
 
 @pytest.mark.parametrize("max_det, score_decimals", [(6, 1), (6, 6), (1, 2)],
