@@ -21,7 +21,7 @@ import numpy as np
 def read_test(prep: str, limit: int | None):
     """PREP/test -> images (N, S, S, 3) uint8, per-image ground truth [(boxes (G, 4) xyxy normalized, labels (G,))]."""
 
-    from raydet.data import read_split
+    from raydet.shards import read_split
 
     ds = read_split(Path(prep).resolve(), "test").select_columns(
         ["image", "boxes", "labels", "num_objects"])

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--workers", type=int, default=None, help="default: raydet's (one per node)")
+    parser.add_argument("--width", type=int, default=16, help="cnn backbone: filters of the first block")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # every setting checked before any work
         train_cfg = TrainConfig(prep="", out="", name="real", workers=args.workers, epochs=args.epochs,
-                                batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                                batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                width=args.width)
         PrepareConfig(data=str(args.data), out="", image_size=args.image_size)
     except ValueError as exc:
         parser.error(str(exc))
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{args.data}: {manifest['splits']['train']} train / {manifest['splits']['test']} test photos, "
           f"{len(manifest['classes'])} classes, {manifest['objects_loaded']} objects; {args.image_size} px, "
-          f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, seed {args.seed}; training {train_s:.0f} s")
+          f"{args.epochs} epochs, width {args.width}, batch {args.batch_size}, lr {args.lr}, seed {args.seed}; training {train_s:.0f} s")
     print("\n| model | COCO AP50 | mAP | AP75 | VOC AP50 |\n|---|---|---|---|---|")
     for name, m in report["models"].items():
         print(f"| {name} | {m['coco_map_50']:.3f} | {m['coco_map']:.3f} | {m['coco_map_75']:.3f} | {m['voc_map_50']:.3f} |")

@@ -51,8 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=C.TrainConfig.cpus_per_worker,
                    help="CPUs each worker reserves (default: the node's CPUs with default --workers, else 1)")
-    p.add_argument("--backbone", default=C.TrainConfig.backbone, choices=C.BACKBONE_NAMES,
-                   help="feature extractor under the detection heads (default %(default)s)")
+    _add_backbone(p)
     p.add_argument("--epochs", type=int, default=C.TrainConfig.epochs, help="total epochs (a resumed run trains only the missing ones)")
     p.add_argument("--batch-size", type=int, default=C.TrainConfig.batch_size, help="global batch size, split across workers")
     p.add_argument("--lr", type=float, default=C.TrainConfig.lr, help="learning rate for the global batch size")
@@ -101,9 +100,19 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="training workers (default: one per node, or one per GPU with --gpu)")
     p.add_argument("--epochs", type=int, default=C.RunConfig.epochs)
     p.add_argument("--batch-size", type=int, default=C.RunConfig.batch_size)
+    p.add_argument("--lr", type=float, default=C.RunConfig.lr, help="learning rate for the global batch size")
+    _add_backbone(p)
     p.add_argument("--gpu", action="store_true")
     _add_address(p)
     return parser
+
+
+def _add_backbone(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default=C.TrainConfig.backbone, choices=C.BACKBONE_NAMES,
+                   help="feature extractor under the detection heads: cnn (from scratch) or efficientnet_lite0 "
+                        "(ImageNet-pretrained, for real photos) (default %(default)s)")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="efficientnet_lite0 from random weights instead of ImageNet's")
 
 
 def _modes(text: str) -> tuple[str, ...]:
@@ -123,7 +132,8 @@ def config_from_args(args: argparse.Namespace):
                                max_objects=args.max_objects, address=args.address)
     if cmd == "train":
         return C.TrainConfig(prep=args.prep, out=args.out, name=args.name, workers=args.workers, use_gpu=args.gpu,
-                             cpus_per_worker=args.cpus_per_worker, backbone=args.backbone, epochs=args.epochs,
+                             cpus_per_worker=args.cpus_per_worker, backbone=args.backbone,
+                             pretrained=args.pretrained, epochs=args.epochs,
                              batch_size=args.batch_size,
                              lr=args.lr, qat=args.qat, init_from=args.init_from, clip_norm=args.clip_norm,
                              warmup_epochs=args.warmup_epochs, seed=args.seed, address=args.address)
@@ -139,8 +149,8 @@ def config_from_args(args: argparse.Namespace):
                                score_threshold=args.score_threshold)
     if cmd == "run":
         return C.RunConfig(data=args.data, out=args.out, images=args.images, image_size=args.image_size,
-                           workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
-                           use_gpu=args.gpu, address=args.address)
+                           workers=args.workers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           backbone=args.backbone, pretrained=args.pretrained, use_gpu=args.gpu, address=args.address)
     raise AssertionError(f"unhandled command {cmd!r}")
 
 

@@ -97,7 +97,7 @@ class PrepareConfig:
             raise ValueError("--classes must name at least one class")
 
 
-BACKBONE_NAMES = ("cnn",)
+BACKBONE_NAMES = ("cnn", "efficientnet_lite0")
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ class ModelConfig:
     num_classes: int
     image_size: int  # taken from the manifest; a multiple of 32 (the deepest map is stride 32)
     backbone: str = "cnn"  # raydet.model.BACKBONES
+    pretrained: bool = True  # efficientnet_lite0: start from its ImageNet weights (the cnn has none)
     width: int = 16  # cnn: filters of the first block; doubles per block up to max_width (16 fits a 2-core laptop)
     max_width: int = 256
     depth: int = 5  # cnn: conv blocks, each Conv(no bias) -> BN -> ReLU -> MaxPool (QAT-friendly order)
@@ -122,7 +123,7 @@ class ModelConfig:
             _positive(name, getattr(self, name))
         if self.depth < 3:
             raise ValueError(f"depth must be at least 3 (the neck starts at stride 8 or deeper), got {self.depth!r}")
-        multiple = max(32, 2**self.depth)
+        multiple = 32 if self.backbone != "cnn" else max(32, 2**self.depth)
         if self.image_size % multiple:
             raise ValueError(f"image size {self.image_size} must be a multiple of {multiple} for this network "
                              f"(prepare the data with --image-size {max(multiple, self.image_size // multiple * multiple)})")
@@ -164,6 +165,9 @@ class TrainConfig:
     seed: int = 0
     address: str | None = None
     backbone: str = "cnn"  # ModelConfig.backbone
+    pretrained: bool = True  # ModelConfig.pretrained
+    # A pretrained backbone's BatchNorm layers stay in inference mode (raydet.model.freeze_backbone_bn).
+    freeze_bn: bool = True
     width: int = 16  # ModelConfig.width
     depth: int = 5
 
@@ -261,6 +265,9 @@ class RunConfig:
     use_gpu: bool = False
     address: str | None = None
     batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    backbone: str = TrainConfig.backbone
+    pretrained: bool = TrainConfig.pretrained
     draw: int = 16
 
     def __post_init__(self) -> None:

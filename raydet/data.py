@@ -60,9 +60,7 @@ import pyarrow.fs as pafs
 from raydet import boxes as B
 from raydet.config import PrepareConfig
 from raydet.images import ImageError, decode_resize
-# read_split and image_array are imported for callers still importing them from raydet.data: import them
-# from raydet.shards.
-from raydet.shards import IMAGE_ENCODING, SPLITS, image_array, read_split, write_shard  # noqa: F401
+from raydet.shards import IMAGE_ENCODING, SPLITS, write_shard
 from raydet.voc import Dataset, VocError, VocRecord, discover, normalize_boxes, parse_voc, read_file, resolve_image, unreferenced_images
 
 NO_OBJECTS = "no usable objects"

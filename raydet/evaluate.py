@@ -18,8 +18,8 @@ Layout of the work (docs/FORMATS.md for the files):
 
 Fault tolerance: Ray Data's actor pool creates actors with ``max_restarts=-1`` and ``max_task_retries=-1``; an
 actor that dies mid-batch returns nothing for that batch, is restarted, and the batch is run again, so no batch
-is lost or counted twice. ``RAYDET_TEST_CRASH_ONCE=<marker path>`` makes the first actor call that creates the
-marker file write its pid there and exit the process (a test hook: tests/test_evaluate.py kills one actor this way).
+is lost or counted twice (tests/test_evaluate.py kills an actor through a :class:`Predictor` subclass passed as
+``evaluate(cfg, predictor=...)``).
 
 Speed: each actor reserves ``threads`` CPUs and gives its interpreter exactly that many threads, so
 ``actors x threads`` never oversubscribes the cores. Throughput (``images_per_s``) is images divided by the time
@@ -45,7 +45,6 @@ from raydet.infer import ModelRunner, batch_plan, check_run, require_models
 from raydet.runtime import init_ray
 from raydet.sizes import format_size
 
-CRASH_ENV = "RAYDET_TEST_CRASH_ONCE"  # test hook, see the module docstring
 ACTOR_START_TIMEOUT_S = 600  # a cluster that cannot place the pool's actors in 10 minutes is refused, not waited for
 TOP_K = 100  # detections per image kept for the metrics and the COCO file: COCO's maxDets
 METRIC_SCORE_THRESHOLD = 0.01  # lower-scored peaks change AP by nothing measurable and only fill the files
@@ -84,25 +83,12 @@ class Predictor:
     pycocotools order ties of score the same way).
     """
 
-    def __init__(self, model_path: str, num_threads: int, num_classes: int, image_ids: dict[str, int],
-                 crash_marker: str | None = None):
+    def __init__(self, model_path: str, num_threads: int, num_classes: int, image_ids: dict[str, int]):
         self.runner = ModelRunner(model_path, num_threads)
         self.num_classes = num_classes
         self.image_ids = image_ids
-        self.crash_marker = crash_marker
         # one warm-up call: lazy allocation and XNNPACK packing happen here, not inside the first timed batch
         self.runner.predict(np.zeros((1, self.runner.image_size, self.runner.image_size, 3), np.uint8))
-
-    def _maybe_crash(self) -> None:
-        if not self.crash_marker:
-            return
-        try:
-            fd = os.open(self.crash_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: only one caller wins
-        except FileExistsError:
-            return
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        os._exit(1)  # die as a crashed process does: no exception, no cleanup, no result for this batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from raydet.decode import decode, to_pixels
@@ -110,7 +96,6 @@ class Predictor:
         from raydet.shards import difficult_of
 
         t_start = time.time()
-        self._maybe_crash()
         if self.runner.num_classes != self.num_classes:  # raised here, not in __init__: a task error reaches the driver
             raise ValueError(f"{self.runner.path.name} predicts {self.runner.num_classes} classes, "
                              f"the data has {self.num_classes}")
@@ -147,14 +132,15 @@ class ModelResult:
 
 
 def run_model(ds, name: str, path: Path, *, classes: list[str], image_ids: dict[str, int], actors: int,
-              threads: int, batch_size: int) -> ModelResult:
-    """Evaluate one model on a (materialized) PREP dataset ``ds`` in ``actors`` actors of ``threads`` CPUs."""
+              threads: int, batch_size: int, predictor: type = Predictor) -> ModelResult:
+    """Evaluate one model on a (materialized) PREP dataset ``ds`` in ``actors`` actors of ``threads`` CPUs, each
+    a ``predictor`` (:class:`Predictor` or a subclass taking the same arguments)."""
     import ray
 
     mapped = ds.map_batches(
-        Predictor, compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, num_cpus=threads,
+        predictor, compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, num_cpus=threads,
         fn_constructor_kwargs={"model_path": str(path), "num_threads": threads, "num_classes": len(classes),
-                               "image_ids": image_ids, "crash_marker": os.environ.get(CRASH_ENV)})
+                               "image_ids": image_ids})
     # Hand out batches only once every actor has loaded its model: otherwise the first actor ready (seconds
     # ahead: TensorFlow's import) takes a small split alone and N actors measure as one. The context is this
     # dataset's own copy, so nothing global changes.
@@ -237,10 +223,11 @@ def load_split(split_dir: Path, image_size: int, actors: int, batch_size: int | 
     return ds, gt_rows, image_ids, rows
 
 
-def evaluate(cfg: EvaluateConfig) -> dict:
+def evaluate(cfg: EvaluateConfig, predictor: type = Predictor) -> dict:
     """Evaluate ``cfg.models`` of ``cfg.run`` on ``cfg.data``'s split; returns the report: ``models`` ({name:
     REPORT_KEYS}), ``split``, ``data``, ``classes``, ``actors``, ``threads``, ``batch_size``, ``top_k``,
-    ``score_threshold``, ``draw_score_threshold``, ``actor_pids`` ({name: sorted pids that returned results})."""
+    ``score_threshold``, ``draw_score_threshold``, ``actor_pids`` ({name: sorted pids that returned results}).
+    ``predictor``: the actor class (:class:`Predictor` or a subclass with its constructor)."""
     import ray
 
     paths, manifest, classes = check_inputs(cfg)
@@ -260,7 +247,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         print(f"evaluate: {name} ({path.name}, {path.stat().st_size:,} bytes) on {len(gt_rows)} images, "
               f"{cfg.actors} actor(s) x {cfg.threads} thread(s)", flush=True)
         results[name] = run_model(ds, name, path, classes=classes, image_ids=image_ids, actors=cfg.actors,
-                                  threads=cfg.threads, batch_size=batch_size)
+                                  threads=cfg.threads, batch_size=batch_size, predictor=predictor)
 
     # 3. COCO files and the report first: a failed drawing must not cost them
     report = {"models": {name: r.report for name, r in results.items()}, "split": cfg.split,

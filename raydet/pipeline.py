@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from raydet import config as C
+from raydet.infer import FLOAT_FILE
 from raydet.runtime import init_ray
 from raydet.sizes import format_size
 
@@ -42,7 +43,8 @@ def stage_configs(cfg: C.RunConfig) -> dict:
         synth = C.SynthConfig(out=data, images=cfg.images, image_size=max(SYNTH_MIN_SIZE, cfg.image_size))
     prepare = C.PrepareConfig(data=data, out=str(out / "prep"), image_size=cfg.image_size, address=cfg.address)
     train = C.TrainConfig(prep=prepare.out, out=str(out / "runs"), name=RUN_NAME, workers=cfg.workers,
-                          use_gpu=cfg.use_gpu, epochs=cfg.epochs, batch_size=cfg.batch_size, address=cfg.address)
+                          use_gpu=cfg.use_gpu, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                          backbone=cfg.backbone, pretrained=cfg.pretrained, address=cfg.address)
     run_dir = str(Path(train.out) / train.name)
     quantize = C.QuantizeConfig(run=run_dir, modes=QUANT_MODES, address=cfg.address)
     evaluate = C.EvaluateConfig(run=run_dir, data=prepare.out, models=EVAL_MODELS, draw=cfg.draw,
@@ -173,7 +175,7 @@ def run(cfg: C.RunConfig) -> dict:
     state["train"] = key
     _save_state(out, state)
     done = _epochs_done(run_dir)
-    if done >= train_cfg.epochs and (run_dir / "model.keras").is_file():
+    if done >= train_cfg.epochs and (run_dir / FLOAT_FILE).is_file():
         print(f"=== raydet run: train: {run_dir} has {done} of {train_cfg.epochs} epochs, skipped", flush=True)
     else:
         from raydet.train import train
@@ -186,7 +188,7 @@ def run(cfg: C.RunConfig) -> dict:
 
     # 4. quantize: again whenever the float model changed since the .tflite files were written.
     quant = cfgs["quantize"]
-    float_model = run_dir / "model.keras"
+    float_model = run_dir / FLOAT_FILE
     if all(_is_newer(run_dir / f"model_{m}.tflite", float_model) for m in quant.modes):
         print(f"=== raydet run: quantize: {', '.join(quant.modes)} newer than {float_model}, skipped", flush=True)
     else:

@@ -30,9 +30,9 @@ import os
 import time
 from pathlib import Path
 
+from raydet.infer import QAT_KERAS_FILE as QAT_MODEL
 from raydet.runtime import use_legacy_keras
 
-QAT_MODEL = "model_qat.keras"
 # (class name of the layer feeding a BatchNormalization) that tfmot's default 8-bit transforms fold.
 _BN_FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
 

@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from raydet.config import QuantizeConfig
-from raydet.shards import read_split
+from raydet.infer import FLOAT_FILE as FLOAT_MODEL
+from raydet.infer import REFERENCE  # the unoptimized .tflite written beside the quantized ones
 from raydet.runtime import init_ray, use_legacy_keras
-
-FLOAT_MODEL = "model.keras"
-REFERENCE = "float32"  # the unoptimized .tflite written beside the quantized ones
+from raydet.shards import read_split
 
 
 def tflite_path(run_dir: str | os.PathLike, mode: str) -> Path:

@@ -49,6 +49,6 @@ def train_small_model(arrays: dict, epochs: int = 20, model=None, seed: int = 1)
 
 def ap50(outputs: dict[str, np.ndarray], arrays: dict) -> float:
     """COCO AP50 of the decoded outputs (``heatmap``, ``boxes`` maps of ``arrays``' images, in order)."""
-    from raydet.train import ValidationAP
+    from raydet.validation import ValidationAP
 
     return ValidationAP(arrays, CLASSES, limit=len(arrays["image"])).score(outputs)["val_ap50"]

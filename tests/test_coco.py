@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 # a test dependency (pyproject's [test] extra): imported, not skipped, so a missing install fails loudly
-from pycocotools.coco import COCO
 
 from raydet import coco
 from raydet import metrics as M

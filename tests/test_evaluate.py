@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import handset as H
+import worker_hooks
 from raydet.config import EvaluateConfig
 from raydet.evaluate import DRAW_SCORE_THRESHOLD, REPORT_KEYS, evaluate
 from raydet.infer import OldRunError, require_models
@@ -166,13 +167,13 @@ def test_evaluate_report_coco_and_drawings(setup, ray_local):
             assert sheet.size == (3 * 256, 256)  # 3 tiles of 256 px in one row
 
 
-def test_killed_actor_is_restarted_and_every_image_is_counted_once(setup, ray_local, monkeypatch):
+def test_killed_actor_is_restarted_and_every_image_is_counted_once(setup, ray_local):
     marker = setup["root"] / "crashed"
-    monkeypatch.setenv("RAYDET_TEST_CRASH_ONCE", str(marker))
+    worker_hooks.register()
     coco_dir = setup["root"] / "coco_crash"
     cfg = EvaluateConfig(run=str(setup["run"]), data=str(setup["prep"]), models=("int8",), actors=2,
                          batch_size=1, draw=0, coco_out=str(coco_dir))
-    report = evaluate(cfg)
+    report = evaluate(cfg, predictor=worker_hooks.crash_once_predictor(str(marker)))
     crashed_pid = int(marker.read_text())  # an actor really died: it wrote its pid, then os._exit(1)
     # the dead process returned nothing; its batch was run again by a restarted (or the other) actor
     assert crashed_pid not in report["actor_pids"]["int8"]

