@@ -1,7 +1,8 @@
-"""The dense detector on a real VOC folder, from scratch: prepare -> train -> quantize (int8) -> evaluate.
+"""The dense detector on a real VOC folder (from scratch, or from ImageNet with --backbone): prepare -> train -> quantize (int8) -> evaluate.
 
     python benchmarks/real.py ../shared/data/raccoon [--work DIR] [--image-size 128] [--epochs 150]
     python benchmarks/real.py ../shared/data/microcontrollers --image-size 128 --epochs 150
+    python benchmarks/real.py ../shared/data/raccoon --backbone efficientnet_lite0 --image-size 160 --epochs 40 --lr 1e-3
 
 Runs raydet's own stages in one Ray, as a user would type them (``raydet prepare`` with the hash split,
 ``raydet train``, ``raydet quantize --mode int8``, ``raydet evaluate --models float,int8``), and prints COCO AP50,
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--workers", type=int, default=None, help="default: raydet's (one per node)")
     parser.add_argument("--width", type=int, default=16, help="cnn backbone: filters of the first block")
+    parser.add_argument("--backbone", default="cnn", help="cnn (from scratch) or efficientnet_lite0 (ImageNet)")
+    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false")
+    parser.add_argument("--freeze-bn", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -37,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     try:  # every setting checked before any work
         train_cfg = TrainConfig(prep="", out="", name="real", workers=args.workers, epochs=args.epochs,
                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                width=args.width)
+                                width=args.width, backbone=args.backbone, pretrained=args.pretrained,
+                                freeze_bn=args.freeze_bn)
         PrepareConfig(data=str(args.data), out="", image_size=args.image_size)
     except ValueError as exc:
         parser.error(str(exc))
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{args.data}: {manifest['splits']['train']} train / {manifest['splits']['test']} test photos, "
           f"{len(manifest['classes'])} classes, {manifest['objects_loaded']} objects; {args.image_size} px, "
-          f"{args.epochs} epochs, width {args.width}, batch {args.batch_size}, lr {args.lr}, seed {args.seed}; training {train_s:.0f} s")
+          f"{args.epochs} epochs, backbone {args.backbone}{'' if args.pretrained else ' (random init)'}, width {args.width}, batch {args.batch_size}, lr {args.lr}, seed {args.seed}; training {train_s:.0f} s")
     print("\n| model | COCO AP50 | mAP | AP75 | VOC AP50 |\n|---|---|---|---|---|")
     for name, m in report["models"].items():
         print(f"| {name} | {m['coco_map_50']:.3f} | {m['coco_map']:.3f} | {m['coco_map_75']:.3f} | {m['voc_map_50']:.3f} |")

