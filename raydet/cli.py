@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from raydet import config as C
+from raydet.console import log_path, quiet_stderr
 
 
 def _add_address(p: argparse.ArgumentParser) -> None:
@@ -84,6 +85,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw", type=int, default=C.EvaluateConfig.draw, help="test images to draw (0: none)")
     _add_address(p)
 
+    p = sub.add_parser("report", help="write RUN/eval/report.html again from the run's files (no evaluation)")
+    p.add_argument("run", help="RUN folder evaluated by `raydet evaluate` (or `raydet run`)")
+    p.add_argument("--screenshot", default=None, help="also save a PNG of the page there (headless Chromium)")
+
     p = sub.add_parser("predict", help="draw predicted boxes on images or folders of images")
     p.add_argument("run", help="RUN folder")
     p.add_argument("paths", nargs="+", help="images or folders")
@@ -113,6 +118,8 @@ def _add_backbone(p: argparse.ArgumentParser) -> None:
                         "(ImageNet-pretrained, for real photos) (default %(default)s)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="efficientnet_lite0 from random weights instead of ImageNet's")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="keep the pretrained backbone's BatchNorm statistics (for very small per-worker batches)")
 
 
 def _modes(text: str) -> tuple[str, ...]:
@@ -133,7 +140,7 @@ def config_from_args(args: argparse.Namespace):
     if cmd == "train":
         return C.TrainConfig(prep=args.prep, out=args.out, name=args.name, workers=args.workers, use_gpu=args.gpu,
                              cpus_per_worker=args.cpus_per_worker, backbone=args.backbone,
-                             pretrained=args.pretrained, epochs=args.epochs,
+                             pretrained=args.pretrained, freeze_bn=args.freeze_bn, epochs=args.epochs,
                              batch_size=args.batch_size,
                              lr=args.lr, qat=args.qat, init_from=args.init_from, clip_norm=args.clip_norm,
                              warmup_epochs=args.warmup_epochs, seed=args.seed, address=args.address)
@@ -144,14 +151,23 @@ def config_from_args(args: argparse.Namespace):
         return C.EvaluateConfig(run=args.run, data=args.data, models=tuple(m.strip() for m in args.models.split(",")),
                                 actors=args.actors, threads=args.threads, batch_size=args.batch_size, coco_out=args.coco_out,
                                 draw=args.draw, address=args.address)
+    if cmd == "report":
+        return C.ReportConfig(run=args.run, screenshot=args.screenshot)
     if cmd == "predict":
         return C.PredictConfig(run=args.run, paths=tuple(args.paths), out=args.out, model=args.model,
                                score_threshold=args.score_threshold)
     if cmd == "run":
         return C.RunConfig(data=args.data, out=args.out, images=args.images, image_size=args.image_size,
                            workers=args.workers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           backbone=args.backbone, pretrained=args.pretrained, use_gpu=args.gpu, address=args.address)
+                           backbone=args.backbone, pretrained=args.pretrained, freeze_bn=args.freeze_bn,
+                           use_gpu=args.gpu, address=args.address)
     raise AssertionError(f"unhandled command {cmd!r}")
+
+
+def ray_is_up() -> bool:
+    """Whether this process is connected to Ray (False when Ray was never imported)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def dispatch(cfg) -> object:
@@ -174,6 +190,9 @@ def dispatch(cfg) -> object:
     if isinstance(cfg, C.EvaluateConfig):
         from raydet.evaluate import evaluate
         return evaluate(cfg)
+    if isinstance(cfg, C.ReportConfig):
+        from raydet.report import report
+        return report(cfg)
     if isinstance(cfg, C.PredictConfig):
         from raydet.predict import predict
         return predict(cfg)
@@ -181,6 +200,18 @@ def dispatch(cfg) -> object:
         from raydet.pipeline import run
         return run(cfg)
     raise AssertionError(f"unhandled config {type(cfg).__name__}")
+
+
+def run_quietly(cfg, command: str) -> object:
+    """``dispatch(cfg)`` with Ray's and TensorFlow's messages in a log file (raydet.console; ``RAYDET_VERBOSE=1``:
+    on the console). A Ray this command started is stopped inside, so its last forwarded lines land there too."""
+    with quiet_stderr(log_path(command)):
+        ours = not ray_is_up()
+        try:
+            return dispatch(cfg)
+        finally:
+            if ours and ray_is_up():
+                sys.modules["ray"].shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(f"{args.command}: {exc}")  # exits 2 before any work
     try:
-        dispatch(cfg)
+        run_quietly(cfg, args.command)
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
         print(f"raydet {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -166,8 +166,9 @@ class TrainConfig:
     address: str | None = None
     backbone: str = "cnn"  # ModelConfig.backbone
     pretrained: bool = True  # ModelConfig.pretrained
-    # A pretrained backbone's BatchNorm layers stay in inference mode (raydet.model.freeze_backbone_bn).
-    freeze_bn: bool = True
+    # True: a pretrained backbone's BatchNorm layers stay in inference mode (raydet.model.freeze_backbone_bn); with
+    # batches of 16 they train better (docs/TRAINING.md), so they train by default.
+    freeze_bn: bool = False
     width: int = 16  # ModelConfig.width
     depth: int = 5
 
@@ -255,6 +256,18 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    run: str  # RUN folder that `raydet evaluate` has written eval/report.json and the COCO files into
+    screenshot: str | None = None  # also save a headless-Chromium PNG of the page here (e.g. for a README)
+
+    def __post_init__(self) -> None:
+        if not self.run:
+            raise ValueError("report needs a RUN folder")
+        if self.screenshot is not None and not self.screenshot.endswith(".png"):
+            raise ValueError(f"--screenshot must name a .png file, got {self.screenshot!r}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: str | None = None  # None: write the built-in synthetic dataset first
     out: str = "raydet-out"
@@ -268,6 +281,7 @@ class RunConfig:
     lr: float = TrainConfig.lr
     backbone: str = TrainConfig.backbone
     pretrained: bool = TrainConfig.pretrained
+    freeze_bn: bool = TrainConfig.freeze_bn
     draw: int = 16
 
     def __post_init__(self) -> None:

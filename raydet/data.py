@@ -60,6 +60,7 @@ import pyarrow.fs as pafs
 from raydet import boxes as B
 from raydet.config import PrepareConfig
 from raydet.images import ImageError, decode_resize
+from raydet.progress import Progress
 from raydet.shards import IMAGE_ENCODING, SPLITS, write_shard
 from raydet.voc import Dataset, VocError, VocRecord, discover, normalize_boxes, parse_voc, read_file, resolve_image, unreferenced_images
 
@@ -332,7 +333,12 @@ def _decode_all(dataset: Dataset, planned: list[_Planned], classes: list[str], o
         "filesystem": dataset.filesystem, "root": dataset.root, "out_fs": out_fs, "out_root": out_root,
         "image_size": cfg.image_size, "objects_per_row": objects_per_row(planned),
         "class_index": {name: i for i, name in enumerate(classes)}})
-    return ds.take_all()
+    summaries = []
+    with Progress("prepare: decode + resize", total=len(planned)) as bar:
+        for row in ds.iter_rows():  # streamed as each task finishes, so the bar moves
+            summaries.append(row)
+            bar.update(1)
+    return summaries
 
 
 def prepare(cfg: PrepareConfig) -> dict:

@@ -13,8 +13,9 @@ Layout of the work (docs/FORMATS.md for the files):
    (:func:`raydet.metrics.match_image`, with the PREP ``difficult`` flags) and returns one row holding the batch's
    *summable* partial statistics (:class:`raydet.metrics.MatchStats`) plus the per-image detections and latencies;
 3. the driver sums the partials, finishes the metrics (:func:`raydet.metrics.detection_summary`), writes the COCO
-   files (``--coco-out``) and ``RUN/eval/report.json`` / ``report.md`` first, then the drawings (a failed drawing
-   is reported, the evaluation stands).
+   files (``--coco-out``, default ``RUN/eval/coco``) and ``RUN/eval/report.json`` / ``report.md`` first, then the
+   drawings and ``RUN/eval/report.html`` (raydet.report, built from those files); a failed drawing or page is
+   reported, the evaluation stands.
 
 Fault tolerance: Ray Data's actor pool creates actors with ``max_restarts=-1`` and ``max_task_retries=-1``; an
 actor that dies mid-batch returns nothing for that batch, is restarted, and the batch is run again, so no batch
@@ -42,6 +43,7 @@ import numpy as np
 
 from raydet.config import EvaluateConfig
 from raydet.infer import ModelRunner, batch_plan, check_run, require_models
+from raydet.progress import Progress
 from raydet.runtime import init_ray
 from raydet.sizes import format_size
 
@@ -145,7 +147,11 @@ def run_model(ds, name: str, path: Path, *, classes: list[str], image_ids: dict[
     # ahead: TensorFlow's import) takes a small split alone and N actors measure as one. The context is this
     # dataset's own copy, so nothing global changes.
     mapped.context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-    parts = [pickle.loads(row["partial"]) for row in mapped.take_all()]
+    parts = []
+    with Progress(f"evaluate: {name}", total=ds.count()) as bar:
+        for row in mapped.iter_rows():  # streamed: the bar moves as each batch comes back
+            parts.append(pickle.loads(row["partial"]))
+            bar.update(len(parts[-1]["images"]))
     report = summarize(parts, classes, path.stat().st_size)
     images = sorted((im for p in parts for im in p["images"]), key=lambda im: im.image_id)
     return ModelResult(name=name, report=report, images=images, actor_pids={p["pid"] for p in parts})
@@ -223,11 +229,12 @@ def load_split(split_dir: Path, image_size: int, actors: int, batch_size: int | 
     return ds, gt_rows, image_ids, rows
 
 
-def evaluate(cfg: EvaluateConfig, predictor: type = Predictor) -> dict:
+def evaluate(cfg: EvaluateConfig, predictor: type = Predictor, show_table: bool = True) -> dict:
     """Evaluate ``cfg.models`` of ``cfg.run`` on ``cfg.data``'s split; returns the report: ``models`` ({name:
     REPORT_KEYS}), ``split``, ``data``, ``classes``, ``actors``, ``threads``, ``batch_size``, ``top_k``,
-    ``score_threshold``, ``draw_score_threshold``, ``actor_pids`` ({name: sorted pids that returned results}).
-    ``predictor``: the actor class (:class:`Predictor` or a subclass with its constructor)."""
+    ``score_threshold``, ``draw_score_threshold``, ``actor_pids`` ({name: sorted pids that returned results}),
+    ``coco_dir`` (absolute). ``predictor``: the actor class (:class:`Predictor` or a subclass with its
+    constructor); ``show_table``: print the models table (``raydet run`` prints its own at the end)."""
     import ray
 
     paths, manifest, classes = check_inputs(cfg)
@@ -256,23 +263,43 @@ def evaluate(cfg: EvaluateConfig, predictor: type = Predictor) -> dict:
               "score_threshold": METRIC_SCORE_THRESHOLD, "draw_score_threshold": DRAW_SCORE_THRESHOLD,
               # processes that returned results per model: a pool of N that shared the work shows N (+1 per restart)
               "actor_pids": {name: sorted(r.actor_pids) for name, r in results.items()}}
-    if cfg.coco_out:
-        write_coco(Path(cfg.coco_out), gt_rows, classes, results)
-    write_report(Path(cfg.run) / "eval", report)
+    coco_dir = coco_folder(cfg)
+    report["coco_dir"] = str(coco_dir.absolute())  # where raydet.report finds them again
+    write_coco(coco_dir, gt_rows, classes, results)
+    write_report(Path(cfg.run) / "eval", report, show_table=show_table)
     if cfg.draw:
         _draw_or_report(Path(cfg.run) / "eval" / "images", ds, cfg.draw, results, classes, manifest.get("source"))
+    _html_or_report(Path(cfg.run))
     return report
 
 
-def write_report(out: Path, report: dict) -> None:
+def coco_folder(cfg: EvaluateConfig) -> Path:
+    """Where the COCO files go: ``--coco-out``, else ``RUN/eval/coco`` (always written: report.html is built
+    from them)."""
+    return Path(cfg.coco_out) if cfg.coco_out else Path(cfg.run) / "eval" / "coco"
+
+
+def _html_or_report(run: Path) -> None:
+    """Write RUN/eval/report.html (raydet.report); a failure is printed, not raised (the rest is written)."""
+    from raydet.report import build_report
+
+    try:
+        print(f"report: {build_report(run)}", flush=True)
+    except Exception as exc:  # noqa: BLE001 -- the page is a view of files already written
+        print(f"report.html failed ({type(exc).__name__}: {exc}); report.json and COCO files are written; "
+              f"`raydet report {run}` tries again", flush=True)
+
+
+def write_report(out: Path, report: dict, show_table: bool = True) -> None:
     """``out/report.json`` (NaN written as null) and ``out/report.md`` (models table, per-class table); prints
-    the models table."""
+    the models table when ``show_table``."""
     from raydet import coco
 
     coco.write_json(out / "report.json", _json_safe(report))
     table = format_table(report["models"])
     (out / "report.md").write_text(_markdown(report, table, format_class_table(report["models"], report["classes"])))
-    print(table, flush=True)
+    if show_table:
+        print(table, flush=True)
 
 
 def _json_safe(obj):
@@ -335,25 +362,6 @@ def _markdown(report: dict, table: str, class_table: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- drawings
 
-def _original_image(source: str | None, row: dict) -> np.ndarray:
-    """The row's image at its original size, RGB uint8: the dataset's own file when it is reachable on this
-    machine (sharper), else the PREP image stretched back to ``width`` x ``height``."""
-    import cv2
-    from PIL import Image
-
-    if source and "://" not in source:
-        path = Path(source) / row["file"]
-        try:
-            with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB"))
-            if rgb.shape[:2] == (int(row["height"]), int(row["width"])):
-                return rgb
-        except OSError:
-            pass  # moved, unreadable or not local: fall back to the PREP pixels
-    return cv2.resize(np.asarray(row["image"]), (int(row["width"]), int(row["height"])),
-                      interpolation=cv2.INTER_LINEAR)
-
-
 def _draw_or_report(out: Path, ds, count: int, results: dict[str, ModelResult], classes: list[str],
                     source: str | None) -> None:
     """Draw ``count`` images of ``ds``; any failure is printed, not raised (the report is written by now)."""
@@ -375,9 +383,10 @@ def draw_examples(out: Path, rows: list[dict], results: dict[str, ModelResult], 
     contact sheets' paths.
     """
     from raydet import draw
+    from raydet.gallery import original_image
 
     sheets = []
-    bases = [_original_image(source, r) for r in rows]
+    bases = [original_image(source, r) for r in rows]
     for name, result in results.items():
         by_file = {im.file: im for im in result.images}
         drawn, captions = [], []

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from raydet import config as C
+from raydet.console import stdout_to, verbose
 from raydet.infer import FLOAT_FILE
 from raydet.runtime import init_ray
 from raydet.sizes import format_size
@@ -31,6 +32,7 @@ RUN_NAME = "main"
 STATE_FILE = "pipeline.json"
 QUANT_MODES = ("int8",)  # what `run` evaluates beside float; `raydet quantize RUN` makes the others
 EVAL_MODELS = ("float", "int8")
+QUANT_LOG = "quantize.log"  # RUN/quantize.log: what `raydet quantize` prints, kept out of `raydet run`'s console
 SYNTH_MIN_SIZE = C.SynthConfig.image_size  # draw shapes at >= 128 px so small --image-size still sees clean edges
 
 
@@ -44,7 +46,8 @@ def stage_configs(cfg: C.RunConfig) -> dict:
     prepare = C.PrepareConfig(data=data, out=str(out / "prep"), image_size=cfg.image_size, address=cfg.address)
     train = C.TrainConfig(prep=prepare.out, out=str(out / "runs"), name=RUN_NAME, workers=cfg.workers,
                           use_gpu=cfg.use_gpu, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                          backbone=cfg.backbone, pretrained=cfg.pretrained, address=cfg.address)
+                          backbone=cfg.backbone, pretrained=cfg.pretrained, freeze_bn=cfg.freeze_bn,
+                          address=cfg.address)
     run_dir = str(Path(train.out) / train.name)
     quantize = C.QuantizeConfig(run=run_dir, modes=QUANT_MODES, address=cfg.address)
     evaluate = C.EvaluateConfig(run=run_dir, data=prepare.out, models=EVAL_MODELS, draw=cfg.draw,
@@ -195,7 +198,11 @@ def run(cfg: C.RunConfig) -> dict:
         from raydet.quantize import quantize
 
         t = banner("quantize", f"{', '.join(quant.modes)} from {float_model}")
-        quantize(quant)
+        log = None if verbose() else run_dir / QUANT_LOG  # the converter's step-by-step lines
+        with stdout_to(log):
+            written = quantize(quant)
+        sizes = ", ".join(f"{Path(p).name} ({format_size(Path(p).stat().st_size)})" for p in written.values())
+        print(f"wrote {sizes}" + (f"; converter log: {log}" if log else ""), flush=True)
         seconds["quantize"] = time.perf_counter() - t
 
     # 5. evaluate: always (it is the answer the user came for; a few seconds on the test split).
@@ -203,14 +210,15 @@ def run(cfg: C.RunConfig) -> dict:
 
     ev = cfgs["evaluate"]
     t = banner("evaluate", f"{', '.join(ev.models)} on {ev.data} (test split), {ev.actors} actors")
-    report = evaluate(ev)
+    report = evaluate(ev, show_table=False)  # the table comes once, at the end
     seconds["evaluate"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_all
 
     eval_dir = run_dir / "eval"
     print("\n=== raydet run: results on the test split")
     print(results_table(report["models"]))
-    print(f"\nreport:   {eval_dir / 'report.md'} (and report.json)")
+    print(f"\nreport:   {eval_dir / 'report.html'} (and report.md, report.json)")
+    print(f"curves:   {run_dir / 'curves.png'}; TensorBoard: tensorboard --logdir {run_dir.parent}")
     print(f"pictures: {eval_dir / 'images'}")
     print(f"models:   {float_model} and {', '.join(str(run_dir / f'model_{m}.tflite') for m in quant.modes)}")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), flush=True)

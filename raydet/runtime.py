@@ -5,6 +5,8 @@
 - otherwise: start a fresh local Ray. ``address="local"`` ignores a stale ``ray_current_cluster`` file
   left by an earlier ``ray start`` (docs/STACK.md). It has no dashboard unless ``RAYDET_DASHBOARD=1``.
 
+Either way Ray Data draws no progress bars unless ``RAYDET_VERBOSE=1`` (raydet.console: the quiet console).
+
 Every worker must import TensorFlow with ``TF_USE_LEGACY_KERAS=1`` (Keras 3 breaks two-worker ``fit``). The
 driver sets it for itself before TF loads; a local Ray started here inherits it from the driver's environment,
 and on an existing cluster it travels in the runtime environment.
@@ -69,6 +71,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # No dashboard unless asked for (RAYDET_DASHBOARD=1): it lives only as long as this command, and starting
         # it put 1.3 s of polling on ray.init's path plus ~2 CPU-s during a 20 s `raydet prepare`.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard_wanted())
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's progress bars off in this driver unless ``RAYDET_VERBOSE=1``: raydet draws one line for its
+    own long passes (raydet.progress), and Ray Data's redraws (or, off a terminal, its progress log every few
+    seconds) covered every internal step (reads, repartitions, column selections)."""
+    from raydet.console import verbose
+
+    if not verbose():
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
 
 
 def dashboard_wanted() -> bool:

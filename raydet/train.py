@@ -17,6 +17,8 @@ runs ``raydet.train_worker.train_loop_per_worker(config)`` [each worker], which 
 - **Checkpoints** hold the weights with the optimizer state, the clean float model, and the history so far.
   Resuming (same ``--out``/``--name``, or a restart after a worker failure) restores all three, so
   ``history.jsonl``, written by the driver from the newest checkpoint, holds each epoch exactly once.
+- **Curves.** The driver draws ``RUN/curves.png`` from the history at the end; rank 0 writes each epoch's
+  figures as TensorBoard scalars under ``RUN/tensorboard/`` as it goes (``tensorboard --logdir RUNS``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from raydet.infer import FLOAT_FILE as FLOAT_MODEL
 from raydet.infer import QAT_KERAS_FILE as QAT_MODEL
 from raydet.runtime import init_ray, runtime_env
 from raydet.shards import read_split
-from raydet.train_worker import STATE_FILE, train_loop_per_worker
+from raydet.train_worker import STATE_FILE, TENSORBOARD_DIR, train_loop_per_worker
+
+CURVES_FILE = "curves.png"
 
 
 
@@ -198,6 +202,7 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: Path, callbacks: tuple):
         "model": asdict(mcfg), "train": asdict(cfg), "steps_per_epoch": steps, "local_batch": local_batch,
         "n_test": datasets["test"].count(),
         "callbacks": callbacks,
+        "tensorboard_dir": str(run_dir / TENSORBOARD_DIR),  # absolute: the workers run in other folders
     }
     print(f"training on {n_train} images: {cfg.workers} workers x {local_batch} images per step "
           f"(global batch {local_batch * cfg.workers}), {steps} steps per epoch", flush=True)
@@ -249,7 +254,22 @@ def _finish(cfg: TrainConfig, run_dir: Path, result, started: float) -> TrainSum
         export_qat_tflite(run_dir)
     trained = sum(1 for row in history if row["end_time"] >= started)
     print(f"model: {run_dir / model_name}  ({len(history)} epochs; history: {run_dir / 'history.jsonl'})", flush=True)
+    write_curves(run_dir, history)
     return TrainSummary(str(run_dir), str(run_dir / model_name), tuple(history), trained)
+
+
+def write_curves(run_dir: Path, history: list[dict]) -> None:
+    """``RUN/curves.png``: losses, val AP50 / mAP and learning rate per epoch (raydet.plots); a failure is
+    printed, not raised (the model and history are written by now)."""
+    from raydet import plots
+
+    try:
+        png = plots.training_curves(history)
+        if png is not None:
+            print(f"curves: {plots.write_png(run_dir / CURVES_FILE, png)}  "
+                  f"(TensorBoard: tensorboard --logdir {run_dir.parent})", flush=True)
+    except Exception as exc:  # noqa: BLE001 -- a picture of the history, which is saved
+        print(f"curves.png failed ({type(exc).__name__}: {exc})", flush=True)
 
 
 def write_history(path: Path, history: list[dict]) -> None:

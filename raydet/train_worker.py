@@ -4,7 +4,8 @@ checkpoint.
 
 Checkpoint layout (every epoch, rank 0's folder is the one kept): ``weights/ckpt*`` (TF-format weights with the
 optimizer state), the clean float model (``model.keras``; ``model_qat.keras`` for a QAT run) and ``state.json``
-(``{"history": [...], "nonfinite": null | {"epoch", "loss"}}``).
+(``{"history": [...], "nonfinite": null | {"epoch", "loss"}}``). Rank 0 also writes each epoch's history row as
+TensorBoard scalars (``RUN/tensorboard/``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from raydet.runtime import use_legacy_keras
 
 STATE_FILE = "state.json"
 WEIGHTS_PREFIX = "weights/ckpt"
+TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard: rank 0's event files
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -31,7 +33,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     ``config``: ``model`` (ModelConfig fields), ``train`` (TrainConfig fields), ``steps_per_epoch``,
     ``local_batch``, ``n_test``, ``callbacks`` (factories ``f(rank, world, steps_per_epoch)`` of extra Keras
-    callbacks, raydet.train.train).
+    callbacks, raydet.train.train), ``tensorboard_dir`` (absolute; rank 0 writes each epoch's scalars there).
     """
     use_legacy_keras()
     import ray.train
@@ -85,12 +87,22 @@ def train_loop_per_worker(config: dict) -> None:
     from raydet.validation import ValidationAP
 
     validation = ValidationAP(test_arrays, mcfg.num_classes) if rank == 0 else None
-    reporter = _EpochReporter(model, export, tcfg, history, rank, validation)
+    reporter = _EpochReporter(model, export, tcfg, history, rank, validation, _tensorboard_writer(config, rank))
     callbacks = [StepLR(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
                  reporter]
     callbacks += [factory(rank, world, config["steps_per_epoch"]) for factory in config["callbacks"]]
     model.fit(train_ds, epochs=tcfg["epochs"], initial_epoch=initial_epoch, steps_per_epoch=config["steps_per_epoch"],
               validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks, verbose=0)
+
+
+def _tensorboard_writer(config: dict, rank: int):
+    """Rank 0's ``tf.summary`` file writer into ``config["tensorboard_dir"]`` (one set of event files per run);
+    None on the other ranks or without the key. Made outside the strategy's scope, like the export copy."""
+    if rank != 0 or not config.get("tensorboard_dir"):
+        return None
+    import tensorflow as tf
+
+    return tf.summary.create_file_writer(config["tensorboard_dir"])
 
 
 def _say(text: str) -> None:
@@ -195,6 +207,22 @@ def format_row(row: dict) -> str:
             f"lr {row['lr']:.2e}  {row['seconds']:.1f}s")
 
 
+SCALARS = ("loss", "heatmap_loss", "box_loss", "val_loss", "val_heatmap_loss", "val_box_loss", "val_ap50",
+           "val_map", "lr", "seconds")  # history names written to TensorBoard (docs/FORMATS.md)
+
+
+def write_scalars(writer, row: dict) -> None:
+    """One history row as TensorBoard scalars at step ``row["epoch"]``: python floats through a
+    ``tf.summary`` file writer (no tensors of the model, no collective, so nothing waits for other workers)."""
+    import tensorflow as tf
+
+    with writer.as_default():
+        for key in SCALARS:
+            if isinstance(row.get(key), (int, float)) and math.isfinite(row[key]):
+                tf.summary.scalar(key, float(row[key]), step=int(row["epoch"]))
+    writer.flush()  # each epoch visible to a running TensorBoard (and kept if the worker dies)
+
+
 def _make_reporter_class():
     import ray.train
     import tf_keras
@@ -204,10 +232,10 @@ def _make_reporter_class():
         (every worker: synced variables are read collectively), let rank 0 measure ``validation`` on it, save a
         checkpoint (rank 0's folder is the one reported), report the metrics."""
 
-        def __init__(self, model, export, tcfg: dict, history: list[dict], rank: int, validation=None):
+        def __init__(self, model, export, tcfg: dict, history: list[dict], rank: int, validation=None, board=None):
             super().__init__()
             self.net, self.export, self.tcfg, self.history, self.rank = model, export, tcfg, history, rank
-            self.validation = validation
+            self.validation, self.board = validation, board
             self.last_dir: str | None = None  # newest good checkpoint folder of this worker
             self.t0 = 0.0
 
@@ -229,6 +257,8 @@ def _make_reporter_class():
             self._save(folder)
             if self.rank == 0:
                 print(format_row(row), flush=True)
+            if self.board is not None:
+                write_scalars(self.board, row)
             ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder) if self.rank == 0 else None)
             if self.rank != 0:  # only rank 0's folder is reported (uploaded); the others were for the collectives
                 shutil.rmtree(folder, ignore_errors=True)
@@ -240,6 +270,8 @@ def _make_reporter_class():
         def on_train_end(self, logs=None):
             if self.last_dir:
                 shutil.rmtree(self.last_dir, ignore_errors=True)
+            if self.board is not None:
+                self.board.close()
 
         def _save(self, folder: str) -> None:
             self.net.save_weights(str(Path(folder) / WEIGHTS_PREFIX))

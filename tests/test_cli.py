@@ -18,6 +18,11 @@ def test_prepare_arguments_become_a_config():
     assert cfg == C.PrepareConfig(data="data", out="prep", image_size=96, classes=("raccoon", "dog"))
 
 
+def test_report_arguments_become_a_config():
+    assert parse(["report", "runs/a"]) == C.ReportConfig(run="runs/a")
+    assert parse(["report", "runs/a", "--screenshot", "docs/r.png"]).screenshot == "docs/r.png"
+
+
 def test_quantize_all_expands_to_every_mode():
     assert parse(["quantize", "run"]).modes == C.QUANT_MODES
     assert parse(["quantize", "run", "--mode", "int8"]).modes == ("int8",)
@@ -40,6 +45,7 @@ def test_train_flags():
     (["evaluate", "r", "--data", "p", "--batch-size", "0"], "--batch-size must be positive, got 0"),
     (["train", "p", "--out", "o", "--name", "n", "--clip-norm", "-1"], "--clip-norm must be >= 0 (0: no clipping), got -1.0"),
     (["train", "p", "--out", "o", "--name", "n", "--warmup-epochs", "-1"], "--warmup-epochs must be between 0 and --epochs 15, got -1.0"),
+    (["report", "r", "--screenshot", "shot.jpg"], "--screenshot must name a .png file, got 'shot.jpg'"),
 ])
 def test_bad_arguments_exit_2_naming_the_value(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -146,7 +146,16 @@ def test_evaluate_report_coco_and_drawings(setup, ray_local):
         ours = report["models"][name]
         assert stats[:3] == pytest.approx([ours["coco_map"], ours["coco_map_50"], ours["coco_map_75"]], abs=1e-9)
 
-    # 3. drawings: 3 per model at 8x (ceil(384 / 48)) of 64 x 48 -> 512 x 384; each detection scoring >= 0.3 is
+    # 3. report.html, built from those files: the blue PR curve's area is report.json's AP50, 17/101
+    from raydet import analysis
+
+    assert (setup["run"] / "eval" / "report.html").is_file() and report["coco_dir"] == str(coco_dir.absolute())
+    dets = json.loads((coco_dir / "detections_int8.json").read_text())
+    _, precision = analysis.pr_curve(analysis.match_all(analysis.from_coco(gt, dets), 2), 1)
+    assert precision.mean() == pytest.approx(on_disk["models"]["int8"]["per_class"][1]["ap50"], abs=1e-12)
+    assert precision.mean() == pytest.approx(17 / 101, abs=1e-12)
+
+    # 4. drawings: 3 per model at 8x (ceil(384 / 48)) of 64 x 48 -> 512 x 384; each detection scoring >= 0.3 is
     #    drawn, D (0.23) is not
     images = setup["run"] / "eval" / "images"
     assert DRAW_SCORE_THRESHOLD == 0.3
@@ -194,13 +203,16 @@ def test_a_failed_drawing_keeps_report_and_coco_files(setup, ray_local, monkeypa
     monkeypatch.setattr(draw, "draw_detections", broken)
     out = setup["root"] / "run_broken_draw"
     H.write_run(out)
-    coco_dir = setup["root"] / "coco_broken_draw"
     report = evaluate(EvaluateConfig(run=str(out), data=str(setup["prep"]), models=("int8",), actors=1,
-                                     batch_size=2, draw=2, coco_out=str(coco_dir)))
-    assert "drawings failed (RuntimeError: no ink)" in capsys.readouterr().out
+                                     batch_size=2, draw=2))  # no coco_out: RUN/eval/coco
+    printed = capsys.readouterr().out
+    assert "drawings failed (RuntimeError: no ink)" in printed
     assert json.loads((out / "eval" / "report.json").read_text())["models"] == report["models"]
-    assert len(json.loads((coco_dir / "detections_int8.json").read_text())) == 6
+    assert len(json.loads((out / "eval" / "coco" / "detections_int8.json").read_text())) == 6
     assert not list((out / "eval").glob("images/*.png"))
+    # report.html draws its gallery with the same (broken) function: the page says so, its figures stand
+    page = (out / "eval" / "report.html").read_text()
+    assert "no gallery: drawing failed (RuntimeError: no ink)" in page and "precision-recall" in page
 
 
 def test_too_many_actors_for_the_cluster(setup, ray_local):

@@ -47,11 +47,12 @@ def fake_stages(monkeypatch):
 
     def quantize(cfg):
         calls.append(("quantize", cfg))
+        print("converting ...")  # what the real one prints, step by step
         for mode in cfg.modes:
             (Path(cfg.run) / f"model_{mode}.tflite").write_text(mode)
         return {m: str(Path(cfg.run) / f"model_{m}.tflite") for m in cfg.modes}
 
-    def evaluate(cfg):
+    def evaluate(cfg, show_table=True):
         calls.append(("evaluate", cfg))
         return {"models": {m: {"coco_map_50": 0.95, "coco_map": 0.6, "coco_map_75": 0.7, "voc_map_50": 0.96,
                                "images_per_s": 500.0, "size_bytes": 2048} for m in cfg.models}}
@@ -71,7 +72,8 @@ def stages(calls) -> list[str]:
     return names
 
 
-def test_first_run_runs_every_stage_with_the_run_settings(fake_stages, tmp_path, capsys):
+def test_first_run_runs_every_stage_with_the_run_settings(fake_stages, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RAYDET_VERBOSE", raising=False)
     out = tmp_path / "out"
     result = pipeline.run(RunConfig(out=str(out), images=100, image_size=48, workers=2, epochs=3, batch_size=32))
     cfgs = dict(fake_stages)
@@ -83,7 +85,10 @@ def test_first_run_runs_every_stage_with_the_run_settings(fake_stages, tmp_path,
     assert cfgs["quantize"].modes == ("int8",) and cfgs["evaluate"].models == ("float", "int8")
     assert result["run"] == str(out / "runs" / "main")
     printed = capsys.readouterr().out
-    assert "AP50" in printed and str(out / "runs" / "main" / "eval" / "report.md") in printed
+    assert "AP50" in printed and str(out / "runs" / "main" / "eval" / "report.html") in printed
+    # quantize's own lines go to RUN/quantize.log; the console gets one line with the file's size
+    assert "wrote model_int8.tflite (4 B)" in printed
+    assert "converting" not in printed and (out / "runs" / "main" / "quantize.log").is_file()
     assert set(result["seconds"]) >= {"synth", "prepare", "train", "quantize", "evaluate", "total"}
 
 
