@@ -30,6 +30,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from raydet.infer import QAT_KERAS_FILE as QAT_MODEL
 from raydet.runtime import use_legacy_keras
 
@@ -152,6 +154,39 @@ def apply_qat(model):
         renamed[name] = wrapper.output
     outputs = {name: renamed[name] for name in _output_keys(model)}
     return tf_keras.Model(quantized.inputs, outputs, name=f"{model.name}_qat")
+
+
+def calibrate_ranges(qat_model, images) -> int:
+    """Set every moving-average activation range of a fresh QAT model (``apply_qat``) to the min/max it sees on
+    ``images`` (n, S, S, 3) 0..255 in one forward pass; BatchNorm statistics are left as they were. -> the
+    number of ranges set.
+
+    tfmot starts those ranges at [-6, 6] and moves them by an exponential average of decay 0.999 per training
+    step, so a fine-tune of a few hundred steps keeps them near [-6, 6]: outputs beyond are clipped (the linear
+    bottlenecks of efficientnet_lite0 reach past 6) and small ones get a few of the 256 levels (docs/TRAINING.md
+    has the measured loss). One pass with decay 0 sets them to the batch's min/max instead.
+    """
+    # Private tfmot API, here only: its MovingAverageQuantizer passes the fixed decay to this module function at
+    # call time, and no public setting changes it.
+    from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+
+    stats = [v for v in qat_model.variables if "moving_mean" in v.name or "moving_variance" in v.name]
+    saved = [v.numpy() for v in stats]
+    ranges = [v for v in qat_model.non_trainable_variables
+              if v.name.split("/")[-1].startswith(("output_min", "post_activation_min", "pre_activation_min"))]
+    original = quant_ops.MovingAvgQuantize
+
+    def without_decay(*args, **kwargs):
+        return original(*args, **{**kwargs, "ema_decay": 0.0})
+
+    quant_ops.MovingAvgQuantize = without_decay
+    try:
+        qat_model(np.asarray(images, np.float32), training=True)
+    finally:
+        quant_ops.MovingAvgQuantize = original
+        for v, value in zip(stats, saved):
+            v.assign(value)
+    return len(ranges)
 
 
 def _output_keys(model) -> list[str]:

@@ -41,6 +41,9 @@ CURVES_FILE = "curves.png"
 
 
 
+QAT_CALIBRATION_IMAGES = 64
+
+
 @dataclass(frozen=True)
 class TrainSummary:
     run_dir: str  # RUNS/NAME, absolute
@@ -203,6 +206,9 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: Path, callbacks: tuple):
         "n_test": datasets["test"].count(),
         "callbacks": callbacks,
         "tensorboard_dir": str(run_dir / TENSORBOARD_DIR),  # absolute: the workers run in other folders
+        # QAT: the same first training images on every worker, to start the activation ranges (raydet.qat)
+        "calibration": (datasets["train"].take_batch(QAT_CALIBRATION_IMAGES, batch_format="numpy")["image"]
+                        if cfg.qat else None),
     }
     print(f"training on {n_train} images: {cfg.workers} workers x {local_batch} images per step "
           f"(global batch {local_batch * cfg.workers}), {steps} steps per epoch", flush=True)

@@ -78,6 +78,8 @@ def train_loop_per_worker(config: dict) -> None:
     with strategy.scope():
         model, history = _build(mcfg, tcfg, checkpoint, say=_say if rank == 0 else lambda text: None)
     initial_epoch = len(history)
+    if tcfg["qat"] and not history and config.get("calibration") is not None:
+        _calibrate_qat(model, export, config["calibration"], _say if rank == 0 else lambda text: None)
     if initial_epoch >= tcfg["epochs"]:
         if rank == 0:
             print(f"run already has {initial_epoch} epochs (asked for {tcfg['epochs']}): nothing to train", flush=True)
@@ -103,6 +105,18 @@ def _tensorboard_writer(config: dict, rank: int):
     import tensorflow as tf
 
     return tf.summary.create_file_writer(config["tensorboard_dir"])
+
+
+def _calibrate_qat(model, export, images, say) -> None:
+    """Start a fresh QAT model's activation ranges at what its layers output on ``images`` (the same rows on
+    every worker, from the driver), measured on the plain ``export`` copy and copied into the distributed
+    ``model`` (raydet.qat.calibrate_ranges says why)."""
+    from raydet.qat import calibrate_ranges
+
+    export.set_weights(model.get_weights())
+    count = calibrate_ranges(export, images)
+    model.set_weights(export.get_weights())
+    say(f"qat: {count} activation ranges calibrated on {len(images)} training images")
 
 
 def _say(text: str) -> None:
@@ -133,7 +147,7 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
     model = build_model(mcfg)
     history: list[dict] = []
     if tcfg["init_from"] and checkpoint is None:
-        transfer_weights(tf_keras.models.load_model(Path(tcfg["init_from"]) / FLOAT_MODEL, compile=False), model)
+        say(transfer_weights(tf_keras.models.load_model(Path(tcfg["init_from"]) / FLOAT_MODEL, compile=False), model))
     elif checkpoint is None:
         say(init_backbone(model, mcfg))
     if tcfg["freeze_bn"] and freeze_backbone_bn(model, mcfg):
@@ -167,9 +181,9 @@ def make_optimizer(lr: float, weight_decay: float, clip_norm: float):
     return tf_keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay, global_clipnorm=clip_norm or None)
 
 
-def transfer_weights(source, target) -> None:
+def transfer_weights(source, target) -> str:
     """Copy every layer's weights from ``source`` to the same-named layer of ``target`` where shapes match
-    (a pretrained run with other classes or another input size keeps its conv blocks); prints what moved."""
+    (a pretrained run with other classes or another input size keeps its conv blocks); -> what moved."""
     moved, skipped = [], []
     for layer in target.layers:
         try:
@@ -182,7 +196,7 @@ def transfer_weights(source, target) -> None:
             moved.append(layer.name)
         elif weights:
             skipped.append(layer.name)
-    print(f"init-from: copied {len(moved)} layers, kept fresh {skipped or 'none'} (shapes differ)", flush=True)
+    return f"init-from: copied {len(moved)} layers, kept fresh {skipped or 'none'} (shapes differ)"
 
 
 def _metrics_row(epoch: int, epochs: int, logs: dict, lr: float, seconds: float) -> dict:

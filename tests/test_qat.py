@@ -211,3 +211,26 @@ def test_qat_trains_with_two_workers_and_exports(ray_local, tmp_path):
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-6), ranks  # replicas stayed in sync
     out = TFLiteModel(export_qat_tflite(run)).predict(synthetic(4, seed=3)["image"])
     assert out["heatmap"].shape == (4, 8, 8, 3) and np.all(np.isfinite(out["boxes"]))
+
+
+def test_calibration_sets_activation_ranges_from_one_pass_and_keeps_bn_statistics(float_model):
+    """A fresh QAT model's ranges start at [-6, 6]; one calibration pass sets them to what the layers output
+    (the heatmap's pre-sigmoid range then spans exactly the sigmoid outputs of that pass), BN stays."""
+    from raydet.qat import apply_qat, calibrate_ranges
+
+    q = apply_qat(float_model)
+    layer = q.get_layer("heatmap")
+    low, high = (next(v for v in layer.non_trainable_variables if v.name.endswith(f"pre_activation_{k}:0"))
+                 for k in ("min", "max"))
+    assert (low.numpy(), high.numpy()) == (-6.0, 6.0)  # tfmot's start
+    stats = {v.name: v.numpy() for v in q.variables if "moving_" in v.name}
+    images = synthetic(16, seed=3)["image"]
+    assert calibrate_ranges(q, images) > 10
+    for v in q.variables:
+        if v.name in stats:
+            np.testing.assert_array_equal(v.numpy(), stats[v.name])
+    heat = q(images.astype(np.float32), training=True)["heatmap"].numpy()  # (this pass moves BN statistics)
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    # the output is itself quantized to 256 levels of [low, high] before the sigmoid: within a level's effect
+    assert sigmoid(low.numpy()) == pytest.approx(heat.min(), abs=0.01)
+    assert sigmoid(high.numpy()) == pytest.approx(heat.max(), abs=0.01)
