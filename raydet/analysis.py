@@ -22,7 +22,7 @@ import numpy as np
 from raydet import coco
 from raydet.boxes import iou_matrix, xywh_to_xyxy
 from raydet.metrics import (COCO_IOU_THRESHOLDS, COCO_MAX_DETS, COCO_RECALL_POINTS, MatchStats, _score_order,
-                            average_precision, match_image)
+                            average_precision, match_image, mean_over_classes)
 
 # pycocotools' areaRng, in original pixels squared; both ends are inclusive there, so an area of exactly 32**2
 # counts as small and as medium
@@ -176,18 +176,13 @@ def ap_by_size(images: list[ImageResult], num_classes: int) -> dict[str, dict]:
             stats, ignored = MatchStats.empty(num_classes), np.zeros((0, COCO_IOU_THRESHOLDS.size), bool)
         coco_ap = np.stack([average_precision(_at_threshold(stats, ignored, t), 0)
                             for t in range(COCO_IOU_THRESHOLDS.size)])  # (T, C)
-        out[name] = {"map": _class_mean(coco_ap.mean(axis=0)), "ap50": _class_mean(coco_ap[0]),
+        out[name] = {"map": mean_over_classes(coco_ap.mean(axis=0)), "ap50": mean_over_classes(coco_ap[0]),
                      "objects": int(stats.gt_per_class.sum())}
     return out
 
 
 def _outside(areas: np.ndarray, low: float, high: float) -> np.ndarray:
     return (areas < low) | (areas > high)
-
-
-def _class_mean(per_class: np.ndarray) -> float:
-    valid = per_class[~np.isnan(per_class)]
-    return float(valid.mean()) if valid.size else float("nan")
 
 
 def _match_in_range(im: ImageResult, num_classes: int, low: float, high: float) -> tuple[MatchStats, np.ndarray]:

@@ -330,7 +330,8 @@ def _score_order(stats: MatchStats) -> np.ndarray:
     return np.lexsort((stats.det_index, stats.image_ids, -stats.scores))
 
 
-def _mean_over_classes(per_class: np.ndarray) -> float:
+def mean_over_classes(per_class: np.ndarray) -> float:
+    """Mean of per-class values over the classes that have ground truth (nan entries left out); nan if none."""
     # classes without ground truth are nan and excluded, as pycocotools excludes its -1 entries
     valid = per_class[~np.isnan(per_class)]
     return float(valid.mean()) if valid.size else float("nan")
@@ -360,9 +361,9 @@ def detection_summary(stats: MatchStats) -> dict[str, Any]:
     recall = _coco_recall(stats, 0)
     per_class = [{"ap50": float(coco[0, c]), "voc_ap50": float(voc[c]), "recall50": float(recall[c]),
                   "ground_truth": int(stats.gt_per_class[c])} for c in range(stats.num_classes)]
-    return {"coco_map": _mean_over_classes(coco.mean(axis=0)),
-            "coco_map_50": _mean_over_classes(coco[0]),
-            "coco_map_75": _mean_over_classes(coco[at_75]),
-            "voc_map_50": _mean_over_classes(voc),
-            "voc07_map_50": _mean_over_classes(average_precision(stats, 0, "voc07")),
+    return {"coco_map": mean_over_classes(coco.mean(axis=0)),
+            "coco_map_50": mean_over_classes(coco[0]),
+            "coco_map_75": mean_over_classes(coco[at_75]),
+            "voc_map_50": mean_over_classes(voc),
+            "voc07_map_50": mean_over_classes(average_precision(stats, 0, "voc07")),
             "per_class": per_class}
