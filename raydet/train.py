@@ -2,7 +2,8 @@
 
 ``train(cfg)`` [driver, here] checks the PREP folder and the cluster, reads the Parquet shards with Ray Data and
 runs ``raydet.train_worker.train_loop_per_worker(config)`` [each worker], which fits the dense detector
-(raydet.model) on batches that raydet.inputs builds from every object of every image. docs/TRAINING.md has the measurements behind each choice.
+(raydet.model) on batches that raydet.inputs builds from every object of every image. docs/TRAINING.md has the
+measurements behind each choice.
 
 - **Input path.** The driver ``materialize()``s both splits *before* the workers start: on a 2-CPU laptop a lazy
   read would wait forever for a CPU that the workers hold. Each worker pulls its train shard (an equal split) and
