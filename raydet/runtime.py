@@ -10,6 +10,12 @@ Either way Ray Data draws no progress bars unless ``RAYDET_VERBOSE=1`` (raydet.c
 Every worker must import TensorFlow with ``TF_USE_LEGACY_KERAS=1`` (Keras 3 breaks two-worker ``fit``). The
 driver sets it for itself before TF loads; a local Ray started here inherits it from the driver's environment,
 and on an existing cluster it travels in the runtime environment.
+
+On an existing cluster the code travels too: ``ray.init`` gets ``py_modules=[<this raydet's folder>]``, so Ray
+zips the package (without ``__pycache__``: ~0.45 MB, the .py files stored uncompressed), uploads it once per
+content hash and puts it first on every worker's ``sys.path``. Workers then run the driver's raydet even where none (or another version) is installed.
+Tasks, actors and Ray Train workers inherit it from the job: a child's runtime env that names other fields
+(``runtime_env()``: env_vars only) keeps the job's ``py_modules``.
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from pathlib import Path
 
 LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}
 DASHBOARD_ENV = "RAYDET_DASHBOARD"
+# Left out of the uploaded package (gitwildmatch patterns, relative to the package folder): bytecode of the
+# driver's Python, which workers neither need nor may share, and build metadata.
+PACKAGE_EXCLUDES = ["__pycache__/", "*.pyc", "*.egg-info/"]
 
 
 def use_legacy_keras() -> None:
@@ -28,7 +38,12 @@ def use_legacy_keras() -> None:
 
 
 def runtime_env() -> dict:
-    """The runtime environment every raydet task, actor and Train worker runs in."""
+    """The runtime environment every raydet task, actor and Train worker runs in (env_vars only).
+
+    The code is not in it: it travels once, at the job level (``driver_runtime_env``), and every task, actor and
+    Train worker inherits it. A ``py_modules`` here would make the Ray Train controller, which creates the
+    workers from some node of the cluster, upload this driver's local folder again from there.
+    """
     return {"env_vars": dict(LEGACY_KERAS_ENV)}
 
 
@@ -41,17 +56,48 @@ def job_runtime_env() -> dict:
     return (json.loads(text).get("runtime_env") or {}) if text else {}
 
 
+def package_dir() -> Path:
+    """The folder of the raydet package this process imported (what ``py_modules`` uploads)."""
+    import raydet
+
+    return Path(raydet.__file__).resolve().parent
+
+
+def code_runtime_env() -> dict:
+    """The fields that ship this raydet to a cluster: ``py_modules`` (a local folder path; a path, not the module
+    object, so that the dict stays JSON, as Ray Client and the job API need) and its ``excludes``."""
+    return {"py_modules": [str(package_dir())], "excludes": list(PACKAGE_EXCLUDES)}
+
+
+def job_ships_raydet(job: dict) -> bool:
+    """Whether the job's runtime env ``job`` already carries raydet to the workers.
+
+    True if it sets ``py_modules`` (Ray would refuse a second one; the user chose what goes) or a ``working_dir``
+    that the raydet this driver imported came from (``ray job submit --working-dir .`` from the repository: the
+    driver runs in the unpacked working dir, and so does every worker).
+    """
+    if job.get("py_modules"):
+        return True
+    return bool(job.get("working_dir")) and Path.cwd().resolve() in package_dir().parents
+
+
 def driver_runtime_env() -> dict:
-    """What this driver passes to ``ray.init``: ``runtime_env()`` minus what the job already sets.
+    """What this driver passes to ``ray.init`` on an existing cluster: ``runtime_env()`` and
+    ``code_runtime_env()``, minus what the job already sets.
 
     Inside a job Ray merges the job's runtime env with ``ray.init``'s, but refuses (ValueError) any field or
     env var that both name, even with the same value, so a job submitted with ``--runtime-env
     jobs/runtime_env.yaml`` (which sets TF_USE_LEGACY_KERAS) would fail if we repeated it. A job that set the
-    variable to another value keeps its own: the user asked for it.
+    variable to another value keeps its own: the user asked for it. The same goes for the code: nothing is added
+    when the job ships raydet itself (``job_ships_raydet``), and a job's own ``excludes`` (which then also
+    apply to our upload) are not repeated.
     """
     job = job_runtime_env()
     env_vars = {k: v for k, v in runtime_env()["env_vars"].items() if k not in (job.get("env_vars") or {})}
-    return {"env_vars": env_vars} if env_vars else {}
+    env = {"env_vars": env_vars} if env_vars else {}
+    if not job_ships_raydet(job):
+        env.update({k: v for k, v in code_runtime_env().items() if k not in job})
+    return env
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -62,6 +108,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
+        # The cluster may have no raydet, or another version: driver_runtime_env() ships this one.
         ray.init(address=address, runtime_env=driver_runtime_env() or None)
     else:
         # No runtime_env here: the local Ray's processes inherit this one's environment, which

@@ -1,6 +1,8 @@
-"""`ray job submit` of jobs/*.py to a Ray head this test starts and owns (token auth, own ports, own temp dir).
+"""`ray job submit` of jobs/*.py to a Ray head this test starts and owns (token auth, own ports, own temp dir),
+and raydet commands run with ``--address`` against a second head whose Python cannot import the repository's
+raydet (the code must travel as ``py_modules``).
 
-The head runs under ``setsid`` so that it and everything it starts form one process group, which the
+Each head runs under ``setsid`` so that it and everything it starts form one process group, which the
 fixture ends (TERM, then KILL) without touching any other Ray on the machine (docs/STACK.md, "Ray").
 """
 
@@ -9,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -34,50 +38,76 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _start_head(tmp: Path, name: str, env: dict, *args: str) -> tuple[subprocess.Popen, str, Path]:
+    """`ray start --head --block ARGS` of 2 CPUs under setsid, its log in tmp/head.log, its temp dir
+    /tmp/NAME<this pid>; returns (process, GCS address, temp dir)."""
+    # Short temp dir: Ray's socket paths must stay under 107 characters.
+    temp_dir = Path("/tmp") / f"{name}{os.getpid()}"
+    gcs, client, agent = _free_ports(3)
+    with open(tmp / "head.log", "w") as log:  # the head keeps its own copy of the descriptor
+        head = subprocess.Popen(
+            ["setsid", RAY, "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs),
+             "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
+             "--temp-dir", str(temp_dir), "--disable-usage-stats", *args],
+            # No 30 s drain on SIGTERM (Ray 2.60's default, for Serve): the test's head has nothing to hand over.
+            env=dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"), stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    return head, f"127.0.0.1:{gcs}", temp_dir
+
+
+def _wait_for_head(head: subprocess.Popen, tmp: Path, ready, what: str, timeout: float = 120) -> None:
+    """Poll ``ready()`` every 2 s until true; fail with the head's log if it exits or ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if head.poll() is not None:
+            pytest.fail(f"ray start --head exited {head.returncode}: {(tmp / 'head.log').read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the head did not {what} in {timeout:g} s: {(tmp / 'head.log').read_text()[-3000:]}")
+        time.sleep(2)
+
+
+def _stop_head(head: subprocess.Popen, temp_dir: Path) -> None:
+    """End the head and everything it started (setsid made it a group leader, its pid is the group id), then
+    remove its temp dir."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(head.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            head.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _head_env(**extra: str) -> dict:
+    """This environment with token auth, tf-keras, this interpreter first on PATH and no RAY_ADDRESS."""
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), TF_USE_LEGACY_KERAS="1",
+               **extra)
+    # The job's `python` is looked up on the head's PATH: make it this interpreter, as an activated venv would.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A `ray start --head` of 2 CPUs with token auth; yields (dashboard URL, env for the `ray` CLI)."""
     tmp = tmp_path_factory.mktemp("head")
-    # Short temp dir: Ray's socket paths must stay under 107 characters.
-    temp_dir = Path("/tmp") / f"rdj{os.getpid()}"
-    gcs, dash, client, agent = _free_ports(4)
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
-               TF_USE_LEGACY_KERAS="1")
-    # The job's `python` is looked up on the head's PATH: make it this interpreter, as an activated venv would.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("RAY_ADDRESS", None)
-    log = open(tmp / "head.log", "w")
-    head = subprocess.Popen(
-        ["setsid", RAY, "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
-         "--dashboard-agent-listen-port", str(agent), "--temp-dir", str(temp_dir), "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    env = _head_env()
+    [dash] = _free_ports(1)
+    head, _, temp_dir = _start_head(tmp, "rdj", env, "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash))
     url = f"http://127.0.0.1:{dash}"
+
+    def answers() -> bool:
+        return subprocess.run([RAY, "job", "list", "--address", url], env=env, capture_output=True).returncode == 0
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if head.poll() is not None:
-                pytest.fail(f"ray start --head exited {head.returncode}: {(tmp / 'head.log').read_text()[-3000:]}")
-            probe = subprocess.run([RAY, "job", "list", "--address", url], env=env, capture_output=True, text=True)
-            if probe.returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"the head did not answer `ray job list` in 120 s: {probe.stderr[-2000:]}")
-            time.sleep(2)
+        _wait_for_head(head, tmp, answers, "answer `ray job list`")
         yield url, env
     finally:
-        # setsid made the head a group leader: its pid is the group id of everything it started.
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(head.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                head.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
+        _stop_head(head, temp_dir)
 
 
 def submit(ray_head, *entrypoint: str, runtime_env: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -90,15 +120,65 @@ def submit(ray_head, *entrypoint: str, runtime_env: bool = True, timeout: int = 
                           timeout=timeout)
 
 
-def test_driver_runtime_env_leaves_out_what_the_job_sets(monkeypatch):
-    # Ray refuses a ray.init runtime_env that repeats a job env var, even with the same value.
+def _in_job(monkeypatch, **job_runtime_env) -> None:
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": job_runtime_env}))
+
+
+CODE = {"py_modules": [str(REPO / "raydet")], "excludes": runtime.PACKAGE_EXCLUDES}
+KERAS = {"env_vars": {"TF_USE_LEGACY_KERAS": "1"}}
+
+
+def test_outside_a_job_the_driver_ships_the_code_and_the_keras_switch(monkeypatch):
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
-    assert runtime.driver_runtime_env() == {"env_vars": {"TF_USE_LEGACY_KERAS": "1"}}
-    job = {"runtime_env": {"working_dir": "gcs://x.zip", "env_vars": {"TF_USE_LEGACY_KERAS": "1"}}}
-    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert runtime.driver_runtime_env() == {**KERAS, **CODE}
+    json.dumps(runtime.driver_runtime_env())  # plain JSON: Ray Client and the job API take it as it is
+
+
+def test_driver_runtime_env_leaves_out_what_the_job_sets(monkeypatch):
+    # Ray refuses a ray.init runtime_env that repeats a job's field or env var, even with the same value.
+    monkeypatch.chdir(REPO)  # a job's driver runs in its unpacked working dir, which holds the raydet it imported
+    _in_job(monkeypatch, working_dir="gcs://x.zip", env_vars={"TF_USE_LEGACY_KERAS": "1"})
     assert runtime.driver_runtime_env() == {}
-    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://x.zip"}}))
-    assert runtime.driver_runtime_env() == {"env_vars": {"TF_USE_LEGACY_KERAS": "1"}}
+    _in_job(monkeypatch, working_dir="gcs://x.zip")
+    assert runtime.driver_runtime_env() == KERAS
+
+
+def test_a_job_whose_working_dir_lacks_raydet_gets_it_shipped(monkeypatch, tmp_path):
+    # `ray job submit --working-dir configs/`: the driver runs in tmp_path, raydet came from elsewhere.
+    monkeypatch.chdir(tmp_path)
+    _in_job(monkeypatch, working_dir="gcs://x.zip")
+    assert runtime.driver_runtime_env() == {**KERAS, **CODE}
+    # The job's own excludes (jobs/runtime_env.yaml has some) cannot be named twice: they apply to our upload.
+    _in_job(monkeypatch, working_dir="gcs://x.zip", excludes=[".git/"])
+    assert runtime.driver_runtime_env() == {**KERAS, "py_modules": CODE["py_modules"]}
+
+
+def test_a_job_with_its_own_py_modules_keeps_them(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    _in_job(monkeypatch, py_modules=["gcs://raydet.zip"])
+    assert runtime.driver_runtime_env() == KERAS
+
+
+def test_the_shipped_package_leaves_junk_out_and_stays_small(tmp_path):
+    from ray._private.runtime_env.packaging import create_package
+
+    # A copy of the package with what a driver's folder may hold beside the code.
+    pkg = tmp_path / "raydet"
+    shutil.copytree(REPO / "raydet", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "boxes.cpython-311.pyc").write_bytes(b"\0" * 1000)
+    (pkg / "stray.pyc").write_bytes(b"\0")
+    (pkg / "raydet.egg-info").mkdir()
+    (pkg / "raydet.egg-info" / "PKG-INFO").write_text("x")
+    zipped = tmp_path / "pkg.zip"
+    # What upload_py_modules_if_needed does with our fields (include_parent_dir: the zip holds raydet/...).
+    create_package(str(pkg), zipped, include_gitignore=True, include_parent_dir=True,
+                   excludes=runtime.code_runtime_env()["excludes"])
+    names = zipfile.ZipFile(zipped).namelist()
+    assert "raydet/__init__.py" in names and "raydet/runtime.py" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "egg-info" in n], names
+    # Measured: 457 KB for the 42 files of the package (Ray's zip stores them uncompressed).
+    assert zipped.stat().st_size < 1_000_000, zipped.stat().st_size
 
 
 # Inside the job: connect the way every raydet command does, then ask a remote task what it sees.
@@ -112,6 +192,8 @@ def probe():
     here = set(os.listdir("."))  # the worker runs in the uploaded working dir
     return os.environ.get("TF_USE_LEGACY_KERAS"), {"raydet", "jobs"} <= here, bool({".venv", ".git"} & here)
 print("PROBE", ray.get(probe.remote()))
+from raydet.runtime import driver_runtime_env  # the job's working dir carries raydet: not shipped a second time
+print("SHIPS_AGAIN", "py_modules" in driver_runtime_env())
 """
 
 
@@ -123,6 +205,7 @@ def test_job_workers_get_legacy_keras_and_no_big_folders(ray_head, with_runtime_
     # TF_USE_LEGACY_KERAS reaches the worker either from the yaml or from init_ray; the package is uploaded,
     # .venv and .git are not.
     assert "PROBE ('1', True, False)" in proc.stdout, proc.stdout[-3000:]
+    assert "SHIPS_AGAIN False" in proc.stdout, proc.stdout[-3000:]
 
 
 @pytest.mark.slow
@@ -136,3 +219,163 @@ def test_pipeline_job_succeeds_and_writes_its_report(ray_head, tmp_path):
     assert set(report["models"]) == {"float", "int8"}
     assert report["models"]["int8"]["images"] > 0
     assert "AP50" in proc.stdout  # the results table was printed by the job
+
+
+# The sitecustomize of a head whose Python cannot import the repository's raydet, as on a cluster where raydet is
+# not installed. The venv's editable install maps `raydet` to the repository with a sys.meta_path finder
+# (__editable___raydet_0_1_0_finder.py, installed by a .pth), and Ray puts the driver's folder on the workers'
+# sys.path; this finder, first on sys.meta_path, looks on sys.path without the repository and without the editable
+# finder, so only a copy that lives elsewhere (the py_modules Ray unpacks) imports. Each lookup is logged.
+BLOCKER = """
+import os, sys
+from importlib.machinery import PathFinder
+
+_REPO = os.environ["RAYDET_TEST_REPO"]
+
+
+class _NoRepositoryRaydet:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "raydet":
+            return None
+        entries = [p for p in sys.path if os.path.realpath(p or ".") != _REPO and "__editable__" not in p]
+        spec = PathFinder.find_spec(name, entries)
+        if spec is not None and spec.origin.startswith(_REPO + os.sep):
+            spec = None
+        with open(os.environ["RAYDET_TEST_IMPORT_LOG"], "a") as log:
+            log.write(f"{os.getpid()} {spec.origin if spec else 'BLOCKED'} {sys.argv[0]}\\n")
+        if spec is None:
+            raise ModuleNotFoundError("No module named 'raydet' (blocked by tests/test_jobs.py)", name=name)
+        return spec
+
+    @staticmethod
+    def invalidate_caches():
+        pass
+
+
+sys.meta_path.insert(0, _NoRepositoryRaydet)
+"""
+
+
+@pytest.fixture(scope="module")
+def head_without_raydet(tmp_path_factory):
+    """A head (no dashboard) whose processes cannot import the repository's raydet; yields (GCS address, env for
+    drivers without the blocker, the import log, the head's temp dir)."""
+    tmp = tmp_path_factory.mktemp("blocked")
+    (tmp / "site").mkdir()
+    (tmp / "site" / "sitecustomize.py").write_text(BLOCKER)
+    log = tmp / "imports.log"
+    log.touch()
+    env = _head_env(RAYDET_TEST_REPO=str(REPO), RAYDET_TEST_IMPORT_LOG=str(log))
+    head, address, temp_dir = _start_head(tmp, "rdb", dict(env, PYTHONPATH=str(tmp / "site")),
+                                          "--include-dashboard", "false")
+    try:
+        _wait_for_head(head, tmp, lambda: "Ray runtime started" in (tmp / "head.log").read_text(), "start")
+        yield address, env, log, temp_dir
+    finally:
+        _stop_head(head, temp_dir)
+
+
+def _worker_imports(log: Path, since: int) -> list[tuple[str, str]]:
+    """(origin or BLOCKED, process) of each `import raydet` logged by a Ray worker after byte ``since``."""
+    lines = log.read_text()[since:].splitlines()
+    return [(origin, proc) for _pid, origin, proc in (line.split(" ", 2) for line in lines)
+            if proc.endswith("default_worker.py")]
+
+
+BARE_DRIVER = """
+import ray, sys
+ray.init(address=sys.argv[1])  # no runtime_env: what raydet did before it shipped itself
+def try_import():
+    try:
+        import raydet
+        return raydet.__file__
+    except ImportError as exc:
+        return type(exc).__name__
+print("BARE", ray.get(ray.remote(try_import).remote()))
+"""
+
+
+@pytest.mark.slow
+def test_the_blocked_head_cannot_import_raydet_without_py_modules(head_without_raydet):
+    address, env, log, _ = head_without_raydet
+    since = log.stat().st_size
+    # From the repository root: Ray adds the driver's folder to the workers' sys.path, the blocker refuses it too.
+    done = subprocess.run([sys.executable, "-c", BARE_DRIVER, address], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "BARE ModuleNotFoundError" in done.stdout, done.stdout[-2000:]
+    assert [origin for origin, _ in _worker_imports(log, since)] == ["BLOCKED"]  # and nothing else imported it
+
+
+# Every kind of process raydet starts, on a cluster without raydet: a plain task, an actor created by a task with
+# raydet's runtime_env() (as the Ray Train controller creates its workers), and a Ray Train worker given
+# train.py's worker_runtime_env (runtime_env() plus env vars). Each reports where raydet came from.
+INHERIT_DRIVER = """
+import sys, ray
+from raydet import runtime
+runtime.init_ray(sys.argv[1])
+
+def where():
+    import raydet
+    return raydet.__file__
+
+@ray.remote
+class Worker:
+    def where(self):
+        return where()
+
+@ray.remote
+def controller():
+    worker = Worker.options(runtime_env=runtime.runtime_env()).remote()
+    return ray.get(worker.where.remote())
+
+def loop(config):
+    open(config["out"], "w").write(where())
+
+from ray.train import RunConfig, ScalingConfig
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+env = runtime.runtime_env()
+env["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
+DataParallelTrainer(loop, train_loop_config={"out": sys.argv[2] + "/train.txt"},
+                    scaling_config=ScalingConfig(num_workers=1),
+                    run_config=RunConfig(storage_path=sys.argv[2], worker_runtime_env=env)).fit()
+print("TASK", ray.get(ray.remote(where).remote()))
+print("ACTOR", ray.get(controller.remote()))
+print("TRAIN", open(sys.argv[2] + "/train.txt").read())
+"""
+
+
+@pytest.mark.slow
+def test_tasks_actors_and_train_workers_import_the_shipped_raydet(head_without_raydet, tmp_path):
+    address, env, log, temp_dir = head_without_raydet
+    done = subprocess.run([sys.executable, "-c", INHERIT_DRIVER, address, str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    for kind in ("TASK", "ACTOR", "TRAIN"):
+        [origin] = [line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith(kind + " ")]
+        assert _shipped(origin, temp_dir), f"{kind}: raydet from {origin}, not from the py_modules Ray unpacked"
+
+
+def _shipped(origin: str, temp_dir: Path) -> bool:
+    """Whether ``origin`` (a raydet/__init__.py) is a py_modules copy Ray unpacked under ``temp_dir``."""
+    return (origin.startswith(f"{temp_dir}/session_") and "/runtime_resources/py_modules_files/" in origin
+            and origin.endswith("/raydet/__init__.py"))
+
+
+@pytest.mark.slow
+def test_raydet_prepare_runs_on_a_cluster_without_raydet(head_without_raydet, tmp_path):
+    from raydet.config import SynthConfig
+    from raydet.synth import write_synthetic
+
+    address, env, log, temp_dir = head_without_raydet
+    write_synthetic(SynthConfig(out=str(tmp_path / "voc"), images=8, image_size=32))
+    since = log.stat().st_size
+    done = subprocess.run([str(Path(sys.executable).with_name("raydet")), "prepare", str(tmp_path / "voc"),
+                           "--out", str(tmp_path / "prep"), "--image-size", "32", "--address", address],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert json.loads((tmp_path / "prep" / "manifest.json").read_text())["images_loaded"] == 8
+    imports = _worker_imports(log, since)
+    # Ray Data's parse and decode tasks imported raydet, every time from the uploaded copy.
+    assert imports and all(_shipped(origin, temp_dir) for origin, _ in imports), imports
