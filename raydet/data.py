@@ -1,8 +1,9 @@
 """``raydet prepare``: a VOC-labelled folder or bucket -> PREP (Parquet shards + manifest), with Ray Data.
 
-In: ``PrepareConfig`` (the dataset path or URI, ``--out``, image size, classes, split fraction, ``max_objects``).
+In: ``PrepareConfig`` (the dataset path or URI, ``--out``, image size, classes, split fraction, ``max_objects``,
+the byte limits per XML and per image).
 Out: ``PREP/{train,test}/part-<first row>.parquet`` in the shard format of ``raydet.shards`` and
-``PREP/manifest.json`` (both in docs/FORMATS.md); ``prepare`` returns the manifest.
+``PREP/manifest.json`` (both in docs/FORMATS.md), swapped in whole at the end; ``prepare`` returns the manifest.
 
 Pipeline (the driver only lists files and does bookkeeping; every file is read in a Ray task):
 
@@ -36,8 +37,19 @@ Decisions (docs/INGEST.md has the measurements behind them and where the time go
   least one test image; annotations it leaves out then fall back to the hash. Otherwise the split is a hash:
   ``sha1(image path)`` as a fraction of 2**160 below ``test_fraction`` means test, so adding images never moves
   old ones.
-- Boxes are normalized by the *decoded* image size (``voc.normalize_boxes``); an object whose box falls
-  outside the decoded image (an XML whose ``<size>`` disagrees with its image) is dropped with a reason.
+- Boxes are normalized by the *decoded* image size (``voc.normalize_boxes``). Where ``<size>`` disagrees with
+  it, ``voc.fit_to_image`` decides: the same frame at another scale (resized after labelling) has its boxes
+  rescaled (listed in the manifest's ``rescaled``); anything else (width and height swapped included) is skipped
+  naming both sizes. Without ``<size>``, an object whose box falls outside the decoded image is dropped.
+- EXIF orientation is not applied (``raydet.images``); images that carry one are listed in
+  ``exif_rotated_images`` so the user knows they are used as stored.
+- Hostile input: XML over ``max_xml_bytes`` and images over ``max_image_bytes`` are skipped unread; symlinks
+  leaving the dataset root are never followed (``voc`` module docstring; listed in ``refused_links``); Pillow
+  opens only the formats raydet reads (``images.ACCEPTED_FORMATS``, so EPS never reaches Ghostscript).
+- **Atomic output**: the tasks write into ``OUT/.raydet-staging-<id>/``; at the end ``_commit`` moves the old
+  PREP aside (manifest first), the new one in (manifest last), then deletes the old one. A run that fails or is
+  killed before that leaves the previous PREP intact; the next run removes what it left. Moves are renames on a
+  local disk and copy + delete on an object store (``pyarrow.fs``).
 - On a multi-node cluster ``--out`` must be storage every node can write (NFS or a bucket URI): the tasks
   write the shards where they run.
 """
@@ -45,13 +57,11 @@ Decisions (docs/INGEST.md has the measurements behind them and where the time go
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import pickle
-import posixpath
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -59,10 +69,13 @@ import pyarrow.fs as pafs
 
 from raydet import boxes as B
 from raydet.config import PrepareConfig
-from raydet.images import ImageError, decode_resize
+from raydet.images import ImageError, decode_resize, exif_orientation
+from raydet.nodes import check_visible
+from raydet.prep_out import MANIFEST, Out, commit, discard, open_out
 from raydet.progress import Progress
 from raydet.shards import IMAGE_ENCODING, SPLITS, write_shard
-from raydet.voc import Dataset, VocError, VocRecord, discover, normalize_boxes, parse_voc, read_file, resolve_image, unreferenced_images
+from raydet.voc import (Dataset, VocError, VocRecord, discover, fit_to_image, normalize_boxes, parse_voc, read_file,
+                        resolve_image, unreferenced_images)
 
 NO_OBJECTS = "no usable objects"
 # Rows per decode task = rows per shard: about this many bytes of pixels, bounded so tiny images do not make
@@ -83,7 +96,8 @@ class _Planned:
 
 # ----------------------------------------------------------------------------------------- Ray tasks
 
-def _parse_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, classes: tuple[str, ...] | None) -> pa.Table:
+def _parse_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, classes: tuple[str, ...] | None,
+                 max_bytes: int) -> pa.Table:
     """[Ray task] annotation paths -> one row each: the pickled ``VocRecord`` or the error, the node, and the
     task's ``start``/``end`` (wall clock, seconds since the epoch)."""
     import ray
@@ -93,7 +107,8 @@ def _parse_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, classes
     records, errors = [], []
     for relpath in batch["annotation"]:
         try:
-            record = parse_voc(read_file(filesystem, root, relpath), classes, source=relpath)
+            data = read_file(filesystem, root, relpath, max_bytes, "--max-xml-bytes")
+            record = parse_voc(data, classes, source=relpath)
             records.append(pickle.dumps(record))
             errors.append("")
         except VocError as exc:
@@ -109,12 +124,14 @@ def _parse_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, classes
 
 
 def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, out_fs: pafs.FileSystem,
-                        out_root: str, image_size: int, objects_per_row: int, class_index: dict[str, int]) -> pa.Table:
+                        out_root: str, image_size: int, objects_per_row: int, class_index: dict[str, int],
+                        max_bytes: int) -> pa.Table:
     """[Ray task] planned rows -> decoded, resized rows written as one Parquet shard per split, objects padded to
-    ``objects_per_row`` (K).
+    ``objects_per_row`` (K); images over ``max_bytes`` are skipped unread.
 
     Returns one summary row per input: ``ok``, ``reason`` (why it was skipped), ``objects`` loaded, ``dropped``
-    (reasons of objects dropped here), ``node``; and, on the first row only so that sums add up, the task's
+    (reasons of objects dropped here), ``note`` (how ``<size>`` was reconciled, '' mostly), ``orientation`` (the
+    EXIF tag, 1 when none), ``node``; and, on the first row only so that sums add up, the task's
     ``start``/``end`` (wall clock, seconds since the epoch) and the CPU seconds it spent reading, decoding and
     writing (CPU time, unlike wall time, does not grow when other processes share the cores).
     """
@@ -124,27 +141,27 @@ def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, 
     node = ray.get_runtime_context().get_node_id()
     seconds = {"read": 0.0, "decode": 0.0, "write": 0.0}
     rows = {split: [] for split in SPLITS}
-    summary = {"index": [], "file": [], "ok": [], "reason": [], "objects": [], "dropped": []}
+    summary = {"index": [], "file": [], "ok": [], "reason": [], "objects": [], "dropped": [], "note": [],
+               "orientation": []}
     for index, file, split, blob in zip(batch["index"], batch["file"], batch["split"], batch["record"]):
         t = time.process_time()
-        try:
-            data, reason = read_file(filesystem, root, file), ""
-        except OSError as exc:  # vanished or unreadable between listing and reading
-            data, reason = None, f"{file}: cannot read: {exc}"
+        data, result = _read_image(filesystem, root, file, max_bytes)
         seconds["read"] += time.process_time() - t
         t = time.process_time()
-        row, dropped = None, []
         if data is not None:
-            row, reason, dropped = _decode_row(data, file, pickle.loads(blob), image_size, objects_per_row, class_index)
+            result = _decode_row(data, file, pickle.loads(blob), image_size, objects_per_row, class_index)
         seconds["decode"] += time.process_time() - t
+        row = result.row
         if row is not None:
             rows[split].append(row)
         summary["index"].append(int(index))
         summary["file"].append(str(file))
         summary["ok"].append(row is not None)
-        summary["reason"].append(reason)
+        summary["reason"].append(result.reason)
         summary["objects"].append(0 if row is None else int(row["num_objects"]))
-        summary["dropped"].append(dropped)
+        summary["dropped"].append(result.dropped)
+        summary["note"].append(result.note)
+        summary["orientation"].append(result.orientation)
     t = time.process_time()
     first = int(min(batch["index"]))
     for split, split_rows in rows.items():
@@ -158,21 +175,53 @@ def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, 
                      **{f"{phase}_s": once(value) for phase, value in seconds.items()}})
 
 
+def _read_image(filesystem: pafs.FileSystem, root: str, file: str, max_bytes: int) -> tuple[bytes | None, _Decoded | None]:
+    """-> (the image's bytes, None), or (None, the skip naming why it cannot be read)."""
+    try:
+        return read_file(filesystem, root, file, max_bytes, "--max-image-bytes"), None
+    except VocError as exc:  # a symlink out of the dataset, a file over the limit
+        return None, _Decoded(None, str(exc))
+    except OSError as exc:  # vanished or unreadable between listing and reading
+        return None, _Decoded(None, f"{file}: cannot read: {exc}")
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """What the decode pass made of one planned row."""
+    row: dict | None  # the shard row, None when skipped
+    reason: str = ""  # why it was skipped
+    dropped: list[str] = field(default_factory=list)  # reasons of objects dropped here
+    note: str = ""  # how <size> was reconciled with the decoded size ('' when they agree)
+    orientation: int = 1  # the image's EXIF Orientation tag (not applied: raydet.images)
+
+
 def _decode_row(data: bytes, file: str, record: VocRecord, image_size: int, objects_per_row: int,
-                class_index: dict[str, int]) -> tuple[dict | None, str, list[str]]:
-    """One image's bytes -> (row of the shard or None, skip reason, reasons of objects dropped here).
+                class_index: dict[str, int]) -> _Decoded:
+    """One image's bytes -> its ``_Decoded``: the row, or the reason it is skipped (not decodable, a ``<size>``
+    that is no rescaling of the decoded size: ``voc.fit_to_image``, every box outside the decoded image)."""
+    try:
+        pixels, width, height = decode_resize(data, image_size)
+    except ImageError as exc:
+        return _Decoded(None, f"{file}: {exc}")
+    except Exception as exc:  # noqa: BLE001 -- a decoder bug on one hostile file must not stop the run
+        return _Decoded(None, f"{file}: unexpected {type(exc).__name__} while decoding: {exc}")
+    fitted, note = fit_to_image(record, width, height)  # boxes in the decoded frame, or why they cannot be
+    if fitted is None:
+        return _Decoded(None, f"{file}: {note}")
+    row, reason, dropped = _pad_row(file, pixels, fitted, width, height, objects_per_row, class_index)
+    return _Decoded(row, reason, dropped, note if row is not None else "", exif_orientation(data))
+
+
+def _pad_row(file: str, pixels: np.ndarray, record: VocRecord, width: int, height: int, objects_per_row: int,
+             class_index: dict[str, int]) -> tuple[dict | None, str, list[str]]:
+    """A decoded image and its record (boxes in the decoded ``width`` x ``height`` frame) -> (row of the shard or
+    None, skip reason, reasons of objects dropped here).
 
     The row (``raydet.shards`` format): ``boxes`` (K, 4) float32 normalized xyxy by the decoded size, largest
     first, zero-padded; ``labels`` (K,) int32 -1-padded; ``difficult`` (K,) uint8 zero-padded; K =
     ``objects_per_row``. A record without objects gives a negative row (``num_objects`` 0); one whose every box
-    lies outside the decoded image gives None.
+    lies outside the decoded image (possible only without ``<size>``) gives None.
     """
-    try:
-        pixels, width, height = decode_resize(data, image_size)
-    except ImageError as exc:
-        return None, f"{file}: {exc}", []
-    except Exception as exc:  # noqa: BLE001 -- a decoder bug on one hostile file must not stop the run
-        return None, f"{file}: unexpected {type(exc).__name__} while decoding: {exc}", []
     norm = normalize_boxes(record, width, height)  # (N, 4) normalized xyxy, largest first
     inside = B.area(norm) > 0
     dropped = [f"object {o.name!r} box {o.box} lies outside the decoded {width}x{height} image"
@@ -204,32 +253,6 @@ def hash_split(file: str, test_fraction: float) -> str:
     return "test" if fraction < test_fraction else "train"
 
 
-def _open_out(out: str) -> tuple[pafs.FileSystem, str]:
-    """``--out`` (path or URI) -> (filesystem, path); refuses a file, or a folder that looks like someone
-    else's data (train/ or test/ without our manifest), and clears an earlier PREP's shards."""
-    if "://" in out:
-        filesystem, path = pafs.FileSystem.from_uri(out)
-    else:
-        filesystem, path = pafs.LocalFileSystem(), posixpath.abspath(out.replace("\\", "/"))
-    path = path.rstrip("/") or "/"
-    info = filesystem.get_file_info(path)
-    if info.type == pafs.FileType.File:
-        raise ValueError(f"--out {out} is a file, not a folder")
-    if info.type == pafs.FileType.Directory:
-        ours = filesystem.get_file_info(f"{path}/manifest.json").type == pafs.FileType.File
-        present = [s for s in SPLITS if filesystem.get_file_info(f"{path}/{s}").type != pafs.FileType.NotFound]
-        if present and not ours:
-            raise ValueError(f"--out {out} already has {'/ and '.join(present)}/ but no manifest.json: "
-                             "refusing to overwrite a folder raydet did not write")
-        for split in present:
-            filesystem.delete_dir(f"{path}/{split}")
-        if ours:
-            filesystem.delete_file(f"{path}/manifest.json")
-    for split in SPLITS:
-        filesystem.create_dir(f"{path}/{split}", recursive=True)
-    return filesystem, path
-
-
 def _split_table(table: pa.Table, blocks: int) -> list[pa.Table]:
     """``table`` cut into ``blocks`` consecutive slices of (nearly) equal length: Ray Data's blocks, built in
     one pass (``from_items`` with a dict per row costs the driver far more: docs/INGEST.md)."""
@@ -237,7 +260,7 @@ def _split_table(table: pa.Table, blocks: int) -> list[pa.Table]:
     return [table.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _parse_all(dataset: Dataset, classes: tuple[str, ...] | None, cpus: int) -> list[dict]:
+def _parse_all(dataset: Dataset, classes: tuple[str, ...] | None, cpus: int, max_bytes: int) -> list[dict]:
     """Ray Data parse pass: every annotation -> {annotation, record (pickled) or None, error, node, start, end}."""
     import ray
 
@@ -245,7 +268,8 @@ def _parse_all(dataset: Dataset, classes: tuple[str, ...] | None, cpus: int) -> 
     blocks = max(min(len(names), 2 * cpus), math.ceil(len(names) / PARSE_ROWS))
     ds = ray.data.from_blocks(_split_table(names, blocks))
     ds = ds.map_batches(_parse_batch, batch_size=None, batch_format="numpy",
-                        fn_kwargs={"filesystem": dataset.filesystem, "root": dataset.root, "classes": classes})
+                        fn_kwargs={"filesystem": dataset.filesystem, "root": dataset.root, "classes": classes,
+                                   "max_bytes": max_bytes})
     return ds.take_all()
 
 
@@ -332,7 +356,7 @@ def _decode_all(dataset: Dataset, planned: list[_Planned], classes: list[str], o
     ds = ds.map_batches(_decode_write_batch, batch_size=None, batch_format="numpy", fn_kwargs={
         "filesystem": dataset.filesystem, "root": dataset.root, "out_fs": out_fs, "out_root": out_root,
         "image_size": cfg.image_size, "objects_per_row": objects_per_row(planned),
-        "class_index": {name: i for i, name in enumerate(classes)}})
+        "class_index": {name: i for i, name in enumerate(classes)}, "max_bytes": cfg.max_image_bytes})
     summaries = []
     with Progress("prepare: decode + resize", total=len(planned)) as bar:
         for row in ds.iter_rows():  # streamed as each task finishes, so the bar moves
@@ -346,32 +370,58 @@ def prepare(cfg: PrepareConfig) -> dict:
 
     Besides the documented keys, ``stats`` holds where the time went (seconds per phase), the Ray node ids the
     parse and decode tasks ran on, and the decode pass's window (first task start to last task end).
+    Everything is written into a staging folder under ``--out`` and swapped in at the end (``_commit``), so a
+    run that fails or is interrupted leaves the previous PREP as it was.
     Raises FileNotFoundError/ValueError naming the path for a missing dataset, a folder without annotations,
     an unusable ``--out``, a dataset with no object of any class and no ``--classes``, or a dataset where
     nothing could be loaded (the manifest is still written then).
     """
-    from raydet.runtime import data_uses_every_cpu, init_ray
-
     t0 = time.perf_counter()
     dataset = discover(cfg.data)
-    out_fs, out_root = _open_out(cfg.out)
+    out = open_out(cfg.out)
+    try:
+        manifest = _ingest(cfg, dataset, out, t0)
+        commit(out, manifest)
+    except BaseException:  # KeyboardInterrupt too: the previous PREP stays, the staging folder goes
+        discard(out)
+        raise
+    path = f"{out.root}/{MANIFEST}"
+    shown = path if "://" not in cfg.out else cfg.out.rstrip("/") + f"/{MANIFEST}"
+    skipped, splits = manifest["skipped"], manifest["splits"]
+    if not manifest["images_loaded"]:
+        first = "; ".join(s["reason"] for s in skipped[:3])
+        raise ValueError(f"nothing loadable in {cfg.data}: all {len(skipped)} annotations skipped "
+                         f"(e.g. {first}); see {shown}")
+    print(f"raydet prepare: loaded {manifest['images_loaded']} images (train {splits['train']}, "
+          f"test {splits['test']}; {manifest['negative_images']} negative), skipped {len(skipped)}; "
+          f"manifest: {shown}", flush=True)
+    return manifest
+
+
+def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
+    """Both Ray Data passes, the shards written into ``out.stage`` -> the manifest (not yet written)."""
+    from raydet.runtime import data_uses_every_cpu, init_ray
+
     t_discover = time.perf_counter()
     import ray
 
     started = not ray.is_initialized()
     init_ray(cfg.address)
+    # a local path on a multi-node cluster must be the same folder on every node (the tasks read and write there)
+    check_visible(cfg.data, write=False, what="the dataset")
+    check_visible(cfg.out, write=True, what="--out")
     t_ray = time.perf_counter()
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if cpus < 1:  # Ray Data's tasks need a CPU each; without one they would wait forever
         raise ValueError(f"the Ray cluster at {cfg.address or 'RAY_ADDRESS'} has no CPU for the prepare tasks")
     with data_uses_every_cpu():
-        parsed = _parse_all(dataset, cfg.classes, cpus)
+        parsed = _parse_all(dataset, cfg.classes, cpus, cfg.max_xml_bytes)
         planned, classes, split_source, accounts = _plan(dataset, parsed, cfg)
         if planned and not classes:
             raise ValueError(f"no object of any class in {cfg.data}: all {len(planned)} usable annotations are "
                              "negatives (no <object>); name the classes with --classes to prepare them")
         t_parse = time.perf_counter()
-        summaries = _decode_all(dataset, planned, classes, out_fs, out_root, cfg, cpus)
+        summaries = _decode_all(dataset, planned, classes, out.filesystem, out.stage, cfg, cpus)
         t_decode = time.perf_counter()
 
     loaded, objects_loaded, negatives = _tally(summaries, planned, accounts)
@@ -383,36 +433,35 @@ def prepare(cfg: PrepareConfig) -> dict:
         "annotations_found": len(dataset.annotations), "images_loaded": sum(loaded.values()),
         "negative_images": negatives, "skipped": skipped,
         "objects_loaded": objects_loaded, "objects_skipped": accounts["objects_skipped"],
+        "rescaled": accounts["rescaled"], "exif_rotated_images": accounts["exif_rotated"],
+        "refused_links": [{"file": file, "reason": reason} for file, reason in dataset.refused],
         "unlabeled_images": _unlabeled(dataset, accounts["resolved"]),
         "source": cfg.data, "layout": dataset.layout,
         "stats": _stats(parsed, summaries, cpus, started, [t0, t_discover, t_ray, t_parse, t_decode]),
     }
     assert manifest["images_loaded"] + len(skipped) == manifest["annotations_found"], "every annotation accounted for"
-    path = f"{out_root}/manifest.json"
-    with out_fs.open_output_stream(path) as stream:
-        stream.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    shown = path if "://" not in cfg.out else cfg.out.rstrip("/") + "/manifest.json"
-    if not manifest["images_loaded"]:
-        first = "; ".join(s["reason"] for s in skipped[:3])
-        raise ValueError(f"nothing loadable in {cfg.data}: all {len(skipped)} annotations skipped "
-                         f"(e.g. {first}); see {shown}")
-    print(f"raydet prepare: loaded {manifest['images_loaded']} images (train {loaded['train']}, "
-          f"test {loaded['test']}; {negatives} negative), skipped {len(skipped)}; manifest: {shown}", flush=True)
     return manifest
 
 
 def _tally(summaries: list[dict], planned: list[_Planned], accounts: dict) -> tuple[Counter, int, int]:
     """The decode pass's summaries -> (images loaded per split, objects loaded, negative images loaded); the
-    rows it skipped join ``accounts["skipped"]`` and the objects it dropped ``accounts["objects_skipped"]``."""
+    rows it skipped join ``accounts["skipped"]``, the objects it dropped ``accounts["objects_skipped"]``, and the
+    loaded images whose boxes were rescaled (``{file, note}``) or that carry an EXIF orientation (file names)
+    go to ``accounts["rescaled"]`` and ``accounts["exif_rotated"]``."""
     split_of = {p.index: p.split for p in planned}
     loaded: Counter = Counter()
     objects_loaded = negatives = 0
+    accounts["rescaled"], accounts["exif_rotated"] = [], []
     for s in sorted(summaries, key=lambda s: s["index"]):
         accounts["objects_skipped"] += [{"file": s["file"], "reason": reason} for reason in s["dropped"]]
         if s["ok"]:
             loaded[split_of[s["index"]]] += 1
             objects_loaded += int(s["objects"])
             negatives += int(s["objects"]) == 0
+            if s["note"]:
+                accounts["rescaled"].append({"file": s["file"], "note": s["note"]})
+            if int(s["orientation"]) != 1:
+                accounts["exif_rotated"].append(s["file"])
         else:
             accounts["skipped"].append({"file": s["file"], "reason": s["reason"]})
     return loaded, objects_loaded, negatives

@@ -14,7 +14,12 @@ Decisions, and why:
   shrinking, so it antialiases too; ``reducing_gap=3`` box-reduces far larger images first).
 - **EXIF orientation is NOT applied.** labelImg (Qt's ``QImage``, which does not auto-rotate) and the VOC
   ``<size>`` element describe the stored pixel frame, so rotating the pixels would move every box away from
-  its object. Pixels are used exactly as stored.
+  its object. Pixels are used exactly as stored; ``exif_orientation`` reads the tag from the header so that
+  ``raydet prepare`` can list the photos a viewer would show turned (docs/INGEST.md).
+- **Only the formats named here are opened** (``ACCEPTED_FORMATS``, passed to Pillow as ``formats=``): Pillow
+  would otherwise also open EPS/PostScript (by running Ghostscript on the file) and dozens of rarer formats,
+  each a decoder an untrusted file can reach. A file in another format is refused naming it, from Pillow's
+  signature checks alone (no decoder of that format runs).
 - **Every mode becomes RGB.** L, 1, P, CMYK, YCbCr and LAB convert directly; modes with alpha (RGBA, LA, PA,
   P with a transparent colour) are composited on white, so transparent areas do not turn into whatever colour
   the encoder left under them; 16-bit greyscale (``I;16*``, ``I``) is scaled down by 257 (65535 -> 255),
@@ -42,6 +47,9 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _BACKGROUND = (255, 255, 255)
 _JPEG_SOI = b"\xff\xd8\xff"  # start-of-image marker + the first segment's marker byte
 _TURBO_COLORSPACES = ("YCbCr", "Gray", "RGB")  # what simplejpeg decodes to RGB the way Pillow does
+# What raydet reads (voc.IMAGE_EXTENSIONS): Pillow's names. Its JPEG opener also takes MPO (multi-picture) photos.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
+_ORIENTATION = 0x0112  # the EXIF Orientation tag: 1 = as stored, 2-8 = mirrored and/or turned
 
 
 class ImageError(ValueError):
@@ -86,15 +94,56 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             # Pillow warns (and at twice its limit raises) about large images; our own limit decides below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
+        refused = _refused_format(data)
+        if refused:
+            raise ImageError(f"format {refused} not accepted (raydet reads {', '.join(ACCEPTED_FORMATS)})") from exc
         raise ImageError(f"not a recognised image ({len(data)} bytes starting {data[:8]!r})") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         raise ImageError(f"corrupt image header: {exc}") from exc
     _check_size(im.format, *im.size, max_pixels)
     return im
+
+
+def _refused_format(data: bytes) -> str | None:
+    """The name of the format outside ``ACCEPTED_FORMATS`` whose signature ``data`` starts with, else None.
+
+    Only Pillow's prefix checks (the ``accept`` functions of its registered openers) run on the first 16 bytes,
+    as ``Image.open`` itself would: no opener or decoder of a refused format is ever called."""
+    Image.init()
+    prefix = data[:16]
+    for fmt, (_, accept) in Image.OPEN.items():
+        if fmt in ACCEPTED_FORMATS or accept is None:
+            continue
+        try:
+            result = accept(prefix)
+        except Exception:  # noqa: BLE001 -- a plugin's own check failing means "not this format"
+            continue
+        if result and not isinstance(result, str):  # a str is Pillow's "looks like it, but cannot be read"
+            return fmt
+    return None
+
+
+def exif_orientation(data: bytes) -> int:
+    """Encoded image bytes -> the EXIF Orientation tag (2-8: a viewer would mirror and/or turn it), else 1.
+
+    Reads only the header (Pillow's header-only open of an accepted format): a JPEG's or WebP's EXIF block, a
+    TIFF's first directory, a PNG ``eXIf`` chunk placed before the pixels. 1 for no tag, an unreadable tag, or
+    data that is no accepted image (``decode_resize`` names that problem). Pixels are never rotated.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            if im.format == "PNG" and "exif" not in im.info:
+                return 1  # an eXIf chunk after the pixels: Pillow would decode the whole image to reach it
+            value = int(im.getexif().get(_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 -- a damaged header is decode_resize's to report, not this function's
+        return 1
+    return value if 2 <= value <= 8 else 1
 
 
 def _check_size(fmt: str | None, width: int, height: int, max_pixels: int) -> None:

@@ -26,6 +26,20 @@ Listing is one ``get_file_info(FileSelector(folder))`` per folder; no annotation
 (XML parsing happens later, in Ray tasks). Local paths and URIs (``file://``, ``s3://``, ``gs://``) go through
 the same pyarrow filesystem code.
 
+Symlinks (local filesystems only; object stores have none): nothing whose real path (``os.path.realpath``)
+leaves the real path of the dataset root is read. A folder that does is not listed (nothing under it is found);
+a file that does is listed but refused when read (``read_file`` raises ``VocError`` "symlink leaves the dataset
+root", naming the file and where it points), so the annotation that needs it is skipped with that reason. Both
+are listed in ``Dataset.refused``. Symlinks that stay inside the root work as plain files and folders.
+
+Reading (``read_file``): a file over ``max_bytes`` is refused from its size (the open file's, before any byte
+is read), naming the file, its size and the limit.
+
+Sizes (``fit_to_image``): when ``<size>`` and the decoded image disagree, the boxes are rescaled to the decoded
+frame if both axes scale alike (within ``SIZE_TOLERANCE``: the image was resized after labelling); otherwise
+(width and height swapped, as when a tool labelled an EXIF-turned view of the photo, or any other mismatch) the
+boxes were drawn on another pixel frame and the image cannot be used.
+
 Images (``resolve_image``): the ``<filename>`` inside the annotation's image folder (exact, then ignoring case
 and Unicode normalization), else that name's stem, else the XML's stem, with any image extension (any case). A ``<filename>`` that is
 absolute or contains ``..`` is refused, whether or not an image would have been found.
@@ -35,12 +49,13 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import posixpath
 import re
 import unicodedata
 import urllib.parse
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml
@@ -57,6 +72,9 @@ LAYOUTS = ("devkit", "paired", "flat", "train_test")
 # ImageSets/Main files -> the split their ids belong to; later entries win (so "test" beats "train").
 SPLIT_FILES = (("train", "train"), ("val", "train"), ("trainval", "train"), ("test", "test"))
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
+# <size> and the decoded size may differ by this fraction between the two axes' scales and still be one frame:
+# a 1000 x 750 labelled photo saved at 333 x 250 scales by 0.333 and 0.3333 (rounding), a 0.1% difference.
+SIZE_TOLERANCE = 0.01
 # VOC annotations never need a DTD; refusing it stops billion-laughs and external-entity XML before expansion.
 _UNSAFE = {"DTDForbidden": "it has a DTD (<!DOCTYPE>), which could declare entities",
            "EntitiesForbidden": "it declares entities", "ExternalReferenceForbidden": "it references an external resource"}
@@ -200,6 +218,30 @@ def normalize_boxes(record: VocRecord, width: int, height: int) -> np.ndarray:
     return np.clip(B.normalize(pixel, width, height), 0.0, 1.0).astype(np.float32)
 
 
+def fit_to_image(record: VocRecord, width: int, height: int) -> tuple[VocRecord | None, str]:
+    """``record`` (pixel xyxy boxes in its ``<size>`` frame) -> the record in the decoded ``width`` x ``height``
+    frame, and a message.
+
+    - ``<size>`` absent or equal to the decoded size: ``(record, "")``.
+    - both axes scale by the same factor, within ``SIZE_TOLERANCE``: ``(record with every box scaled per axis and
+      width/height set to the decoded size, note)``, the note naming both sizes.
+    - anything else, width and height swapped included: ``(None, reason)`` naming both sizes.
+    """
+    w, h = record.width, record.height
+    if not (w and h) or (w, h) == (width, height):
+        return record, ""
+    sx, sy = width / w, height / h
+    if abs(sx - sy) <= SIZE_TOLERANCE * max(sx, sy):
+        objects = tuple(replace(o, box=(o.box[0] * sx, o.box[1] * sy, o.box[2] * sx, o.box[3] * sy))
+                        for o in record.objects)
+        return (replace(record, width=width, height=height, objects=objects),
+                f"boxes rescaled from <size> {w}x{h} to decoded {width}x{height}")
+    turned = abs(width / h - height / w) <= SIZE_TOLERANCE * max(width / h, height / w)
+    why = ("width and height swapped: labelled on a turned view, e.g. after EXIF rotation" if turned
+           else "not the same frame at another scale")
+    return None, f"<size> {w}x{h} disagrees with the decoded {width}x{height} image ({why}); boxes cannot be trusted"
+
+
 # ------------------------------------------------------------------------------------------- discovery
 
 @dataclass(frozen=True)
@@ -221,10 +263,37 @@ def _checked_relpath(relpath: str) -> str:
     return path
 
 
-def read_file(filesystem: pafs.FileSystem, root: str, relpath: str) -> bytes:
-    """Bytes of ``root/relpath`` on ``filesystem`` (picklable arguments: usable inside a Ray task)."""
-    with filesystem.open_input_stream(_join(root, _checked_relpath(relpath))) as stream:
-        return stream.read()
+def _outside(filesystem: pafs.FileSystem, root: str, path: str) -> str | None:
+    """Where ``path`` really is when that is outside the real path of ``root``, else None. Only a local
+    filesystem has symlinks; on any other this is always None."""
+    if not isinstance(filesystem, pafs.LocalFileSystem):
+        return None
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    return None if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep) else real
+
+
+def _leaves_root(relpath: str, target: str) -> str:
+    return f"{relpath}: symlink leaves the dataset root (points to {target})"
+
+
+def read_file(filesystem: pafs.FileSystem, root: str, relpath: str, max_bytes: int | None = None,
+              limit_name: str = "") -> bytes:
+    """Bytes of ``root/relpath`` on ``filesystem`` (picklable arguments: usable inside a Ray task).
+
+    Raises ``VocError`` naming ``relpath`` for a symlink whose target leaves ``root`` (module docstring), and for
+    a file over ``max_bytes`` bytes (named ``limit_name`` in the message), which is refused from the open file's
+    size before any byte is read. ``OSError`` when the file is missing or unreadable.
+    """
+    path = _join(root, _checked_relpath(relpath))
+    target = _outside(filesystem, root, path)
+    if target is not None:
+        raise VocError(_leaves_root(relpath, target))
+    with filesystem.open_input_file(path) as file:
+        size = file.size()
+        if max_bytes is not None and size > max_bytes:
+            named = f" ({limit_name})" if limit_name else ""
+            raise VocError(f"{relpath}: file of {size:,} bytes is over the limit of {max_bytes:,} bytes{named}")
+        return file.read()
 
 
 @dataclass(frozen=True)
@@ -236,6 +305,7 @@ class Dataset:
     image_files: Mapping[str, frozenset[str]] = field(compare=False)  # image_dir -> image names in it
     unlabeled_images: tuple[str, ...] = ()  # images (relative paths) whose stem no annotation in their folder has
     source: str = ""  # the path or URI given to discover()
+    refused: tuple[tuple[str, str], ...] = ()  # (relative path, reason): symlinks that leave the root, never read
 
     def read(self, relpath: str) -> bytes:
         """Bytes of a file under the root (``relpath`` posix, relative; ``..`` refused)."""
@@ -279,19 +349,47 @@ class _Listing:
     files: list[str]
 
 
-def _list(filesystem: pafs.FileSystem, path: str) -> _Listing:
-    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
-    dirs: dict[str, str] = {}
-    files: list[str] = []
-    for info in infos:
-        name = info.base_name
-        if not name or name.startswith("."):
-            continue
-        if info.type == pafs.FileType.Directory:
-            dirs.setdefault(name.casefold(), name)
-        elif info.type == pafs.FileType.File:
-            files.append(name)
-    return _Listing(dirs, sorted(files))
+def _symlinks(filesystem: pafs.FileSystem, path: str) -> frozenset[str]:
+    """Names of the symlinks directly in folder ``path`` (one ``os.scandir``; none off a local filesystem)."""
+    if not isinstance(filesystem, pafs.LocalFileSystem):
+        return frozenset()
+    try:
+        with os.scandir(path) as entries:
+            return frozenset(e.name for e in entries if e.is_symlink())
+    except OSError:
+        return frozenset()
+
+
+@dataclass
+class _Tree:
+    """The dataset root while discovery lists it, and the symlinks it refused: relative path -> reason."""
+    filesystem: pafs.FileSystem
+    root: str
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def list(self, relpath: str) -> _Listing:
+        """The direct children of ``root/relpath``, hidden names left out. A child that is a symlink leaving the
+        root is recorded in ``refused``; a folder among them is also left out (so nothing under it is read)."""
+        path = _join(self.root, relpath)
+        infos = self.filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+        links = _symlinks(self.filesystem, path)
+        dirs: dict[str, str] = {}
+        files: list[str] = []
+        for info in infos:
+            name = info.base_name
+            if not name or name.startswith("."):
+                continue
+            target = _outside(self.filesystem, self.root, info.path) if name in links else None
+            if target is not None:
+                self.refused[_join(relpath, name)] = _leaves_root(_join(relpath, name), target)
+            if info.type == pafs.FileType.Directory and target is None:
+                dirs.setdefault(name.casefold(), name)
+            elif info.type == pafs.FileType.File:
+                files.append(name)  # read_file refuses it, so whatever needs it is skipped with the reason
+        return _Listing(dirs, sorted(files))
+
+    def read(self, relpath: str) -> bytes:
+        return read_file(self.filesystem, self.root, relpath)
 
 
 def _suffix(name: str) -> str:
@@ -314,16 +412,19 @@ class _Found:
     image_files: dict[str, frozenset[str]]
 
 
-def _read_splits(filesystem: pafs.FileSystem, root: str, main_dir: str) -> dict[str, str]:
+def _read_splits(tree: _Tree, main_dir: str) -> dict[str, str]:
     """ImageSets/Main/{train,val,trainval,test}.txt -> {image id: "train" | "test"}."""
-    listing = _list(filesystem, _join(root, main_dir))
+    listing = tree.list(main_dir)
     by_name = {n.casefold(): n for n in listing.files}
     split_of: dict[str, str] = {}
     for stem, split in SPLIT_FILES:
         name = by_name.get(f"{stem}.txt")
         if name is None:
             continue
-        text = read_file(filesystem, root, _join(main_dir, name)).decode("utf-8", errors="replace")
+        try:
+            text = tree.read(_join(main_dir, name)).decode("utf-8", errors="replace")
+        except (VocError, OSError):  # a symlink out of the root (in tree.refused) or unreadable: no split from it
+            continue
         for line in text.splitlines():
             tokens = line.split()
             if tokens:
@@ -331,32 +432,32 @@ def _read_splits(filesystem: pafs.FileSystem, root: str, main_dir: str) -> dict[
     return split_of
 
 
-def _devkit(filesystem: pafs.FileSystem, root: str, base: str, listing: _Listing) -> _Found | None:
+def _devkit(tree: _Tree, base: str, listing: _Listing) -> _Found | None:
     """``base`` (relative to root) as a VOC devkit, or None when it is not one."""
     ann, img = listing.dirs.get("annotations"), listing.dirs.get("jpegimages")
     if ann is None or img is None:
         return None
     ann_dir, img_dir = _join(base, ann), _join(base, img)
-    xmls = _xml_names(_list(filesystem, _join(root, ann_dir)))
+    xmls = _xml_names(tree.list(ann_dir))
     split_of: dict[str, str] = {}
     sets = listing.dirs.get("imagesets")
     if sets is not None:
-        main = _list(filesystem, _join(root, base, sets)).dirs.get("main")
+        main = tree.list(_join(base, sets)).dirs.get("main")
         if main is not None:
-            split_of = _read_splits(filesystem, root, _join(base, sets, main))
+            split_of = _read_splits(tree, _join(base, sets, main))
     refs = [AnnotationRef(_join(ann_dir, x), img_dir, split_of.get(posixpath.splitext(x)[0])) for x in xmls]
-    return _Found("devkit", refs, {img_dir: _image_names(_list(filesystem, _join(root, img_dir)))})
+    return _Found("devkit", refs, {img_dir: _image_names(tree.list(img_dir))})
 
 
-def _paired(filesystem: pafs.FileSystem, root: str, base: str, listing: _Listing, split: str | None) -> _Found | None:
+def _paired(tree: _Tree, base: str, listing: _Listing, split: str | None) -> _Found | None:
     ann = listing.dirs.get("annotations") or listing.dirs.get("annots")
     img = listing.dirs.get("images")
     if ann is None or img is None:
         return None
     ann_dir, img_dir = _join(base, ann), _join(base, img)
-    xmls = _xml_names(_list(filesystem, _join(root, ann_dir)))
+    xmls = _xml_names(tree.list(ann_dir))
     refs = [AnnotationRef(_join(ann_dir, x), img_dir, split) for x in xmls]
-    return _Found("paired", refs, {img_dir: _image_names(_list(filesystem, _join(root, img_dir)))})
+    return _Found("paired", refs, {img_dir: _image_names(tree.list(img_dir))})
 
 
 def _flat(base: str, listing: _Listing, split: str | None) -> _Found | None:
@@ -367,40 +468,40 @@ def _flat(base: str, listing: _Listing, split: str | None) -> _Found | None:
     return _Found("flat", refs, {base: _image_names(listing)})
 
 
-def _train_test(filesystem: pafs.FileSystem, root: str, listing: _Listing) -> _Found | None:
+def _train_test(tree: _Tree, listing: _Listing) -> _Found | None:
     if "train" not in listing.dirs or "test" not in listing.dirs:
         return None
     refs: list[AnnotationRef] = []
     images: dict[str, frozenset[str]] = {}
     for split in ("train", "test"):
         base = listing.dirs[split]
-        sub = _list(filesystem, _join(root, base))
-        found = _paired(filesystem, root, base, sub, split) or _flat(base, sub, split)
+        sub = tree.list(base)
+        found = _paired(tree, base, sub, split) or _flat(base, sub, split)
         if found is not None:
             refs += found.annotations
             images.update(found.image_files)
     return _Found("train_test", refs, images) if refs else None
 
 
-def _detect(filesystem: pafs.FileSystem, root: str, listing: _Listing) -> _Found | None:
+def _detect(tree: _Tree, listing: _Listing) -> _Found | None:
     """The root's layout, trying them in the documented order."""
-    return (_devkit(filesystem, root, "", listing)
-            or _paired(filesystem, root, "", listing, None)
-            or _train_test(filesystem, root, listing)
+    return (_devkit(tree, "", listing)
+            or _paired(tree, "", listing, None)
+            or _train_test(tree, listing)
             or _flat("", listing, None))
 
 
-def _nested_devkit(filesystem: pafs.FileSystem, root: str, listing: _Listing, base: str = "", depth: int = 2) -> list[_Found]:
+def _nested_devkit(tree: _Tree, listing: _Listing, base: str = "", depth: int = 2) -> list[_Found]:
     """Devkits in sub-folders of ``base``, up to ``depth`` levels down (``VOC2007/``, ``VOCdevkit/VOC2012/``)."""
     found: list[_Found] = []
     for name in sorted(listing.dirs.values()):
         sub_base = _join(base, name)
-        sub = _list(filesystem, _join(root, sub_base))
-        kit = _devkit(filesystem, root, sub_base, sub)
+        sub = tree.list(sub_base)
+        kit = _devkit(tree, sub_base, sub)
         if kit is not None:
             found.append(kit)
         elif depth > 1:
-            found += _nested_devkit(filesystem, root, sub, sub_base, depth - 1)
+            found += _nested_devkit(tree, sub, sub_base, depth - 1)
     return found
 
 
@@ -416,25 +517,27 @@ def discover(uri_or_path: str) -> Dataset:
     """Find the annotations and images of a VOC dataset (layouts in the module docstring).
 
     Raises ``FileNotFoundError`` naming the path when it is missing, ``ValueError`` naming it when no
-    annotation is found (or several nested devkits make the choice ambiguous).
+    annotation is found (or several nested devkits make the choice ambiguous; the symlinks refused are named).
     """
     filesystem, root = open_filesystem(uri_or_path)
     if filesystem.get_file_info(root).type != pafs.FileType.Directory:
         raise NotADirectoryError(f"dataset must be a folder: {uri_or_path}")
-    listing = _list(filesystem, root)
-    found = _detect(filesystem, root, listing)
+    tree = _Tree(filesystem, root)
+    listing = tree.list("")
+    found = _detect(tree, listing)
     if found is None:
-        kits = _nested_devkit(filesystem, root, listing)
+        kits = _nested_devkit(tree, listing)
         if len(kits) > 1:
             names = ", ".join(posixpath.dirname(k.annotations[0].annotation) if k.annotations else "?" for k in kits)
             raise ValueError(f"several VOC devkits under {uri_or_path} ({names}): point raydet at one of them")
         found = kits[0] if kits else None
     if found is None or not found.annotations:
+        refused = "".join(f"; refused: {reason}" for reason in tree.refused.values())
         raise ValueError(
             f"no VOC annotations found in {uri_or_path}: expected Annotations/ + JPEGImages/ (devkit), "
-            "annotations/ or annots/ beside images/, train/ + test/ folders, or *.xml beside the images")
+            f"annotations/ or annots/ beside images/, train/ + test/ folders, or *.xml beside the images{refused}")
     return Dataset(filesystem, root, found.layout, tuple(sorted(found.annotations, key=lambda r: r.annotation)),
-                   dict(found.image_files), _unlabeled(found), uri_or_path)
+                   dict(found.image_files), _unlabeled(found), uri_or_path, tuple(sorted(tree.refused.items())))
 
 
 # -------------------------------------------------------------------------------------------- images

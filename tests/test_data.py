@@ -1,4 +1,5 @@
-"""raydet.data.prepare end to end on tiny datasets: hostile files, every layout, a URI, the split, every object
+"""raydet.data.prepare end to end on tiny datasets: hostile files, input hardening (<size> vs the decoded size, EXIF,
+symlinks, formats, byte limits), every layout, a URI, the split, every object
 kept (K, difficult flags, negatives, the max_objects cut), the Parquet contract read back two ways (plain pyarrow
 + ``image_array``, and ``read_split``), the real raccoon photos, and a two-node cluster. The shard format on its
 own: tests/test_shards.py."""
@@ -488,3 +489,122 @@ def test_parse_and_decode_ran_on_both_nodes_of_a_two_node_cluster(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+# --------------------------------------------------------------- input hardening (issue 13, ingestion side)
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
+       b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n")
+
+
+def exif_jpeg(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 60)).save(buf, "JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def hardened(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """A devkit whose <size> is 64 x 48 in every XML, with: good; resized (stored at 32 x 24); swapped (stored
+    48 x 64); other (stored 64 x 64); exif (orientation 6); eps (an EPS file named .jpg); huge (a 128 x 128 noise
+    PNG over --max-image-bytes 20,000); bigxml (an XML over --max-xml-bytes 2,000); linked (its image a symlink
+    out of the root); alias (its image a symlink to inside/pic.jpg, inside the root); and ImageSets a symlink to
+    a folder outside whose test.txt would name good as the only test image."""
+    import ray
+
+    from raydet.runtime import runtime_env
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env())
+    top = tmp_path_factory.mktemp("hardened")
+    data, outside = top / "data", top / "outside"
+    noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    images = {"good": jpeg(), "resized": jpeg(size=(32, 24)), "swapped": jpeg(size=(48, 64)),
+              "other": jpeg(size=(64, 64)), "exif": exif_jpeg(6), "eps": EPS, "huge": png(Image.fromarray(noise)),
+              "bigxml": jpeg()}
+    for stem, content in images.items():
+        write(data / "JPEGImages" / f"{stem}.{'png' if stem == 'huge' else 'jpg'}", content)
+    write(outside / "stolen.jpg", jpeg())
+    write(data / "inside" / "pic.jpg", jpeg())
+    (data / "JPEGImages" / "linked.jpg").symlink_to(outside / "stolen.jpg")
+    (data / "JPEGImages" / "alias.jpg").symlink_to(Path("..") / "inside" / "pic.jpg")
+    write(outside / "sets" / "Main" / "test.txt", "good\n")
+    (data / "ImageSets").symlink_to(outside / "sets")
+    for stem in (*images, "linked", "alias"):
+        name = f"{stem}.png" if stem == "huge" else f"{stem}.jpg"
+        pad = f"<!-- {'x' * 3000} -->" if stem == "bigxml" else ""
+        write(data / "Annotations" / f"{stem}.xml", voc(name, obj("dog", 16, 12, 48, 36), pad))
+    assert len(png(Image.fromarray(noise))) > 20_000 and (data / "Annotations" / "bigxml.xml").stat().st_size > 2_000
+    return data, top / "prep", run(data, top / "prep", image_size=16, max_xml_bytes=2_000, max_image_bytes=20_000)
+
+
+def test_hardened_every_annotation_is_loaded_or_skipped_with_its_reason(hardened):
+    data, _, m = hardened
+    assert m["annotations_found"] == 10 and m["images_loaded"] == 4  # good, resized, exif, alias
+    assert m["images_loaded"] + len(m["skipped"]) == m["annotations_found"]
+    skipped = by_file(m["skipped"])
+    outside = (data.parent / "outside").resolve()
+    assert skipped == {
+        "JPEGImages/swapped.jpg": "JPEGImages/swapped.jpg: <size> 64x48 disagrees with the decoded 48x64 image "
+                                  "(width and height swapped: labelled on a turned view, e.g. after EXIF rotation); "
+                                  "boxes cannot be trusted",
+        "JPEGImages/other.jpg": "JPEGImages/other.jpg: <size> 64x48 disagrees with the decoded 64x64 image (not the "
+                                "same frame at another scale); boxes cannot be trusted",
+        "JPEGImages/eps.jpg": "JPEGImages/eps.jpg: format EPS not accepted (raydet reads JPEG, PNG, BMP, GIF, TIFF, WEBP)",
+        "JPEGImages/huge.png": f"JPEGImages/huge.png: file of {(data / 'JPEGImages' / 'huge.png').stat().st_size:,} "
+                               "bytes is over the limit of 20,000 bytes (--max-image-bytes)",
+        "Annotations/bigxml.xml": f"Annotations/bigxml.xml: file of {(data / 'Annotations' / 'bigxml.xml').stat().st_size:,} "
+                                  "bytes is over the limit of 2,000 bytes (--max-xml-bytes)",
+        "JPEGImages/linked.jpg": f"JPEGImages/linked.jpg: symlink leaves the dataset root (points to {outside}/stolen.jpg)",
+    }
+
+
+def test_hardened_rescaled_boxes_and_their_note(hardened):
+    _, prep, m = hardened
+    assert m["rescaled"] == [{"file": "JPEGImages/resized.jpg", "note": "boxes rescaled from <size> 64x48 to decoded 32x24"}]
+    rows = read_rows(prep)
+    # (16, 12, 48, 36) in the 64 x 48 frame -> x 0.5 -> (8, 6, 24, 18) in 32 x 24 -> /(32, 24) = (0.25, 0.25, 0.75, 0.75)
+    # (normalizing the unscaled box by 32 x 24 would give (0.5, 0.5, 1, 1) after clipping)
+    np.testing.assert_allclose(rows["JPEGImages/resized.jpg"]["boxes"][0], [0.25, 0.25, 0.75, 0.75], rtol=1e-6)
+    assert (rows["JPEGImages/resized.jpg"]["width"], rows["JPEGImages/resized.jpg"]["height"]) == (32, 24)
+    np.testing.assert_allclose(rows["JPEGImages/good.jpg"]["boxes"][0], [0.25, 0.25, 0.75, 0.75], rtol=1e-6)
+
+
+def test_hardened_exif_orientation_is_listed_and_not_applied(hardened):
+    _, prep, m = hardened
+    assert m["exif_rotated_images"] == ["JPEGImages/exif.jpg"]
+    row = read_rows(prep)["JPEGImages/exif.jpg"]
+    assert (row["width"], row["height"]) == (64, 48)  # the stored frame, not the turned 48 x 64
+
+
+def test_hardened_symlinks_out_of_the_root_are_reported_the_rest_loaded(hardened):
+    data, prep, m = hardened
+    outside = (data.parent / "outside").resolve()
+    assert m["refused_links"] == [
+        {"file": "ImageSets", "reason": f"ImageSets: symlink leaves the dataset root (points to {outside}/sets)"},
+        {"file": "JPEGImages/linked.jpg",
+         "reason": f"JPEGImages/linked.jpg: symlink leaves the dataset root (points to {outside}/stolen.jpg)"}]
+    assert m["split_source"] == "hash"  # the test.txt behind the refused ImageSets link was never read
+    assert "JPEGImages/alias.jpg" in read_rows(prep)  # a symlink inside the root loads like a file
+
+
+def test_byte_limits_must_be_positive():
+    with pytest.raises(ValueError, match=r"--max-xml-bytes must be positive, got 0"):
+        PrepareConfig(data="d", out="o", max_xml_bytes=0)
+    with pytest.raises(ValueError, match=r"--max-image-bytes must be positive, got -5"):
+        PrepareConfig(data="d", out="o", max_image_bytes=-5)
+    cfg = PrepareConfig(data="d", out="o")
+    assert (cfg.max_xml_bytes, cfg.max_image_bytes) == (2**20, 64 * 2**20)  # 1 MiB, 64 MiB
+
+
+def test_prepare_cli_takes_the_byte_limits_and_names_a_bad_one(capsys):
+    from raydet import cli
+
+    args = cli.get_args_parser().parse_args(["prepare", "d", "--out", "o", "--max-xml-bytes", "5", "--max-image-bytes", "7"])
+    cfg = cli.config_from_args(args)
+    assert (cfg.max_xml_bytes, cfg.max_image_bytes) == (5, 7)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["prepare", "d", "--out", "o", "--max-image-bytes", "0"])
+    assert exit_info.value.code == 2 and "--max-image-bytes must be positive, got 0" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import raydet.images
-from raydet.images import ImageError, decode_resize
+from raydet.images import ImageError, decode_resize, exif_orientation
 
 
 def encode(im: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -201,3 +201,53 @@ def test_own_pixel_limit():
 def test_bad_size_argument():
     with pytest.raises(ValueError, match="size must be positive"):
         decode_resize(encode(Image.new("RGB", (4, 4)), "PNG"), 0)
+
+
+# ------------------------------------------------------------------ EXIF orientation, formats outside the list
+
+def exif_bytes(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_exif_orientation_is_read_from_the_header(fmt):
+    im = Image.new("RGB", (60, 30), (255, 0, 0))
+    assert exif_orientation(encode(im, fmt, exif=exif_bytes(6))) == 6  # 6: a viewer turns it 90 degrees clockwise
+    assert exif_orientation(encode(im, fmt, exif=exif_bytes(1))) == 1
+    assert exif_orientation(encode(im, fmt)) == 1  # no tag
+
+
+def test_exif_orientation_of_junk_or_a_bad_tag_is_1():
+    assert exif_orientation(b"") == 1
+    assert exif_orientation(b"just some text\n" * 20) == 1
+    assert exif_orientation(encode(Image.new("RGB", (8, 8)), "JPEG", exif=exif_bytes(99))) == 1  # no such orientation
+
+
+MINIMAL_EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
+               b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n")
+
+
+def test_eps_is_refused_and_ghostscript_never_runs(monkeypatch):
+    from PIL import EpsImagePlugin
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a) or Image.new("RGB", (10, 10)).im)
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    assert Image.open(io.BytesIO(MINIMAL_EPS)).format == "EPS"  # Pillow itself would open it (and run gs on load)
+    with pytest.raises(ImageError, match=r"^format EPS not accepted \(raydet reads JPEG, PNG, BMP, GIF, TIFF, WEBP\)$"):
+        decode_resize(MINIMAL_EPS, 16)
+    assert calls == []
+
+
+def test_a_format_pillow_reads_but_raydet_does_not_is_refused_naming_it():
+    data = encode(Image.new("RGB", (12, 10), (1, 2, 3)), "PPM")  # "P6 12 10 255" + pixels
+    with pytest.raises(ImageError, match=r"^format PPM not accepted"):
+        decode_resize(data, 8)
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF", "WEBP"])
+def test_every_accepted_format_still_decodes(fmt):
+    pixels, w, h = decode_resize(encode(Image.new("RGB", (20, 10), (0, 0, 255)), fmt), 8)
+    assert (w, h) == (20, 10) and pixels.shape == (8, 8, 3) and pixels[..., 2].min() > 200

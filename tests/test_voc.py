@@ -288,3 +288,101 @@ def test_real_raccoon_set(raccoon_dir):
         images.add(resolve_image(ds, ref, rec.filename))
     assert len(images) == 200  # every annotation has its own photo
     assert voc.unreferenced_images(ds, images) == ()
+
+
+# ------------------------------------------------------------------------------------ <size> vs decoded
+
+def sized(w: int, h: int, *boxes: tuple[float, float, float, float]) -> voc.VocRecord:
+    objects = "".join(obj("cat", bb(*b)) for b in boxes)
+    return parse_voc(xml(objects, size=f"<size><width>{w}</width><height>{h}</height></size>"))
+
+
+def test_fit_to_image_keeps_an_equal_or_absent_size():
+    rec = sized(100, 50, (10, 5, 30, 25))
+    assert voc.fit_to_image(rec, 100, 50) == (rec, "")
+    unsized = parse_voc(xml(obj(), size=""))
+    assert voc.fit_to_image(unsized, 640, 480) == (unsized, "")  # no <size>: the decoded size is all there is
+
+
+def test_fit_to_image_rescales_a_proportionally_resized_image():
+    rec = sized(1000, 750, (100, 50, 300, 250), (0, 0, 1000, 750))
+    fitted, note = voc.fit_to_image(rec, 500, 375)
+    # 1000 x 750 -> 500 x 375: both axes x 0.5, so (100, 50, 300, 250) -> (50, 25, 150, 125)
+    assert [o.box for o in fitted.objects] == [(50.0, 25.0, 150.0, 125.0), (0.0, 0.0, 500.0, 375.0)]
+    assert (fitted.width, fitted.height) == (500, 375)
+    assert note == "boxes rescaled from <size> 1000x750 to decoded 500x375"
+
+
+def test_fit_to_image_tolerates_rounding_of_the_resized_size():
+    # 1000 x 750 saved at 333 x 250: x scales by 0.333, y by 0.33333 (0.1% apart, within 1%), each axis its own
+    fitted, note = voc.fit_to_image(sized(1000, 750, (300, 150, 600, 450)), 333, 250)
+    np.testing.assert_allclose(fitted.objects[0].box, (300 * 0.333, 150 / 3, 600 * 0.333, 450 / 3), rtol=1e-9)
+    assert "rescaled" in note
+
+
+@pytest.mark.parametrize("decoded,why", [
+    ((750, 1000), "width and height swapped"),  # 4:3 labelled, 3:4 stored: another pixel frame
+    ((375, 500), "width and height swapped"),  # swapped and halved
+    ((500, 500), "not the same frame at another scale"),  # x 0.5, y 0.667
+    ((1000, 760), "not the same frame at another scale"),  # y 1.3% off: beyond the 1% tolerance
+])
+def test_fit_to_image_refuses_any_other_mismatch_naming_both_sizes(decoded, why):
+    fitted, reason = voc.fit_to_image(sized(1000, 750, (100, 50, 300, 250)), *decoded)
+    assert fitted is None
+    assert reason.startswith(f"<size> 1000x750 disagrees with the decoded {decoded[0]}x{decoded[1]} image (")
+    assert why in reason and reason.endswith("boxes cannot be trusted")
+
+
+# ---------------------------------------------------------------------------------- reading: size, links
+
+def test_read_file_refuses_a_file_over_the_limit_from_its_size(tmp_path):
+    touch(tmp_path / "small.xml", b"x" * 100)
+    assert len(voc.read_file(voc.pafs.LocalFileSystem(), str(tmp_path), "small.xml", 100)) == 100
+    with pytest.raises(VocError, match=r"^small.xml: file of 100 bytes is over the limit of 99 bytes \(--max-xml-bytes\)$"):
+        voc.read_file(voc.pafs.LocalFileSystem(), str(tmp_path), "small.xml", 99, "--max-xml-bytes")
+    # 8 GiB, sparse (no disk used): read whole it would need 8 GiB of memory; refused from its size instead
+    with open(tmp_path / "huge.jpg", "wb") as f:
+        f.truncate(8 * 2**30)
+    with pytest.raises(VocError, match=r"huge.jpg: file of 8,589,934,592 bytes is over the limit of 1,048,576 bytes"):
+        voc.read_file(voc.pafs.LocalFileSystem(), str(tmp_path), "huge.jpg", 2**20)
+
+
+def test_symlinks_leaving_the_root_are_refused_and_those_inside_work(tmp_path):
+    root, outside = tmp_path / "data", tmp_path / "elsewhere"
+    touch(outside / "secret.jpg", b"not yours")
+    touch(outside / "more" / "x.xml", xml(obj(), filename="x.jpg"))
+    touch(root / "inside" / "real.jpg", b"fine")
+    for stem in ("a", "b", "c"):
+        touch(root / "annotations" / f"{stem}.xml", xml(obj(), filename=f"{stem}.jpg"))
+    touch(root / "images" / "a.jpg", b"jpg")
+    (root / "images" / "b.jpg").symlink_to(outside / "secret.jpg")  # a file out of the root
+    (root / "images" / "c.jpg").symlink_to(Path("..") / "inside" / "real.jpg")  # stays inside: works
+    (root / "annotations" / "more").symlink_to(outside / "more")  # a folder out of the root
+    (root / "ImageSets").symlink_to(outside)  # another folder out of the root
+    ds = discover(str(root))
+    assert ds.layout == "paired"
+    assert [r.annotation for r in ds.annotations] == ["annotations/a.xml", "annotations/b.xml", "annotations/c.xml"]
+    real = str(outside.resolve())
+    assert ds.refused == (
+        ("ImageSets", f"ImageSets: symlink leaves the dataset root (points to {real})"),
+        ("annotations/more", f"annotations/more: symlink leaves the dataset root (points to {real}/more)"),
+        ("images/b.jpg", f"images/b.jpg: symlink leaves the dataset root (points to {real}/secret.jpg)"))
+    assert ds.read("images/c.jpg") == b"fine" and ds.read("images/a.jpg") == b"jpg"
+    with pytest.raises(VocError, match=r"^images/b.jpg: symlink leaves the dataset root \(points to .*secret.jpg\)$"):
+        ds.read("images/b.jpg")
+
+
+def test_a_dataset_root_that_is_itself_a_symlink_still_reads(tmp_path):
+    touch(tmp_path / "real" / "a.xml", xml(obj()))
+    touch(tmp_path / "real" / "a.jpg", b"jpg")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    ds = discover(str(tmp_path / "link"))
+    assert ds.refused == () and ds.read("a.jpg") == b"jpg"
+
+
+def test_no_annotations_error_names_the_refused_links(tmp_path):
+    touch(tmp_path / "elsewhere" / "a.xml", xml(obj()))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "VOC2007").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match=r"no VOC annotations found .*; refused: VOC2007: symlink leaves the dataset root"):
+        discover(str(tmp_path / "data"))
