@@ -3,9 +3,10 @@
 Layout of the work (docs/FORMATS.md for the files):
 
 1. the driver checks every requested model file exists and is not an old single-box model
-   (:func:`raydet.infer.check_run`), before Ray starts; it reads the split once with
-   :func:`raydet.shards.read_split` and ``materialize()``\\ s it, so every model reuses the same blocks instead of
-   re-reading and re-decoding the Parquet;
+   (:func:`raydet.infer.check_run`), before Ray starts; it reads the split once, already cut into
+   one block per actor call (:func:`raydet.shards.read_blocks`, row counts from the Parquet footers), and
+   ``materialize()``\\ s it, so every model reuses the same blocks instead of re-reading the Parquet; the ground
+   truth is those blocks without their pixels;
 2. per model, ``map_batches(Predictor, concurrency=actors)``: each actor loads the model ONCE in ``__init__``
    (:class:`raydet.infer.ModelRunner`) and, per batch, predicts ``heatmap`` / ``boxes``, decodes them with
    :func:`raydet.decode.decode` (the ``TOP_K`` best peaks with score >= ``METRIC_SCORE_THRESHOLD``: what COCO's
@@ -35,19 +36,25 @@ import json
 import math
 import os
 import pickle
+import posixpath
+import shutil
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from raydet import storage
 from raydet.config import EvaluateConfig
-from raydet.infer import ModelRunner, batch_plan, check_run, require_models
+from raydet.infer import ModelRunner, batch_plan, check_run, model_file, require_models
 from raydet.progress import Progress
 from raydet.runtime import init_ray
 from raydet.sizes import format_size
 
-ACTOR_START_TIMEOUT_S = 600  # a cluster that cannot place the pool's actors in 10 minutes is refused, not waited for
+# The actors' CPUs are there by now (check_actor_resources waited for an autoscaler if there is one); this bounds
+# their start (TensorFlow's import, the model load): a pool not up in 10 minutes is refused, not waited for.
+ACTOR_START_TIMEOUT_S = 600
 TOP_K = 100  # detections per image kept for the metrics and the COCO file: COCO's maxDets
 METRIC_SCORE_THRESHOLD = 0.01  # lower-scored peaks change AP by nothing measurable and only fill the files
 DRAW_SCORE_THRESHOLD = 0.3  # detections drawn on the example images and contact sheets
@@ -133,10 +140,11 @@ class ModelResult:
     actor_pids: set[int] = field(default_factory=set)  # the processes that produced results (a restart adds one)
 
 
-def run_model(ds, name: str, path: Path, *, classes: list[str], image_ids: dict[str, int], actors: int,
-              threads: int, batch_size: int, predictor: type = Predictor) -> ModelResult:
+def run_model(ds, name: str, path: str | Path, *, classes: list[str], image_ids: dict[str, int], actors: int,
+              threads: int, batch_size: int, predictor: type = Predictor, size_bytes: int | None = None) -> ModelResult:
     """Evaluate one model on a (materialized) PREP dataset ``ds`` in ``actors`` actors of ``threads`` CPUs, each
-    a ``predictor`` (:class:`Predictor` or a subclass taking the same arguments)."""
+    a ``predictor`` (:class:`Predictor` or a subclass taking the same arguments). ``path``: the model file, a
+    local path every actor's node sees or a URI; ``size_bytes``: its size (default: read from ``path``)."""
     import ray
 
     mapped = ds.map_batches(
@@ -152,7 +160,7 @@ def run_model(ds, name: str, path: Path, *, classes: list[str], image_ids: dict[
         for row in mapped.iter_rows():  # streamed: the bar moves as each batch comes back
             parts.append(pickle.loads(row["partial"]))
             bar.update(len(parts[-1]["images"]))
-    report = summarize(parts, classes, path.stat().st_size)
+    report = summarize(parts, classes, storage.size(path) if size_bytes is None else size_bytes)
     images = sorted((im for p in parts for im in p["images"]), key=lambda im: im.image_id)
     return ModelResult(name=name, report=report, images=images, actor_pids={p["pid"] for p in parts})
 
@@ -188,9 +196,12 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[dict[str, Path], dict, list[str]]
     and image size agreeing. Returns (model paths, manifest, classes)."""
     paths = require_models(cfg.run, cfg.models)
     check_run(cfg.run, cfg.models)
-    manifest = _read_json(Path(cfg.data) / "manifest.json", "the PREP manifest written by `raydet prepare`")
-    split = Path(cfg.data) / cfg.split
-    if not split.is_dir() or not any(split.glob("*.parquet")):
+    manifest_path = storage.join(cfg.data, "manifest.json")
+    if storage.kind(manifest_path) != "file":
+        raise FileNotFoundError(f"{manifest_path} not found (the PREP manifest written by `raydet prepare`)")
+    manifest = json.loads(storage.read_text(manifest_path))
+    split = storage.join(cfg.data, cfg.split)
+    if not any(name.endswith(".parquet") and "/" not in name for name in storage.list_files(split)):
         raise FileNotFoundError(f"no Parquet files in {split} (the {cfg.split} split of {cfg.data})")
     run_cfg_path = Path(cfg.run) / "config.json"
     classes = list(manifest["classes"])
@@ -207,87 +218,144 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[dict[str, Path], dict, list[str]]
 GT_COLUMNS = ("file", "boxes", "labels", "difficult", "num_objects", "width", "height")
 
 
-def load_split(split_dir: Path, image_size: int, actors: int, batch_size: int | None = None):
-    """Read a PREP split once into Ray's object store -> (dataset, ground-truth rows sorted by file, {file: id},
-    rows per block).
+def load_split(data: str, split: str, image_size: int, actors: int, batch_size: int | None = None):
+    """Read ``data``'s (a PREP path or URI) ``split`` once into Ray's object store -> (dataset, ground-truth rows
+    sorted by file, {file: id}, rows per block).
 
-    The dataset is cut into one block per actor call (``batch_plan``): the actor pool hands out whole blocks,
-    so a split read as a single block would keep all but one actor idle. Ground-truth rows hold every column
-    but ``image``.
+    Rows are counted from the Parquet footers, so the one read already cuts the split into one block per actor
+    call (``batch_plan``; raydet.shards.read_blocks): the actor pool hands out whole blocks, so a split read as a
+    single block would keep all but one actor idle, and a repartition after the read would hold the pixels twice.
+    Every model maps over these blocks. Ground-truth rows hold every column but ``image``.
     """
     from raydet import coco
-    from raydet.shards import read_split
+    from raydet.shards import read_blocks, split_rows
 
-    ds = read_split(split_dir.parent, split_dir.name).materialize()  # image: raw bytes -> (N, S, S, 3) uint8
-    blocks, rows = batch_plan(ds.count(), image_size, actors, batch_size)
-    ds = ds.repartition(blocks).materialize()
+    images = sum(rows for _, rows in split_rows(data, split))
+    _, rows = batch_plan(images, image_size, actors, batch_size)
+    ds = read_blocks(data, split, rows).materialize()
     gt_rows = ds.select_columns([c for c in GT_COLUMNS if c in ds.columns()]).take_all()
     gt_rows.sort(key=lambda r: r["file"])
     image_ids = {r["file"]: coco.image_id(i) for i, r in enumerate(gt_rows)}
     if len(image_ids) != len(gt_rows):
-        raise ValueError(f"{split_dir} lists some files more than once")
+        raise ValueError(f"{data}/{split} lists some files more than once")
     return ds, gt_rows, image_ids, rows
+
+
+def check_actor_resources(cfg: EvaluateConfig) -> None:
+    """Return once the connected Ray can hold ``cfg.actors`` actors of ``cfg.threads`` CPUs, each on one node.
+
+    ValueError naming the numbers when a fixed cluster never can (the pool would wait forever) or an autoscaling
+    one's node types never can; otherwise an autoscaling cluster is asked and waited for, up to
+    ``cfg.resource_timeout_s`` seconds (raydet.resources.ensure_resources).
+    """
+    from raydet.resources import ensure_resources, read_autoscaler
+
+    ensure_resources([{"CPU": cfg.threads}] * cfg.actors, what=f"--actors {cfg.actors} x --threads {cfg.threads}",
+                     timeout_s=cfg.resource_timeout_s, autoscaler=read_autoscaler(cfg.address))
 
 
 def evaluate(cfg: EvaluateConfig, predictor: type = Predictor, show_table: bool = True) -> dict:
     """Evaluate ``cfg.models`` of ``cfg.run`` on ``cfg.data``'s split; returns the report: ``models`` ({name:
     REPORT_KEYS}), ``split``, ``data``, ``classes``, ``actors``, ``threads``, ``batch_size``, ``top_k``,
     ``score_threshold``, ``draw_score_threshold``, ``actor_pids`` ({name: sorted pids that returned results}),
-    ``coco_dir`` (absolute). ``predictor``: the actor class (:class:`Predictor` or a subclass with its
-    constructor); ``show_table``: print the models table (``raydet run`` prints its own at the end)."""
-    import ray
+    ``coco_dir`` (relative to RUN/eval when inside it, else absolute). ``predictor``: the actor class
+    (:class:`Predictor` or a subclass with its constructor); ``show_table``: print the models table (``raydet
+    run`` prints its own at the end).
 
-    paths, manifest, classes = check_inputs(cfg)
-    init_ray(cfg.address)
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if cfg.actors * cfg.threads > cpus:
-        raise ValueError(f"--actors {cfg.actors} x --threads {cfg.threads} needs {cfg.actors * cfg.threads} CPUs, "
-                         f"the Ray cluster has {cpus:g}")
-
-    # 1. read the split once; every model maps over the same materialized blocks
-    ds, gt_rows, image_ids, batch_size = load_split(Path(cfg.data) / cfg.split, int(manifest["image_size"]),
-                                                      cfg.actors, cfg.batch_size)
-
-    # 2. each model in its actor pool
-    results = {}
-    for name, path in paths.items():
-        print(f"evaluate: {name} ({path.name}, {path.stat().st_size:,} bytes) on {len(gt_rows)} images, "
-              f"{cfg.actors} actor(s) x {cfg.threads} thread(s)", flush=True)
-        results[name] = run_model(ds, name, path, classes=classes, image_ids=image_ids, actors=cfg.actors,
-                                  threads=cfg.threads, batch_size=batch_size, predictor=predictor)
-
-    # 3. COCO files and the report first: a failed drawing must not cost them
-    report = {"models": {name: r.report for name, r in results.items()}, "split": cfg.split,
-              "data": str(Path(cfg.data).resolve()), "classes": classes, "actors": cfg.actors,
-              "threads": cfg.threads, "batch_size": batch_size, "top_k": TOP_K,
-              "score_threshold": METRIC_SCORE_THRESHOLD, "draw_score_threshold": DRAW_SCORE_THRESHOLD,
-              # processes that returned results per model: a pool of N that shared the work shows N (+1 per restart)
-              "actor_pids": {name: sorted(r.actor_pids) for name, r in results.items()}}
-    coco_dir = coco_folder(cfg)
-    report["coco_dir"] = str(coco_dir.absolute())  # where raydet.report finds them again
-    write_coco(coco_dir, gt_rows, classes, results)
-    write_report(Path(cfg.run) / "eval", report, show_table=show_table)
-    if cfg.draw:
-        _draw_or_report(Path(cfg.run) / "eval" / "images", ds, cfg.draw, results, classes, manifest.get("source"))
-    _html_or_report(Path(cfg.run))
+    ``RUN/eval`` is written whole or not at all: into a staging folder beside it, swapped in at the end, so an
+    evaluate that fails or is interrupted leaves the previous one as it was. ``cfg.run`` and ``cfg.data`` may be
+    URIs: the run's small files and models are fetched into a local copy (raydet.storage.local_copy), each actor
+    fetches its model file itself, and the new RUN/eval goes back at the end."""
+    fetch = ["config.json", "history.jsonl", *(model_file("", name).name for name in cfg.models)]
+    with storage.local_copy(cfg.run, fetch=fetch) as run:
+        stage = run / f"{EVAL_STAGING}{uuid.uuid4().hex[:12]}"
+        try:
+            report = _evaluate(cfg, run, stage, predictor, show_table)
+            _swap_in(stage, run / "eval")
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        if storage.is_uri(cfg.run):
+            storage.delete_dir(storage.join(cfg.run, "eval"))  # the local copy's eval/ replaces it whole
     return report
 
 
-def coco_folder(cfg: EvaluateConfig) -> Path:
-    """Where the COCO files go: ``--coco-out``, else ``RUN/eval/coco`` (always written: report.html is built
-    from them)."""
-    return Path(cfg.coco_out) if cfg.coco_out else Path(cfg.run) / "eval" / "coco"
+def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show_table: bool) -> dict:
+    """:func:`evaluate` with the RUN folder at the local ``run`` and RUN/eval written into ``stage``."""
+    local = replace(cfg, run=str(run))
+    paths, manifest, classes = check_inputs(local)
+    coco_dir, coco_recorded = coco_target(cfg, stage)
+    init_ray(cfg.address)
+    check_actor_resources(cfg)
+
+    # 1. read the split once; every model maps over the same materialized blocks
+    ds, gt_rows, image_ids, batch_size = load_split(cfg.data, cfg.split, int(manifest["image_size"]), cfg.actors,
+                                                      cfg.batch_size)
+
+    # 2. each model in its actor pool (a run in a bucket: each actor fetches the model file from there)
+    results = {}
+    for name, path in paths.items():
+        source = storage.join(cfg.run, path.name) if storage.is_uri(cfg.run) else path
+        print(f"evaluate: {name} ({path.name}, {path.stat().st_size:,} bytes) on {len(gt_rows)} images, "
+              f"{cfg.actors} actor(s) x {cfg.threads} thread(s)", flush=True)
+        results[name] = run_model(ds, name, source, classes=classes, image_ids=image_ids, actors=cfg.actors,
+                                  threads=cfg.threads, batch_size=batch_size, predictor=predictor,
+                                  size_bytes=path.stat().st_size)
+
+    # 3. COCO files and the report first: a failed drawing must not cost them
+    report = {"models": {name: r.report for name, r in results.items()}, "split": cfg.split,
+              "data": storage.normalize(cfg.data), "classes": classes, "actors": cfg.actors,
+              "threads": cfg.threads, "batch_size": batch_size, "top_k": TOP_K,
+              "score_threshold": METRIC_SCORE_THRESHOLD, "draw_score_threshold": DRAW_SCORE_THRESHOLD,
+              # processes that returned results per model: a pool of N that shared the work shows N (+1 per restart)
+              "actor_pids": {name: sorted(r.actor_pids) for name, r in results.items()},
+              "coco_dir": coco_recorded}  # where raydet.report finds them again
+    write_coco(coco_dir, gt_rows, classes, results)
+    write_report(stage, report, show_table=show_table)
+    if cfg.draw:
+        _draw_or_report(stage / "images", ds, cfg.draw, results, classes, manifest.get("source"),
+                        shown=storage.join(cfg.run, "eval", "images"))
+    _html_or_report(run, stage, cfg.run)
+    return report
 
 
-def _html_or_report(run: Path) -> None:
-    """Write RUN/eval/report.html (raydet.report); a failure is printed, not raised (the rest is written)."""
+EVAL_STAGING = ".eval-staging-"  # RUN/.eval-staging-<id>: an evaluate's RUN/eval until it is complete
+
+
+def coco_target(cfg: EvaluateConfig, stage: Path) -> tuple[Path, str]:
+    """Where the COCO files are written now, and what report.json records (``coco_dir``): ``--coco-out``, else
+    ``RUN/eval/coco``; inside RUN/eval it is written in ``stage`` and recorded relative to RUN/eval, elsewhere
+    written and recorded as it is. ValueError for a URI outside RUN/eval (the files are written locally)."""
+    eval_dir = storage.join(cfg.run, "eval")
+    wanted = storage.normalize(cfg.coco_out) if cfg.coco_out else storage.join(eval_dir, "coco")
+    if wanted == eval_dir or wanted.startswith(eval_dir + "/"):
+        relative = posixpath.relpath(wanted, eval_dir)
+        return stage / relative, relative
+    if storage.is_uri(wanted):
+        raise ValueError(f"--coco-out {cfg.coco_out}: a URI must lie inside the run's eval folder ({eval_dir}); "
+                         "give a local path or leave it out")
+    return Path(wanted), wanted
+
+
+def _swap_in(stage: Path, eval_dir: Path) -> None:
+    """``stage`` becomes ``eval_dir``: the previous one is renamed aside first, then deleted."""
+    old = eval_dir.with_name(f".eval-old-{stage.name.rsplit('-', 1)[1]}")
+    if eval_dir.exists():
+        eval_dir.rename(old)
+    stage.rename(eval_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _html_or_report(run: Path, eval_dir: Path, shown: str) -> None:
+    """Write ``eval_dir``/report.html (raydet.report; ``eval_dir``: RUN/eval or its staging folder; ``shown``:
+    where RUN is, for the messages); a failure is printed, not raised (the rest is written)."""
     from raydet.report import build_report
 
     try:
-        print(f"report: {build_report(run)}", flush=True)
+        build_report(run, eval_dir=eval_dir)
+        print(f"report: {storage.join(shown, 'eval', 'report.html')}", flush=True)
     except Exception as exc:  # noqa: BLE001 -- the page is a view of files already written
         print(f"report.html failed ({type(exc).__name__}: {exc}); report.json and COCO files are written; "
-              f"`raydet report {run}` tries again", flush=True)
+              f"`raydet report {shown}` tries again", flush=True)
 
 
 def write_report(out: Path, report: dict, show_table: bool = True) -> None:
@@ -363,12 +431,13 @@ def _markdown(report: dict, table: str, class_table: str) -> str:
 # ---------------------------------------------------------------------------------------------- drawings
 
 def _draw_or_report(out: Path, ds, count: int, results: dict[str, ModelResult], classes: list[str],
-                    source: str | None) -> None:
-    """Draw ``count`` images of ``ds``; any failure is printed, not raised (the report is written by now)."""
+                    source: str | None, shown: str) -> None:
+    """Draw ``count`` images of ``ds`` into ``out`` (``shown``: where they will be, for the message); any failure
+    is printed, not raised (the report is written by now)."""
     try:
         rows = sorted(ds.limit(count).take_all(), key=lambda r: r["file"])
         sheets = draw_examples(out, rows, results, classes, source)
-        print(f"drawings: {len(rows)} images per model in {out} "
+        print(f"drawings: {len(rows)} images per model in {shown} "
               f"(contact sheets: {', '.join(p.name for p in sheets)})", flush=True)
     except Exception as exc:  # noqa: BLE001 -- drawings are a by-product; the metrics are already written
         print(f"drawings failed ({type(exc).__name__}: {exc}); report and COCO files are written", flush=True)

@@ -17,9 +17,12 @@ whose ``model`` has no ``backbone``) is refused by :func:`check_run` / :class:`M
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -157,6 +160,20 @@ def batch_plan(images: int, image_size: int, actors: int, batch_size: int | None
 
 
 
+def _local_model(path: str | os.PathLike) -> Path:
+    """A model file's local path: itself, or for a URI (a run in a bucket) a copy fetched into a temporary
+    folder of this process (an actor on any node can load it; the folder goes when the process ends)."""
+    from raydet import storage
+
+    if not storage.is_uri(path):
+        return Path(path)
+    folder = Path(tempfile.mkdtemp(prefix="raydet-model-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    if storage.kind(path) != "file":
+        raise FileNotFoundError(f"no model at {path}")
+    return storage.local_file(path, folder)
+
+
 class ModelRunner:
     """One model loaded in this process: uint8 images in, ``heatmap`` / ``boxes`` and per-image seconds out.
 
@@ -169,7 +186,7 @@ class ModelRunner:
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 1):
-        self.path = Path(path)
+        self.path = _local_model(path)
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads!r}")
         if not self.path.is_file():

@@ -10,19 +10,22 @@ Folders under ``OUT`` (see docs/FORMATS.md for what each holds):
 Re-running the same command resumes: synth and prepare are skipped when their outputs exist and were made
 with the same settings, training continues from its newest checkpoint (Ray Train), a finished training is
 not restarted, and quantization runs again only when the float model is newer than the ``.tflite`` file.
-On a cluster, ``OUT`` must be storage every node reaches (e.g. an EFS mount): Ray Data writes the shards
-from worker nodes and Ray Train keeps its checkpoints under ``OUT/runs``.
+On a cluster, ``OUT`` must be storage every node reaches (a bucket URI such as ``s3://bucket/raydet``, or an EFS
+mount): Ray Data writes the shards from worker nodes and Ray Train keeps its checkpoints under ``OUT/runs``. Every
+check and file here goes through raydet.storage, so a URI works wherever a local path does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import posixpath
+import tempfile
 import time
 from pathlib import Path
 
 from raydet import config as C
+from raydet import storage
 from raydet.console import stdout_to, verbose
 from raydet.infer import FLOAT_FILE
 from raydet.runtime import init_ray
@@ -38,20 +41,20 @@ SYNTH_MIN_SIZE = C.SynthConfig.image_size  # draw shapes at >= 128 px so small -
 
 def stage_configs(cfg: C.RunConfig) -> dict:
     """The config of every stage for one ``raydet run``, in order (``synth`` is None with ``--data``)."""
-    out = Path(cfg.out)
-    data = cfg.data if cfg.data is not None else str(out / "data")
+    out = storage.normalize(cfg.out)
+    data = cfg.data if cfg.data is not None else storage.join(out, "data")
     synth = None
     if cfg.data is None:
         synth = C.SynthConfig(out=data, images=cfg.images, image_size=max(SYNTH_MIN_SIZE, cfg.image_size))
-    prepare = C.PrepareConfig(data=data, out=str(out / "prep"), image_size=cfg.image_size, address=cfg.address)
-    train = C.TrainConfig(prep=prepare.out, out=str(out / "runs"), name=RUN_NAME, workers=cfg.workers,
+    prepare = C.PrepareConfig(data=data, out=storage.join(out, "prep"), image_size=cfg.image_size, address=cfg.address)
+    train = C.TrainConfig(prep=prepare.out, out=storage.join(out, "runs"), name=RUN_NAME, workers=cfg.workers,
                           use_gpu=cfg.use_gpu, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                           backbone=cfg.backbone, pretrained=cfg.pretrained, freeze_bn=cfg.freeze_bn,
                           address=cfg.address)
-    run_dir = str(Path(train.out) / train.name)
+    run_dir = storage.join(train.out, train.name)
     quantize = C.QuantizeConfig(run=run_dir, modes=QUANT_MODES, address=cfg.address)
     evaluate = C.EvaluateConfig(run=run_dir, data=prepare.out, models=EVAL_MODELS, draw=cfg.draw,
-                                coco_out=str(Path(run_dir) / "eval" / "coco"), address=cfg.address)
+                                coco_out=storage.join(run_dir, "eval", "coco"), address=cfg.address)
     return {"synth": synth, "prepare": prepare, "train": train, "quantize": quantize, "evaluate": evaluate}
 
 
@@ -65,41 +68,41 @@ def _key(stage_cfg, *, drop: tuple[str, ...] = ("address",)) -> dict:
 
 def _train_key(train: C.TrainConfig, prepare: C.PrepareConfig) -> dict:
     # Everything that makes a checkpoint unusable for a resume; epochs is not in it (more epochs = resume).
-    return {"prepare": _key(prepare), "train": _key(train, drop=("address", "epochs"))}
+    return {"prepare": _key(prepare), "train": _key(train, drop=("address", "epochs", "resource_timeout_s"))}
 
 
-def _load_state(out: Path) -> dict:
-    path = out / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _load_state(out: str) -> dict:
+    path = storage.join(out, STATE_FILE)
+    return json.loads(storage.read_text(path)) if storage.kind(path) == "file" else {}
 
 
-def _save_state(out: Path, state: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    tmp.replace(out / STATE_FILE)  # atomic: an interrupted run never leaves half a state file
+def _save_state(out: str, state: dict) -> None:
+    # whole or not at all (storage.write_text): an interrupted run never leaves half a state file
+    storage.write_text(storage.join(out, STATE_FILE), json.dumps(state, indent=2, sort_keys=True))
 
 
-def _epochs_done(run_dir: Path) -> int:
+def _epochs_done(run_dir: str) -> int:
     """Highest epoch in RUN/history.jsonl (0 when there is none)."""
-    history = run_dir / "history.jsonl"
-    if not history.is_file():
+    history = storage.join(run_dir, "history.jsonl")
+    if storage.kind(history) != "file":
         return 0
-    epochs = [json.loads(line)["epoch"] for line in history.read_text().splitlines() if line.strip()]
+    epochs = [json.loads(line)["epoch"] for line in storage.read_text(history).splitlines() if line.strip()]
     return max(epochs, default=0)
 
 
-def _set_aside(run_dir: Path) -> Path:
+def _set_aside(run_dir: str) -> str:
     """Rename a run made with other settings to RUN-<n> (kept, never deleted) so training starts afresh."""
     n = 1
-    while (old := run_dir.with_name(f"{run_dir.name}-{n}")).exists():
+    while storage.exists(old := f"{run_dir}-{n}"):
         n += 1
-    run_dir.rename(old)
+    storage.move(run_dir, old)
     return old
 
 
-def _is_newer(path: Path, than: Path) -> bool:
-    return path.is_file() and than.is_file() and path.stat().st_mtime >= than.stat().st_mtime
+def _is_newer(path: str, than: str) -> bool:
+    """Whether file ``path`` exists and was written no earlier than file ``than`` (paths or URIs)."""
+    mtimes = [storage.mtime(p) for p in (path, than)]
+    return None not in mtimes and mtimes[0] >= mtimes[1]
 
 
 def results_table(models: dict) -> str:
@@ -120,12 +123,13 @@ def results_table(models: dict) -> str:
 
 
 def run(cfg: C.RunConfig) -> dict:
-    """Run synth (without --data), prepare, train, quantize (int8) and evaluate (float, int8) into ``cfg.out``.
+    """Run synth (without --data), prepare, train, quantize (int8) and evaluate (float, int8) into ``cfg.out``
+    (a path or URI).
 
     Returns ``{"out", "run", "report", "images", "models": report["models"], "seconds": {stage: s}}``.
     """
     cfgs = stage_configs(cfg)
-    out = Path(cfg.out)
+    out = storage.normalize(cfg.out)
     state = _load_state(out)
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -140,15 +144,11 @@ def run(cfg: C.RunConfig) -> dict:
     redo = False
     if cfgs["synth"] is not None:
         synth = cfgs["synth"]
-        if state.get("synth") == _key(synth) and Path(synth.out).is_dir():
+        if state.get("synth") == _key(synth) and storage.kind(synth.out) == "dir":
             print(f"=== raydet run: synth: {synth.out} already holds {synth.images} images, skipped", flush=True)
         else:
-            from raydet.synth import write_synthetic
-
             t = banner("synth", f"{synth.images} images of {synth.image_size} px -> {synth.out}")
-            if Path(synth.out).exists():
-                shutil.rmtree(synth.out)  # our own folder, made with other settings: stale files would mix in
-            write_synthetic(synth)
+            _synth(synth)
             seconds["synth"] = time.perf_counter() - t
             state = {"synth": _key(synth)}  # everything downstream is stale now
             _save_state(out, state)
@@ -156,8 +156,8 @@ def run(cfg: C.RunConfig) -> dict:
 
     # 2. prepare: skipped when OUT/prep came from the same data and settings (delete it after editing --data).
     prep = cfgs["prepare"]
-    manifest_path = Path(prep.out) / "manifest.json"
-    if not redo and state.get("prepare") == _key(prep) and manifest_path.is_file():
+    manifest_path = storage.join(prep.out, "manifest.json")
+    if not redo and state.get("prepare") == _key(prep) and storage.kind(manifest_path) == "file":
         print(f"=== raydet run: prepare: {manifest_path} matches, skipped", flush=True)
     else:
         from raydet.data import prepare
@@ -170,15 +170,16 @@ def run(cfg: C.RunConfig) -> dict:
 
     # 3. train: resumes by itself (same --out/--name); a run made from other data or settings is set aside.
     train_cfg = cfgs["train"]
-    run_dir = Path(train_cfg.out) / train_cfg.name
+    run_dir = storage.join(train_cfg.out, train_cfg.name)
     key = _train_key(train_cfg, prep)
-    if run_dir.exists() and state.get("train") != key:
+    if storage.exists(run_dir) and state.get("train") != key:
         print(f"=== raydet run: train: {run_dir} was made with other data or settings; kept as "
               f"{_set_aside(run_dir)}", flush=True)
     state["train"] = key
     _save_state(out, state)
+    float_model = storage.join(run_dir, FLOAT_FILE)
     done = _epochs_done(run_dir)
-    if done >= train_cfg.epochs and (run_dir / FLOAT_FILE).is_file():
+    if done >= train_cfg.epochs and storage.kind(float_model) == "file":
         print(f"=== raydet run: train: {run_dir} has {done} of {train_cfg.epochs} epochs, skipped", flush=True)
     else:
         from raydet.train import train
@@ -191,18 +192,11 @@ def run(cfg: C.RunConfig) -> dict:
 
     # 4. quantize: again whenever the float model changed since the .tflite files were written.
     quant = cfgs["quantize"]
-    float_model = run_dir / FLOAT_FILE
-    if all(_is_newer(run_dir / f"model_{m}.tflite", float_model) for m in quant.modes):
+    if all(_is_newer(storage.join(run_dir, f"model_{m}.tflite"), float_model) for m in quant.modes):
         print(f"=== raydet run: quantize: {', '.join(quant.modes)} newer than {float_model}, skipped", flush=True)
     else:
-        from raydet.quantize import quantize
-
         t = banner("quantize", f"{', '.join(quant.modes)} from {float_model}")
-        log = None if verbose() else run_dir / QUANT_LOG  # the converter's step-by-step lines
-        with stdout_to(log):
-            written = quantize(quant)
-        sizes = ", ".join(f"{Path(p).name} ({format_size(Path(p).stat().st_size)})" for p in written.values())
-        print(f"wrote {sizes}" + (f"; converter log: {log}" if log else ""), flush=True)
+        _quantize(quant, run_dir)
         seconds["quantize"] = time.perf_counter() - t
 
     # 5. evaluate: always (it is the answer the user came for; a few seconds on the test split).
@@ -213,14 +207,49 @@ def run(cfg: C.RunConfig) -> dict:
     report = evaluate(ev, show_table=False)  # the table comes once, at the end
     seconds["evaluate"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_all
+    _print_summary(run_dir, report, quant.modes, seconds)
+    eval_dir = storage.join(run_dir, "eval")
+    return {"out": out, "run": run_dir, "report": storage.join(eval_dir, "report.json"),
+            "images": storage.join(eval_dir, "images"), "models": report["models"], "seconds": seconds}
 
-    eval_dir = run_dir / "eval"
+
+def _synth(synth: C.SynthConfig) -> None:
+    """Write the synthetic dataset to ``synth.out`` afresh (a URI: written locally, then uploaded)."""
+    from raydet.synth import write_synthetic
+
+    storage.delete_dir(synth.out)  # our own folder, made with other settings: stale files would mix in
+    if not storage.is_uri(synth.out):
+        write_synthetic(synth)
+        return
+    with tempfile.TemporaryDirectory(prefix="raydet-synth-") as tmp:
+        write_synthetic(dataclasses.replace(synth, out=tmp))
+        storage.upload(Path(tmp), synth.out, storage.list_files(tmp))
+
+
+def _quantize(quant: C.QuantizeConfig, run_dir: str) -> None:
+    """``raydet quantize`` with the converter's lines in RUN/quantize.log (on the console with RAYDET_VERBOSE)."""
+    from raydet.quantize import quantize
+
+    with tempfile.TemporaryDirectory(prefix="raydet-qlog-") as tmp:
+        log = None if verbose() else Path(tmp) / QUANT_LOG  # the converter's step-by-step lines
+        with stdout_to(log):
+            written = quantize(quant)
+        shown = storage.join(run_dir, QUANT_LOG)
+        if log is not None:
+            old = storage.read_bytes(shown) if storage.kind(shown) == "file" else b""
+            storage.write_bytes(shown, old + log.read_bytes())
+    sizes = ", ".join(f"{posixpath.basename(p)} ({format_size(storage.size(p))})" for p in written.values())
+    print(f"wrote {sizes}" + (f"; converter log: {shown}" if log else ""), flush=True)
+
+
+def _print_summary(run_dir: str, report: dict, modes: tuple[str, ...], seconds: dict[str, float]) -> None:
+    eval_dir = storage.join(run_dir, "eval")
     print("\n=== raydet run: results on the test split")
     print(results_table(report["models"]))
-    print(f"\nreport:   {eval_dir / 'report.html'} (and report.md, report.json)")
-    print(f"curves:   {run_dir / 'curves.png'}; TensorBoard: tensorboard --logdir {run_dir.parent}")
-    print(f"pictures: {eval_dir / 'images'}")
-    print(f"models:   {float_model} and {', '.join(str(run_dir / f'model_{m}.tflite') for m in quant.modes)}")
+    print(f"\nreport:   {storage.join(eval_dir, 'report.html')} (and report.md, report.json)")
+    print(f"curves:   {storage.join(run_dir, 'curves.png')}; TensorBoard: tensorboard --logdir "
+          f"{posixpath.dirname(run_dir)}")
+    print(f"pictures: {storage.join(eval_dir, 'images')}")
+    print(f"models:   {storage.join(run_dir, FLOAT_FILE)} and "
+          f"{', '.join(storage.join(run_dir, f'model_{m}.tflite') for m in modes)}")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), flush=True)
-    return {"out": str(out), "run": str(run_dir), "report": str(eval_dir / "report.json"),
-            "images": str(eval_dir / "images"), "models": report["models"], "seconds": seconds}

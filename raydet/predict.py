@@ -84,11 +84,20 @@ def _classes(run: Path) -> list[str]:
 
 
 def predict(cfg: PredictConfig) -> dict:
-    """Predict ``cfg.paths`` with model ``cfg.model`` of ``cfg.run``; writes ``cfg.out``. Returns the JSON's dict."""
+    """Predict ``cfg.paths`` with model ``cfg.model`` of ``cfg.run`` (a path or URI: a URI's config.json and model
+    file are fetched into a temporary folder); writes ``cfg.out``. Returns the JSON's dict."""
+    from raydet import storage
+    from raydet.infer import model_file
+
+    with storage.local_copy(cfg.run, fetch=["config.json", model_file("", cfg.model).name]) as run:
+        return _predict(cfg, run)
+
+
+def _predict(cfg: PredictConfig, run: Path) -> dict:
+    """:func:`predict` on a local RUN folder ``run``."""
     from raydet.infer import ModelRunner, check_run, require_models
 
     # 1. everything that can be refused before loading the model
-    run = Path(cfg.run)
     model_path = require_models(run, (cfg.model,))[cfg.model]
     check_run(run, (cfg.model,))
     classes = _classes(run)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raydet import storage
 from raydet.config import QuantizeConfig
 from raydet.infer import FLOAT_FILE as FLOAT_MODEL
 from raydet.infer import REFERENCE  # the unoptimized .tflite written beside the quantized ones
@@ -38,18 +39,18 @@ def tflite_path(run_dir: str | os.PathLike, mode: str) -> Path:
 
 
 def describe_run(run_dir: str | os.PathLike) -> str:
-    """What a RUN folder holds, for error messages: 'holds config.json, model.keras' or 'does not exist'."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        return f"{run} does not exist"
-    names = sorted(p.name for p in run.iterdir())
-    return f"{run} holds {', '.join(names)}" if names else f"{run} is empty"
+    """What a RUN folder (path or URI) holds, for error messages: 'holds config.json, model.keras' or 'does not
+    exist'."""
+    if storage.kind(run_dir) != "dir":
+        return f"{run_dir} does not exist"
+    names = sorted({name.split("/")[0] for name in storage.list_files(run_dir)})
+    return f"{run_dir} holds {', '.join(names)}" if names else f"{run_dir} is empty"
 
 
-def require_model(run_dir: str | os.PathLike, name: str = FLOAT_MODEL) -> Path:
-    """``RUN/name`` if it exists, else FileNotFoundError naming the path and what the run does hold."""
-    path = Path(run_dir) / name
-    if not path.is_file():
+def require_model(run_dir: str | os.PathLike, name: str = FLOAT_MODEL) -> str:
+    """``RUN/name`` (path or URI) if it is a file, else FileNotFoundError naming it and what the run holds."""
+    path = storage.join(run_dir, name)
+    if storage.kind(path) != "file":
         raise FileNotFoundError(f"no model at {path}: {describe_run(run_dir)}")
     return path
 
@@ -71,13 +72,13 @@ def calibration_images(prep: str | os.PathLike, limit: int, image_size: int | No
     FileNotFoundError if ``PREP/train`` is missing and ValueError if the images are not ``image_size``
     square (a calibration set prepared at another size would calibrate the wrong network).
     """
-    train = Path(prep) / "train"
-    if not train.is_dir():
+    train = storage.join(prep, "train")
+    if storage.kind(train) != "dir":
         raise FileNotFoundError(f"no calibration images: {train} does not exist (expected a PREP folder "
                                 "written by `raydet prepare`)")
     init_ray(address)
 
-    ds = read_split(Path(prep).resolve(), "train").select_columns(["image"]).limit(limit)
+    ds = read_split(storage.normalize(prep), "train").select_columns(["image"]).limit(limit)
     batch = ds.take_batch(batch_size=limit, batch_format="numpy")
     images = np.asarray(batch["image"], dtype=np.uint8)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -186,13 +187,22 @@ def _calibration_source(cfg: QuantizeConfig, run: Path) -> str:
 def quantize(cfg: QuantizeConfig) -> dict[str, str]:
     """``raydet quantize``: write ``RUN/model_<mode>.tflite`` for each mode of ``cfg`` and print sizes.
 
-    Returns {mode: path} for the requested modes (the float32 reference is written too, not returned).
+    ``cfg.run`` may be a URI: the converter works on a local copy (raydet.storage.local_copy) whose new files
+    go back to the run at the end. Returns {mode: path or URI} for the requested modes (the float32 reference
+    is written too, not returned).
     """
-    run = Path(cfg.run)
-    keras_path = require_model(run)  # before any Ray or TensorFlow start-up
-    prep = _calibration_source(cfg, run) if "int8" in cfg.modes else None
+    require_model(cfg.run)  # before any Ray or TensorFlow start-up
+    with storage.local_copy(cfg.run, fetch=["config.json", FLOAT_MODEL]) as run:
+        prep = _calibration_source(cfg, run) if "int8" in cfg.modes else None
+        written = _convert_all(cfg, run, prep)
+    return {mode: storage.join(cfg.run, Path(path).name) for mode, path in written.items()}
 
-    print(f"loading {keras_path}", flush=True)
+
+def _convert_all(cfg: QuantizeConfig, run: Path, prep: str | None) -> dict[str, str]:
+    """Every file of ``cfg.modes`` (and the float32 reference when it is older than the model) into the local
+    RUN folder ``run``; -> {mode: local path}."""
+    keras_path = run / FLOAT_MODEL
+    print(f"loading {storage.join(cfg.run, FLOAT_MODEL)}", flush=True)
     model = load_float_model(run)
     image_size = int(model.input_shape[1])
     calibration = None
@@ -212,7 +222,8 @@ def quantize(cfg: QuantizeConfig) -> dict[str, str]:
         data = convert(model, mode, calibration, progress=True)
         path = tflite_path(run, mode)
         path.write_bytes(data)
-        print(f"  wrote {path} ({len(data):,} bytes, {time.perf_counter() - start:.1f} s)", flush=True)
+        print(f"  wrote {storage.join(cfg.run, path.name)} ({len(data):,} bytes, "
+              f"{time.perf_counter() - start:.1f} s)", flush=True)
         if mode != REFERENCE:
             written[mode] = str(path)
 

@@ -59,13 +59,15 @@ def read_history(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def build_report(run: str | os.PathLike, gallery_images: int = GALLERY_IMAGES) -> Path:
-    """Write ``RUN/eval/report.html`` from the RUN's files (module docstring); returns its path.
-    FileNotFoundError names a missing report.json or COCO file."""
+def build_report(run: str | os.PathLike, gallery_images: int = GALLERY_IMAGES,
+                 eval_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``RUN/eval/report.html`` from the RUN's files (module docstring); returns its path. ``eval_dir``:
+    the folder holding report.json (default RUN/eval; evaluate passes its staging folder); a relative
+    ``coco_dir`` in report.json is relative to it. FileNotFoundError names a missing report.json or COCO file."""
     run = Path(run)
-    eval_dir = run / "eval"
+    eval_dir = Path(eval_dir) if eval_dir is not None else run / "eval"
     report = _read_json(eval_dir / "report.json", "written by `raydet evaluate`")
-    coco_dir = Path(report.get("coco_dir") or eval_dir / "coco")
+    coco_dir = eval_dir / (report.get("coco_dir") or "coco")  # an absolute coco_dir replaces eval_dir
     gt = _read_json(coco_dir / "ground_truth.json", "the COCO ground truth `raydet evaluate` writes")
     classes = list(report["classes"])
     found = {name: analyse(gt, _read_json(coco_dir / f"detections_{name}.json", f"{name}'s COCO detections"),

@@ -5,6 +5,7 @@ honour the draw threshold, an actor killed mid-run, old runs and bad inputs refu
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,6 +216,29 @@ def test_a_failed_drawing_keeps_report_and_coco_files(setup, ray_local, monkeypa
     assert "no gallery: drawing failed (RuntimeError: no ink)" in page and "precision-recall" in page
 
 
+def test_a_failed_evaluate_leaves_the_previous_eval_folder_whole(setup, ray_local, monkeypatch):
+    import raydet.evaluate as E
+
+    out = setup["root"] / "run_atomic_eval"
+    H.write_run(out)
+    cfg = EvaluateConfig(run=str(out), data=str(setup["prep"]), models=("int8",), actors=1, batch_size=2, draw=1)
+    evaluate(cfg)
+    before = {p.relative_to(out): p.read_bytes() for p in (out / "eval").rglob("*") if p.is_file()}
+    assert Path("eval/report.json") in before and Path("eval/coco/detections_int8.json") in before
+
+    def disk_full(coco_dir, *args, **kwargs):  # dies half-way through the COCO files
+        coco_dir.mkdir(parents=True, exist_ok=True)
+        (coco_dir / "ground_truth.json").write_text('{"images": [')
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(E, "write_coco", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate(cfg)
+    after = {p.relative_to(out): p.read_bytes() for p in (out / "eval").rglob("*") if p.is_file()}
+    assert after == before  # the previous evaluation, every file as it was
+    assert [p.name for p in out.iterdir() if p.name.startswith(".eval")] == []  # no staging folder left
+
+
 def test_too_many_actors_for_the_cluster(setup, ray_local):
     cfg = EvaluateConfig(run=str(setup["run"]), data=str(setup["prep"]), models=("int8",), actors=2, threads=2,
                          draw=0)
@@ -236,3 +260,22 @@ def test_batch_plan_sizes_calls_by_pixels_and_keeps_every_actor_busy():
     assert batch_plan(3, 64, 2) == (3, 1)
     # huge images: never fewer than 16 per call
     assert batch_plan(1000, 2048, 1) == (63, 16)
+
+
+def test_load_split_reads_once_in_one_block_per_call_and_keeps_no_pixels_in_the_truth(setup, ray_local, tmp_path):
+    """3 test rows, 2 actors: batch_plan gives 3 blocks of 1 row; the blocks are in Ray's object store, so they
+    map again after the files are gone (every model reuses them); ground truth sorted by file, without images."""
+    import shutil
+
+    from raydet.evaluate import load_split
+
+    prep = tmp_path / "prep"
+    shutil.copytree(setup["prep"], prep)
+    ds, gt_rows, image_ids, rows = load_split(str(prep), "test", H.SIZE, actors=2)
+    assert rows == 1 and ds.num_blocks() == 3
+    assert [r["file"] for r in gt_rows] == ["img_0.png", "img_1.png", "img_2.png"]
+    assert "image" not in gt_rows[0] and gt_rows[1]["difficult"].tolist() == [0, 0, 1]  # G is difficult
+    assert image_ids == {"img_0.png": 1, "img_1.png": 2, "img_2.png": 3}
+    shutil.rmtree(prep)
+    again = ds.map_batches(lambda b: {"file": b["file"]}).take_all()
+    assert sorted(r["file"] for r in again) == [r["file"] for r in gt_rows]
