@@ -54,7 +54,7 @@ def plain_fit(prep: Path, epochs: int, batch: int, backbone: str) -> tuple[float
     compile_model(model, make_optimizer(d.lr, d.weight_decay, d.clip_norm), heatmap_weight=d.heatmap_loss_weight,
                   offset_weight=d.offset_loss_weight, size_weight=d.size_loss_weight, giou_weight=d.giou_loss_weight)
     grid, classes = mcfg.image_size // OUTPUT_STRIDE, mcfg.num_classes
-    val_ds, val_steps = val_dataset(test_arrays, classes, grid, batch, 0, 1)
+    val_ds, val_steps = val_dataset([test_arrays], classes, grid, mcfg.image_size, batch)
     ends: list[float] = []
     stamp = tf_keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: ends.append(time.time()))
     model.fit(train_dataset(train_arrays, classes, grid, batch, True, 0), epochs=epochs, steps_per_epoch=steps,

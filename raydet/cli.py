@@ -41,6 +41,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None, help="comma-separated class names to keep, in label order (default: all found, sorted)")
     p.add_argument("--test-fraction", type=float, default=C.PrepareConfig.test_fraction)
     p.add_argument("--max-objects", type=int, default=C.PrepareConfig.max_objects)
+    p.add_argument("--max-xml-bytes", type=int, default=C.PrepareConfig.max_xml_bytes,
+                   help="skip an annotation file larger than this, unread (default %(default)s)")
+    p.add_argument("--max-image-bytes", type=int, default=C.PrepareConfig.max_image_bytes,
+                   help="skip an image file larger than this, unread (default %(default)s)")
     _add_address(p)
 
     p = sub.add_parser("train", help="train the dense two-headed detector data-parallel with Ray Train")
@@ -64,6 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=C.TrainConfig.warmup_epochs,
                    help="raise the learning rate linearly, step by step, over this many first epochs (0: none)")
     p.add_argument("--seed", type=int, default=C.TrainConfig.seed, help="initial weights, shuffling and augmentation")
+    p.add_argument("--memory-budget-gb", type=float, default=C.TrainConfig.memory_budget_gb,
+                   help="GB of images one worker may hold in memory; a larger shard streams from Ray Data "
+                        "(0: always stream) (default %(default)s)")
+    _add_resource_timeout(p)
     _add_address(p)
 
     p = sub.add_parser("quantize", help="post-training quantization of a run's float model to TFLite")
@@ -83,6 +91,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="images per actor call (default: ~24 MiB of pixels, at most 512, at least 2 calls per actor)")
     p.add_argument("--coco-out", default=None, help="folder for ground_truth.json and detections_<model>.json")
     p.add_argument("--draw", type=int, default=C.EvaluateConfig.draw, help="test images to draw (0: none)")
+    _add_resource_timeout(p)
     _add_address(p)
 
     p = sub.add_parser("report", help="write RUN/eval/report.html again from the run's files (no evaluation)")
@@ -112,6 +121,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_resource_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resource-timeout", dest="resource_timeout_s", type=float, default=C.RESOURCE_TIMEOUT_S,
+                   metavar="SECONDS", help="on an autoscaling cluster, how long to wait for the nodes this needs "
+                                           "(default %(default)g); a fixed cluster that cannot hold it refuses at once")
+
+
 def _add_backbone(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=C.TrainConfig.backbone, choices=C.BACKBONE_NAMES,
                    help="feature extractor under the detection heads: cnn (from scratch) or efficientnet_lite0 "
@@ -136,21 +151,23 @@ def config_from_args(args: argparse.Namespace):
     if cmd == "prepare":
         return C.PrepareConfig(data=args.data, out=args.out, image_size=args.image_size,
                                classes=C.parse_class_list(args.classes), test_fraction=args.test_fraction,
-                               max_objects=args.max_objects, address=args.address)
+                               max_objects=args.max_objects, max_xml_bytes=args.max_xml_bytes,
+                               max_image_bytes=args.max_image_bytes, address=args.address)
     if cmd == "train":
         return C.TrainConfig(prep=args.prep, out=args.out, name=args.name, workers=args.workers, use_gpu=args.gpu,
                              cpus_per_worker=args.cpus_per_worker, backbone=args.backbone,
                              pretrained=args.pretrained, freeze_bn=args.freeze_bn, epochs=args.epochs,
                              batch_size=args.batch_size,
                              lr=args.lr, qat=args.qat, init_from=args.init_from, clip_norm=args.clip_norm,
-                             warmup_epochs=args.warmup_epochs, seed=args.seed, address=args.address)
+                             warmup_epochs=args.warmup_epochs, seed=args.seed, address=args.address,
+                             resource_timeout_s=args.resource_timeout_s, memory_budget_gb=args.memory_budget_gb)
     if cmd == "quantize":
         return C.QuantizeConfig(run=args.run, modes=_modes(args.mode), calibration=args.calibration,
                                 calibration_images=args.calibration_images, address=args.address)
     if cmd == "evaluate":
         return C.EvaluateConfig(run=args.run, data=args.data, models=tuple(m.strip() for m in args.models.split(",")),
                                 actors=args.actors, threads=args.threads, batch_size=args.batch_size, coco_out=args.coco_out,
-                                draw=args.draw, address=args.address)
+                                draw=args.draw, address=args.address, resource_timeout_s=args.resource_timeout_s)
     if cmd == "report":
         return C.ReportConfig(run=args.run, screenshot=args.screenshot)
     if cmd == "predict":
@@ -224,9 +241,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_quietly(cfg, args.command)
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        if not is_input_error(exc):
+            raise  # an internal error: Python prints its traceback
         print(f"raydet {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+# raydet's modules that check what users give them (arguments, files, datasets, runs) and say what is wrong in
+# the message; the pure numerical modules (boxes, targets, decode, metrics, ...) raise only on a bug.
+CHECKING_MODULES = frozenset({"config", "data", "voc", "images", "shards", "storage", "train", "quantize", "qat",
+                              "infer", "evaluate", "predict", "pipeline", "report", "synth", "resources", "nodes"})
+
+
+def is_input_error(exc: BaseException) -> bool:
+    """Whether ``exc`` reports bad input, so its message alone is printed: a missing file, or a ValueError that
+    one of raydet's ``CHECKING_MODULES`` raised itself. A ValueError raised anywhere else (NumPy, TensorFlow,
+    Ray, raydet's numerical modules) is an internal error and keeps its traceback."""
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    package, _, name = module.partition(".")
+    return package == "raydet" and name in CHECKING_MODULES
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 QUANT_MODES = ("dynamic", "float16", "int8")
+# Seconds a stage waits for an autoscaler to add the nodes it needs (raydet.resources): booting a cloud instance
+# and running cluster.yaml's setup commands (a TensorFlow install with CUDA) takes minutes, not seconds.
+RESOURCE_TIMEOUT_S = 900.0
 MODEL_NAMES = ("float",) + QUANT_MODES + ("qat",)
 
 
@@ -88,11 +91,17 @@ class PrepareConfig:
     # manifest's objects_skipped. Rows are padded to K = the largest count kept in any image (docs/FORMATS.md).
     max_objects: int = 100
     address: str | None = None  # Ray address; None: RAY_ADDRESS or a fresh local Ray
+    # Files over these sizes are skipped unread (a reason in the manifest). A VOC XML is a few KB, so 1 MiB is
+    # far above any real annotation; 64 MiB is above any photo (a 100 MP JPEG is ~30 MB) and bounds a task's memory.
+    max_xml_bytes: int = 2**20
+    max_image_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
         _positive("--image-size", self.image_size)
         _fraction("--test-fraction", self.test_fraction)
         _positive("--max-objects", self.max_objects)
+        _positive("--max-xml-bytes", self.max_xml_bytes)
+        _positive("--max-image-bytes", self.max_image_bytes)
         if self.classes is not None and not self.classes:
             raise ValueError("--classes must name at least one class")
 
@@ -171,6 +180,11 @@ class TrainConfig:
     freeze_bn: bool = False
     width: int = 16  # ModelConfig.width
     depth: int = 5
+    resource_timeout_s: float = RESOURCE_TIMEOUT_S  # only an autoscaling cluster waits; a fixed one refuses at once
+    # GB (10^9 bytes) of PREP rows one worker may hold in memory (its train shard and its part of the test split, as
+    # arrays: raydet.inputs.plan_inputs); larger shards stream from Ray Data instead. In memory is faster (no data
+    # moves after the start), so small sets stay there. 0: always stream.
+    memory_budget_gb: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -192,6 +206,9 @@ class TrainConfig:
             raise ValueError(f"--warmup-epochs must be between 0 and --epochs {self.epochs}, got {self.warmup_epochs!r}")
         if self.max_failures < 0:
             raise ValueError(f"--max-failures must be >= 0, got {self.max_failures!r}")
+        _positive("--resource-timeout", self.resource_timeout_s)
+        if not self.memory_budget_gb >= 0:  # also refuses nan
+            raise ValueError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
 
 
 @dataclass(frozen=True)
@@ -223,6 +240,7 @@ class EvaluateConfig:
     # LiteRT/TF threads per actor; each actor reserves as many CPUs, so actors x threads never oversubscribes
     # the cores (1: scale with --actors, which also spreads over nodes; benchmarks/infer.py compares layouts)
     threads: int = 1
+    resource_timeout_s: float = RESOURCE_TIMEOUT_S  # as TrainConfig's: the actors' CPUs, on an autoscaling cluster
 
     def __post_init__(self) -> None:
         bad = [m for m in self.models if m not in MODEL_NAMES]
@@ -230,6 +248,7 @@ class EvaluateConfig:
             raise ValueError(f"--models must be a comma list of {MODEL_NAMES}, got {','.join(self.models)!r}")
         _positive("--actors", self.actors)
         _positive("--threads", self.threads)
+        _positive("--resource-timeout", self.resource_timeout_s)
         if self.batch_size is not None:
             _positive("--batch-size", self.batch_size)
         if self.draw < 0:

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import posixpath
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -217,6 +218,48 @@ def read_split(prep: str | os.PathLike, split: str, **read_kwargs):
     """
     import ray
 
+    prep = str(prep)
+    filesystem, root, folder, shards = _split_shards(prep, split)
+    schema = pq.read_schema(shards[0], filesystem=filesystem)
+    target = prep.rstrip("/") + "/" + split if "://" in prep else folder
+    if "image" in schema.names and (pa.types.is_binary(schema.field("image").type)
+                                    or pa.types.is_large_binary(schema.field("image").type)):
+        size = _image_size(filesystem, root, schema)
+        read_kwargs = {**read_kwargs, "tensor_column_schema": {"image": (np.uint8, (size, size, 3))}}
+        columns = read_kwargs.get("columns")
+        if columns is not None and "image" not in columns:  # Ray would cast a column it did not read
+            del read_kwargs["tensor_column_schema"]
+    return ray.data.read_parquet(target, filesystem=filesystem, **read_kwargs)
+
+
+def read_blocks(prep: str | os.PathLike, split: str, block_rows: int, num_cpus: float = 1.0):
+    """``PREP/<split>`` -> a lazy ``ray.data.Dataset`` of the same rows and numpy columns as ``read_rows``, in
+    blocks of ``block_rows`` consecutive rows (the last one shorter), each read by a Ray task reserving ``num_cpus``
+    CPUs (0 allowed).
+
+    Against ``read_split``: ``read_parquet`` lists the files in a task of its own that always reserves 1 CPU, so
+    where Ray Train's workers hold every CPU that task waits forever (docs/STACK.md); here the row counts come
+    from the footers on the caller's side and every task reserves ``num_cpus``. And the blocks come out exactly
+    as asked (one actor call each, raydet.evaluate). Raises as ``read_split``.
+    """
+    import ray
+
+    n = sum(rows for _, rows in split_rows(prep, split))
+    ranges = [{"start": start, "stop": min(n, start + block_rows)} for start in range(0, n, block_rows)]
+    return ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
+        _read_block, batch_size=1, num_cpus=num_cpus, fn_kwargs={"prep": str(prep), "split": split})
+
+
+def _read_block(ranges: dict, prep: str, split: str) -> dict[str, np.ndarray]:
+    """``read_blocks``' task: one row range (``start``, ``stop`` columns of one row) -> those rows, one batch."""
+    start, stop = int(ranges["start"][0]), int(ranges["stop"][0])
+    parts = list(read_rows(prep, split, start, stop, batch_rows=stop - start))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _split_shards(prep: str | os.PathLike, split: str) -> tuple[pafs.FileSystem, str, str, list[str]]:
+    """(filesystem, PREP root, split folder, the split's .parquet paths sorted by name) of a path or URI.
+    Raises ValueError naming the folder when ``split`` is not train/test or the folder holds no Parquet file."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: must be one of {', '.join(SPLITS)}")
     prep = str(prep)
@@ -230,16 +273,82 @@ def read_split(prep: str | os.PathLike, split: str, **read_kwargs):
         shards = []
     if not shards:
         raise ValueError(f"{folder}: no .parquet shards (is {prep} a folder written by raydet prepare?)")
-    schema = pq.read_schema(shards[0], filesystem=filesystem)
-    target = prep.rstrip("/") + "/" + split if "://" in prep else folder
-    if "image" in schema.names and (pa.types.is_binary(schema.field("image").type)
-                                    or pa.types.is_large_binary(schema.field("image").type)):
-        size = _image_size(filesystem, root, schema)
-        read_kwargs = {**read_kwargs, "tensor_column_schema": {"image": (np.uint8, (size, size, 3))}}
-        columns = read_kwargs.get("columns")
-        if columns is not None and "image" not in columns:  # Ray would cast a column it did not read
-            del read_kwargs["tensor_column_schema"]
-    return ray.data.read_parquet(target, filesystem=filesystem, **read_kwargs)
+    return filesystem, root, folder, shards
+
+
+def split_rows(prep: str | os.PathLike, split: str) -> list[tuple[str, int]]:
+    """``PREP/<split>`` -> [(shard path, rows)] in ``read_rows`` order, the counts from the Parquet footers (no
+    column is read). Raises as ``read_split``."""
+    filesystem, _, _, shards = _split_shards(prep, split)
+    return _row_counts(filesystem, shards)
+
+
+def _row_counts(filesystem: pafs.FileSystem, shards: list[str]) -> list[tuple[str, int]]:
+    counts = []
+    for path in shards:
+        with filesystem.open_input_file(path) as f:
+            counts.append((path, pq.ParquetFile(f).metadata.num_rows))
+    return counts
+
+
+def read_rows(prep: str | os.PathLike, split: str, start: int = 0, stop: int | None = None,
+              batch_rows: int = 256) -> Iterator[dict[str, np.ndarray]]:
+    """Rows ``start``..``stop - 1`` of ``PREP/<split>`` (shards by name, rows as stored; ``stop`` None: to the
+    end) with plain pyarrow, no Ray: numpy batches of at most ``batch_rows`` rows, columns as ``read_split``'s
+    numpy batches (``image`` (n, S, S, 3) uint8; ``boxes`` (n, K, 4) float32 normalized xyxy; ``labels`` (n, K)
+    int32; ``difficult`` (n, K) uint8, zeros for shards without it; ``num_objects``/``width``/``height``
+    (n,) int32; ``file`` (n,) str). Only the shards that hold those rows are opened, and one batch at a time is
+    in memory. Raises as ``read_split``.
+    """
+    filesystem, root, _, shards = _split_shards(prep, split)
+    offset = 0
+    for path, rows in _row_counts(filesystem, shards):
+        lo = max(start, offset) - offset  # this shard's rows lo..hi - 1 are wanted
+        hi = (rows if stop is None else min(stop - offset, rows))
+        if lo < hi:
+            with filesystem.open_input_file(path) as f:
+                shard = pq.ParquetFile(f)
+                size = _image_size(filesystem, root, shard.schema_arrow)
+                yield from _shard_batches(shard, lo, hi, batch_rows, size)
+        offset += rows
+
+
+def _shard_batches(shard: pq.ParquetFile, lo: int, hi: int, batch_rows: int, size: int):
+    """Rows ``lo``..``hi - 1`` of one open shard -> ``read_rows`` batches."""
+    seen = 0
+    for batch in shard.iter_batches(batch_size=batch_rows):
+        a, b = max(lo - seen, 0), min(hi - seen, batch.num_rows)
+        seen += batch.num_rows
+        if a < b:
+            yield _numpy_batch(pa.Table.from_batches([batch.slice(a, b - a)]), size)
+        if seen >= hi:
+            return
+
+
+def _numpy_batch(table: pa.Table, size: int) -> dict[str, np.ndarray]:
+    """A slice of a shard read with pyarrow -> the numpy columns of ``read_rows``."""
+    n = table.num_rows
+    out = {"file": np.asarray(table.column("file").to_pylist(), dtype=object),
+           "image": image_array(table, size),
+           "boxes": _tensor_values(table.column("boxes"), np.float32).reshape(n, -1, 4),
+           "labels": _tensor_values(table.column("labels"), np.int32).reshape(n, -1)}
+    out["difficult"] = (_tensor_values(table.column("difficult"), np.uint8).reshape(out["labels"].shape)
+                        if "difficult" in table.column_names else np.zeros(out["labels"].shape, np.uint8))
+    for name in ("num_objects", "width", "height"):
+        if name in table.column_names:
+            out[name] = table.column(name).to_numpy().astype(np.int32)
+    return out
+
+
+def _tensor_values(column: pa.ChunkedArray, dtype) -> np.ndarray:
+    """A Ray tensor column (an extension array, or the nested lists it reads as without Ray) -> its values,
+    flat, as ``dtype``."""
+    flat = column.combine_chunks()
+    if isinstance(flat, pa.ExtensionArray):
+        flat = flat.storage
+    while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type) or pa.types.is_fixed_size_list(flat.type):
+        flat = flat.flatten()
+    return flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
 
 
 def _image_size(filesystem: pafs.FileSystem, root: str, schema: pa.Schema) -> int:

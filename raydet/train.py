@@ -5,16 +5,20 @@ runs ``raydet.train_worker.train_loop_per_worker(config)`` [each worker], which 
 (raydet.model) on batches that raydet.inputs builds from every object of every image. docs/TRAINING.md has the
 measurements behind each choice.
 
-- **Input path.** The driver ``materialize()``s both splits *before* the workers start: on a 2-CPU laptop a lazy
-  read would wait forever for a CPU that the workers hold. Each worker pulls its train shard (an equal split) and
-  the test split into memory once; every epoch runs from ``tf.data`` over those arrays.
+- **Input path** (raydet.inputs, docs/TRAINING.md). Ray Data splits the train split equally between the workers.
+  When a worker's rows fit ``--memory-budget-gb``, the driver ``materialize()``s the train split before the
+  workers start and each worker pulls its shard into memory once; otherwise the workers stream their shards
+  from a lazy read every epoch, whose tasks reserve no CPU when the workers hold every one (a task waiting for
+  a CPU would wait forever on a 2-CPU laptop). Either way each worker runs ``(n_train // workers) // local_batch``
+  steps per epoch.
 - **Workers.** By default one per GPU (``--gpu``) or one per node with all of its CPUs (``worker_layout``);
   one worker trains under TF's default strategy, two or more under MultiWorkerMirroredStrategy.
 - **Batch size is global.** Each of N workers takes ``batch_size // N`` images per step; the learning rate is for
   that global batch (scale it linearly). Per step a linear warm-up, per epoch a cosine decay to ``lr / 20``.
-- **Validation.** Keras' ``val_*`` losses are exact means over the whole test split (each worker takes rows
-  r, r+N, ..., padded with weight-0 rows). After each epoch rank 0 also decodes its float copy's predictions on
-  up to ``VAL_AP_IMAGES`` test images and reports COCO AP50 and mAP (``val_ap50``, ``val_map``).
+- **Validation.** Keras' ``val_*`` losses cover the whole test split: each worker reads its own ceil(n / N)
+  consecutive rows from the files (padded with weight-0 rows). After each epoch rank 0 also decodes its float
+  copy's predictions on the first ``VAL_AP_IMAGES`` test images (a read of its own) and reports COCO AP50 and
+  mAP (``val_ap50``, ``val_map``).
 - **Checkpoints** hold the weights with the optimizer state, the clean float model, and the history so far.
   Resuming (same ``--out``/``--name``, or a restart after a worker failure) restores all three, so
   ``history.jsonl``, written by the driver from the newest checkpoint, holds each epoch exactly once.
@@ -26,11 +30,13 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from raydet import storage
 from raydet.config import ModelConfig, TrainConfig
 from raydet.infer import FLOAT_FILE as FLOAT_MODEL
 from raydet.infer import QAT_KERAS_FILE as QAT_MODEL
@@ -43,6 +49,10 @@ CURVES_FILE = "curves.png"
 
 
 QAT_CALIBRATION_IMAGES = 64
+STREAM_BLOCK_ROWS = 64  # rows per streamed block and read task: 9.6 MB at 224 px
+# Streamed blocks Ray Data may hold per worker ahead of training (its object store limit): 8 x 9.6 MB at 224 px.
+# Unlimited, it read ahead as far as its share of the object store allowed: the whole split of a small cluster's run.
+STREAM_AHEAD_BLOCKS = 8
 
 
 @dataclass(frozen=True)
@@ -55,13 +65,13 @@ class TrainSummary:
 
 # ----------------------------------------------------------------------------------------------- driver
 def read_manifest(prep: str | os.PathLike) -> dict:
-    """PREP/manifest.json, checked: ValueError/FileNotFoundError naming the path when it is not a valid PREP."""
-    prep = Path(prep)
-    path = prep / "manifest.json"
-    if not path.is_file():
+    """PREP/manifest.json (PREP a path or URI), checked: ValueError/FileNotFoundError naming the path when it is
+    not a valid PREP, or when a split holds no Parquet shard."""
+    path = storage.join(prep, "manifest.json")
+    if storage.kind(path) != "file":
         raise FileNotFoundError(f"{path}: no manifest; is {prep} a folder written by `raydet prepare`?")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(storage.read_text(path))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
     classes, size = manifest.get("classes"), manifest.get("image_size")
@@ -70,8 +80,9 @@ def read_manifest(prep: str | os.PathLike) -> dict:
     if not isinstance(size, int) or size <= 0:
         raise ValueError(f"{path}: 'image_size' must be a positive integer, got {size!r}")
     for split in ("train", "test"):
-        if not list((prep / split).glob("*.parquet")):
-            raise FileNotFoundError(f"{prep / split}: no Parquet shards (expected {prep / split}/*.parquet)")
+        folder = storage.join(prep, split)
+        if not any(name.endswith(".parquet") and "/" not in name for name in storage.list_files(folder)):
+            raise FileNotFoundError(f"{folder}: no Parquet shards (expected {folder}/*.parquet)")
     return manifest
 
 
@@ -79,7 +90,8 @@ def worker_layout(cfg: TrainConfig, node_cpus: list[float], gpus: float) -> tupl
     """(workers, CPUs per worker) of a run: ``cfg``'s where given, else the fastest layout where it runs.
 
     ``node_cpus``: CPUs of each alive node; ``gpus``: GPUs in the cluster. Defaults: with ``use_gpu`` one worker
-    per GPU (at least 1) with 1 CPU each; on CPU one worker per node holding the smallest node's CPUs (one
+    per GPU with 1 CPU each, or one worker when there is no GPU yet (an autoscaling cluster starts its first GPU
+    node when asked: ``fit_to_cluster``); on CPU one worker per node holding the smallest node's CPUs (one
     worker with every core trains about twice as fast as two 1-CPU workers on the same machine).
     """
     nodes = [c for c in node_cpus if c >= 1] or [1.0]
@@ -90,12 +102,18 @@ def worker_layout(cfg: TrainConfig, node_cpus: list[float], gpus: float) -> tupl
     return len(nodes), cfg.cpus_per_worker or float(min(nodes))
 
 
-def check_resources(cfg: TrainConfig, resources: dict, node_cpus: list[float]) -> None:
-    """Refuse a request the cluster can never meet (Ray would wait forever), naming the numbers.
+def check_resources(cfg: TrainConfig, resources: dict, node_cpus: list[float],
+                    autoscaling: bool = False) -> None:
+    """Refuse a request the cluster can never meet (Ray would wait forever), naming the numbers and flags.
 
     ``cfg`` has its layout resolved (``worker_layout``); ``resources``: ``ray.cluster_resources()``;
-    ``node_cpus``: CPUs of each alive node.
+    ``node_cpus``: CPUs of each alive node; ``autoscaling``: the cluster may grow, so only the batch size is
+    checked here (raydet.resources.ensure_resources checks what its autoscaler can launch).
     """
+    if cfg.batch_size < cfg.workers:
+        raise ValueError(f"--batch-size {cfg.batch_size} is smaller than the {cfg.workers} workers")
+    if autoscaling:
+        return
     need_cpu = cfg.workers * cfg.cpus_per_worker
     have_cpu = float(resources.get("CPU", 0))
     if need_cpu > have_cpu:
@@ -104,8 +122,6 @@ def check_resources(cfg: TrainConfig, resources: dict, node_cpus: list[float]) -
     if node_cpus and cfg.cpus_per_worker > max(node_cpus):
         raise ValueError(f"--cpus-per-worker {cfg.cpus_per_worker:g} is more than the largest node has "
                          f"({max(node_cpus):g} CPUs)")
-    if cfg.batch_size < cfg.workers:
-        raise ValueError(f"--batch-size {cfg.batch_size} is smaller than the {cfg.workers} workers")
     if cfg.use_gpu:
         have_gpu = float(resources.get("GPU", 0))
         if cfg.workers > have_gpu:
@@ -118,14 +134,40 @@ def resources_per_worker(cfg: TrainConfig) -> dict:
     return {"CPU": cfg.cpus_per_worker, "GPU": 1} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}
 
 
+def fit_to_cluster(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its layout resolved on the connected Ray (``worker_layout``), once the cluster can hold it.
+
+    A fixed cluster that cannot hold the workers, or an autoscaling one whose node types never can, is refused at
+    once (ValueError); an autoscaling one is asked for the nodes and waited for, up to ``cfg.resource_timeout_s``
+    seconds (raydet.resources.ensure_resources).
+    """
+    import ray
+
+    from raydet.resources import ensure_resources, read_autoscaler
+
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    resources = ray.cluster_resources()
+    autoscaler = read_autoscaler(cfg.address)
+    gpus = float(resources.get("GPU", 0))
+    if autoscaler and cfg.use_gpu and cfg.workers is None and not gpus:
+        print("no GPU node in the cluster yet: training with 1 worker and 1 GPU, asked of the autoscaler "
+              "(--workers N for more)", flush=True)
+    workers, cpus = worker_layout(cfg, nodes, gpus)
+    cfg = replace(cfg, workers=workers, cpus_per_worker=cpus)
+    check_resources(cfg, resources, nodes, autoscaling=autoscaler is not None)
+    what = f"--workers {cfg.workers} x --cpus-per-worker {cfg.cpus_per_worker:g}" + (" --gpu" if cfg.use_gpu else "")
+    ensure_resources([resources_per_worker(cfg)] * cfg.workers, what=what, timeout_s=cfg.resource_timeout_s,
+                     autoscaler=autoscaler)
+    return cfg
+
+
 ARCHITECTURE_FIELDS = ("backbone", "width", "max_width", "depth", "neck_width", "head_width", "bn_momentum")
 
 
 def read_run_model_config(run: str | os.PathLike) -> dict:
     """RUN/config.json's ``model`` fields; ValueError for a run of the single-box network raydet had before its
     dense heads (its weights cannot start or be read as this network)."""
-    path = Path(run) / "config.json"
-    fields = json.loads(path.read_text())["model"]
+    fields = json.loads(storage.read_text(storage.join(run, "config.json")))["model"]
     if "backbone" not in fields:
         raise ValueError(f"{run} was trained by an older raydet whose network predicted one box per image; "
                          f"it cannot be used with the dense detector: retrain it with this version")
@@ -145,7 +187,7 @@ def model_config(cfg: TrainConfig, manifest: dict) -> ModelConfig:
 def _check_init_from(cfg: TrainConfig) -> None:
     if cfg.init_from:
         for name in ("config.json", FLOAT_MODEL):
-            if not (Path(cfg.init_from) / name).is_file():
+            if storage.kind(storage.join(cfg.init_from, name)) != "file":
                 raise FileNotFoundError(f"--init-from {cfg.init_from}: no {name} there (is it a finished RUN folder?)")
 
 
@@ -156,79 +198,128 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> TrainSummary:
     steps_per_epoch) -> tf_keras.callbacks.Callback`` (Ray ships them to the workers; a factory defined outside
     an installed package needs ``ray.cloudpickle.register_pickle_by_value`` on its module).
 
-    Raises FileNotFoundError/ValueError for a bad PREP or an impossible resource request (before Ray
-    Train starts), and ValueError when the loss becomes non-finite (naming the epoch).
+    Raises FileNotFoundError/ValueError for a bad PREP, an impossible resource request or one an autoscaler did
+    not meet within ``cfg.resource_timeout_s`` (before Ray Train starts), and ValueError when the loss becomes
+    non-finite (naming the epoch).
     """
     manifest = read_manifest(cfg.prep)
     _check_init_from(cfg)
-    if cfg.init_from:  # the workers run in other folders: a relative path would not be found there
-        cfg = replace(cfg, init_from=str(Path(cfg.init_from).absolute()))
+    # absolute: the workers run in other folders, where a relative path would not be found
+    cfg = replace(cfg, prep=storage.normalize(cfg.prep), out=storage.normalize(cfg.out),
+                  init_from=storage.normalize(cfg.init_from) if cfg.init_from else None)
     mcfg = model_config(cfg, manifest)
     init_ray(cfg.address)
-    import ray
+    _check_visible(cfg)
+    cfg = fit_to_cluster(cfg)
 
-    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-    resources = ray.cluster_resources()
-    workers, cpus = worker_layout(cfg, nodes, float(resources.get("GPU", 0)))
-    cfg = replace(cfg, workers=workers, cpus_per_worker=cpus)
-    check_resources(cfg, resources, nodes)
-
-    run_dir = Path(cfg.out).absolute() / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({
+    run_dir = storage.join(cfg.out, cfg.name)
+    storage.write_text(storage.join(run_dir, "config.json"), json.dumps({
         "classes": manifest["classes"], "image_size": manifest["image_size"], "model": asdict(mcfg),
-        "train": asdict(cfg), "prep": str(Path(cfg.prep).absolute())}, indent=2) + "\n")
+        "train": asdict(cfg), "prep": cfg.prep}, indent=2) + "\n")
 
     started = time.time()
     result = _fit(cfg, mcfg, run_dir, tuple(callbacks))
     return _finish(cfg, run_dir, result, started)
 
 
-def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: Path, callbacks: tuple):
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+def _check_visible(cfg: TrainConfig) -> None:
+    """On a multi-node cluster, refuse local paths that are not the same folder on every node (raydet.nodes)."""
+    from raydet.nodes import check_visible
+
+    check_visible(cfg.prep, write=False, what="PREP")
+    check_visible(cfg.out, write=True, what="--out")
+    if cfg.init_from:
+        check_visible(cfg.init_from, write=False, what="--init-from")
+
+
+def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple):
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    prep = Path(cfg.prep).absolute()
-    # Materialized here, before the workers take their CPUs (docs/STACK.md: a lazy read hangs on 2 CPUs).
-    print(f"reading {prep} ...", flush=True)
-    datasets = {split: read_split(prep, split).materialize() for split in ("train", "test")}
-    for ds in datasets.values():
-        # The workers read their shards once, into memory, in about a second; the progress bar of that read was
-        # left half-drawn and repeated on every later line of the output (seen in `raydet run`), so none is drawn.
-        ds.context.enable_progress_bars = False
-    n_train = datasets["train"].count()
+    from raydet.inputs import load_rows
+
+    prep = storage.normalize(cfg.prep)  # absolute: the workers run in other folders
+    plan, n_train, n_test = _input_plan(cfg, prep, mcfg.image_size)
     local_batch = cfg.batch_size // cfg.workers
-    steps = (n_train // cfg.workers) // local_batch  # the equal split gives every worker n_train // workers rows
-    if steps < 1:
-        raise ValueError(f"{n_train} training images are fewer than one step of {cfg.workers} workers x "
-                         f"{local_batch} images (--batch-size {cfg.batch_size}); lower --batch-size")
     loop_config = {
-        "model": asdict(mcfg), "train": asdict(cfg), "steps_per_epoch": steps, "local_batch": local_batch,
-        "n_test": datasets["test"].count(),
+        "model": asdict(mcfg), "train": asdict(cfg), "prep": prep, "inputs": asdict(plan),
+        "steps_per_epoch": plan.steps_per_epoch, "local_batch": local_batch, "n_test": n_test,
         "callbacks": callbacks,
-        "tensorboard_dir": str(run_dir / TENSORBOARD_DIR),  # absolute: the workers run in other folders
+        # rank 0 writes each epoch's scalars there; a run in a bucket gets them from the history at the end
+        "tensorboard_dir": None if storage.is_uri(run_dir) else storage.join(run_dir, TENSORBOARD_DIR),
         # QAT: the same first training images on every worker, to start the activation ranges (raydet.qat)
-        "calibration": (datasets["train"].take_batch(QAT_CALIBRATION_IMAGES, batch_format="numpy")["image"]
-                        if cfg.qat else None),
+        "calibration": load_rows(prep, "train", 0, QAT_CALIBRATION_IMAGES)["image"] if cfg.qat else None,
     }
     print(f"training on {n_train} images: {cfg.workers} workers x {local_batch} images per step "
-          f"(global batch {local_batch * cfg.workers}), {steps} steps per epoch", flush=True)
+          f"(global batch {local_batch * cfg.workers}), {plan.steps_per_epoch} steps per epoch", flush=True)
+    train_split, data_config = _train_split(cfg, prep, plan)
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources_per_worker(cfg)),
-        run_config=RunConfig(name=cfg.name, storage_path=str(run_dir.parent),
+        run_config=RunConfig(name=cfg.name, storage_path=cfg.out,  # a path or URI: checkpoints go to RUN
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              worker_runtime_env=_worker_env(),
                              # Ray Train's own INFO lines (every checkpoint, every report with all its metrics, every
                              # shard) buried raydet's one line per epoch; Ray Train's system log files keep them.
                              logging_config=LoggingConfig(log_level="WARNING")),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),  # every worker gets the whole test split
+        datasets={"train": train_split},  # the workers read their validation rows from the files themselves
+        dataset_config=data_config,
     )
     return trainer.fit()
+
+
+def _input_plan(cfg: TrainConfig, prep: str, image_size: int):
+    """-> (raydet.inputs.InputPlan, train rows, test rows), counted from the Parquet footers; prints the choice.
+    ValueError when the train split is smaller than one step."""
+    from raydet.inputs import plan_inputs
+    from raydet.shards import read_rows, split_rows
+
+    n_train, n_test = (sum(rows for _, rows in split_rows(prep, split)) for split in ("train", "test"))
+    objects = next(read_rows(prep, "train", 0, 1))["labels"].shape[1]  # K, the same in every row
+    local_batch = cfg.batch_size // cfg.workers
+    plan = plan_inputs(n_train, n_test, image_size, objects, cfg.workers, local_batch, cfg.memory_budget_gb)
+    if plan.steps_per_epoch < 1:
+        raise ValueError(f"{n_train} training images are fewer than one step of {cfg.workers} workers x "
+                         f"{local_batch} images (--batch-size {cfg.batch_size}); lower --batch-size")
+    how = "streamed from Ray Data" if plan.stream else "held in memory"
+    print(f"input: {how} ({plan.worker_bytes / 1e9:.2f} GB of rows per worker, --memory-budget-gb "
+          f"{cfg.memory_budget_gb:g})", flush=True)
+    return plan, n_train, n_test
+
+
+def _train_split(cfg: TrainConfig, prep: str, plan):
+    """The train split for Ray Train and its ``DataConfig`` (split equally between the workers), as ``plan``
+    (raydet.inputs.InputPlan) says.
+
+    In memory: ``materialize()``d here, before the workers take their CPUs. Streamed: lazy, read by 1-CPU tasks
+    where the workers leave a CPU free, and by 0-CPU tasks sharing the workers' cores where they hold every one
+    (a task waiting for a CPU that the workers hold waits forever: docs/STACK.md); Ray Data is limited to the CPUs
+    the workers leave and to ``STREAM_AHEAD_BLOCKS`` blocks per worker in the object store.
+    """
+    import ray
+    from ray.data import ExecutionOptions, ExecutionResources
+    from ray.train import DataConfig
+
+    from raydet.shards import read_blocks
+
+    if not plan.stream:
+        print(f"reading {prep} ...", flush=True)
+        ds = read_split(prep, "train").materialize()
+        config = DataConfig(datasets_to_split=["train"])
+    else:
+        held = cfg.workers * cfg.cpus_per_worker
+        spare = float(ray.cluster_resources().get("CPU", 0)) - held
+        ds = read_blocks(prep, "train", STREAM_BLOCK_ROWS, num_cpus=1.0 if spare >= 1 else 0.0)
+        ahead = cfg.workers * STREAM_AHEAD_BLOCKS * STREAM_BLOCK_ROWS * plan.row_bytes
+        limits = ExecutionOptions(resource_limits=ExecutionResources(cpu=max(spare, 0.0), object_store_memory=ahead))
+        config = DataConfig(datasets_to_split=["train"], execution_options={"train": limits})
+    # The in-memory read takes about a second; its progress bar was left half-drawn and repeated on every later
+    # line of the output (seen in `raydet run`), and a streamed one would redraw every epoch: none is drawn.
+    ds.context.enable_progress_bars = False
+    return ds, config
 
 
 def _worker_env() -> dict:
@@ -240,41 +331,63 @@ def _worker_env() -> dict:
                                 "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")}}
 
 
-def _finish(cfg: TrainConfig, run_dir: Path, result, started: float) -> TrainSummary:
+def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSummary:
+    """The newest checkpoint's model and history into RUN (a path or URI), then the QAT export and the curves."""
     if result.checkpoint is None:
         raise RuntimeError(f"training of {run_dir} ended without a checkpoint (error: {result.error!r})")
     model_name = QAT_MODEL if cfg.qat else FLOAT_MODEL
-    with result.checkpoint.as_directory() as ckpt:
-        state = json.loads((Path(ckpt) / STATE_FILE).read_text())
-        history = state["history"]
-        write_history(run_dir / "history.jsonl", history)
-        bad = state.get("nonfinite")
-        if bad:
-            raise ValueError(f"loss became non-finite ({bad['loss']}) at epoch {bad['epoch']} of {run_dir}; "
-                             f"history.jsonl keeps the {len(history)} good epochs (try a lower --lr)")
-        if not (Path(ckpt) / model_name).is_file():
-            raise RuntimeError(f"newest checkpoint {result.checkpoint.path} holds no {model_name}")
-        shutil.copyfile(Path(ckpt) / model_name, run_dir / model_name)
-    if cfg.qat:
-        from raydet.qat import export_qat_tflite
+    with storage.local_copy(run_dir, fetch=["config.json"]) as local:
+        with result.checkpoint.as_directory() as ckpt:
+            state = json.loads((Path(ckpt) / STATE_FILE).read_text())
+            history = state["history"]
+            write_history(local / "history.jsonl", history)
+            bad = state.get("nonfinite")
+            if bad:
+                raise ValueError(f"loss became non-finite ({bad['loss']}) at epoch {bad['epoch']} of {run_dir}; "
+                                 f"history.jsonl keeps the {len(history)} good epochs (try a lower --lr)")
+            if not (Path(ckpt) / model_name).is_file():
+                raise RuntimeError(f"newest checkpoint {result.checkpoint.path} holds no {model_name}")
+            shutil.copyfile(Path(ckpt) / model_name, local / model_name)
+        if cfg.qat:
+            from raydet.qat import export_qat_tflite
 
-        export_qat_tflite(run_dir)
+            export_qat_tflite(local)
+        model = storage.join(run_dir, model_name)
+        print(f"model: {model}  ({len(history)} epochs; history: {storage.join(run_dir, 'history.jsonl')})",
+              flush=True)
+        if storage.is_uri(run_dir):
+            write_tensorboard(local / TENSORBOARD_DIR, history)
+        write_curves(local, history, shown=run_dir)
     trained = sum(1 for row in history if row["end_time"] >= started)
-    print(f"model: {run_dir / model_name}  ({len(history)} epochs; history: {run_dir / 'history.jsonl'})", flush=True)
-    write_curves(run_dir, history)
-    return TrainSummary(str(run_dir), str(run_dir / model_name), tuple(history), trained)
+    return TrainSummary(run_dir, model, tuple(history), trained)
 
 
-def write_curves(run_dir: Path, history: list[dict]) -> None:
+def write_tensorboard(folder: Path, history: list[dict]) -> None:
+    """Every epoch of ``history`` as TensorBoard scalars in ``folder`` (what rank 0 writes as it goes, for a run
+    whose folder is a URI, which TensorFlow's file writer cannot reach)."""
+    import tensorflow as tf
+
+    from raydet.train_worker import write_scalars
+
+    writer = tf.summary.create_file_writer(str(folder))
+    for row in history:
+        write_scalars(writer, row)
+    writer.close()
+
+
+def write_curves(run_dir: Path, history: list[dict], shown: str | None = None) -> None:
     """``RUN/curves.png``: losses, val AP50 / mAP and learning rate per epoch (raydet.plots); a failure is
-    printed, not raised (the model and history are written by now)."""
+    printed, not raised (the model and history are written by now). ``shown``: RUN as the user named it (a URI
+    whose local copy ``run_dir`` is), for the message."""
     from raydet import plots
 
+    shown = shown or str(run_dir)
     try:
         png = plots.training_curves(history)
         if png is not None:
-            print(f"curves: {plots.write_png(run_dir / CURVES_FILE, png)}  "
-                  f"(TensorBoard: tensorboard --logdir {run_dir.parent})", flush=True)
+            plots.write_png(run_dir / CURVES_FILE, png)
+            print(f"curves: {storage.join(shown, CURVES_FILE)}  "
+                  f"(TensorBoard: tensorboard --logdir {posixpath.dirname(storage.normalize(shown))})", flush=True)
     except Exception as exc:  # noqa: BLE001 -- a picture of the history, which is saved
         print(f"curves.png failed ({type(exc).__name__}: {exc})", flush=True)
 

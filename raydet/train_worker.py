@@ -1,6 +1,8 @@
 """One Ray Train worker of ``raydet train`` (raydet.train is the driver): build or restore the detector under
-MultiWorkerMirroredStrategy, fit it on batches from its shard, and after each epoch report, validate and
-checkpoint.
+MultiWorkerMirroredStrategy, fit it on batches of its train shard (held in memory or streamed from Ray Data, as
+the driver planned: raydet.inputs), and after each epoch report, validate and checkpoint. Each worker computes the
+validation loss on its own range of the test split; rank 0 also reads the first ``VAL_AP_IMAGES`` test rows for
+the validation AP (raydet.validation).
 
 Checkpoint layout (every epoch, rank 0's folder is the one kept): ``weights/ckpt*`` (TF-format weights with the
 optimizer state), the clean float model (``model.keras``; ``model_qat.keras`` for a QAT run) and ``state.json``
@@ -31,9 +33,10 @@ def train_loop_per_worker(config: dict) -> None:
     """One Ray Train worker: build (or restore) the model under MultiWorkerMirroredStrategy (TF's default strategy
     when it is the only worker) and fit.
 
-    ``config``: ``model`` (ModelConfig fields), ``train`` (TrainConfig fields), ``steps_per_epoch``,
-    ``local_batch``, ``n_test``, ``callbacks`` (factories ``f(rank, world, steps_per_epoch)`` of extra Keras
-    callbacks, raydet.train.train), ``tensorboard_dir`` (absolute; rank 0 writes each epoch's scalars there).
+    ``config``: ``model`` (ModelConfig fields), ``train`` (TrainConfig fields), ``prep`` (absolute path or URI),
+    ``inputs`` (raydet.inputs.InputPlan fields), ``steps_per_epoch``, ``local_batch``, ``n_test``, ``callbacks``
+    (factories ``f(rank, world, steps_per_epoch)`` of extra Keras callbacks, raydet.train.train),
+    ``tensorboard_dir`` (absolute; rank 0 writes each epoch's scalars there), ``calibration`` (QAT's images).
     """
     use_legacy_keras()
     import ray.train
@@ -53,17 +56,9 @@ def train_loop_per_worker(config: dict) -> None:
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(tcfg["seed"] + rank)  # different shuffles per worker, same init below
 
-    from raydet.inputs import load_split, train_dataset, val_dataset
-    from raydet.model import OUTPUT_STRIDE
-
     mcfg = ModelConfig(**config["model"])
-    grid = mcfg.image_size // OUTPUT_STRIDE
-    train_arrays = load_split(ray.train.get_dataset_shard("train"))
-    test_arrays = load_split(ray.train.get_dataset_shard("test"))
-    local_batch = config["local_batch"]
-    train_ds = strategy.distribute_datasets_from_function(lambda _: train_dataset(
-        train_arrays, mcfg.num_classes, grid, local_batch, tcfg["augment"], tcfg["seed"] + rank))
-    val_ds, val_steps = val_dataset(test_arrays, mcfg.num_classes, grid, local_batch, rank, world)
+    make_train, val_ds, val_steps = _inputs(config, mcfg, rank, world)
+    train_ds = strategy.distribute_datasets_from_function(lambda _: make_train())
     val_ds = strategy.distribute_datasets_from_function(lambda _: val_ds)
 
     checkpoint = ray.train.get_checkpoint()
@@ -88,13 +83,40 @@ def train_loop_per_worker(config: dict) -> None:
     from raydet.schedule import StepLR
     from raydet.validation import ValidationAP
 
-    validation = ValidationAP(test_arrays, mcfg.num_classes) if rank == 0 else None
+    validation = ValidationAP.from_prep(config["prep"], mcfg.num_classes) if rank == 0 else None
     reporter = _EpochReporter(model, export, tcfg, history, rank, validation, _tensorboard_writer(config, rank))
     callbacks = [StepLR(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
                  reporter]
     callbacks += [factory(rank, world, config["steps_per_epoch"]) for factory in config["callbacks"]]
     model.fit(train_ds, epochs=tcfg["epochs"], initial_epoch=initial_epoch, steps_per_epoch=config["steps_per_epoch"],
               validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks, verbose=0)
+
+
+def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
+    """This worker's (train dataset factory, validation dataset, validation steps), streamed or in memory as
+    ``config["inputs"]`` (raydet.inputs.InputPlan fields) says: the train shard from Ray Data
+    (``get_dataset_shard("train")``), the validation range ``val_range`` straight from ``config["prep"]``."""
+    import ray.train
+
+    from raydet import inputs
+    from raydet.model import OUTPUT_STRIDE
+
+    tcfg, plan, batch = config["train"], config["inputs"], config["local_batch"]
+    grid, size, classes = mcfg.image_size // OUTPUT_STRIDE, mcfg.image_size, mcfg.num_classes
+    shard, seed = ray.train.get_dataset_shard("train"), tcfg["seed"] + rank
+    start, stop = inputs.val_range(config["n_test"], rank, world)
+    pad_to = plan["val_rows_per_worker"]
+    if plan["stream"]:
+        val_ds, val_steps = inputs.stream_val_dataset(config["prep"], "test", start, stop, classes, grid, size, batch,
+                                                      pad_to)
+        return (lambda: inputs.stream_train_dataset(shard, classes, grid, size, batch, tcfg["augment"], seed,
+                                                    plan["rows_per_worker"])), val_ds, val_steps
+    from raydet.shards import read_rows
+
+    arrays = inputs.load_split(shard)
+    val_parts = [inputs.arrays_of(b) for b in read_rows(config["prep"], "test", start, stop)]
+    val_ds, val_steps = inputs.val_dataset(val_parts, classes, grid, size, batch, pad_to)
+    return (lambda: inputs.train_dataset(arrays, classes, grid, batch, tcfg["augment"], seed)), val_ds, val_steps
 
 
 def _tensorboard_writer(config: dict, rank: int):
@@ -140,14 +162,12 @@ def _quiet_worker_logs() -> None:
 def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
     """Model + optimizer, restored from ``checkpoint`` or started from ``--init-from`` or the backbone's
     pretrained weights; ``say(text)`` logs what was done. Returns (model, history)."""
-    import tf_keras
-
     from raydet.model import build_model, compile_model, freeze_backbone_bn, init_backbone
 
     model = build_model(mcfg)
     history: list[dict] = []
     if tcfg["init_from"] and checkpoint is None:
-        say(transfer_weights(tf_keras.models.load_model(Path(tcfg["init_from"]) / FLOAT_MODEL, compile=False), model))
+        say(transfer_weights(_load_init_from(tcfg["init_from"]), model))
     elif checkpoint is None:
         say(init_backbone(model, mcfg))
     if tcfg["freeze_bn"] and freeze_backbone_bn(model, mcfg):
@@ -168,6 +188,16 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
                 optimizer.build(model.trainable_variables)  # so the optimizer state restores now, not lazily
                 model.load_weights(str(Path(ckpt) / WEIGHTS_PREFIX)).assert_existing_objects_matched()
     return model, history
+
+
+def _load_init_from(run: str):
+    """``--init-from`` RUN's float model (RUN a path or URI, fetched into a temporary folder), uncompiled."""
+    import tf_keras
+
+    from raydet import storage
+
+    with tempfile.TemporaryDirectory(prefix="raydet-init-") as tmp:
+        return tf_keras.models.load_model(storage.local_file(storage.join(run, FLOAT_MODEL), Path(tmp)), compile=False)
 
 
 def make_optimizer(lr: float, weight_decay: float, clip_norm: float):

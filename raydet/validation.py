@@ -20,6 +20,14 @@ class ValidationAP:
         self.truth = [objects_of(arrays, i) for i in range(n)]
         self.num_classes = num_classes
 
+    @classmethod
+    def from_prep(cls, prep: str, num_classes: int, limit: int = VAL_AP_IMAGES) -> "ValidationAP":
+        """On the first ``limit`` rows of ``PREP/test`` in file order (raydet.shards.read_rows: the same rows every
+        epoch and on every run, whatever the workers' shards), read here; only they are held."""
+        from raydet.inputs import load_rows
+
+        return cls(load_rows(prep, "test", 0, limit), num_classes, limit)
+
     def __call__(self, model, chunk: int = 64) -> dict[str, float]:
         """``model`` (a tf_keras detector) predicts the rows in chunks; -> ``score`` of its outputs."""
         import tensorflow as tf

@@ -61,3 +61,38 @@ def test_bad_arguments_stop_before_heavy_imports():
             "except SystemExit as e: assert e.code == 2\n"
             "assert 'tensorflow' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_bad_input_prints_one_line_and_internal_errors_keep_their_traceback(monkeypatch, capsys):
+    import numpy as np
+
+    def missing_prep(cfg, command):
+        from raydet.train import read_manifest
+        read_manifest("/nonexistent/prep")  # raydet's own check: a FileNotFoundError naming the path
+
+    monkeypatch.setattr(cli, "run_quietly", missing_prep)
+    assert cli.main(["train", "/nonexistent/prep", "--out", "runs", "--name", "r"]) == 1
+    err = capsys.readouterr().err
+    assert "raydet train: error: /nonexistent/prep/manifest.json" in err and "Traceback" not in err
+
+    def bug(cfg, command):
+        np.zeros(3).reshape(2, 2)  # a ValueError from inside NumPy: a bug, not bad input
+
+    monkeypatch.setattr(cli, "run_quietly", bug)
+    with pytest.raises(ValueError, match="reshape"):
+        cli.main(["train", "/nonexistent/prep", "--out", "runs", "--name", "r"])  # propagates: Python prints the traceback
+
+
+def test_only_raydet_checking_modules_raise_input_errors():
+    from raydet.boxes import xywh_to_xyxy
+
+    try:
+        raise ValueError("from here")
+    except ValueError as exc:
+        assert not cli.is_input_error(exc)  # raised in a test module, not in raydet
+    with pytest.raises(ValueError) as info:
+        xywh_to_xyxy(__import__("numpy").zeros((2, 3)))
+    assert not cli.is_input_error(info.value)  # raydet.boxes is numerical: a bug somewhere upstream
+    with pytest.raises(ValueError) as info:
+        C.TrainConfig(prep="p", out="o", name="a/b")
+    assert cli.is_input_error(info.value)  # raydet.config checks arguments: its message is the whole story

@@ -147,3 +147,48 @@ def test_write_shard_refuses_rows_that_do_not_fit_the_first_naming_the_file(tmp_
     with pytest.raises(ValueError, match=r"difficult of '1.jpg' has shape \(1,\), expected \(2,\)"):
         write_shard(str(tmp_path / "bad.parquet"), [good, {**other, "difficult": np.zeros(1, np.uint8)}])
     assert not Path(tmp_path / "bad.parquet").exists()
+
+
+def _two_shards(root: Path, split: str = "train") -> tuple[np.ndarray, list[dict]]:
+    """7 rows 0.jpg .. 6.jpg (rows_of, K = 2) in two shards of 3 and 4 rows; image i is filled with i."""
+    images = np.stack([np.full((4, 4, 3), i, np.uint8) for i in range(7)])
+    rows = rows_of(images, k=2)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    write_shard(str(root / split / "part-0.parquet"), rows[:3])
+    write_shard(str(root / split / "part-1.parquet"), rows[3:])
+    return images, rows
+
+
+def test_read_rows_reads_any_range_across_shards_with_plain_pyarrow(tmp_path):
+    from raydet.shards import read_rows, split_rows
+
+    images, rows = _two_shards(tmp_path)
+    counts = [(Path(p).name, n) for p, n in split_rows(tmp_path, "train")]
+    assert counts == [("part-0.parquet", 3), ("part-1.parquet", 4)]
+    # rows 2..5: row 2 from the first shard, rows 3, 4 and 5 from the second in batches of at most 2
+    batches = list(read_rows(tmp_path, "train", 2, 6, batch_rows=2))
+    assert [b["file"].tolist() for b in batches] == [["2.jpg"], ["3.jpg", "4.jpg"], ["5.jpg"]]
+    got = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    np.testing.assert_array_equal(got["image"], images[2:6])
+    np.testing.assert_array_equal(got["boxes"], np.stack([r["boxes"] for r in rows[2:6]]))
+    assert got["boxes"].shape == (4, 2, 4) and got["boxes"].dtype == np.float32
+    # rows_of: row i has min(i, 2) objects, difficult j % 2 -> rows 2..5 all [0, 1]
+    assert got["labels"].tolist() == [[0, 1]] * 4 and got["labels"].dtype == np.int32
+    assert got["difficult"].tolist() == [[0, 1]] * 4 and got["num_objects"].tolist() == [2] * 4
+    assert got["width"].tolist() == [640] * 4 and got["num_objects"].dtype == np.int32
+    assert [f for b in read_rows(tmp_path, "train") for f in b["file"]] == [f"{i}.jpg" for i in range(7)]
+    assert list(read_rows(tmp_path, "train", 7, 9)) == [] and list(read_rows(tmp_path, "train", 4, 4)) == []
+
+
+def test_read_blocks_cuts_the_split_into_blocks_of_the_asked_rows(tmp_path, ray_local):
+    """7 rows in blocks of 3: tasks for rows 0-2, 3-5 (across the shard boundary) and 6."""
+    from raydet.shards import read_blocks
+
+    images, _ = _two_shards(tmp_path)
+    ds = read_blocks(tmp_path, "train", 3, num_cpus=0).materialize()
+    blocks = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    assert sorted(b["file"].tolist() for b in blocks) == [["0.jpg", "1.jpg", "2.jpg"], ["3.jpg", "4.jpg", "5.jpg"],
+                                                          ["6.jpg"]]
+    for b in blocks:
+        np.testing.assert_array_equal(b["image"], images[[int(f[0]) for f in b["file"]]])
+        assert b["boxes"].shape == (len(b["file"]), 2, 4)
