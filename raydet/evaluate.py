@@ -285,6 +285,7 @@ def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show
     paths, manifest, classes = check_inputs(local)
     coco_dir, coco_recorded = coco_target(cfg, stage)
     init_ray(cfg.address)
+    _check_visible(cfg)
     check_actor_resources(cfg)
 
     # 1. read the split once; every model maps over the same materialized blocks
@@ -316,6 +317,15 @@ def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show
                         shown=storage.join(cfg.run, "eval", "images"))
     _html_or_report(run, stage, cfg.run)
     return report
+
+
+def _check_visible(cfg: EvaluateConfig) -> None:
+    """On a multi-node cluster, refuse a local PREP or RUN that not every node sees: the split is read and the
+    model files are loaded on whichever nodes run the tasks and actors (raydet.nodes)."""
+    from raydet.nodes import check_visible
+
+    check_visible(cfg.data, write=False, what="--data")
+    check_visible(cfg.run, write=False, what="RUN")
 
 
 EVAL_STAGING = ".eval-staging-"  # RUN/.eval-staging-<id>: an evaluate's RUN/eval until it is complete
