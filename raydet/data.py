@@ -7,11 +7,11 @@ Out: ``PREP/{train,test}/part-<first row>.parquet`` in the shard format of ``ray
 
 Pipeline (the driver only lists files and does bookkeeping; every file is read in a Ray task):
 
-1. driver: ``voc.discover(DATA)`` lists annotations and images (no file is opened).
+1. driver: ``discovery.discover(DATA)`` lists annotations and images (no file is opened).
 2. **parse pass**, Ray Data: ``from_blocks(annotation paths)`` -> ``map_batches(_parse_batch)``: each task reads
    and parses its XML with ``voc.parse_voc`` and sends back the (small) records.
 3. driver: the class list (``--classes``, else every name found, sorted), each annotation's image
-   (``voc.resolve_image``), its split, its objects sorted largest first and cut to ``max_objects``, and K, the
+   (``discovery.resolve_image``), its split, its objects sorted largest first and cut to ``max_objects``, and K, the
    largest object count left in any image. Parsing before decoding is what lets the labels be final integers
    and K be the same in every shard, and it keeps annotations that cannot be used out of the expensive pass.
 4. **decode pass**, Ray Data: ``from_blocks(planned rows)`` -> ``map_batches(_decode_write_batch)``: each task
@@ -74,8 +74,8 @@ from raydet.nodes import check_visible
 from raydet.prep_out import MANIFEST, Out, commit, discard, open_out
 from raydet.progress import Progress
 from raydet.shards import IMAGE_ENCODING, SPLITS, write_shard
-from raydet.voc import (Dataset, VocError, VocRecord, discover, fit_to_image, normalize_boxes, parse_voc, read_file,
-                        resolve_image, unreferenced_images)
+from raydet.voc import VocError, VocRecord, fit_to_image, normalize_boxes, parse_voc
+from raydet.discovery import Dataset, discover, read_file, resolve_image, unreferenced_images
 
 NO_OBJECTS = "no usable objects"
 # Rows per decode task = rows per shard: about this many bytes of pixels, bounded so tiny images do not make

@@ -47,7 +47,7 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _BACKGROUND = (255, 255, 255)
 _JPEG_SOI = b"\xff\xd8\xff"  # start-of-image marker + the first segment's marker byte
 _TURBO_COLORSPACES = ("YCbCr", "Gray", "RGB")  # what simplejpeg decodes to RGB the way Pillow does
-# What raydet reads (voc.IMAGE_EXTENSIONS): Pillow's names. Its JPEG opener also takes MPO (multi-picture) photos.
+# What raydet reads (discovery.IMAGE_EXTENSIONS): Pillow's names. Its JPEG opener also takes MPO (multi-picture) photos.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
 _ORIENTATION = 0x0112  # the EXIF Orientation tag: 1 = as stored, 2-8 = mirrored and/or turned
 

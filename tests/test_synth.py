@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raydet import synth, voc
+from raydet import discovery, synth, voc
 from raydet.boxes import iou_matrix
 from raydet.config import SynthConfig
 
@@ -45,13 +45,13 @@ def test_counts_split_and_discovery_as_a_devkit(tmp_path):
     train, test = main.joinpath("train.txt").read_text().split(), main.joinpath("test.txt").read_text().split()
     assert len(train) == 40 and len(test) == 10 and not set(train) & set(test)
     assert sorted(train + test) == [f"{i:06d}" for i in range(1, 51)]
-    ds = voc.discover(cfg.out)
+    ds = discovery.discover(cfg.out)
     assert ds.layout == "devkit" and len(ds.annotations) == 50 and ds.unlabeled_images == ()
     assert Counter(r.split for r in ds.annotations) == {"train": 40, "test": 10}
     ref = ds.annotations[0]
     rec = voc.parse_voc(ds.read(ref.annotation), classes=synth.CLASS_NAMES, source=ref.annotation)
     assert (rec.width, rec.height, rec.dropped) == (64, 64, ())
-    path = voc.resolve_image(ds, ref, rec.filename)
+    path = discovery.resolve_image(ds, ref, rec.filename)
     assert path == "JPEGImages/000001.jpg"
     with Image.open(tmp_path / "s" / path) as im:
         assert (im.size, im.mode) == ((64, 64), "RGB")
@@ -148,10 +148,10 @@ def test_default_images_hold_1_to_6_objects_of_many_sizes_some_overlapping():
 def test_written_jpegs_are_the_checked_images_and_their_objects_stand_out(tmp_path):
     cfg = SynthConfig(out=str(tmp_path / "s"), images=30, image_size=64, max_objects=2)
     synth.write_synthetic(cfg)
-    ds = voc.discover(cfg.out)
+    ds = discovery.discover(cfg.out)
     for i, ref in enumerate(ds.annotations):
         rec = voc.parse_voc(ds.read(ref.annotation))
-        jpeg = np.asarray(Image.open(tmp_path / "s" / voc.resolve_image(ds, ref, rec.filename)), np.float64)
+        jpeg = np.asarray(Image.open(tmp_path / "s" / discovery.resolve_image(ds, ref, rec.filename)), np.float64)
         img, objects = synth.make_image(cfg, i)
         assert [(o.name, o.box) for o in rec.objects] == [(n, tuple(map(float, b))) for n, b in objects]
         # only JPEG's loss between them: it smooths part of the pixel noise (sigma <= 10: mean |noise| <= 8)
