@@ -13,7 +13,8 @@ import pytest
 import handset as H
 import worker_hooks
 from raydet.config import EvaluateConfig
-from raydet.evaluate import DRAW_SCORE_THRESHOLD, REPORT_KEYS, evaluate
+from raydet.eval_output import DRAW_SCORE_THRESHOLD
+from raydet.evaluate import REPORT_KEYS, evaluate
 from raydet.infer import OldRunError, require_models
 
 WIDTH, HEIGHT = 64, 48  # original image size of every PREP row (not square: pixel conversion is exercised)

@@ -13,7 +13,8 @@ import pytest
 import handset as H
 from raydet import analysis, browser
 from raydet.cli import main
-from raydet.evaluate import ImageDetections, ModelResult, summarize, write_coco, write_report
+from raydet.eval_output import ImageDetections, ModelResult, write_coco, write_report
+from raydet.evaluate import summarize
 from raydet.report import REPORT_FILE, build_report
 
 WIDTH, HEIGHT = 64, 48  # original size of every image

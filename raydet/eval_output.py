@@ -1,0 +1,186 @@
+"""What ``raydet evaluate`` writes besides report.html: ``report.json`` and ``report.md``, the COCO files, the
+drawn example images and contact sheets; and the per-image results they are made from (:class:`ImageDetections`,
+:class:`ModelResult`). No Ray: the driver calls these on results the actors sent back."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from raydet.sizes import format_size
+
+DRAW_SCORE_THRESHOLD = 0.3  # detections drawn on the example images and contact sheets
+
+
+@dataclass(frozen=True, eq=False)
+class ImageDetections:
+    """One image's detections, best first: ``boxes`` (D, 4) float64 xyxy original pixels, ``labels`` (D,) int64,
+    ``scores`` (D,) float64; ``file`` (the PREP ``file``) and ``image_id`` (its COCO id)."""
+
+    file: str
+    image_id: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+
+
+def ground_truth_pixels(boxes_norm: np.ndarray, labels: np.ndarray, num_objects: int, width: int, height: int):
+    """One PREP row's padded ``boxes`` (K, 4) normalized xyxy and ``labels`` (K,) -> the real (G, 4) float64
+    pixel xyxy boxes and (G,) int64 labels (padding rows dropped)."""
+    from raydet.boxes import denormalize
+
+    n = int(num_objects)
+    return denormalize(np.asarray(boxes_norm)[:n], width, height), np.asarray(labels)[:n].astype(np.int64)
+
+
+@dataclass
+class ModelResult:
+    """One model's finished figures (``report``: the REPORT_KEYS) and its per-image detections (by image id)."""
+
+    name: str
+    report: dict
+    images: list[ImageDetections] = field(default_factory=list)
+    actor_pids: set[int] = field(default_factory=set)  # the processes that produced results (a restart adds one)
+
+
+def write_report(out: Path, report: dict, show_table: bool = True) -> None:
+    """``out/report.json`` (NaN written as null) and ``out/report.md`` (models table, per-class table); prints
+    the models table when ``show_table``."""
+    from raydet import coco
+
+    coco.write_json(out / "report.json", _json_safe(report))
+    table = format_table(report["models"])
+    (out / "report.md").write_text(_markdown(report, table, format_class_table(report["models"], report["classes"])))
+    if show_table:
+        print(table, flush=True)
+
+
+def _json_safe(obj):
+    """NaN (a metric without ground truth) -> None, since standard JSON has no NaN."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _f(v, fmt: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def format_table(models: dict[str, dict]) -> str:
+    """The report's models as a Markdown table (also printed)."""
+    head = ["model", "COCO mAP", "AP50", "AP75", "VOC AP50", "VOC07 AP50", "det/img", "images", "images/s",
+            "p50 ms", "p95 ms", "size"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in models.items():
+        cells = [name] + [_f(m[k], ".3f") for k in ("coco_map", "coco_map_50", "coco_map_75", "voc_map_50",
+                                                    "voc07_map_50")]
+        cells += [_f(m["detections_per_image"], ".1f"), str(m["images"]), _f(m["images_per_s"], ".1f"),
+                  _f(m["latency_ms_p50"], ".3f"), _f(m["latency_ms_p95"], ".3f"), format_size(m["size_bytes"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_class_table(models: dict[str, dict], classes: list[str]) -> str:
+    """Per class: its ground-truth objects, then each model's COCO AP50 and recall at IoU 0.5 (Markdown)."""
+    head = ["class", "objects"] + [f"{name} {what}" for name in models for what in ("AP50", "recall50")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c, cls in enumerate(classes):
+        first = next(iter(models.values()))["per_class"][c] if models else {"ground_truth": 0}
+        cells = [cls, str(first["ground_truth"])]
+        for m in models.values():
+            cells += [_f(m["per_class"][c]["ap50"], ".3f"), _f(m["per_class"][c]["recall50"], ".3f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _markdown(report: dict, table: str, class_table: str) -> str:
+    return (f"# raydet evaluation\n\n{report['split']} split of `{report['data']}`, classes: "
+            f"{', '.join(report['classes'])}; {report['actors']} actor(s) x {report['threads']} thread(s), "
+            f"batch size {report['batch_size']}.\n\n{table}\n\n## Per class\n\n{class_table}\n\n"
+            f"- detections: the {report['top_k']} best heatmap peaks per image with score >= "
+            f"{report['score_threshold']} (every one is in the metrics and the COCO detections file); drawings show "
+            f"those with score >= {report['draw_score_threshold']}.\n"
+            "- COCO mAP / AP50 / AP75: pycocotools' 101-point AP at IoU .50:.95 / .50 / .75 (difficult objects "
+            "count); VOC AP50: all-point AP at IoU > 0.5, VOC07: 11-point (difficult objects ignored).\n"
+            "- recall50: objects matched at IoU 0.5 under COCO's rules.\n"
+            "- images/s: from the first batch's start to the last batch's end in the actors (model loading "
+            "excluded; decoding and matching included).\n"
+            "- latency: .tflite models are invoked one image at a time and each invoke is timed; the Keras model "
+            "is called once per chunk and each image gets the call's time / images.\n")
+
+
+# ---------------------------------------------------------------------------------------------- drawings
+
+def draw_or_report(out: Path, ds, count: int, results: dict[str, ModelResult], classes: list[str],
+                    source: str | None, shown: str) -> None:
+    """Draw ``count`` images of ``ds`` into ``out`` (``shown``: where they will be, for the message); any failure
+    is printed, not raised (the report is written by now)."""
+    try:
+        rows = sorted(ds.limit(count).take_all(), key=lambda r: r["file"])
+        sheets = draw_examples(out, rows, results, classes, source)
+        print(f"drawings: {len(rows)} images per model in {shown} "
+              f"(contact sheets: {', '.join(p.name for p in sheets)})", flush=True)
+    except Exception as exc:  # noqa: BLE001 -- drawings are a by-product; the metrics are already written
+        print(f"drawings failed ({type(exc).__name__}: {exc}); report and COCO files are written", flush=True)
+
+
+def draw_examples(out: Path, rows: list[dict], results: dict[str, ModelResult], classes: list[str],
+                  source: str | None) -> list[Path]:
+    """Draw ``rows`` (PREP rows with ``image``) with ground truth (green) and each model's detections of score
+    >= ``DRAW_SCORE_THRESHOLD`` (all of them, labelled with class and score).
+
+    Writes ``out/<model>_<k>_<stem>.png`` per image and model and ``out/contact_sheet_<model>.png``; returns the
+    contact sheets' paths.
+    """
+    from raydet import draw
+    from raydet.gallery import original_image
+
+    sheets = []
+    bases = [original_image(source, r) for r in rows]
+    for name, result in results.items():
+        by_file = {im.file: im for im in result.images}
+        drawn, captions = [], []
+        for k, (row, base) in enumerate(zip(rows, bases)):
+            gt, gt_labels = ground_truth_pixels(row["boxes"], row["labels"], row["num_objects"], row["width"],
+                                                row["height"])
+            det = by_file[row["file"]]
+            keep = det.scores >= DRAW_SCORE_THRESHOLD
+            img = draw.draw_detections(base, gt, [classes[i] for i in gt_labels], det.boxes[keep],
+                                       [classes[i] for i in det.labels[keep]], det.scores[keep].tolist())
+            stem = Path(row["file"]).stem
+            draw.write_png(out / f"{name}_{k:03d}_{stem}.png", img)
+            drawn.append(img)
+            captions.append(f"{stem}: {int(keep.sum())} found, {len(gt)} true")
+        sheet = draw.contact_sheet(drawn, columns=4, tile=256, captions=captions)
+        sheets.append(draw.write_png(out / f"contact_sheet_{name}.png", sheet))
+    return sheets
+
+
+# ---------------------------------------------------------------------------------------------- COCO files
+
+def write_coco(out: Path, gt_rows: list[dict], classes: list[str], results: dict[str, ModelResult]) -> list[Path]:
+    """``out/ground_truth.json`` (COCO instances; ``file_name`` = the Parquet ``file``, ids = position + 1 in
+    ``gt_rows``, which must be sorted as the ids were given) and ``out/detections_<model>.json`` (COCO results:
+    every detection the metrics saw, bbox ``[xmin, ymin, w, h]`` original pixels, each image's in score order)."""
+    from raydet import coco
+
+    images = []
+    for row in gt_rows:
+        boxes, labels = ground_truth_pixels(row["boxes"], row["labels"], row["num_objects"], row["width"],
+                                            row["height"])
+        images.append({"file": row["file"], "width": int(row["width"]), "height": int(row["height"]),
+                       "boxes": boxes, "labels": labels})
+    written = [coco.write_json(out / "ground_truth.json", coco.ground_truth(images, classes))]
+    for name, result in results.items():
+        predictions = [{"image_id": im.image_id, "box": box, "label": int(label), "score": float(score)}
+                       for im in result.images for box, label, score in zip(im.boxes, im.labels, im.scores)]
+        written.append(coco.write_json(out / f"detections_{name}.json", coco.detections(predictions, classes)))
+    print(f"COCO files: {', '.join(p.name for p in written)} in {out}", flush=True)
+    return written
