@@ -68,9 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=C.TrainConfig.warmup_epochs,
                    help="raise the learning rate linearly, step by step, over this many first epochs (0: none)")
     p.add_argument("--seed", type=int, default=C.TrainConfig.seed, help="initial weights, shuffling and augmentation")
-    p.add_argument("--memory-budget-gb", type=float, default=C.TrainConfig.memory_budget_gb,
-                   help="GB of images one worker may hold in memory; a larger shard streams from Ray Data "
-                        "(0: always stream) (default %(default)s)")
+    _add_memory_budget(p)
     _add_resource_timeout(p)
     _add_address(p)
 
@@ -117,8 +115,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=C.RunConfig.lr, help="learning rate for the global batch size")
     _add_backbone(p)
     p.add_argument("--gpu", action="store_true")
+    _add_memory_budget(p)
+    _add_resource_timeout(p)
     _add_address(p)
     return parser
+
+
+def _add_memory_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory-budget-gb", type=float, default=C.TrainConfig.memory_budget_gb,
+                   help="GB of images one worker may hold in memory; a larger shard streams from Ray Data "
+                        "(0: always stream) (default %(default)s)")
 
 
 def _add_resource_timeout(p: argparse.ArgumentParser) -> None:
@@ -177,7 +183,8 @@ def config_from_args(args: argparse.Namespace):
         return C.RunConfig(data=args.data, out=args.out, images=args.images, image_size=args.image_size,
                            workers=args.workers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            backbone=args.backbone, pretrained=args.pretrained, freeze_bn=args.freeze_bn,
-                           use_gpu=args.gpu, address=args.address)
+                           use_gpu=args.gpu, memory_budget_gb=args.memory_budget_gb,
+                           resource_timeout_s=args.resource_timeout_s, address=args.address)
     raise AssertionError(f"unhandled command {cmd!r}")
 
 

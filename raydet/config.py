@@ -302,9 +302,14 @@ class RunConfig:
     pretrained: bool = TrainConfig.pretrained
     freeze_bn: bool = TrainConfig.freeze_bn
     draw: int = 16
+    memory_budget_gb: float = TrainConfig.memory_budget_gb
+    resource_timeout_s: float = RESOURCE_TIMEOUT_S
 
     def __post_init__(self) -> None:
         _positive("--images", self.images)
+        _positive("--resource-timeout", self.resource_timeout_s)
+        if not self.memory_budget_gb >= 0:  # also refuses nan
+            raise ValueError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
         _positive("--image-size", self.image_size)
         if self.workers is not None:
             _positive("--workers", self.workers)

@@ -50,11 +50,13 @@ def stage_configs(cfg: C.RunConfig) -> dict:
     train = C.TrainConfig(prep=prepare.out, out=storage.join(out, "runs"), name=RUN_NAME, workers=cfg.workers,
                           use_gpu=cfg.use_gpu, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                           backbone=cfg.backbone, pretrained=cfg.pretrained, freeze_bn=cfg.freeze_bn,
+                          memory_budget_gb=cfg.memory_budget_gb, resource_timeout_s=cfg.resource_timeout_s,
                           address=cfg.address)
     run_dir = storage.join(train.out, train.name)
     quantize = C.QuantizeConfig(run=run_dir, modes=QUANT_MODES, address=cfg.address)
     evaluate = C.EvaluateConfig(run=run_dir, data=prepare.out, models=EVAL_MODELS, draw=cfg.draw,
-                                coco_out=storage.join(run_dir, "eval", "coco"), address=cfg.address)
+                                coco_out=storage.join(run_dir, "eval", "coco"),
+                                resource_timeout_s=cfg.resource_timeout_s, address=cfg.address)
     return {"synth": synth, "prepare": prepare, "train": train, "quantize": quantize, "evaluate": evaluate}
 
 
@@ -66,9 +68,14 @@ def _key(stage_cfg, *, drop: tuple[str, ...] = ("address",)) -> dict:
     return json.loads(json.dumps(d))
 
 
+# TrainConfig fields that leave the checkpoints usable: more epochs resume, the others change where and how the
+# run trains, not what it learns.
+RESUMABLE_FIELDS = ("address", "epochs", "resource_timeout_s", "memory_budget_gb")
+
+
 def _train_key(train: C.TrainConfig, prepare: C.PrepareConfig) -> dict:
-    # Everything that makes a checkpoint unusable for a resume; epochs is not in it (more epochs = resume).
-    return {"prepare": _key(prepare), "train": _key(train, drop=("address", "epochs", "resource_timeout_s"))}
+    """Everything that makes a checkpoint unusable for a resume (a run made otherwise is set aside)."""
+    return {"prepare": _key(prepare), "train": _key(train, drop=RESUMABLE_FIELDS)}
 
 
 def _load_state(out: str) -> dict:

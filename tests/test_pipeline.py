@@ -192,3 +192,16 @@ def test_whole_pipeline_on_two_nodes_trains_across_them(two_node_cluster, tmp_pa
     assert len(workers) >= 2 and len(workers) % 2 == 0, workers
     assert set(per_node) == {n["NodeID"] for n in ray.nodes()}, per_node
     assert len(set(per_node.values())) == 1, per_node
+
+
+def test_cluster_settings_reach_the_stages_and_do_not_restart_training():
+    cfg = RunConfig(out="o", memory_budget_gb=0.0, resource_timeout_s=5.0)
+    stages_ = pipeline.stage_configs(cfg)
+    assert stages_["train"].memory_budget_gb == 0.0 and stages_["train"].resource_timeout_s == 5.0
+    assert stages_["evaluate"].resource_timeout_s == 5.0
+    other = pipeline.stage_configs(RunConfig(out="o"))
+    # streaming or a longer wait for nodes changes how the run trains, not what it learns: the checkpoints resume
+    assert pipeline._train_key(stages_["train"], stages_["prepare"]) == \
+        pipeline._train_key(other["train"], other["prepare"])
+    with pytest.raises(ValueError, match="--memory-budget-gb must be >= 0"):
+        RunConfig(memory_budget_gb=-1.0)
