@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.command}: {exc}")  # exits 2 before any work
     try:
         run_quietly(cfg, args.command)
+    except KeyboardInterrupt:  # Ctrl-C: what an earlier command wrote is intact (each stage commits at its end)
+        print(f"raydet {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
         if not is_input_error(exc):
             raise  # an internal error: Python prints its traceback

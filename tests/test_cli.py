@@ -96,3 +96,13 @@ def test_only_raydet_checking_modules_raise_input_errors():
     with pytest.raises(ValueError) as info:
         C.TrainConfig(prep="p", out="o", name="a/b")
     assert cli.is_input_error(info.value)  # raydet.config checks arguments: its message is the whole story
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(cfg, command):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_quietly", interrupted)
+    assert cli.main(["train", "/nonexistent/prep", "--out", "runs", "--name", "r"]) == 130
+    err = capsys.readouterr().err
+    assert err == "raydet train: interrupted\n"
