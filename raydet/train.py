@@ -83,7 +83,23 @@ def read_manifest(prep: str | os.PathLike) -> dict:
         folder = storage.join(prep, split)
         if not any(name.endswith(".parquet") and "/" not in name for name in storage.list_files(folder)):
             raise FileNotFoundError(f"{folder}: no Parquet shards (expected {folder}/*.parquet)")
+        _check_rows(prep, split, (manifest.get("splits") or {}).get(split), path)
     return manifest
+
+
+def _check_rows(prep: str | os.PathLike, split: str, expected: int | None, manifest_path: str) -> None:
+    """ValueError unless ``PREP/<split>``'s shards hold the ``expected`` rows the manifest counted (their Parquet
+    footers are read, no column): a PREP copied in part, or shards added or removed by hand, would train on
+    something else than the manifest describes. ``expected`` None (an old manifest): not checked."""
+    from raydet.shards import split_rows
+
+    if expected is None:
+        return
+    found = sum(rows for _, rows in split_rows(prep, split))
+    if found != expected:
+        raise ValueError(f"{storage.join(prep, split)}: its shards hold {found} rows but {manifest_path} counted "
+                         f"{expected}; the PREP changed after `raydet prepare` wrote it (copied in part?): "
+                         "prepare it again")
 
 
 def worker_layout(cfg: TrainConfig, node_cpus: list[float], gpus: float) -> tuple[int, float]:

@@ -310,6 +310,14 @@ def test_bad_prep_is_named(tmp_path):
         read_manifest(tmp_path)
 
 
+def test_shards_that_disagree_with_the_manifest_are_refused(tmp_path):
+    prep = make_prep(tmp_path / "prep", n_train=8, n_test=4)
+    assert read_manifest(prep)["splits"] == {"train": 8, "test": 4}  # 2 shards of 4 rows each agree
+    (prep / "train" / "part-0000001.parquet").unlink()  # half the train split went missing in a copy
+    with pytest.raises(ValueError, match=r"prep/train: its shards hold 4 rows but .*manifest.json counted 8"):
+        read_manifest(prep)
+
+
 def test_resource_check_names_the_numbers():
     cpu_cluster = {"CPU": 2.0}
     with pytest.raises(ValueError, match="3 x --cpus-per-worker 1 = 3 CPUs, but the cluster has 2 CPUs"):
