@@ -21,8 +21,8 @@ import numpy as np
 
 from raydet import coco
 from raydet.boxes import iou_matrix, xywh_to_xyxy
-from raydet.metrics import (COCO_IOU_THRESHOLDS, COCO_MAX_DETS, COCO_RECALL_POINTS, MatchStats, _score_order,
-                            average_precision, match_image, mean_over_classes)
+from raydet.metrics import (COCO_IOU_THRESHOLDS, COCO_MAX_DETS, COCO_RECALL_POINTS, MatchStats, average_precision,
+                            match_image, mean_over_classes, score_order)
 
 # pycocotools' areaRng, in original pixels squared; both ends are inclusive there, so an area of exactly 32**2
 # counts as small and as medium
@@ -119,7 +119,7 @@ def operating_point(stats: MatchStats, label: int, score_threshold: float = IMAG
 
 def _cumulative(stats: MatchStats, label: int, iou_index: int) -> tuple[np.ndarray, np.ndarray]:
     """Recall and precision after each counted detection of ``label``, best first (pycocotools' order)."""
-    order = _score_order(stats)
+    order = score_order(stats)
     rows = order[(stats.labels[order] == label) & stats.coco_counted[order]]
     tp = np.cumsum(stats.tp[rows, iou_index], dtype=np.float64)
     fp = np.cumsum(~stats.tp[rows, iou_index], dtype=np.float64)

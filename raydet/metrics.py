@@ -307,7 +307,7 @@ def average_precision(stats: MatchStats, iou_index: int = 0, method: str = "coco
         raise ValueError(f"method must be one of {AP_METHODS}, got {method!r}")
     if not -stats.iou_thresholds.size <= iou_index < stats.iou_thresholds.size:
         raise ValueError(f"iou_index {iou_index!r} out of range for {stats.iou_thresholds.size} thresholds")
-    order = _score_order(stats)
+    order = score_order(stats)
     labels = stats.labels[order]
     n_gts = stats.gt_per_class if method == "coco" else stats.voc_gt_per_class
     ap = np.full(stats.num_classes, np.nan)
@@ -325,8 +325,10 @@ def average_precision(stats: MatchStats, iou_index: int = 0, method: str = "coco
     return ap
 
 
-def _score_order(stats: MatchStats) -> np.ndarray:
-    # score descending; ties by image, then by position in the image (pycocotools' order of the exported files)
+def score_order(stats: MatchStats) -> np.ndarray:
+    """Indices of ``stats``' detections in the order AP accumulates them: score descending; ties by image, then by
+    position in the image (pycocotools' order of the exported files). Every curve of the same detections must use
+    it, or tied scores would trace another curve."""
     return np.lexsort((stats.det_index, stats.image_ids, -stats.scores))
 
 
