@@ -73,9 +73,10 @@ def test_local_copy_of_a_missing_uri_is_refused(s3_bucket):
 
 @pytest.mark.slow
 def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
-    """`raydet run --data s3://... --out s3://...` against a real S3-compatible server: prepare reads the
-    dataset from the bucket and writes PREP there, training checkpoints and writes RUN there, quantize and
-    evaluate read and write it there; nothing lands on the local disk under a folder named "s3:"."""
+    """`raydet run --data s3://... --out s3://...`, then `raydet predict` with its model, against a real
+    S3-compatible server: prepare reads the dataset from the bucket and writes PREP there, training checkpoints
+    and writes RUN there, quantize and evaluate read and write it there, predict fetches its model from there;
+    nothing lands on the local disk under a folder named "s3:"."""
     import json
     import subprocess
     import sys
@@ -112,3 +113,11 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     assert again.returncode == 0, again.stdout[-4000:]
     assert "prepare: " in again.stdout and "matches, skipped" in again.stdout
     assert "has 2 of 2 epochs, skipped" in again.stdout and "quantize: int8 newer than" in again.stdout
+    # predict with the model in the bucket on local photos
+    predicted = subprocess.run(
+        [sys.executable, "-m", "raydet.cli", "predict", s3_bucket + "/out/runs/main",
+         str(tmp_path / "data" / "JPEGImages"), "--out", str(tmp_path / "predicted"), "--model", "int8"],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert predicted.returncode == 0, predicted.stdout[-4000:]
+    result = json.loads((tmp_path / "predicted" / "predictions.json").read_text())
+    assert result["complete"] and len(result["images"]) == 48 and result["model"] == "int8"
