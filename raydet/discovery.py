@@ -39,13 +39,12 @@ import os
 import posixpath
 import re
 import unicodedata
-import urllib.parse
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-import pyarrow
 import pyarrow.fs as pafs
 
+from raydet import storage
 from raydet.voc import VocError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # lower-case
@@ -135,19 +134,8 @@ def open_filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
     """
     if not uri_or_path:
         raise ValueError("dataset path is empty")
-    if "://" in uri_or_path:
-        try:
-            filesystem, path = pafs.FileSystem.from_uri(uri_or_path)
-        except pyarrow.ArrowInvalid:
-            # "file:///data/my set" is what people type; pyarrow wants it percent-encoded.
-            quoted = urllib.parse.quote(uri_or_path, safe=":/%@?&=+~#!$,;")
-            try:
-                filesystem, path = pafs.FileSystem.from_uri(quoted)
-            except pyarrow.ArrowInvalid as exc:
-                raise ValueError(f"cannot open {uri_or_path!r}: {exc}") from None
-    else:
-        filesystem, path = pafs.LocalFileSystem(), posixpath.abspath(uri_or_path.replace("\\", "/"))
-    path = path.rstrip("/") or "/"
+    filesystem, path = storage.resolve(uri_or_path)
+    path = path or "/"
     if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"dataset not found: {uri_or_path}")
     return filesystem, path

@@ -46,11 +46,12 @@ import numpy as np
 
 from raydet import storage
 from raydet.config import EvaluateConfig
-from raydet.infer import ModelRunner, batch_plan, check_run, model_file, require_models
 from raydet.eval_output import (DRAW_SCORE_THRESHOLD, ImageDetections, ModelResult, draw_or_report,
                                 ground_truth_pixels, write_coco, write_report)
+from raydet.infer import ModelRunner, batch_plan, check_run, model_file, require_models
 from raydet.progress import Progress
 from raydet.runtime import init_ray
+from raydet.shards import shard_paths
 
 # The actors' CPUs are there by now (check_actor_resources waited for an autoscaler if there is one); this bounds
 # their start (TensorFlow's import, the model load): a pool not up in 10 minutes is refused, not waited for.
@@ -169,7 +170,7 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[dict[str, Path], dict, list[str]]
         raise FileNotFoundError(f"{manifest_path} not found (the PREP manifest written by `raydet prepare`)")
     manifest = json.loads(storage.read_text(manifest_path))
     split = storage.join(cfg.data, cfg.split)
-    if not any(name.endswith(".parquet") and "/" not in name for name in storage.list_files(split)):
+    if not shard_paths(cfg.data, cfg.split):
         raise FileNotFoundError(f"no Parquet files in {split} (the {cfg.split} split of {cfg.data})")
     run_cfg_path = Path(cfg.run) / "config.json"
     classes = list(manifest["classes"])

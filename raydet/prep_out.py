@@ -9,12 +9,12 @@ last); ``discard(out)`` removes a failed run's staging folder. Paths or URIs ali
 from __future__ import annotations
 
 import json
-import posixpath
 import uuid
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from raydet import storage
 from raydet.shards import SPLITS
 
 # Under --out, both removed by the next run when a run dies: a run's shards and manifest until it commits, and
@@ -39,11 +39,8 @@ def open_out(out: str) -> Out:
     was cut short (train/ or test/ beside our leftovers but no manifest), those unmatched shards. A previous
     PREP with its manifest stays untouched until ``commit``.
     """
-    if "://" in out:
-        filesystem, path = pafs.FileSystem.from_uri(out)
-    else:
-        filesystem, path = pafs.LocalFileSystem(), posixpath.abspath(out.replace("\\", "/"))
-    path = path.rstrip("/") or "/"
+    filesystem, path = storage.resolve(out)
+    path = path or "/"
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.File:
         raise ValueError(f"--out {out} is a file, not a folder")
@@ -67,22 +64,6 @@ def open_out(out: str) -> Out:
     return Out(filesystem, path, stage)
 
 
-def _move(filesystem: pafs.FileSystem, src: str, dst: str) -> None:
-    """``src`` -> ``dst`` (absent): a rename where the filesystem has one (local), else copy then delete (an object
-    store cannot move a folder)."""
-    is_dir = filesystem.get_file_info(src).type == pafs.FileType.Directory
-    if not isinstance(filesystem, pafs.LocalFileSystem) and is_dir:
-        try:
-            filesystem.move(src, dst)
-            return
-        except (NotImplementedError, OSError):
-            filesystem.create_dir(dst, recursive=True)
-            pafs.copy_files(src, dst, source_filesystem=filesystem, destination_filesystem=filesystem)
-            filesystem.delete_dir(src)
-            return
-    filesystem.move(src, dst)
-
-
 def commit(out: Out, manifest: dict) -> None:
     """Swap the staged PREP in for the previous one, manifest.json last, then delete the previous one.
 
@@ -96,9 +77,9 @@ def commit(out: Out, manifest: dict) -> None:
     fs.create_dir(old)
     for name in (MANIFEST, *SPLITS):  # 1. the previous PREP aside, its manifest first
         if fs.get_file_info(f"{root}/{name}").type != pafs.FileType.NotFound:
-            _move(fs, f"{root}/{name}", f"{old}/{name}")
+            storage.move_on(fs, f"{root}/{name}", f"{old}/{name}")
     for name in (*SPLITS, MANIFEST):  # 2. the new one in, its manifest last
-        _move(fs, f"{out.stage}/{name}", f"{root}/{name}")
+        storage.move_on(fs, f"{out.stage}/{name}", f"{root}/{name}")
     fs.delete_dir(old)  # 3. nothing of the previous PREP is left
     fs.delete_dir(out.stage)
 

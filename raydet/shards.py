@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import posixpath
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from raydet import storage
 
 SPLITS = ("train", "test")
 # docs/FORMATS.md: the ``image`` column is a Parquet binary of the (S, S, 3) uint8 array's row-major bytes;
@@ -263,17 +264,25 @@ def _split_shards(prep: str | os.PathLike, split: str) -> tuple[pafs.FileSystem,
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: must be one of {', '.join(SPLITS)}")
     prep = str(prep)
-    filesystem, root = pafs.FileSystem.from_uri(prep) if "://" in prep else (
-        pafs.LocalFileSystem(), posixpath.abspath(prep.replace("\\", "/")))
-    folder = f"{root.rstrip('/')}/{split}"
-    try:
-        shards = sorted(i.path for i in filesystem.get_file_info(pafs.FileSelector(folder))
-                        if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
-    except FileNotFoundError:
-        shards = []
+    filesystem, root = storage.resolve(prep)
+    folder = f"{root}/{split}"
+    shards = _parquet_files(filesystem, folder)
     if not shards:
         raise ValueError(f"{folder}: no .parquet shards (is {prep} a folder written by raydet prepare?)")
     return filesystem, root, folder, shards
+
+
+def _parquet_files(filesystem: pafs.FileSystem, folder: str) -> list[str]:
+    """The ``.parquet`` files directly in ``folder``, sorted by name; [] when there is none or no folder."""
+    infos = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+
+
+def shard_paths(prep: str | os.PathLike, split: str) -> list[str]:
+    """The shards of ``PREP/<split>`` (PREP a path or URI) inside their filesystem, sorted by name; [] when the
+    split has none."""
+    filesystem, root = storage.resolve(prep)
+    return _parquet_files(filesystem, f"{root}/{split}")
 
 
 def split_rows(prep: str | os.PathLike, split: str) -> list[tuple[str, int]]:

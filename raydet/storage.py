@@ -119,13 +119,19 @@ def delete_dir(location: str | os.PathLike) -> None:
 
 
 def move(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Rename a file or folder on one filesystem: a rename locally, copy then delete on an object store (whose
-    keys cannot be renamed, and where pyarrow moves single objects only)."""
+    """Rename a file or folder (paths or URIs on one filesystem): :func:`move_on`."""
     filesystem, src = resolve(source)
     _, dst = resolve(target)
+    move_on(filesystem, src, dst)
+
+
+def move_on(filesystem: pafs.FileSystem, src: str, dst: str) -> None:
+    """``src`` -> ``dst`` (absent) on ``filesystem``: a rename locally and for a file; a folder elsewhere is copied,
+    then deleted (an object store cannot rename keys, and pyarrow moves single objects only)."""
     if isinstance(filesystem, pafs.LocalFileSystem) or filesystem.get_file_info(src).type != pafs.FileType.Directory:
         filesystem.move(src, dst)
         return
+    filesystem.create_dir(dst, recursive=True)
     pafs.copy_files(src, dst, source_filesystem=filesystem, destination_filesystem=filesystem)
     filesystem.delete_dir(src)
 

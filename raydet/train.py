@@ -41,7 +41,7 @@ from raydet.config import ModelConfig, TrainConfig
 from raydet.infer import FLOAT_FILE as FLOAT_MODEL
 from raydet.infer import QAT_KERAS_FILE as QAT_MODEL
 from raydet.runtime import init_ray, runtime_env
-from raydet.shards import read_split
+from raydet.shards import read_split, shard_paths
 from raydet.train_worker import STATE_FILE, TENSORBOARD_DIR, train_loop_per_worker
 
 CURVES_FILE = "curves.png"
@@ -81,7 +81,7 @@ def read_manifest(prep: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: 'image_size' must be a positive integer, got {size!r}")
     for split in ("train", "test"):
         folder = storage.join(prep, split)
-        if not any(name.endswith(".parquet") and "/" not in name for name in storage.list_files(folder)):
+        if not shard_paths(prep, split):
             raise FileNotFoundError(f"{folder}: no Parquet shards (expected {folder}/*.parquet)")
         _check_rows(prep, split, (manifest.get("splits") or {}).get(split), path)
     return manifest
