@@ -106,11 +106,6 @@ def write_text(location: str | os.PathLike, text: str) -> None:
     write_bytes(location, text.encode("utf-8"))
 
 
-def make_dirs(location: str | os.PathLike) -> None:
-    filesystem, path = resolve(location)
-    filesystem.create_dir(path, recursive=True)
-
-
 def delete_dir(location: str | os.PathLike) -> None:
     """Delete the folder at ``location`` and everything under it; nothing when there is none."""
     filesystem, path = resolve(location)
