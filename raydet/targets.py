@@ -21,6 +21,11 @@ import numpy as np
 
 from raydet.boxes import area
 
+# Smallest Gaussian radius in cells. CenterNet's radius is under 1 for boxes under ~3.7 cells (~15 input px at
+# stride 4), which left a one-cell peak whose neighbours took the full negative loss; a floor of 1 gives every
+# object a 3 x 3 peak (neighbours exp(-2) = 0.135), so a near miss of one cell costs little (docs/TRAINING.md).
+MIN_RADIUS = 1
+
 
 def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
     """CenterNet's radius (in cells) for a box of ``height`` x ``width`` cells.
@@ -111,7 +116,8 @@ def build_targets(boxes, labels, num_classes: int, grid: int) -> tuple[np.ndarra
     ``heatmap`` ``(grid, grid, num_classes)`` float32 and ``box_target`` ``(grid, grid, 5)`` float32.
 
     Centre cell ``ix = min(floor(cx * grid), grid - 1)`` (same for y); ``off_x = cx * grid - ix``;
-    ``w = x1 - x0``, ``h = y1 - y0``; Gaussian radius ``max(0, int(gaussian_radius(h, w in cells)))``.
+    ``w = x1 - x0``, ``h = y1 - y0``; Gaussian radius ``max(MIN_RADIUS, int(gaussian_radius(ceil(h), ceil(w))))``
+    with h, w in cells (CenterNet's ceil, raydet's floor).
     Zero-width or zero-height boxes are skipped. Objects go largest first, so when two share a centre cell
     the smaller one's box is kept in ``box_target``; the heatmap is the element-wise max.
     """
@@ -125,7 +131,7 @@ def build_targets(boxes, labels, num_classes: int, grid: int) -> tuple[np.ndarra
             continue
         gx, gy = (x0 + x1) / 2 * grid, (y0 + y1) / 2 * grid
         ix, iy = min(int(gx), grid - 1), min(int(gy), grid - 1)
-        radius = max(0, int(gaussian_radius(h * grid, w * grid)))
+        radius = max(MIN_RADIUS, int(gaussian_radius(math.ceil(h * grid), math.ceil(w * grid))))
         draw_gaussian(heatmap[:, :, lab[i]], ix, iy, radius)
         box_target[iy, ix] = (gx - ix, gy - iy, w, h, 1.0)
     return heatmap, box_target

@@ -170,3 +170,25 @@ def test_batch_targets_refuse_bad_counts():
         build_batch_targets(np.zeros((1, 3, 4)), np.full((1, 3), -1), np.array([4]), num_classes=2, grid=8)
     with pytest.raises(ValueError, match=r"\(2, 3\)"):
         build_batch_targets(np.zeros((2, 3, 4)), np.full((2, 2), -1), np.array([0, 0]), num_classes=2, grid=8)
+
+
+def test_small_box_gets_the_radius_floor():
+    # a 12 px platelet in a 160 px image, grid 40 (stride 4): 12 / 160 * 40 = 3 x 3 cells -> gaussian_radius(3, 3)
+    # = 0.8199 -> int 0; the floor MIN_RADIUS = 1 gives sigma 0.5: one cell away exp(-1 / (2 * 0.25)) = exp(-2)
+    x0 = 74 / 160
+    heatmap, _ = build_targets(np.array([[x0, x0, x0 + 12 / 160, x0 + 12 / 160]]), np.array([0]), num_classes=1,
+                               grid=40)
+    # centre (74 + 6) / 160 * 40 = 20 -> cell (20, 20)
+    assert heatmap[20, 20, 0] == 1.0
+    np.testing.assert_allclose(heatmap[20, [19, 21], 0], math.exp(-2), rtol=1e-6)
+    np.testing.assert_allclose(heatmap[[19, 21], 20, 0], math.exp(-2), rtol=1e-6)
+    assert np.count_nonzero(heatmap) == 9  # the 3 x 3 window of r = 1
+
+
+def test_radius_takes_the_ceiling_of_the_box_in_cells():
+    # 7.2 x 7.2 cells on a 16 grid: CenterNet's ceil -> gaussian_radius(8, 8) = 2.18656 -> r 2 (5 x 5 window);
+    # without the ceil, gaussian_radius(7.2, 7.2) = 1.9679 -> r 1 (3 x 3)
+    side = 7.2 / 16
+    heatmap, _ = build_targets(np.array([[0.5 - side / 2, 0.5 - side / 2, 0.5 + side / 2, 0.5 + side / 2]]),
+                               np.array([0]), num_classes=1, grid=16)
+    assert np.count_nonzero(heatmap) == 25
