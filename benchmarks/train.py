@@ -39,7 +39,7 @@ def plain_fit(prep: Path, epochs: int, batch: int, backbone: str) -> tuple[float
     from raydet.model import OUTPUT_STRIDE, build_model, compile_model, freeze_backbone_bn, init_backbone
     from raydet.shards import read_split
     from raydet.train import model_config, read_manifest
-    from raydet.train_worker import make_optimizer
+    from raydet.ema import make_optimizer
 
     manifest = read_manifest(prep)
     train_arrays = load_split(read_split(prep, "train").materialize())

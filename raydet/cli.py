@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from raydet import config as C
+from raydet import schedule as S
 from raydet.console import log_path, quiet_stderr
 
 
@@ -57,7 +58,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=C.TrainConfig.cpus_per_worker,
                    help="CPUs each worker reserves (default: the node's CPUs with default --workers, else 1)")
     _add_backbone(p)
-    p.add_argument("--epochs", type=int, default=C.TrainConfig.epochs, help="total epochs (a resumed run trains only the missing ones)")
+    p.add_argument("--epochs", type=int, default=C.TrainConfig.epochs,
+                   help="total epochs (default: sized from the train split to about "
+                        f"{S.TARGET_STEPS} optimizer steps; a resumed run trains only the missing ones)")
+    p.add_argument("--checkpoint-every", type=int, default=C.TrainConfig.checkpoint_every,
+                   help=f"validate and checkpoint every this many epochs (default: about {S.CHECKPOINTS} a run)")
+    p.add_argument("--ema", dest="ema_decay", type=float, default=C.TrainConfig.ema_decay,
+                   help="decay of the weights' moving average that is validated and exported (0: none)")
     p.add_argument("--batch-size", type=int, default=C.TrainConfig.batch_size, help="global batch size, split across workers")
     p.add_argument("--lr", type=float, default=C.TrainConfig.lr, help="learning rate for the global batch size")
     p.add_argument("--qat", action="store_true", help="quantization-aware training")
@@ -107,13 +114,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="VOC dataset (default: the built-in synthetic set)")
     p.add_argument("--out", default=C.RunConfig.out)
     p.add_argument("--images", type=int, default=C.RunConfig.images, help="synthetic images to make")
-    p.add_argument("--image-size", type=int, default=C.RunConfig.image_size)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="default: chosen from the boxes with --data, 96 for the synthetic set")
     p.add_argument("--workers", type=int, default=C.RunConfig.workers,
                    help="training workers (default: one per node, or one per GPU with --gpu)")
-    p.add_argument("--epochs", type=int, default=C.RunConfig.epochs)
-    p.add_argument("--batch-size", type=int, default=C.RunConfig.batch_size)
-    p.add_argument("--lr", type=float, default=C.RunConfig.lr, help="learning rate for the global batch size")
-    _add_backbone(p)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default: sized from the train split with --data, 15 for the synthetic set")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"default: {C.TrainConfig.batch_size} with --data, 32 for the synthetic set")
+    p.add_argument("--lr", type=float, default=None, help="learning rate for the global batch size "
+                   f"(default: {C.TrainConfig.lr:g} with --data, 2e-3 for the synthetic set)")
+    _add_backbone(p, synthetic_default=True)
     p.add_argument("--gpu", action="store_true")
     _add_memory_budget(p)
     _add_resource_timeout(p)
@@ -133,10 +144,12 @@ def _add_resource_timeout(p: argparse.ArgumentParser) -> None:
                                            "(default %(default)g); a fixed cluster that cannot hold it refuses at once")
 
 
-def _add_backbone(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default=C.TrainConfig.backbone, choices=C.BACKBONE_NAMES,
-                   help="feature extractor under the detection heads: cnn (from scratch) or efficientnet_lite0 "
-                        "(ImageNet-pretrained, for real photos) (default %(default)s)")
+def _add_backbone(p: argparse.ArgumentParser, synthetic_default: bool = False) -> None:
+    default = "cnn for the synthetic set, else " if synthetic_default else ""
+    p.add_argument("--backbone", default=None if synthetic_default else C.TrainConfig.backbone,
+                   choices=C.BACKBONE_NAMES,
+                   help="feature extractor under the detection heads: cnn (from scratch) or efficientnet_lite* "
+                        f"(ImageNet-pretrained, for real photos) (default: {default}{C.TrainConfig.backbone})")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="efficientnet_lite0 from random weights instead of ImageNet's")
     p.add_argument("--freeze-bn", action="store_true",
@@ -163,7 +176,8 @@ def config_from_args(args: argparse.Namespace):
         return C.TrainConfig(prep=args.prep, out=args.out, name=args.name, workers=args.workers, use_gpu=args.gpu,
                              cpus_per_worker=args.cpus_per_worker, backbone=args.backbone,
                              pretrained=args.pretrained, freeze_bn=args.freeze_bn, epochs=args.epochs,
-                             batch_size=args.batch_size,
+                             batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
+                             ema_decay=args.ema_decay,
                              lr=args.lr, qat=args.qat, init_from=args.init_from, clip_norm=args.clip_norm,
                              warmup_epochs=args.warmup_epochs, seed=args.seed, address=args.address,
                              resource_timeout_s=args.resource_timeout_s, memory_budget_gb=args.memory_budget_gb)

@@ -84,7 +84,9 @@ def parse_object_size(text: str) -> tuple[float, float]:
 class PrepareConfig:
     data: str  # local path or any URI pyarrow's filesystems open (file://, s3://, gs://)
     out: str
-    image_size: int = 224  # square side the images are resized to (boxes stay normalized)
+    # square side the images are resized to (boxes stay normalized); None: chosen from the boxes
+    # (raydet.data.choose_image_size: the smallest of IMAGE_SIZES that gives most objects AUTO_MIN_OBJECT_PX)
+    image_size: int | None = None
     classes: tuple[str, ...] | None = None  # None: every class name found, sorted
     test_fraction: float = 0.2  # used only when the dataset has no split of its own
     # objects kept per image at most (COCO's detections per image), the largest ones; the rest are counted in the
@@ -97,7 +99,8 @@ class PrepareConfig:
     max_image_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
-        _positive("--image-size", self.image_size)
+        if self.image_size is not None:
+            _positive("--image-size", self.image_size)
         _fraction("--test-fraction", self.test_fraction)
         _positive("--max-objects", self.max_objects)
         _positive("--max-xml-bytes", self.max_xml_bytes)
@@ -151,16 +154,18 @@ class TrainConfig:
     workers: int | None = None
     use_gpu: bool = False
     cpus_per_worker: float | None = None  # None: with workers None, every CPU of a node; else 1
-    epochs: int = 15
-    batch_size: int = 32  # global: each of N workers takes batch_size / N per step (32: more steps per epoch)
-    lr: float = 2e-3  # for the global batch size; scale linearly with it (see README)
+    # None: sized from the train split (raydet.schedule.auto_epochs), so a small and a large set both get enough
+    # optimizer steps and no more; recorded resolved in RUN/config.json
+    epochs: int | None = None
+    batch_size: int = 16  # global: each of N workers takes batch_size / N per step (docs/TRAINING.md)
+    lr: float = 1e-3  # for the global batch size; scale linearly with it (see README)
     weight_decay: float = 1e-4
     # Scale the global gradient (after the all-reduce) down to this L2 norm when it is larger; 0: no clipping.
     # A large early step can push sigmoid outputs into saturation, where their gradient vanishes (docs/TRAINING.md).
     clip_norm: float = 1.0
     # The learning rate climbs linearly from lr / steps to lr over the first ``warmup_epochs`` epochs (per step);
     # 0: no warm-up (docs/TRAINING.md: clipping alone did not prevent the saturation).
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 3.0  # Ultralytics' 3; clamped to the epochs of a short run
     # Loss weights (raydet.model.compile_model): focal loss on the heatmap; at object centres L1 on the offset
     # (cells), L1 on w, h (normalized) and 1 - GIoU of the box.
     heatmap_loss_weight: float = 1.0
@@ -173,8 +178,16 @@ class TrainConfig:
     max_failures: int = 2  # worker failures survived by restarting from the newest checkpoint
     seed: int = 0
     address: str | None = None
-    backbone: str = "cnn"  # ModelConfig.backbone
+    # ModelConfig.backbone; the ImageNet-pretrained backbone is the default for photos (docs/TRAINING.md); the
+    # synthetic `raydet run` trains the from-scratch cnn (raydet.pipeline.SYNTH_RECIPE)
+    backbone: str = "efficientnet_lite0"
     pretrained: bool = True  # ModelConfig.pretrained
+    # decay of the exponential moving average of the weights that validation, model.keras and quantization use
+    # (raydet.ema, ramped over its first steps); 0: no average
+    ema_decay: float = 0.99
+    # validate and checkpoint every this many epochs (and at the last); None: about CHECKPOINTS per run. Each
+    # costs seconds (saving, the validation AP) that a small set's epoch of a few seconds should not pay each time.
+    checkpoint_every: int | None = None
     # True: a pretrained backbone's BatchNorm layers stay in inference mode (raydet.model.freeze_backbone_bn); with
     # batches of 16 they train better (docs/TRAINING.md), so they train by default.
     freeze_bn: bool = False
@@ -193,8 +206,13 @@ class TrainConfig:
             _positive("--workers", self.workers)
         if self.cpus_per_worker is not None:
             _positive("--cpus-per-worker", self.cpus_per_worker)
-        _positive("--epochs", self.epochs)
+        if self.epochs is not None:
+            _positive("--epochs", self.epochs)
+        if self.checkpoint_every is not None:
+            _positive("--checkpoint-every", self.checkpoint_every)
         _positive("--batch-size", self.batch_size)
+        if not 0.0 <= self.ema_decay < 1.0:  # also refuses nan
+            raise ValueError(f"--ema must be in [0, 1) (0: no average), got {self.ema_decay!r}")
         if self.backbone not in BACKBONE_NAMES:
             raise ValueError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
         if self.workers is not None and self.batch_size < self.workers:
@@ -202,8 +220,8 @@ class TrainConfig:
         _positive("--lr", self.lr)
         if not self.clip_norm >= 0:  # also refuses nan
             raise ValueError(f"--clip-norm must be >= 0 (0: no clipping), got {self.clip_norm!r}")
-        if not 0 <= self.warmup_epochs <= self.epochs:  # also refuses nan
-            raise ValueError(f"--warmup-epochs must be between 0 and --epochs {self.epochs}, got {self.warmup_epochs!r}")
+        if not 0 <= self.warmup_epochs:  # also refuses nan; a short run clamps it to its epochs (raydet.train)
+            raise ValueError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}")
         if self.max_failures < 0:
             raise ValueError(f"--max-failures must be >= 0, got {self.max_failures!r}")
         _positive("--resource-timeout", self.resource_timeout_s)
@@ -288,17 +306,20 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """``raydet run``. The training settings left None take the recipe of the data: with ``--data`` the real-photo
+    defaults of PrepareConfig and TrainConfig; without, the synthetic set's (raydet.pipeline.SYNTH_RECIPE)."""
+
     data: str | None = None  # None: write the built-in synthetic dataset first
     out: str = "raydet-out"
     images: int = 3000
-    image_size: int = 96  # a multiple of 32; small synthetic objects need more than 64 px
+    image_size: int | None = None
     workers: int | None = None  # None: TrainConfig's fastest layout
-    epochs: int = 15
+    epochs: int | None = None
     use_gpu: bool = False
     address: str | None = None
-    batch_size: int = TrainConfig.batch_size
-    lr: float = TrainConfig.lr
-    backbone: str = TrainConfig.backbone
+    batch_size: int | None = None
+    lr: float | None = None
+    backbone: str | None = None
     pretrained: bool = TrainConfig.pretrained
     freeze_bn: bool = TrainConfig.freeze_bn
     draw: int = 16
@@ -310,8 +331,9 @@ class RunConfig:
         _positive("--resource-timeout", self.resource_timeout_s)
         if not self.memory_budget_gb >= 0:  # also refuses nan
             raise ValueError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
-        _positive("--image-size", self.image_size)
-        if self.workers is not None:
-            _positive("--workers", self.workers)
-        _positive("--epochs", self.epochs)
-        _positive("--batch-size", self.batch_size)
+        for flag, value in (("--image-size", self.image_size), ("--workers", self.workers),
+                            ("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--lr", self.lr)):
+            if value is not None:
+                _positive(flag, value)
+        if self.backbone is not None and self.backbone not in BACKBONE_NAMES:
+            raise ValueError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")

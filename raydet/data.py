@@ -319,6 +319,27 @@ def _all_invalid(name: str, record: VocRecord) -> str:
     return f"{name}: {NO_OBJECTS}: {invalid} invalid object(s) dropped{also}, so it is no negative image ({shown})"
 
 
+# ``--image-size`` when not given: the smallest of IMAGE_SIZES at which AUTO_QUANTILE of the objects have a shorter
+# side of at least AUTO_MIN_OBJECT_PX pixels (4 cells of the stride-4 heads), so small objects get the pixels they
+# need and sets of large ones train at the cheapest size (docs/TRAINING.md).
+IMAGE_SIZES = (160, 192, 224, 256, 288, 320)
+AUTO_MIN_OBJECT_PX = 16
+AUTO_QUANTILE = 0.1
+
+
+def choose_image_size(planned: list[_Planned]) -> tuple[int, str]:
+    """-> (image side, why) from the planned rows' boxes: each box's shorter side as a fraction of the image once
+    resized to a square (``min(w / width, h / height)``); records without a ``<size>`` are not counted."""
+    sides = [min((o.box[2] - o.box[0]) / p.record.width, (o.box[3] - o.box[1]) / p.record.height)
+             for p in planned if p.record.width > 0 and p.record.height > 0 for o in p.record.objects]
+    if not sides:
+        return IMAGE_SIZES[0], "no boxes with a <size> to measure"
+    side = float(np.quantile(sides, AUTO_QUANTILE))
+    size = next((s for s in IMAGE_SIZES if side * s >= AUTO_MIN_OBJECT_PX), IMAGE_SIZES[-1])
+    return size, (f"{AUTO_QUANTILE:.0%} of the {len(sides)} objects have a shorter side under {side:.3f} of the "
+                  f"image: {side * size:.0f} px at {size} px")
+
+
 def objects_per_row(planned: list[_Planned]) -> int:
     """K of a PREP: the largest object count of any planned row (after the ``max_objects`` cut), at least 1."""
     return max([len(p.record.objects) for p in planned] + [1])
@@ -417,6 +438,10 @@ def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
     with data_uses_every_cpu():
         parsed = _parse_all(dataset, cfg.classes, cpus, cfg.max_xml_bytes)
         planned, classes, split_source, accounts = _plan(dataset, parsed, cfg)
+        if cfg.image_size is None:
+            size, why = choose_image_size(planned)
+            print(f"image size: {size} px, chosen from the boxes ({why}; --image-size to set)", flush=True)
+            cfg = replace(cfg, image_size=size)
         if planned and not classes:
             raise ValueError(f"no object of any class in {cfg.data}: all {len(planned)} usable annotations are "
                              "negatives (no <object>); name the classes with --classes to prepare them")

@@ -75,27 +75,29 @@ def confusion(matrix: np.ndarray, labels: list[str], title: str = "") -> bytes:
 
 def training_curves(history: list[dict]) -> bytes | None:
     """Losses, val AP50 / mAP and the learning rate per epoch from history.jsonl rows (docs/FORMATS.md); None
-    for an empty history. Missing values (a key absent or null) leave gaps."""
+    for an empty history. Epochs without a value (a key absent or null: epochs that did not validate) are left
+    out of that key's line."""
     if not history:
         return None
     epochs = [row["epoch"] for row in history]
 
-    def series(key):
-        return [_number(row.get(key)) for row in history]
+    def series(key):  # (epochs, values) where the key has a value: validation runs every few epochs
+        pairs = [(e, _number(row.get(key))) for e, row in zip(epochs, history)]
+        return [e for e, v in pairs if math.isfinite(v)], [v for e, v in pairs if math.isfinite(v)]
 
     fig = _figure(12, 3.4)
     losses, ap, lr = fig.subplots(1, 3)
     for key, style in (("loss", "-"), ("val_loss", "--"), ("heatmap_loss", "-"), ("val_heatmap_loss", "--"),
                        ("box_loss", "-"), ("val_box_loss", "--")):
-        if any(math.isfinite(v) for v in series(key)):
-            losses.plot(epochs, series(key), style, marker=".", label=key)
+        if series(key)[0]:
+            losses.plot(*series(key), style, marker=".", label=key)
     losses.set(xlabel="epoch", title="losses")
     losses.legend(fontsize=7)
     for key in ("val_ap50", "val_map"):
-        ap.plot(epochs, series(key), marker=".", label=key)
+        ap.plot(*series(key), marker=".", label=key)
     ap.set(xlabel="epoch", ylim=(0, 1), title="validation AP (test split)")
     ap.legend(fontsize=7)
-    lr.plot(epochs, series("lr"), marker=".")
+    lr.plot(*series("lr"), marker=".")
     lr.set(xlabel="epoch", title="learning rate (end of epoch)")
     lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     from matplotlib.ticker import MaxNLocator

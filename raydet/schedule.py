@@ -1,11 +1,37 @@
-"""The learning-rate schedule of training: a linear warm-up per step, then a cosine decay per epoch.
+"""The schedule of training: how many epochs (``auto_epochs``), how often to validate and checkpoint
+(``checkpoint_every``), and the learning rate: a linear warm-up per step, then a cosine decay per epoch.
 
-Pure functions of (epoch, step) plus the Keras callback that applies them; docs/TRAINING.md says why warm-up.
+Pure functions of (epoch, step) plus the Keras callback that applies them; docs/TRAINING.md says why warm-up and
+where the step budget comes from.
 """
 
 from __future__ import annotations
 
 import math
+
+# Optimizer steps a run aims for when --epochs is not given: a few hundred photos in batches of 16 make ~10 steps
+# an epoch, so epochs are the wrong unit; the epochs are derived from this budget and the train split's size,
+# within [MIN_EPOCHS, MAX_EPOCHS] (a large set still sees every photo MIN_EPOCHS times). docs/TRAINING.md.
+TARGET_STEPS = 1000
+MIN_EPOCHS = 20
+MAX_EPOCHS = 300
+CHECKPOINTS = 10  # validations and checkpoints in a run when --checkpoint-every is not given
+
+
+def auto_epochs(steps_per_epoch: int, target_steps: int = TARGET_STEPS) -> int:
+    """Epochs that give about ``target_steps`` optimizer steps: ``ceil(target / steps_per_epoch)`` within
+    [MIN_EPOCHS, MAX_EPOCHS]. ``steps_per_epoch`` >= 1."""
+    return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(target_steps / steps_per_epoch)))
+
+
+def checkpoint_every(epochs: int, checkpoints: int = CHECKPOINTS) -> int:
+    """Epochs between validations and checkpoints so a run of ``epochs`` has about ``checkpoints`` of them."""
+    return max(1, math.ceil(epochs / checkpoints))
+
+
+def is_checkpoint_epoch(epoch: int, epochs: int, every: int) -> bool:
+    """Whether 1-based ``epoch`` validates and checkpoints: every ``every``-th epoch and always the last."""
+    return epoch % every == 0 or epoch == epochs
 
 
 def cosine_lr(lr: float, epoch: int, epochs: int, floor: float = 0.05) -> float:

@@ -226,7 +226,7 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> TrainSummary:
     mcfg = model_config(cfg, manifest)
     init_ray(cfg.address)
     _check_visible(cfg)
-    cfg = fit_to_cluster(cfg)
+    cfg = resolve_schedule(fit_to_cluster(cfg), manifest["splits"]["train"])
 
     run_dir = storage.join(cfg.out, cfg.name)
     storage.write_text(storage.join(run_dir, "config.json"), json.dumps({
@@ -236,6 +236,20 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> TrainSummary:
     started = time.time()
     result = _fit(cfg, mcfg, run_dir, tuple(callbacks))
     return _finish(cfg, run_dir, result, started)
+
+
+def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
+    """``cfg`` with ``epochs`` (None: ``auto_epochs`` of the train split's steps), ``checkpoint_every`` (None:
+    about ``CHECKPOINTS`` a run) and ``warmup_epochs`` (at most ``epochs``) resolved, printed on one line.
+    ``cfg.workers`` must be resolved (``fit_to_cluster``)."""
+    from raydet.schedule import auto_epochs, checkpoint_every
+
+    steps = (n_train // cfg.workers) // (cfg.batch_size // cfg.workers)
+    epochs = cfg.epochs or auto_epochs(max(steps, 1))
+    every = min(cfg.checkpoint_every or checkpoint_every(epochs), epochs)
+    how = "" if cfg.epochs else f" (auto: about {max(steps, 1) * epochs} optimizer steps; --epochs to set)"
+    print(f"schedule: {epochs} epochs of {steps} steps{how}, validation and checkpoint every {every}", flush=True)
+    return replace(cfg, epochs=epochs, checkpoint_every=every, warmup_epochs=min(cfg.warmup_epochs, epochs))
 
 
 def _check_visible(cfg: TrainConfig) -> None:

@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 
 from raydet.config import ModelConfig
+from raydet.ema import averaged_weights, make_optimizer
 from raydet.infer import FLOAT_FILE as FLOAT_MODEL
 from raydet.infer import QAT_KERAS_FILE as QAT_MODEL
 from raydet.runtime import use_legacy_keras
+from raydet.schedule import is_checkpoint_epoch
 
 STATE_FILE = "state.json"
 WEIGHTS_PREFIX = "weights/ckpt"
@@ -88,8 +90,9 @@ def train_loop_per_worker(config: dict) -> None:
     callbacks = [StepLR(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
                  reporter]
     callbacks += [factory(rank, world, config["steps_per_epoch"]) for factory in config["callbacks"]]
+    due = [e for e in range(1, tcfg["epochs"] + 1) if is_checkpoint_epoch(e, tcfg["epochs"], tcfg["checkpoint_every"])]
     model.fit(train_ds, epochs=tcfg["epochs"], initial_epoch=initial_epoch, steps_per_epoch=config["steps_per_epoch"],
-              validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks, verbose=0)
+              validation_data=val_ds, validation_steps=val_steps, validation_freq=due, callbacks=callbacks, verbose=0)
 
 
 def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
@@ -176,7 +179,9 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
         from raydet.qat import apply_qat
 
         model = apply_qat(model)
-    optimizer = make_optimizer(tcfg["lr"], tcfg["weight_decay"], tcfg["clip_norm"])
+    # QAT fine-tunes briefly from a run's averaged float weights (its --init-from): it keeps no average of its own
+    optimizer = make_optimizer(tcfg["lr"], tcfg["weight_decay"], tcfg["clip_norm"],
+                               ema=0.0 if tcfg["qat"] else tcfg["ema_decay"])
     compile_model(model, optimizer, heatmap_weight=tcfg["heatmap_loss_weight"],
                   offset_weight=tcfg["offset_loss_weight"], size_weight=tcfg["size_loss_weight"],
                   giou_weight=tcfg["giou_loss_weight"])
@@ -198,17 +203,6 @@ def _load_init_from(run: str):
 
     with tempfile.TemporaryDirectory(prefix="raydet-init-") as tmp:
         return tf_keras.models.load_model(storage.local_file(storage.join(run, FLOAT_MODEL), Path(tmp)), compile=False)
-
-
-def make_optimizer(lr: float, weight_decay: float, clip_norm: float):
-    """The training optimizer: AdamW, the global gradient norm clipped to ``clip_norm`` (0: not clipped).
-
-    tf_keras clips after the cross-worker all-reduce (it aggregates, then clips), so every worker applies the
-    same clipped step and the replicas stay identical.
-    """
-    import tf_keras
-
-    return tf_keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay, global_clipnorm=clip_norm or None)
 
 
 def transfer_weights(source, target) -> str:
@@ -243,12 +237,12 @@ def _metrics_row(epoch: int, epochs: int, logs: dict, lr: float, seconds: float)
 
 
 def format_row(row: dict) -> str:
-    """The one readable line per epoch."""
+    """The one readable line per epoch (the validation figures on the epochs that validate)."""
     nan = float("nan")
+    val = (f"  val_loss {row['val_loss']:.4f}  val_AP50 {row.get('val_ap50', nan):.3f}  "
+           f"val_mAP {row.get('val_map', nan):.3f}") if "val_loss" in row else ""
     return (f"epoch {row['epoch']}/{row['epochs']}  loss {row['loss']:.4f} (heatmap {row.get('heatmap_loss', nan):.3f} "
-            f"box {row.get('box_loss', nan):.3f})  val_loss {row.get('val_loss', nan):.4f}  "
-            f"val_AP50 {row.get('val_ap50', nan):.3f}  val_mAP {row.get('val_map', nan):.3f}  "
-            f"lr {row['lr']:.2e}  {row['seconds']:.1f}s")
+            f"box {row.get('box_loss', nan):.3f}){val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s")
 
 
 SCALARS = ("loss", "heatmap_loss", "box_loss", "val_loss", "val_heatmap_loss", "val_box_loss", "val_ap50",
@@ -293,16 +287,20 @@ def _make_reporter_class():
             if not all(math.isfinite(row.get(k, 0.0)) for k in ("loss", "val_loss")):
                 self._report_nonfinite(row)
                 return
-            self.export.set_weights(self.net.get_weights())
-            if self.validation is not None:
-                row.update(self.validation(self.export))
+            due = is_checkpoint_epoch(epoch + 1, self.tcfg["epochs"], self.tcfg["checkpoint_every"])
+            if due:  # the averaged weights into the export copy: validation AP and model.keras
+                self.export.set_weights(averaged_weights(self.net))  # the EMA, when the optimizer keeps one
+                if self.validation is not None:
+                    row.update(self.validation(self.export))
             self.history.append(row)
-            folder = tempfile.mkdtemp(prefix=f"raydet-ckpt-r{self.rank}-")
-            self._save(folder)
             if self.rank == 0:
                 print(format_row(row), flush=True)
             if self.board is not None:
                 write_scalars(self.board, row)
+            if not due:  # epochs between checkpoints live in self.history until the next one saves them
+                return
+            folder = tempfile.mkdtemp(prefix=f"raydet-ckpt-r{self.rank}-")
+            self._save(folder)
             ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder) if self.rank == 0 else None)
             if self.rank != 0:  # only rank 0's folder is reported (uploaded); the others were for the collectives
                 shutil.rmtree(folder, ignore_errors=True)

@@ -26,7 +26,9 @@ def test_malformed_class_list_names_it(text, match):
     (lambda: C.EvaluateConfig(run="r", data="d", models=("float", "fp8")), "fp8"),
     (lambda: C.SynthConfig(out="o", classes=9), "got 9"),
     (lambda: C.SynthConfig(out="o", object_size=(0.8, 0.3)), "--object-size .* got 0.8,0.3"),
-    (lambda: C.TrainConfig(prep="p", out="o", name="n", epochs=2, warmup_epochs=3), "--warmup-epochs .* got 3"),
+    (lambda: C.TrainConfig(prep="p", out="o", name="n", warmup_epochs=-1), "--warmup-epochs .* got -1"),
+        (lambda: C.TrainConfig(prep="p", out="o", name="n", ema_decay=1.0), "--ema .* got 1.0"),
+        (lambda: C.TrainConfig(prep="p", out="o", name="n", checkpoint_every=0), "--checkpoint-every .* got 0"),
     (lambda: C.TrainConfig(prep="p", out="o", name="n", warmup_epochs=float("nan")), "--warmup-epochs .* got nan"),
     (lambda: C.ModelConfig(num_classes=2, image_size=48, depth=5), "image size 48 must be a multiple of 32"),
 ])

@@ -179,7 +179,7 @@ def test_train_refuses_four_cpus_for_one_worker_before_training(ray_local, tmp_p
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cfg = TrainConfig(prep=str(make_prep(tmp_path / "prep")), out=str(tmp_path / "runs"), name="run", workers=1,
-                      cpus_per_worker=4, epochs=1, batch_size=16, width=8, depth=3)
+                      cpus_per_worker=4, epochs=1, batch_size=16, backbone="cnn", width=8, depth=3)
     with pytest.raises(ValueError, match=r"--workers 1 x --cpus-per-worker 4 = 4 CPUs, but the cluster has 2 CPUs"):
         train(cfg)
     assert not (tmp_path / "runs").exists()  # refused before the run folder, let alone Ray Train
@@ -201,7 +201,7 @@ def test_train_on_an_autoscaling_cluster_asks_for_one_gpu_and_times_out(ray_loca
     # address "auto": Ray is up already (init_ray does nothing); the real request_resources goes to the local Ray,
     # whose autoscaler mirrors its one node and launches nothing, so the wait runs out
     cfg = TrainConfig(prep=str(make_prep(tmp_path / "prep")), out=str(tmp_path / "runs"), name="run", use_gpu=True,
-                      epochs=1, batch_size=16, width=8, depth=3, address="auto", resource_timeout_s=1)
+                      epochs=1, batch_size=16, backbone="cnn", width=8, depth=3, address="auto", resource_timeout_s=1)
     with pytest.raises(ValueError, match=r"--workers 1 x --cpus-per-worker 1 --gpu: the autoscaler did not make room "
                                          r"within 1 s \(--resource-timeout\): 0 of 1 GPU in the cluster"):
         train(cfg)

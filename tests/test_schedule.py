@@ -21,3 +21,24 @@ def test_warmup_by_hand():
     assert step_lr(1.0, 1, 4, 10, 5, 1.5) == pytest.approx(cosine_lr(1.0, 1, 5))
     assert step_lr(1.0, 3, 0, 10, 5, 1.5) == pytest.approx(cosine_lr(1.0, 3, 5))
     assert step_lr(1.0, 0, 0, 10, 5, 0.0) == pytest.approx(1.0)  # no warm-up
+
+
+def test_auto_epochs_sized_in_steps():
+    from raydet.schedule import MAX_EPOCHS, MIN_EPOCHS, TARGET_STEPS, auto_epochs
+
+    # 158 raccoon photos / batch 16 = 9 steps: ceil(1000 / 9) = 112 epochs (1,008 steps)
+    assert auto_epochs(9, target_steps=1000) == 112
+    # 3,000 photos / 16 = 187 steps: ceil(1000 / 187) = 6 -> raised to MIN_EPOCHS
+    assert auto_epochs(187, target_steps=1000) == MIN_EPOCHS
+    assert auto_epochs(1, target_steps=10 * MAX_EPOCHS) == MAX_EPOCHS  # one step an epoch: capped
+    assert auto_epochs(9) == min(MAX_EPOCHS, max(MIN_EPOCHS, -(-TARGET_STEPS // 9)))
+
+
+def test_checkpoint_cadence():
+    from raydet.schedule import checkpoint_every, is_checkpoint_epoch
+
+    assert checkpoint_every(112, checkpoints=10) == 12  # ceil(11.2)
+    assert checkpoint_every(5, checkpoints=10) == 1
+    # every 12: epochs 12, 24, ..., 108 and the last (112); not 1 or 13
+    due = [e for e in range(1, 113) if is_checkpoint_epoch(e, 112, 12)]
+    assert due == [12, 24, 36, 48, 60, 72, 84, 96, 108, 112]

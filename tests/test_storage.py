@@ -91,7 +91,7 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     cmd = [sys.executable, "-m", "raydet.cli", "run", "--data", s3_bucket + "/data", "--out", s3_bucket + "/out",
-           "--epochs", "2", "--image-size", "32", "--workers", "1"]
+           "--epochs", "2", "--image-size", "32", "--workers", "1", "--backbone", "cnn"]
     proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]

@@ -22,7 +22,7 @@ SIZE = 32
 
 
 def _cfg(prep, out, **kw):
-    base = dict(prep=str(prep), out=str(out), name="run", workers=2, epochs=2, batch_size=16, width=8, depth=3,
+    base = dict(prep=str(prep), out=str(out), name="run", workers=2, epochs=2, batch_size=16, backbone="cnn", width=8, depth=3,
                 lr=3e-3)
     base.setdefault("cpus_per_worker", 1.0)
     base.update(kw)
