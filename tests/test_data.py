@@ -608,3 +608,28 @@ def test_prepare_cli_takes_the_byte_limits_and_names_a_bad_one(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["prepare", "d", "--out", "o", "--max-image-bytes", "0"])
     assert exit_info.value.code == 2 and "--max-image-bytes must be positive, got 0" in capsys.readouterr().err
+
+
+def test_image_size_is_chosen_from_the_boxes():
+    from raydet.data import _Planned, choose_image_size
+    from raydet.voc import VocObject, VocRecord
+
+    def planned(sides, width=400, height=200):
+        """One record per shorter side (pixels) of a square-ish box in a width x height image."""
+        return [_Planned(i, f"{i}.jpg", "train", VocRecord(f"{i}.jpg", width, height,
+                                                          (VocObject("a", (0.0, 0.0, 2.0 * s, float(s))),), ()))
+                for i, s in enumerate(sides)]
+
+    # boxes 2s x s in 400 x 200: shorter side as a fraction min(2s / 400, s / 200) = s / 200.
+    # s = 40 everywhere: 0.2 -> 0.2 * 160 = 32 px >= 16 at the smallest size
+    assert choose_image_size(planned([40] * 10))[0] == 160
+    # sorted sides [8, 40 x 9]: numpy's linear 10% quantile sits at position 0.1 * 9 = 0.9 ->
+    # 8 + 0.9 * (40 - 8) = 36.8 px = 0.184 of the side -> 29 px at 160: 160
+    assert choose_image_size(planned([8] + [40] * 9))[0] == 160
+    # two of ten at 8 px: position 0.9 lies between the two 8s -> 8 px = 0.04 of the side: 16 / 0.04 = 400 px
+    # needed, above the largest size -> 320
+    assert choose_image_size(planned([8, 8] + [40] * 8))[0] == 320
+    # all at 16 px = 0.08: 0.08 * 192 = 15.4 < 16, 0.08 * 224 = 17.9 -> 224
+    assert choose_image_size(planned([16] * 10))[0] == 224
+    # no <size> (width 0) to measure: the smallest size
+    assert choose_image_size(planned([5] * 3, width=0, height=0))[0] == 160

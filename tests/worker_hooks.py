@@ -19,10 +19,11 @@ def register() -> None:
 
 
 def weights_sha256(variables) -> str:
-    """sha256 over the bytes of each variable's value, in order: equal on workers that hold equal weights."""
+    """sha256 over the bytes of each variable's value (a variable or a numpy array), in order: equal on workers
+    that hold equal weights."""
     digest = hashlib.sha256()
     for v in variables:
-        digest.update(v.numpy().tobytes())
+        digest.update((v.numpy() if hasattr(v, "numpy") else v).tobytes())
     return digest.hexdigest()
 
 
@@ -48,15 +49,20 @@ def fail_once(marker: str):
 
 
 def write_checksums(folder: str):
-    """A factory: at the end of training each worker writes ``rank<r>.json`` with its weights' sha256."""
+    """A factory: at the end of training each worker writes ``rank<r>.json`` with the sha256 of its weights and of
+    the averaged weights it would export (raydet.ema.averaged_weights)."""
 
     def factory(rank: int, world: int, steps: int):
         import tf_keras
 
         class Checksum(tf_keras.callbacks.Callback):
             def on_train_end(self, logs=None):
-                Path(folder, f"rank{rank}.json").write_text(
-                    json.dumps({"rank": rank, "sha256": weights_sha256(self.model.trainable_weights)}))
+                from raydet.ema import averaged_weights
+
+                Path(folder, f"rank{rank}.json").write_text(json.dumps({
+                    "rank": rank, "sha256": weights_sha256(self.model.trainable_weights),
+                    "ema_sha256": weights_sha256(averaged_weights(self.model)),
+                    "raw_sha256": weights_sha256(self.model.get_weights())}))
 
         return Checksum()
 
