@@ -1,13 +1,15 @@
 """Typed configuration, one frozen dataclass per stage.
 
-Every config validates itself in ``__post_init__`` and raises ``ValueError`` naming the bad value, so a
-command with bad arguments stops before any work (or any Ray start-up) happens. Configs become dicts only
+Every config validates itself in ``__post_init__`` and raises ``UserError`` (a ``ValueError``) naming the bad
+value, so a command with bad arguments stops before any work (or any Ray start-up) happens. Configs become dicts only
 at the ``train_loop_config`` boundary (``dataclasses.asdict``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from raydet.errors import UserError
 
 QUANT_MODES = ("dynamic", "float16", "int8")
 # Seconds a stage waits for an autoscaler to add the nodes it needs (raydet.resources): booting a cloud instance
@@ -18,13 +20,13 @@ MODEL_NAMES = ("float",) + QUANT_MODES + ("qat",)
 
 def _positive(name: str, value: float) -> None:
     if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
+        raise UserError(f"{name} must be positive, got {value!r}")
 
 
 def _fraction(name: str, value: float, *, low_open: bool = False) -> None:
     ok = (0.0 < value < 1.0) if low_open else (0.0 <= value < 1.0)
     if not ok:
-        raise ValueError(f"{name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}")
+        raise UserError(f"{name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}")
 
 
 def parse_class_list(text: str | None) -> tuple[str, ...] | None:
@@ -33,10 +35,10 @@ def parse_class_list(text: str | None) -> tuple[str, ...] | None:
         return None
     names = tuple(part.strip() for part in text.split(","))
     if not names or any(not n for n in names):
-        raise ValueError(f"malformed class list {text!r}: expected comma-separated non-empty names, e.g. 'cat,dog'")
+        raise UserError(f"malformed class list {text!r}: expected comma-separated non-empty names, e.g. 'cat,dog'")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"malformed class list {text!r}: repeated class names {dupes}")
+        raise UserError(f"malformed class list {text!r}: repeated class names {dupes}")
     return names
 
 
@@ -57,15 +59,15 @@ class SynthConfig:
     def __post_init__(self) -> None:
         _positive("--images", self.images)
         if self.image_size < 32:
-            raise ValueError(f"--image-size must be at least 32 pixels, got {self.image_size!r}")
+            raise UserError(f"--image-size must be at least 32 pixels, got {self.image_size!r}")
         if not 1 <= self.classes <= 8:
-            raise ValueError(f"--classes must be between 1 and 8, got {self.classes!r}")
+            raise UserError(f"--classes must be between 1 and 8, got {self.classes!r}")
         _positive("--max-objects", self.max_objects)
         _fraction("--test-fraction", self.test_fraction)
         low, high = self.object_size
         if not 0.05 <= low <= high <= 1.0:
-            raise ValueError(f"--object-size must be MIN,MAX with 0.05 <= MIN <= MAX <= 1 (fractions of the image "
-                             f"side), got {low!r},{high!r}")
+            raise UserError(f"--object-size must be MIN,MAX with 0.05 <= MIN <= MAX <= 1 (fractions of the image "
+                            f"side), got {low!r},{high!r}")
 
 
 def parse_object_size(text: str) -> tuple[float, float]:
@@ -75,8 +77,8 @@ def parse_object_size(text: str) -> tuple[float, float]:
     try:
         low, high = (float(part) for part in parts)
     except ValueError:
-        raise ValueError(f"malformed --object-size {text!r}: expected MIN,MAX fractions of the image side, "
-                         f"e.g. 0.2,0.7") from None
+        raise UserError(f"malformed --object-size {text!r}: expected MIN,MAX fractions of the image side, "
+                        f"e.g. 0.2,0.7") from None
     return low, high
 
 
@@ -103,7 +105,7 @@ class PrepareConfig:
         _positive("--max-xml-bytes", self.max_xml_bytes)
         _positive("--max-image-bytes", self.max_image_bytes)
         if self.classes is not None and not self.classes:
-            raise ValueError("--classes must name at least one class")
+            raise UserError("--classes must name at least one class")
 
 
 BACKBONE_NAMES = ("cnn", "efficientnet_lite0")
@@ -127,17 +129,17 @@ class ModelConfig:
         _positive("num_classes", self.num_classes)
         _positive("image_size", self.image_size)
         if self.backbone not in BACKBONE_NAMES:
-            raise ValueError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
+            raise UserError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
         for name in ("width", "max_width", "depth", "neck_width", "head_width"):
             _positive(name, getattr(self, name))
         if self.depth < 3:
-            raise ValueError(f"depth must be at least 3 (the neck starts at stride 8 or deeper), got {self.depth!r}")
+            raise UserError(f"depth must be at least 3 (the neck starts at stride 8 or deeper), got {self.depth!r}")
         multiple = 32 if self.backbone != "cnn" else max(32, 2**self.depth)
         if self.image_size % multiple:
-            raise ValueError(f"image size {self.image_size} must be a multiple of {multiple} for this network "
-                             f"(prepare the data with --image-size {max(multiple, self.image_size // multiple * multiple)})")
+            raise UserError(f"image size {self.image_size} must be a multiple of {multiple} for this network "
+                            f"(prepare the data with --image-size {max(multiple, self.image_size // multiple * multiple)})")
         if not 0.0 < self.bn_momentum < 1.0:
-            raise ValueError(f"bn_momentum must be in (0, 1), got {self.bn_momentum!r}")
+            raise UserError(f"bn_momentum must be in (0, 1), got {self.bn_momentum!r}")
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
-            raise ValueError(f"--name must be a non-empty folder name, got {self.name!r}")
+            raise UserError(f"--name must be a non-empty folder name, got {self.name!r}")
         if self.workers is not None:
             _positive("--workers", self.workers)
         if self.cpus_per_worker is not None:
@@ -196,19 +198,19 @@ class TrainConfig:
         _positive("--epochs", self.epochs)
         _positive("--batch-size", self.batch_size)
         if self.backbone not in BACKBONE_NAMES:
-            raise ValueError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
+            raise UserError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
         if self.workers is not None and self.batch_size < self.workers:
-            raise ValueError(f"--batch-size {self.batch_size} is smaller than --workers {self.workers}")
+            raise UserError(f"--batch-size {self.batch_size} is smaller than --workers {self.workers}")
         _positive("--lr", self.lr)
         if not self.clip_norm >= 0:  # also refuses nan
-            raise ValueError(f"--clip-norm must be >= 0 (0: no clipping), got {self.clip_norm!r}")
+            raise UserError(f"--clip-norm must be >= 0 (0: no clipping), got {self.clip_norm!r}")
         if not 0 <= self.warmup_epochs <= self.epochs:  # also refuses nan
-            raise ValueError(f"--warmup-epochs must be between 0 and --epochs {self.epochs}, got {self.warmup_epochs!r}")
+            raise UserError(f"--warmup-epochs must be between 0 and --epochs {self.epochs}, got {self.warmup_epochs!r}")
         if self.max_failures < 0:
-            raise ValueError(f"--max-failures must be >= 0, got {self.max_failures!r}")
+            raise UserError(f"--max-failures must be >= 0, got {self.max_failures!r}")
         _positive("--resource-timeout", self.resource_timeout_s)
         if not self.memory_budget_gb >= 0:  # also refuses nan
-            raise ValueError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
+            raise UserError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,7 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in QUANT_MODES]
         if bad or not self.modes:
-            raise ValueError(f"--mode must be one of {QUANT_MODES + ('all',)}, got {self.modes!r}")
+            raise UserError(f"--mode must be one of {QUANT_MODES + ('all',)}, got {self.modes!r}")
         _positive("--calibration-images", self.calibration_images)
 
 
@@ -245,16 +247,16 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         bad = [m for m in self.models if m not in MODEL_NAMES]
         if bad or not self.models:
-            raise ValueError(f"--models must be a comma list of {MODEL_NAMES}, got {','.join(self.models)!r}")
+            raise UserError(f"--models must be a comma list of {MODEL_NAMES}, got {','.join(self.models)!r}")
         _positive("--actors", self.actors)
         _positive("--threads", self.threads)
         _positive("--resource-timeout", self.resource_timeout_s)
         if self.batch_size is not None:
             _positive("--batch-size", self.batch_size)
         if self.draw < 0:
-            raise ValueError(f"--draw must be >= 0, got {self.draw!r}")
+            raise UserError(f"--draw must be >= 0, got {self.draw!r}")
         if self.split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
+            raise UserError(f"split must be 'train' or 'test', got {self.split!r}")
 
 
 @dataclass(frozen=True)
@@ -267,11 +269,11 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         if not self.paths:
-            raise ValueError("predict needs at least one image or folder")
+            raise UserError("predict needs at least one image or folder")
         if self.model not in MODEL_NAMES:
-            raise ValueError(f"--model must be one of {MODEL_NAMES}, got {self.model!r}")
+            raise UserError(f"--model must be one of {MODEL_NAMES}, got {self.model!r}")
         if not 0.0 <= self.score_threshold <= 1.0:
-            raise ValueError(f"--score-threshold must be in [0, 1], got {self.score_threshold!r}")
+            raise UserError(f"--score-threshold must be in [0, 1], got {self.score_threshold!r}")
 
 
 @dataclass(frozen=True)
@@ -281,9 +283,9 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         if not self.run:
-            raise ValueError("report needs a RUN folder")
+            raise UserError("report needs a RUN folder")
         if self.screenshot is not None and not self.screenshot.endswith(".png"):
-            raise ValueError(f"--screenshot must name a .png file, got {self.screenshot!r}")
+            raise UserError(f"--screenshot must name a .png file, got {self.screenshot!r}")
 
 
 @dataclass(frozen=True)
@@ -309,7 +311,7 @@ class RunConfig:
         _positive("--images", self.images)
         _positive("--resource-timeout", self.resource_timeout_s)
         if not self.memory_budget_gb >= 0:  # also refuses nan
-            raise ValueError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
+            raise UserError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
         _positive("--image-size", self.image_size)
         if self.workers is not None:
             _positive("--workers", self.workers)

@@ -69,6 +69,7 @@ import pyarrow.fs as pafs
 
 from raydet import boxes as B
 from raydet.config import PrepareConfig
+from raydet.errors import UserError
 from raydet.images import ImageError, decode_resize, exif_orientation
 from raydet.nodes import check_visible
 from raydet.prep_out import MANIFEST, Out, commit, discard, open_out
@@ -372,7 +373,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     parse and decode tasks ran on, and the decode pass's window (first task start to last task end).
     Everything is written into a staging folder under ``--out`` and swapped in at the end (``_commit``), so a
     run that fails or is interrupted leaves the previous PREP as it was.
-    Raises FileNotFoundError/ValueError naming the path for a missing dataset, a folder without annotations,
+    Raises ``UserError`` (raydet.errors) naming the path for a missing dataset, a folder without annotations,
     an unusable ``--out``, a dataset with no object of any class and no ``--classes``, or a dataset where
     nothing could be loaded (the manifest is still written then).
     """
@@ -390,8 +391,8 @@ def prepare(cfg: PrepareConfig) -> dict:
     skipped, splits = manifest["skipped"], manifest["splits"]
     if not manifest["images_loaded"]:
         first = "; ".join(s["reason"] for s in skipped[:3])
-        raise ValueError(f"nothing loadable in {cfg.data}: all {len(skipped)} annotations skipped "
-                         f"(e.g. {first}); see {shown}")
+        raise UserError(f"nothing loadable in {cfg.data}: all {len(skipped)} annotations skipped "
+                        f"(e.g. {first}); see {shown}")
     print(f"raydet prepare: loaded {manifest['images_loaded']} images (train {splits['train']}, "
           f"test {splits['test']}; {manifest['negative_images']} negative), skipped {len(skipped)}; "
           f"manifest: {shown}", flush=True)
@@ -413,13 +414,13 @@ def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
     t_ray = time.perf_counter()
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if cpus < 1:  # Ray Data's tasks need a CPU each; without one they would wait forever
-        raise ValueError(f"the Ray cluster at {cfg.address or 'RAY_ADDRESS'} has no CPU for the prepare tasks")
+        raise UserError(f"the Ray cluster at {cfg.address or 'RAY_ADDRESS'} has no CPU for the prepare tasks")
     with data_uses_every_cpu():
         parsed = _parse_all(dataset, cfg.classes, cpus, cfg.max_xml_bytes)
         planned, classes, split_source, accounts = _plan(dataset, parsed, cfg)
         if planned and not classes:
-            raise ValueError(f"no object of any class in {cfg.data}: all {len(planned)} usable annotations are "
-                             "negatives (no <object>); name the classes with --classes to prepare them")
+            raise UserError(f"no object of any class in {cfg.data}: all {len(planned)} usable annotations are "
+                            "negatives (no <object>); name the classes with --classes to prepare them")
         t_parse = time.perf_counter()
         summaries = _decode_all(dataset, planned, classes, out.filesystem, out.stage, cfg, cpus)
         t_decode = time.perf_counter()

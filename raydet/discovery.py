@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from raydet import storage
+from raydet.errors import UserError, UserFileNotFoundError, UserNotADirectoryError
 from raydet.voc import VocError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # lower-case
@@ -133,11 +134,11 @@ def open_filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
     pyarrow cannot open.
     """
     if not uri_or_path:
-        raise ValueError("dataset path is empty")
+        raise UserError("dataset path is empty")
     filesystem, path = storage.resolve(uri_or_path)
     path = path or "/"
     if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"dataset not found: {uri_or_path}")
+        raise UserFileNotFoundError(f"dataset not found: {uri_or_path}")
     return filesystem, path
 
 
@@ -320,7 +321,7 @@ def discover(uri_or_path: str) -> Dataset:
     """
     filesystem, root = open_filesystem(uri_or_path)
     if filesystem.get_file_info(root).type != pafs.FileType.Directory:
-        raise NotADirectoryError(f"dataset must be a folder: {uri_or_path}")
+        raise UserNotADirectoryError(f"dataset must be a folder: {uri_or_path}")
     tree = _Tree(filesystem, root)
     listing = tree.list("")
     found = _detect(tree, listing)
@@ -328,11 +329,11 @@ def discover(uri_or_path: str) -> Dataset:
         kits = _nested_devkit(tree, listing)
         if len(kits) > 1:
             names = ", ".join(posixpath.dirname(k.annotations[0].annotation) if k.annotations else "?" for k in kits)
-            raise ValueError(f"several VOC devkits under {uri_or_path} ({names}): point raydet at one of them")
+            raise UserError(f"several VOC devkits under {uri_or_path} ({names}): point raydet at one of them")
         found = kits[0] if kits else None
     if found is None or not found.annotations:
         refused = "".join(f"; refused: {reason}" for reason in tree.refused.values())
-        raise ValueError(
+        raise UserError(
             f"no VOC annotations found in {uri_or_path}: expected Annotations/ + JPEGImages/ (devkit), "
             f"annotations/ or annots/ beside images/, train/ + test/ folders, or *.xml beside the images{refused}")
     return Dataset(filesystem, root, found.layout, tuple(sorted(found.annotations, key=lambda r: r.annotation)),

@@ -29,6 +29,7 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 
 from raydet import boxes as B
+from raydet.errors import UserError
 
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
 # <size> and the decoded size may differ by this fraction between the two axes' scales and still be one frame:
@@ -39,8 +40,9 @@ _UNSAFE = {"DTDForbidden": "it has a DTD (<!DOCTYPE>), which could declare entit
            "EntitiesForbidden": "it declares entities", "ExternalReferenceForbidden": "it references an external resource"}
 
 
-class VocError(ValueError):
-    """An annotation that cannot be used at all. The message names the file and the reason."""
+class VocError(UserError):
+    """An annotation that cannot be used at all. The message names the file and the reason (a ``UserError``:
+    prepare skips the annotation with it; a command that stops on one prints it as bad input)."""
 
 
 @dataclass(frozen=True)
