@@ -51,7 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="dataset folder or URI (file://, s3://, gs://)")
     p.add_argument("--out", required=True, help="PREP folder to write")
     p.add_argument("--image-size", type=int, default=C.PrepareConfig.image_size)
-    p.add_argument("--classes", default=None, help="comma-separated class names to keep, in label order (default: all found, sorted)")
+    p.add_argument("--classes", default=None, help="class names to keep, in label order: a comma list, or a file with one name per line "
+                        "(# comments; for names holding commas) (default: all found, sorted)")
     p.add_argument("--test-fraction", type=float, default=C.PrepareConfig.test_fraction)
     p.add_argument("--max-objects", type=int, default=C.PrepareConfig.max_objects)
     p.add_argument("--max-xml-bytes", type=int, default=C.PrepareConfig.max_xml_bytes,

@@ -7,8 +7,10 @@ at the ``train_loop_config`` boundary (``dataclasses.asdict``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from raydet.classnames import clean_class_name
 from raydet.errors import UserError
 
 QUANT_MODES = ("dynamic", "float16", "int8")
@@ -30,15 +32,31 @@ def _fraction(name: str, value: float, *, low_open: bool = False) -> None:
 
 
 def parse_class_list(text: str | None) -> tuple[str, ...] | None:
-    """``"cat,dog"`` -> ``("cat", "dog")``; None stays None. Empty, blank or repeated names raise ValueError."""
+    """``--classes``: ``"cat,dog"`` -> ``("cat", "dog")``; or, when ``text`` names an existing file, its lines
+    (one name per line, so a name may hold a comma; blank lines and lines starting with ``#`` ignored). None
+    stays None. Names are cleaned as in the annotations (raydet.classnames). Empty, blank or repeated names
+    raise ``UserError``."""
     if text is None:
         return None
-    names = tuple(part.strip() for part in text.split(","))
-    if not names or any(not n for n in names):
-        raise UserError(f"malformed class list {text!r}: expected comma-separated non-empty names, e.g. 'cat,dog'")
+    if os.path.isfile(text):
+        try:
+            with open(text, encoding="utf-8-sig") as file:
+                lines = file.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--classes {text}: cannot read the class file ({exc})") from None
+        names = tuple(clean_class_name(n) for n in lines if n.strip() and not n.strip().startswith("#"))
+        where = f"class file {text!r}"
+        if not names or any(not n for n in names):
+            raise UserError(f"{where} names no class (or a name of only invisible characters): one name per line")
+    else:
+        names = tuple(clean_class_name(part) for part in text.split(","))
+        where = f"class list {text!r}"
+        if not names or any(not n for n in names):
+            raise UserError(f"malformed {where}: expected comma-separated non-empty names, e.g. 'cat,dog', "
+                            "or a file with one name per line")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise UserError(f"malformed class list {text!r}: repeated class names {dupes}")
+        raise UserError(f"malformed {where}: repeated class names {dupes}")
     return names
 
 

@@ -219,3 +219,32 @@ def test_fit_to_image_refuses_any_other_mismatch_naming_both_sizes(decoded, why)
     assert fitted is None
     assert reason.startswith(f"<size> 1000x750 disagrees with the decoded {decoded[0]}x{decoded[1]} image (")
     assert why in reason and reason.endswith("boxes cannot be trusted")
+
+
+# ------------------------------------------------------------------------------------------ class names
+
+def test_nfc_and_nfd_spellings_are_one_class():
+    rec = parse_voc(xml(obj("carr\u00e9") + obj("carre\u0301")))
+    assert [o.name for o in rec.objects] == ["carr\u00e9", "carr\u00e9"]
+    assert len(parse_voc(xml(obj("carre\u0301")), classes=["carr\u00e9"]).objects) == 1
+
+
+def test_zero_width_and_control_characters_are_removed():
+    names = ["square", "square\u200b", "\ufeffsquare", "squ\u2060are\u200d", "squ\x85are", "\tsquare\n", "\u200csquare "]
+    rec = parse_voc(xml("".join(obj(n) for n in names)))
+    assert {o.name for o in rec.objects} == {"square"} and len(rec.objects) == len(names)
+    assert len(parse_voc(xml(obj("square")), classes=["square\u200b"]).objects) == 1
+
+
+def test_a_name_of_only_invisible_characters_drops_the_object():
+    rec = parse_voc(xml(obj("cat") + obj("\u200b\u200b")))
+    assert [o.name for o in rec.objects] == ["cat"]
+    assert rec.dropped == ("object 2: <name> '\\u200b\\u200b' is empty once invisible and control characters are removed",)
+
+
+def test_case_is_kept_and_collisions_are_listed():
+    from raydet.classnames import case_collisions
+
+    rec = parse_voc(xml(obj("Cat") + obj("cat")))
+    assert [o.name for o in rec.objects] == ["Cat", "cat"]
+    assert case_collisions(["Cat", "cat", "dog", "CAT", "Dog", "emu"]) == [["CAT", "Cat", "cat"], ["Dog", "dog"]]
