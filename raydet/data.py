@@ -59,6 +59,7 @@ from __future__ import annotations
 import hashlib
 import math
 import pickle
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -68,6 +69,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from raydet import boxes as B
+from raydet.classnames import case_collisions
 from raydet.config import PrepareConfig
 from raydet.errors import UserError
 from raydet.images import ImageError, decode_resize, exif_orientation
@@ -433,7 +435,8 @@ def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
         "splits": {split: loaded[split] for split in SPLITS}, "split_source": split_source,
         "annotations_found": len(dataset.annotations), "images_loaded": sum(loaded.values()),
         "negative_images": negatives, "skipped": skipped,
-        "objects_loaded": objects_loaded, "objects_skipped": accounts["objects_skipped"],
+        "objects_loaded": objects_loaded, **objects_skipped_fields(accounts["objects_skipped"]),
+        "case_collisions": case_collisions(classes),
         "rescaled": accounts["rescaled"], "exif_rotated_images": accounts["exif_rotated"],
         "refused_links": [{"file": file, "reason": reason} for file, reason in dataset.refused],
         "unlabeled_images": _unlabeled(dataset, accounts["resolved"]),
@@ -442,6 +445,36 @@ def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
     }
     assert manifest["images_loaded"] + len(skipped) == manifest["annotations_found"], "every annotation accounted for"
     return manifest
+
+
+# objects_skipped keeps this many examples per reason per annotation; the counts stay exact. An XML of 115,000
+# empty <object/> would otherwise put 115,000 entries (11.5 MB) into the manifest.
+EXAMPLES_PER_REASON = 20
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_NUMBER = re.compile(r"[-+]?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?")
+
+
+def reason_kind(reason: str) -> str:
+    """A skip reason with its particulars (quoted names and texts, numbers) replaced, so reasons of one kind
+    count together: "object 3 'dog': inverted box xmin=50 > xmax=10" -> "object N '…': inverted box xmin=N > xmax=N"."""
+    return _NUMBER.sub("N", _QUOTED.sub("'…'", reason))
+
+
+def objects_skipped_fields(entries: list[dict], examples: int = EXAMPLES_PER_REASON) -> dict:
+    """``[{file, reason}]`` -> the manifest's ``objects_skipped`` (at most ``examples`` entries per reason kind per
+    file, in order), ``objects_skipped_count`` (all of them) and ``objects_skipped_by_reason`` ({kind: count},
+    exact)."""
+    shown: Counter = Counter()
+    by_reason: Counter = Counter()
+    kept = []
+    for entry in entries:
+        kind = reason_kind(entry["reason"])
+        by_reason[kind] += 1
+        shown[entry["file"], kind] += 1
+        if shown[entry["file"], kind] <= examples:
+            kept.append(entry)
+    return {"objects_skipped": kept, "objects_skipped_count": len(entries),
+            "objects_skipped_by_reason": dict(sorted(by_reason.items()))}
 
 
 def _tally(summaries: list[dict], planned: list[_Planned], accounts: dict) -> tuple[Counter, int, int]:
