@@ -11,6 +11,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from raydet.errors import UserFileNotFoundError
+
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 TIMEOUT_S = 120
 
@@ -41,7 +43,7 @@ def find_chromium() -> str | None:
 def _chromium(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     exe = find_chromium()
     if exe is None:
-        raise FileNotFoundError("no Chromium found (Debian: apt-get install chromium)")
+        raise UserFileNotFoundError("no Chromium found (Debian: apt-get install chromium)")
     with tempfile.TemporaryDirectory(prefix="raydet-chromium-") as profile:  # no shared profile lock
         cmd = [exe, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--no-first-run",
                "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args]

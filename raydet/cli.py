@@ -3,6 +3,16 @@
 Each subcommand turns its arguments into a frozen config (which validates itself, so bad arguments stop
 here, before Ray or TensorFlow start) and calls one function of the module that owns the stage. Heavy
 modules are imported only once the arguments are known to be good.
+
+Errors and exit status:
+    0    done.
+    2    the user can fix it: a bad argument (argparse's own, or a config's ``UserError``: ``SystemExit(2)``
+         before any work) or bad input found while working (a ``raydet.errors.UserError``: a missing or
+         wrong dataset, PREP or RUN folder, a missing file the user named, a cluster too small for the
+         request). One line on stderr, ``raydet <command>: error: <message>``, and no traceback.
+    130  interrupted (Ctrl-C): one line, ``raydet <command>: interrupted``.
+    1    anything else is a bug: the exception propagates and Python prints its traceback.
+Which errors are the user's is decided where they are raised (``UserError`` and its subclasses), never here.
 """
 
 from __future__ import annotations
@@ -13,6 +23,9 @@ import sys
 from raydet import config as C
 from raydet import schedule as S
 from raydet.console import log_path, quiet_stderr
+from raydet.errors import UserError
+
+EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
 def _add_address(p: argparse.ArgumentParser) -> None:
@@ -39,7 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="dataset folder or URI (file://, s3://, gs://)")
     p.add_argument("--out", required=True, help="PREP folder to write")
     p.add_argument("--image-size", type=int, default=C.PrepareConfig.image_size)
-    p.add_argument("--classes", default=None, help="comma-separated class names to keep, in label order (default: all found, sorted)")
+    p.add_argument("--classes", default=None, help="class names to keep, in label order: a comma list, or a file with one name per line "
+                        "(# comments; for names holding commas) (default: all found, sorted)")
     p.add_argument("--test-fraction", type=float, default=C.PrepareConfig.test_fraction)
     p.add_argument("--max-objects", type=int, default=C.PrepareConfig.max_objects)
     p.add_argument("--max-xml-bytes", type=int, default=C.PrepareConfig.max_xml_bytes,
@@ -161,7 +175,7 @@ def _modes(text: str) -> tuple[str, ...]:
 
 
 def config_from_args(args: argparse.Namespace):
-    """Namespace -> the stage's frozen config. Raises ValueError naming a bad value."""
+    """Namespace -> the stage's frozen config. Raises ``UserError`` naming a bad value."""
     cmd = args.command
     if cmd == "synth":
         return C.SynthConfig(out=args.out, images=args.images, image_size=args.image_size,
@@ -252,44 +266,28 @@ def run_quietly(cfg, command: str) -> object:
                 sys.modules["ray"].shutdown()
 
 
+def _user_error(command: str, exc: BaseException) -> int:
+    """Print ``exc`` as the one line of a user error; the exit status for it."""
+    message = " ".join(str(exc).split("\n"))  # one line, whatever the message holds
+    print(f"raydet {command}: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # argparse's own errors (unknown flag, not a number): usage, exit 2
     try:
         cfg = config_from_args(args)
-    except ValueError as exc:
-        parser.error(f"{args.command}: {exc}")  # exits 2 before any work
+    except UserError as exc:  # like argparse's errors: SystemExit(2) before any work
+        raise SystemExit(_user_error(args.command, exc)) from None
     try:
         run_quietly(cfg, args.command)
     except KeyboardInterrupt:  # Ctrl-C: what an earlier command wrote is intact (each stage commits at its end)
         print(f"raydet {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        if not is_input_error(exc):
-            raise  # an internal error: Python prints its traceback
-        print(f"raydet {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_INTERRUPTED
+    except UserError as exc:  # anything else is a bug: it propagates and Python prints its traceback (exit 1)
+        return _user_error(args.command, exc)
     return 0
-
-
-# raydet's modules that check what users give them (arguments, files, datasets, runs) and say what is wrong in
-# the message; the pure numerical modules (boxes, targets, decode, metrics, ...) raise only on a bug.
-CHECKING_MODULES = frozenset({"config", "data", "voc", "images", "shards", "storage", "train", "quantize", "qat",
-                              "infer", "evaluate", "predict", "pipeline", "report", "synth", "resources", "nodes"})
-
-
-def is_input_error(exc: BaseException) -> bool:
-    """Whether ``exc`` reports bad input, so its message alone is printed: a missing file, or a ValueError that
-    one of raydet's ``CHECKING_MODULES`` raised itself. A ValueError raised anywhere else (NumPy, TensorFlow,
-    Ray, raydet's numerical modules) is an internal error and keeps its traceback."""
-    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-        return True
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
-    package, _, name = module.partition(".")
-    return package == "raydet" and name in CHECKING_MODULES
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """Typed configuration, one frozen dataclass per stage.
 
-Every config validates itself in ``__post_init__`` and raises ``ValueError`` naming the bad value, so a
-command with bad arguments stops before any work (or any Ray start-up) happens. Configs become dicts only
+Every config validates itself in ``__post_init__`` and raises ``UserError`` (a ``ValueError``) naming the bad
+value, so a command with bad arguments stops before any work (or any Ray start-up) happens. Configs become dicts only
 at the ``train_loop_config`` boundary (``dataclasses.asdict``).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+from raydet.classnames import clean_class_name
+from raydet.errors import UserError
 
 QUANT_MODES = ("dynamic", "float16", "int8")
 # Seconds a stage waits for an autoscaler to add the nodes it needs (raydet.resources): booting a cloud instance
@@ -18,25 +22,41 @@ MODEL_NAMES = ("float",) + QUANT_MODES + ("qat",)
 
 def _positive(name: str, value: float) -> None:
     if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
+        raise UserError(f"{name} must be positive, got {value!r}")
 
 
 def _fraction(name: str, value: float, *, low_open: bool = False) -> None:
     ok = (0.0 < value < 1.0) if low_open else (0.0 <= value < 1.0)
     if not ok:
-        raise ValueError(f"{name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}")
+        raise UserError(f"{name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}")
 
 
 def parse_class_list(text: str | None) -> tuple[str, ...] | None:
-    """``"cat,dog"`` -> ``("cat", "dog")``; None stays None. Empty, blank or repeated names raise ValueError."""
+    """``--classes``: ``"cat,dog"`` -> ``("cat", "dog")``; or, when ``text`` names an existing file, its lines
+    (one name per line, so a name may hold a comma; blank lines and lines starting with ``#`` ignored). None
+    stays None. Names are cleaned as in the annotations (raydet.classnames). Empty, blank or repeated names
+    raise ``UserError``."""
     if text is None:
         return None
-    names = tuple(part.strip() for part in text.split(","))
-    if not names or any(not n for n in names):
-        raise ValueError(f"malformed class list {text!r}: expected comma-separated non-empty names, e.g. 'cat,dog'")
+    if os.path.isfile(text):
+        try:
+            with open(text, encoding="utf-8-sig") as file:
+                lines = file.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--classes {text}: cannot read the class file ({exc})") from None
+        names = tuple(clean_class_name(n) for n in lines if n.strip() and not n.strip().startswith("#"))
+        where = f"class file {text!r}"
+        if not names or any(not n for n in names):
+            raise UserError(f"{where} names no class (or a name of only invisible characters): one name per line")
+    else:
+        names = tuple(clean_class_name(part) for part in text.split(","))
+        where = f"class list {text!r}"
+        if not names or any(not n for n in names):
+            raise UserError(f"malformed {where}: expected comma-separated non-empty names, e.g. 'cat,dog', "
+                            "or a file with one name per line")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"malformed class list {text!r}: repeated class names {dupes}")
+        raise UserError(f"malformed {where}: repeated class names {dupes}")
     return names
 
 
@@ -57,15 +77,15 @@ class SynthConfig:
     def __post_init__(self) -> None:
         _positive("--images", self.images)
         if self.image_size < 32:
-            raise ValueError(f"--image-size must be at least 32 pixels, got {self.image_size!r}")
+            raise UserError(f"--image-size must be at least 32 pixels, got {self.image_size!r}")
         if not 1 <= self.classes <= 8:
-            raise ValueError(f"--classes must be between 1 and 8, got {self.classes!r}")
+            raise UserError(f"--classes must be between 1 and 8, got {self.classes!r}")
         _positive("--max-objects", self.max_objects)
         _fraction("--test-fraction", self.test_fraction)
         low, high = self.object_size
         if not 0.05 <= low <= high <= 1.0:
-            raise ValueError(f"--object-size must be MIN,MAX with 0.05 <= MIN <= MAX <= 1 (fractions of the image "
-                             f"side), got {low!r},{high!r}")
+            raise UserError(f"--object-size must be MIN,MAX with 0.05 <= MIN <= MAX <= 1 (fractions of the image "
+                            f"side), got {low!r},{high!r}")
 
 
 def parse_object_size(text: str) -> tuple[float, float]:
@@ -75,8 +95,8 @@ def parse_object_size(text: str) -> tuple[float, float]:
     try:
         low, high = (float(part) for part in parts)
     except ValueError:
-        raise ValueError(f"malformed --object-size {text!r}: expected MIN,MAX fractions of the image side, "
-                         f"e.g. 0.2,0.7") from None
+        raise UserError(f"malformed --object-size {text!r}: expected MIN,MAX fractions of the image side, "
+                        f"e.g. 0.2,0.7") from None
     return low, high
 
 
@@ -106,7 +126,7 @@ class PrepareConfig:
         _positive("--max-xml-bytes", self.max_xml_bytes)
         _positive("--max-image-bytes", self.max_image_bytes)
         if self.classes is not None and not self.classes:
-            raise ValueError("--classes must name at least one class")
+            raise UserError("--classes must name at least one class")
 
 
 BACKBONE_NAMES = ("cnn", "efficientnet_lite0")
@@ -130,17 +150,17 @@ class ModelConfig:
         _positive("num_classes", self.num_classes)
         _positive("image_size", self.image_size)
         if self.backbone not in BACKBONE_NAMES:
-            raise ValueError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
+            raise UserError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
         for name in ("width", "max_width", "depth", "neck_width", "head_width"):
             _positive(name, getattr(self, name))
         if self.depth < 3:
-            raise ValueError(f"depth must be at least 3 (the neck starts at stride 8 or deeper), got {self.depth!r}")
+            raise UserError(f"depth must be at least 3 (the neck starts at stride 8 or deeper), got {self.depth!r}")
         multiple = 32 if self.backbone != "cnn" else max(32, 2**self.depth)
         if self.image_size % multiple:
-            raise ValueError(f"image size {self.image_size} must be a multiple of {multiple} for this network "
-                             f"(prepare the data with --image-size {max(multiple, self.image_size // multiple * multiple)})")
+            raise UserError(f"image size {self.image_size} must be a multiple of {multiple} for this network "
+                            f"(prepare the data with --image-size {max(multiple, self.image_size // multiple * multiple)})")
         if not 0.0 < self.bn_momentum < 1.0:
-            raise ValueError(f"bn_momentum must be in (0, 1), got {self.bn_momentum!r}")
+            raise UserError(f"bn_momentum must be in (0, 1), got {self.bn_momentum!r}")
 
 
 @dataclass(frozen=True)
@@ -201,7 +221,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
-            raise ValueError(f"--name must be a non-empty folder name, got {self.name!r}")
+            raise UserError(f"--name must be a non-empty folder name, got {self.name!r}")
         if self.workers is not None:
             _positive("--workers", self.workers)
         if self.cpus_per_worker is not None:
@@ -212,21 +232,21 @@ class TrainConfig:
             _positive("--checkpoint-every", self.checkpoint_every)
         _positive("--batch-size", self.batch_size)
         if not 0.0 <= self.ema_decay < 1.0:  # also refuses nan
-            raise ValueError(f"--ema must be in [0, 1) (0: no average), got {self.ema_decay!r}")
+            raise UserError(f"--ema must be in [0, 1) (0: no average), got {self.ema_decay!r}")
         if self.backbone not in BACKBONE_NAMES:
-            raise ValueError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
+            raise UserError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
         if self.workers is not None and self.batch_size < self.workers:
-            raise ValueError(f"--batch-size {self.batch_size} is smaller than --workers {self.workers}")
+            raise UserError(f"--batch-size {self.batch_size} is smaller than --workers {self.workers}")
         _positive("--lr", self.lr)
         if not self.clip_norm >= 0:  # also refuses nan
-            raise ValueError(f"--clip-norm must be >= 0 (0: no clipping), got {self.clip_norm!r}")
+            raise UserError(f"--clip-norm must be >= 0 (0: no clipping), got {self.clip_norm!r}")
         if not 0 <= self.warmup_epochs:  # also refuses nan; a short run clamps it to its epochs (raydet.train)
-            raise ValueError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}")
+            raise UserError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}")
         if self.max_failures < 0:
-            raise ValueError(f"--max-failures must be >= 0, got {self.max_failures!r}")
+            raise UserError(f"--max-failures must be >= 0, got {self.max_failures!r}")
         _positive("--resource-timeout", self.resource_timeout_s)
         if not self.memory_budget_gb >= 0:  # also refuses nan
-            raise ValueError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
+            raise UserError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
 
 
 @dataclass(frozen=True)
@@ -240,7 +260,7 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in QUANT_MODES]
         if bad or not self.modes:
-            raise ValueError(f"--mode must be one of {QUANT_MODES + ('all',)}, got {self.modes!r}")
+            raise UserError(f"--mode must be one of {QUANT_MODES + ('all',)}, got {self.modes!r}")
         _positive("--calibration-images", self.calibration_images)
 
 
@@ -263,16 +283,16 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         bad = [m for m in self.models if m not in MODEL_NAMES]
         if bad or not self.models:
-            raise ValueError(f"--models must be a comma list of {MODEL_NAMES}, got {','.join(self.models)!r}")
+            raise UserError(f"--models must be a comma list of {MODEL_NAMES}, got {','.join(self.models)!r}")
         _positive("--actors", self.actors)
         _positive("--threads", self.threads)
         _positive("--resource-timeout", self.resource_timeout_s)
         if self.batch_size is not None:
             _positive("--batch-size", self.batch_size)
         if self.draw < 0:
-            raise ValueError(f"--draw must be >= 0, got {self.draw!r}")
+            raise UserError(f"--draw must be >= 0, got {self.draw!r}")
         if self.split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
+            raise UserError(f"split must be 'train' or 'test', got {self.split!r}")
 
 
 @dataclass(frozen=True)
@@ -285,11 +305,11 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         if not self.paths:
-            raise ValueError("predict needs at least one image or folder")
+            raise UserError("predict needs at least one image or folder")
         if self.model not in MODEL_NAMES:
-            raise ValueError(f"--model must be one of {MODEL_NAMES}, got {self.model!r}")
+            raise UserError(f"--model must be one of {MODEL_NAMES}, got {self.model!r}")
         if not 0.0 <= self.score_threshold <= 1.0:
-            raise ValueError(f"--score-threshold must be in [0, 1], got {self.score_threshold!r}")
+            raise UserError(f"--score-threshold must be in [0, 1], got {self.score_threshold!r}")
 
 
 @dataclass(frozen=True)
@@ -299,9 +319,9 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         if not self.run:
-            raise ValueError("report needs a RUN folder")
+            raise UserError("report needs a RUN folder")
         if self.screenshot is not None and not self.screenshot.endswith(".png"):
-            raise ValueError(f"--screenshot must name a .png file, got {self.screenshot!r}")
+            raise UserError(f"--screenshot must name a .png file, got {self.screenshot!r}")
 
 
 @dataclass(frozen=True)
@@ -330,10 +350,10 @@ class RunConfig:
         _positive("--images", self.images)
         _positive("--resource-timeout", self.resource_timeout_s)
         if not self.memory_budget_gb >= 0:  # also refuses nan
-            raise ValueError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
+            raise UserError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
         for flag, value in (("--image-size", self.image_size), ("--workers", self.workers),
                             ("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--lr", self.lr)):
             if value is not None:
                 _positive(flag, value)
         if self.backbone is not None and self.backbone not in BACKBONE_NAMES:
-            raise ValueError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
+            raise UserError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")

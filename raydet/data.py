@@ -59,6 +59,7 @@ from __future__ import annotations
 import hashlib
 import math
 import pickle
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -68,7 +69,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from raydet import boxes as B
+from raydet.classnames import case_collisions
 from raydet.config import PrepareConfig
+from raydet.errors import UserError
 from raydet.images import ImageError, decode_resize, exif_orientation
 from raydet.nodes import check_visible
 from raydet.prep_out import MANIFEST, Out, commit, discard, open_out
@@ -393,7 +396,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     parse and decode tasks ran on, and the decode pass's window (first task start to last task end).
     Everything is written into a staging folder under ``--out`` and swapped in at the end (``_commit``), so a
     run that fails or is interrupted leaves the previous PREP as it was.
-    Raises FileNotFoundError/ValueError naming the path for a missing dataset, a folder without annotations,
+    Raises ``UserError`` (raydet.errors) naming the path for a missing dataset, a folder without annotations,
     an unusable ``--out``, a dataset with no object of any class and no ``--classes``, or a dataset where
     nothing could be loaded (the manifest is still written then).
     """
@@ -411,8 +414,8 @@ def prepare(cfg: PrepareConfig) -> dict:
     skipped, splits = manifest["skipped"], manifest["splits"]
     if not manifest["images_loaded"]:
         first = "; ".join(s["reason"] for s in skipped[:3])
-        raise ValueError(f"nothing loadable in {cfg.data}: all {len(skipped)} annotations skipped "
-                         f"(e.g. {first}); see {shown}")
+        raise UserError(f"nothing loadable in {cfg.data}: all {len(skipped)} annotations skipped "
+                        f"(e.g. {first}); see {shown}")
     print(f"raydet prepare: loaded {manifest['images_loaded']} images (train {splits['train']}, "
           f"test {splits['test']}; {manifest['negative_images']} negative), skipped {len(skipped)}; "
           f"manifest: {shown}", flush=True)
@@ -434,7 +437,7 @@ def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
     t_ray = time.perf_counter()
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if cpus < 1:  # Ray Data's tasks need a CPU each; without one they would wait forever
-        raise ValueError(f"the Ray cluster at {cfg.address or 'RAY_ADDRESS'} has no CPU for the prepare tasks")
+        raise UserError(f"the Ray cluster at {cfg.address or 'RAY_ADDRESS'} has no CPU for the prepare tasks")
     with data_uses_every_cpu():
         parsed = _parse_all(dataset, cfg.classes, cpus, cfg.max_xml_bytes)
         planned, classes, split_source, accounts = _plan(dataset, parsed, cfg)
@@ -443,8 +446,8 @@ def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
             print(f"image size: {size} px, chosen from the boxes ({why}; --image-size to set)", flush=True)
             cfg = replace(cfg, image_size=size)
         if planned and not classes:
-            raise ValueError(f"no object of any class in {cfg.data}: all {len(planned)} usable annotations are "
-                             "negatives (no <object>); name the classes with --classes to prepare them")
+            raise UserError(f"no object of any class in {cfg.data}: all {len(planned)} usable annotations are "
+                            "negatives (no <object>); name the classes with --classes to prepare them")
         t_parse = time.perf_counter()
         summaries = _decode_all(dataset, planned, classes, out.filesystem, out.stage, cfg, cpus)
         t_decode = time.perf_counter()
@@ -457,7 +460,8 @@ def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
         "splits": {split: loaded[split] for split in SPLITS}, "split_source": split_source,
         "annotations_found": len(dataset.annotations), "images_loaded": sum(loaded.values()),
         "negative_images": negatives, "skipped": skipped,
-        "objects_loaded": objects_loaded, "objects_skipped": accounts["objects_skipped"],
+        "objects_loaded": objects_loaded, **objects_skipped_fields(accounts["objects_skipped"]),
+        "case_collisions": case_collisions(classes),
         "rescaled": accounts["rescaled"], "exif_rotated_images": accounts["exif_rotated"],
         "refused_links": [{"file": file, "reason": reason} for file, reason in dataset.refused],
         "unlabeled_images": _unlabeled(dataset, accounts["resolved"]),
@@ -466,6 +470,36 @@ def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
     }
     assert manifest["images_loaded"] + len(skipped) == manifest["annotations_found"], "every annotation accounted for"
     return manifest
+
+
+# objects_skipped keeps this many examples per reason per annotation; the counts stay exact. An XML of 115,000
+# empty <object/> would otherwise put 115,000 entries (11.5 MB) into the manifest.
+EXAMPLES_PER_REASON = 20
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_NUMBER = re.compile(r"[-+]?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?")
+
+
+def reason_kind(reason: str) -> str:
+    """A skip reason with its particulars (quoted names and texts, numbers) replaced, so reasons of one kind
+    count together: "object 3 'dog': inverted box xmin=50 > xmax=10" -> "object N '…': inverted box xmin=N > xmax=N"."""
+    return _NUMBER.sub("N", _QUOTED.sub("'…'", reason))
+
+
+def objects_skipped_fields(entries: list[dict], examples: int = EXAMPLES_PER_REASON) -> dict:
+    """``[{file, reason}]`` -> the manifest's ``objects_skipped`` (at most ``examples`` entries per reason kind per
+    file, in order), ``objects_skipped_count`` (all of them) and ``objects_skipped_by_reason`` ({kind: count},
+    exact)."""
+    shown: Counter = Counter()
+    by_reason: Counter = Counter()
+    kept = []
+    for entry in entries:
+        kind = reason_kind(entry["reason"])
+        by_reason[kind] += 1
+        shown[entry["file"], kind] += 1
+        if shown[entry["file"], kind] <= examples:
+            kept.append(entry)
+    return {"objects_skipped": kept, "objects_skipped_count": len(entries),
+            "objects_skipped_by_reason": dict(sorted(by_reason.items()))}
 
 
 def _tally(summaries: list[dict], planned: list[_Planned], accounts: dict) -> tuple[Counter, int, int]:

@@ -28,8 +28,13 @@ Reading (``read_file``): a file over ``max_bytes`` is refused from its size (the
 is read), naming the file, its size and the limit.
 
 Images (``resolve_image``): the ``<filename>`` inside the annotation's image folder (exact, then ignoring case
-and Unicode normalization), else that name's stem, else the XML's stem, with any image extension (any case). A ``<filename>`` that is
-absolute or contains ``..`` is refused, whether or not an image would have been found.
+and Unicode normalization), else that name's stem, else the XML's stem, with any image extension (any case). A
+``<filename>`` that is no file of the folder and would leave it, read as a POSIX or a Windows path (absolute, a
+drive letter, a ``..`` component), is refused, whether or not an image would have been found.
+
+File names: only ``/`` separates. A backslash, a colon or a drive-like prefix is an ordinary character of a
+POSIX or object-store name (``back\\slash.xml``, ``c:colon.xml``); only a path that would leave the dataset root
+(absolute, a ``..`` component, NUL, a symlink out) is refused.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from raydet import storage
+from raydet.errors import UserError, UserFileNotFoundError, UserNotADirectoryError
 from raydet.voc import VocError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # lower-case
@@ -66,11 +72,21 @@ def _join(*parts: str) -> str:
 
 
 def _checked_relpath(relpath: str) -> str:
-    """A posix path relative to the dataset root; ``VocError`` for absolute paths or ones with ``..``."""
-    path = relpath.replace("\\", "/")
-    if path.startswith("/") or re.match(r"^[A-Za-z]:", path) or ".." in path.split("/") or "\x00" in path:
+    """A posix path relative to the dataset root; ``VocError`` for one that would leave it: absolute, with a
+    ``..`` component, or holding NUL. Only ``/`` separates: ``back\\slash.xml`` and ``c:colon.xml`` are plain
+    file names on POSIX filesystems and object stores, inside the root."""
+    if relpath.startswith("/") or ".." in relpath.split("/") or "\x00" in relpath:
         raise VocError(f"path traversal refused: {relpath!r}")
-    return path
+    return relpath
+
+
+def _windows_relpath(text: str) -> str:
+    """A ``<filename>`` read as a Windows path too (annotation tools on Windows write ``..\\img.jpg``, ``C:\\x.jpg``):
+    ``VocError`` when it would leave the image folder there (a drive, a leading separator, a ``..``)."""
+    path = text.replace("\\", "/")
+    if re.match(r"^[A-Za-z]:", path):
+        raise VocError(f"path traversal refused: {text!r}")
+    return _checked_relpath(path)
 
 
 def _outside(filesystem: pafs.FileSystem, root: str, path: str) -> str | None:
@@ -133,11 +149,11 @@ def open_filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
     pyarrow cannot open.
     """
     if not uri_or_path:
-        raise ValueError("dataset path is empty")
+        raise UserError("dataset path is empty")
     filesystem, path = storage.resolve(uri_or_path)
     path = path or "/"
     if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"dataset not found: {uri_or_path}")
+        raise UserFileNotFoundError(f"dataset not found: {uri_or_path}")
     return filesystem, path
 
 
@@ -320,7 +336,7 @@ def discover(uri_or_path: str) -> Dataset:
     """
     filesystem, root = open_filesystem(uri_or_path)
     if filesystem.get_file_info(root).type != pafs.FileType.Directory:
-        raise NotADirectoryError(f"dataset must be a folder: {uri_or_path}")
+        raise UserNotADirectoryError(f"dataset must be a folder: {uri_or_path}")
     tree = _Tree(filesystem, root)
     listing = tree.list("")
     found = _detect(tree, listing)
@@ -328,11 +344,11 @@ def discover(uri_or_path: str) -> Dataset:
         kits = _nested_devkit(tree, listing)
         if len(kits) > 1:
             names = ", ".join(posixpath.dirname(k.annotations[0].annotation) if k.annotations else "?" for k in kits)
-            raise ValueError(f"several VOC devkits under {uri_or_path} ({names}): point raydet at one of them")
+            raise UserError(f"several VOC devkits under {uri_or_path} ({names}): point raydet at one of them")
         found = kits[0] if kits else None
     if found is None or not found.annotations:
         refused = "".join(f"; refused: {reason}" for reason in tree.refused.values())
-        raise ValueError(
+        raise UserError(
             f"no VOC annotations found in {uri_or_path}: expected Annotations/ + JPEGImages/ (devkit), "
             f"annotations/ or annots/ beside images/, train/ + test/ folders, or *.xml beside the images{refused}")
     return Dataset(filesystem, root, found.layout, tuple(sorted(found.annotations, key=lambda r: r.annotation)),
@@ -374,16 +390,17 @@ def resolve_image(dataset_or_names: Dataset | Collection[str], ref: AnnotationRe
     else:
         names = dataset_or_names if isinstance(dataset_or_names, frozenset) else frozenset(dataset_or_names)
     filename = filename.strip()
+    by_name, by_stem = _index(names)
+    if filename and "/" not in filename:  # a file of the folder by that very name is inside the root, whatever it holds
+        if filename in names:
+            return _join(ref.image_dir, filename)
+        if _key(filename) in by_name:
+            return _join(ref.image_dir, by_name[_key(filename)])
     try:
-        relative = _checked_relpath(filename)
+        _checked_relpath(filename)
+        relative = _windows_relpath(filename)
     except VocError:
         raise VocError(f"path traversal refused: {ref.annotation}: <filename> {filename!r}") from None
-    by_name, by_stem = _index(names)
-    if relative and "/" not in relative:
-        if relative in names:
-            return _join(ref.image_dir, relative)
-        if _key(relative) in by_name:
-            return _join(ref.image_dir, by_name[_key(relative)])
     stem = posixpath.splitext(posixpath.basename(ref.annotation))[0]
     # "IMG_1" or "IMG_1.jpg" written for IMG_1.jpeg: the filename's own stem, then the XML's
     named_stem = posixpath.splitext(relative)[0] if relative and "/" not in relative else ""

@@ -46,6 +46,7 @@ import numpy as np
 
 from raydet import storage
 from raydet.config import EvaluateConfig
+from raydet.errors import UserError, UserFileNotFoundError
 from raydet.eval_output import (DRAW_SCORE_THRESHOLD, ImageDetections, ModelResult, draw_or_report,
                                 ground_truth_pixels, write_coco, write_report)
 from raydet.infer import ModelRunner, batch_plan, check_run, model_file, require_models
@@ -85,8 +86,8 @@ class Predictor:
 
         t_start = time.time()
         if self.runner.num_classes != self.num_classes:  # raised here, not in __init__: a task error reaches the driver
-            raise ValueError(f"{self.runner.path.name} predicts {self.runner.num_classes} classes, "
-                             f"the data has {self.num_classes}")
+            raise UserError(f"{self.runner.path.name} predicts {self.runner.num_classes} classes, "
+                            f"the data has {self.num_classes}")
         outputs, seconds = self.runner.predict(batch["image"])
         decoded = decode(outputs["heatmap"], outputs["boxes"], top_k=TOP_K, score_threshold=METRIC_SCORE_THRESHOLD)
         difficult = difficult_of(batch)
@@ -156,7 +157,7 @@ def summarize(parts: list[dict], classes: list[str], size_bytes: int) -> dict:
 
 def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found ({what})")
+        raise UserFileNotFoundError(f"{path} not found ({what})")
     return json.loads(path.read_text())
 
 
@@ -167,20 +168,20 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[dict[str, Path], dict, list[str]]
     check_run(cfg.run, cfg.models)
     manifest_path = storage.join(cfg.data, "manifest.json")
     if storage.kind(manifest_path) != "file":
-        raise FileNotFoundError(f"{manifest_path} not found (the PREP manifest written by `raydet prepare`)")
+        raise UserFileNotFoundError(f"{manifest_path} not found (the PREP manifest written by `raydet prepare`)")
     manifest = json.loads(storage.read_text(manifest_path))
     split = storage.join(cfg.data, cfg.split)
     if not shard_paths(cfg.data, cfg.split):
-        raise FileNotFoundError(f"no Parquet files in {split} (the {cfg.split} split of {cfg.data})")
+        raise UserFileNotFoundError(f"no Parquet files in {split} (the {cfg.split} split of {cfg.data})")
     run_cfg_path = Path(cfg.run) / "config.json"
     classes = list(manifest["classes"])
     if run_cfg_path.is_file():
         run_cfg = json.loads(run_cfg_path.read_text())
         if list(run_cfg.get("classes", classes)) != classes:
-            raise ValueError(f"the run was trained on classes {run_cfg['classes']}, {cfg.data} has {classes}")
+            raise UserError(f"the run was trained on classes {run_cfg['classes']}, {cfg.data} has {classes}")
         if int(run_cfg.get("image_size", manifest["image_size"])) != int(manifest["image_size"]):
-            raise ValueError(f"the run's models take {run_cfg['image_size']} px images, {cfg.data} holds "
-                             f"{manifest['image_size']} px images")
+            raise UserError(f"the run's models take {run_cfg['image_size']} px images, {cfg.data} holds "
+                            f"{manifest['image_size']} px images")
     return paths, manifest, classes
 
 
@@ -206,7 +207,7 @@ def load_split(data: str, split: str, image_size: int, actors: int, batch_size: 
     gt_rows.sort(key=lambda r: r["file"])
     image_ids = {r["file"]: coco.image_id(i) for i, r in enumerate(gt_rows)}
     if len(image_ids) != len(gt_rows):
-        raise ValueError(f"{data}/{split} lists some files more than once")
+        raise UserError(f"{data}/{split} lists some files more than once")
     return ds, gt_rows, image_ids, rows
 
 
@@ -310,8 +311,8 @@ def coco_target(cfg: EvaluateConfig, stage: Path) -> tuple[Path, str]:
         relative = posixpath.relpath(wanted, eval_dir)
         return stage / relative, relative
     if storage.is_uri(wanted):
-        raise ValueError(f"--coco-out {cfg.coco_out}: a URI must lie inside the run's eval folder ({eval_dir}); "
-                         "give a local path or leave it out")
+        raise UserError(f"--coco-out {cfg.coco_out}: a URI must lie inside the run's eval folder ({eval_dir}); "
+                        "give a local path or leave it out")
     return Path(wanted), wanted
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from raydet.config import MODEL_NAMES
+from raydet.errors import UserError, UserFileNotFoundError
 
 FLOAT_FILE = "model.keras"
 QAT_KERAS_FILE = "model_qat.keras"
@@ -65,7 +66,7 @@ def old_run_error(what: str) -> OldRunError:
 def model_file(run: str | os.PathLike, name: str) -> Path:
     """Where model ``name`` (one of ``KNOWN_MODELS``) of a run lives: ``model.keras`` or ``model_<name>.tflite``."""
     if name not in KNOWN_MODELS:
-        raise ValueError(f"unknown model {name!r}: expected one of {KNOWN_MODELS}")
+        raise UserError(f"unknown model {name!r}: expected one of {KNOWN_MODELS}")
     return Path(run) / (FLOAT_FILE if name == "float" else f"model_{name}.tflite")
 
 
@@ -77,11 +78,11 @@ def available_models(run: str | os.PathLike, names: tuple[str, ...] = MODEL_NAME
 def require_models(run: str | os.PathLike, names: tuple[str, ...]) -> dict[str, Path]:
     """``{name: path}`` for ``names``; FileNotFoundError naming the missing ones and the ones that exist."""
     if not Path(run).is_dir():
-        raise FileNotFoundError(f"run folder {run} does not exist")
+        raise UserFileNotFoundError(f"run folder {run} does not exist")
     missing = [n for n in names if not model_file(run, n).exists()]
     if missing:
         have = available_models(run)
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"model(s) {', '.join(missing)} not found in {run} "
             f"(expected {', '.join(model_file(run, n).name for n in missing)}); "
             f"this run has: {', '.join(have) if have else 'no models'}"
@@ -104,10 +105,10 @@ def model_output_names(path: str | os.PathLike) -> list[str]:
             with zipfile.ZipFile(path) as z:
                 outputs = json.loads(z.read("config.json"))["config"].get("output_layers", [])
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not a readable .keras model file ({exc})") from exc
+            raise UserError(f"{path}: not a readable .keras model file ({exc})") from exc
         # dict outputs: {name: [layer, 0, 0]}; a list of outputs: [[layer, 0, 0], ...]
         return list(outputs) if isinstance(outputs, dict) else [o[0] for o in outputs]
-    raise ValueError(f"{path}: not a .keras or .tflite model")
+    raise UserError(f"{path}: not a .keras or .tflite model")
 
 
 def check_model_file(path: str | os.PathLike) -> None:
@@ -170,7 +171,7 @@ def _local_model(path: str | os.PathLike) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="raydet-model-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     if storage.kind(path) != "file":
-        raise FileNotFoundError(f"no model at {path}")
+        raise UserFileNotFoundError(f"no model at {path}")
     return storage.local_file(path, folder)
 
 
@@ -190,9 +191,9 @@ class ModelRunner:
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads!r}")
         if not self.path.is_file():
-            raise FileNotFoundError(f"no model at {self.path}")
+            raise UserFileNotFoundError(f"no model at {self.path}")
         if self.path.suffix not in (".tflite", ".keras"):
-            raise ValueError(f"{self.path}: not a .keras or .tflite model")
+            raise UserError(f"{self.path}: not a .keras or .tflite model")
         check_model_file(self.path)
         shapes = self._load_tflite(num_threads) if self.path.suffix == ".tflite" else self._load_keras(num_threads)
         check_outputs(self.path, shapes)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from raydet.errors import UserError
+
 MARKER_PREFIX = ".raydet-visible-"
 PROBE_TIMEOUT_S = 60.0  # a node whose probe has not answered by then is reported, not waited for
 
@@ -113,7 +115,7 @@ def check_visible(path: str, *, write: bool, what: str, nodes: Sequence[Node] | 
             (Path(local) / marker).unlink(missing_ok=True)
     blind = [(n, p) for n, p in zip(nodes, problems) if p]
     if blind:
-        raise ValueError(not_visible_message(path, what, blind, len(nodes)))
+        raise UserError(not_visible_message(path, what, blind, len(nodes)))
 
 
 def not_visible_message(path: str, what: str, blind: Sequence[tuple[Node, str]], n_nodes: int) -> str:

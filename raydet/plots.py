@@ -27,6 +27,12 @@ def _figure(width_in: float, height_in: float):
     return fig
 
 
+def plain(text: str) -> str:
+    """``text`` (a class name or a title holding one: data, not markup) as matplotlib shows it literally: every
+    ``$`` escaped, so a name like ``$\\foo$`` is not parsed as mathtext (which raises on unknown commands)."""
+    return str(text).replace("$", r"\$")
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -43,11 +49,11 @@ def pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], ap: dict[str, fl
     for name, (recall, precision) in curves.items():
         if np.all(np.isnan(precision)):
             continue
-        (line,) = ax.plot(recall, precision, drawstyle="steps-post", label=f"{name}  AP {ap[name]:.3f}")
+        (line,) = ax.plot(recall, precision, drawstyle="steps-post", label=f"{plain(name)}  AP {ap[name]:.3f}")
         point = (points or {}).get(name)
         if point is not None:
             ax.plot(*point, "o", color=line.get_color(), markersize=5)
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=title)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=plain(title))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     return _png(fig)
@@ -67,9 +73,10 @@ def confusion(matrix: np.ndarray, labels: list[str], title: str = "") -> bytes:
         for j in range(k):
             ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=8,
                     color="white" if share[i, j] > 0.6 else "black")
-    ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), labels, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    shown = [plain(label) for label in labels]
+    ax.set_xticks(range(k), shown, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), shown, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=plain(title))
     return _png(fig)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from raydet.config import PredictConfig
+from raydet.errors import UserError, UserFileNotFoundError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CHUNK = 64  # images decoded, predicted and drawn together: bounded memory for any number of files
@@ -79,7 +80,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 def _classes(run: Path) -> list[str]:
     path = run / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the class names come from the run's config.json")
+        raise UserFileNotFoundError(f"{path} not found: the class names come from the run's config.json")
     return list(json.loads(path.read_text())["classes"])
 
 
@@ -107,8 +108,8 @@ def _predict(cfg: PredictConfig, run: Path) -> dict:
 
     runner = ModelRunner(model_path, num_threads=os.cpu_count() or 1)
     if runner.num_classes != len(classes):
-        raise ValueError(f"{model_path.name} predicts {runner.num_classes} classes, {run / 'config.json'} names "
-                         f"{len(classes)}: {classes}")
+        raise UserError(f"{model_path.name} predicts {runner.num_classes} classes, {run / 'config.json'} names "
+                        f"{len(classes)}: {classes}")
     print(f"predict: {len(files)} image(s) with {cfg.model} ({model_path.name}, {runner.image_size} px) -> {out}",
           flush=True)
 

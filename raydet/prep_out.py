@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from raydet import storage
+from raydet.errors import UserError
 from raydet.shards import SPLITS
 
 # Under --out, both removed by the next run when a run dies: a run's shards and manifest until it commits, and
@@ -43,7 +44,7 @@ def open_out(out: str) -> Out:
     path = path or "/"
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.File:
-        raise ValueError(f"--out {out} is a file, not a folder")
+        raise UserError(f"--out {out} is a file, not a folder")
     if info.type == pafs.FileType.Directory:
         children = {i.base_name: i for i in filesystem.get_file_info(pafs.FileSelector(path))}
         leftovers = [i.path for name, i in children.items()
@@ -52,8 +53,8 @@ def open_out(out: str) -> Out:
         present = [s for s in SPLITS if s in children]
         if present and not ours:
             if not leftovers:
-                raise ValueError(f"--out {out} already has {'/ and '.join(present)}/ but no {MANIFEST}: "
-                                 "refusing to overwrite a folder raydet did not write")
+                raise UserError(f"--out {out} already has {'/ and '.join(present)}/ but no {MANIFEST}: "
+                                "refusing to overwrite a folder raydet did not write")
             for split in present:  # a commit cut short: shards that no manifest describes
                 filesystem.delete_dir(children[split].path)
         for leftover in leftovers:

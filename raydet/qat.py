@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raydet.errors import UserError, UserFileNotFoundError
 from raydet.infer import QAT_KERAS_FILE as QAT_MODEL
 from raydet.runtime import use_legacy_keras
 
@@ -220,11 +221,11 @@ def load_qat_model(path: str | os.PathLike, model_config=None):
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no QAT model at {path}")
+        raise UserFileNotFoundError(f"no QAT model at {path}")
     if zipfile.is_zipfile(path):
         if model_config is None:
-            raise ValueError(f"{path} is a native .keras zip, which does not deserialize with tfmot wrappers; "
-                             "pass the run's ModelConfig to rebuild it, or save it with raydet.qat.save_qat_model")
+            raise UserError(f"{path} is a native .keras zip, which does not deserialize with tfmot wrappers; "
+                            "pass the run's ModelConfig to rebuild it, or save it with raydet.qat.save_qat_model")
         from raydet.model import build_model
 
         model = apply_qat(build_model(model_config))

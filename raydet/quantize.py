@@ -27,6 +27,7 @@ import numpy as np
 
 from raydet import storage
 from raydet.config import QuantizeConfig
+from raydet.errors import UserError, UserFileNotFoundError
 from raydet.infer import FLOAT_FILE as FLOAT_MODEL
 from raydet.infer import REFERENCE  # the unoptimized .tflite written beside the quantized ones
 from raydet.runtime import init_ray, use_legacy_keras
@@ -51,7 +52,7 @@ def require_model(run_dir: str | os.PathLike, name: str = FLOAT_MODEL) -> str:
     """``RUN/name`` (path or URI) if it is a file, else FileNotFoundError naming it and what the run holds."""
     path = storage.join(run_dir, name)
     if storage.kind(path) != "file":
-        raise FileNotFoundError(f"no model at {path}: {describe_run(run_dir)}")
+        raise UserFileNotFoundError(f"no model at {path}: {describe_run(run_dir)}")
     return path
 
 
@@ -74,20 +75,20 @@ def calibration_images(prep: str | os.PathLike, limit: int, image_size: int | No
     """
     train = storage.join(prep, "train")
     if storage.kind(train) != "dir":
-        raise FileNotFoundError(f"no calibration images: {train} does not exist (expected a PREP folder "
-                                "written by `raydet prepare`)")
+        raise UserFileNotFoundError(f"no calibration images: {train} does not exist (expected a PREP folder "
+                                    "written by `raydet prepare`)")
     init_ray(address)
 
     ds = read_split(storage.normalize(prep), "train").select_columns(["image"]).limit(limit)
     batch = ds.take_batch(batch_size=limit, batch_format="numpy")
     images = np.asarray(batch["image"], dtype=np.uint8)
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{train}: images have shape {images.shape}, expected (N, S, S, 3)")
+        raise UserError(f"{train}: images have shape {images.shape}, expected (N, S, S, 3)")
     if image_size is not None and images.shape[1:3] != (image_size, image_size):
-        raise ValueError(f"{train}: images are {images.shape[1]}x{images.shape[2]} but the model takes "
-                         f"{image_size}x{image_size}; calibrate with the PREP the run was trained on")
+        raise UserError(f"{train}: images are {images.shape[1]}x{images.shape[2]} but the model takes "
+                        f"{image_size}x{image_size}; calibrate with the PREP the run was trained on")
     if not len(images):
-        raise ValueError(f"{train}: no images to calibrate with")
+        raise UserError(f"{train}: no images to calibrate with")
     return images
 
 
@@ -180,7 +181,7 @@ def _calibration_source(cfg: QuantizeConfig, run: Path) -> str:
     config = run / "config.json"
     prep = json.loads(config.read_text()).get("prep") if config.is_file() else None
     if not prep:
-        raise ValueError(f"int8 needs calibration images: pass --calibration PREP ({config} names no 'prep')")
+        raise UserError(f"int8 needs calibration images: pass --calibration PREP ({config} names no 'prep')")
     return prep
 
 

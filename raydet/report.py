@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from raydet import analysis, plots
+from raydet.errors import UserFileNotFoundError
 from raydet.sizes import format_size
 
 REPORT_FILE = "report.html"
@@ -48,7 +49,7 @@ class ModelView:
 
 def _read_json(path: Path, what: str):
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found ({what})")
+        raise UserFileNotFoundError(f"{path} not found ({what})")
     return json.loads(path.read_text())
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from raydet.errors import UserError
+
 # Written on the head node by `ray up` (the filled-in cluster config, JSON); its monitor (the autoscaler) runs with
 # `--autoscaling-config` pointing at it. Ray Tune's own "is this an autoscaling cluster" test reads the same file.
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
@@ -183,10 +185,10 @@ def ensure_resources(bundles: list[dict], *, what: str, timeout_s: float, autosc
     if fits(bundles, nodes):
         return 0.0
     if autoscaler is None:
-        raise ValueError(f"{what} {shortfall(bundles, nodes)}")
+        raise UserError(f"{what} {shortfall(bundles, nodes)}")
     never = never_fits(bundles, nodes, autoscaler)
     if never:
-        raise ValueError(f"{what} {never}")
+        raise UserError(f"{what} {never}")
     report(f"{what} needs {_amounts(_totals(bundles))}; {_progress(bundles, nodes)}: asked the autoscaler "
            f"({autoscaler.source}), waiting up to {timeout_s:g} s")
     request(list(bundles))
@@ -210,9 +212,9 @@ def _wait(bundles, what, timeout_s, read_nodes, clock, sleep, report) -> float:
             report(f"{what}: the cluster holds it after {waited:.0f} s")
             return waited
         if waited >= timeout_s:
-            raise ValueError(f"{what}: the autoscaler did not make room within {timeout_s:g} s "
-                             f"(--resource-timeout): {_progress(bundles, nodes)}; `ray status` on the head "
-                             f"says why (instance limits, capacity, failed node setup)")
+            raise UserError(f"{what}: the autoscaler did not make room within {timeout_s:g} s "
+                            f"(--resource-timeout): {_progress(bundles, nodes)}; `ray status` on the head "
+                            f"says why (instance limits, capacity, failed node setup)")
         if waited >= next_report:
             report(f"{what}: waiting for the autoscaler: {_progress(bundles, nodes)} after {waited:.0f} s "
                    f"(timeout {timeout_s:g} s)")

@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raydet import storage
+from raydet.errors import UserError
 
 SPLITS = ("train", "test")
 # docs/FORMATS.md: the ``image`` column is a Parquet binary of the (S, S, 3) uint8 array's row-major bytes;
@@ -268,7 +269,7 @@ def _split_shards(prep: str | os.PathLike, split: str) -> tuple[pafs.FileSystem,
     folder = f"{root}/{split}"
     shards = _parquet_files(filesystem, folder)
     if not shards:
-        raise ValueError(f"{folder}: no .parquet shards (is {prep} a folder written by raydet prepare?)")
+        raise UserError(f"{folder}: no .parquet shards (is {prep} a folder written by raydet prepare?)")
     return filesystem, root, folder, shards
 
 
@@ -369,4 +370,4 @@ def _image_size(filesystem: pafs.FileSystem, root: str, schema: pa.Schema) -> in
     meta = schema.metadata or {}
     if b"raydet.image_size" in meta:
         return int(meta[b"raydet.image_size"])
-    raise ValueError(f"{root}: no manifest.json and no raydet.image_size in the shards: cannot tell the image size")
+    raise UserError(f"{root}: no manifest.json and no raydet.image_size in the shards: cannot tell the image size")

@@ -25,6 +25,8 @@ from pathlib import Path
 import pyarrow
 import pyarrow.fs as pafs
 
+from raydet.errors import UserError, UserFileNotFoundError
+
 
 def is_uri(location: str | os.PathLike) -> bool:
     """True for a remote URI (``s3://``, ``gs://``, ...); False for a local path or a ``file://`` URI."""
@@ -60,7 +62,7 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
         try:  # "s3://bucket/my set" is what people type; pyarrow wants it percent-encoded
             filesystem, path = pafs.FileSystem.from_uri(urllib.parse.quote(text, safe=":/%@?&=+~#!$,;"))
         except pyarrow.ArrowInvalid as exc:
-            raise ValueError(f"cannot open {location!r}: {exc}") from None
+            raise UserError(f"cannot open {location!r}: {exc}") from None
     return filesystem, path.rstrip("/")
 
 
@@ -79,7 +81,7 @@ def read_bytes(location: str | os.PathLike) -> bytes:
     """The whole file at ``location``; FileNotFoundError naming it when there is none."""
     filesystem, path = resolve(location)
     if filesystem.get_file_info(path).type != pafs.FileType.File:
-        raise FileNotFoundError(f"no file at {location}")
+        raise UserFileNotFoundError(f"no file at {location}")
     with filesystem.open_input_stream(path) as stream:
         return stream.read()
 
@@ -177,7 +179,7 @@ def local_copy(location: str | os.PathLike, fetch: list[str] | None = None):
         yield Path(normalize(location))
         return
     if kind(location) != "dir":
-        raise FileNotFoundError(f"{location} does not exist (no folder there)")
+        raise UserFileNotFoundError(f"{location} does not exist (no folder there)")
     tmp = Path(tempfile.mkdtemp(prefix="raydet-copy-"))
     try:
         download(location, tmp, fetch)
@@ -211,5 +213,5 @@ def size(location: str | os.PathLike) -> int:
     filesystem, path = resolve(location)
     info = filesystem.get_file_info(path)
     if info.type != pafs.FileType.File:
-        raise FileNotFoundError(f"no file at {location}")
+        raise UserFileNotFoundError(f"no file at {location}")
     return int(info.size)

@@ -43,6 +43,7 @@ from PIL import Image, ImageDraw
 
 from raydet import boxes as B
 from raydet.config import SynthConfig
+from raydet.errors import UserError, UserNotADirectoryError
 
 SUPERSAMPLE = 4  # the mask is drawn at 4x and averaged down: anti-aliased edges
 MIN_ASPECT, MAX_ASPECT = 2 / 3, 3 / 2
@@ -270,10 +271,10 @@ def voc_xml(filename: str, size: int, objects: list[tuple[str, tuple[int, int, i
 def _prepare_out(out: Path) -> None:
     """Create ``out``; clear an earlier synthetic set there, refuse to write into any other non-empty folder."""
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"synth output is not a folder: {out}")
+        raise UserNotADirectoryError(f"synth output is not a folder: {out}")
     if out.is_dir() and any(out.iterdir()):
         if not (out / MARKER).is_file():
-            raise ValueError(f"synth output {out} is not empty and holds no {MARKER}: refusing to write into it")
+            raise UserError(f"synth output {out} is not empty and holds no {MARKER}: refusing to write into it")
         for sub in ("Annotations", "JPEGImages", "ImageSets"):
             shutil.rmtree(out / sub, ignore_errors=True)  # stale files of a larger earlier set would be discovered
         (out / MARKER).unlink()

@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from raydet.errors import UserFileNotFoundError
+
 OUTPUT_NAMES = ("heatmap", "boxes")
 SIGNATURE = "serving_default"
 
@@ -62,7 +64,7 @@ class TFLiteModel:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"no TFLite model at {path}")
+            raise UserFileNotFoundError(f"no TFLite model at {path}")
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = path

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from raydet import storage
 from raydet.config import ModelConfig, TrainConfig
+from raydet.errors import UserError, UserFileNotFoundError
 from raydet.infer import FLOAT_FILE as FLOAT_MODEL
 from raydet.infer import QAT_KERAS_FILE as QAT_MODEL
 from raydet.runtime import init_ray, runtime_env
@@ -69,20 +70,20 @@ def read_manifest(prep: str | os.PathLike) -> dict:
     not a valid PREP, or when a split holds no Parquet shard."""
     path = storage.join(prep, "manifest.json")
     if storage.kind(path) != "file":
-        raise FileNotFoundError(f"{path}: no manifest; is {prep} a folder written by `raydet prepare`?")
+        raise UserFileNotFoundError(f"{path}: no manifest; is {prep} a folder written by `raydet prepare`?")
     try:
         manifest = json.loads(storage.read_text(path))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise UserError(f"{path}: not valid JSON ({exc})") from exc
     classes, size = manifest.get("classes"), manifest.get("image_size")
     if not isinstance(classes, list) or not classes:
-        raise ValueError(f"{path}: 'classes' must be a non-empty list, got {classes!r}")
+        raise UserError(f"{path}: 'classes' must be a non-empty list, got {classes!r}")
     if not isinstance(size, int) or size <= 0:
-        raise ValueError(f"{path}: 'image_size' must be a positive integer, got {size!r}")
+        raise UserError(f"{path}: 'image_size' must be a positive integer, got {size!r}")
     for split in ("train", "test"):
         folder = storage.join(prep, split)
         if not shard_paths(prep, split):
-            raise FileNotFoundError(f"{folder}: no Parquet shards (expected {folder}/*.parquet)")
+            raise UserFileNotFoundError(f"{folder}: no Parquet shards (expected {folder}/*.parquet)")
         _check_rows(prep, split, (manifest.get("splits") or {}).get(split), path)
     return manifest
 
@@ -97,9 +98,9 @@ def _check_rows(prep: str | os.PathLike, split: str, expected: int | None, manif
         return
     found = sum(rows for _, rows in split_rows(prep, split))
     if found != expected:
-        raise ValueError(f"{storage.join(prep, split)}: its shards hold {found} rows but {manifest_path} counted "
-                         f"{expected}; the PREP changed after `raydet prepare` wrote it (copied in part?): "
-                         "prepare it again")
+        raise UserError(f"{storage.join(prep, split)}: its shards hold {found} rows but {manifest_path} counted "
+                        f"{expected}; the PREP changed after `raydet prepare` wrote it (copied in part?): "
+                        "prepare it again")
 
 
 def worker_layout(cfg: TrainConfig, node_cpus: list[float], gpus: float) -> tuple[int, float]:
@@ -127,22 +128,22 @@ def check_resources(cfg: TrainConfig, resources: dict, node_cpus: list[float],
     checked here (raydet.resources.ensure_resources checks what its autoscaler can launch).
     """
     if cfg.batch_size < cfg.workers:
-        raise ValueError(f"--batch-size {cfg.batch_size} is smaller than the {cfg.workers} workers")
+        raise UserError(f"--batch-size {cfg.batch_size} is smaller than the {cfg.workers} workers")
     if autoscaling:
         return
     need_cpu = cfg.workers * cfg.cpus_per_worker
     have_cpu = float(resources.get("CPU", 0))
     if need_cpu > have_cpu:
-        raise ValueError(f"--workers {cfg.workers} x --cpus-per-worker {cfg.cpus_per_worker:g} = {need_cpu:g} CPUs, "
-                         f"but the cluster has {have_cpu:g} CPUs")
+        raise UserError(f"--workers {cfg.workers} x --cpus-per-worker {cfg.cpus_per_worker:g} = {need_cpu:g} CPUs, "
+                        f"but the cluster has {have_cpu:g} CPUs")
     if node_cpus and cfg.cpus_per_worker > max(node_cpus):
-        raise ValueError(f"--cpus-per-worker {cfg.cpus_per_worker:g} is more than the largest node has "
-                         f"({max(node_cpus):g} CPUs)")
+        raise UserError(f"--cpus-per-worker {cfg.cpus_per_worker:g} is more than the largest node has "
+                        f"({max(node_cpus):g} CPUs)")
     if cfg.use_gpu:
         have_gpu = float(resources.get("GPU", 0))
         if cfg.workers > have_gpu:
-            raise ValueError(f"--gpu with --workers {cfg.workers} needs {cfg.workers} GPUs (one per worker), "
-                             f"but the cluster has {have_gpu:g} GPUs")
+            raise UserError(f"--gpu with --workers {cfg.workers} needs {cfg.workers} GPUs (one per worker), "
+                            f"but the cluster has {have_gpu:g} GPUs")
 
 
 def resources_per_worker(cfg: TrainConfig) -> dict:
@@ -185,8 +186,8 @@ def read_run_model_config(run: str | os.PathLike) -> dict:
     dense heads (its weights cannot start or be read as this network)."""
     fields = json.loads(storage.read_text(storage.join(run, "config.json")))["model"]
     if "backbone" not in fields:
-        raise ValueError(f"{run} was trained by an older raydet whose network predicted one box per image; "
-                         f"it cannot be used with the dense detector: retrain it with this version")
+        raise UserError(f"{run} was trained by an older raydet whose network predicted one box per image; "
+                        f"it cannot be used with the dense detector: retrain it with this version")
     return fields
 
 
@@ -204,7 +205,7 @@ def _check_init_from(cfg: TrainConfig) -> None:
     if cfg.init_from:
         for name in ("config.json", FLOAT_MODEL):
             if storage.kind(storage.join(cfg.init_from, name)) != "file":
-                raise FileNotFoundError(f"--init-from {cfg.init_from}: no {name} there (is it a finished RUN folder?)")
+                raise UserFileNotFoundError(f"--init-from {cfg.init_from}: no {name} there (is it a finished RUN folder?)")
 
 
 def train(cfg: TrainConfig, callbacks: tuple = ()) -> TrainSummary:
@@ -312,8 +313,8 @@ def _input_plan(cfg: TrainConfig, prep: str, image_size: int):
     local_batch = cfg.batch_size // cfg.workers
     plan = plan_inputs(n_train, n_test, image_size, objects, cfg.workers, local_batch, cfg.memory_budget_gb)
     if plan.steps_per_epoch < 1:
-        raise ValueError(f"{n_train} training images are fewer than one step of {cfg.workers} workers x "
-                         f"{local_batch} images (--batch-size {cfg.batch_size}); lower --batch-size")
+        raise UserError(f"{n_train} training images are fewer than one step of {cfg.workers} workers x "
+                        f"{local_batch} images (--batch-size {cfg.batch_size}); lower --batch-size")
     how = "streamed from Ray Data" if plan.stream else "held in memory"
     print(f"input: {how} ({plan.worker_bytes / 1e9:.2f} GB of rows per worker, --memory-budget-gb "
           f"{cfg.memory_budget_gb:g})", flush=True)
@@ -373,8 +374,8 @@ def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSumm
             write_history(local / "history.jsonl", history)
             bad = state.get("nonfinite")
             if bad:
-                raise ValueError(f"loss became non-finite ({bad['loss']}) at epoch {bad['epoch']} of {run_dir}; "
-                                 f"history.jsonl keeps the {len(history)} good epochs (try a lower --lr)")
+                raise UserError(f"loss became non-finite ({bad['loss']}) at epoch {bad['epoch']} of {run_dir}; "
+                                f"history.jsonl keeps the {len(history)} good epochs (try a lower --lr)")
             if not (Path(ckpt) / model_name).is_file():
                 raise RuntimeError(f"newest checkpoint {result.checkpoint.path} holds no {model_name}")
             shutil.copyfile(Path(ckpt) / model_name, local / model_name)

@@ -7,9 +7,16 @@ Parsing (``parse_voc``)
     XML is parsed with defusedxml: a DTD, entity declarations (billion laughs) and external entities are
     refused before anything is expanded, and the annotation is rejected with ``VocError`` naming its source.
     Boxes come out as pixel **xyxy** floats, clipped to ``[0, width] x [0, height]`` when ``<size>`` is known
-    (always to >= 0). Objects that cannot be used (no ``<bndbox>``, missing, non-numeric, inverted or,
-    after clipping, zero-area coordinates, a class outside the given list) are dropped with one reason each;
+    (always to >= 0). Objects that cannot be used (no ``<bndbox>``, missing or non-numeric coordinates, a
+    coordinate beyond ``MAX_SIDE`` px, an inverted box, after clipping a zero-area box or one under 1 px wide or
+    high, a name that is empty once cleaned, a class outside the given list) are dropped with one reason each;
     the rest of the annotation still loads.
+    Numbers (coordinates, ``<size>``, flags) are ASCII decimal only (``_DECIMAL``): Arabic-Indic or full-width
+    digits, ``8_0``, ``inf``, ``nan`` are no number. A ``<size>`` that is no ASCII decimal number, or absurd
+    (non-finite, over ``MAX_SIDE`` px), makes the annotation unusable (``VocError`` naming the text); an absent,
+    empty or zero ``<size>`` is unknown (the decoded size is used).
+    Class names are cleaned by ``raydet.classnames.clean_class_name`` (NFC, no zero-width or control characters,
+    stripped), both in ``<name>`` and in ``classes``.
 
 Sizes (``fit_to_image``): when ``<size>`` and the decoded image disagree, the boxes are rescaled to the decoded
 frame if both axes scale alike (within ``SIZE_TOLERANCE``: the image was resized after labelling); otherwise
@@ -20,6 +27,7 @@ boxes were drawn on another pixel frame and the image cannot be used.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from xml.etree.ElementTree import Element, ParseError
@@ -29,8 +37,17 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 
 from raydet import boxes as B
+from raydet.classnames import clean_class_name
+from raydet.errors import UserError
 
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
+# Coordinates and sizes are ASCII decimal numbers ("12", "12.5", "1e3"): Python's float() would also take
+# Arabic-Indic or full-width digits, "8_0", "inf" and "nan", none of which an annotation tool writes.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# No image has a side this long (a 1 GP photo is ~40,000 px wide): a <size> or a coordinate beyond it is absurd.
+MAX_SIDE = 1_000_000
+# Boxes narrower or lower than this (pixels, in the annotation's frame) are no object.
+MIN_BOX_PX = 1.0
 # <size> and the decoded size may differ by this fraction between the two axes' scales and still be one frame:
 # a 1000 x 750 labelled photo saved at 333 x 250 scales by 0.333 and 0.3333 (rounding), a 0.1% difference.
 SIZE_TOLERANCE = 0.01
@@ -39,8 +56,9 @@ _UNSAFE = {"DTDForbidden": "it has a DTD (<!DOCTYPE>), which could declare entit
            "EntitiesForbidden": "it declares entities", "ExternalReferenceForbidden": "it references an external resource"}
 
 
-class VocError(ValueError):
-    """An annotation that cannot be used at all. The message names the file and the reason."""
+class VocError(UserError):
+    """An annotation that cannot be used at all. The message names the file and the reason (a ``UserError``:
+    prepare skips the annotation with it; a command that stops on one prints it as bad input)."""
 
 
 @dataclass(frozen=True)
@@ -71,23 +89,33 @@ def _text(elem: Element | None, tag: str) -> str | None:
     return child.text.strip() or None
 
 
-def _size(root: Element, tag: str) -> int:
-    """A ``<size>`` dimension as a positive int, 0 when absent or not a positive number ("650.0" -> 650)."""
+def _decimal(text: str) -> float | None:
+    """``text`` as a float when it is an ASCII decimal number (``_DECIMAL``), else None."""
+    return float(text) if _DECIMAL.fullmatch(text) else None
+
+
+def _size(root: Element, tag: str, where: str) -> int:
+    """A ``<size>`` dimension as a positive int ("650.0" -> 650), 0 when absent or below 1 (unknown: the decoded
+    size is used). ``VocError`` naming the text when it is no ASCII decimal number or absurd (non-finite, or over
+    ``MAX_SIDE`` px): the whole annotation is skipped, as its boxes' frame is unknown."""
     text = _text(root.find("size"), tag)
-    try:
-        value = float(text) if text is not None else 0.0
-    except ValueError:
+    if text is None:
         return 0
-    return int(value) if math.isfinite(value) and value >= 1 else 0
+    value = _decimal(text)
+    if value is None:
+        raise VocError(f"{where}: <size> {tag}={text!r} is not a decimal number")
+    if not math.isfinite(value) or value > MAX_SIDE:
+        raise VocError(f"{where}: absurd <size> {tag}={text!r} (over {MAX_SIDE:,} px a side)")
+    return int(value) if value >= 1 else 0
 
 
 def _flag(obj: Element, tag: str) -> bool:
     """``<difficult>1</difficult>`` -> True; absent, 0 or junk -> False."""
     text = _text(obj, tag)
-    try:
-        return text is not None and float(text) != 0
-    except ValueError:
-        return text.lower() in ("true", "yes")
+    if text is None:
+        return False
+    value = _decimal(text)
+    return value != 0 if value is not None else text.lower() in ("true", "yes")
 
 
 def _box(obj: Element, width: int, height: int) -> tuple[tuple[float, float, float, float] | None, str]:
@@ -100,12 +128,11 @@ def _box(obj: Element, width: int, height: int) -> tuple[tuple[float, float, flo
         text = _text(bndbox, tag)
         if text is None:
             return None, f"missing {tag}"
-        try:
-            value = float(text)
-        except ValueError:
-            return None, f"non-numeric {tag}={text!r}"
-        if not math.isfinite(value):
-            return None, f"non-numeric {tag}={text!r}"
+        value = _decimal(text)
+        if value is None or not math.isfinite(value):  # "1e999" is decimal but infinite
+            return None, f"non-numeric {tag}={text!r} (coordinates are ASCII decimal numbers)"
+        if abs(value) > MAX_SIDE:
+            return None, f"{tag}={text} lies outside the image (beyond {MAX_SIDE:,} px, larger than any image)"
         values.append(value)
     x0, y0, x1, y1 = values
     if x0 > x1:
@@ -117,6 +144,10 @@ def _box(obj: Element, width: int, height: int) -> tuple[tuple[float, float, flo
     if B.area(clipped) <= 0:
         where = f" after clipping to {width}x{height}" if width and height else ""
         return None, f"zero-area box{where} ({', '.join(f'{t}={_num(v)}' for t, v in zip(_COORDS, values))})"
+    w, h = float(clipped[2] - clipped[0]), float(clipped[3] - clipped[1])
+    if w < MIN_BOX_PX or h < MIN_BOX_PX:
+        where = f" after clipping to {width}x{height}" if width and height else ""
+        return None, f"box under 1 px ({w:g} x {h:g} px{where}; {', '.join(f'{t}={_num(v)}' for t, v in zip(_COORDS, values))})"
     return tuple(float(v) for v in clipped), ""
 
 
@@ -143,18 +174,22 @@ def parse_voc(data: bytes, classes: Sequence[str] | None = None, *, source: str 
         raise VocError(f"{where}: malformed XML ({exc})") from None
     if root.tag != "annotation":
         raise VocError(f"{where}: root element is <{root.tag}>, not <annotation>")
-    width, height = _size(root, "width"), _size(root, "height")
+    width, height = _size(root, "width", where), _size(root, "height", where)
     if not (width and height):
         width = height = 0  # half a size is no size: do not clip against it
-    wanted = None if classes is None else frozenset(classes)
+    wanted = None if classes is None else frozenset(clean_class_name(c) for c in classes)
     objects: list[VocObject] = []
     dropped: list[str] = []
     unlisted = 0
     for index, obj in enumerate(root.findall("object"), start=1):
-        name = _text(obj, "name")
+        raw = _text(obj, "name")
+        name = clean_class_name(raw) if raw is not None else None
         label = f"object {index} {name!r}" if name else f"object {index}"
-        if name is None:
+        if raw is None:
             dropped.append(f"{label}: no <name>")
+            continue
+        if not name:
+            dropped.append(f"{label}: <name> {raw!r} is empty once invisible and control characters are removed")
             continue
         if wanted is not None and name not in wanted:
             dropped.append(f"{label}: class not in the class list")

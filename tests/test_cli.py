@@ -7,6 +7,7 @@ import pytest
 
 from raydet import cli
 from raydet import config as C
+from raydet.errors import UserError
 
 
 def parse(argv):
@@ -44,7 +45,7 @@ def test_train_flags():
     (["evaluate", "r", "--data", "p", "--models", "float,bogus"], "float,bogus"),
     (["evaluate", "r", "--data", "p", "--batch-size", "0"], "--batch-size must be positive, got 0"),
     (["train", "p", "--out", "o", "--name", "n", "--clip-norm", "-1"], "--clip-norm must be >= 0 (0: no clipping), got -1.0"),
-    (["train", "p", "--out", "o", "--name", "n", "--warmup-epochs", "-1"], "--warmup-epochs must be between 0 and --epochs 15, got -1.0"),
+    (["train", "p", "--out", "o", "--name", "n", "--warmup-epochs", "-1"], "--warmup-epochs must be >= 0, got -1.0"),
     (["report", "r", "--screenshot", "shot.jpg"], "--screenshot must name a .png file, got 'shot.jpg'"),
 ])
 def test_bad_arguments_exit_2_naming_the_value(argv, needle, capsys):
@@ -63,17 +64,78 @@ def test_bad_arguments_stop_before_heavy_imports():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
+def _one_line_error(capsys, command: str, *named: str) -> str:
+    """The whole of stderr: one line ``raydet <command>: error: ...`` naming every ``named`` text, no traceback."""
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"raydet {command}: error: "), err
+    for text in named:
+        assert text in lines[0], (text, err)
+    return lines[0]
+
+
+def test_bad_arguments_are_one_line_without_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["prepare", "d", "--out", "o", "--classes", "a,,b"])
+    assert exc.value.code == 2
+    _one_line_error(capsys, "prepare", "malformed class list 'a,,b'")
+
+
+def _voc_devkit(root):
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "Annotations" / "a.xml").write_text("<annotation><filename>a.jpg</filename></annotation>")
+
+
+def _user_error_cases(tmp):
+    """(argv, command, texts the one line must name) for each user error of each command, on real folders."""
+    empty = tmp / "empty"
+    empty.mkdir()
+    foreign = tmp / "foreign"  # --out holding someone else's train/ folder
+    (foreign / "train").mkdir(parents=True)
+    several = tmp / "several"
+    _voc_devkit(several / "VOC2007")
+    _voc_devkit(several / "VOC2012")
+    data = tmp / "data"
+    _voc_devkit(data)
+    no_eval = tmp / "run_without_eval"
+    no_eval.mkdir()
+    missing = str(tmp / "missing")
+    return [
+        (["prepare", str(empty), "--out", str(tmp / "p")], "prepare", ["no VOC annotations found in", str(empty)]),
+        (["prepare", missing, "--out", str(tmp / "p")], "prepare", ["dataset not found", missing]),
+        (["prepare", str(data), "--out", str(foreign)], "prepare", [str(foreign), "refusing to overwrite"]),
+        (["prepare", str(several), "--out", str(tmp / "p")], "prepare", ["several VOC devkits", "VOC2007", "VOC2012"]),
+        (["prepare", str(data), "--out", str(tmp / "p"), "--classes", "a,a"], "prepare", ["repeated class names"]),
+        (["train", missing, "--out", str(tmp / "runs"), "--name", "r"], "train", [missing, "manifest"]),
+        (["evaluate", missing, "--data", str(tmp / "p")], "evaluate", [missing]),
+        (["quantize", missing], "quantize", [missing]),
+        (["predict", missing, str(data), "--out", str(tmp / "pred")], "predict", [missing]),
+        (["report", str(no_eval)], "report", [str(no_eval / "eval" / "report.json"), "not found"]),
+    ]
+
+
+def test_each_commands_user_errors_are_one_line_naming_the_value_exit_2(tmp_path, capsys):
+    for argv, command, named in _user_error_cases(tmp_path):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:  # refused while parsing, before any work
+            code = exc.code
+        assert code == 2, argv
+        _one_line_error(capsys, command, *named)
+
+
 def test_bad_input_prints_one_line_and_internal_errors_keep_their_traceback(monkeypatch, capsys):
     import numpy as np
 
     def missing_prep(cfg, command):
         from raydet.train import read_manifest
-        read_manifest("/nonexistent/prep")  # raydet's own check: a FileNotFoundError naming the path
+        read_manifest("/nonexistent/prep")  # raydet's own check: a UserError naming the path
 
     monkeypatch.setattr(cli, "run_quietly", missing_prep)
-    assert cli.main(["train", "/nonexistent/prep", "--out", "runs", "--name", "r"]) == 1
-    err = capsys.readouterr().err
-    assert "raydet train: error: /nonexistent/prep/manifest.json" in err and "Traceback" not in err
+    assert cli.main(["train", "/nonexistent/prep", "--out", "runs", "--name", "r"]) == 2
+    _one_line_error(capsys, "train", "/nonexistent/prep/manifest.json")
 
     def bug(cfg, command):
         np.zeros(3).reshape(2, 2)  # a ValueError from inside NumPy: a bug, not bad input
@@ -82,20 +144,26 @@ def test_bad_input_prints_one_line_and_internal_errors_keep_their_traceback(monk
     with pytest.raises(ValueError, match="reshape"):
         cli.main(["train", "/nonexistent/prep", "--out", "runs", "--name", "r"])  # propagates: Python prints the traceback
 
+    def deep_bug(cfg, command):
+        from raydet.boxes import xywh_to_xyxy
+        xywh_to_xyxy(np.zeros((2, 3)))  # a plain ValueError raised inside raydet itself: still a bug
 
-def test_only_raydet_checking_modules_raise_input_errors():
-    from raydet.boxes import xywh_to_xyxy
+    monkeypatch.setattr(cli, "run_quietly", deep_bug)
+    with pytest.raises(ValueError) as info:
+        cli.main(["train", "/nonexistent/prep", "--out", "runs", "--name", "r"])
+    assert not isinstance(info.value, UserError)
 
-    try:
-        raise ValueError("from here")
-    except ValueError as exc:
-        assert not cli.is_input_error(exc)  # raised in a test module, not in raydet
-    with pytest.raises(ValueError) as info:
-        xywh_to_xyxy(__import__("numpy").zeros((2, 3)))
-    assert not cli.is_input_error(info.value)  # raydet.boxes is numerical: a bug somewhere upstream
-    with pytest.raises(ValueError) as info:
-        C.TrainConfig(prep="p", out="o", name="a/b")
-    assert cli.is_input_error(info.value)  # raydet.config checks arguments: its message is the whole story
+
+def test_an_internal_value_error_prints_a_traceback_in_a_real_process():
+    code = ("import sys; from raydet import cli\n"
+            "def bug(cfg, command):\n"
+            "    from raydet.boxes import xywh_to_xyxy\n"
+            "    import numpy as np; xywh_to_xyxy(np.zeros((2, 3)))\n"
+            "cli.run_quietly = bug\n"
+            "sys.exit(cli.main(['train', 'p', '--out', 'o', '--name', 'n']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "must have shape (..., 4)" in proc.stderr
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):

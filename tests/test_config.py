@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 
 from raydet import config as C
+from raydet.errors import UserError
 
 
 def test_class_list_parsing():
@@ -41,3 +42,31 @@ def test_configs_are_frozen():
     cfg = C.SynthConfig(out="o")
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.images = 5  # type: ignore[misc]
+
+
+def test_classes_from_a_file_hold_commas_and_skip_comments(tmp_path):
+    from raydet.config import parse_class_list
+
+    path = tmp_path / "classes.txt"
+    path.write_text("# my classes\nred, round\n\n  carre\u0301  \n#blue\nsquare\u200b\n", encoding="utf-8")
+    assert parse_class_list(str(path)) == ("red, round", "carr\u00e9", "square")
+    assert parse_class_list("red, round") == ("red", "round")  # not a file: a comma list
+    (tmp_path / "dupes.txt").write_text("cat\ncat\u200b\n")
+    with pytest.raises(UserError, match=r"class file .*dupes\.txt.*repeated class names \['cat'\]"):
+        parse_class_list(str(tmp_path / "dupes.txt"))
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(UserError, match="names no class"):
+        parse_class_list(str(tmp_path / "empty.txt"))
+
+
+def test_a_class_with_a_comma_is_chosen_through_a_classes_file(tmp_path):
+    from raydet import cli
+    from raydet.voc import parse_voc
+    from voc_xml import obj, xml
+
+    path = tmp_path / "classes.txt"
+    path.write_text("red, round\nblue\n")
+    cfg = cli.config_from_args(cli.get_args_parser().parse_args(["prepare", "d", "--out", "o", "--classes", str(path)]))
+    assert cfg.classes == ("red, round", "blue")
+    rec = parse_voc(xml(obj("red, round") + obj("red") + obj("blue")), classes=cfg.classes)
+    assert [o.name for o in rec.objects] == ["red, round", "blue"]

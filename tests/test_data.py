@@ -633,3 +633,25 @@ def test_image_size_is_chosen_from_the_boxes():
     assert choose_image_size(planned([16] * 10))[0] == 224
     # no <size> (width 0) to measure: the smallest size
     assert choose_image_size(planned([5] * 3, width=0, height=0))[0] == 160
+
+
+def test_115000_empty_objects_keep_the_manifest_small_with_exact_counts():
+    import json
+
+    from raydet.data import EXAMPLES_PER_REASON, objects_skipped_fields
+    from raydet.voc import parse_voc
+
+    record = parse_voc(b"<annotation><filename>a.jpg</filename>" + b"<object/>" * 115_000 + b"</annotation>")
+    assert len(record.dropped) == 115_000
+    entries = [{"file": "annotations/big.xml", "reason": r} for r in record.dropped]
+    entries += [{"file": "annotations/small.xml", "reason": "object 1 'dog': inverted box xmin=50 > xmax=10"},
+                {"file": "annotations/small.xml", "reason": "object 2 'cat': inverted box xmin=9 > xmax=1"},
+                {"file": "annotations/small.xml", "reason": "object 3: no <name>"}]
+    fields = objects_skipped_fields(entries)
+    assert len(json.dumps(fields)) < 100_000
+    assert fields["objects_skipped_count"] == 115_003
+    assert fields["objects_skipped_by_reason"] == {"object N '…': inverted box xmin=N > xmax=N": 2,
+                                                   "object N: no <name>": 115_001}
+    big = [e for e in fields["objects_skipped"] if e["file"] == "annotations/big.xml"]
+    assert big == entries[:EXAMPLES_PER_REASON]  # the first ones, in order
+    assert [e for e in fields["objects_skipped"] if e["file"] == "annotations/small.xml"] == entries[-3:]

@@ -9,7 +9,7 @@ import pytest
 from voc_xml import obj, xml
 
 from raydet import discovery
-from raydet.discovery import AnnotationRef, discover, resolve_image
+from raydet.discovery import AnnotationRef, discover, read_file, resolve_image
 from raydet.voc import VocError, parse_voc
 
 
@@ -216,3 +216,18 @@ def test_no_annotations_error_names_the_refused_links(tmp_path):
     (tmp_path / "data" / "VOC2007").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ValueError, match=r"no VOC annotations found .*; refused: VOC2007: symlink leaves the dataset root"):
         discover(str(tmp_path / "data"))
+
+
+def test_backslash_and_colon_are_plain_characters_of_file_names(tmp_path):
+    # Legal POSIX names inside the root: only "/" separates, and "c:" is no drive on POSIX or in a bucket.
+    for stem in ("back\\slash", "c:colon"):
+        touch(tmp_path / "annotations" / f"{stem}.xml", xml(obj(), filename=f"{stem}.jpg"))
+        touch(tmp_path / "images" / f"{stem}.jpg", stem.encode())
+    ds = discover(str(tmp_path))
+    assert [r.annotation for r in ds.annotations] == ["annotations/back\\slash.xml", "annotations/c:colon.xml"]
+    for ref, stem in zip(ds.annotations, ("back\\slash", "c:colon")):
+        record = parse_voc(read_file(ds.filesystem, ds.root, ref.annotation), source=ref.annotation)
+        image = resolve_image(ds, ref, record.filename)
+        assert image == f"images/{stem}.jpg"
+        assert ds.read(image) == stem.encode()
+    assert ds.unlabeled_images == ()

@@ -46,3 +46,14 @@ def test_confusion_grows_with_the_classes():
 def test_write_png_makes_folders(tmp_path):
     path = plots.write_png(tmp_path / "a" / "b.png", plots.training_curves([{"epoch": 1, "loss": 1.0}]))
     assert path.is_file() and _size(path.read_bytes()) == (1200, 340)
+
+
+def test_class_names_are_shown_literally_not_parsed_as_mathtext():
+    import numpy as np
+
+    from raydet import plots
+
+    names = ["$\\foo$", "<b>x</b>", "a $ b"]
+    curves = {n: (np.linspace(0, 1, 5), np.linspace(1, 0.5, 5)) for n in names}
+    assert plots.pr_curves(curves, {n: 0.5 for n in names}, title=f"{names[0]}: pr").startswith(b"\x89PNG")
+    assert plots.confusion(np.eye(3, dtype=int), names, title=names[0]).startswith(b"\x89PNG")

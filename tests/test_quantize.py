@@ -61,7 +61,7 @@ def test_missing_model_names_what_the_run_holds(tmp_path, capsys):
         quantize(QuantizeConfig(run=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         quantize(QuantizeConfig(run=str(tmp_path / "nope")))
-    assert main(["quantize", str(tmp_path), "--mode", "int8"]) == 1
+    assert main(["quantize", str(tmp_path), "--mode", "int8"]) == 2
     assert "model.keras" in capsys.readouterr().err
 
 

@@ -161,7 +161,7 @@ def test_raydet_report_rewrites_the_page_from_files(hand_run, capsys):
 
 
 def test_raydet_report_names_what_is_missing(tmp_path, capsys):
-    assert main(["report", str(tmp_path)]) == 1
+    assert main(["report", str(tmp_path)]) == 2
     assert f"{tmp_path / 'eval' / 'report.json'} not found" in capsys.readouterr().err
 
 

@@ -80,9 +80,60 @@ def test_object_without_name_is_dropped():
     assert rec.objects == () and rec.dropped == ("object 1: no <name>",)
 
 
-def test_bad_size_counts_as_unknown():
-    rec = parse_voc(xml(obj(), size="<size><width>abc</width><height>50</height></size>"))
+def test_absent_or_zero_size_counts_as_unknown():
+    rec = parse_voc(xml(obj(), size="<size><width></width><height>50</height></size>"))
     assert (rec.width, rec.height) == (0, 0) and len(rec.objects) == 1
+    rec = parse_voc(xml(obj(), size="<size><width>0</width><height>0</height></size>"))
+    assert (rec.width, rec.height) == (0, 0) and len(rec.objects) == 1
+
+
+@pytest.mark.parametrize("width, reason", [
+    ("abc", "x.xml: <size> width='abc' is not a decimal number"),
+    ("\u0666\u0664\u0660", "x.xml: <size> width='\u0666\u0664\u0660' is not a decimal number"),  # Arabic-Indic 640
+    ("\uff16\uff14\uff10", "x.xml: <size> width='\uff16\uff14\uff10' is not a decimal number"),  # full-width 640
+    ("6_40", "x.xml: <size> width='6_40' is not a decimal number"),
+    ("inf", "x.xml: <size> width='inf' is not a decimal number"),
+    ("3.2e307", "x.xml: absurd <size> width='3.2e307' (over 1,000,000 px a side)"),
+    ("1e400", "x.xml: absurd <size> width='1e400' (over 1,000,000 px a side)"),
+    ("1000001", "x.xml: absurd <size> width='1000001' (over 1,000,000 px a side)"),
+])
+def test_a_size_that_is_no_ascii_decimal_or_absurd_skips_the_annotation_naming_the_text(width, reason):
+    with pytest.raises(VocError) as info:
+        parse_voc(xml(obj(), size=f"<size><width>{width}</width><height>50</height></size>"), source="x.xml")
+    assert str(info.value) == reason
+
+
+@pytest.mark.parametrize("text", ["\u0661\u0660", "\uff11\uff10", "1_0", "\u0969", " 1 0", "0x10", "1e", ".", "+-1"])
+def test_coordinates_are_ascii_decimal_only(text):
+    rec = parse_voc(xml(obj("cat") + obj("dog", bb(text, 5, 30, 25))), source="x.xml")
+    assert [o.name for o in rec.objects] == ["cat"]
+    assert rec.dropped == (f"object 2 'dog': non-numeric xmin={text.strip()!r} (coordinates are ASCII decimal numbers)",)
+
+
+def test_ascii_decimal_forms_are_accepted():
+    for text, value in (("+12", 12.0), ("12.", 12.0), (".5", 0.5), ("1e1", 10.0), ("1.5E+1", 15.0)):
+        assert parse_voc(xml(obj(box=bb(text, 5, 30, 25)))).objects[0].box[0] == value
+
+
+def test_a_box_under_one_pixel_is_dropped_with_that_reason():
+    rec = parse_voc(xml(obj("cat") + obj("dog", bb(10, 5, "10.000000001", 25)) + obj("emu", bb(10, 5, 30, "5.5"))))
+    assert [o.name for o in rec.objects] == ["cat"]
+    assert rec.dropped[0].startswith("object 2 'dog': box under 1 px (1e-09 x 20 px after clipping to 100x50; xmin=10")
+    assert rec.dropped[1].startswith("object 3 'emu': box under 1 px (20 x 0.5 px after clipping to 100x50; ")
+    assert len(parse_voc(xml(obj(box=bb(10, 5, 11, 6)))).objects) == 1  # exactly 1 px: kept
+
+
+def test_a_huge_box_without_size_is_outside_the_image_not_a_whole_image_box():
+    rec = parse_voc(xml(obj("cat", bb(0, 0, "1e308", "1e308")) + obj("dog"), size=""), source="x.xml")
+    assert [o.name for o in rec.objects] == ["dog"]
+    assert rec.dropped == ("object 1 'cat': xmax=1e308 lies outside the image (beyond 1,000,000 px, larger than any image)",)
+    fitted, _ = voc.fit_to_image(rec, 640, 480)
+    np.testing.assert_allclose(voc.normalize_boxes(fitted, 640, 480), [[10 / 640, 5 / 480, 30 / 640, 25 / 480]], rtol=1e-6)
+
+
+def test_flags_are_ascii_decimal_too():
+    assert parse_voc(xml(obj(extra="<difficult>1</difficult>"))).objects[0].difficult
+    assert not parse_voc(xml(obj(extra="<difficult>\u0661</difficult>"))).objects[0].difficult
 
 
 def test_malformed_xml_names_the_file():
@@ -168,3 +219,32 @@ def test_fit_to_image_refuses_any_other_mismatch_naming_both_sizes(decoded, why)
     assert fitted is None
     assert reason.startswith(f"<size> 1000x750 disagrees with the decoded {decoded[0]}x{decoded[1]} image (")
     assert why in reason and reason.endswith("boxes cannot be trusted")
+
+
+# ------------------------------------------------------------------------------------------ class names
+
+def test_nfc_and_nfd_spellings_are_one_class():
+    rec = parse_voc(xml(obj("carr\u00e9") + obj("carre\u0301")))
+    assert [o.name for o in rec.objects] == ["carr\u00e9", "carr\u00e9"]
+    assert len(parse_voc(xml(obj("carre\u0301")), classes=["carr\u00e9"]).objects) == 1
+
+
+def test_zero_width_and_control_characters_are_removed():
+    names = ["square", "square\u200b", "\ufeffsquare", "squ\u2060are\u200d", "squ\x85are", "\tsquare\n", "\u200csquare "]
+    rec = parse_voc(xml("".join(obj(n) for n in names)))
+    assert {o.name for o in rec.objects} == {"square"} and len(rec.objects) == len(names)
+    assert len(parse_voc(xml(obj("square")), classes=["square\u200b"]).objects) == 1
+
+
+def test_a_name_of_only_invisible_characters_drops_the_object():
+    rec = parse_voc(xml(obj("cat") + obj("\u200b\u200b")))
+    assert [o.name for o in rec.objects] == ["cat"]
+    assert rec.dropped == ("object 2: <name> '\\u200b\\u200b' is empty once invisible and control characters are removed",)
+
+
+def test_case_is_kept_and_collisions_are_listed():
+    from raydet.classnames import case_collisions
+
+    rec = parse_voc(xml(obj("Cat") + obj("cat")))
+    assert [o.name for o in rec.objects] == ["Cat", "cat"]
+    assert case_collisions(["Cat", "cat", "dog", "CAT", "Dog", "emu"]) == [["CAT", "Cat", "cat"], ["Dog", "dog"]]
