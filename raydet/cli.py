@@ -55,7 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None, help="class names to keep, in label order: a comma list, or a file with one name per line "
                         "(# comments; for names holding commas) (default: all found, sorted)")
     p.add_argument("--test-fraction", type=float, default=C.PrepareConfig.test_fraction)
-    p.add_argument("--max-objects", type=int, default=C.PrepareConfig.max_objects)
+    p.add_argument("--max-objects", type=int, default=C.PrepareConfig.max_objects,
+                   help="objects kept per TRAIN image at most, the largest (default %(default)s); test images "
+                        "keep every object, so AP is measured against the whole ground truth")
     p.add_argument("--max-xml-bytes", type=int, default=C.PrepareConfig.max_xml_bytes,
                    help="skip an annotation file larger than this, unread (default %(default)s)")
     p.add_argument("--max-image-bytes", type=int, default=C.PrepareConfig.max_image_bytes,

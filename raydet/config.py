@@ -109,8 +109,9 @@ class PrepareConfig:
     image_size: int | None = None
     classes: tuple[str, ...] | None = None  # None: every class name found, sorted
     test_fraction: float = 0.2  # used only when the dataset has no split of its own
-    # objects kept per image at most (COCO's detections per image), the largest ones; the rest are counted in the
-    # manifest's objects_skipped. Rows are padded to K = the largest count kept in any image (docs/FORMATS.md).
+    # objects kept per train image at most (COCO's detections per image), the largest ones; the rest are counted
+    # in the manifest's objects_skipped. Test images keep every object (evaluation's ground truth is whole). Each
+    # split's rows are padded to its own K = the largest count kept in any of its images (docs/FORMATS.md).
     max_objects: int = 100
     address: str | None = None  # Ray address; None: RAY_ADDRESS or a fresh local Ray
     # Files over these sizes are skipped unread (a reason in the manifest). A VOC XML is a few KB, so 1 MiB is

@@ -11,9 +11,10 @@ Pipeline (the driver only lists files and does bookkeeping; every file is read i
 2. **parse pass**, Ray Data: ``from_blocks(annotation paths)`` -> ``map_batches(_parse_batch)``: each task reads
    and parses its XML with ``voc.parse_voc`` and sends back the (small) records.
 3. driver: the class list (``--classes``, else every name found, sorted), each annotation's image
-   (``discovery.resolve_image``), its split, its objects sorted largest first and cut to ``max_objects``, and K, the
-   largest object count left in any image. Parsing before decoding is what lets the labels be final integers
-   and K be the same in every shard, and it keeps annotations that cannot be used out of the expensive pass.
+   (``discovery.resolve_image``), its split, its objects sorted largest first (a train image's cut to
+   ``max_objects``), and each split's K, the largest object count left in any of its images. Parsing before
+   decoding is what lets the labels be final integers and K be the same in every shard of a split, and it keeps
+   annotations that cannot be used out of the expensive pass.
 4. **decode pass**, Ray Data: ``from_blocks(planned rows)`` -> ``map_batches(_decode_write_batch)``: each task
    reads, decodes and resizes its images (``images.decode_resize``), normalizes the boxes and writes its rows
    as one shard per split (``shards.write_shard``); it returns only a small summary per row (loaded or the
@@ -27,8 +28,9 @@ Decisions (docs/INGEST.md has the measurements behind them and where the time go
   the same task, on the node that read the file).
 - Both passes run inside ``runtime.data_uses_every_cpu()``: Ray Data's default resource reservation would keep
   the single ``map_batches`` pool well below one task per CPU.
-- Every object is kept, up to ``max_objects`` per image (the largest ones; the rest are counted in
-  ``objects_skipped``), and every row is padded to the same K.
+- Every object is kept. A train image keeps at most ``max_objects`` (the largest ones; the rest are counted in
+  ``objects_skipped``): the cap bounds training targets only. A test image keeps all of its objects, so AP is
+  measured against the whole ground truth. Every row of a split is padded to that split's K.
 - An annotation without objects (no ``<object>``, or only classes outside ``--classes``) is kept as a
   **negative** image (``num_objects`` 0): it measures false positives. One whose every object was dropped as
   invalid (bad boxes, no name) is **skipped** with the reasons: an object is there, just not usable, so the
@@ -94,7 +96,7 @@ class _Planned:
     index: int  # position among the annotations (shards are named by their first row's index)
     file: str  # image path relative to the dataset root, posix
     split: str
-    record: VocRecord  # objects sorted by area, largest first, at most max_objects; none for a negative
+    record: VocRecord  # objects sorted by area, largest first (train: at most max_objects); none for a negative
 
 
 # ----------------------------------------------------------------------------------------- Ray tasks
@@ -127,10 +129,10 @@ def _parse_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, classes
 
 
 def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, out_fs: pafs.FileSystem,
-                        out_root: str, image_size: int, objects_per_row: int, class_index: dict[str, int],
+                        out_root: str, image_size: int, objects_per_row: dict[str, int], class_index: dict[str, int],
                         max_bytes: int) -> pa.Table:
     """[Ray task] planned rows -> decoded, resized rows written as one Parquet shard per split, objects padded to
-    ``objects_per_row`` (K); images over ``max_bytes`` are skipped unread.
+    their split's K (``objects_per_row[split]``); images over ``max_bytes`` are skipped unread.
 
     Returns one summary row per input: ``ok``, ``reason`` (why it was skipped), ``objects`` loaded, ``dropped``
     (reasons of objects dropped here), ``note`` (how ``<size>`` was reconciled, '' mostly), ``orientation`` (the
@@ -152,7 +154,7 @@ def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, 
         seconds["read"] += time.process_time() - t
         t = time.process_time()
         if data is not None:
-            result = _decode_row(data, file, pickle.loads(blob), image_size, objects_per_row, class_index)
+            result = _decode_row(data, file, pickle.loads(blob), image_size, objects_per_row[split], class_index)
         seconds["decode"] += time.process_time() - t
         row = result.row
         if row is not None:
@@ -283,8 +285,9 @@ def _plan(dataset: Dataset, parsed: list[dict], cfg: PrepareConfig) -> tuple[lis
     skipped: list[dict] = []
     objects_skipped: list[dict] = []
     resolved: set[str] = set()
-    kept: list[tuple[int, str, str | None, VocRecord]] = []
+    planned: list[_Planned] = []
     used_by: dict[str, str] = {}
+    own = any(ref.split == "test" for ref in dataset.annotations)  # the dataset's own split, else the hash
     for index, row in enumerate(sorted(parsed, key=lambda r: r["annotation"])):
         name = row["annotation"]
         if row["record"] is None:
@@ -305,11 +308,10 @@ def _plan(dataset: Dataset, parsed: list[dict], cfg: PrepareConfig) -> tuple[lis
         if not record.objects and len(record.dropped) > record.unlisted:  # objects there, none usable: no negative
             skipped.append({"file": name, "reason": _all_invalid(name, record)})
             continue
-        kept.append((index, image, refs[name].split, _largest_first(record, cfg.max_objects, name, objects_skipped)))
-    classes = list(cfg.classes) if cfg.classes else sorted({o.name for *_, rec in kept for o in rec.objects})
-    own = any(ref.split == "test" for ref in dataset.annotations)
-    planned = [_Planned(index, image, split if own and split else hash_split(image, cfg.test_fraction), record)
-               for index, image, split, record in kept]
+        split = refs[name].split if own and refs[name].split else hash_split(image, cfg.test_fraction)
+        cap = cfg.max_objects if split == "train" else None  # test keeps every object: AP's ground truth
+        planned.append(_Planned(index, image, split, _largest_first(record, cap, name, objects_skipped)))
+    classes = list(cfg.classes) if cfg.classes else sorted({o.name for p in planned for o in p.record.objects})
     accounts = {"skipped": skipped, "objects_skipped": objects_skipped, "resolved": resolved}
     return planned, classes, "dataset" if own else "hash", accounts
 
@@ -343,21 +345,26 @@ def choose_image_size(planned: list[_Planned]) -> tuple[int, str]:
                   f"image: {side * size:.0f} px at {size} px")
 
 
-def objects_per_row(planned: list[_Planned]) -> int:
-    """K of a PREP: the largest object count of any planned row (after the ``max_objects`` cut), at least 1."""
-    return max([len(p.record.objects) for p in planned] + [1])
+def objects_per_row(planned: list[_Planned]) -> dict[str, int]:
+    """K of each split of a PREP: the largest object count of any planned row of that split (after the train
+    split's ``max_objects`` cut), at least 1."""
+    return {split: max([len(p.record.objects) for p in planned if p.split == split] + [1]) for split in SPLITS}
 
 
-def _largest_first(record: VocRecord, max_objects: int, name: str, objects_skipped: list[dict]) -> VocRecord:
-    """The record with its objects sorted by area, largest first, cut to ``max_objects`` (the rest reported)."""
+def _largest_first(record: VocRecord, max_objects: int | None, name: str, objects_skipped: list[dict]) -> VocRecord:
+    """The record with its objects sorted by area, largest first, cut to ``max_objects`` (the rest reported);
+    ``max_objects`` None: sorted, nothing cut (a test image)."""
     if len(record.objects) <= 1:  # most photos (and negatives): nothing to sort or cut
         return record
     areas = B.area(np.array([o.box for o in record.objects], dtype=np.float64))
     order = np.argsort(-areas, kind="stable")
+    if max_objects is None:
+        return replace(record, objects=tuple(record.objects[i] for i in order))
     for i in order[max_objects:]:
         o = record.objects[i]
         objects_skipped.append({"file": name, "reason": f"object {o.name!r} {o.box}: beyond --max-objects "
-                                                        f"{max_objects} (the {max_objects} largest are kept)"})
+                                                        f"{max_objects} in a train image (the {max_objects} largest "
+                                                        "are kept)"})
     return replace(record, objects=tuple(record.objects[i] for i in order[:max_objects]))
 
 

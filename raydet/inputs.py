@@ -45,9 +45,9 @@ class InputPlan:
     rows_per_worker: int  # train rows per worker per pass (Ray's equal split: n_train // workers)
     steps_per_epoch: int  # rows_per_worker // local_batch, the same on every worker
     val_rows_per_worker: int  # ceil(n_test / workers): each worker's validation range, padded to this
-    worker_bytes: int  # what one worker would hold in memory: (rows + val rows) x row_bytes
+    worker_bytes: int  # what one worker would hold in memory: rows x row_bytes + val rows x a test row's bytes
     budget_bytes: int
-    row_bytes: int  # one row as arrays (``row_bytes``)
+    row_bytes: int  # one train row as arrays (``row_bytes``)
 
 
 def row_bytes(image_size: int, objects: int) -> int:
@@ -57,12 +57,14 @@ def row_bytes(image_size: int, objects: int) -> int:
 
 
 def plan_inputs(n_train: int, n_test: int, image_size: int, objects: int, workers: int, local_batch: int,
-                budget_gb: float) -> InputPlan:
+                budget_gb: float, val_objects: int | None = None) -> InputPlan:
     """Stream when a worker's train rows and validation range, as arrays (``row_bytes``), exceed ``budget_gb``
-    (10^9 bytes); hold them in memory otherwise."""
+    (10^9 bytes); hold them in memory otherwise. ``objects``: the train split's K; ``val_objects``: the test
+    split's (a PREP pads each split to its own K: docs/FORMATS.md), None: the same."""
     rows, val_rows = n_train // workers, -(-n_test // workers)
     row = row_bytes(image_size, objects)
-    need, budget = (rows + val_rows) * row, int(budget_gb * 1e9)
+    val_row = row if val_objects is None else row_bytes(image_size, val_objects)
+    need, budget = rows * row + val_rows * val_row, int(budget_gb * 1e9)
     return InputPlan(stream=need > budget, rows_per_worker=rows, steps_per_epoch=rows // local_batch,
                      val_rows_per_worker=val_rows, worker_bytes=need, budget_bytes=budget, row_bytes=row)
 

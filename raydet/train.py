@@ -309,9 +309,12 @@ def _input_plan(cfg: TrainConfig, prep: str, image_size: int):
     from raydet.shards import read_rows, split_rows
 
     n_train, n_test = (sum(rows for _, rows in split_rows(prep, split)) for split in ("train", "test"))
-    objects = next(read_rows(prep, "train", 0, 1))["labels"].shape[1]  # K, the same in every row
+    # K, the same in every row of a split; the test split has its own (every object kept: docs/FORMATS.md)
+    objects = next(read_rows(prep, "train", 0, 1))["labels"].shape[1]
+    val_objects = next(read_rows(prep, "test", 0, 1))["labels"].shape[1] if n_test else None
     local_batch = cfg.batch_size // cfg.workers
-    plan = plan_inputs(n_train, n_test, image_size, objects, cfg.workers, local_batch, cfg.memory_budget_gb)
+    plan = plan_inputs(n_train, n_test, image_size, objects, cfg.workers, local_batch, cfg.memory_budget_gb,
+                       val_objects)
     if plan.steps_per_epoch < 1:
         raise UserError(f"{n_train} training images are fewer than one step of {cfg.workers} workers x "
                         f"{local_batch} images (--batch-size {cfg.batch_size}); lower --batch-size")

@@ -80,10 +80,10 @@ def read_rows(prep: Path) -> dict[str, dict]:
     through ``image_array``; the tensor columns as flat lists (or arrays, once Ray has registered its extension
     type), reshaped here by hand."""
     manifest = json.loads((prep / "manifest.json").read_text())
-    k = manifest["objects_per_row"]  # K: the same in every shard, so this reshape fails for any other
-    shapes = {"boxes": (k, 4), "labels": (k,), "difficult": (k,)}
     rows = {}
     for split in ("train", "test"):
+        k = manifest["objects_per_row"][split]  # K: the same in every shard of a split, so this reshape fails for any other
+        shapes = {"boxes": (k, 4), "labels": (k,), "difficult": (k,)}
         for path in sorted((prep / split).glob("*.parquet")):
             table = pq.read_table(path)
             images = image_array(table)
@@ -194,8 +194,8 @@ def test_dropped_objects_are_reported(hostile):
     assert "(0.0, 0.0, 2.0, 40.0)" in beyond[0] + beyond[1] and "(0.0, 0.0, 4.0, 40.0)" in beyond[0] + beyond[1]
     # objects loaded: good 2 + gray/cmyk/rgba/palette/non-ascii 1 each + many 8 + partial 2 = 17
     assert m["objects_loaded"] == 17
-    # K: "many" keeps 8 objects, the most of any image; the cut is still recorded
-    assert m["objects_per_row"] == 8 and m["max_objects"] == 8 and m["negative_images"] == 0
+    # K: "many" (a train image) keeps 8 objects, the most of any train image; the cut is still recorded
+    assert m["objects_per_row"]["train"] == 8 and m["max_objects"] == 8 and m["negative_images"] == 0
 
 
 def test_parquet_rows_by_hand_with_pyarrow(hostile):
@@ -278,8 +278,8 @@ def test_one_summary_line_and_manifest_on_disk(hostile, capsys, tmp_path):
     assert m["negative_images"] == 4 and set(by_file(m["skipped"])) == {file for file, _ in SKIPPED.values()}
     assert any("class not in the class list" in e["reason"] for e in m["objects_skipped"])
     rows = read_rows(tmp_path / "again")
-    # max_objects 1 and at most one dog per image: K = 1; a negative row is all padding
-    assert m["objects_per_row"] == 1
+    # max_objects 1 and at most one dog per image: K = 1 in both splits; a negative row is all padding
+    assert m["objects_per_row"] == {"train": 1, "test": 1}
     assert (rows["images/rgba.png"]["num_objects"], rows["images/rgba.png"]["labels"].tolist()) == (0, [-1])
     assert rows["images/rgba.png"]["boxes"].tolist() == [[0, 0, 0, 0]]
 
@@ -320,7 +320,8 @@ def dense(tmp_path_factory) -> tuple[Path, dict]:
 def test_an_image_with_12_objects_keeps_all_12_with_their_difficult_flags(dense):
     prep, m = dense
     assert PrepareConfig(data="d", out="o").max_objects == 100  # COCO's detections per image
-    assert m["max_objects"] == 100 and m["objects_per_row"] == 12  # K: the most objects of any image
+    # K per split: the most objects of any image of the split (test holds only negatives: 1)
+    assert m["max_objects"] == 100 and m["objects_per_row"] == {"train": 12, "test": 1}
     row = read_rows(prep)["train/dense.jpg"]
     assert row["num_objects"] == 12
     # largest first: the area grows with k, so row j holds object 11 - j; pixels / (64, 48) -> normalized xyxy
@@ -337,10 +338,10 @@ def test_annotations_without_objects_are_kept_as_negatives(dense):
     rows = read_rows(prep)
     assert sorted(rows) == ["test/neg.jpg", "test/zebra.jpg", "train/dense.jpg"]
     assert m["negative_images"] == 2 and m["splits"] == {"train": 1, "test": 2}
-    for file in ("test/neg.jpg", "test/zebra.jpg"):  # a shard of negatives only still has K = 12
+    for file in ("test/neg.jpg", "test/zebra.jpg"):  # a split of negatives only has its own K = 1
         r = rows[file]
-        assert r["num_objects"] == 0 and r["labels"].tolist() == [-1] * 12
-        assert (r["boxes"] == 0).all() and r["difficult"].tolist() == [0] * 12
+        assert r["num_objects"] == 0 and r["labels"].tolist() == [-1]
+        assert (r["boxes"] == 0).all() and r["difficult"].tolist() == [0]
     assert m["images_loaded"] + len(m["skipped"]) == m["annotations_found"] == 5  # 3 loaded + 2 skipped
 
 
@@ -357,6 +358,34 @@ def test_annotations_whose_objects_are_all_invalid_are_skipped_with_the_reasons(
     # every dropped object is in objects_skipped: bad 2 + mixed 2 + zebra 1
     assert sorted(Counter(e["file"] for e in m["objects_skipped"]).items()) == [
         ("test/zebra.xml", 1), ("train/bad.xml", 2), ("train/mixed.xml", 2)]
+
+
+def test_max_objects_cuts_train_images_only_so_the_test_ground_truth_is_whole(tmp_path, ray_local):
+    """--max-objects 3, a train image and a test image of 5 objects each (small first in the XML): the train row
+    keeps the 3 largest (2 cuts counted), the test row all 5, padded to the test split's own K, and evaluate's
+    ground_truth.json (written from the test rows) holds all 5."""
+    from raydet.eval_output import write_coco
+
+    boxes = [(0, 0, 4 * k, 40) for k in range(1, 6)]  # widths 4..20 px: the area grows with k
+    for split in ("train", "test"):
+        write(tmp_path / "data" / split / "five.jpg", jpeg())
+        write(tmp_path / "data" / split / "five.xml", voc("five.jpg", *[obj("cat", *box) for box in boxes]))
+    m = run(tmp_path / "data", tmp_path / "prep", image_size=16, max_objects=3)
+    assert m["splits"] == {"train": 1, "test": 1} and m["split_source"] == "dataset"
+    assert m["objects_per_row"] == {"train": 3, "test": 5} and m["objects_loaded"] == 3 + 5
+    assert [e["file"] for e in m["objects_skipped"]] == ["train/five.xml"] * 2  # test cuts nothing
+    assert all("beyond --max-objects 3" in e["reason"] for e in m["objects_skipped"])
+    assert m["images_loaded"] + len(m["skipped"]) == m["annotations_found"] == 2
+    rows = read_rows(tmp_path / "prep")
+    largest_first = [[0, 0, 4 * k / 64, 40 / 48] for k in range(5, 0, -1)]
+    train, test = rows["train/five.jpg"], rows["test/five.jpg"]
+    assert train["num_objects"] == 3 and test["num_objects"] == 5
+    np.testing.assert_allclose(train["boxes"], largest_first[:3], rtol=1e-6)
+    np.testing.assert_allclose(test["boxes"], largest_first, rtol=1e-6)
+    write_coco(tmp_path / "coco", [test], m["classes"], {})
+    gt = json.loads((tmp_path / "coco" / "ground_truth.json").read_text())
+    assert [im["file_name"] for im in gt["images"]] == ["test/five.jpg"]
+    assert sorted(a["bbox"][2] for a in gt["annotations"]) == pytest.approx([4, 8, 12, 16, 20])
 
 
 def test_only_negatives_and_no_class_list_is_refused(tmp_path, ray_local):

@@ -230,4 +230,3 @@ def test_a_prepare_killed_half_way_leaves_the_previous_prep_and_the_next_run_com
              for f in pq.read_table(p, columns=["file"]).column("file").to_pylist()]
     assert sorted(files) == sorted([f"JPEGImages/{i:06d}.jpg" for i in range(1, 601)] + ["JPEGImages/extra.jpg"])
     assert sum(m["splits"].values()) == 601
-

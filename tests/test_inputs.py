@@ -32,6 +32,9 @@ def test_row_bytes_and_the_plan_stream_only_past_the_budget():
     assert plan_inputs(128, 65, 32, 3, workers=2, local_batch=8, budget_gb=304_482e-9).stream
     assert plan_inputs(129, 1, 32, 3, workers=2, local_batch=10, budget_gb=0).steps_per_epoch == 6  # 64 // 10
     assert plan_inputs(1, 1, 32, 3, workers=1, local_batch=1, budget_gb=0).stream  # 0: always stream
+    # the test split has its own K (every object kept): 5 objects -> 3072 + 5 x 21 + 4 = 3181 bytes a validation row
+    plan = plan_inputs(128, 65, 32, 3, workers=2, local_batch=8, budget_gb=1, val_objects=5)
+    assert (plan.worker_bytes, plan.row_bytes) == (64 * 3139 + 33 * 3181, 3139)
 
 
 def test_val_range_gives_consecutive_rows_and_the_last_workers_fewer():
