@@ -34,7 +34,7 @@ def plain_fit(prep: Path, epochs: int, batch: int, backbone: str) -> tuple[float
     """(a): returns (images/s, images per epoch)."""
     import tf_keras
 
-    from raydet.config import TrainConfig
+    from raydet.config import AugmentConfig, TrainConfig
     from raydet.inputs import load_split, train_dataset, val_dataset
     from raydet.model import OUTPUT_STRIDE, build_model, compile_model, freeze_backbone_bn, init_backbone
     from raydet.shards import read_split
@@ -57,7 +57,8 @@ def plain_fit(prep: Path, epochs: int, batch: int, backbone: str) -> tuple[float
     val_ds, val_steps = val_dataset([test_arrays], classes, grid, mcfg.image_size, batch)
     ends: list[float] = []
     stamp = tf_keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: ends.append(time.time()))
-    model.fit(train_dataset(train_arrays, classes, grid, batch, True, 0), epochs=epochs, steps_per_epoch=steps,
+    train_ds, _ = train_dataset(train_arrays, classes, grid, batch, AugmentConfig(), 0)
+    model.fit(train_ds, epochs=epochs, steps_per_epoch=steps,
               validation_data=val_ds, validation_steps=val_steps, callbacks=[stamp], verbose=0)
     return steady_images_per_s(ends, steps * batch), steps * batch
 

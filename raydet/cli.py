@@ -74,6 +74,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=C.TrainConfig.cpus_per_worker,
                    help="CPUs each worker reserves (default: the node's CPUs with default --workers, else 1)")
     _add_backbone(p)
+    _add_augment(p)
     p.add_argument("--epochs", type=int, default=C.TrainConfig.epochs,
                    help="total epochs (default: sized from the train split to about "
                         f"{S.TARGET_STEPS} optimizer steps; a resumed run trains only the missing ones)")
@@ -141,6 +142,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="learning rate for the global batch size "
                    f"(default: {C.TrainConfig.lr:g} with --data, 2e-3 for the synthetic set)")
     _add_backbone(p, synthetic_default=True)
+    _add_augment(p)
     p.add_argument("--gpu", action="store_true")
     _add_memory_budget(p)
     _add_resource_timeout(p)
@@ -172,6 +174,38 @@ def _add_backbone(p: argparse.ArgumentParser, synthetic_default: bool = False) -
                    help="keep the pretrained backbone's BatchNorm statistics (for very small per-worker batches)")
 
 
+def _add_augment(p: argparse.ArgumentParser) -> None:
+    """Training augmentation flags (raydet.config.AugmentConfig; all recorded in RUN/config.json)."""
+    a = C.AugmentConfig
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="train on the images as stored")
+    p.add_argument("--mosaic", type=float, default=a.mosaic,
+                   help="probability an image is a mosaic of four (default %(default)s; 0: none)")
+    p.add_argument("--close-mosaic", type=int, default=C.TrainConfig.close_mosaic,
+                   help="train the last N epochs without mosaic (default %(default)s)")
+    p.add_argument("--scale", type=float, default=a.scale,
+                   help="zoom in [1 - s, 1 + s], out with padding as well as in (default %(default)s)")
+    p.add_argument("--translate", type=float, default=a.translate, help="shift, fraction of the side")
+    p.add_argument("--hsv", default=f"{a.hsv_h:g},{a.hsv_s:g},{a.hsv_v:g}",
+                   help="hue, saturation, value gains (default %(default)s; 0,0,0: no colour change)")
+    p.add_argument("--flip", type=float, default=a.hflip, help="probability of a left-right mirror")
+    p.add_argument("--vflip", type=float, default=a.vflip,
+                   help="probability of a top-bottom mirror (e.g. 0.5 for overhead or microscope images)")
+    p.add_argument("--rot90", type=float, default=a.rot90,
+                   help="probability of 1-3 quarter turns (e.g. 0.5 for overhead or microscope images)")
+
+
+def augment_from_args(args: argparse.Namespace) -> C.AugmentConfig:
+    """The --mosaic/--scale/--translate/--hsv/--flip/--vflip/--rot90 flags -> AugmentConfig (UserError naming a
+    bad value)."""
+    parts = args.hsv.split(",")
+    try:
+        hsv_h, hsv_s, hsv_v = (float(v) for v in parts)
+    except ValueError:
+        raise UserError(f"malformed --hsv {args.hsv!r}: expected three gains H,S,V, e.g. 0.015,0.7,0.4") from None
+    return C.AugmentConfig(hflip=args.flip, vflip=args.vflip, rot90=args.rot90, scale=args.scale,
+                           translate=args.translate, mosaic=args.mosaic, hsv_h=hsv_h, hsv_s=hsv_s, hsv_v=hsv_v)
+
+
 def _modes(text: str) -> tuple[str, ...]:
     return C.QUANT_MODES if text == "all" else tuple(m.strip() for m in text.split(","))
 
@@ -193,7 +227,8 @@ def config_from_args(args: argparse.Namespace):
                              cpus_per_worker=args.cpus_per_worker, backbone=args.backbone,
                              pretrained=args.pretrained, freeze_bn=args.freeze_bn, epochs=args.epochs,
                              batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
-                             ema_decay=args.ema_decay,
+                             ema_decay=args.ema_decay, augment=args.augment, augmentation=augment_from_args(args),
+                             close_mosaic=args.close_mosaic,
                              lr=args.lr, qat=args.qat, init_from=args.init_from, clip_norm=args.clip_norm,
                              warmup_epochs=args.warmup_epochs, seed=args.seed, address=args.address,
                              resource_timeout_s=args.resource_timeout_s, memory_budget_gb=args.memory_budget_gb)
@@ -213,7 +248,8 @@ def config_from_args(args: argparse.Namespace):
         return C.RunConfig(data=args.data, out=args.out, images=args.images, image_size=args.image_size,
                            workers=args.workers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            backbone=args.backbone, pretrained=args.pretrained, freeze_bn=args.freeze_bn,
-                           use_gpu=args.gpu, memory_budget_gb=args.memory_budget_gb,
+                           augment=args.augment, augmentation=augment_from_args(args),
+                           close_mosaic=args.close_mosaic, use_gpu=args.gpu, memory_budget_gb=args.memory_budget_gb,
                            resource_timeout_s=args.resource_timeout_s, address=args.address)
     raise AssertionError(f"unhandled command {cmd!r}")
 

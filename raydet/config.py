@@ -8,7 +8,7 @@ at the ``train_loop_config`` boundary (``dataclasses.asdict``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from raydet.classnames import clean_class_name
 from raydet.errors import UserError
@@ -194,6 +194,11 @@ class TrainConfig:
     size_loss_weight: float = 5.0
     giou_loss_weight: float = 2.0
     augment: bool = True
+    # what augment does (AugmentConfig, defined at the end of this module: the lambda looks it up when a config is
+    # made); the worker ignores it when augment is False
+    augmentation: AugmentConfig = field(default_factory=lambda: AugmentConfig())
+    # the last epochs train without mosaic (Ultralytics' close_mosaic: whole images again, as inference sees them)
+    close_mosaic: int = 10
     qat: bool = False  # quantization-aware training (tensorflow-model-optimization)
     init_from: str | None = None  # a RUN folder whose float weights start this run (e.g. QAT fine-tune)
     max_failures: int = 2  # worker failures survived by restarting from the newest checkpoint
@@ -245,6 +250,8 @@ class TrainConfig:
             raise UserError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}")
         if self.max_failures < 0:
             raise UserError(f"--max-failures must be >= 0, got {self.max_failures!r}")
+        if self.close_mosaic < 0:
+            raise UserError(f"close_mosaic must be >= 0 (0: mosaic until the end), got {self.close_mosaic!r}")
         _positive("--resource-timeout", self.resource_timeout_s)
         if not self.memory_budget_gb >= 0:  # also refuses nan
             raise UserError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
@@ -343,6 +350,9 @@ class RunConfig:
     backbone: str | None = None
     pretrained: bool = TrainConfig.pretrained
     freeze_bn: bool = TrainConfig.freeze_bn
+    augment: bool = TrainConfig.augment
+    augmentation: AugmentConfig | None = None  # None: TrainConfig's
+    close_mosaic: int = TrainConfig.close_mosaic
     draw: int = 16
     memory_budget_gb: float = TrainConfig.memory_budget_gb
     resource_timeout_s: float = RESOURCE_TIMEOUT_S
@@ -358,3 +368,48 @@ class RunConfig:
                 _positive(flag, value)
         if self.backbone is not None and self.backbone not in BACKBONE_NAMES:
             raise UserError(f"--backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
+
+
+def _probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise UserError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation (raydet.augment): Ultralytics' small-data recipe, so a few hundred photos go further.
+    None instead of a config means no augmentation (validation, or ``augment`` False)."""
+
+    hflip: float = 0.5  # probability of a left-right mirror: most scenes have no handedness
+    # probabilities of a top-bottom mirror and of 1-3 quarter turns: 0 because photos have an up; overhead or
+    # microscope images do not (then e.g. 0.5 each)
+    vflip: float = 0.0
+    rot90: float = 0.0
+    # zoom drawn uniformly in [1 - scale, 1 + scale], one factor for both axes (no aspect change): zoom-out pads
+    # with grey, zoom-in crops; Ultralytics' scale=0.5
+    scale: float = 0.5
+    translate: float = 0.1  # shift of up to this fraction of S in x and in y (Ultralytics' translate)
+    # probability an image becomes a 4-image mosaic (Ultralytics' mosaic=1.0): four scenes, more objects per image
+    # and objects cut at the borders, the biggest gain on small sets
+    mosaic: float = 1.0
+    # HSV gains (Ultralytics' hsv_h/s/v): hue shifted by up to 1.5% of the circle, saturation and value scaled
+    # by 1 +- 0.7 and 1 +- 0.4 (light and camera vary far more than hue)
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    # a box cut by a zoom, shift or mosaic border is kept when at least this fraction of its area stays: half an
+    # object is still recognisably one, a sliver is not
+    min_visible: float = 0.5
+    # boxes under this many output pixels wide or high are dropped: too small to learn, and a 0-size target
+    min_box_px: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("hflip", "vflip", "rot90", "mosaic"):
+            _probability(f"augmentation.{name}", getattr(self, name))
+        for name in ("scale", "translate", "hsv_h", "hsv_s", "hsv_v"):
+            _fraction(f"augmentation.{name}", getattr(self, name))
+        _positive("augmentation.min_visible", self.min_visible)
+        if not self.min_visible <= 1.0:
+            raise UserError(f"augmentation.min_visible must be in (0, 1], got {self.min_visible!r}")
+        if not self.min_box_px >= 0:  # also refuses nan
+            raise UserError(f"augmentation.min_box_px must be >= 0, got {self.min_box_px!r}")

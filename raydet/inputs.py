@@ -9,8 +9,9 @@ streamed from Ray Data.
   few batches, not its shard.
 Either way ``BatchMaker`` (numpy) turns rows into augmented float images and their target maps (raydet.augment
 moves the boxes, raydet.targets builds the maps): the same rows in the same order with the same seed give the same
-batches on both paths. Validation rows come straight from the PREP files (raydet.shards.read_rows): each worker
-takes its own contiguous range (``val_range``), held in memory (``val_dataset``) or read again for every
+batches on both paths (a mosaic takes its other images from the same batch, so batches, not rows, must match).
+Validation rows come straight from the PREP files (raydet.shards.read_rows): each worker takes its own contiguous
+range (``val_range``), held in memory (``val_dataset``) or read again for every
 validation (``stream_val_dataset``).
 
 Steps: every worker runs ``steps_per_epoch = rows_per_worker // local_batch`` steps per epoch (MultiWorkerMirrored
@@ -30,7 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raydet.augment import augment
+from raydet.augment import augment_batch
+from raydet.config import AugmentConfig
 from raydet.targets import build_targets
 
 # Rows a streamed shard is mixed in (Ray Data's local shuffle buffer): 512 rows of 224 px are 77 MB.
@@ -146,30 +148,46 @@ class BatchMaker:
     """Rows -> (images (B, S, S, 3) float32 0..255, heatmap (B, G, G, C), box targets (B, G, G, 5)).
 
     ``maker(indices)`` takes rows of the ``arrays`` it was given (None: only ``maker.rows(arrays, indices)``).
-    With ``augment_seed`` set, every image is augmented (raydet.augment) from one generator seeded with it, in the
-    order the rows come; None: images as stored (validation).
+    With ``augment`` set, each batch is augmented (raydet.augment.augment_batch: mosaics from within the batch)
+    from one generator seeded with ``seed``, in the order the rows come; None: images as stored (validation).
+
+    ``mosaic`` (True) may be set False while training runs (``CloseMosaic``): the maker runs in the training
+    process (``tf.numpy_function`` or ``from_generator``), so the next batch it makes has no mosaic; batches
+    already prefetched (up to 2, plus one being made) still may.
     """
 
     def __init__(self, arrays: dict[str, np.ndarray] | None, num_classes: int, grid: int,
-                 augment_seed: int | None = None):
-        self.arrays, self.num_classes, self.grid = arrays, num_classes, grid
-        self.rng = None if augment_seed is None else np.random.default_rng(augment_seed)
+                 augment: AugmentConfig | None = None, seed: int = 0):
+        self.arrays, self.num_classes, self.grid, self.augment = arrays, num_classes, grid, augment
+        self.rng = np.random.default_rng(seed)
+        self.mosaic = True
 
     def __call__(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.rows(self.arrays, indices)
 
     def rows(self, arrays: dict[str, np.ndarray], indices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        images, heatmaps, box_targets = [], [], []
-        for i in np.asarray(indices).reshape(-1):
-            boxes, labels, _ = objects_of(arrays, int(i))
-            image = arrays["image"][i]
-            if self.rng is not None:
-                image, boxes, labels = augment(self.rng, image, boxes, labels)
-            heatmap, box_target = build_targets(boxes, labels, self.num_classes, self.grid)
-            images.append(np.asarray(image, np.float32))
-            heatmaps.append(heatmap)
-            box_targets.append(box_target)
-        return np.stack(images), np.stack(heatmaps), np.stack(box_targets)
+        rows = [int(i) for i in np.asarray(indices).reshape(-1)]
+        images = [arrays["image"][i] for i in rows]
+        objects = [objects_of(arrays, i) for i in rows]
+        boxes, labels = [o[0] for o in objects], [o[1] for o in objects]
+        if self.augment is not None:
+            images, boxes, labels = augment_batch(self.rng, images, boxes, labels, self.augment, self.mosaic)
+        targets = [build_targets(b, l, self.num_classes, self.grid) for b, l in zip(boxes, labels)]
+        return (np.stack(images).astype(np.float32, copy=False), np.stack([t[0] for t in targets]),
+                np.stack([t[1] for t in targets]))
+
+
+def CloseMosaic(maker: BatchMaker, epochs: int, close_last: int):  # noqa: N802 - a Keras class, made lazily
+    """A Keras callback setting ``maker.mosaic`` to ``epoch < epochs - close_last`` (0-based) as each epoch begins:
+    the last ``close_last`` epochs train on whole images, as inference sees them (Ultralytics' close_mosaic); a
+    resumed run gets the right setting from its first epoch. Prefetched batches lag by up to 2 (``BatchMaker``)."""
+    import tf_keras
+
+    class _CloseMosaic(tf_keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            maker.mosaic = epoch < epochs - close_last
+
+    return _CloseMosaic()
 
 
 # ------------------------------------------------------------------------------------------- tf.data
@@ -196,16 +214,18 @@ def _as_tf(maker: BatchMaker, indices, image_size: int):
     return {"image": images}, {"heatmap": heatmap, "boxes": box_target}
 
 
-def train_dataset(arrays: dict, num_classes: int, grid: int, local_batch: int, augment_images: bool, seed: int):
-    """Endless shuffled (and augmented) batches of this worker's rows in memory: ({"image"}, {"heatmap", "boxes"})."""
+def train_dataset(arrays: dict, num_classes: int, grid: int, local_batch: int, augment: AugmentConfig | None,
+                  seed: int):
+    """Endless shuffled (and, with ``augment``, augmented) batches of this worker's rows in memory:
+    ({"image"}, {"heatmap", "boxes"}). Returns (dataset, its BatchMaker: ``CloseMosaic`` switches its mosaic)."""
     import tensorflow as tf
 
     n = len(arrays["image"])
-    maker = BatchMaker(arrays, num_classes, grid, augment_seed=seed if augment_images else None)
+    maker = BatchMaker(arrays, num_classes, grid, augment, seed)
     size = arrays["image"].shape[1]
     ds = tf.data.Dataset.from_tensor_slices(np.arange(n, dtype=np.int64))
     ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat().batch(local_batch, drop_remainder=True)
-    return ds.map(lambda idx: _as_tf(maker, idx, size)).prefetch(2)
+    return ds.map(lambda idx: _as_tf(maker, idx, size)).prefetch(2), maker
 
 
 def shard_passes(shard, rows_per_pass: int, seed: int | None, batch_rows: int = 64) -> Iterator[dict]:
@@ -225,12 +245,12 @@ def shard_passes(shard, rows_per_pass: int, seed: int | None, batch_rows: int = 
 
 
 def stream_train_dataset(shard, num_classes: int, grid: int, image_size: int, local_batch: int,
-                         augment_images: bool, seed: int, rows_per_pass: int):
+                         augment: AugmentConfig | None, seed: int, rows_per_pass: int):
     """Endless (augmented) batches of ``local_batch`` rows streamed from ``shard`` (``shard_passes``, shuffled with
-    ``seed``): ({"image"}, {"heatmap", "boxes"}), as ``train_dataset``'s."""
+    ``seed``): ({"image"}, {"heatmap", "boxes"}), as ``train_dataset``'s. Returns (dataset, its BatchMaker)."""
     import tensorflow as tf
 
-    maker = BatchMaker(None, num_classes, grid, augment_seed=seed if augment_images else None)
+    maker = BatchMaker(None, num_classes, grid, augment, seed)
 
     def batches():
         for rows in fixed_batches(shard_passes(shard, rows_per_pass, seed), local_batch):
@@ -238,7 +258,7 @@ def stream_train_dataset(shard, num_classes: int, grid: int, image_size: int, lo
             yield {"image": images}, {"heatmap": heatmap, "boxes": box_target}
 
     ds = tf.data.Dataset.from_generator(batches, output_signature=_signature(image_size, grid, num_classes))
-    return ds.prefetch(2)
+    return ds.prefetch(2), maker
 
 
 def val_dataset(parts: list[dict], num_classes: int, grid: int, image_size: int, local_batch: int,

@@ -59,9 +59,9 @@ def train_loop_per_worker(config: dict) -> None:
     tf.keras.utils.set_random_seed(tcfg["seed"] + rank)  # different shuffles per worker, same init below
 
     mcfg = ModelConfig(**config["model"])
-    make_train, val_ds, val_steps = _inputs(config, mcfg, rank, world)
-    train_ds = strategy.distribute_datasets_from_function(lambda _: make_train())
-    val_ds = strategy.distribute_datasets_from_function(lambda _: val_ds)
+    train_local, maker, val_local, val_steps = _inputs(config, mcfg, rank, world)
+    train_ds = strategy.distribute_datasets_from_function(lambda _: train_local)
+    val_ds = strategy.distribute_datasets_from_function(lambda _: val_local)
 
     checkpoint = ray.train.get_checkpoint()
     # The export copy is built here, outside the strategy's scope: variables made inside it (fit runs
@@ -82,13 +82,14 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"run already has {initial_epoch} epochs (asked for {tcfg['epochs']}): nothing to train", flush=True)
         return
 
+    from raydet.inputs import CloseMosaic
     from raydet.schedule import StepLR
     from raydet.validation import ValidationAP
 
     validation = ValidationAP.from_prep(config["prep"], mcfg.num_classes) if rank == 0 else None
     reporter = _EpochReporter(model, export, tcfg, history, rank, validation, _tensorboard_writer(config, rank))
     callbacks = [StepLR(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
-                 reporter]
+                 CloseMosaic(maker, tcfg["epochs"], tcfg["close_mosaic"]), reporter]
     callbacks += [factory(rank, world, config["steps_per_epoch"]) for factory in config["callbacks"]]
     due = [e for e in range(1, tcfg["epochs"] + 1) if is_checkpoint_epoch(e, tcfg["epochs"], tcfg["checkpoint_every"])]
     model.fit(train_ds, epochs=tcfg["epochs"], initial_epoch=initial_epoch, steps_per_epoch=config["steps_per_epoch"],
@@ -96,15 +97,17 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
-    """This worker's (train dataset factory, validation dataset, validation steps), streamed or in memory as
-    ``config["inputs"]`` (raydet.inputs.InputPlan fields) says: the train shard from Ray Data
+    """This worker's (train dataset, its BatchMaker, validation dataset, validation steps), streamed or in memory
+    as ``config["inputs"]`` (raydet.inputs.InputPlan fields) says: the train shard from Ray Data
     (``get_dataset_shard("train")``), the validation range ``val_range`` straight from ``config["prep"]``."""
     import ray.train
 
     from raydet import inputs
+    from raydet.config import AugmentConfig
     from raydet.model import OUTPUT_STRIDE
 
     tcfg, plan, batch = config["train"], config["inputs"], config["local_batch"]
+    augment = AugmentConfig(**tcfg["augmentation"]) if tcfg["augment"] else None
     grid, size, classes = mcfg.image_size // OUTPUT_STRIDE, mcfg.image_size, mcfg.num_classes
     shard, seed = ray.train.get_dataset_shard("train"), tcfg["seed"] + rank
     start, stop = inputs.val_range(config["n_test"], rank, world)
@@ -112,14 +115,16 @@ def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
     if plan["stream"]:
         val_ds, val_steps = inputs.stream_val_dataset(config["prep"], "test", start, stop, classes, grid, size, batch,
                                                       pad_to)
-        return (lambda: inputs.stream_train_dataset(shard, classes, grid, size, batch, tcfg["augment"], seed,
-                                                    plan["rows_per_worker"])), val_ds, val_steps
+        train_ds, maker = inputs.stream_train_dataset(shard, classes, grid, size, batch, augment, seed,
+                                                      plan["rows_per_worker"])
+        return train_ds, maker, val_ds, val_steps
     from raydet.shards import read_rows
 
     arrays = inputs.load_split(shard)
     val_parts = [inputs.arrays_of(b) for b in read_rows(config["prep"], "test", start, stop)]
     val_ds, val_steps = inputs.val_dataset(val_parts, classes, grid, size, batch, pad_to)
-    return (lambda: inputs.train_dataset(arrays, classes, grid, batch, tcfg["augment"], seed)), val_ds, val_steps
+    train_ds, maker = inputs.train_dataset(arrays, classes, grid, batch, augment, seed)
+    return train_ds, maker, val_ds, val_steps
 
 
 def _tensorboard_writer(config: dict, rank: int):

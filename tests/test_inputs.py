@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from prep_helpers import make_prep, rows_of
 
-from raydet.inputs import (BatchMaker, arrays_of, blank_rows, concat, fixed_batches, plan_inputs, row_bytes,
-                           shard_passes, stream_train_dataset, stream_val_dataset, train_dataset, val_dataset,
-                           val_range)
+from raydet.config import AugmentConfig
+from raydet.inputs import (BatchMaker, CloseMosaic, arrays_of, blank_rows, concat, fixed_batches, plan_inputs,
+                           row_bytes, shard_passes, stream_train_dataset, stream_val_dataset, train_dataset,
+                           val_dataset, val_range)
 from raydet.shards import read_rows
 
 SIZE, GRID, CLASSES = 32, 8, 2  # prep_helpers' rows; the network's stride 4
@@ -52,14 +53,46 @@ def test_fixed_batches_carry_rows_across_parts_in_order():
 
 def test_augmented_batches_do_not_depend_on_how_the_rows_are_cut():
     """The streamed path makes each batch from whatever rows arrive: with the same seed and row order its
-    augmented images and targets are those of one in-memory call."""
+    augmented images and targets (mosaics from within each batch) are those of the in-memory calls."""
     arrays = _arrays(10)
-    whole = BatchMaker(arrays, CLASSES, GRID, augment_seed=7)(np.arange(10))
-    maker = BatchMaker(None, CLASSES, GRID, augment_seed=7)
+    memory = BatchMaker(arrays, CLASSES, GRID, AugmentConfig(), seed=7)
+    whole = [memory(np.arange(a, b)) for a, b in ((0, 4), (4, 8), (8, 10))]
+    maker = BatchMaker(None, CLASSES, GRID, AugmentConfig(), seed=7)
     parts = [{k: v[a:b] for k, v in arrays.items()} for a, b in ((0, 3), (3, 10))]
     cut = [maker.rows(rows, np.arange(len(rows["image"]))) for rows in fixed_batches(iter(parts), 4)]
-    for i in range(3):
-        np.testing.assert_array_equal(whole[i], np.concatenate([c[i] for c in cut]))
+    for w, c in zip(whole, cut, strict=True):
+        for i in range(3):
+            np.testing.assert_array_equal(w[i], c[i])
+    assert not np.array_equal(memory(np.arange(4))[0], whole[0][0])  # the generator goes on: new draws
+
+
+def test_the_streamed_dataset_augments_with_its_seed():
+    """Rows 0-3 then 4-7 from a shard without a shuffle buffer: the dataset's batches are a maker's seeded alike."""
+    arrays, cfg = _arrays(8), AugmentConfig()
+    ds, maker = stream_train_dataset(ListIterator(arrays), CLASSES, GRID, SIZE, 4, cfg, 5, rows_per_pass=8)
+    reference = BatchMaker(arrays, CLASSES, GRID, cfg, seed=5)
+    for (x, y), rows in zip(ds.take(2), (np.arange(4), np.arange(4, 8))):
+        images, heatmap, _ = reference(rows)
+        np.testing.assert_array_equal(x["image"].numpy(), images)
+        np.testing.assert_array_equal(y["heatmap"].numpy(), heatmap)
+    assert maker.augment is cfg and maker.mosaic
+
+
+def test_mosaic_switches_off_for_the_last_epochs():
+    """An augmenting maker with nothing but mosaic: with ``mosaic`` False it returns the stored images; the
+    callback switches it off from epoch 5 - 2 = 3 (0-based) on."""
+    arrays = _arrays(4)
+    still = AugmentConfig(scale=0.0, translate=0.0, hflip=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, mosaic=1.0)
+    maker = BatchMaker(arrays, CLASSES, GRID, still, seed=0)
+    assert maker.mosaic and not np.array_equal(maker(np.arange(4))[0], arrays["image"].astype(np.float32))
+    callback, seen = CloseMosaic(maker, epochs=5, close_last=2), []
+    for epoch in range(5):
+        callback.on_epoch_begin(epoch)
+        seen.append(maker.mosaic)
+    assert seen == [True, True, True, False, False]
+    np.testing.assert_array_equal(maker(np.arange(4))[0], arrays["image"].astype(np.float32))
+    CloseMosaic(maker, epochs=5, close_last=0).on_epoch_begin(4)  # 0: mosaic to the end
+    assert maker.mosaic
 
 
 class ListIterator:
@@ -92,9 +125,9 @@ def test_streamed_and_in_memory_training_batches_hold_the_same_targets(tmp_path,
 
     make_prep(tmp_path, n_train=40, n_test=4)
     arrays = concat([arrays_of(b) for b in read_rows(str(tmp_path), "train")])
-    memory = _by_image(train_dataset(arrays, CLASSES, GRID, 8, False, seed=3).take(5))
+    memory = _by_image(train_dataset(arrays, CLASSES, GRID, 8, None, seed=3)[0].take(5))
     shard = read_blocks(str(tmp_path), "train", 16).iterator()
-    streamed = _by_image(stream_train_dataset(shard, CLASSES, GRID, SIZE, 8, False, 3, rows_per_pass=40).take(5))
+    streamed = _by_image(stream_train_dataset(shard, CLASSES, GRID, SIZE, 8, None, 3, rows_per_pass=40)[0].take(5))
     assert len(memory) == len(streamed) == 40 and memory.keys() == streamed.keys()
     for key, (hm, bt) in memory.items():
         np.testing.assert_array_equal(streamed[key][0], hm)
@@ -115,7 +148,7 @@ def test_streamed_batches_carry_a_pass_remainder_into_the_next_epoch():
     after, so over 12 batches the 5 passes' 60 rows all come, each row 5 times."""
     arrays = _arrays(12)
     it = ListIterator(arrays)
-    ds = stream_train_dataset(it, CLASSES, GRID, SIZE, 5, False, 0, rows_per_pass=12)
+    ds, _ = stream_train_dataset(it, CLASSES, GRID, SIZE, 5, None, 0, rows_per_pass=12)
     seen = _count_rows(ds.take(12), arrays)
     assert sorted(seen.values()) == [5] * 12 and it.passes >= 5  # prefetching may have begun a 6th
 
