@@ -69,6 +69,17 @@ def _json_safe(obj):
     return obj
 
 
+_MD_SPECIAL = set("\\|<>*_`[]$&~")  # escaped in report.md; $: GitHub reads $..$ as math, &: an entity, ~: strike
+
+
+def md_text(value) -> str:
+    """Text from data (a class, model or file name, a path) for one Markdown table cell or line, shown literally:
+    each character of ``\\ | < > * _ ` [ ] $ & ~`` gets a backslash (so a ``|`` does not split a table cell and
+    ``<b>`` is not HTML), line breaks become spaces (a row stays one line)."""
+    text = " ".join(str(value).splitlines())
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in text)
+
+
 def _f(v, fmt: str) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
@@ -79,8 +90,8 @@ def format_table(models: dict[str, dict]) -> str:
             "p50 ms", "p95 ms", "size"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in models.items():
-        cells = [name] + [_f(m[k], ".3f") for k in ("coco_map", "coco_map_50", "coco_map_75", "voc_map_50",
-                                                    "voc07_map_50")]
+        cells = [md_text(name)] + [_f(m[k], ".3f") for k in ("coco_map", "coco_map_50", "coco_map_75",
+                                                             "voc_map_50", "voc07_map_50")]
         cells += [_f(m["detections_per_image"], ".1f"), str(m["images"]), _f(m["images_per_s"], ".1f"),
                   _f(m["latency_ms_p50"], ".3f"), _f(m["latency_ms_p95"], ".3f"), format_size(m["size_bytes"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -89,11 +100,11 @@ def format_table(models: dict[str, dict]) -> str:
 
 def format_class_table(models: dict[str, dict], classes: list[str]) -> str:
     """Per class: its ground-truth objects, then each model's COCO AP50 and recall at IoU 0.5 (Markdown)."""
-    head = ["class", "objects"] + [f"{name} {what}" for name in models for what in ("AP50", "recall50")]
+    head = ["class", "objects"] + [f"{md_text(name)} {what}" for name in models for what in ("AP50", "recall50")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c, cls in enumerate(classes):
         first = next(iter(models.values()))["per_class"][c] if models else {"ground_truth": 0}
-        cells = [cls, str(first["ground_truth"])]
+        cells = [md_text(cls), str(first["ground_truth"])]
         for m in models.values():
             cells += [_f(m["per_class"][c]["ap50"], ".3f"), _f(m["per_class"][c]["recall50"], ".3f")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -101,9 +112,10 @@ def format_class_table(models: dict[str, dict], classes: list[str]) -> str:
 
 
 def _markdown(report: dict, table: str, class_table: str) -> str:
-    return (f"# raydet evaluation\n\n{report['split']} split of `{report['data']}`, classes: "
-            f"{', '.join(report['classes'])}; {report['actors']} actor(s) x {report['threads']} thread(s), "
-            f"batch size {report['batch_size']}.\n\n{table}\n\n## Per class\n\n{class_table}\n\n"
+    return (f"# raydet evaluation\n\n{md_text(report['split'])} split of {md_text(report['data'])}, classes: "
+            f"{', '.join(md_text(c) for c in report['classes'])}; {report['actors']} actor(s) x "
+            f"{report['threads']} thread(s), batch size {report['batch_size']}.\n\n{table}\n\n## Per class\n\n"
+            f"{class_table}\n\n"
             f"- detections: the {report['top_k']} best heatmap peaks per image with score >= "
             f"{report['score_threshold']} (every one is in the metrics and the COCO detections file); drawings show "
             f"those with score >= {report['draw_score_threshold']}.\n"

@@ -534,13 +534,17 @@ def exif_jpeg(orientation: int) -> bytes:
     return buf.getvalue()
 
 
+ODD_NAMES = {"back\\slash": "Cat", "c:colon": "cat"}  # file stem -> its one object's class
+
+
 @pytest.fixture(scope="module")
 def hardened(tmp_path_factory) -> tuple[Path, Path, dict]:
     """A devkit whose <size> is 64 x 48 in every XML, with: good; resized (stored at 32 x 24); swapped (stored
     48 x 64); other (stored 64 x 64); exif (orientation 6); eps (an EPS file named .jpg); huge (a 128 x 128 noise
     PNG over --max-image-bytes 20,000); bigxml (an XML over --max-xml-bytes 2,000); linked (its image a symlink
-    out of the root); alias (its image a symlink to inside/pic.jpg, inside the root); and ImageSets a symlink to
-    a folder outside whose test.txt would name good as the only test image."""
+    out of the root); alias (its image a symlink to inside/pic.jpg, inside the root); ``back\\slash`` (a Cat) and
+    ``c:colon`` (a cat): names that are plain on POSIX, and two classes differing only by case; and ImageSets a
+    symlink to a folder outside whose test.txt would name good as the only test image."""
     import ray
 
     from raydet.runtime import runtime_env
@@ -552,7 +556,7 @@ def hardened(tmp_path_factory) -> tuple[Path, Path, dict]:
     noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
     images = {"good": jpeg(), "resized": jpeg(size=(32, 24)), "swapped": jpeg(size=(48, 64)),
               "other": jpeg(size=(64, 64)), "exif": exif_jpeg(6), "eps": EPS, "huge": png(Image.fromarray(noise)),
-              "bigxml": jpeg()}
+              "bigxml": jpeg(), **{stem: jpeg() for stem in ODD_NAMES}}
     for stem, content in images.items():
         write(data / "JPEGImages" / f"{stem}.{'png' if stem == 'huge' else 'jpg'}", content)
     write(outside / "stolen.jpg", jpeg())
@@ -564,14 +568,14 @@ def hardened(tmp_path_factory) -> tuple[Path, Path, dict]:
     for stem in (*images, "linked", "alias"):
         name = f"{stem}.png" if stem == "huge" else f"{stem}.jpg"
         pad = f"<!-- {'x' * 3000} -->" if stem == "bigxml" else ""
-        write(data / "Annotations" / f"{stem}.xml", voc(name, obj("dog", 16, 12, 48, 36), pad))
+        write(data / "Annotations" / f"{stem}.xml", voc(name, obj(ODD_NAMES.get(stem, "dog"), 16, 12, 48, 36), pad))
     assert len(png(Image.fromarray(noise))) > 20_000 and (data / "Annotations" / "bigxml.xml").stat().st_size > 2_000
     return data, top / "prep", run(data, top / "prep", image_size=16, max_xml_bytes=2_000, max_image_bytes=20_000)
 
 
 def test_hardened_every_annotation_is_loaded_or_skipped_with_its_reason(hardened):
     data, _, m = hardened
-    assert m["annotations_found"] == 10 and m["images_loaded"] == 4  # good, resized, exif, alias
+    assert m["annotations_found"] == 12 and m["images_loaded"] == 6  # good, resized, exif, alias, back\slash, c:colon
     assert m["images_loaded"] + len(m["skipped"]) == m["annotations_found"]
     skipped = by_file(m["skipped"])
     outside = (data.parent / "outside").resolve()
@@ -617,6 +621,16 @@ def test_hardened_symlinks_out_of_the_root_are_reported_the_rest_loaded(hardened
          "reason": f"JPEGImages/linked.jpg: symlink leaves the dataset root (points to {outside}/stolen.jpg)"}]
     assert m["split_source"] == "hash"  # the test.txt behind the refused ImageSets link was never read
     assert "JPEGImages/alias.jpg" in read_rows(prep)  # a symlink inside the root loads like a file
+
+
+def test_hardened_backslash_and_colon_are_plain_characters_and_case_collisions_are_listed(hardened):
+    _, prep, m = hardened
+    rows = read_rows(prep)
+    for stem in ODD_NAMES:  # each loaded under its own name, its image found beside it
+        assert rows[f"JPEGImages/{stem}.jpg"]["num_objects"] == 1
+    assert m["classes"] == ["Cat", "cat", "dog"] and m["case_collisions"] == [["Cat", "cat"]]
+    labels = {stem: int(rows[f"JPEGImages/{stem}.jpg"]["labels"][0]) for stem in ODD_NAMES}
+    assert labels == {"back\\slash": 0, "c:colon": 1}  # two classes, not one
 
 
 def test_byte_limits_must_be_positive():

@@ -4,6 +4,7 @@ Chromium; `raydet report` writes it again from the files."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -48,8 +49,9 @@ def _gt_rows():
     return rows
 
 
-def _result(name: str, rows: list[dict]) -> ModelResult:
-    """What evaluate's actors would return for the hand-set model that finds FOUND[name], summed as evaluate does."""
+def _result(name: str, rows: list[dict], classes: list[str] = H.CLASSES) -> ModelResult:
+    """What evaluate's actors would return for the hand-set model that finds FOUND[name], summed as evaluate does
+    (``classes``: their names; labels 0 and 1 are the hand-set model's red and blue)."""
     from raydet.boxes import denormalize
     from raydet.decode import to_pixels
     from raydet.metrics import MatchStats, match_image
@@ -61,34 +63,41 @@ def _result(name: str, rows: list[dict]) -> ModelResult:
                                 labels=labels, scores=scores)
         n = row["num_objects"]
         matches.append(match_image(denormalize(row["boxes"][:n], WIDTH, HEIGHT), row["labels"][:n], image.boxes,
-                                   image.labels, image.scores, 2, image_id=image.image_id))
+                                   image.labels, image.scores, len(classes), image_id=image.image_id))
         images.append(image)
     part = {"match": MatchStats.concat(matches), "images": images, "latency_s": np.array([0.002, 0.004, 0.003]),
             "t_start": 10.0, "t_end": 10.5, "pid": 1}
-    return ModelResult(name=name, report=summarize([part], H.CLASSES, 1000 if name == "int8" else 4000),
+    return ModelResult(name=name, report=summarize([part], classes, 1000 if name == "int8" else 4000),
                        images=images)
+
+
+def _write_run(root, classes: list[str], files: list[str] | None = None, prep_name: str = "prep"):
+    """RUN/eval/{report.json, report.md, coco/}, RUN/history.jsonl and the PREP test split they name, under
+    ``root``, for the hand-set scenes with classes named ``classes`` (and files named ``files``)."""
+    from raydet.shards import write_shard
+
+    rows = _gt_rows()
+    for row, file in zip(rows, files or []):
+        row["file"] = file
+    prep = root / prep_name
+    (prep / "test").mkdir(parents=True)
+    write_shard(str(prep / "test" / "part-00000.parquet"), rows)
+    (prep / "manifest.json").write_text(json.dumps({"classes": classes, "image_size": H.SIZE}))
+    run = root / "run"
+    results = {name: _result(name, rows, classes) for name in FOUND}
+    write_coco(run / "eval" / "coco", rows, classes, results)
+    write_report(run / "eval", {"models": {n: r.report for n, r in results.items()}, "split": "test",
+                                "data": str(prep), "classes": classes, "actors": 1, "threads": 1,
+                                "batch_size": 3, "top_k": 100, "score_threshold": 0.01, "draw_score_threshold": 0.3,
+                                "coco_dir": str(run / "eval" / "coco")}, show_table=False)
+    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HISTORY))
+    return run
 
 
 @pytest.fixture(scope="module")
 def hand_run(tmp_path_factory):
     """RUN/eval/{report.json, report.md, coco/}, RUN/history.jsonl and the PREP test split they name."""
-    from raydet.shards import write_shard
-
-    root = tmp_path_factory.mktemp("report")
-    rows = _gt_rows()
-    prep = root / "prep"
-    (prep / "test").mkdir(parents=True)
-    write_shard(str(prep / "test" / "part-00000.parquet"), rows)
-    (prep / "manifest.json").write_text(json.dumps({"classes": H.CLASSES, "image_size": H.SIZE}))
-    run = root / "run"
-    results = {name: _result(name, rows) for name in FOUND}
-    write_coco(run / "eval" / "coco", rows, H.CLASSES, results)
-    write_report(run / "eval", {"models": {n: r.report for n, r in results.items()}, "split": "test",
-                                "data": str(prep), "classes": H.CLASSES, "actors": 1, "threads": 1,
-                                "batch_size": 3, "top_k": 100, "score_threshold": 0.01, "draw_score_threshold": 0.3,
-                                "coco_dir": str(run / "eval" / "coco")}, show_table=False)
-    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HISTORY))
-    return run
+    return _write_run(tmp_path_factory.mktemp("report"), H.CLASSES)
 
 
 def test_the_pr_curve_area_is_report_jsons_ap(hand_run):
@@ -176,3 +185,41 @@ def test_without_the_prep_folder_the_page_says_why_there_is_no_gallery(hand_run,
     page = build_report(run).read_text()
     assert "no gallery: the test images could not be read from" in page
     assert len(re.findall(r"<img ", page)) == 1 + 2 * 2  # the plots are still there
+
+
+ODD_CLASSES = ["$\\foo$", "<b>x</b>", "a|b"]  # red, blue, and a third class nobody has
+ODD_FILES = ["<i>f</i>|_0.png", "img`1`*.png", "[img_2](x).png"]
+
+
+def _md_cells(line: str) -> list[str]:
+    """A Markdown table row's cells as a renderer splits them: at every ``|`` not escaped by a backslash."""
+    unescaped = re.sub(r"\\.", "..", line)  # each escape pair -> two neutral characters (same positions)
+    cuts = [i for i, c in enumerate(unescaped) if c == "|"]
+    return [line[a + 1:b].strip() for a, b in zip(cuts, cuts[1:])]
+
+
+def test_names_from_data_are_text_in_both_reports(tmp_path):
+    """Class names with mathtext, HTML and a pipe, file names and a PREP folder with Markdown and HTML in them:
+    report.html is written (no matplotlib error), shows them escaped, and report.md's tables keep their columns."""
+    run = _write_run(tmp_path, ODD_CLASSES, ODD_FILES, prep_name="p|<i>rep_")
+    page = build_report(run).read_text()
+    assert "&lt;b&gt;x&lt;/b&gt;" in page
+    assert "<b>" not in page
+    assert "<i>" not in page
+    assert _cells(page, "&lt;b&gt;x&lt;/b&gt;")[1:] == ["2", "0.252", "0.500", "0.252", "0.500"]  # blue's row
+    assert _cells(page, "a|b")[1:] == ["0", "n/a", "n/a", "n/a", "n/a"]
+    assert _cells(page, "$\\foo$")[1] == "2"
+    captions = re.findall(r"<figcaption>(.*?): F1", page)  # every gallery image, its file name escaped
+    assert sorted(captions) == sorted([html.escape(f) for f in ODD_FILES] * 2)
+    assert all(f'alt="{c}: F1' in page for c in captions)
+    assert "p|&lt;i&gt;rep_" in page  # the PREP path in the page's first line
+
+    md = (run / "eval" / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + 2 + 2 + 3  # two tables: head, rule, 2 models / 3 classes
+    models_head, class_head = _md_cells(rows[0]), _md_cells(rows[4])
+    assert all(len(_md_cells(r)) == len(models_head) for r in rows[:4])
+    assert all(len(_md_cells(r)) == len(class_head) for r in rows[4:])
+    assert [_md_cells(r)[0] for r in rows[6:]] == ["\\$\\\\foo\\$", "\\<b\\>x\\</b\\>", "a\\|b"]
+    assert not re.search(r"(?<!\\)<[bi]>", md)  # no tag a Markdown renderer would pass on as HTML
+    assert "p\\|\\<i\\>rep\\_" in md.splitlines()[2]
