@@ -188,6 +188,7 @@ def test_predict_refuses_an_image_over_max_pixels_naming_its_size(run_dir, tmp_p
     assert report["images"] == []
     (skip,) = report["skipped"]
     assert "32 x 32 = 1,024 pixels" in skip["reason"] and "1,023" in skip["reason"]
+    assert not skip["reason"].startswith("cannot be drawn")  # refused before the model saw it
 
 
 @pytest.mark.parametrize("size", [(4000, 1), (1, 4000)])
