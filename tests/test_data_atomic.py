@@ -457,3 +457,10 @@ def test_a_bucket_lease_is_refused_while_fresh_and_taken_when_stale(tmp_path, mo
     assert json.loads((root / P.LEASE).read_text())["id"] == lease.holder["id"]
     P.release_lease(lease)
     assert not (root / P.LEASE).exists()
+    # a holder on this host whose process is gone is stale at once, however fresh its heartbeat
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (root / P.LEASE).write_text(json.dumps({**holder, "host": socket.gethostname(), "pid": int(dead.stdout),
+                                            "heartbeat": time.time()}))
+    P.release_lease(P.acquire_lease(fs, str(root), "s3://b/out"))

@@ -121,3 +121,32 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     assert predicted.returncode == 0, predicted.stdout[-4000:]
     result = json.loads((tmp_path / "predicted" / "predictions.json").read_text())
     assert result["complete"] and len(result["images"]) == 48 and result["model"] == "int8"
+
+
+def test_the_pipeline_job_takes_a_bucket_out_and_prepare_leases_and_commits_there(s3_bucket, tmp_path):
+    """jobs/pipeline.py's --out check passes a URI (PurePosixPath('s3://b/x') is not absolute); prepare's lease
+    and commit work in the bucket: a second writer is refused while the first holds it."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from raydet import prep_out
+
+    spec = importlib.util.spec_from_file_location("pipeline_job", Path(__file__).parents[1] / "jobs" / "pipeline.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    job.check_out(["--out", s3_bucket + "/out"])  # no SystemExit
+    job.check_out(["--out", "/mnt/efs/out"])
+    with pytest.raises(SystemExit, match="relative"):
+        job.check_out(["--out", "raydet-out"])
+
+    out = prep_out.open_out(s3_bucket + "/out/prep")
+    assert prep_out.LEASE in storage.list_files(s3_bucket + "/out/prep")
+    with pytest.raises(prep_out.LeaseHeld, match=r"pid \d+, since"):
+        prep_out.open_out(s3_bucket + "/out/prep")
+    storage.write_text(storage.join(s3_bucket, "out/prep", out.stage.rsplit("/", 1)[1], "train/part-0.parquet"), "x")
+    prep_out.commit(out, {"new": True})
+    assert storage.list_files(s3_bucket + "/out/prep") == ["manifest.json", "train/part-0.parquet"]
+    assert json.loads(storage.read_text(s3_bucket + "/out/prep/manifest.json")) == {"new": True}
