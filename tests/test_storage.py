@@ -150,3 +150,27 @@ def test_the_pipeline_job_takes_a_bucket_out_and_prepare_leases_and_commits_ther
     prep_out.commit(out, {"new": True})
     assert storage.list_files(s3_bucket + "/out/prep") == ["manifest.json", "train/part-0.parquet"]
     assert json.loads(storage.read_text(s3_bucket + "/out/prep/manifest.json")) == {"new": True}
+
+
+def test_gallery_reads_a_prep_and_its_dataset_in_a_bucket(s3_bucket, tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from raydet import gallery
+    from raydet.shards import write_shard
+
+    image = np.zeros((16, 16, 3), np.uint8)
+    row = {"file": "a.png", "image": image, "boxes": np.zeros((1, 4), np.float32), "labels": np.full(1, -1, np.int32),
+           "difficult": np.zeros(1, np.uint8), "num_objects": 0, "width": 20, "height": 10}
+    (tmp_path / "prep" / "test").mkdir(parents=True)
+    write_shard(str(tmp_path / "prep" / "test" / "part-0.parquet"), [row])
+    storage.upload(tmp_path / "prep", s3_bucket + "/prep", ["test/part-0.parquet"])
+    rows = gallery.read_rows(s3_bucket + "/prep", "test", {"a.png"})
+    assert set(rows) == {"a.png"} and rows["a.png"]["image"].shape == (16, 16, 3)
+    original = np.full((10, 20, 3), 77, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(original).save(buf, "PNG")
+    storage.write_bytes(s3_bucket + "/data/a.png", buf.getvalue())
+    assert (gallery.original_image(s3_bucket + "/data", rows["a.png"]) == original).all()  # the dataset's own file
