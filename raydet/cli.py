@@ -62,6 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="skip an annotation file larger than this, unread (default %(default)s)")
     p.add_argument("--max-image-bytes", type=int, default=C.PrepareConfig.max_image_bytes,
                    help="skip an image file larger than this, unread (default %(default)s)")
+    _add_max_pixels(p, C.PrepareConfig.max_pixels)
     _add_address(p)
 
     p = sub.add_parser("train", help="train the dense two-headed detector data-parallel with Ray Train")
@@ -126,6 +127,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--model", default=C.PredictConfig.model)
     p.add_argument("--score-threshold", type=float, default=C.PredictConfig.score_threshold)
+    _add_max_pixels(p, C.PredictConfig.max_pixels)
 
     p = sub.add_parser("run", help="the whole job: synth (no --data), prepare, train, quantize, evaluate")
     p.add_argument("--data", default=None, help="VOC dataset (default: the built-in synthetic set)")
@@ -148,6 +150,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_resource_timeout(p)
     _add_address(p)
     return parser
+
+
+def _add_max_pixels(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--max-pixels", type=int, default=default,
+                   help="skip an image whose header gives more pixels than this (width x height), undecoded "
+                        "(default %(default)s)")
 
 
 def _add_memory_budget(p: argparse.ArgumentParser) -> None:
@@ -221,7 +229,8 @@ def config_from_args(args: argparse.Namespace):
         return C.PrepareConfig(data=args.data, out=args.out, image_size=args.image_size,
                                classes=C.parse_class_list(args.classes), test_fraction=args.test_fraction,
                                max_objects=args.max_objects, max_xml_bytes=args.max_xml_bytes,
-                               max_image_bytes=args.max_image_bytes, address=args.address)
+                               max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels,
+                               address=args.address)
     if cmd == "train":
         return C.TrainConfig(prep=args.prep, out=args.out, name=args.name, workers=args.workers, use_gpu=args.gpu,
                              cpus_per_worker=args.cpus_per_worker, backbone=args.backbone,
@@ -243,7 +252,7 @@ def config_from_args(args: argparse.Namespace):
         return C.ReportConfig(run=args.run, screenshot=args.screenshot)
     if cmd == "predict":
         return C.PredictConfig(run=args.run, paths=tuple(args.paths), out=args.out, model=args.model,
-                               score_threshold=args.score_threshold)
+                               score_threshold=args.score_threshold, max_pixels=args.max_pixels)
     if cmd == "run":
         return C.RunConfig(data=args.data, out=args.out, images=args.images, image_size=args.image_size,
                            workers=args.workers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

@@ -118,14 +118,20 @@ class PrepareConfig:
     # far above any real annotation; 64 MiB is above any photo (a 100 MP JPEG is ~30 MB) and bounds a task's memory.
     max_xml_bytes: int = 2**20
     max_image_bytes: int = 64 * 2**20
+    # Images whose header gives more pixels are skipped undecoded (raydet.images.MAX_PIXELS: 100 MP); it also sets
+    # the memory each decode task declares to Ray (raydet.data.decode_task_memory, docs/INGEST.md).
+    max_pixels: int = 100_000_000
 
     def __post_init__(self) -> None:
+        from raydet.images import check_max_pixels
+
         if self.image_size is not None:
             _positive("--image-size", self.image_size)
         _fraction("--test-fraction", self.test_fraction)
         _positive("--max-objects", self.max_objects)
         _positive("--max-xml-bytes", self.max_xml_bytes)
         _positive("--max-image-bytes", self.max_image_bytes)
+        check_max_pixels("--max-pixels", self.max_pixels)
         if self.classes is not None and not self.classes:
             raise UserError("--classes must name at least one class")
 
@@ -310,8 +316,12 @@ class PredictConfig:
     out: str
     model: str = "int8"
     score_threshold: float = 0.3  # every detection scoring at least this is listed and drawn
+    max_pixels: int = 100_000_000  # images whose header gives more pixels are skipped undecoded (raydet.images)
 
     def __post_init__(self) -> None:
+        from raydet.images import check_max_pixels
+
+        check_max_pixels("--max-pixels", self.max_pixels)
         if not self.paths:
             raise UserError("predict needs at least one image or folder")
         if self.model not in MODEL_NAMES:

@@ -45,7 +45,9 @@ Decisions (docs/INGEST.md has the measurements behind them and where the time go
   naming both sizes. Without ``<size>``, an object whose box falls outside the decoded image is dropped.
 - EXIF orientation is not applied (``raydet.images``); images that carry one are listed in
   ``exif_rotated_images`` so the user knows they are used as stored.
-- Hostile input: XML over ``max_xml_bytes`` and images over ``max_image_bytes`` are skipped unread; symlinks
+- Hostile input: XML over ``max_xml_bytes`` and images over ``max_image_bytes`` are skipped unread, images
+  whose header gives over ``max_pixels`` pixels undecoded; each decode task declares to Ray the memory its worst
+  decode may take (``decode_task_memory``), so a node never runs more of them than its memory holds; symlinks
   leaving the dataset root are never followed (``voc`` module docstring; listed in ``refused_links``); Pillow
   opens only the formats raydet reads (``images.ACCEPTED_FORMATS``, so EPS never reaches Ghostscript).
 - **Atomic output**: the tasks write into ``OUT/.raydet-staging-<id>/``; at the end ``_commit`` moves the old
@@ -74,7 +76,7 @@ from raydet import boxes as B
 from raydet.classnames import case_collisions
 from raydet.config import PrepareConfig
 from raydet.errors import UserError
-from raydet.images import ImageError, decode_resize, exif_orientation
+from raydet.images import DECODE_BYTES_PER_PIXEL, ImageError, decode_resize, exif_orientation
 from raydet.nodes import check_visible
 from raydet.prep_out import MANIFEST, Out, commit, discard, open_out
 from raydet.progress import Progress
@@ -88,6 +90,7 @@ NO_OBJECTS = "no usable objects"
 SHARD_BYTES = 16 * 2**20
 MIN_SHARD_ROWS, MAX_SHARD_ROWS = 8, 512
 PARSE_ROWS = 4096  # annotations per parse task at most: a task lasts well above its overhead (docs/INGEST.md)
+TASK_BASE_MEMORY = 256 * 2**20  # a decode task's own Python, pyarrow and Parquet writer, beside the images
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,10 @@ def _parse_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, classes
 
 def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, out_fs: pafs.FileSystem,
                         out_root: str, image_size: int, objects_per_row: dict[str, int], class_index: dict[str, int],
-                        max_bytes: int) -> pa.Table:
+                        max_bytes: int, max_pixels: int) -> pa.Table:
     """[Ray task] planned rows -> decoded, resized rows written as one Parquet shard per split, objects padded to
-    their split's K (``objects_per_row[split]``); images over ``max_bytes`` are skipped unread.
+    their split's K (``objects_per_row[split]``); images over ``max_bytes`` are skipped unread, images whose header
+    gives more than ``max_pixels`` pixels undecoded.
 
     Returns one summary row per input: ``ok``, ``reason`` (why it was skipped), ``objects`` loaded, ``dropped``
     (reasons of objects dropped here), ``note`` (how ``<size>`` was reconciled, '' mostly), ``orientation`` (the
@@ -154,7 +158,8 @@ def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, 
         seconds["read"] += time.process_time() - t
         t = time.process_time()
         if data is not None:
-            result = _decode_row(data, file, pickle.loads(blob), image_size, objects_per_row[split], class_index)
+            result = _decode_row(data, file, pickle.loads(blob), image_size, objects_per_row[split], class_index,
+                                 max_pixels)
         seconds["decode"] += time.process_time() - t
         row = result.row
         if row is not None:
@@ -201,11 +206,11 @@ class _Decoded:
 
 
 def _decode_row(data: bytes, file: str, record: VocRecord, image_size: int, objects_per_row: int,
-                class_index: dict[str, int]) -> _Decoded:
+                class_index: dict[str, int], max_pixels: int) -> _Decoded:
     """One image's bytes -> its ``_Decoded``: the row, or the reason it is skipped (not decodable, a ``<size>``
     that is no rescaling of the decoded size: ``voc.fit_to_image``, every box outside the decoded image)."""
     try:
-        pixels, width, height = decode_resize(data, image_size)
+        pixels, width, height = decode_resize(data, image_size, max_pixels=max_pixels)
     except ImageError as exc:
         return _Decoded(None, f"{file}: {exc}")
     except Exception as exc:  # noqa: BLE001 -- a decoder bug on one hostile file must not stop the run
@@ -249,6 +254,23 @@ def _pad_row(file: str, pixels: np.ndarray, record: VocRecord, width: int, heigh
 def shard_rows(image_size: int) -> int:
     """Rows per decode task and shard for ``image_size`` px images (about ``SHARD_BYTES`` of pixels)."""
     return int(np.clip(SHARD_BYTES // (image_size * image_size * 3), MIN_SHARD_ROWS, MAX_SHARD_ROWS))
+
+
+def decode_task_memory(rows: int, image_size: int, max_pixels: int, max_image_bytes: int) -> int:
+    """Bytes one decode task declares to Ray (``map_batches(memory=...)``), so a node runs only as many at once as
+    its memory holds: the worst single decode (``DECODE_BYTES_PER_PIXEL`` x ``max_pixels``: images are decoded
+    one at a time), the encoded file it came from, the task's resized rows twice (the rows, then the shard being
+    written) and ``TASK_BASE_MEMORY``. 2.35 GB at the defaults (docs/INGEST.md, memory)."""
+    return (DECODE_BYTES_PER_PIXEL * max_pixels + max_image_bytes + 2 * rows * image_size * image_size * 3
+            + TASK_BASE_MEMORY)
+
+
+def _node_memory() -> int | None:
+    """The largest ``memory`` resource of a live Ray node (bytes), None when Ray does not say."""
+    import ray
+
+    sizes = [n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive")]
+    return int(max(sizes)) if sizes and max(sizes) > 0 else None
 
 
 def hash_split(file: str, test_fraction: float) -> str:
@@ -383,11 +405,19 @@ def _decode_all(dataset: Dataset, planned: list[_Planned], classes: list[str], o
     # One block per task (batch_size=None) so a task's rows are one shard; at least 2 per CPU so every node
     # of a cluster gets work even from a small dataset.
     blocks = max(min(len(items), 2 * cpus), math.ceil(len(items) / rows))
+    memory = decode_task_memory(rows, cfg.image_size, cfg.max_pixels, cfg.max_image_bytes)
+    largest = _node_memory()
+    if largest is not None and memory > largest:  # declared as is, no task would ever be scheduled
+        print(f"prepare: a decode task may need {memory / 2**30:.1f} GiB at --max-pixels {cfg.max_pixels:,}, more "
+              f"than the largest node's {largest / 2**30:.1f} GiB; one task per node at a time (lower --max-pixels "
+              "to run more)", flush=True)
+        memory = largest
     ds = ray.data.from_blocks(_split_table(items, blocks))
-    ds = ds.map_batches(_decode_write_batch, batch_size=None, batch_format="numpy", fn_kwargs={
+    ds = ds.map_batches(_decode_write_batch, batch_size=None, batch_format="numpy", memory=memory, fn_kwargs={
         "filesystem": dataset.filesystem, "root": dataset.root, "out_fs": out_fs, "out_root": out_root,
         "image_size": cfg.image_size, "objects_per_row": objects_per_row(planned),
-        "class_index": {name: i for i, name in enumerate(classes)}, "max_bytes": cfg.max_image_bytes})
+        "class_index": {name: i for i, name in enumerate(classes)}, "max_bytes": cfg.max_image_bytes,
+        "max_pixels": cfg.max_pixels})
     summaries = []
     with Progress("prepare: decode + resize", total=len(planned)) as bar:
         for row in ds.iter_rows():  # streamed as each task finishes, so the bar moves

@@ -17,6 +17,10 @@ import numpy as np
 GT_COLOR = (0, 200, 0)  # RGB
 PRED_COLOR = (230, 0, 0)  # RGB
 MIN_SIDE = 384  # smaller images are upscaled first: a 64 px image has no room for legible text
+# A drawing has at most this many pixels, whatever the image's aspect (6 MB of RGB, a few MB of PNG): the
+# upscale for MIN_SIDE stops there, and larger images are shrunk to it. A 1000 x 1 strip upscaled to 384 px
+# high would otherwise be 147 megapixels; a 100-megapixel photo is drawn at 2 megapixels.
+MAX_DRAW_PIXELS = 2_000_000
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _BACKGROUND = (40, 40, 40)  # contact-sheet tiles' padding, RGB
 
@@ -31,9 +35,30 @@ def _check_image(image: np.ndarray, name: str = "image_rgb") -> np.ndarray:
     return img
 
 
-def drawing_scale(height: int, width: int, min_side: int = MIN_SIDE) -> int:
-    """Integer factor :func:`draw_detections` upscales an ``height`` x ``width`` image by (1 for large images)."""
-    return max(1, math.ceil(min_side / max(1, min(height, width))))
+def drawing_scale(height: int, width: int, min_side: int = MIN_SIDE, max_pixels: int = MAX_DRAW_PIXELS) -> float:
+    """Factor :func:`draw_detections` scales an ``height`` x ``width`` image by: the integer that brings the shorter
+    side to at least ``min_side`` (1 for large images), lowered (to a fraction if need be) so that the drawing has
+    at most ``max_pixels`` pixels."""
+    h, w = max(1, int(height)), max(1, int(width))
+    up = max(1, math.ceil(min_side / min(h, w)))
+    if h * w * up * up <= max_pixels:
+        return up
+    return math.sqrt(max_pixels / (h * w))
+
+
+def drawing_size(height: int, width: int, scale: float, max_pixels: int = MAX_DRAW_PIXELS) -> tuple[int, int]:
+    """(height, width) of the drawing of an ``height`` x ``width`` image at ``scale``: at least 1 px a side and at
+    most ``max_pixels`` pixels (a side rounded up to 1 px gives the other side less, so a 10^8 x 1 strip is drawn
+    at most ``max_pixels`` long)."""
+    out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
+    if out_h * out_w > max_pixels:
+        if out_h <= out_w:
+            out_h = min(out_h, max(1, math.isqrt(max_pixels)))
+            out_w = max(1, min(out_w, max_pixels // out_h))
+        else:
+            out_w = min(out_w, max(1, math.isqrt(max_pixels)))
+            out_h = max(1, min(out_h, max_pixels // out_w))
+    return out_h, out_w
 
 
 def _label_box(img: np.ndarray, text: str, x: int, y: int, color, font_scale: float, thickness: int,
@@ -63,31 +88,38 @@ def _boxes(boxes, n_names: int, name: str) -> np.ndarray:
 
 
 def draw_detections(image_rgb: np.ndarray, gt_boxes: np.ndarray, gt_names: Sequence[str], pred_boxes: np.ndarray,
-                    pred_names: Sequence[str], pred_scores: Sequence[float], scale: int | None = None) -> np.ndarray:
+                    pred_names: Sequence[str], pred_scores: Sequence[float], scale: float | None = None) -> np.ndarray:
     """A drawn copy of ``image_rgb`` (H, W, 3) uint8: ground truth in green with its class name, predictions in red
     with ``"name 0.93"``, each label on a filled background.
 
-    ``gt_boxes`` (G, 4) and ``pred_boxes`` (P, 4) are xyxy in this image's pixels. The copy is upscaled by the
-    integer ``scale`` first (default :func:`drawing_scale`, so that the shorter side is at least ``MIN_SIDE``), so
-    the result is (H * scale, W * scale, 3); line width and text size follow the result's size.
+    ``gt_boxes`` (G, 4) and ``pred_boxes`` (P, 4) are xyxy in this image's pixels. The copy is scaled by
+    ``scale`` first (default :func:`drawing_scale`: the shorter side brought to at least ``MIN_SIDE``, the whole
+    kept under ``MAX_DRAW_PIXELS``), so the result is :func:`drawing_size` (about H * scale, W * scale; never
+    more than ``MAX_DRAW_PIXELS`` pixels, whatever ``scale`` asks); line width and text size follow its size.
     """
     img = _check_image(image_rgb)
     gt = _boxes(gt_boxes, len(gt_names), "gt_boxes")
     pred = _boxes(pred_boxes, len(pred_names), "pred_boxes")
     if len(pred_scores) != len(pred):
         raise ValueError(f"pred_scores: {len(pred_scores)} scores for {len(pred)} boxes")
-    s = drawing_scale(*img.shape[:2]) if scale is None else int(scale)
-    if s < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    out = cv2.resize(img, (img.shape[1] * s, img.shape[0] * s), interpolation=cv2.INTER_LINEAR) if s > 1 \
-        else img.copy()
+    s = drawing_scale(*img.shape[:2]) if scale is None else float(scale)
+    if not (math.isfinite(s) and s > 0):
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    out_h, out_w = drawing_size(img.shape[0], img.shape[1], s)
+    if (out_h, out_w) == img.shape[:2]:
+        out = img.copy()
+    else:  # INTER_AREA shrinks without aliasing; enlarging keeps edges crisp with INTER_LINEAR
+        shrink = out_h <= img.shape[0] and out_w <= img.shape[1]
+        out = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    sx, sy = out_w / img.shape[1], out_h / img.shape[0]  # per axis: a side held at 1 px scales apart
     side = min(out.shape[:2])
     thickness = max(1, round(side / 200))
     font_scale = max(0.45, side / 640)
     text_thickness = max(1, round(font_scale * 1.5))
 
     def corners(box):
-        x0, y0, x1, y1 = (np.asarray(box) * s).round().astype(int)
+        box = np.clip(np.asarray(box, dtype=np.float64) * (sx, sy, sx, sy), -1, max(out_w, out_h) + 1)
+        x0, y0, x1, y1 = box.round().astype(int)
         return (x0, y0), (x1, y1)
 
     # 1. every box first, then the labels, so a label is never crossed by another box's line

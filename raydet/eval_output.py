@@ -177,10 +177,12 @@ def draw_examples(out: Path, rows: list[dict], results: dict[str, ModelResult], 
 
 # ---------------------------------------------------------------------------------------------- COCO files
 
-def write_coco(out: Path, gt_rows: list[dict], classes: list[str], results: dict[str, ModelResult]) -> list[Path]:
+def write_coco(out: Path, gt_rows: list[dict], classes: list[str], results: dict[str, ModelResult],
+               shown: str | None = None) -> list[Path]:
     """``out/ground_truth.json`` (COCO instances; ``file_name`` = the Parquet ``file``, ids = position + 1 in
     ``gt_rows``, which must be sorted as the ids were given) and ``out/detections_<model>.json`` (COCO results:
-    every detection the metrics saw, bbox ``[xmin, ymin, w, h]`` original pixels, each image's in score order)."""
+    every detection the metrics saw, bbox ``[xmin, ymin, w, h]`` original pixels, each image's in score order).
+    ``shown``: where the files will be once the command ends (``out`` may be a staging folder), for the message."""
     from raydet import coco
 
     images = []
@@ -194,5 +196,5 @@ def write_coco(out: Path, gt_rows: list[dict], classes: list[str], results: dict
         predictions = [{"image_id": im.image_id, "box": box, "label": int(label), "score": float(score)}
                        for im in result.images for box, label, score in zip(im.boxes, im.labels, im.scores)]
         written.append(coco.write_json(out / f"detections_{name}.json", coco.detections(predictions, classes)))
-    print(f"COCO files: {', '.join(p.name for p in written)} in {out}", flush=True)
+    print(f"COCO files: {', '.join(p.name for p in written)} in {shown or out}", flush=True)
     return written

@@ -280,7 +280,10 @@ def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show
               # processes that returned results per model: a pool of N that shared the work shows N (+1 per restart)
               "actor_pids": {name: sorted(r.actor_pids) for name, r in results.items()},
               "coco_dir": coco_recorded}  # where raydet.report finds them again
-    write_coco(coco_dir, gt_rows, classes, results)
+    # printed where they will be once RUN/eval is swapped in (and, for a URI run, sent back), not in the stage
+    inside = coco_dir == stage or stage in coco_dir.parents
+    write_coco(coco_dir, gt_rows, classes, results,
+               shown=storage.join(cfg.run, "eval", coco_recorded) if inside else coco_recorded)
     write_report(stage, report, show_table=show_table)
     if cfg.draw:
         draw_or_report(stage / "images", ds, cfg.draw, results, classes, manifest.get("source"),

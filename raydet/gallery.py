@@ -5,7 +5,6 @@ with ground truth and detections (raydet.draw), encoded for a web page. No Tenso
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -20,9 +19,12 @@ def read_rows(prep: str | os.PathLike, split: str, files: set[str]) -> dict[str,
 
     from raydet.shards import image_array
 
+    from raydet import storage
+
     if not files:
         return {}
-    dataset = pads.dataset(str(Path(prep) / split), format="parquet")
+    filesystem, root = storage.resolve(prep)  # a path or a URI: never a Path, which would turn s3:// into s3:/
+    dataset = pads.dataset(f"{root}/{split}", format="parquet", filesystem=filesystem)
     table = dataset.to_table(columns=["file", "image", "width", "height"],
                              filter=pc.field("file").isin(sorted(files)))
     images = image_array(table)
@@ -31,23 +33,29 @@ def read_rows(prep: str | os.PathLike, split: str, files: set[str]) -> dict[str,
             for i, (f, w, h) in enumerate(zip(cols["file"], cols["width"], cols["height"]))}
 
 
-def original_image(source: str | None, row: dict) -> np.ndarray:
-    """The row's image at its original size, RGB uint8: the dataset's own file when it is reachable on this
-    machine (sharper), else the PREP image stretched back to ``width`` x ``height``."""
+def original_image(source: str | None, row: dict, max_bytes: int = 64 * 2**20,
+                   max_pixels: int | None = None) -> np.ndarray:
+    """The row's image at its original size, RGB uint8: the dataset's own file when it can be read (sharper),
+    else the PREP image stretched back to ``width`` x ``height``. ``source`` is the dataset's path or URI
+    (raydet.storage); the file is decoded through raydet.images (the formats and limits ``raydet prepare``
+    applied: a file over ``max_bytes`` or ``max_pixels`` is not read)."""
     import cv2
-    from PIL import Image
 
-    if source and "://" not in source:
-        path = Path(source) / row["file"]
+    from raydet import storage
+    from raydet.images import MAX_PIXELS, ImageError, decode_rgb
+
+    width, height = int(row["width"]), int(row["height"])
+    if source:
+        location = storage.join(source, row["file"])
         try:
-            with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB"))
-            if rgb.shape[:2] == (int(row["height"]), int(row["width"])):
-                return rgb
-        except OSError:
-            pass  # moved, unreadable or not local: fall back to the PREP pixels
-    return cv2.resize(np.asarray(row["image"]), (int(row["width"]), int(row["height"])),
-                      interpolation=cv2.INTER_LINEAR)
+            if storage.size(location) <= max_bytes:
+                rgb = decode_rgb(storage.read_bytes(location), max_pixels=max_pixels or MAX_PIXELS)
+                if rgb.shape[:2] == (height, width):
+                    return rgb
+        except (OSError, ValueError, ImageError):
+            pass  # moved, unreadable, changed or refused: fall back to the PREP pixels
+    # the PREP pixels stretched back to the original frame the boxes live in (at most --max-pixels of prepare)
+    return cv2.resize(np.asarray(row["image"]), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def draw_result(base_rgb: np.ndarray, result, classes: list[str], score_threshold: float) -> np.ndarray:

@@ -25,7 +25,12 @@ Decisions, and why:
   the encoder left under them; 16-bit greyscale (``I;16*``, ``I``) is scaled down by 257 (65535 -> 255),
   because Pillow's own conversion saturates every value above 255.
 - **Decompression bombs** are refused from the header size, before any pixel is decoded: a PNG that claims
-  50,000 x 50,000 pixels costs a few bytes to make and 7.5 GB to decode.
+  50,000 x 50,000 pixels costs a few bytes to make and 7.5 GB to decode. The limit is a pixel count
+  (``MAX_PIXELS``, ``--max-pixels``), not a byte count: a 14 KB 1-bit PNG can hold 81 megapixels.
+- **One decode path**: ``raydet prepare`` (``decode_resize``), ``raydet predict`` (``decode_resize`` for the
+  model, ``decode_rgb`` for the drawing) and the drawings of ``raydet evaluate`` and ``raydet report`` (dataset
+  files read back through ``decode_rgb``) all go through these checks and decoders, so a file one of them
+  accepts, the others accept too.
 - Every failure is an :class:`ImageError` whose message says what is wrong (empty, not an image, truncated,
   too large), so a pipeline can skip the file and report the reason.
 """
@@ -38,9 +43,29 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# Pillow's own default limit (~89.5 megapixels, a 0.27 GB RGB image): far above any labelled photo, far below
-# what would exhaust a worker's memory.
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+from raydet.errors import UserError
+
+# Pixels an image may have (width x height, read from its header before any pixel is decoded); ``--max-pixels``
+# of ``raydet prepare`` and ``raydet predict``. 100 megapixels is above any camera photo (a 61 MP full-frame
+# sensor, a 100 MP medium-format back) and bounds what one decode costs: at most
+# ``DECODE_BYTES_PER_PIXEL`` bytes a pixel, 2 GB at this limit (docs/INGEST.md, memory).
+MAX_PIXELS = 100_000_000
+# Peak memory growth of one decode per pixel of the stored image, the worst mode measured (docs/INGEST.md): an
+# 88-megapixel RGBA or LA PNG, composited on white, +1.69 GiB = 20 bytes a pixel (16-bit greyscale 14, a
+# palette PNG with transparency 17, float TIFF 17, 1-bit PNG 5 when resized, RGB JPEG 3 at full size).
+DECODE_BYTES_PER_PIXEL = 20
+# Pillow refuses (DecompressionBombError, from Image.open and some decoders) any image over twice its
+# Image.MAX_IMAGE_PIXELS (178,956,970 pixels by default), whatever ``max_pixels`` says; a larger limit is refused
+# up front by the configs instead of failing on every large image.
+PILLOW_PIXEL_LIMIT = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
+def check_max_pixels(name: str, value: int) -> None:
+    """UserError naming ``name`` unless ``value`` is a pixel limit raydet can honour (1..PILLOW_PIXEL_LIMIT)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PILLOW_PIXEL_LIMIT:
+        raise UserError(f"{name} must be a whole number of pixels from 1 to {PILLOW_PIXEL_LIMIT:,} (Pillow's own "
+                         f"decompression-bomb limit), got {value!r}")
+
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -73,19 +98,41 @@ def decode_resize(data: bytes, size: int, *, max_pixels: int = MAX_PIXELS) -> tu
             return fast
     im = _open(data, max_pixels)
     width, height = im.size
+    if im.format == "JPEG":
+        im.draft("RGB", (size, size))  # decode at the smallest DCT scale that is still >= size
+    rgb = _load_rgb(im)
     try:
-        if im.format == "JPEG":
-            im.draft("RGB", (size, size))  # decode at the smallest DCT scale that is still >= size
-        im.load()
-        rgb = _to_rgb(im)
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"cannot resize the {width} x {height} image: {exc}") from exc
+    return np.asarray(rgb, dtype=np.uint8), width, height
+
+
+def decode_rgb(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> its stored pixels, ``(height, width, 3)`` uint8 RGB, at full size: what
+    ``raydet predict`` and the drawings show. The same checks and decoders as :func:`decode_resize` (the accepted
+    formats, ``max_pixels`` refused from the header, libjpeg-turbo for the JPEGs it takes, so a JPEG that
+    :func:`decode_resize` read is read here too); raises :class:`ImageError` naming what is wrong."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    if data[:3] == _JPEG_SOI:
+        fast = _decode_jpeg_turbo(data, None, max_pixels)
+        if fast is not None:
+            return fast[0]
+    return np.asarray(_load_rgb(_open(data, max_pixels)), dtype=np.uint8)
+
+
+def _load_rgb(im: Image.Image) -> Image.Image:
+    """Decode an image opened by :func:`_open` and convert it to RGB; damaged data -> :class:`ImageError`."""
+    try:
+        im.load()
+        return _to_rgb(im)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"decompression bomb: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         # Pillow signals damaged data with any of these, e.g. OSError "image file is truncated (7 bytes not
         # processed)", SyntaxError "broken PNG file", ValueError "Decompressed data too large".
         raise ImageError(f"truncated or corrupt {im.format or 'image'} data: {exc}") from exc
-    return np.asarray(rgb, dtype=np.uint8), width, height
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -155,8 +202,9 @@ def _check_size(fmt: str | None, width: int, height: int, max_pixels: int) -> No
             f"pixels, over the limit of {max_pixels:,}")
 
 
-def _decode_jpeg_turbo(data: bytes, size: int, max_pixels: int) -> tuple[np.ndarray, int, int] | None:
-    """A JPEG through libjpeg-turbo (module docstring) -> ``(pixels, width, height)``, or None where Pillow must
+def _decode_jpeg_turbo(data: bytes, size: int | None, max_pixels: int) -> tuple[np.ndarray, int, int] | None:
+    """A JPEG through libjpeg-turbo (module docstring) -> ``(pixels, width, height)`` (resized to ``size`` x
+    ``size``, or the full stored pixels when ``size`` is None), or None where Pillow must
     take it: a colour space other than YCbCr/grey/RGB, data libjpeg-turbo refuses (``strict``: a truncated file
     raises instead of returning grey rows), or no ``simplejpeg`` installed. Refuses a decompression bomb from the
     header."""
@@ -172,10 +220,13 @@ def _decode_jpeg_turbo(data: bytes, size: int, max_pixels: int) -> tuple[np.ndar
     if colorspace not in _TURBO_COLORSPACES:
         return None
     try:
-        rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=size, min_width=size, strict=True)
+        if size is None:
+            rgb = simplejpeg.decode_jpeg(data, "RGB", strict=True)
+        else:
+            rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=size, min_width=size, strict=True)
     except ValueError:
         return None
-    return _resize(rgb, size), width, height
+    return (rgb if size is None else _resize(rgb, size)), width, height
 
 
 def _resize(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -69,12 +69,16 @@ def _output_name(path: Path, used: set[str]) -> str:
     return name
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    """The stored pixels of an image already decoded once by decode_resize, as (H, W, 3) uint8 RGB."""
-    from PIL import Image
+def draw_prediction(path: Path, boxes: np.ndarray, names: list[str], scores: list[float],
+                    max_pixels: int) -> np.ndarray:
+    """The drawing of ``path``'s detections (``boxes`` (D, 4) xyxy in its stored pixels): its pixels read again
+    through :func:`raydet.images.decode_rgb` (the checks and decoders ``decode_resize`` used, so a file the model
+    saw is a file that can be drawn), then :func:`raydet.draw.draw_detections` (at most ``MAX_DRAW_PIXELS``)."""
+    from raydet import draw
+    from raydet.images import decode_rgb
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    image = decode_rgb(path.read_bytes(), max_pixels=max_pixels)
+    return draw.draw_detections(image, np.zeros((0, 4)), [], boxes, names, scores)
 
 
 def _classes(run: Path) -> list[str]:
@@ -120,7 +124,7 @@ def _predict(cfg: PredictConfig, run: Path) -> dict:
     _write_json(out / "predictions.json", report)  # no stale file from an earlier predict stands in for this one
     for start in range(0, len(files), CHUNK):
         report["images"] += _predict_chunk(runner, files[start:start + CHUNK], classes, cfg.score_threshold, out,
-                                           used, skipped)
+                                           used, skipped, cfg.max_pixels)
         _write_json(out / "predictions.json", report)
         print(f"  {min(start + CHUNK, len(files))}/{len(files)} images", flush=True)
 
@@ -141,9 +145,10 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _predict_chunk(runner, paths: list[Path], classes: list[str], score_threshold: float, out: Path,
-                   used: set[str], skipped: list[dict]) -> list[dict]:
-    """Decode, predict, draw and describe ``paths``; files that cannot be decoded go to ``skipped``. Returns one
-    dict per drawn image (the ``images`` entries of predictions.json)."""
+                   used: set[str], skipped: list[dict], max_pixels: int) -> list[dict]:
+    """Decode, predict, draw and describe ``paths``; files that cannot be decoded (over ``max_pixels`` pixels
+    included) go to ``skipped``, as does one that changed between its decode and its drawing. Returns one dict
+    per drawn image (the ``images`` entries of predictions.json)."""
     from raydet import draw
     from raydet.decode import decode, to_pixels
     from raydet.images import ImageError, decode_resize
@@ -151,7 +156,7 @@ def _predict_chunk(runner, paths: list[Path], classes: list[str], score_threshol
     chunk, pixels, sizes = [], [], []
     for path in paths:
         try:
-            image, width, height = decode_resize(path.read_bytes(), runner.image_size)
+            image, width, height = decode_resize(path.read_bytes(), runner.image_size, max_pixels=max_pixels)
         except (OSError, ImageError) as exc:
             skipped.append({"file": str(path), "reason": str(exc)})
             continue
@@ -167,8 +172,11 @@ def _predict_chunk(runner, paths: list[Path], classes: list[str], score_threshol
         boxes = to_pixels(det.boxes, width, height)
         dets = [{"class": classes[int(label)], "label": int(label), "score": float(score),
                  "box": [float(v) for v in box]} for box, label, score in zip(boxes, det.labels, det.scores)]
-        drawn = draw.draw_detections(_read_rgb(path), np.zeros((0, 4)), [], boxes, [d["class"] for d in dets],
-                                     [d["score"] for d in dets])
+        try:
+            drawn = draw_prediction(path, boxes, [d["class"] for d in dets], [d["score"] for d in dets], max_pixels)
+        except (OSError, ImageError) as exc:  # replaced or removed since it was decoded a moment ago
+            skipped.append({"file": str(path), "reason": f"cannot be drawn: {exc}"})
+            continue
         name = _output_name(path, used)
         draw.write_png(out / name, drawn)
         results.append({"file": str(path), "output": name, "width": int(width), "height": int(height),

@@ -109,7 +109,9 @@ def _gallery(found: dict, classes: list[str], report: dict, count: int) -> tuple
     """{model: [(caption, JPEG)]} of each model's ``count`` worst images, and a note ('' when all went well)."""
     from raydet import gallery
 
-    prep = Path(report.get("data") or "")
+    from raydet import storage
+
+    prep = report.get("data") or ""  # a path or a URI (raydet.storage), never made a Path: s3:// would lose a /
     wanted = {}
     for name, a in found.items():
         by_id = {im.image_id: im for im in a["images"]}
@@ -118,8 +120,10 @@ def _gallery(found: dict, classes: list[str], report: dict, count: int) -> tuple
         rows = gallery.read_rows(prep, report.get("split", "test"), {im.file for p in wanted.values() for _, im in p})
     except (OSError, ValueError) as exc:  # PREP moved or deleted: the rest of the page still stands
         return {}, f"no gallery: the test images could not be read from {prep} ({type(exc).__name__}: {exc})"
-    manifest = prep / "manifest.json"
-    source = json.loads(manifest.read_text()).get("source") if manifest.is_file() else None
+    try:
+        source = json.loads(storage.read_text(storage.join(prep, "manifest.json"))).get("source")
+    except (OSError, ValueError):  # no manifest: the PREP pixels are drawn
+        source = None
     threshold = float(report.get("draw_score_threshold", analysis.IMAGE_SCORE))
     try:
         return {name: _drawn(pairs, rows, source, classes, threshold) for name, pairs in wanted.items()}, ""

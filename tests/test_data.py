@@ -698,3 +698,38 @@ def test_115000_empty_objects_keep_the_manifest_small_with_exact_counts():
     big = [e for e in fields["objects_skipped"] if e["file"] == "annotations/big.xml"]
     assert big == entries[:EXAMPLES_PER_REASON]  # the first ones, in order
     assert [e for e in fields["objects_skipped"] if e["file"] == "annotations/small.xml"] == entries[-3:]
+
+
+# ------------------------------------------------------------------------------------- pixel limit, memory
+
+def test_max_pixels_skips_from_the_header_and_decode_tasks_declare_their_memory(tmp_path, ray_local, monkeypatch):
+    import ray.data
+
+    import raydet.data
+
+    declared = []
+    original = ray.data.Dataset.map_batches
+
+    def recording(self, fn, *args, **kwargs):
+        if getattr(fn, "__name__", "") == "_decode_write_batch":
+            declared.append(kwargs.get("memory"))
+        return original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", recording)
+    one_good(tmp_path / "d", "small")  # 64 x 48 = 3,072 pixels
+    write(tmp_path / "d" / "big.png", png(Image.new("1", (100, 100))))  # 10,000 pixels, 1-bit: a few bytes
+    write(tmp_path / "d" / "big.xml", voc("big.png", obj("dog", 1, 1, 50, 50), size=(100, 100)))
+    m = run(tmp_path / "d", tmp_path / "prep", image_size=32, max_pixels=5_000)
+    assert m["images_loaded"] == 1
+    reason = by_file(m["skipped"])["big.png"]
+    assert "100 x 100 = 10,000 pixels" in reason and "5,000" in reason
+    expected = raydet.data.decode_task_memory(raydet.data.shard_rows(32), 32, 5_000, PrepareConfig.max_image_bytes)
+    assert declared == [expected] and expected > 20 * 5_000
+    # the defaults: the worst decode of 100 megapixels, 20 bytes each, plus the rest: about 2.35 GB a task
+    default = raydet.data.decode_task_memory(raydet.data.shard_rows(224), 224, 100_000_000, 64 * 2**20)
+    assert 2.0e9 < default < 2.5e9
+
+
+def test_max_pixels_beyond_what_pillow_allows_is_refused_up_front():
+    with pytest.raises(ValueError, match=r"--max-pixels must be .* 178,956,970"):
+        PrepareConfig(data="d", out="o", max_pixels=200_000_000)

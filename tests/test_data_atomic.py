@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from raydet.prep_out import MANIFEST, OLD_PREFIX, STAGING_PREFIX, commit, open_out
+from raydet.prep_out import LEASE, MANIFEST, OLD_PREFIX, STAGING_PREFIX, commit, open_out
 
 RAYDET = Path(sys.executable).parent / "raydet"
 
@@ -31,9 +31,10 @@ def write(path: Path, content: str = "x") -> Path:
 
 
 def tree(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (hidden folders included), relative path -> sha256 of its bytes."""
+    """Every file under ``folder`` (hidden folders included) but the lease a running prepare holds, relative path
+    -> sha256 of its bytes."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LEASE}
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -83,7 +84,7 @@ def test_a_commit_cut_short_is_cleaned_up_not_refused(tmp_path):
     write(tmp_path / "out" / "train" / "part-0000000.parquet", "unmatched")
     write(tmp_path / "out" / f"{OLD_PREFIX}abc" / MANIFEST, "{}")
     out = open_out(str(tmp_path / "out"))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [Path(out.stage).name]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != LEASE) == [Path(out.stage).name]
     commit(out, {"new": True})  # and the next commit goes through
     assert json.loads((tmp_path / "out" / MANIFEST).read_text()) == {"new": True}
 
@@ -230,3 +231,236 @@ def test_a_prepare_killed_half_way_leaves_the_previous_prep_and_the_next_run_com
              for f in pq.read_table(p, columns=["file"]).column("file").to_pylist()]
     assert sorted(files) == sorted([f"JPEGImages/{i:06d}.jpg" for i in range(1, 601)] + ["JPEGImages/extra.jpg"])
     assert sum(m["splits"].values()) == 601
+
+
+# ------------------------------------------------------------------- a commit cut short at each of its steps
+
+NEW_MANIFEST = hashlib.sha256(b'{\n  "new": true\n}\n').hexdigest()
+NEW_TREE = {MANIFEST: NEW_MANIFEST, "train/part-0000005.parquet": hashlib.sha256(b"new train").hexdigest(),
+            "test/part-0000005.parquet": hashlib.sha256(b"new test").hexdigest()}
+
+
+def killed(out) -> None:
+    """What SIGKILL does to a prepare: its lock goes with its process, nothing else is cleaned."""
+    import raydet.prep_out as P
+
+    out.lease.stop.set()
+    os.close(out.lease.fd)
+
+
+def staged(root: Path, filesystem=None):
+    from raydet.prep_out import Out
+
+    out = open_out(str(root))
+    write(Path(out.stage) / "train" / "part-0000005.parquet", "new train")
+    write(Path(out.stage) / "test" / "part-0000005.parquet", "new test")
+    return out if filesystem is None else Out(filesystem, out.root, out.stage, out.lease)
+
+
+class Cut(Exception):
+    pass
+
+
+@pytest.mark.parametrize("step", range(6))  # 3 moves of the old PREP aside, then 3 of the new one in
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_commit_killed_at_any_move_is_completed_by_the_next_run(tmp_path, monkeypatch, step, where):
+    import raydet.prep_out as P
+
+    old_prep(tmp_path / "out")
+    out = staged(tmp_path / "out")
+    calls, real = [], P._step_move
+
+    def cut(filesystem, src, dst, on_copied):
+        calls.append(dst)
+        if len(calls) - 1 == step:
+            if where == "after":
+                real(filesystem, src, dst, on_copied)
+            raise Cut(f"killed {where} moving {src}")
+        real(filesystem, src, dst, on_copied)
+
+    monkeypatch.setattr(P, "_step_move", cut)
+    with pytest.raises(Cut):
+        commit(out, {"new": True})
+    killed(out)
+    monkeypatch.setattr(P, "_step_move", real)
+    assert P.recover(out.filesystem, out.root) == "completed"
+    assert tree(tmp_path / "out") == NEW_TREE  # the new PREP, whole, and nothing else
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != LEASE) == [MANIFEST, "test", "train"]
+
+
+def test_a_commit_killed_before_its_journal_keeps_the_previous_prep(tmp_path, monkeypatch):
+    import raydet.prep_out as P
+
+    before = tree(old_prep(tmp_path / "out"))
+    out = staged(tmp_path / "out")
+
+    def no_journal(*args):
+        raise Cut("killed before the journal")
+
+    monkeypatch.setattr(P, "_write_journal", no_journal)
+    with pytest.raises(Cut):
+        commit(out, {"new": True})
+    killed(out)
+    monkeypatch.undo()
+    nxt = open_out(str(tmp_path / "out"))  # the next run: the previous PREP, its leftovers gone
+    assert tree(tmp_path / "out") == before and leftovers(tmp_path / "out") == [Path(nxt.stage).name]
+
+
+def test_a_commit_killed_while_deleting_the_old_prep_is_finished(tmp_path, monkeypatch):
+    import raydet.prep_out as P
+
+    old_prep(tmp_path / "out")
+    out = staged(tmp_path / "out")
+    real = P._delete_folder
+
+    def cut(filesystem, path):
+        write(Path(path) / "train" / "gone.parquet")
+        (Path(path) / "train" / "part-0000000.parquet").unlink()  # half deleted
+        raise Cut(f"killed deleting {path}")
+
+    monkeypatch.setattr(P, "_delete_folder", cut)
+    with pytest.raises(Cut):
+        commit(out, {"new": True})
+    killed(out)
+    monkeypatch.setattr(P, "_delete_folder", real)
+    open_out(str(tmp_path / "out"))
+    assert {k: v for k, v in tree(tmp_path / "out").items() if not k.startswith(".")} == NEW_TREE
+    assert [p for p in leftovers(tmp_path / "out") if p.startswith(OLD_PREFIX)] == []
+
+
+@pytest.mark.parametrize("when", ["copying", "deleting"])
+def test_a_bucket_commit_killed_mid_copy_or_mid_delete_is_completed(tmp_path, monkeypatch, when):
+    """An object store moves a folder by copy, then delete: a half copy is redone, a half delete finished."""
+    import raydet.prep_out as P
+
+    old_prep(tmp_path / "out")
+    out = staged(tmp_path / "out", pafs.PyFileSystem(NoFolderMoves()))
+    real = P._move
+
+    def cut(filesystem, src, dst, on_copied):
+        if dst.endswith(f"/train") and STAGING_PREFIX in src:  # the new train/ moving in
+            if when == "copying":
+                filesystem.create_dir(dst, recursive=True)
+                write(Path(dst) / "part-0000005.parquet", "new tr")  # half of it
+                raise Cut("killed copying")
+            filesystem.create_dir(dst, recursive=True)
+            pafs.copy_files(src, dst, source_filesystem=filesystem, destination_filesystem=filesystem)
+            on_copied()
+            os.remove(Path(src) / "part-0000005.parquet")  # half deleted
+            raise Cut("killed deleting")
+        real(filesystem, src, dst, on_copied)
+
+    monkeypatch.setattr(P, "_move", cut)
+    with pytest.raises(Cut):
+        commit(out, {"new": True})
+    killed(out)
+    monkeypatch.setattr(P, "_move", real)
+    assert P.recover(out.filesystem, out.root) == "completed"
+    assert tree(tmp_path / "out") == NEW_TREE
+
+
+def test_discard_after_a_cut_commit_completes_it(tmp_path, monkeypatch):
+    """A commit that raises (not killed) is completed by prepare's own clean-up, before it returns."""
+    import raydet.prep_out as P
+    from raydet.prep_out import discard
+
+    old_prep(tmp_path / "out")
+    out = staged(tmp_path / "out")
+    real, calls = P._step_move, []
+
+    def cut(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Cut("disk hiccup")
+        real(*args)
+
+    monkeypatch.setattr(P, "_step_move", cut)
+    with pytest.raises(Cut):
+        commit(out, {"new": True})
+    monkeypatch.setattr(P, "_step_move", real)
+    discard(out)
+    assert tree(tmp_path / "out") == NEW_TREE and not (tmp_path / "out" / LEASE).exists()
+
+
+# ----------------------------------------------------------------------- two prepares into one --out
+
+def test_a_second_prepare_into_the_same_out_refuses_naming_the_holder_and_the_first_finishes(tmp_path):
+    import socket
+
+    from raydet.config import SynthConfig
+    from raydet.prep_out import LEASE
+    from raydet.synth import write_synthetic
+
+    data, out = tmp_path / "data", tmp_path / "prep"
+    write_synthetic(SynthConfig(out=str(data), images=300, image_size=64))
+    first = subprocess.Popen(prepare_args(data, out), env=cli_env(), start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / LEASE).is_file() or f'"pid": {first.pid}' not in (out / LEASE).read_text():
+            assert first.poll() is None, f"the first prepare ended (rc {first.returncode}) before taking the lease"
+            assert time.monotonic() < deadline, "no lease within 120 s"
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        second = subprocess.run(prepare_args(data, out), env=cli_env(), capture_output=True, text=True, timeout=120)
+        assert second.returncode != 0
+        assert f"host {socket.gethostname()}, pid {first.pid}, since " in second.stderr, second.stderr
+        assert time.monotonic() - t0 < 30  # at once: before any Ray start
+        assert first.poll() is None or first.returncode == 0  # the second did not disturb the first
+        stdout, stderr = first.communicate(timeout=300)
+        assert first.returncode == 0, stderr[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        try:
+            os.killpg(first.pid, signal.SIGKILL)  # Ray's helpers
+        except ProcessLookupError:
+            pass
+    m = json.loads((out / MANIFEST).read_text())
+    assert m["images_loaded"] == m["annotations_found"] == 300
+    files = [f for split in ("train", "test") for p in sorted((out / split).glob("*.parquet"))
+             for f in pq.read_table(p, columns=["file"]).column("file").to_pylist()]
+    assert sorted(files) == [f"JPEGImages/{i:06d}.jpg" for i in range(1, 301)]
+    assert leftovers(out) == [] and not (out / LEASE).exists()
+
+
+def test_a_lease_left_by_a_dead_prepare_is_taken_over(tmp_path):
+    import socket
+
+    from raydet.prep_out import LEASE, release
+
+    old_prep(tmp_path / "out")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "out" / LEASE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout),
+                                                      "start": 0, "heartbeat": 0, "id": "dead"}))
+    out = open_out(str(tmp_path / "out"))  # no lock on the file: its holder is gone
+    assert json.loads((tmp_path / "out" / LEASE).read_text())["pid"] == os.getpid()
+    release(out)
+    assert not (tmp_path / "out" / LEASE).exists()
+
+
+def test_a_bucket_lease_is_refused_while_fresh_and_taken_when_stale(tmp_path, monkeypatch):
+    """An object store has no locks: the lease object's heartbeat decides (another host's, here)."""
+    import raydet.prep_out as P
+
+    fs = pafs.PyFileSystem(NoFolderMoves())  # not a LocalFileSystem: the bucket code path
+    root = tmp_path / "out"
+    root.mkdir()
+    holder = {"host": "elsewhere", "pid": 4242, "start": time.time() - 60, "heartbeat": time.time() - 10, "id": "x"}
+    (root / P.LEASE).write_text(json.dumps(holder))
+    with pytest.raises(P.LeaseHeld, match=r"host elsewhere, pid 4242, since .*last heartbeat 1\d s ago"):
+        P.acquire_lease(fs, str(root), "s3://b/out")
+    holder["heartbeat"] = time.time() - P.STALE_S - 1
+    (root / P.LEASE).write_text(json.dumps(holder))
+    lease = P.acquire_lease(fs, str(root), "s3://b/out")
+    assert json.loads((root / P.LEASE).read_text())["id"] == lease.holder["id"]
+    P.release_lease(lease)
+    assert not (root / P.LEASE).exists()
+    # a holder on this host whose process is gone is stale at once, however fresh its heartbeat
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (root / P.LEASE).write_text(json.dumps({**holder, "host": socket.gethostname(), "pid": int(dead.stdout),
+                                            "heartbeat": time.time()}))
+    P.release_lease(P.acquire_lease(fs, str(root), "s3://b/out"))

@@ -96,3 +96,17 @@ def test_every_prediction_of_an_image_is_drawn_with_its_own_label():
         above = out[y0 - 8, x0:x0 + 30]
         assert (above == draw.PRED_COLOR).all(axis=1).any() and (above != draw.PRED_COLOR).any(axis=1).any()
     assert tuple(out[65, 80]) == (GREY,) * 3  # between the first two boxes nothing is drawn
+
+
+@pytest.mark.parametrize("h,w", [(1, 1000), (1000, 1), (1, 65535), (3, 10**7), (10**7, 1), (20_000, 20_000)])
+def test_drawings_are_capped_in_pixels_whatever_the_aspect(h, w):
+    s = draw.drawing_scale(h, w)
+    out_h, out_w = draw.drawing_size(h, w, s)
+    assert 1 <= out_h and 1 <= out_w and out_h * out_w <= draw.MAX_DRAW_PIXELS
+    assert h * w * s * s <= draw.MAX_DRAW_PIXELS * 1.0001  # the factor itself respects the cap
+    assert (out_w >= out_h) == (w >= h)
+
+
+def test_a_scale_asked_for_is_still_held_to_the_cap():
+    out = draw.draw_detections(grey(2, 3000), [[0, 0, 3000, 2]], ["a"], [], [], [], scale=384)
+    assert out.shape[0] * out.shape[1] <= draw.MAX_DRAW_PIXELS and out.shape[1] > out.shape[0]

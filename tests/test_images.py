@@ -251,3 +251,23 @@ def test_a_format_pillow_reads_but_raydet_does_not_is_refused_naming_it():
 def test_every_accepted_format_still_decodes(fmt):
     pixels, w, h = decode_resize(encode(Image.new("RGB", (20, 10), (0, 0, 255)), fmt), 8)
     assert (w, h) == (20, 10) and pixels.shape == (8, 8, 3) and pixels[..., 2].min() > 200
+
+
+def test_decode_rgb_gives_the_stored_pixels_through_the_same_checks():
+    from raydet.images import decode_rgb
+
+    a = np.zeros((30, 70, 3), np.uint8)
+    a[:, 35:] = (0, 0, 255)
+    assert (decode_rgb(encode(Image.fromarray(a), "PNG")) == a).all()
+    jpg = encode(Image.new("RGB", (70, 30), (200, 100, 50)), "JPEG", quality=95)
+    tem = jpg[:2] + b"\xff\x01" + jpg[2:]  # a TEM marker: libjpeg-turbo skips it, Pillow's JPEG opener refuses it
+    with pytest.raises(Exception):
+        Image.open(io.BytesIO(tem)).load()
+    rgb = decode_rgb(tem)
+    assert rgb.shape == (30, 70, 3) and np.abs(rgb.astype(int) - (200, 100, 50)).max() <= 3
+    with pytest.raises(ImageError, match=r"70 x 30 = 2,100 pixels, over the limit of 2,099"):
+        decode_rgb(jpg, max_pixels=2_099)
+    with pytest.raises(ImageError, match="decompression bomb"):
+        decode_rgb(png_header_only(50_000, 50_000))
+    with pytest.raises(ImageError, match="format EPS not accepted"):
+        decode_rgb(MINIMAL_EPS)

@@ -147,3 +147,75 @@ def test_old_run_is_refused_before_any_output(tmp_path):
 def test_missing_model_names_the_existing_ones(run_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="this run has: float, int8"):
         predict(PredictConfig(run=str(run_dir), paths=(str(tmp_path),), out=str(tmp_path / "o"), model="dynamic"))
+
+
+def tem_jpeg() -> bytes:
+    """A normal JPEG with a TEM marker (0xFF01, a marker without a length) right after SOI: libjpeg-turbo skips
+    it, Pillow's JPEG opener does not know it."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(H.paint(SCENE)).save(buf, "JPEG", quality=95)
+    data = buf.getvalue()
+    return data[:2] + b"\xff\x01" + data[2:]
+
+
+def test_a_jpeg_only_libjpeg_turbo_reads_is_predicted_and_drawn(run_dir, tmp_path):
+    import io
+
+    import simplejpeg
+    from PIL import UnidentifiedImageError
+
+    data = tem_jpeg()
+    with pytest.raises(UnidentifiedImageError):  # the reader predict used to draw with refuses it
+        Image.open(io.BytesIO(data))
+    assert simplejpeg.decode_jpeg(data).shape == (32, 32, 3)  # the one decode_resize uses reads it
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "tem.jpg").write_bytes(data)
+    report = predict(PredictConfig(run=str(run_dir), paths=(str(tmp_path / "in"),), out=str(tmp_path / "out"),
+                                   model="float"))
+    assert report["skipped"] == [] and [img["output"] for img in report["images"]] == ["tem.png"]
+    assert len(report["images"][0]["detections"]) == 3
+    with Image.open(tmp_path / "out" / "tem.png") as im:
+        assert im.size == (384, 384)
+
+
+def test_predict_refuses_an_image_over_max_pixels_naming_its_size(run_dir, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(H.paint(SCENE)).save(tmp_path / "in" / "scene.png")
+    report = predict(PredictConfig(run=str(run_dir), paths=(str(tmp_path / "in"),), out=str(tmp_path / "out"),
+                                   model="float", max_pixels=1023))
+    assert report["images"] == []
+    (skip,) = report["skipped"]
+    assert "32 x 32 = 1,024 pixels" in skip["reason"] and "1,023" in skip["reason"]
+    assert not skip["reason"].startswith("cannot be drawn")  # refused before the model saw it
+
+
+@pytest.mark.parametrize("size", [(4000, 1), (1, 4000)])
+def test_a_thin_image_is_drawn_within_the_pixel_cap(tmp_path, size):
+    """A 4000 x 1 strip upscaled to a 384 px short side would be 1.5 gigapixels (4.4 GB); the drawing is held to
+    MAX_DRAW_PIXELS whatever the aspect, and drawing it costs well under 100 MB."""
+    import resource
+    import tracemalloc
+
+    from raydet import draw
+    from raydet.predict import draw_prediction
+
+    path = tmp_path / "thin.png"
+    Image.new("RGB", size, (10, 200, 30)).save(path)
+    w, h = size
+    box = np.array([[0, 0, w, h]], np.float64)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, the process's peak so far
+    tracemalloc.start()
+    try:
+        drawn = draw_prediction(path, box, ["red"], [0.9], max_pixels=10**8)
+        _, traced_peak = tracemalloc.get_traced_memory()  # numpy's buffers are traced
+    finally:
+        tracemalloc.stop()
+    rss_growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024
+    assert traced_peak < 100 * 2**20 and rss_growth < 100 * 2**20, (traced_peak, rss_growth)
+    out_h, out_w = drawn.shape[:2]
+    assert out_h * out_w <= draw.MAX_DRAW_PIXELS and min(out_h, out_w) >= 1
+    assert (out_w > out_h) == (w > h)  # the aspect kept: still a strip
+    written = draw.write_png(tmp_path / "thin_drawn.png", drawn)
+    assert written.stat().st_size < 2 * 2**20

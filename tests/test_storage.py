@@ -121,3 +121,56 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     assert predicted.returncode == 0, predicted.stdout[-4000:]
     result = json.loads((tmp_path / "predicted" / "predictions.json").read_text())
     assert result["complete"] and len(result["images"]) == 48 and result["model"] == "int8"
+
+
+def test_the_pipeline_job_takes_a_bucket_out_and_prepare_leases_and_commits_there(s3_bucket, tmp_path):
+    """jobs/pipeline.py's --out check passes a URI (PurePosixPath('s3://b/x') is not absolute); prepare's lease
+    and commit work in the bucket: a second writer is refused while the first holds it."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from raydet import prep_out
+
+    spec = importlib.util.spec_from_file_location("pipeline_job", Path(__file__).parents[1] / "jobs" / "pipeline.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    job.check_out(["--out", s3_bucket + "/out"])  # no SystemExit
+    job.check_out(["--out", "/mnt/efs/out"])
+    with pytest.raises(SystemExit, match="relative"):
+        job.check_out(["--out", "raydet-out"])
+
+    out = prep_out.open_out(s3_bucket + "/out/prep")
+    assert prep_out.LEASE in storage.list_files(s3_bucket + "/out/prep")
+    with pytest.raises(prep_out.LeaseHeld, match=r"pid \d+, since"):
+        prep_out.open_out(s3_bucket + "/out/prep")
+    storage.write_text(storage.join(s3_bucket, "out/prep", out.stage.rsplit("/", 1)[1], "train/part-0.parquet"), "x")
+    prep_out.commit(out, {"new": True})
+    assert storage.list_files(s3_bucket + "/out/prep") == ["manifest.json", "train/part-0.parquet"]
+    assert json.loads(storage.read_text(s3_bucket + "/out/prep/manifest.json")) == {"new": True}
+
+
+def test_gallery_reads_a_prep_and_its_dataset_in_a_bucket(s3_bucket, tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from raydet import gallery
+    from raydet.shards import write_shard
+
+    image = np.zeros((16, 16, 3), np.uint8)
+    row = {"file": "a.png", "image": image, "boxes": np.zeros((1, 4), np.float32), "labels": np.full(1, -1, np.int32),
+           "difficult": np.zeros(1, np.uint8), "num_objects": 0, "width": 20, "height": 10}
+    (tmp_path / "prep" / "test").mkdir(parents=True)
+    write_shard(str(tmp_path / "prep" / "test" / "part-0.parquet"), [row])
+    storage.upload(tmp_path / "prep", s3_bucket + "/prep", ["test/part-0.parquet"])
+    rows = gallery.read_rows(s3_bucket + "/prep", "test", {"a.png"})
+    assert set(rows) == {"a.png"} and rows["a.png"]["image"].shape == (16, 16, 3)
+    original = np.full((10, 20, 3), 77, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(original).save(buf, "PNG")
+    storage.write_bytes(s3_bucket + "/data/a.png", buf.getvalue())
+    assert (gallery.original_image(s3_bucket + "/data", rows["a.png"]) == original).all()  # the dataset's own file
