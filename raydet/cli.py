@@ -135,10 +135,11 @@ def _add_resource_timeout(p: argparse.ArgumentParser) -> None:
 
 def _add_backbone(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=C.TrainConfig.backbone, choices=C.BACKBONE_NAMES,
-                   help="feature extractor under the detection heads: cnn (from scratch) or efficientnet_lite0 "
-                        "(ImageNet-pretrained, for real photos) (default %(default)s)")
+                   help="feature extractor under the detection heads: cnn (from scratch) or efficientnet_lite0, "
+                        "_lite1, _lite2 (ImageNet-pretrained, for real photos; native sizes 224, 240, 260 px) "
+                        "(default %(default)s)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                   help="efficientnet_lite0 from random weights instead of ImageNet's")
+                   help="an efficientnet_lite backbone from random weights instead of ImageNet's")
     p.add_argument("--freeze-bn", action="store_true",
                    help="keep the pretrained backbone's BatchNorm statistics (for very small per-worker batches)")
 
