@@ -138,6 +138,21 @@ def test_malformed_tensors_are_refused_before_allocating(tmp_path, monkeypatch, 
     assert "\n" not in str(refused.value)
 
 
+def test_tensors_are_checked_before_storages_are_read(tmp_path, monkeypatch):
+    """A bad tensor over a 4 MiB storage: refused with the file in memory once, its storage never copied out."""
+    path = tmp_path / "big.pth"
+    _one_tensor_file(path, monkeypatch, 0, (2, 2), (2**20, -2**20), data=np.zeros(2**20, np.float32))
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="must be non-negative ints"):
+            load_state_dict(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert size < peak < 1.5 * size
+
+
 def test_broadcast_and_empty_tensors_load_as_copies(tmp_path, monkeypatch):
     """Stride 0 with size > 1 is a broadcast: legal while the extent fits, and the array is a real copy."""
     path = tmp_path / "broadcast.pth"
