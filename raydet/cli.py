@@ -174,10 +174,11 @@ def _add_backbone(p: argparse.ArgumentParser, synthetic_default: bool = False) -
     default = "cnn for the synthetic set, else " if synthetic_default else ""
     p.add_argument("--backbone", default=None if synthetic_default else C.TrainConfig.backbone,
                    choices=C.BACKBONE_NAMES,
-                   help="feature extractor under the detection heads: cnn (from scratch) or efficientnet_lite* "
-                        f"(ImageNet-pretrained, for real photos) (default: {default}{C.TrainConfig.backbone})")
+                   help="feature extractor under the detection heads: cnn (from scratch) or efficientnet_lite0, "
+                        "_lite1, _lite2 (ImageNet-pretrained, for real photos; native sizes 224, 240, 260 px) "
+                        f"(default: {default}{C.TrainConfig.backbone})")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                   help="efficientnet_lite0 from random weights instead of ImageNet's")
+                   help="an efficientnet_lite backbone from random weights instead of ImageNet's")
     p.add_argument("--freeze-bn", action="store_true",
                    help="keep the pretrained backbone's BatchNorm statistics (for very small per-worker batches)")
 

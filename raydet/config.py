@@ -136,7 +136,8 @@ class PrepareConfig:
             raise UserError("--classes must name at least one class")
 
 
-BACKBONE_NAMES = ("cnn", "efficientnet_lite0")
+# the EfficientNet-Lite names are raydet.efficientnet_lite.VARIANTS' keys
+BACKBONE_NAMES = ("cnn", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class ModelConfig:
     num_classes: int
     image_size: int  # taken from the manifest; a multiple of 32 (the deepest map is stride 32)
     backbone: str = "cnn"  # raydet.model.BACKBONES
-    pretrained: bool = True  # efficientnet_lite0: start from its ImageNet weights (the cnn has none)
+    pretrained: bool = True  # efficientnet_lite*: start from its ImageNet weights (the cnn has none)
     width: int = 16  # cnn: filters of the first block; doubles per block up to max_width (16 fits a 2-core laptop)
     max_width: int = 256
     depth: int = 5  # cnn: conv blocks, each Conv(no bias) -> BN -> ReLU -> MaxPool (QAT-friendly order)

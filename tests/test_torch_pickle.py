@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import pickle
 import sys
+import tracemalloc
 import types
 import zipfile
 
@@ -19,8 +21,13 @@ SYS_INFO = {
 
 
 class _FakeStorage:
-    def __init__(self, type_name: str, key: str, data: np.ndarray):
+    """A storage to write; ``numel`` (the count the object pickle claims) and ``count`` (the one before its bytes)
+    default to the data's size, and may lie."""
+
+    def __init__(self, type_name: str, key: str, data: np.ndarray, numel: int | None = None, count: int | None = None):
         self.type_name, self.key, self.data = type_name, key, data
+        self.numel = data.size if numel is None else numel
+        self.count = data.size if count is None else count
 
 
 class _FakeTensor:
@@ -54,7 +61,7 @@ def _write_legacy(path, state: dict, storages: list[_FakeStorage], torch) -> Non
     class _Pickler(pickle.Pickler):
         def persistent_id(self, obj):
             if isinstance(obj, _FakeStorage):
-                return ("storage", getattr(torch, obj.type_name), obj.key, "cpu", obj.data.size)
+                return ("storage", getattr(torch, obj.type_name), obj.key, "cpu", obj.numel)
             return None
 
     with open(path, "wb") as f:
@@ -63,7 +70,7 @@ def _write_legacy(path, state: dict, storages: list[_FakeStorage], torch) -> Non
         _Pickler(f, protocol=2).dump(state)
         pickle.dump([s.key for s in storages], f, protocol=2)
         for s in storages:
-            f.write(s.data.size.to_bytes(8, "little"))
+            f.write(s.count.to_bytes(8, "little"))
             f.write(s.data.astype(s.data.dtype.newbyteorder("<")).tobytes())
 
 
@@ -91,6 +98,88 @@ def test_hand_built_legacy_file_loads(tmp_path, monkeypatch):
         assert array.flags.owndata and array.flags.writeable
     loaded["head"][2] = -1.0  # tensors sharing a storage come back as separate copies
     assert loaded["transposed"][0, 0] == 2.0
+
+
+def _one_tensor_file(path, monkeypatch, offset, size, stride, data=None, **storage) -> None:
+    """A legacy file of one float tensor ``t`` over a storage of ``data`` (default 0, 1, ..., 11)."""
+    floats = _FakeStorage("FloatStorage", "1", np.arange(12, dtype=np.float32) if data is None else data, **storage)
+    with monkeypatch.context() as m:
+        torch = _fake_torch(m)
+        _write_legacy(path, collections.OrderedDict(t=_FakeTensor(floats, offset, size, stride)), [floats], torch)
+
+
+@pytest.mark.parametrize("offset, size, stride, storage, match", [
+    (11, (3,), (-1,), {}, r"'t': offset 11, size \(3,\) and stride \(-1,\) must be non-negative ints"),
+    (0, (2**40,), (0,), {}, r"'t': size \(1099511627776,\) has 1099511627776 elements, more than 268435456"),
+    (0, (2,), (-2**40,), {}, r"stride \(-1099511627776,\) must be non-negative ints"),
+    (2**40, (2, 2), (2**40, -2**40), {}, r"stride \(1099511627776, -1099511627776\) must be non-negative"),
+    (5, (2, 2), (3, -3), {}, r"stride \(3, -3\) must be non-negative"),  # cancelling: offset + 3 - 3 looks in range
+    (0, (4, 3), (3, 1), {"numel": 2**40}, r"storage '1' claims 1099511627776 elements of 4 bytes; the file has \d+ bytes"),
+    (0, (4, 3), (3, 1), {"count": 2**40}, r"storage '1' claims 1099511627776 elements of 4 bytes; 48 bytes are left"),
+    (0, (4, 3), (3, 1), {"count": 11}, r"storage '1' holds 11 elements; its tensors were told 12"),
+    (1, (4, 3), (3, 1), {}, r"'t': offset 1 size \(4, 3\) stride \(3, 1\) reaches element 13, its storage holds 12"),
+    (0, (2, 2), (7, 5), {}, r"'t': offset 0 size \(2, 2\) stride \(7, 5\) reaches element 13, its storage holds 12"),
+    (0, (2.5,), (1,), {}, r"size \(2.5,\) and stride \(1,\) must be non-negative ints"),
+    (0, (True,), (1,), {}, r"must be non-negative ints"),
+    (0, (2, 3), (1,), {}, r"must be tuples of the same length"),
+    (-1, (2,), (1,), {}, r"offset -1, size \(2,\)"),
+])
+def test_malformed_tensors_are_refused_before_allocating(tmp_path, monkeypatch, offset, size, stride, storage, match):
+    path = tmp_path / "bad.pth"
+    _one_tensor_file(path, monkeypatch, offset, size, stride, **storage)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=match) as refused:
+            load_state_dict(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes allocated before the refusal"
+    assert "\n" not in str(refused.value)
+
+
+def test_tensors_are_checked_before_storages_are_read(tmp_path, monkeypatch):
+    """A bad tensor over a 4 MiB storage: refused with the file in memory once, its storage never copied out."""
+    path = tmp_path / "big.pth"
+    _one_tensor_file(path, monkeypatch, 0, (2, 2), (2**20, -2**20), data=np.zeros(2**20, np.float32))
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="must be non-negative ints"):
+            load_state_dict(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert size < peak < 1.5 * size
+
+
+def test_broadcast_and_empty_tensors_load_as_copies(tmp_path, monkeypatch):
+    """Stride 0 with size > 1 is a broadcast: legal while the extent fits, and the array is a real copy."""
+    path = tmp_path / "broadcast.pth"
+    _one_tensor_file(path, monkeypatch, 10, (3, 2), (0, 1))  # storage elements 10, 11 on every row
+    t = load_state_dict(path)["t"]
+    np.testing.assert_array_equal(t, [[10, 11]] * 3)
+    assert t.flags.owndata and t.strides == (8, 4)
+    t[0, 0] = -1
+    assert t[1, 0] == 10
+    _one_tensor_file(path, monkeypatch, 12, (0, 5), (5, 1))  # empty: its offset may sit at the storage's end
+    assert load_state_dict(path)["t"].shape == (0, 5)
+    _one_tensor_file(path, monkeypatch, 11, (), ())  # a 0-d tensor: extent offset + 1
+    assert load_state_dict(path)["t"] == 11
+
+
+def test_sha256_pin(tmp_path, monkeypatch):
+    path = tmp_path / "w.pth"
+    _one_tensor_file(path, monkeypatch, 0, (12,), (1,))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert load_state_dict(path, sha256=digest.upper())["t"].shape == (12,)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x80  # the last float's sign bit: still a well-formed file
+    path.write_bytes(bytes(data))
+    assert load_state_dict(path)["t"][-1] == -11.0
+    flipped = hashlib.sha256(data).hexdigest()
+    with pytest.raises(ValueError, match=f"w.pth: sha256 {flipped}, expected {digest}"):
+        load_state_dict(path, sha256=digest)
 
 
 def _header() -> bytes:
