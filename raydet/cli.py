@@ -145,6 +145,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    f"(default: {C.TrainConfig.lr:g} with --data, 2e-3 for the synthetic set)")
     _add_backbone(p, synthetic_default=True)
     _add_augment(p)
+    p.add_argument("--seed", type=int, default=C.RunConfig.seed, help="initial weights, shuffling and augmentation")
     p.add_argument("--gpu", action="store_true")
     _add_memory_budget(p)
     _add_resource_timeout(p)
@@ -259,7 +260,7 @@ def config_from_args(args: argparse.Namespace):
                            workers=args.workers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            backbone=args.backbone, pretrained=args.pretrained, freeze_bn=args.freeze_bn,
                            augment=args.augment, augmentation=augment_from_args(args),
-                           close_mosaic=args.close_mosaic, use_gpu=args.gpu, memory_budget_gb=args.memory_budget_gb,
+                           close_mosaic=args.close_mosaic, seed=args.seed, use_gpu=args.gpu, memory_budget_gb=args.memory_budget_gb,
                            resource_timeout_s=args.resource_timeout_s, address=args.address)
     raise AssertionError(f"unhandled command {cmd!r}")
 

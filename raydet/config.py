@@ -364,6 +364,7 @@ class RunConfig:
     augment: bool = TrainConfig.augment
     augmentation: AugmentConfig | None = None  # None: TrainConfig's
     close_mosaic: int = TrainConfig.close_mosaic
+    seed: int = TrainConfig.seed  # initial weights, shuffling and augmentation
     draw: int = 16
     memory_budget_gb: float = TrainConfig.memory_budget_gb
     resource_timeout_s: float = RESOURCE_TIMEOUT_S

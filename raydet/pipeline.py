@@ -65,6 +65,7 @@ def stage_configs(cfg: C.RunConfig) -> dict:
     train = C.TrainConfig(prep=prepare.out, out=storage.join(out, "runs"), name=RUN_NAME, workers=cfg.workers,
                           use_gpu=cfg.use_gpu, epochs=r["epochs"], batch_size=r["batch_size"], lr=r["lr"],
                           warmup_epochs=r["warmup_epochs"], augment=cfg.augment, close_mosaic=cfg.close_mosaic,
+                          seed=cfg.seed,
                           **({"augmentation": cfg.augmentation} if cfg.augmentation is not None else {}),
                           backbone=r["backbone"], pretrained=cfg.pretrained, freeze_bn=cfg.freeze_bn,
                           memory_budget_gb=cfg.memory_budget_gb, resource_timeout_s=cfg.resource_timeout_s,

@@ -205,3 +205,25 @@ def test_cluster_settings_reach_the_stages_and_do_not_restart_training():
         pipeline._train_key(other["train"], other["prepare"])
     with pytest.raises(ValueError, match="--memory-budget-gb must be >= 0"):
         RunConfig(memory_budget_gb=-1.0)
+
+
+def test_the_recipe_follows_the_data_and_what_the_user_set_wins():
+    from raydet.config import AugmentConfig
+
+    synth = pipeline.stage_configs(RunConfig(out="o"))
+    t = synth["train"]
+    assert (synth["prepare"].image_size, t.backbone, t.epochs, t.batch_size, t.lr, t.warmup_epochs) == \
+        (96, "cnn", 15, 32, 2e-3, 1.0)
+    real = pipeline.stage_configs(RunConfig(data="d", out="o"))
+    t = real["train"]
+    # photos: image size chosen from the boxes (None), ImageNet backbone, epochs sized in steps (None)
+    assert (real["prepare"].image_size, t.backbone, t.pretrained, t.epochs, t.batch_size, t.lr) == \
+        (None, "efficientnet_lite0", True, None, 16, 1e-3)
+    assert (t.warmup_epochs, t.ema_decay, t.augment, t.augmentation, t.close_mosaic) == \
+        (3.0, 0.99, True, AugmentConfig(), 10)
+    assert t.augmentation.mosaic == 1.0 and t.augmentation.scale == 0.5
+    mine = pipeline.stage_configs(RunConfig(data="d", out="o", backbone="cnn", epochs=7, image_size=128, lr=5e-3,
+                                            augmentation=AugmentConfig(mosaic=0.0), seed=4))
+    t = mine["train"]
+    assert (mine["prepare"].image_size, t.backbone, t.epochs, t.lr, t.augmentation.mosaic, t.seed) == \
+        (128, "cnn", 7, 5e-3, 0.0, 4)

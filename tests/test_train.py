@@ -7,6 +7,7 @@ docs/FORMATS.md) and a tiny network, so the whole file runs in a few minutes on 
 import json
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -353,3 +354,19 @@ def test_too_many_workers_or_gpus_refused_on_the_real_cluster(prep, tmp_path, ra
         train(_cfg(prep, tmp_path, workers=3))
     with pytest.raises(ValueError, match="needs 1 GPUs .* has 0 GPUs"):
         train(_cfg(prep, tmp_path, workers=1, use_gpu=True))
+
+
+def test_schedule_resolved_from_the_train_split(capsys):
+    from raydet.train import resolve_schedule
+
+    cfg = TrainConfig(prep="p", out="o", name="n", workers=1, cpus_per_worker=2.0, batch_size=16)
+    # 158 photos / 16 = 9 steps an epoch: ceil(TARGET_STEPS 1000 / 9) = 112 epochs; 10 checkpoints: every 12
+    got = resolve_schedule(cfg, 158)
+    assert (got.epochs, got.checkpoint_every, got.warmup_epochs) == (112, 12, 3.0)
+    assert "112 epochs of 9 steps (auto" in capsys.readouterr().out
+    # two workers x 8: (158 // 2) // 8 = 9 steps, the same schedule
+    assert resolve_schedule(replace(cfg, workers=2, cpus_per_worker=1.0), 158).epochs == 112
+    # given epochs stay; the warm-up is clamped to a 2-epoch run, which checkpoints every epoch
+    got = resolve_schedule(replace(cfg, epochs=2, checkpoint_every=None), 158)
+    assert (got.epochs, got.checkpoint_every, got.warmup_epochs) == (2, 1, 2.0)
+    assert resolve_schedule(replace(cfg, epochs=30, checkpoint_every=50), 158).checkpoint_every == 30
