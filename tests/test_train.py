@@ -240,6 +240,20 @@ def test_two_workers_hold_the_same_weights(killed_run):
 
 
 @pytest.mark.slow
+def test_config_json_records_the_resolved_recipe(killed_run):
+    from dataclasses import asdict
+
+    from raydet.config import AugmentConfig
+
+    tmp, _ = killed_run
+    train = json.loads((tmp / "runs" / "run" / "config.json").read_text())["train"]
+    # _cfg sets 2 epochs; the rest are the defaults, resolved: checkpoint every epoch of 2, warm-up clamped to 2
+    assert (train["epochs"], train["checkpoint_every"], train["warmup_epochs"]) == (2, 1, 2.0)
+    assert (train["ema_decay"], train["augment"], train["close_mosaic"]) == (0.99, True, 10)
+    assert train["augmentation"] == asdict(AugmentConfig())
+
+
+@pytest.mark.slow
 def test_model_file_loads_as_the_contract_says(killed_run):
     import tf_keras
 

@@ -49,14 +49,15 @@ def fail_once(marker: str):
 
 
 def write_checksums(folder: str):
-    """A factory: at the end of training each worker writes ``rank<r>.json`` with the sha256 of its weights and of
-    the averaged weights it would export (raydet.ema.averaged_weights)."""
+    """A factory: after each epoch each worker writes ``rank<r>.json`` with the sha256 of its weights and of the
+    averaged weights it would export (raydet.ema.averaged_weights). After each epoch, not at the end of training:
+    Keras' fit ends by copying the optimizer's averages into the weights (``finalize_variable_values``)."""
 
     def factory(rank: int, world: int, steps: int):
         import tf_keras
 
         class Checksum(tf_keras.callbacks.Callback):
-            def on_train_end(self, logs=None):
+            def on_epoch_end(self, epoch, logs=None):
                 from raydet.ema import averaged_weights
 
                 Path(folder, f"rank{rank}.json").write_text(json.dumps({
