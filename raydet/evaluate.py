@@ -237,20 +237,54 @@ def evaluate(cfg: EvaluateConfig, predictor: type = Predictor, show_table: bool 
     URIs: the run's small files and models are fetched into a local copy (raydet.storage.local_copy), each actor
     fetches its model file itself, and the new RUN/eval goes back at the end."""
     fetch = ["config.json", "history.jsonl", *(model_file("", name).name for name in cfg.models)]
+    run_id = uuid.uuid4().hex[:12]
+    shown = storage.join(cfg.run, f"{EVAL_PREFIX}{run_id}" if storage.is_uri(cfg.run) else "eval")
     with storage.local_copy(cfg.run, fetch=fetch) as run:
-        stage = run / f"{EVAL_STAGING}{uuid.uuid4().hex[:12]}"
+        stage = run / f"{EVAL_STAGING}{run_id}"
         try:
-            report = _evaluate(cfg, run, stage, predictor, show_table)
+            report = _evaluate(cfg, run, stage, predictor, show_table, shown)
             _swap_in(stage, run / "eval")
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         if storage.is_uri(cfg.run):
-            storage.delete_dir(storage.join(cfg.run, "eval"))  # the local copy's eval/ replaces it whole
+            publish_eval(run / "eval", cfg.run, run_id)
+            shutil.rmtree(run / "eval")  # published under its own prefix: local_copy must not send it back
     return report
 
 
-def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show_table: bool) -> dict:
-    """:func:`evaluate` with the RUN folder at the local ``run`` and RUN/eval written into ``stage``."""
+# A bucket cannot rename a folder: RUN/eval there is written under a new prefix, RUN/eval-<id>, and switched in by
+# one small write of RUN/eval.json (an object PUT is atomic), which readers follow (:func:`eval_dir`). An upload
+# cut short leaves the pointer, so the previous eval, as they were.
+EVAL_PREFIX = "eval-"
+EVAL_POINTER = "eval.json"
+
+
+def eval_dir(run: str | os.PathLike) -> str:
+    """Where ``run``'s evaluation is: ``RUN/eval`` for a local run; in a bucket the prefix RUN/eval.json names
+    (``RUN/eval`` when there is no pointer: a run evaluated before pointers, or never)."""
+    pointer = storage.join(run, EVAL_POINTER)
+    if not storage.is_uri(run) or storage.kind(pointer) != "file":
+        return storage.join(run, "eval")
+    name = json.loads(storage.read_text(pointer))["eval"]
+    if not name.startswith(EVAL_PREFIX) or "/" in name:
+        raise UserError(f"{pointer}: names {name!r}, not an {EVAL_PREFIX}<id> folder of the run")
+    return storage.join(run, name)
+
+
+def publish_eval(local_eval: Path, run: str, run_id: str) -> str:
+    """Upload ``local_eval`` to ``run``/eval-``run_id`` (a URI), point RUN/eval.json at it, then delete the eval
+    it replaces; returns the new location. Until the pointer is written readers see the previous eval whole."""
+    previous = eval_dir(run)
+    target = storage.join(run, f"{EVAL_PREFIX}{run_id}")
+    storage.upload(local_eval, target, sorted(storage.list_files(str(local_eval))))
+    storage.write_text(storage.join(run, EVAL_POINTER), json.dumps({"eval": f"{EVAL_PREFIX}{run_id}"}) + "\n")
+    storage.delete_dir(previous)
+    return target
+
+
+def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show_table: bool, shown: str) -> dict:
+    """:func:`evaluate` with the RUN folder at the local ``run`` and RUN/eval written into ``stage``; ``shown``:
+    where RUN/eval will be once the command ends (for the messages)."""
     local = replace(cfg, run=str(run))
     paths, manifest, classes = check_inputs(local)
     coco_dir, coco_recorded = coco_target(cfg, stage)
@@ -283,12 +317,12 @@ def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show
     # printed where they will be once RUN/eval is swapped in (and, for a URI run, sent back), not in the stage
     inside = coco_dir == stage or stage in coco_dir.parents
     write_coco(coco_dir, gt_rows, classes, results,
-               shown=storage.join(cfg.run, "eval", coco_recorded) if inside else coco_recorded)
+               shown=storage.join(shown, coco_recorded) if inside else coco_recorded)
     write_report(stage, report, show_table=show_table)
     if cfg.draw:
         draw_or_report(stage / "images", ds, cfg.draw, results, classes, manifest.get("source"),
-                        shown=storage.join(cfg.run, "eval", "images"))
-    _html_or_report(run, stage, cfg.run)
+                        shown=storage.join(shown, "images"))
+    _html_or_report(run, stage, cfg.run, shown)
     return report
 
 
@@ -328,16 +362,16 @@ def _swap_in(stage: Path, eval_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _html_or_report(run: Path, eval_dir: Path, shown: str) -> None:
-    """Write ``eval_dir``/report.html (raydet.report; ``eval_dir``: RUN/eval or its staging folder; ``shown``:
-    where RUN is, for the messages); a failure is printed, not raised (the rest is written)."""
+def _html_or_report(run: Path, eval_dir: Path, run_shown: str, shown: str) -> None:
+    """Write ``eval_dir``/report.html (raydet.report; ``eval_dir``: RUN/eval or its staging folder; ``run_shown``
+    and ``shown``: where RUN and RUN/eval are, for the messages); a failure is printed, not raised."""
     from raydet.report import build_report
 
     try:
         build_report(run, eval_dir=eval_dir)
-        print(f"report: {storage.join(shown, 'eval', 'report.html')}", flush=True)
+        print(f"report: {storage.join(shown, 'report.html')}", flush=True)
     except Exception as exc:  # noqa: BLE001 -- the page is a view of files already written
         print(f"report.html failed ({type(exc).__name__}: {exc}); report.json and COCO files are written; "
-              f"`raydet report {shown}` tries again", flush=True)
+              f"`raydet report {run_shown}` tries again", flush=True)
 
 

@@ -234,15 +234,16 @@ def run(cfg: C.RunConfig) -> dict:
         seconds["quantize"] = time.perf_counter() - t
 
     # 5. evaluate: always (it is the answer the user came for; a few seconds on the test split).
+    from raydet.evaluate import eval_dir as evaluated_dir
     from raydet.evaluate import evaluate
 
     ev = cfgs["evaluate"]
     t = banner("evaluate", f"{', '.join(ev.models)} on {ev.data} (test split), {ev.actors} actors")
     report = evaluate(ev, show_table=False)  # the table comes once, at the end
+    eval_dir = evaluated_dir(run_dir)
     seconds["evaluate"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_all
-    _print_summary(run_dir, report, quant.modes, seconds)
-    eval_dir = storage.join(run_dir, "eval")
+    _print_summary(run_dir, eval_dir, report, quant.modes, seconds)
     return {"out": out, "run": run_dir, "report": storage.join(eval_dir, "report.json"),
             "images": storage.join(eval_dir, "images"), "models": report["models"], "seconds": seconds}
 
@@ -276,8 +277,8 @@ def _quantize(quant: C.QuantizeConfig, run_dir: str) -> None:
     print(f"wrote {sizes}" + (f"; converter log: {shown}" if log else ""), flush=True)
 
 
-def _print_summary(run_dir: str, report: dict, modes: tuple[str, ...], seconds: dict[str, float]) -> None:
-    eval_dir = storage.join(run_dir, "eval")
+def _print_summary(run_dir: str, eval_dir: str, report: dict, modes: tuple[str, ...],
+                   seconds: dict[str, float]) -> None:
     print("\n=== raydet run: results on the test split")
     print(results_table(report["models"]))
     print(f"\nreport:   {storage.join(eval_dir, 'report.html')} (and report.md, report.json)")

@@ -12,6 +12,7 @@ import pytest
 
 import handset as H
 import worker_hooks
+from printed import assert_printed_locations_exist
 from raydet.config import EvaluateConfig
 from raydet.eval_output import DRAW_SCORE_THRESHOLD
 from raydet.evaluate import REPORT_KEYS, evaluate
@@ -285,15 +286,10 @@ def test_load_split_reads_once_in_one_block_per_call_and_keeps_no_pixels_in_the_
 def test_every_path_evaluate_prints_exists_once_it_ends(setup, ray_local, capsys):
     """The COCO files, report.html and the drawings are written into RUN/.eval-staging-<id> and swapped in at the
     end: the messages name where they end up, never the staging folder."""
-    import re
-
     out = setup["root"] / "run_printed_paths"
     H.write_run(out)
     evaluate(EvaluateConfig(run=str(out), data=str(setup["prep"]), models=("int8",), actors=1, batch_size=2,
                             draw=1))
     printed = capsys.readouterr().out
-    paths = re.findall(re.escape(str(out)) + r"[^\s,()]*", printed)
-    assert f"in {out / 'eval' / 'coco'}" in printed and len(paths) >= 3, printed
-    assert ".eval-staging-" not in printed
-    missing = [p for p in paths if not Path(p).exists()]
-    assert missing == [], printed
+    assert f"in {out / 'eval' / 'coco'}" in printed and ".eval-staging-" not in printed
+    assert_printed_locations_exist(printed, str(out), at_least=3)

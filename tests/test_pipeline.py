@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from printed import assert_printed_locations_exist
 from raydet import pipeline
 from raydet.config import RunConfig
 
@@ -173,7 +174,7 @@ def two_node_cluster():
 
 
 @pytest.mark.slow
-def test_whole_pipeline_on_two_nodes_trains_across_them(two_node_cluster, tmp_path):
+def test_whole_pipeline_on_two_nodes_trains_across_them(two_node_cluster, tmp_path, capsys):
     import ray
     from ray._private.state import actors
 
@@ -184,6 +185,8 @@ def test_whole_pipeline_on_two_nodes_trains_across_them(two_node_cluster, tmp_pa
     manifest = json.loads((tmp_path / "out" / "prep" / "manifest.json").read_text())
     assert all(m["images"] == manifest["splits"]["test"] for m in report["models"].values())  # each image once
     assert len(list(Path(result["images"]).glob("*.png"))) >= 2
+    # every file or folder any stage named on the console is there once the run has ended
+    assert_printed_locations_exist(capsys.readouterr().out, str(tmp_path / "out"), at_least=8)
     # Where Ray Train's workers ran: one per node (1 CPU per node, 1 CPU per worker). A worker group that
     # Ray Train restarted (FailureConfig; on a loaded machine a health check can time out) adds two more
     # actors, again one per node, so every node hosts the same number of them.

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from printed import assert_printed_locations_exist
 from raydet import storage
 
 
@@ -73,8 +74,8 @@ def test_local_copy_of_a_missing_uri_is_refused(s3_bucket):
 
 @pytest.mark.slow
 def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
-    """`raydet run --data s3://... --out s3://...`, then `raydet predict` with its model, against a real
-    S3-compatible server: prepare reads the dataset from the bucket and writes PREP there, training checkpoints
+    """`jobs/pipeline.py --data s3://... --out s3://...` (which is `raydet run`), then `raydet run` again and
+    `raydet predict` with its model, against a real S3-compatible server: prepare reads the dataset from the bucket and writes PREP there, training checkpoints
     and writes RUN there, quantize and evaluate read and write it there, predict fetches its model from there;
     nothing lands on the local disk under a folder named "s3:"."""
     import json
@@ -90,21 +91,26 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYDET_VERBOSE")} | s3_server
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    cmd = [sys.executable, "-m", "raydet.cli", "run", "--data", s3_bucket + "/data", "--out", s3_bucket + "/out",
-           "--epochs", "2", "--image-size", "32", "--workers", "1", "--backbone", "cnn"]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    flags = ["--data", s3_bucket + "/data", "--out", s3_bucket + "/out", "--epochs", "2", "--image-size", "32",
+             "--workers", "1", "--backbone", "cnn"]
+    cmd = [sys.executable, "-m", "raydet.cli", "run", *flags]
+    # the first time through jobs/pipeline.py, what `ray job submit` runs (the same flags as `raydet run`)
+    job = [sys.executable, str(Path(__file__).parents[1] / "jobs" / "pipeline.py"), *flags]
+    proc = subprocess.run(job, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
     files = set(storage.list_files(s3_bucket + "/out"))
+    evaluated = json.loads(storage.read_text(s3_bucket + "/out/runs/main/eval.json"))["eval"]
     assert {"pipeline.json", "prep/manifest.json", "runs/main/config.json", "runs/main/model.keras",
-            "runs/main/history.jsonl", "runs/main/model_int8.tflite", "runs/main/eval/report.json",
-            "runs/main/eval/report.html", "runs/main/eval/coco/ground_truth.json"} <= files
+            "runs/main/history.jsonl", "runs/main/model_int8.tflite", f"runs/main/{evaluated}/report.json",
+            f"runs/main/{evaluated}/report.html", f"runs/main/{evaluated}/coco/ground_truth.json"} <= files
+    assert_printed_locations_exist(proc.stdout, s3_bucket, at_least=5)
     assert any(f.startswith("prep/train/") and f.endswith(".parquet") for f in files)
     manifest = json.loads(storage.read_text(s3_bucket + "/out/prep/manifest.json"))
     assert manifest["images_loaded"] == 48 and manifest["source"] == s3_bucket + "/data"
     history = storage.read_text(s3_bucket + "/out/runs/main/history.jsonl").splitlines()
     assert [json.loads(line)["epoch"] for line in history] == [1, 2]
-    report = json.loads(storage.read_text(s3_bucket + "/out/runs/main/eval/report.json"))
+    report = json.loads(storage.read_text(f"{s3_bucket}/out/runs/main/{evaluated}/report.json"))
     assert set(report["models"]) == {"float", "int8"}
     assert not list(Path(cwd).rglob("s3:*")), "a URI became a local folder"
     # a second run finds every stage done in the bucket: nothing is trained again
@@ -113,6 +119,10 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     assert again.returncode == 0, again.stdout[-4000:]
     assert "prepare: " in again.stdout and "matches, skipped" in again.stdout
     assert "has 2 of 2 epochs, skipped" in again.stdout and "quantize: int8 newer than" in again.stdout
+    # the new eval was switched in by its pointer and the one it replaced is gone
+    now = json.loads(storage.read_text(s3_bucket + "/out/runs/main/eval.json"))["eval"]
+    assert now != evaluated and not storage.exists(f"{s3_bucket}/out/runs/main/{evaluated}")
+    assert_printed_locations_exist(again.stdout, s3_bucket, at_least=5)
     # predict with the model in the bucket on local photos
     predicted = subprocess.run(
         [sys.executable, "-m", "raydet.cli", "predict", s3_bucket + "/out/runs/main",
@@ -121,6 +131,41 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     assert predicted.returncode == 0, predicted.stdout[-4000:]
     result = json.loads((tmp_path / "predicted" / "predictions.json").read_text())
     assert result["complete"] and len(result["images"]) == 48 and result["model"] == "int8"
+
+
+def test_a_bucket_eval_cut_short_leaves_the_previous_one_readable(s3_bucket, tmp_path, monkeypatch):
+    """RUN/eval in a bucket is uploaded under a new prefix and switched in by RUN/eval.json: an upload that fails
+    half-way leaves the pointer and the previous eval whole; a finished one replaces it and deletes the old."""
+    import pytest
+
+    from raydet.evaluate import eval_dir, publish_eval
+
+    run = s3_bucket + "/run"
+    for name, version in (("first", "1"), ("second", "2")):
+        (tmp_path / name / "coco").mkdir(parents=True)
+        (tmp_path / name / "report.json").write_text(version)
+        (tmp_path / name / "coco" / "ground_truth.json").write_text(version)
+    assert eval_dir(run) == run + "/eval"  # never evaluated: the plain name
+    first = publish_eval(tmp_path / "first", run, "a1")
+    assert eval_dir(run) == first == run + "/eval-a1"
+
+    real_copy, copied = storage._copy_file, []
+
+    def cut(*args):
+        if copied:
+            raise ConnectionError("network gone")
+        copied.append(args)
+        real_copy(*args)
+
+    monkeypatch.setattr(storage, "_copy_file", cut)
+    with pytest.raises(ConnectionError):
+        publish_eval(tmp_path / "second", run, "b2")
+    assert eval_dir(run) == first and storage.read_text(first + "/report.json") == "1"
+    assert storage.read_text(first + "/coco/ground_truth.json") == "1"
+    monkeypatch.setattr(storage, "_copy_file", real_copy)
+    second = publish_eval(tmp_path / "second", run, "b3")
+    assert eval_dir(run) == second and storage.read_text(second + "/report.json") == "2"
+    assert not storage.exists(first)
 
 
 def test_the_pipeline_job_takes_a_bucket_out_and_prepare_leases_and_commits_there(s3_bucket, tmp_path):
