@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import handset as H
+from printed import assert_printed_locations_exist
 from raydet.config import PredictConfig
 from raydet.infer import ModelRunner, OldRunError
 from raydet.predict import collect_images, predict
@@ -53,12 +54,13 @@ def test_collect_images_recurses_sorted_and_reports_missing(tmp_path):
 
 
 @pytest.mark.parametrize("model, box_tol, score_tol", [("float", 1e-4, 1e-6), ("int8", 0.1, 0.01)])
-def test_predict_lists_and_draws_every_detection(run_dir, tmp_path, model, box_tol, score_tol):
+def test_predict_lists_and_draws_every_detection(run_dir, tmp_path, model, box_tol, score_tol, capsys):
     from raydet import draw
 
     folder = _inputs(tmp_path)
     out = tmp_path / "out"
     report = predict(PredictConfig(run=str(run_dir), paths=(str(folder),), out=str(out), model=model))
+    assert_printed_locations_exist(capsys.readouterr().out, str(out), at_least=2)
 
     # 1. bad files are reported with a reason; the good ones are processed
     reasons = {s["file"].rsplit("/", 1)[-1]: s["reason"] for s in report["skipped"]}
