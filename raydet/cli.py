@@ -81,6 +81,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"{S.TARGET_STEPS} optimizer steps; a resumed run trains only the missing ones)")
     p.add_argument("--checkpoint-every", type=int, default=C.TrainConfig.checkpoint_every,
                    help=f"validate and checkpoint every this many epochs (default: about {S.CHECKPOINTS} a run)")
+    p.add_argument("--precision", default=None, help=f"Keras mixed precision, one of {', '.join(C.PRECISIONS)} "
+                   "(default: mixed_float16 with --gpu, else float32; model.keras is float32 either way)")
     p.add_argument("--ema", dest="ema_decay", type=float, default=C.TrainConfig.ema_decay,
                    help="decay of the weights' moving average that is validated and exported (0: none)")
     p.add_argument("--batch-size", type=int, default=C.TrainConfig.batch_size, help="global batch size, split across workers")
@@ -238,7 +240,7 @@ def config_from_args(args: argparse.Namespace):
                              cpus_per_worker=args.cpus_per_worker, backbone=args.backbone,
                              pretrained=args.pretrained, freeze_bn=args.freeze_bn, epochs=args.epochs,
                              batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
-                             ema_decay=args.ema_decay, augment=args.augment, augmentation=augment_from_args(args),
+                             ema_decay=args.ema_decay, precision=args.precision, augment=args.augment, augmentation=augment_from_args(args),
                              close_mosaic=args.close_mosaic,
                              lr=args.lr, qat=args.qat, init_from=args.init_from, clip_norm=args.clip_norm,
                              warmup_epochs=args.warmup_epochs, seed=args.seed, address=args.address,

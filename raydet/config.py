@@ -17,6 +17,8 @@ QUANT_MODES = ("dynamic", "float16", "int8")
 # Seconds a stage waits for an autoscaler to add the nodes it needs (raydet.resources): booting a cloud instance
 # and running cluster.yaml's setup commands (a TensorFlow install with CUDA) takes minutes, not seconds.
 RESOURCE_TIMEOUT_S = 900.0
+# Keras mixed-precision policies the training model may run under (TrainConfig.precision)
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODEL_NAMES = ("float",) + QUANT_MODES + ("qat",)
 
 
@@ -221,6 +223,10 @@ class TrainConfig:
     # validate and checkpoint every this many epochs (and at the last); None: about CHECKPOINTS per run. Each
     # costs seconds (saving, the validation AP) that a small set's epoch of a few seconds should not pay each time.
     checkpoint_every: int | None = None
+    # Keras mixed precision of the training model (PRECISIONS); the heads' last layers and the saved model.keras stay
+    # float32. None: mixed_float16 with --gpu, float32 on a CPU (mixed_bfloat16 was slower per image on this
+    # machine's AVX-512 CPU: docs/TRAINING.md); recorded resolved in RUN/config.json
+    precision: str | None = None
     # True: a pretrained backbone's BatchNorm layers stay in inference mode (raydet.model.freeze_backbone_bn); with
     # batches of 16 they train better (docs/TRAINING.md), so they train by default.
     freeze_bn: bool = False
@@ -262,6 +268,15 @@ class TrainConfig:
         _positive("--resource-timeout", self.resource_timeout_s)
         if not self.memory_budget_gb >= 0:  # also refuses nan
             raise UserError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
+        self._check_precision()
+
+    def _check_precision(self) -> None:
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision == "mixed_float16" and not self.use_gpu:
+            raise UserError("--precision mixed_float16 needs --gpu: a CPU emulates float16 math, slowly")
+        if self.qat and self.precision not in (None, "float32"):
+            raise UserError(f"--precision {self.precision} with --qat: quantization-aware training runs in float32")
 
 
 @dataclass(frozen=True)

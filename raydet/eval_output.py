@@ -1,18 +1,53 @@
 """What ``raydet evaluate`` writes besides report.html: ``report.json`` and ``report.md``, the COCO files, the
 drawn example images and contact sheets; and the per-image results they are made from (:class:`ImageDetections`,
-:class:`ModelResult`). No Ray: the driver calls these on results the actors sent back."""
+:class:`ModelResult`); where RUN/eval is in a bucket (:func:`eval_dir`, :func:`publish_eval`). No Ray: the driver
+calls these on results the actors sent back."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from raydet import storage
+from raydet.errors import UserError
 from raydet.sizes import format_size
 
 DRAW_SCORE_THRESHOLD = 0.3  # detections drawn on the example images and contact sheets
+
+
+# A bucket cannot rename a folder: RUN/eval there is written under a new prefix, RUN/eval-<id>, and switched in by
+# one small write of RUN/eval.json (an object PUT is atomic), which readers follow (:func:`eval_dir`). An upload
+# cut short leaves the pointer, so the previous eval, as they were.
+EVAL_PREFIX = "eval-"
+EVAL_POINTER = "eval.json"
+
+
+def eval_dir(run: str | os.PathLike) -> str:
+    """Where ``run``'s evaluation is: ``RUN/eval`` for a local run; in a bucket the prefix RUN/eval.json names
+    (``RUN/eval`` when there is no pointer: a run evaluated before pointers, or never)."""
+    pointer = storage.join(run, EVAL_POINTER)
+    if not storage.is_uri(run) or storage.kind(pointer) != "file":
+        return storage.join(run, "eval")
+    name = json.loads(storage.read_text(pointer))["eval"]
+    if not name.startswith(EVAL_PREFIX) or "/" in name:
+        raise UserError(f"{pointer}: names {name!r}, not an {EVAL_PREFIX}<id> folder of the run")
+    return storage.join(run, name)
+
+
+def publish_eval(local_eval: Path, run: str, run_id: str) -> str:
+    """Upload ``local_eval`` to ``run``/eval-``run_id`` (a URI), point RUN/eval.json at it, then delete the eval
+    it replaces; returns the new location. Until the pointer is written readers see the previous eval whole."""
+    previous = eval_dir(run)
+    target = storage.join(run, f"{EVAL_PREFIX}{run_id}")
+    storage.upload(local_eval, target, sorted(storage.list_files(str(local_eval))))
+    storage.write_text(storage.join(run, EVAL_POINTER), json.dumps({"eval": f"{EVAL_PREFIX}{run_id}"}) + "\n")
+    storage.delete_dir(previous)
+    return target
 
 
 @dataclass(frozen=True, eq=False)

@@ -47,8 +47,8 @@ import numpy as np
 from raydet import storage
 from raydet.config import EvaluateConfig
 from raydet.errors import UserError, UserFileNotFoundError
-from raydet.eval_output import (DRAW_SCORE_THRESHOLD, ImageDetections, ModelResult, draw_or_report,
-                                ground_truth_pixels, write_coco, write_report)
+from raydet.eval_output import (DRAW_SCORE_THRESHOLD, EVAL_PREFIX, ImageDetections, ModelResult, draw_or_report,
+                                ground_truth_pixels, publish_eval, write_coco, write_report)
 from raydet.infer import ModelRunner, batch_plan, check_run, model_file, require_models
 from raydet.progress import Progress
 from raydet.runtime import init_ray
@@ -250,36 +250,6 @@ def evaluate(cfg: EvaluateConfig, predictor: type = Predictor, show_table: bool 
             publish_eval(run / "eval", cfg.run, run_id)
             shutil.rmtree(run / "eval")  # published under its own prefix: local_copy must not send it back
     return report
-
-
-# A bucket cannot rename a folder: RUN/eval there is written under a new prefix, RUN/eval-<id>, and switched in by
-# one small write of RUN/eval.json (an object PUT is atomic), which readers follow (:func:`eval_dir`). An upload
-# cut short leaves the pointer, so the previous eval, as they were.
-EVAL_PREFIX = "eval-"
-EVAL_POINTER = "eval.json"
-
-
-def eval_dir(run: str | os.PathLike) -> str:
-    """Where ``run``'s evaluation is: ``RUN/eval`` for a local run; in a bucket the prefix RUN/eval.json names
-    (``RUN/eval`` when there is no pointer: a run evaluated before pointers, or never)."""
-    pointer = storage.join(run, EVAL_POINTER)
-    if not storage.is_uri(run) or storage.kind(pointer) != "file":
-        return storage.join(run, "eval")
-    name = json.loads(storage.read_text(pointer))["eval"]
-    if not name.startswith(EVAL_PREFIX) or "/" in name:
-        raise UserError(f"{pointer}: names {name!r}, not an {EVAL_PREFIX}<id> folder of the run")
-    return storage.join(run, name)
-
-
-def publish_eval(local_eval: Path, run: str, run_id: str) -> str:
-    """Upload ``local_eval`` to ``run``/eval-``run_id`` (a URI), point RUN/eval.json at it, then delete the eval
-    it replaces; returns the new location. Until the pointer is written readers see the previous eval whole."""
-    previous = eval_dir(run)
-    target = storage.join(run, f"{EVAL_PREFIX}{run_id}")
-    storage.upload(local_eval, target, sorted(storage.list_files(str(local_eval))))
-    storage.write_text(storage.join(run, EVAL_POINTER), json.dumps({"eval": f"{EVAL_PREFIX}{run_id}"}) + "\n")
-    storage.delete_dir(previous)
-    return target
 
 
 def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show_table: bool, shown: str) -> dict:

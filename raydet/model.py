@@ -138,7 +138,8 @@ def neck(features: dict[int, object], cfg: ModelConfig):
 def _head(x, channels: int, name: str, cfg: ModelConfig, bias: float):
     _, keras = _tf()
     h = conv_bn_relu(x, cfg.head_width, 3, f"{name}_head", cfg.bn_momentum)
-    return keras.layers.Conv2D(channels, 1, activation="sigmoid", name=name,
+    # float32 under a mixed-precision policy too: the sigmoid's tails and the focal loss's logs need its range
+    return keras.layers.Conv2D(channels, 1, activation="sigmoid", name=name, dtype="float32",
                                bias_initializer=keras.initializers.Constant(bias))(h)
 
 

@@ -234,7 +234,7 @@ def run(cfg: C.RunConfig) -> dict:
         seconds["quantize"] = time.perf_counter() - t
 
     # 5. evaluate: always (it is the answer the user came for; a few seconds on the test split).
-    from raydet.evaluate import eval_dir as evaluated_dir
+    from raydet.eval_output import eval_dir as evaluated_dir
     from raydet.evaluate import evaluate
 
     ev = cfgs["evaluate"]

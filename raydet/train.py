@@ -241,7 +241,8 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> TrainSummary:
 
 def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
     """``cfg`` with ``epochs`` (None: ``auto_epochs`` of the train split's steps), ``checkpoint_every`` (None:
-    about ``CHECKPOINTS`` a run) and ``warmup_epochs`` (at most ``epochs``) resolved, printed on one line.
+    about ``CHECKPOINTS`` a run), ``warmup_epochs`` (at most ``epochs``) and ``precision`` (None: mixed_float16
+    on GPUs, else float32) resolved; the schedule printed on one line.
     ``cfg.workers`` must be resolved (``fit_to_cluster``)."""
     from raydet.schedule import auto_epochs, checkpoint_every
 
@@ -250,7 +251,9 @@ def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
     every = min(cfg.checkpoint_every or checkpoint_every(epochs), epochs)
     how = "" if cfg.epochs else f" (auto: about {max(steps, 1) * epochs} optimizer steps; --epochs to set)"
     print(f"schedule: {epochs} epochs of {steps} steps{how}, validation and checkpoint every {every}", flush=True)
-    return replace(cfg, epochs=epochs, checkpoint_every=every, warmup_epochs=min(cfg.warmup_epochs, epochs))
+    precision = cfg.precision or ("mixed_float16" if cfg.use_gpu and not cfg.qat else "float32")
+    return replace(cfg, epochs=epochs, checkpoint_every=every, warmup_epochs=min(cfg.warmup_epochs, epochs),
+                   precision=precision)
 
 
 def _check_visible(cfg: TrainConfig) -> None:

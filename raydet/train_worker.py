@@ -4,14 +4,17 @@ the driver planned: raydet.inputs), and after each epoch report, validate and ch
 validation loss on its own range of the test split; rank 0 also reads the first ``VAL_AP_IMAGES`` test rows for
 the validation AP (raydet.validation).
 
-Checkpoint layout (every epoch, rank 0's folder is the one kept): ``weights/ckpt*`` (TF-format weights with the
-optimizer state), the clean float model (``model.keras``; ``model_qat.keras`` for a QAT run) and ``state.json``
-(``{"history": [...], "nonfinite": null | {"epoch", "loss"}}``). Rank 0 also writes each epoch's history row as
-TensorBoard scalars (``RUN/tensorboard/``).
+Checkpoint layout (every ``checkpoint_every`` epochs and the last; rank 0's folder is the one kept, uploaded by
+Ray Train's upload thread while the next epoch trains): ``weights/ckpt*`` (TF-format weights with the optimizer
+state), the clean float32 model (``model.keras``; ``model_qat.keras`` for a QAT run) and ``state.json``
+(``{"history": [...], "nonfinite": null | {"epoch", "loss"}}``; a non-finite stop's checkpoint holds only that).
+The training model runs under ``precision`` (a Keras mixed-precision policy); the export copy is float32. Rank 0
+also writes each epoch's history row as TensorBoard scalars (``RUN/tensorboard/``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -72,9 +75,11 @@ def train_loop_per_worker(config: dict) -> None:
         from raydet.qat import apply_qat
 
         export = apply_qat(export)
-    with strategy.scope():
+    with strategy.scope(), _policy(tcfg["precision"]):
         model, history = _build(mcfg, tcfg, checkpoint, say=_say if rank == 0 else lambda text: None)
     initial_epoch = len(history)
+    if checkpoint is not None and _stopped_nonfinite(checkpoint):
+        return  # the driver reports it (raydet.train._finish): training on would start from no weights
     if tcfg["qat"] and not history and config.get("calibration") is not None:
         _calibrate_qat(model, export, config["calibration"], _say if rank == 0 else lambda text: None)
     if initial_epoch >= tcfg["epochs"]:
@@ -94,6 +99,19 @@ def train_loop_per_worker(config: dict) -> None:
     due = [e for e in range(1, tcfg["epochs"] + 1) if is_checkpoint_epoch(e, tcfg["epochs"], tcfg["checkpoint_every"])]
     model.fit(train_ds, epochs=tcfg["epochs"], initial_epoch=initial_epoch, steps_per_epoch=config["steps_per_epoch"],
               validation_data=val_ds, validation_steps=val_steps, validation_freq=due, callbacks=callbacks, verbose=0)
+
+
+@contextlib.contextmanager
+def _policy(name: str | None):
+    """Layers built inside compute under the Keras mixed-precision policy ``name`` (None: float32); the global
+    policy is float32 again afterwards, so the export copy and everything else stay float32."""
+    import tf_keras
+
+    tf_keras.mixed_precision.set_global_policy(name or "float32")
+    try:
+        yield
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
 
 
 def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
@@ -194,10 +212,16 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
         with checkpoint.as_directory() as ckpt:
             state = json.loads((Path(ckpt) / STATE_FILE).read_text())
             history = state["history"]
-            if history:  # an epoch-1 non-finite checkpoint holds no weights
+            if history and not state.get("nonfinite"):  # a non-finite stop's checkpoint holds no weights
                 optimizer.build(model.trainable_variables)  # so the optimizer state restores now, not lazily
                 model.load_weights(str(Path(ckpt) / WEIGHTS_PREFIX)).assert_existing_objects_matched()
     return model, history
+
+
+def _stopped_nonfinite(checkpoint) -> bool:
+    """Whether ``checkpoint`` is the one a run reports when its loss became non-finite."""
+    with checkpoint.as_directory() as ckpt:
+        return bool(json.loads((Path(ckpt) / STATE_FILE).read_text()).get("nonfinite"))
 
 
 def _load_init_from(run: str):
@@ -279,7 +303,6 @@ def _make_reporter_class():
             super().__init__()
             self.net, self.export, self.tcfg, self.history, self.rank = model, export, tcfg, history, rank
             self.validation, self.board = validation, board
-            self.last_dir: str | None = None  # newest good checkpoint folder of this worker
             self.t0 = 0.0
 
         def on_epoch_begin(self, epoch, logs=None):
@@ -306,17 +329,14 @@ def _make_reporter_class():
                 return
             folder = tempfile.mkdtemp(prefix=f"raydet-ckpt-r{self.rank}-")
             self._save(folder)
-            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder) if self.rank == 0 else None)
-            if self.rank != 0:  # only rank 0's folder is reported (uploaded); the others were for the collectives
+            # Uploaded by Ray Train's upload thread while the next epoch trains, then deleted by it; the checkpoint
+            # counts (resume, the run's result) only once its upload is complete. Rank 0's folder is the one kept.
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder) if self.rank == 0 else None,
+                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+            if self.rank != 0:  # the other ranks' saves were for the collectives only
                 shutil.rmtree(folder, ignore_errors=True)
-                return
-            if self.last_dir:
-                shutil.rmtree(self.last_dir, ignore_errors=True)
-            self.last_dir = folder  # kept until the next one: a non-finite epoch re-reports it
 
         def on_train_end(self, logs=None):
-            if self.last_dir:
-                shutil.rmtree(self.last_dir, ignore_errors=True)
             if self.board is not None:
                 self.board.close()
 
@@ -333,17 +353,19 @@ def _make_reporter_class():
             Path(folder, STATE_FILE).write_text(json.dumps({"history": self.history, "nonfinite": None}))
 
         def _report_nonfinite(self, row: dict) -> None:
-            """Stop everywhere; re-report the last good weights with a marker the driver turns into an error."""
+            """Stop everywhere; report the good epochs' history with a marker the driver turns into an error (no
+            weights: the last good ones are in the checkpoint before it)."""
             self.net.stop_training = True
             if self.rank != 0:
                 ray.train.report(row, checkpoint=None)
                 return
-            folder = self.last_dir = self.last_dir or tempfile.mkdtemp(prefix="raydet-ckpt-r0-")  # freed at train end
+            folder = tempfile.mkdtemp(prefix="raydet-ckpt-r0-")  # deleted by Ray Train once uploaded
             Path(folder, STATE_FILE).write_text(json.dumps({
                 "history": self.history,
                 "nonfinite": {"epoch": row["epoch"], "loss": row["loss"]}}))
             print(f"loss became non-finite ({row['loss']}) at epoch {row['epoch']}: stopping", flush=True)
-            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                             delete_local_checkpoint_after_upload=True)
 
     return EpochReporter
 

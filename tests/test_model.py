@@ -149,3 +149,29 @@ def test_box_loss_at_centres_by_hand():
     # 2 * (1 - 0.5) = 1.0; total 2.25 over 1 object
     np.testing.assert_allclose(loss(y_true, y_pred).numpy(), [2.25], rtol=1e-5)
     np.testing.assert_allclose(loss(y_true, y_true[..., :4]).numpy(), [0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("policy,compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
+def test_mixed_precision_computes_low_keeps_float32_heads_and_the_ema(policy, compute):
+    """Under a mixed policy the convolutions compute in 16 bits, the heads' last layers and every weight stay
+    float32, and the EMA is still read through the LossScaleOptimizer that mixed_float16 wraps around AdamW."""
+    import tf_keras
+
+    from raydet.ema import averaged_weights, make_optimizer
+
+    tf_keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_model(ModelConfig(num_classes=2, image_size=32, width=8, depth=3, neck_width=8, head_width=8))
+        compile_model(model, make_optimizer(1e-2, 0.0, 1.0, ema=0.9, tau=1.0))
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("heatmap_head_conv").compute_dtype == compute
+    assert model.get_layer("heatmap").compute_dtype == "float32"
+    assert all(o.dtype == "float32" for o in model.outputs) and all(w.dtype == "float32" for w in model.weights)
+    # 20 steps: mixed_float16's dynamic loss scale starts high and skips the steps whose gradients overflow
+    x = np.random.default_rng(0).uniform(0, 255, (40, 32, 32, 3)).astype("float32")
+    y = {"heatmap": np.zeros((40, 8, 8, 2), "float32"), "boxes": np.zeros((40, 8, 8, 5), "float32")}
+    raw = []  # the weights after the last step (fit's end copies the average into them)
+    record = tf_keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: raw.append(model.get_weights()))
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[record])
+    assert len(raw) == 20 and any(not np.allclose(a, r) for a, r in zip(averaged_weights(model), raw[-1]))

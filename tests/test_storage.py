@@ -138,7 +138,7 @@ def test_a_bucket_eval_cut_short_leaves_the_previous_one_readable(s3_bucket, tmp
     half-way leaves the pointer and the previous eval whole; a finished one replaces it and deletes the old."""
     import pytest
 
-    from raydet.evaluate import eval_dir, publish_eval
+    from raydet.eval_output import eval_dir, publish_eval
 
     run = s3_bucket + "/run"
     for name, version in (("first", "1"), ("second", "2")):

@@ -250,6 +250,7 @@ def test_config_json_records_the_resolved_recipe(killed_run):
     # _cfg sets 2 epochs; the rest are the defaults, resolved: checkpoint every epoch of 2, warm-up clamped to 2
     assert (train["epochs"], train["checkpoint_every"], train["warmup_epochs"]) == (2, 1, 2.0)
     assert (train["ema_decay"], train["augment"], train["close_mosaic"]) == (0.99, True, 10)
+    assert train["precision"] == "float32"  # no --gpu: float32, not mixed_float16
     assert train["augmentation"] == asdict(AugmentConfig())
 
 
@@ -297,6 +298,26 @@ def test_init_from_a_relative_run_folder(killed_run, prep, monkeypatch):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_bfloat16_training_saves_a_float32_model_that_quantizes_to_int8(prep, tmp_path, ray_local):
+    """--precision mixed_bfloat16 trains in 16 bits; model.keras is the float32 export copy, and int8 export works
+    from it as from any run."""
+    import tf_keras
+
+    from raydet.config import QuantizeConfig
+    from raydet.quantize import quantize
+    from raydet.tflite import TFLiteModel
+
+    train(_cfg(prep, tmp_path, workers=1, cpus_per_worker=2.0, precision="mixed_bfloat16"))
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["train"]["precision"] == "mixed_bfloat16"
+    model = tf_keras.models.load_model(run / "model.keras", compile=False)
+    assert {layer.compute_dtype for layer in model.layers} == {"float32"}
+    written = quantize(QuantizeConfig(run=str(run), modes=("int8",), calibration_images=16))
+    out = TFLiteModel(str(written["int8"])).predict(np.zeros((2, SIZE, SIZE, 3), np.float32))
+    assert out["heatmap"].shape == (2, 8, 8, 2) and np.isfinite(out["boxes"]).all()
+
+
 def test_init_from_a_single_box_run_is_refused(prep, tmp_path):
     """A RUN of the network raydet had before the dense heads cannot start this one: say so, before Ray starts."""
     old = tmp_path / "old"
@@ -310,6 +331,9 @@ def test_init_from_a_single_box_run_is_refused(prep, tmp_path):
 
 @pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_epoch(prep, tmp_path, ray_local):
+    with pytest.raises(ValueError, match=r"non-finite .* at epoch 1"):
+        train(_cfg(prep, tmp_path, workers=1, epochs=2, lr=1e20))
+    # run again, the stop is reported again: its checkpoint holds no weights to train on from
     with pytest.raises(ValueError, match=r"non-finite .* at epoch 1"):
         train(_cfg(prep, tmp_path, workers=1, epochs=2, lr=1e20))
 
