@@ -116,7 +116,8 @@ def detect(runner, pixels: np.ndarray, sizes: list[tuple[int, int]], classes: li
     return results, seconds
 
 
-def _classes(run: Path) -> list[str]:
+def run_classes(run: Path) -> list[str]:
+    """The class names of a RUN folder, in label order, from its config.json."""
     path = run / "config.json"
     if not path.is_file():
         raise UserFileNotFoundError(f"{path} not found: the class names come from the run's config.json")
@@ -140,7 +141,7 @@ def _predict(cfg: PredictConfig, run: Path) -> dict:
     # 1. everything that can be refused before loading the model
     model_path = require_models(run, (cfg.model,))[cfg.model]
     check_run(run, (cfg.model,))
-    classes = _classes(run)
+    classes = run_classes(run)
     files, skipped = collect_images(cfg.paths)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
