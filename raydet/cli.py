@@ -179,6 +179,7 @@ def _add_serve(sub) -> None:
     _add_max_pixels(p, d.max_pixels)
     p.add_argument("--score-threshold", type=float, default=d.score_threshold,
                    help="default of a request's ?score_threshold= (default %(default)s)")
+    p.add_argument("--access-log", action="store_true", help="one line per request in Serve's replica logs")
     p.add_argument("--detach", action="store_true",
                    help="on a cluster: deploy and return, the application keeps serving (jobs/serve.py)")
     _add_address(p)
@@ -192,7 +193,8 @@ def serve_config_from_args(args: argparse.Namespace) -> C.ServeConfig:
     return C.ServeConfig(run=args.run, model=args.model, replicas=args.replicas, autoscale=autoscale,
                          threads=args.threads, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
                          port=args.port, host=args.host, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
-                         score_threshold=args.score_threshold, address=args.address, detach=args.detach)
+                         score_threshold=args.score_threshold, access_log=args.access_log, address=args.address,
+                         detach=args.detach)
 
 
 def _add_max_pixels(p: argparse.ArgumentParser, default: int) -> None:

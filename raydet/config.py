@@ -360,6 +360,9 @@ class ServeConfig:
     max_bytes: int = 20 * 2**20  # a request body over this is refused (413) before it is decoded
     max_pixels: int = 100_000_000  # as predict's: an image whose header gives more pixels is refused (413)
     score_threshold: float = 0.3  # as predict's; a request's ?score_threshold= overrides it
+    # one line per request in Serve's logs; off: a local raydet serve forwards them into its own log file, which
+    # would grow without bound on a long-running server, and writing them costs the replicas CPU
+    access_log: bool = False
     address: str | None = None
     detach: bool = False  # deploy and return, the application staying on the cluster (needs one: --address)
 

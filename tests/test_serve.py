@@ -18,18 +18,18 @@ import time
 import uuid
 from pathlib import Path
 
+import handset as H
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from test_images import png_header_only
 
-import handset as H
 from raydet.cli import main
 from raydet.config import PredictConfig, ServeConfig
 from raydet.errors import UserError
 from raydet.images import ImageError, ImageTooLargeError, UnsupportedImageError
 from raydet.serve.http import HttpError, detect_options, image_bytes, image_error, read_body
-from test_images import png_header_only
 
 REPO = Path(__file__).resolve().parents[1]
 A, B, C = H.Obj(1, 1, 0, 5, 1), H.Obj(5, 2, 1, 4, 2), H.Obj(2, 5, 0, 3, 2)
@@ -331,7 +331,7 @@ def test_a_thin_image_is_answered_and_drawn_within_the_pixel_cap(served, size):
 @pytest.mark.slow
 def test_health_and_model(served):
     client, run = served
-    status, kind, body = client.request("GET", "/health")
+    status, _, body = client.request("GET", "/health")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
     status, _, body = client.request("GET", "/model")
     info = json.loads(body)

@@ -140,7 +140,8 @@ def deployment_options(cfg: ServeConfig) -> dict:
     reserving ``cfg.threads`` CPUs for its ``cfg.threads`` interpreter threads."""
     options = {"ray_actor_options": {"num_cpus": cfg.threads},
                "max_ongoing_requests": max(MIN_ONGOING_REQUESTS, 2 * cfg.max_batch_size),
-               "health_check_period_s": HEALTH_CHECK_PERIOD_S, "max_constructor_retry_count": CONSTRUCTOR_RETRIES}
+               "health_check_period_s": HEALTH_CHECK_PERIOD_S, "max_constructor_retry_count": CONSTRUCTOR_RETRIES,
+               "logging_config": {"enable_access_log": cfg.access_log}}
     if cfg.autoscale is None:
         return {**options, "num_replicas": cfg.replicas}
     low, high = cfg.autoscale
