@@ -142,8 +142,10 @@ def test_decoder_refusals_map_to_413_415_400():
 def test_builder_args_from_a_config_file_or_strings(tmp_path):
     from raydet.serve.app import config_from_args, deployment_options
 
-    cfg = config_from_args({"run": "r", "replicas": "2", "max_batch_size": 8, "batch_wait_ms": "2.5"})
-    assert (cfg.replicas, cfg.max_batch_size, cfg.batch_wait_ms) == (2, 8, 2.5)
+    cfg = config_from_args({"run": "r", "replicas": "2", "max_batch_size": 8, "batch_wait_ms": "2.5",
+                            "access_log": "true"})
+    assert (cfg.replicas, cfg.max_batch_size, cfg.batch_wait_ms, cfg.access_log) == (2, 8, 2.5, True)
+    assert config_from_args({"run": "r", "access_log": False}).access_log is False
     assert deployment_options(cfg)["num_replicas"] == 2
     auto = deployment_options(config_from_args({"run": "r", "autoscale": "1..4"}))
     assert auto["num_replicas"] == "auto" and auto["autoscaling_config"]["max_replicas"] == 4

@@ -186,6 +186,10 @@ def config_from_args(args: dict) -> ServeConfig:
         kind = type(getattr(ServeConfig, name, "")) if name != "run" else str
         if name == "autoscale":
             values[name] = parse_autoscale(str(value)) if value is not None else None
+        elif kind is bool and isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise UserError(f"{name} must be true or false, got {value!r}")
+            values[name] = value.lower() in ("true", "1")
         elif isinstance(value, str) and kind in (int, float):
             try:
                 values[name] = kind(value)
