@@ -36,8 +36,8 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(cfg: ServeConfig) -> dict:
-    """Deploy ``cfg`` and keep it until Ctrl-C (or return at once with ``cfg.detach``) -> what ``GET /model``
-    answers, plus ``url``."""
+    """Deploy ``cfg`` and keep it until Ctrl-C (or return at once with ``cfg.detach``) -> ``{"url", "replicas",
+    "model", "run"}``."""
     from ray import serve as ray_serve
 
     from raydet.serve.app import application
@@ -54,10 +54,8 @@ def serve(cfg: ServeConfig) -> dict:
     init_ray(cfg.address)
     start = time.perf_counter()
     ray_serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    handle = ray_serve.run(app, name=APP_NAME, route_prefix="/")
-    url = f"http://{cfg.host}:{cfg.port}"
-    info = _describe(cfg, url, time.perf_counter() - start)
-    del handle
+    ray_serve.run(app, name=APP_NAME, route_prefix="/")
+    info = _describe(cfg, f"http://{cfg.host}:{cfg.port}", time.perf_counter() - start)
     if cfg.detach:
         print(f"serve: deployed as application {APP_NAME!r}; `serve shutdown` or `serve delete {APP_NAME}` "
               "stops it", flush=True)
