@@ -139,6 +139,28 @@ def test_decoder_refusals_map_to_413_415_400():
     assert image_error(ImageError("truncated")).status == 400
 
 
+def test_a_batch_of_mixed_thresholds_answers_each_image_as_if_alone():
+    """raydet.predict.detect with one threshold per image (a Serve batch of requests asking different ones)
+    gives each image what it would get alone: decoded once at the lowest threshold, then cut per image."""
+    from raydet.predict import detect
+
+    scenes = [H.paint([A, B, C]), H.paint([A, B, C]), H.paint([C])]  # scores 0.9975, 0.9734, 0.7685
+
+    class Runner:  # the hand-set model's maps, computed by its tf_keras model
+        model = H.build_model()
+
+        def predict(self, images):
+            out = self.model.predict_on_batch(images.astype(np.float32))
+            return {k: np.asarray(v) for k, v in out.items()}, np.zeros(len(images))
+
+    sizes = [(32, 32), (64, 32), (32, 32)]
+    together, _ = detect(Runner(), np.stack(scenes), sizes, H.CLASSES, [0.98, 0.3, 0.8])
+    alone = [detect(Runner(), scene[None], [size], H.CLASSES, t)[0][0]
+             for scene, size, t in zip(scenes, sizes, [0.98, 0.3, 0.8])]
+    assert together == alone
+    assert [len(d) for d in together] == [1, 3, 0]  # A only; A, B, C; C's 0.77 < 0.8
+
+
 def test_builder_args_from_a_config_file_or_strings(tmp_path):
     from raydet.serve.app import config_from_args, deployment_options
 
