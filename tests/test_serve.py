@@ -179,6 +179,28 @@ def test_builder_args_from_a_config_file_or_strings(tmp_path):
         config_from_args({"run": "r", "model": "int4"})
 
 
+def test_a_bucket_run_is_checked_and_each_replica_fetches_its_model_from_the_bucket(s3_bucket, tmp_path):
+    """RUN in a bucket: check_model reads config.json and the model from there and hands the replicas the model
+    file's URI; the replica's ModelRunner fetches it (as evaluate's actors do) and predicts what the local file
+    predicts."""
+    from raydet import storage
+    from raydet.infer import ModelRunner
+    from raydet.serve.app import check_model
+
+    local = H.write_run(tmp_path / "run")
+    run = s3_bucket + "/runs/main"
+    storage.upload(local, run, ["config.json", "model_int8.tflite"])
+    source, classes = check_model(ServeConfig(run=run, model="int8"))
+    assert (source, classes) == (run + "/model_int8.tflite", H.CLASSES)
+    remote = ModelRunner(source)
+    assert remote.path != local / "model_int8.tflite" and remote.path.is_file()
+    scene = H.paint([A, B])[None]
+    np.testing.assert_array_equal(remote.predict(scene)[0]["heatmap"],
+                                  ModelRunner(local / "model_int8.tflite").predict(scene)[0]["heatmap"])
+    with pytest.raises(UserError, match="model.s. float16 not found"):
+        check_model(ServeConfig(run=run, model="float16"))
+
+
 def test_serve_yaml_is_a_serve_deploy_config_whose_args_build(tmp_path):
     """serve.yaml passes Serve's own schema (what `serve deploy` checks) and its args build the application."""
     from ray.serve.schema import ServeDeploySchema
