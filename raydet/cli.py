@@ -152,7 +152,51 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_memory_budget(p)
     _add_resource_timeout(p)
     _add_address(p)
+
+    _add_serve(sub)
     return parser
+
+
+# ---------------------------------------------------------------------------------------------- raydet serve
+
+def _add_serve(sub) -> None:
+    """The ``serve`` subcommand (raydet.serve; ServeConfig)."""
+    d = C.ServeConfig
+    p = sub.add_parser("serve", help="answer detection requests over HTTP from Ray Serve replicas (batched)")
+    p.add_argument("run", help="RUN folder or URI (a bucket RUN: each replica fetches the model file)")
+    p.add_argument("--model", default=d.model, help=f"one of {','.join(C.MODEL_NAMES)} (default %(default)s)")
+    p.add_argument("--replicas", type=int, default=d.replicas, help="fixed number of replicas (default %(default)s)")
+    p.add_argument("--autoscale", default=None, metavar="MIN..MAX",
+                   help="let Serve add and remove replicas with the load, between MIN and MAX (instead of --replicas)")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="interpreter threads (and CPUs reserved) per replica (default %(default)s)")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                   help="requests one model call takes at most (default %(default)s; 1: no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
+                   help="how long a batch waits to fill once its first request is in (default %(default)s)")
+    p.add_argument("--port", type=int, default=d.port, help="HTTP port (default %(default)s)")
+    p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s; 0.0.0.0: every one)")
+    p.add_argument("--max-bytes", type=int, default=d.max_bytes,
+                   help="refuse (413) a request body larger than this (default %(default)s)")
+    _add_max_pixels(p, d.max_pixels)
+    p.add_argument("--score-threshold", type=float, default=d.score_threshold,
+                   help="default of a request's ?score_threshold= (default %(default)s)")
+    p.add_argument("--access-log", action="store_true", help="one line per request in Serve's replica logs")
+    p.add_argument("--detach", action="store_true",
+                   help="on a cluster: deploy and return, the application keeps serving (jobs/serve.py)")
+    _add_address(p)
+
+
+def serve_config_from_args(args: argparse.Namespace) -> C.ServeConfig:
+    """The ``serve`` arguments -> ServeConfig (UserError naming a bad value)."""
+    autoscale = C.parse_autoscale(args.autoscale)
+    if autoscale is not None and args.replicas != C.ServeConfig.replicas:
+        raise UserError(f"--replicas {args.replicas} and --autoscale {args.autoscale}: give one of them")
+    return C.ServeConfig(run=args.run, model=args.model, replicas=args.replicas, autoscale=autoscale,
+                         threads=args.threads, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+                         port=args.port, host=args.host, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
+                         score_threshold=args.score_threshold, access_log=args.access_log, address=args.address,
+                         detach=args.detach)
 
 
 def _add_max_pixels(p: argparse.ArgumentParser, default: int) -> None:
@@ -264,6 +308,8 @@ def config_from_args(args: argparse.Namespace):
                            augment=args.augment, augmentation=augment_from_args(args),
                            close_mosaic=args.close_mosaic, seed=args.seed, use_gpu=args.gpu, memory_budget_gb=args.memory_budget_gb,
                            resource_timeout_s=args.resource_timeout_s, address=args.address)
+    if cmd == "serve":
+        return serve_config_from_args(args)
     raise AssertionError(f"unhandled command {cmd!r}")
 
 
@@ -302,6 +348,9 @@ def dispatch(cfg) -> object:
     if isinstance(cfg, C.RunConfig):
         from raydet.pipeline import run
         return run(cfg)
+    if isinstance(cfg, C.ServeConfig):
+        from raydet.serve.driver import serve
+        return serve(cfg)
     raise AssertionError(f"unhandled config {type(cfg).__name__}")
 
 

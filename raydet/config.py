@@ -346,6 +346,65 @@ class PredictConfig:
             raise UserError(f"--score-threshold must be in [0, 1], got {self.score_threshold!r}")
 
 
+def parse_autoscale(text: str | None) -> tuple[int, int] | None:
+    """``--autoscale MIN..MAX`` -> ``(MIN, MAX)``, None for None; UserError naming a malformed value."""
+    if text is None:
+        return None
+    low, sep, high = text.partition("..")
+    try:
+        if not sep:
+            raise ValueError
+        return int(low), int(high)
+    except ValueError:
+        raise UserError(f"malformed --autoscale {text!r}: expected MIN..MAX replicas, e.g. 1..4") from None
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``raydet serve``: one model of a RUN behind HTTP, in Ray Serve replicas (raydet.serve)."""
+
+    run: str  # RUN folder or URI; a URI's model file is fetched by each replica (as evaluate's actors do)
+    model: str = "int8"
+    replicas: int = 1  # fixed replica count, unless autoscale is set
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas: Serve adds and removes them with the load
+    threads: int = 1  # LiteRT/TF threads per replica; each replica reserves as many CPUs, so none fight for cores
+    max_batch_size: int = 16  # requests one model call takes at most (@serve.batch)
+    batch_wait_ms: float = 5.0  # how long a batch waits to fill once its first request is in
+    port: int = 8000
+    host: str = "127.0.0.1"  # 0.0.0.0 to answer other machines (a cluster's head)
+    max_bytes: int = 20 * 2**20  # a request body over this is refused (413) before it is decoded
+    max_pixels: int = 100_000_000  # as predict's: an image whose header gives more pixels is refused (413)
+    score_threshold: float = 0.3  # as predict's; a request's ?score_threshold= overrides it
+    # one line per request in Serve's logs; off: a local raydet serve forwards them into its own log file, which
+    # would grow without bound on a long-running server, and writing them costs the replicas CPU
+    access_log: bool = False
+    address: str | None = None
+    detach: bool = False  # deploy and return, the application staying on the cluster (needs one: --address)
+
+    def __post_init__(self) -> None:
+        from raydet.images import check_max_pixels
+
+        if not self.run:
+            raise UserError("serve needs a RUN folder")
+        if self.model not in MODEL_NAMES:
+            raise UserError(f"--model must be one of {MODEL_NAMES}, got {self.model!r}")
+        for name, value in (("--replicas", self.replicas), ("--threads", self.threads),
+                            ("--max-batch-size", self.max_batch_size), ("--max-bytes", self.max_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.autoscale is not None:
+            low, high = self.autoscale
+            if not 0 <= low <= high or high < 1:
+                raise UserError(f"--autoscale must be MIN..MAX with 0 <= MIN <= MAX and MAX >= 1, got {low}..{high}")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise UserError(f"--batch-wait-ms must be in [0, 10000], got {self.batch_wait_ms!r}")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise UserError(f"--port must be in 1..65535, got {self.port!r}")
+        check_max_pixels("--max-pixels", self.max_pixels)
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise UserError(f"--score-threshold must be in [0, 1], got {self.score_threshold!r}")
+
+
 @dataclass(frozen=True)
 class ReportConfig:
     run: str  # RUN folder that `raydet evaluate` has written eval/report.json and the COCO files into

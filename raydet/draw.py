@@ -180,14 +180,20 @@ def _caption(cell: np.ndarray, text: str) -> None:
     cv2.putText(cell, text, (4, cell.shape[0] - base - 3), _FONT, font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
 
 
-def write_png(path: str | os.PathLike, image_rgb: np.ndarray) -> Path:
-    """Write an (H, W, 3) uint8 RGB image as PNG, creating folders. Encoded in memory and written by Python, so
-    any Unicode path works (``cv2.imwrite`` cannot open non-ASCII paths on Windows). Returns the path."""
+def encode_png(image_rgb: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 RGB image -> the bytes of its PNG file."""
     img = _check_image(image_rgb)
     ok, data = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"OpenCV could not encode a {img.shape} image as PNG")
+    return data.tobytes()
+
+
+def write_png(path: str | os.PathLike, image_rgb: np.ndarray) -> Path:
+    """Write an (H, W, 3) uint8 RGB image as PNG, creating folders. Encoded in memory and written by Python, so
+    any Unicode path works (``cv2.imwrite`` cannot open non-ASCII paths on Windows). Returns the path."""
+    data = encode_png(image_rgb)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data.tobytes())
+    path.write_bytes(data)
     return path

@@ -81,6 +81,14 @@ class ImageError(ValueError):
     """An encoded image that cannot be used; the message gives the reason."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image whose header gives more pixels than allowed (a decompression bomb)."""
+
+
+class UnsupportedImageError(ImageError):
+    """Data that is no image, or an image in a format outside ``ACCEPTED_FORMATS``."""
+
+
 def decode_resize(data: bytes, size: int, *, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, int, int]:
     """Encoded image bytes (any format Pillow reads) -> ``(pixels, orig_width, orig_height)``.
 
@@ -128,7 +136,7 @@ def _load_rgb(im: Image.Image) -> Image.Image:
         im.load()
         return _to_rgb(im)
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"decompression bomb: {exc}") from exc
+        raise ImageTooLargeError(f"decompression bomb: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         # Pillow signals damaged data with any of these, e.g. OSError "image file is truncated (7 bytes not
         # processed)", SyntaxError "broken PNG file", ValueError "Decompressed data too large".
@@ -143,12 +151,13 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"decompression bomb: {exc}") from exc
+        raise ImageTooLargeError(f"decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
         refused = _refused_format(data)
         if refused:
-            raise ImageError(f"format {refused} not accepted (raydet reads {', '.join(ACCEPTED_FORMATS)})") from exc
-        raise ImageError(f"not a recognised image ({len(data)} bytes starting {data[:8]!r})") from exc
+            raise UnsupportedImageError(f"format {refused} not accepted (raydet reads {', '.join(ACCEPTED_FORMATS)})") \
+                from exc
+        raise UnsupportedImageError(f"not a recognised image ({len(data)} bytes starting {data[:8]!r})") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         raise ImageError(f"corrupt image header: {exc}") from exc
     _check_size(im.format, *im.size, max_pixels)
@@ -197,7 +206,7 @@ def _check_size(fmt: str | None, width: int, height: int, max_pixels: int) -> No
     if width <= 0 or height <= 0:
         raise ImageError(f"image header gives an empty size {width} x {height}")
     if width * height > max_pixels:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"decompression bomb refused: the {fmt} header says {width} x {height} = {width * height:,} "
             f"pixels, over the limit of {max_pixels:,}")
 

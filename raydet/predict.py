@@ -71,17 +71,53 @@ def _output_name(path: Path, used: set[str]) -> str:
 
 def draw_prediction(path: Path, boxes: np.ndarray, names: list[str], scores: list[float],
                     max_pixels: int) -> np.ndarray:
-    """The drawing of ``path``'s detections (``boxes`` (D, 4) xyxy in its stored pixels): its pixels read again
-    through :func:`raydet.images.decode_rgb` (the checks and decoders ``decode_resize`` used, so a file the model
-    saw is a file that can be drawn), then :func:`raydet.draw.draw_detections` (at most ``MAX_DRAW_PIXELS``)."""
+    """The drawing of ``path``'s detections (``boxes`` (D, 4) xyxy in its stored pixels): :func:`draw_encoded`
+    of the file's bytes read again."""
+    return draw_encoded(path.read_bytes(), boxes, names, scores, max_pixels)
+
+
+def draw_encoded(data: bytes, boxes: np.ndarray, names: list[str], scores: list[float],
+                 max_pixels: int) -> np.ndarray:
+    """The drawing of an encoded image's detections (``boxes`` (D, 4) xyxy in its stored pixels): its pixels
+    through :func:`raydet.images.decode_rgb` (the checks and decoders ``decode_resize`` used, so an image the
+    model saw is an image that can be drawn), then :func:`raydet.draw.draw_detections` (at most
+    ``MAX_DRAW_PIXELS``) -> (H', W', 3) uint8 RGB."""
     from raydet import draw
     from raydet.images import decode_rgb
 
-    image = decode_rgb(path.read_bytes(), max_pixels=max_pixels)
+    image = decode_rgb(data, max_pixels=max_pixels)
     return draw.draw_detections(image, np.zeros((0, 4)), [], boxes, names, scores)
 
 
-def _classes(run: Path) -> list[str]:
+def detect(runner, pixels: np.ndarray, sizes: list[tuple[int, int]], classes: list[str],
+           score_threshold: float | list[float], top_k: int = TOP_K) -> tuple[list[list[dict]], np.ndarray]:
+    """The detections of decoded images, as ``raydet predict`` and ``raydet serve`` report them.
+
+    ``pixels`` (N, S, S, 3) uint8 RGB from :func:`raydet.images.decode_resize`; ``sizes`` N ``(width, height)``
+    of the stored images; ``score_threshold`` one for all or one per image. Returns, per image, the
+    :func:`raydet.decode.decode` peaks scoring >= its threshold (at most ``top_k``, best first) as
+    ``{"class", "label", "score", "box"}`` with ``box`` ``[x0, y0, x1, y1]`` in the stored image's pixels, and
+    the model's seconds per image (N,) (:meth:`raydet.infer.ModelRunner.predict`).
+    """
+    from raydet.decode import decode, to_pixels
+
+    thresholds = [score_threshold] * len(sizes) if np.isscalar(score_threshold) else list(score_threshold)
+    outputs, seconds = runner.predict(pixels)
+    # one decode at the lowest threshold, then each image's own: the best top_k above a threshold are among the
+    # best top_k above any lower one (decode keeps the best by score)
+    decoded = decode(outputs["heatmap"], outputs["boxes"], top_k=top_k, score_threshold=min(thresholds, default=1.0))
+    results = []
+    for (width, height), det, threshold in zip(sizes, decoded, thresholds):
+        keep = det.scores >= threshold
+        boxes = to_pixels(det.boxes[keep], width, height)
+        results.append([{"class": classes[int(label)], "label": int(label), "score": float(score),
+                         "box": [float(v) for v in box]}
+                        for box, label, score in zip(boxes, det.labels[keep], det.scores[keep])])
+    return results, seconds
+
+
+def run_classes(run: Path) -> list[str]:
+    """The class names of a RUN folder, in label order, from its config.json."""
     path = run / "config.json"
     if not path.is_file():
         raise UserFileNotFoundError(f"{path} not found: the class names come from the run's config.json")
@@ -105,7 +141,7 @@ def _predict(cfg: PredictConfig, run: Path) -> dict:
     # 1. everything that can be refused before loading the model
     model_path = require_models(run, (cfg.model,))[cfg.model]
     check_run(run, (cfg.model,))
-    classes = _classes(run)
+    classes = run_classes(run)
     files, skipped = collect_images(cfg.paths)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +186,6 @@ def _predict_chunk(runner, paths: list[Path], classes: list[str], score_threshol
     included) go to ``skipped``, as does one that changed between its decode and its drawing. Returns one dict
     per drawn image (the ``images`` entries of predictions.json)."""
     from raydet import draw
-    from raydet.decode import decode, to_pixels
     from raydet.images import ImageError, decode_resize
 
     chunk, pixels, sizes = [], [], []
@@ -165,13 +200,10 @@ def _predict_chunk(runner, paths: list[Path], classes: list[str], score_threshol
         sizes.append((width, height))
     if not chunk:
         return []
-    outputs, _ = runner.predict(np.stack(pixels))
-    decoded = decode(outputs["heatmap"], outputs["boxes"], top_k=TOP_K, score_threshold=score_threshold)
+    detections, _ = detect(runner, np.stack(pixels), sizes, classes, score_threshold)
     results = []
-    for path, (width, height), det in zip(chunk, sizes, decoded):
-        boxes = to_pixels(det.boxes, width, height)
-        dets = [{"class": classes[int(label)], "label": int(label), "score": float(score),
-                 "box": [float(v) for v in box]} for box, label, score in zip(boxes, det.labels, det.scores)]
+    for path, (width, height), dets in zip(chunk, sizes, detections):
+        boxes = np.array([d["box"] for d in dets], np.float64).reshape(-1, 4)
         try:
             drawn = draw_prediction(path, boxes, [d["class"] for d in dets], [d["score"] for d in dets], max_pixels)
         except (OSError, ImageError) as exc:  # replaced or removed since it was decoded a moment ago

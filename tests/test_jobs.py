@@ -181,6 +181,37 @@ def test_the_shipped_package_leaves_junk_out_and_stays_small(tmp_path):
     assert zipped.stat().st_size < 1_000_000, zipped.stat().st_size
 
 
+@pytest.mark.slow
+def test_serve_job_deploys_an_application_that_outlives_the_job(ray_head, tmp_path):
+    """jobs/serve.py: the job deploys raydet serve (--detach) and ends; the application answers on the head."""
+    import http.client
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    import handset as H
+
+    run = H.write_run(tmp_path / "run")
+    [port] = _free_ports(1)
+    proc = submit(ray_head, "python", "jobs/serve.py", str(run), "--port", str(port))
+    assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout + proc.stderr
+    assert f"POST http://127.0.0.1:{port}/detect" in proc.stdout
+    buf = io.BytesIO()
+    Image.fromarray(H.paint([H.Obj(1, 1, 0, 5, 1)])).save(buf, "PNG")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/detect", body=buf.getvalue())
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    assert resp.status == 200 and [d["class"] for d in answer["detections"]] == ["red"]
+    np.testing.assert_allclose(answer["detections"][0]["box"], H.box(H.Obj(1, 1, 0, 5, 1)) * 32, atol=0.5)
+    # `serve shutdown` (what the README says stops it) against the head's dashboard
+    url, env = ray_head
+    done = subprocess.run([str(Path(RAY).with_name("serve")), "shutdown", "-y", "--address", url], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 # Inside the job: connect the way every raydet command does, then ask a remote task what it sees.
 PROBE = """
 import os, ray
