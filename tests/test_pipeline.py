@@ -62,7 +62,7 @@ def fake_stages(monkeypatch):
         module = types.ModuleType(f"raydet.{name}")
         setattr(module, fn.__name__, fn)
         monkeypatch.setitem(sys.modules, f"raydet.{name}", module)
-    monkeypatch.setattr(pipeline, "init_ray", lambda address: None)
+    monkeypatch.setattr(pipeline, "init_ray", lambda address, **kw: None)
     return calls
 
 
