@@ -108,7 +108,13 @@ def release(run: str) -> bool:
 
 @contextlib.contextmanager
 def _lines_into(path: str):
-    """Within the block, this process's ``print``s append to ``path`` (a path or URI: written at the end)."""
+    """Within the block, this process's ``print``s append to ``path``: a local file as they come (a trial that ASHA
+    kills keeps its lines), a URI at the end."""
+    if not storage.is_uri(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a", encoding="utf-8", buffering=1) as f, contextlib.redirect_stdout(f):
+            yield
+        return
     with tempfile.TemporaryDirectory(prefix="raydet-trial-") as tmp:
         local = os.path.join(tmp, TRAIN_LOG)
         try:
@@ -167,9 +173,9 @@ def tune(cfg: TuneConfig) -> TuneSummary:
         grid = tuner.fit()
     for k in range(1, len(points) + 1):
         release(trial_run(base, k))
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    unfinished = _unfinished(storage.join(search_dir, TUNE_DIR))
     if unfinished:
-        print(f"search interrupted with {unfinished} of {len(grid)} trials unfinished; run the same command "
+        print(f"search interrupted with {', '.join(map(trial_name, unfinished))} unfinished; run the same command "
               f"again to continue it", flush=True)
         raise KeyboardInterrupt
     records = [_record(result, base, points) for result in grid]
@@ -178,6 +184,14 @@ def tune(cfg: TuneConfig) -> TuneSummary:
     table.write_tables(search_dir, records, search)
     best = table.best_trial(records)
     return TuneSummary(search_dir, tuple(records), best["run"] if best else None)
+
+
+def _unfinished(experiment: str) -> list[int]:
+    """Trials (k) that the experiment's saved state holds as neither ended nor failed: a search interrupted by
+    Ctrl-C. Tune saves that state before it stops the running trials, which the returned ResultGrid then counts
+    as terminated like those that ASHA stopped."""
+    analysis = ray_tune.ExperimentAnalysis(experiment)
+    return sorted(t.config["trial"] for t in analysis.trials if t.status not in ("TERMINATED", "ERROR"))
 
 
 def _check_points(points: list[dict], base: TrainConfig, n_train: int) -> None:
@@ -272,7 +286,10 @@ class TrialLines(ray_tune.Callback):
                 release(trial_run(self.base, trial.config["trial"]))
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._release(trials)  # a trial stopped just before: its actor is gone by now
+        # Not when a trial ends: its actor (and so its trainer's controller) may live a moment longer, and a
+        # controller that sees its workers go restarts them in a new placement group. When the next trial starts,
+        # Tune has freed the ended trial's resources, which kills its actor.
+        self._release(trials)
         self._say(trial, f"started ({describe(self.points[trial.config['trial'] - 1])})")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -284,11 +301,9 @@ class TrialLines(ray_tune.Callback):
         last = (trial.last_result or {}).get("epoch", 0)
         epochs = self.points[trial.config["trial"] - 1]["epochs"]
         self._say(trial, "finished" if last >= epochs else f"stopped by ASHA after epoch {last}")
-        self._release([trial])
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._say(trial, "failed; the search goes on (its error is in the table at the end)")
-        self._release([trial])
 
 
 # ------------------------------------------------------------------------------------------------ results
