@@ -63,6 +63,17 @@ def test_the_cli_refuses_a_bad_space_with_one_line_and_exit_2_before_any_work(tm
     assert not (tmp_path / "t").exists()
 
 
+def test_the_job_entry_point_is_raydet_tune(tmp_path):
+    """jobs/tune.py (what `ray job submit ... -- python jobs/tune.py ARGS` runs) parses raydet tune's arguments."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    job = [sys.executable, str(REPO / "jobs" / "tune.py")]
+    usage = subprocess.run([*job, "--help"], check=False, capture_output=True, text=True, env=env, timeout=60)
+    assert usage.returncode == 0 and "usage: raydet tune" in usage.stdout and "--space" in usage.stdout
+    bad = subprocess.run([*job, str(tmp_path), "--out", str(tmp_path), "--name", "t", "--space", "batch=0"],
+                         check=False, capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "--space batch: 0 must be positive" in bad.stderr
+
+
 def test_tune_config_refuses_what_the_search_sets_itself():
     with pytest.raises(UserError, match="--grace-epochs"):
         TuneConfig(train=BASE, max_epochs=10, grace_epochs=11)
