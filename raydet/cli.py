@@ -149,7 +149,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_augment(p)
     p.add_argument("--seed", type=int, default=C.RunConfig.seed, help="initial weights, shuffling and augmentation")
     p.add_argument("--tune", type=int, default=None, metavar="N",
-                   help="search N training configurations (`raydet tune`) and quantize and evaluate the best trial")
+                   help="search N training configurations (`raydet tune`; --epochs is then the longest trial's, "
+                        f"default {C.TuneConfig.max_epochs} with --data) and quantize and evaluate the best trial")
     p.add_argument("--gpu", action="store_true")
     _add_memory_budget(p)
     _add_resource_timeout(p)

@@ -240,7 +240,7 @@ def _tuner(cfg: TuneConfig, base: TrainConfig, points: list[dict], search_dir: s
         ray_tune.with_parameters(run_trial, base=base, points=points, report_every=report_every), TRIAL_RESOURCES)
     experiment = storage.join(search_dir, TUNE_DIR)
     if ray_tune.Tuner.can_restore(experiment):
-        print(f"continuing the search in {experiment}", flush=True)
+        print(f"continuing the search in {experiment} (finished trials are kept)", flush=True)
         return ray_tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
     slots = _slots(base)
     print(f"search: {len(points)} trials of up to {cfg.max_epochs} epochs, {slots} at a time "
