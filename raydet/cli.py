@@ -99,6 +99,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_resource_timeout(p)
     _add_address(p)
 
+    _add_tune_parser(sub)
+
     p = sub.add_parser("quantize", help="post-training quantization of a run's float model to TFLite")
     p.add_argument("run", help="RUN folder (RUNS/NAME)")
     p.add_argument("--mode", default="all", help="dynamic, float16, int8 or all (comma lists work too)")
@@ -148,6 +150,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_backbone(p, synthetic_default=True)
     _add_augment(p)
     p.add_argument("--seed", type=int, default=C.RunConfig.seed, help="initial weights, shuffling and augmentation")
+    p.add_argument("--tune", type=int, default=None, metavar="N",
+                   help="search N training configurations (`raydet tune`; --epochs is then the longest trial's, "
+                        f"default {C.TuneConfig.max_epochs} with --data) and quantize and evaluate the best trial")
     p.add_argument("--gpu", action="store_true")
     _add_memory_budget(p)
     _add_resource_timeout(p)
@@ -197,6 +202,49 @@ def serve_config_from_args(args: argparse.Namespace) -> C.ServeConfig:
                          port=args.port, host=args.host, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
                          score_threshold=args.score_threshold, access_log=args.access_log, address=args.address,
                          detach=args.detach)
+
+
+# ---------------------------------------------------------------------------------------------- raydet tune
+
+def _add_tune_parser(sub) -> None:
+    """``raydet tune``: the search's own flags, then the base run's (what the space does not vary)."""
+    t = C.TuneConfig
+    p = sub.add_parser("tune", help="Ray Tune search over training settings, ASHA on val AP50; one RUN per trial")
+    p.add_argument("prep", help="PREP folder written by `raydet prepare`")
+    p.add_argument("--out", required=True, help="RUNS folder; trial k trains as RUNS/NAME/trial-k")
+    p.add_argument("--name", required=True, help="search name; re-running the same command continues it")
+    p.add_argument("--trials", type=int, default=t.trials, help="configurations to try (default %(default)s)")
+    p.add_argument("--max-epochs", type=int, default=t.max_epochs,
+                   help="epochs of the longest trial, ASHA's max_t (default %(default)s)")
+    p.add_argument("--space", default=None,
+                   help="what to search, e.g. 'lr=1e-4..3e-3,batch=8|16,aug=0.5..1.5,backbone=cnn|efficientnet_lite0,"
+                        "epochs=15|30' (names left out keep the default space around the base run's settings)")
+    p.add_argument("--grace-epochs", type=int, default=None,
+                   help="epochs before ASHA may stop a trial (default: --max-epochs / 5)")
+    p.add_argument("--reduction-factor", type=float, default=t.reduction_factor,
+                   help="ASHA keeps the best 1/F of the trials at each rung (default %(default)g)")
+    p.add_argument("--seed", type=int, default=t.seed, help="which configurations are sampled (and the runs' seed)")
+    p.add_argument("--workers", type=int, default=None, help="training workers per trial (default as `raydet train`)")
+    p.add_argument("--cpus-per-worker", type=float, default=None)
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    _add_backbone(p)
+    _add_augment(p)
+    p.add_argument("--batch-size", type=int, default=C.TrainConfig.batch_size, help="global batch, the space's centre")
+    p.add_argument("--lr", type=float, default=C.TrainConfig.lr, help="learning rate, the space's centre")
+    _add_memory_budget(p)
+    _add_resource_timeout(p)
+    _add_address(p)
+
+
+def _tune_config(args: argparse.Namespace) -> C.TuneConfig:
+    base = C.TrainConfig(prep=args.prep, out=args.out, name=args.name, workers=args.workers, use_gpu=args.gpu,
+                         cpus_per_worker=args.cpus_per_worker, backbone=args.backbone, pretrained=args.pretrained,
+                         freeze_bn=args.freeze_bn, batch_size=args.batch_size, lr=args.lr, augment=args.augment,
+                         augmentation=augment_from_args(args), close_mosaic=args.close_mosaic, seed=args.seed,
+                         memory_budget_gb=args.memory_budget_gb, resource_timeout_s=args.resource_timeout_s,
+                         address=args.address)
+    return C.TuneConfig(train=base, trials=args.trials, max_epochs=args.max_epochs, space=args.space,
+                        grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor, seed=args.seed)
 
 
 def _add_max_pixels(p: argparse.ArgumentParser, default: int) -> None:
@@ -289,6 +337,8 @@ def config_from_args(args: argparse.Namespace):
                              lr=args.lr, qat=args.qat, init_from=args.init_from, clip_norm=args.clip_norm,
                              warmup_epochs=args.warmup_epochs, seed=args.seed, address=args.address,
                              resource_timeout_s=args.resource_timeout_s, memory_budget_gb=args.memory_budget_gb)
+    if cmd == "tune":
+        return _tune_config(args)
     if cmd == "quantize":
         return C.QuantizeConfig(run=args.run, modes=_modes(args.mode), calibration=args.calibration,
                                 calibration_images=args.calibration_images, address=args.address)
@@ -307,7 +357,7 @@ def config_from_args(args: argparse.Namespace):
                            backbone=args.backbone, pretrained=args.pretrained, freeze_bn=args.freeze_bn,
                            augment=args.augment, augmentation=augment_from_args(args),
                            close_mosaic=args.close_mosaic, seed=args.seed, use_gpu=args.gpu, memory_budget_gb=args.memory_budget_gb,
-                           resource_timeout_s=args.resource_timeout_s, address=args.address)
+                           resource_timeout_s=args.resource_timeout_s, address=args.address, tune=args.tune)
     if cmd == "serve":
         return serve_config_from_args(args)
     raise AssertionError(f"unhandled command {cmd!r}")
@@ -333,6 +383,9 @@ def dispatch(cfg) -> object:
     if isinstance(cfg, C.TrainConfig):
         from raydet.train import train
         return train(cfg)
+    if isinstance(cfg, C.TuneConfig):
+        from raydet.tune.search import tune
+        return tune(cfg)
     if isinstance(cfg, C.QuantizeConfig):
         from raydet.quantize import quantize
         return quantize(cfg)

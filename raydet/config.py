@@ -280,6 +280,44 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """``raydet tune``: a Ray Tune search over ``train`` (the base run: PREP, layout, every setting the space does
+    not vary; its ``out``/``name`` are RUNS and NAME, and trial k trains as RUN ``RUNS/NAME/trial-k``)."""
+
+    train: TrainConfig
+    trials: int = 6  # configurations tried; trial 1 is the space's centre (raydet's defaults), the rest sampled
+    # epochs of the longest trial (ASHA's max_t): the search pays for a few full trials and many short ones, so
+    # it stays well below a default run's ~1,000 optimizer steps (raccoon: 112 epochs)
+    max_epochs: int = 30
+    # ``lr=1e-4..3e-3,batch=8|16,...`` (raydet.tune.space); None: the default space, centred on ``train``
+    space: str | None = None
+    # ASHA's first rung (epochs a trial trains before it can be stopped); None: max_epochs // 5, at least 1
+    grace_epochs: int | None = None
+    # ASHA keeps the best 1 / reduction_factor of the trials at each rung (rungs at grace x rf^k epochs)
+    reduction_factor: float = 3.0
+    seed: int = 0  # which configurations are sampled (the same seed and space give the same trials)
+
+    def __post_init__(self) -> None:
+        from raydet.tune.space import parse_space
+
+        _positive("--trials", self.trials)
+        _positive("--max-epochs", self.max_epochs)
+        if self.grace_epochs is not None and not 1 <= self.grace_epochs <= self.max_epochs:
+            raise UserError(f"--grace-epochs must be in [1, --max-epochs {self.max_epochs}], "
+                            f"got {self.grace_epochs!r}")
+        if not self.reduction_factor > 1:  # also refuses nan
+            raise UserError(f"--reduction-factor must be > 1, got {self.reduction_factor!r}")
+        if self.train.epochs is not None:
+            raise UserError("a tune search sets each trial's epochs itself (--max-epochs, --space epochs=...)")
+        parse_space(self.space or "", self.max_epochs)  # UserError naming the bad part, before any work
+
+    @property
+    def grace(self) -> int:
+        """ASHA's grace period in epochs (``grace_epochs`` resolved)."""
+        return self.grace_epochs or max(1, self.max_epochs // 5)
+
+
+@dataclass(frozen=True)
 class QuantizeConfig:
     run: str
     modes: tuple[str, ...] = QUANT_MODES
@@ -442,9 +480,13 @@ class RunConfig:
     draw: int = 16
     memory_budget_gb: float = TrainConfig.memory_budget_gb
     resource_timeout_s: float = RESOURCE_TIMEOUT_S
+    # None: train one run; N: a `raydet tune` search of N trials instead, whose best trial is quantized and evaluated
+    tune: int | None = None
 
     def __post_init__(self) -> None:
         _positive("--images", self.images)
+        if self.tune is not None:
+            _positive("--tune", self.tune)
         _positive("--resource-timeout", self.resource_timeout_s)
         if not self.memory_budget_gb >= 0:  # also refuses nan
             raise UserError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")

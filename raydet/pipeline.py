@@ -27,11 +27,13 @@ from pathlib import Path
 from raydet import config as C
 from raydet import storage
 from raydet.console import stdout_to, verbose
+from raydet.errors import UserError
 from raydet.infer import FLOAT_FILE
 from raydet.runtime import init_ray
 from raydet.sizes import format_size
 
 RUN_NAME = "main"
+TUNE_NAME = "tune"  # OUT/runs/tune: the search of `raydet run --tune N` (trial k: OUT/runs/tune/trial-k)
 STATE_FILE = "pipeline.json"
 QUANT_MODES = ("int8",)  # what `run` evaluates beside float; `raydet quantize RUN` makes the others
 EVAL_MODELS = ("float", "int8")
@@ -167,12 +169,9 @@ def run(cfg: C.RunConfig) -> dict:
     state = _load_state(out)
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
-    init_ray(cfg.address)  # once: every stage below finds Ray up and reuses it
+    # once: every stage below finds Ray up and reuses it; a search prints its own per-trial lines (raydet.tune)
+    init_ray(cfg.address, log_to_driver=cfg.tune is None)
     seconds["ray start"] = time.perf_counter() - t_all
-
-    def banner(stage: str, what: str) -> float:
-        print(f"\n=== raydet run: {stage}: {what}", flush=True)
-        return time.perf_counter()
 
     # 1. synth: only without --data, skipped when OUT/data was written with the same settings.
     redo = False
@@ -181,7 +180,7 @@ def run(cfg: C.RunConfig) -> dict:
         if state.get("synth") == _key(synth) and storage.kind(synth.out) == "dir":
             print(f"=== raydet run: synth: {synth.out} already holds {synth.images} images, skipped", flush=True)
         else:
-            t = banner("synth", f"{synth.images} images of {synth.image_size} px -> {synth.out}")
+            t = _banner("synth", f"{synth.images} images of {synth.image_size} px -> {synth.out}")
             _synth(synth)
             seconds["synth"] = time.perf_counter() - t
             state = {"synth": _key(synth)}  # everything downstream is stale now
@@ -196,14 +195,30 @@ def run(cfg: C.RunConfig) -> dict:
     else:
         from raydet.data import prepare
 
-        t = banner("prepare", f"{prep.data} -> {prep.out} at {prep.image_size or 'a size chosen from the boxes,'} px")
+        t = _banner("prepare", f"{prep.data} -> {prep.out} at {prep.image_size or 'a size chosen from the boxes,'} px")
         prepare(prep)
         seconds["prepare"] = time.perf_counter() - t
         state = {k: v for k, v in state.items() if k == "synth"} | {"prepare": _key(prep)}
         _save_state(out, state)
 
-    # 3. train: resumes by itself (same --out/--name); a run made from other data or settings is set aside.
-    train_cfg = cfgs["train"]
+    # 3. train (or with --tune, a search whose best trial goes on): resumes by itself (same --out/--name); a run
+    # made from other data or settings is set aside.
+    if cfg.tune is not None:
+        t = _banner("tune", f"{cfg.tune} trials -> {storage.join(cfgs['train'].out, TUNE_NAME)}")
+        run_dir = _tune(cfg, cfgs)
+        seconds["tune"] = time.perf_counter() - t
+    else:
+        run_dir = _train(cfgs, state, out, seconds)
+
+    # 4. quantize: again whenever the float model changed since the .tflite files were written.
+    float_model = storage.join(run_dir, FLOAT_FILE)
+    quant = dataclasses.replace(cfgs["quantize"], run=run_dir)
+    return _evaluate_and_report(cfgs, out, run_dir, float_model, quant, seconds, t_all)
+
+
+def _train(cfgs: dict, state: dict, out: str, seconds: dict) -> str:
+    """Stage 3 of ``run``: train RUNS/main unless it is complete; -> its RUN folder."""
+    train_cfg, prep = cfgs["train"], cfgs["prepare"]
     run_dir = storage.join(train_cfg.out, train_cfg.name)
     key = _train_key(train_cfg, prep)
     if storage.exists(run_dir) and state.get("train") != key:
@@ -219,17 +234,34 @@ def run(cfg: C.RunConfig) -> dict:
         from raydet.train import train
 
         workers = "default workers" if train_cfg.workers is None else f"{train_cfg.workers} workers"
-        t = banner("train", f"{train_cfg.backbone}, {workers}, epochs {done + 1}-{target or 'auto'}, "
+        t = _banner("train", f"{train_cfg.backbone}, {workers}, epochs {done + 1}-{target or 'auto'}, "
                             f"batch {train_cfg.batch_size} -> {run_dir}")
         train(train_cfg)
         seconds["train"] = time.perf_counter() - t
+    return run_dir
 
-    # 4. quantize: again whenever the float model changed since the .tflite files were written.
-    quant = cfgs["quantize"]
+
+def _tune(cfg: C.RunConfig, cfgs: dict) -> str:
+    """Stage 3 of ``run --tune N``: the search RUNS/tune (continued when interrupted, its table rewritten when
+    complete) -> the best trial's RUN folder. UserError when no trial produced a model."""
+    from raydet.tune.search import tune
+
+    base = dataclasses.replace(cfgs["train"], name=TUNE_NAME, epochs=None)
+    max_epochs = recipe(cfg)["epochs"] or C.TuneConfig.max_epochs
+    summary = tune(C.TuneConfig(train=base, trials=cfg.tune, max_epochs=max_epochs, seed=cfg.seed))
+    if summary.best_run is None:
+        raise UserError(f"raydet run --tune {cfg.tune}: no trial of {summary.search_dir} produced a model "
+                        f"(its trials.md says why)")
+    return summary.best_run
+
+
+def _evaluate_and_report(cfgs: dict, out: str, run_dir: str, float_model: str, quant: C.QuantizeConfig,
+                         seconds: dict, t_all: float) -> dict:
+    """Stages 4 and 5 of ``run`` on ``run_dir``: quantize when the float model is newer, evaluate, the summary."""
     if all(_is_newer(storage.join(run_dir, f"model_{m}.tflite"), float_model) for m in quant.modes):
         print(f"=== raydet run: quantize: {', '.join(quant.modes)} newer than {float_model}, skipped", flush=True)
     else:
-        t = banner("quantize", f"{', '.join(quant.modes)} from {float_model}")
+        t = _banner("quantize", f"{', '.join(quant.modes)} from {float_model}")
         _quantize(quant, run_dir)
         seconds["quantize"] = time.perf_counter() - t
 
@@ -237,8 +269,8 @@ def run(cfg: C.RunConfig) -> dict:
     from raydet.eval_output import eval_dir as evaluated_dir
     from raydet.evaluate import evaluate
 
-    ev = cfgs["evaluate"]
-    t = banner("evaluate", f"{', '.join(ev.models)} on {ev.data} (test split), {ev.actors} actors")
+    ev = dataclasses.replace(cfgs["evaluate"], run=run_dir, coco_out=storage.join(run_dir, "eval", "coco"))
+    t = _banner("evaluate", f"{', '.join(ev.models)} on {ev.data} (test split), {ev.actors} actors")
     report = evaluate(ev, show_table=False)  # the table comes once, at the end
     eval_dir = evaluated_dir(run_dir)
     seconds["evaluate"] = time.perf_counter() - t
@@ -246,6 +278,11 @@ def run(cfg: C.RunConfig) -> dict:
     _print_summary(run_dir, eval_dir, report, quant.modes, seconds)
     return {"out": out, "run": run_dir, "report": storage.join(eval_dir, "report.json"),
             "images": storage.join(eval_dir, "images"), "models": report["models"], "seconds": seconds}
+
+
+def _banner(stage: str, what: str) -> float:
+    print(f"\n=== raydet run: {stage}: {what}", flush=True)
+    return time.perf_counter()
 
 
 def _synth(synth: C.SynthConfig) -> None:

@@ -100,8 +100,9 @@ def driver_runtime_env() -> dict:
     return env
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to (or start) Ray once per process; later calls are no-ops."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> None:
+    """Connect to (or start) Ray once per process; later calls are no-ops. ``log_to_driver`` False: workers'
+    output stays in Ray's log files (``raydet tune``, whose trials' epoch lines would interleave)."""
     import ray
 
     use_legacy_keras()
@@ -109,7 +110,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     if address or os.environ.get("RAY_ADDRESS"):
         # The cluster may have no raydet, or another version: driver_runtime_env() ships this one.
-        ray.init(address=address, runtime_env=driver_runtime_env() or None)
+        ray.init(address=address, runtime_env=driver_runtime_env() or None, log_to_driver=log_to_driver)
     else:
         # No runtime_env here: the local Ray's processes inherit this one's environment, which
         # use_legacy_keras() just set. A job runtime_env would make Ray start fresh workers for it and throw
@@ -117,7 +118,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # `raydet prepare` (benchmarks/ingest.py).
         # No dashboard unless asked for (RAYDET_DASHBOARD=1): it lives only as long as this command, and starting
         # it put 1.3 s of polling on ray.init's path plus ~2 CPU-s during a 20 s `raydet prepare`.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard_wanted())
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard_wanted(), log_to_driver=log_to_driver)
     quiet_ray_data()
 
 

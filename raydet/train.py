@@ -35,6 +35,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 from raydet import storage
 from raydet.config import ModelConfig, TrainConfig
@@ -208,12 +209,14 @@ def _check_init_from(cfg: TrainConfig) -> None:
                 raise UserFileNotFoundError(f"--init-from {cfg.init_from}: no {name} there (is it a finished RUN folder?)")
 
 
-def train(cfg: TrainConfig, callbacks: tuple = ()) -> TrainSummary:
+def train(cfg: TrainConfig, callbacks: tuple = (), run_callbacks: tuple = ()) -> TrainSummary:
     """Train (or resume) the run ``cfg.out/cfg.name``; returns where the model is and the full history.
 
     ``callbacks``: extra Keras callbacks for every worker, as picklable factories ``f(rank, world,
     steps_per_epoch) -> tf_keras.callbacks.Callback`` (Ray ships them to the workers; a factory defined outside
     an installed package needs ``ray.cloudpickle.register_pickle_by_value`` on its module).
+    ``run_callbacks``: Ray Train callbacks for the trainer's ``RunConfig`` (raydet.tune passes Tune's
+    ``TuneReportCallback``, which sees each validated epoch's metrics).
 
     Raises FileNotFoundError/ValueError for a bad PREP, an impossible resource request or one an autoscaler did
     not meet within ``cfg.resource_timeout_s`` (before Ray Train starts), and ValueError when the loss becomes
@@ -235,7 +238,7 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> TrainSummary:
         "train": asdict(cfg), "prep": cfg.prep}, indent=2) + "\n")
 
     started = time.time()
-    result = _fit(cfg, mcfg, run_dir, tuple(callbacks))
+    result = _fit(cfg, mcfg, run_dir, tuple(callbacks), tuple(run_callbacks))
     return _finish(cfg, run_dir, result, started)
 
 
@@ -266,7 +269,7 @@ def _check_visible(cfg: TrainConfig) -> None:
         check_visible(cfg.init_from, write=False, what="--init-from")
 
 
-def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple):
+def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, run_callbacks: tuple = ()):
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -295,7 +298,7 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple):
         run_config=RunConfig(name=cfg.name, storage_path=cfg.out,  # a path or URI: checkpoints go to RUN
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             worker_runtime_env=_worker_env(),
+                             worker_runtime_env=_worker_env(), callbacks=list(run_callbacks),
                              # Ray Train's own INFO lines (every checkpoint, every report with all its metrics, every
                              # shard) buried raydet's one line per epoch; Ray Train's system log files keep them.
                              logging_config=LoggingConfig(log_level="WARNING")),
@@ -366,6 +369,16 @@ def _worker_env() -> dict:
     env = runtime_env()
     return {**env, "env_vars": {**env["env_vars"], "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
                                 "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")}}
+
+
+def finish_from_checkpoint(cfg: TrainConfig, checkpoint_dir: str) -> TrainSummary:
+    """Write RUN's model, history and curves from one of its checkpoint folders (``RUN/checkpoint_*``), as a
+    finished ``train`` does: for a run stopped from outside (a Tune trial that ASHA ended), whose driver never got
+    to. ``cfg``: the run's TrainConfig (``out``/``name`` name RUN). Raises as ``train``'s end does."""
+    import ray.train
+
+    result = SimpleNamespace(checkpoint=ray.train.Checkpoint(checkpoint_dir), error=None)
+    return _finish(cfg, storage.join(cfg.out, cfg.name), result, time.time())
 
 
 def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSummary:

@@ -63,7 +63,7 @@ def fake_stages(monkeypatch):
         module = types.ModuleType(f"raydet.{name}")
         setattr(module, fn.__name__, fn)
         monkeypatch.setitem(sys.modules, f"raydet.{name}", module)
-    monkeypatch.setattr(pipeline, "init_ray", lambda address: None)
+    monkeypatch.setattr(pipeline, "init_ray", lambda address, **kw: None)
     return calls
 
 
@@ -230,3 +230,28 @@ def test_the_recipe_follows_the_data_and_what_the_user_set_wins():
     t = mine["train"]
     assert (mine["prepare"].image_size, t.backbone, t.epochs, t.lr, t.augmentation.mosaic, t.seed) == \
         (128, "cnn", 7, 5e-3, 0.0, 4)
+
+
+def test_run_tune_puts_the_best_trial_through_quantize_and_evaluate(fake_stages, tmp_path, monkeypatch):
+    """``raydet run --tune N``: the search replaces training (its base run is the recipe's, epochs left to the
+    search), then quantize and evaluate work on the best trial's RUN."""
+    out, searches = tmp_path / "out", []
+
+    def tune(cfg):
+        searches.append(cfg)
+        best = Path(cfg.train.out) / cfg.train.name / "trial-2"
+        best.mkdir(parents=True)
+        (best / "model.keras").write_text("float")
+        return types.SimpleNamespace(search_dir=str(best.parent), best_run=str(best))
+
+    module = types.ModuleType("raydet.tune.search")
+    module.tune = tune
+    monkeypatch.setitem(sys.modules, "raydet.tune.search", module)
+    result = pipeline.run(RunConfig(out=str(out), images=100, image_size=48, tune=3))
+    calls = dict(fake_stages)
+    assert stages(fake_stages) == ["synth", "prepare", "quantize", "evaluate"]  # no plain training
+    (cfg,) = searches
+    assert (cfg.trials, cfg.max_epochs, cfg.train.name, cfg.train.epochs) == (3, 15, "tune", None)  # synth recipe
+    best = str(out / "runs" / "tune" / "trial-2")
+    assert calls["quantize"].run == calls["evaluate"].run == result["run"] == best
+    assert calls["evaluate"].coco_out == str(Path(best) / "eval" / "coco")

@@ -1,0 +1,11 @@
+"""``raydet tune``: a Ray Tune search over raydet's training (issue 23).
+
+Owns: the search space (``space``: the ``--space`` mini-language, parsed and checked before any work, the default
+space centred on raydet's defaults, the trials' configurations sampled from it), the search (``search``: a Tune
+trainable *function* that builds and fits raydet's TensorflowTrainer for one trial, ASHA on val AP50, restore of an
+interrupted search) and the table of trials (``table``: ``RUNS/NAME/trials.md`` and ``trials.json``).
+
+May import: raydet.config, raydet.errors, raydet.storage, raydet.train (the driver each trial runs), raydet.runtime,
+and Ray Tune (``search`` imports it at its top; ``space`` and ``table`` import no Ray and no TensorFlow, so
+``raydet.config`` can check a ``--space`` before anything starts).
+"""
