@@ -242,7 +242,6 @@ NEW_TREE = {MANIFEST: NEW_MANIFEST, "train/part-0000005.parquet": hashlib.sha256
 
 def killed(out) -> None:
     """What SIGKILL does to a prepare: its lock goes with its process, nothing else is cleaned."""
-    import raydet.prep_out as P
 
     out.lease.stop.set()
     os.close(out.lease.fd)
@@ -338,7 +337,7 @@ def test_a_bucket_commit_killed_mid_copy_or_mid_delete_is_completed(tmp_path, mo
     real = P._move
 
     def cut(filesystem, src, dst, on_copied):
-        if dst.endswith(f"/train") and STAGING_PREFIX in src:  # the new train/ moving in
+        if dst.endswith("/train") and STAGING_PREFIX in src:  # the new train/ moving in
             if when == "copying":
                 filesystem.create_dir(dst, recursive=True)
                 write(Path(dst) / "part-0000005.parquet", "new tr")  # half of it
