@@ -1,4 +1,4 @@
-"""``raydet tune``: a Ray Tune search over raydet's training (issue 23).
+"""``raydet tune``: a Ray Tune search over raydet's training.
 
 Owns: the search space (``space``: the ``--space`` mini-language, parsed and checked before any work, the default
 space centred on raydet's defaults, the trials' configurations sampled from it), the search (``search``: a Tune
