@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,13 +40,18 @@ def eval_dir(run: str | os.PathLike) -> str:
     return storage.join(run, name)
 
 
+def published_dir(run: str | os.PathLike, run_id: str) -> str:
+    """Where evaluate ``run_id``'s RUN/eval ends up: ``RUN/eval`` for a local run, ``RUN/eval-<run_id>`` in a
+    bucket (:func:`publish_eval`)."""
+    return storage.join(run, f"{EVAL_PREFIX}{run_id}" if storage.is_uri(run) else "eval")
+
+
 def publish_eval(local_eval: Path, run: str, run_id: str) -> str:
     """Upload ``local_eval`` to ``run``/eval-``run_id`` (a URI), point RUN/eval.json at it, then delete the eval
     it replaces; returns the new location. Until the pointer is written readers see the previous eval whole."""
-    previous = eval_dir(run)
-    target = storage.join(run, f"{EVAL_PREFIX}{run_id}")
+    previous, target = eval_dir(run), published_dir(run, run_id)
     storage.upload(local_eval, target, sorted(storage.list_files(str(local_eval))))
-    storage.write_text(storage.join(run, EVAL_POINTER), json.dumps({"eval": f"{EVAL_PREFIX}{run_id}"}) + "\n")
+    storage.write_text(storage.join(run, EVAL_POINTER), json.dumps({"eval": posixpath.basename(target)}) + "\n")
     storage.delete_dir(previous)
     return target
 

@@ -47,8 +47,8 @@ import numpy as np
 from raydet import storage
 from raydet.config import EvaluateConfig
 from raydet.errors import UserError, UserFileNotFoundError
-from raydet.eval_output import (DRAW_SCORE_THRESHOLD, EVAL_PREFIX, ImageDetections, ModelResult, draw_or_report,
-                                ground_truth_pixels, publish_eval, write_coco, write_report)
+from raydet.eval_output import (DRAW_SCORE_THRESHOLD, ImageDetections, ModelResult, draw_or_report,
+                                ground_truth_pixels, publish_eval, published_dir, write_coco, write_report)
 from raydet.infer import ModelRunner, batch_plan, check_run, model_file, require_models
 from raydet.progress import Progress
 from raydet.runtime import init_ray
@@ -238,7 +238,7 @@ def evaluate(cfg: EvaluateConfig, predictor: type = Predictor, show_table: bool 
     fetches its model file itself, and the new RUN/eval goes back at the end."""
     fetch = ["config.json", "history.jsonl", *(model_file("", name).name for name in cfg.models)]
     run_id = uuid.uuid4().hex[:12]
-    shown = storage.join(cfg.run, f"{EVAL_PREFIX}{run_id}" if storage.is_uri(cfg.run) else "eval")
+    shown = published_dir(cfg.run, run_id)
     with storage.local_copy(cfg.run, fetch=fetch) as run:
         stage = run / f"{EVAL_STAGING}{run_id}"
         try:

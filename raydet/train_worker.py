@@ -76,9 +76,9 @@ def train_loop_per_worker(config: dict) -> None:
 
         export = apply_qat(export)
     with strategy.scope(), _policy(tcfg["precision"]):
-        model, history = _build(mcfg, tcfg, checkpoint, say=_say if rank == 0 else lambda text: None)
+        model, history, stopped = _build(mcfg, tcfg, checkpoint, say=_say if rank == 0 else lambda text: None)
     initial_epoch = len(history)
-    if checkpoint is not None and _stopped_nonfinite(checkpoint):
+    if stopped:
         return  # the driver reports it (raydet.train._finish): training on would start from no weights
     if tcfg["qat"] and not history and config.get("calibration") is not None:
         _calibrate_qat(model, export, config["calibration"], _say if rank == 0 else lambda text: None)
@@ -187,11 +187,13 @@ def _quiet_worker_logs() -> None:
 
 def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
     """Model + optimizer, restored from ``checkpoint`` or started from ``--init-from`` or the backbone's
-    pretrained weights; ``say(text)`` logs what was done. Returns (model, history)."""
+    pretrained weights; ``say(text)`` logs what was done. Returns (model, history, stopped: the checkpoint is the
+    weightless one of a run whose loss became non-finite)."""
     from raydet.model import build_model, compile_model, freeze_backbone_bn, init_backbone
 
     model = build_model(mcfg)
     history: list[dict] = []
+    stopped = False
     if tcfg["init_from"] and checkpoint is None:
         say(transfer_weights(_load_init_from(tcfg["init_from"]), model))
     elif checkpoint is None:
@@ -212,16 +214,11 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
         with checkpoint.as_directory() as ckpt:
             state = json.loads((Path(ckpt) / STATE_FILE).read_text())
             history = state["history"]
-            if history and not state.get("nonfinite"):  # a non-finite stop's checkpoint holds no weights
+            stopped = bool(state.get("nonfinite"))
+            if history and not stopped:  # a non-finite stop's checkpoint holds no weights
                 optimizer.build(model.trainable_variables)  # so the optimizer state restores now, not lazily
                 model.load_weights(str(Path(ckpt) / WEIGHTS_PREFIX)).assert_existing_objects_matched()
-    return model, history
-
-
-def _stopped_nonfinite(checkpoint) -> bool:
-    """Whether ``checkpoint`` is the one a run reports when its loss became non-finite."""
-    with checkpoint.as_directory() as ckpt:
-        return bool(json.loads((Path(ckpt) / STATE_FILE).read_text()).get("nonfinite"))
+    return model, history, stopped
 
 
 def _load_init_from(run: str):
