@@ -5,8 +5,8 @@
 
 Each configuration maps the same materialized images (read once) through ``map_batches`` with an actor pool,
 each actor loading its model once and the images cut into calls as ``raydet evaluate`` cuts them
-(raydet.infer.ModelRunner, raydet.infer.batch_plan; ``--batch-size`` as in evaluate), but the actors only
-predict and decode (raydet.decode.decode, as evaluate: top 100 peaks with score >= 0.01, then pixel boxes): the
+(raydet.export.runner.ModelRunner, raydet.export.runner.batch_plan; ``--batch-size`` as in evaluate), but the actors only
+predict and decode (raydet.detector.decode.decode, as evaluate: top 100 peaks with score >= 0.01, then pixel boxes): the
 matching and metric bookkeeping of an evaluation are left out,
 so the figures are the models' speed. images/s = images / (last batch's end - first batch's start) inside the
 actors; the pool starts handing out batches only when all its actors have loaded their model.
@@ -26,14 +26,14 @@ class SpeedActor:
     """Loads one model once; per batch: predict + decode, returns the image count and the batch's start/end."""
 
     def __init__(self, model_path: str, num_threads: int):
-        from raydet.infer import ModelRunner
+        from raydet.export.runner import ModelRunner
 
         self.runner = ModelRunner(model_path, num_threads)
         s = self.runner.image_size
         self.runner.predict(np.zeros((1, s, s, 3), np.uint8))  # warm-up outside the timed batches
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from raydet.decode import decode, to_pixels
+        from raydet.detector.decode import decode, to_pixels
 
         t_start = time.time()
         outputs, _ = self.runner.predict(batch["image"])
@@ -57,7 +57,7 @@ def _one_pass(ds, path: Path, actors: int, threads: int, batch_size: int) -> dic
 
     mapped = ds.map_batches(SpeedActor, compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
                             num_cpus=threads, fn_constructor_kwargs={"model_path": str(path), "num_threads": threads})
-    mapped.context.wait_for_min_actors_s = 600  # all actors loaded before the first batch (see raydet.evaluate)
+    mapped.context.wait_for_min_actors_s = 600  # all actors loaded before the first batch (see raydet.evaluate.pool)
     rows = mapped.take_all()
     images = int(sum(r["images"] for r in rows))
     span = max(r["t_end"] for r in rows) - min(r["t_start"] for r in rows)
@@ -66,8 +66,8 @@ def _one_pass(ds, path: Path, actors: int, threads: int, batch_size: int) -> dic
 
 def model_files(run: Path) -> dict[str, Path]:
     """Every model of the run that exists: the float Keras model, the float32 reference .tflite and the
-    quantized ones (raydet.infer's names)."""
-    from raydet.infer import KNOWN_MODELS, available_models, model_file
+    quantized ones (raydet.export.runner's names)."""
+    from raydet.export.runner import KNOWN_MODELS, available_models, model_file
 
     labels = {"float": "float (keras)", "float32": "float32 tflite"}
     return {labels.get(n, n): model_file(run, n) for n in available_models(run, KNOWN_MODELS)}
@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from raydet.infer import batch_plan, check_run
-    from raydet.runtime import init_ray
-    from raydet.shards import read_split
+    from raydet.export.runner import batch_plan, check_run
+    from raydet.cluster.runtime import init_ray
+    from raydet.ingest.shards import read_split
 
     check_run(args.run)  # an old single-box run is refused before Ray starts
     image_size = int(json.loads((args.data / "manifest.json").read_text())["image_size"])

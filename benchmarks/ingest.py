@@ -6,7 +6,7 @@
    ``<filename>`` renamed with its copy) and reads every file once, so both sides start from a warm page cache.
 2. **Baseline** (the original project, one process): ElementTree parse, Pillow full decode, RGB, default
    (bicubic) resize, boxes normalized, then the arrays saved with ``np.save`` so it too ends with data on disk.
-3. **Single-core decode + resize rate**: ``raydet.images.decode_resize`` on the same photos' bytes, one
+3. **Single-core decode + resize rate**: ``raydet.ingest.images.decode_resize`` on the same photos' bytes, one
    process, no reading or writing: the per-core ceiling of the pipeline.
 4. **raydet prepare**, as a user runs it: ``python -m raydet.cli prepare`` in a fresh process, which starts
    its own local Ray; end-to-end wall time includes interpreter start-up, Ray start-up, both passes, the
@@ -114,7 +114,7 @@ def baseline(data: Path, out: Path, size: int) -> dict:
 
 def single_core_decode_rate(data: Path, size: int, sample: int) -> tuple[float, float]:
     """(images per wall second, images per CPU second) of decode_resize on in-memory bytes, one process."""
-    from raydet.images import decode_resize
+    from raydet.ingest.images import decode_resize
 
     files = sorted((data / "images").iterdir())
     # every k-th file: each distinct photo is in the sample (sorted names put a photo's copies side by side, so the
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
             flushed += settle()
 
         rate, cpu_rate = single_core_decode_rate(data, args.image_size, args.decode_sample)
-        print(f"single-core decode+resize (raydet.images.decode_resize, bytes in memory): {rate:.0f} img/s, "
+        print(f"single-core decode+resize (raydet.ingest.images.decode_resize, bytes in memory): {rate:.0f} img/s, "
               f"{cpu_rate:.0f} img per CPU-s")
 
         flushed += settle()

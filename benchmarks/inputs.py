@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/inputs.py PREP160 [--backbone efficientnet_lite0] [--batch-size 16] [--batches 40]
 
 On one PREP's train split, in this process (no Ray), with raydet's default settings (augmentation on, mosaic on):
-  (p) the input pipeline alone: raydet.inputs.train_dataset iterated for ``--batches`` batches, nothing trained;
+  (p) the input pipeline alone: raydet.train.inputs.train_dataset iterated for ``--batches`` batches, nothing trained;
   (s) the training step alone: raydet's compiled detector fitted on one fixed batch repeated (the pipeline cost
       removed), timed over ``--batches`` steps after a warm-up epoch;
   (f) the two together, as training runs them (the step fed by the pipeline).
@@ -23,7 +23,7 @@ from pathlib import Path
 def pipeline_rate(arrays: dict, classes: int, grid: int, batch: int, batches: int, seed: int = 0) -> float:
     """(p): images/s of the training dataset alone, first batch (tracing, thread start) excluded."""
     from raydet.config import AugmentConfig
-    from raydet.inputs import train_dataset
+    from raydet.train.inputs import train_dataset
 
     ds, _ = train_dataset(arrays, classes, grid, batch, AugmentConfig(), seed)
     it = iter(ds)
@@ -49,9 +49,9 @@ def build(prep: Path, backbone: str, precision: str = "float32"):
     import tf_keras
 
     from raydet.config import TrainConfig
-    from raydet.ema import make_optimizer
-    from raydet.model import build_model, compile_model, init_backbone
-    from raydet.train import model_config, read_manifest
+    from raydet.train.ema import make_optimizer
+    from raydet.detector.model import build_model, compile_model, init_backbone
+    from raydet.train.driver import model_config, read_manifest
 
     d = TrainConfig(prep="", out="", name="bench", backbone=backbone)
     mcfg = model_config(d, read_manifest(prep))
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from raydet.config import AugmentConfig
-    from raydet.inputs import load_rows, train_dataset
-    from raydet.model import OUTPUT_STRIDE
-    from raydet.train import read_manifest
+    from raydet.train.inputs import load_rows, train_dataset
+    from raydet.detector.model import OUTPUT_STRIDE
+    from raydet.train.driver import read_manifest
 
     prep = Path(args.prep).absolute()
     n = read_manifest(prep)["splits"]["train"]

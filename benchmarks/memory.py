@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/memory.py [--images 12000 3000] [--epochs 1] [--work /tmp/bench-memory]
 
-For each N of ``--images``: the built-in synthetic set (raydet.synth, JPEG photos in the VOC layout) of N images
-at ``--image-size`` px, ``raydet prepare`` at the same size, then ``raydet.train.train`` twice, each in a fresh
+For each N of ``--images``: the built-in synthetic set (raydet.ingest.synth, JPEG photos in the VOC layout) of N images
+at ``--image-size`` px, ``raydet prepare`` at the same size, then ``raydet.train.driver.train`` twice, each in a fresh
 process with its own local Ray of 2 CPUs: 1 worker x 1 CPU (the other CPU left to Ray Data), the tiny ``cnn``
 (width 4, depth 5), ``--memory-budget-gb`` 1000 (in memory) and 0 (streamed). Measured per run:
 - driver: the driver process's peak resident set (``ru_maxrss``);
@@ -31,7 +31,7 @@ MB = 1e6
 
 
 def worker_peak(folder: str):
-    """A callback factory (raydet.train.train): after every epoch the worker writes its ``ru_maxrss`` in bytes to
+    """A callback factory (raydet.train.driver.train): after every epoch the worker writes its ``ru_maxrss`` in bytes to
     ``folder/worker_rank<r>.json``."""
 
     def factory(rank: int, world: int, steps: int):
@@ -78,8 +78,8 @@ def measure(prep: Path, out: Path, budget_gb: float, epochs: int) -> dict:
     import ray
 
     from raydet.config import TrainConfig
-    from raydet.runtime import runtime_env
-    from raydet.train import train
+    from raydet.cluster.runtime import runtime_env
+    from raydet.train.driver import train
 
     ray.init(address="local", num_cpus=2, runtime_env=runtime_env())  # the state API needs the dashboard
     store = StorePeak()
@@ -98,7 +98,7 @@ def measure(prep: Path, out: Path, budget_gb: float, epochs: int) -> dict:
 def make_prep(work: Path, images: int, size: int) -> Path:
     """The synthetic VOC set of ``images`` photos and its PREP at ``size`` px (kept for a rerun)."""
     from raydet.config import SynthConfig
-    from raydet.synth import write_synthetic
+    from raydet.ingest.synth import write_synthetic
 
     voc, prep = work / f"voc{images}", work / f"prep{images}"
     if (prep / "manifest.json").is_file():

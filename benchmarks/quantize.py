@@ -4,7 +4,7 @@
 
 Reads PREP's test split through Ray Data, predicts one detection per image with every model the run has
 (float Keras, then model_<mode>.tflite for float32, dynamic, float16, int8, qat), and prints VOC AP@0.5
-(raydet.metrics), class accuracy, file size, and each model's AP50 change and size ratio against float.
+(raydet.detector.metrics), class accuracy, file size, and each model's AP50 change and size ratio against float.
 Speed is benchmarks/infer.py's job. Issue 4's bar: int8 <= 0.3x float's size; int8 and qat lose <= 0.02 AP50.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 def read_test(prep: str, limit: int | None):
     """PREP/test -> images (N, S, S, 3) uint8, per-image ground truth [(boxes (G, 4) xyxy normalized, labels (G,))]."""
 
-    from raydet.shards import read_split
+    from raydet.ingest.shards import read_split
 
     ds = read_split(Path(prep).resolve(), "test").select_columns(
         ["image", "boxes", "labels", "num_objects"])
@@ -38,7 +38,7 @@ def read_test(prep: str, limit: int | None):
 
 def score(outputs: dict, truth: list, num_classes: int) -> dict:
     """One detection per image (argmax class, its softmax probability, the box) -> AP50 and class accuracy."""
-    from raydet.metrics import detection_summary, match_image
+    from raydet.detector.metrics import detection_summary, match_image
 
     logits = outputs["class_logits"].astype(np.float64)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -59,12 +59,12 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="test images to use (default: all)")
     args = parser.parse_args(argv)
 
-    from raydet.runtime import init_ray, use_legacy_keras
+    from raydet.cluster.runtime import init_ray, use_legacy_keras
 
     use_legacy_keras()
     init_ray()
-    from raydet.quantize import load_float_model, tflite_path
-    from raydet.tflite import TFLiteModel
+    from raydet.export.quantize import load_float_model, tflite_path
+    from raydet.export.tflite import TFLiteModel
 
     images, truth = read_test(args.prep, args.limit)
     model = load_float_model(args.run)

@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     from dataclasses import replace
 
-    from raydet.data import prepare
-    from raydet.evaluate import evaluate
-    from raydet.quantize import quantize
-    from raydet.runtime import init_ray
-    from raydet.train import train
+    from raydet.ingest.prepare import prepare
+    from raydet.evaluate.pool import evaluate
+    from raydet.export.quantize import quantize
+    from raydet.cluster.runtime import init_ray
+    from raydet.train.driver import train
 
     work = args.work or Path(tempfile.mkdtemp(prefix="raydet-real-"))
     prep, runs = work / "prep", work / "runs"

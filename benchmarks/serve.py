@@ -4,8 +4,8 @@ as ratios measured in the same process (so the same machine load applies to all)
     python benchmarks/serve.py RUNS/NAME --images DIR [--model int8] [--requests 2000] [--clients 1,8,32]
 
 1. Baseline: the images (every JPEG/PNG under DIR, cycled to ``--requests``) decoded and predicted one by one in
-   this process (:func:`raydet.images.decode_resize` + :func:`raydet.predict.detect` on a
-   :class:`raydet.infer.ModelRunner` of 1 thread): what a replica does per request, without HTTP, Serve or
+   this process (:func:`raydet.ingest.images.decode_resize` + :func:`raydet.evaluate.predict.detect` on a
+   :class:`raydet.export.runner.ModelRunner` of 1 thread): what a replica does per request, without HTTP, Serve or
    batching.
 2. The Serve application of ``raydet serve`` (raydet.serve.app) on a local Ray of ``--cpus`` CPUs, in three
    layouts: 1 replica batched (``--max-batch-size``), 2 replicas batched, 1 replica with max_batch_size=1. Each
@@ -45,9 +45,9 @@ def load_images(folder: Path, n: int) -> list[tuple[str, bytes]]:
 
 def in_process(run: Path, model: str, images: list[tuple[str, bytes]]) -> tuple[dict, dict]:
     """The baseline (module docstring, 1.) -> (figures, ``{name: detections}`` to check the answers against)."""
-    from raydet.images import decode_resize
-    from raydet.infer import ModelRunner, model_file
-    from raydet.predict import detect, run_classes
+    from raydet.ingest.images import decode_resize
+    from raydet.export.runner import ModelRunner, model_file
+    from raydet.evaluate.predict import detect, run_classes
 
     runner, classes = ModelRunner(model_file(run, model), num_threads=1), run_classes(run)
     s = runner.image_size
@@ -161,8 +161,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from raydet.console import log_path, quiet_stderr
-    from raydet.runtime import runtime_env, use_legacy_keras
+    from raydet.cluster.console import log_path, quiet_stderr
+    from raydet.cluster.runtime import runtime_env, use_legacy_keras
 
     use_legacy_keras()
     images = load_images(args.images, args.requests)

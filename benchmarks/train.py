@@ -3,11 +3,11 @@
     .venv/bin/python benchmarks/train.py PREP160 --backbone efficientnet_lite0 --batch-size 16
     .venv/bin/python benchmarks/train.py PREP160 --backbone cnn --batch-size 16
 
-On the same prepared data, the same model (raydet.model: backbone, neck, heads), loss, optimizer (AdamW with
-raydet's EMA of the weights), input pipeline (raydet.inputs.train_dataset / val_dataset) and augmentation:
+On the same prepared data, the same model (raydet.detector.model: backbone, neck, heads), loss, optimizer (AdamW with
+raydet's EMA of the weights), input pipeline (raydet.train.inputs.train_dataset / val_dataset) and augmentation:
   (a) plain ``model.fit`` in this process, all cores, validation loss on the epochs raydet validates;
-  (b) ``raydet.train.train`` with 1 worker holding every CPU;
-  (c) ``raydet.train.train`` with 2 workers of 1 CPU each.
+  (b) ``raydet.train.driver.train`` with 1 worker holding every CPU;
+  (c) ``raydet.train.driver.train`` with 2 workers of 1 CPU each.
 raydet runs with its **default** checkpoint and validation cadence: a default run on this PREP (``--epochs`` left
 out: about 1,000 optimizer steps) validates (loss and AP) and checkpoints every ``k`` epochs, 10 times in all; the
 benchmark trains ``k`` epochs (at least 3) with that cadence, so epochs 2..k hold one validation and checkpoint,
@@ -37,8 +37,8 @@ def steady_images_per_s(end_times: list[float], images_per_epoch: int) -> float:
 
 def default_cadence(prep: Path, batch: int) -> tuple[int, int]:
     """(epochs of a default run on ``prep`` at ``batch``, its checkpoint/validation interval ``k``)."""
-    from raydet.schedule import auto_epochs, checkpoint_every
-    from raydet.train import read_manifest
+    from raydet.train.schedule import auto_epochs, checkpoint_every
+    from raydet.train.driver import read_manifest
 
     epochs = auto_epochs(read_manifest(prep)["splits"]["train"] // batch)
     return epochs, checkpoint_every(epochs)
@@ -49,12 +49,12 @@ def plain_fit(prep: Path, epochs: int, every: int, batch: int, backbone: str) ->
     import tf_keras
 
     from raydet.config import AugmentConfig, TrainConfig
-    from raydet.ema import make_optimizer
-    from raydet.inputs import load_split, train_dataset, val_dataset
-    from raydet.model import OUTPUT_STRIDE, build_model, compile_model, freeze_backbone_bn, init_backbone
-    from raydet.schedule import is_checkpoint_epoch
-    from raydet.shards import read_split
-    from raydet.train import model_config, read_manifest
+    from raydet.train.ema import make_optimizer
+    from raydet.train.inputs import load_split, train_dataset, val_dataset
+    from raydet.detector.model import OUTPUT_STRIDE, build_model, compile_model, freeze_backbone_bn, init_backbone
+    from raydet.train.schedule import is_checkpoint_epoch
+    from raydet.ingest.shards import read_split
+    from raydet.train.driver import model_config, read_manifest
 
     start = time.perf_counter()
     manifest = read_manifest(prep)
@@ -87,7 +87,7 @@ def raydet_fit(prep: Path, out: Path, name: str, workers: int, cpus: float, epoc
     """(b)/(c): (steady images/s from the run's history (``end_time`` of each epoch), end-to-end images/s: all
     epochs' images over the whole ``train`` call plus ``ray_start`` seconds)."""
     from raydet.config import TrainConfig
-    from raydet.train import read_manifest, train
+    from raydet.train.driver import read_manifest, train
 
     shutil.rmtree(out / name, ignore_errors=True)
     cfg = TrainConfig(prep=str(prep), out=str(out), name=name, workers=workers, cpus_per_worker=cpus,
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import ray
 
-    from raydet.runtime import runtime_env
+    from raydet.cluster.runtime import runtime_env
 
     prep, out = Path(args.prep).absolute(), Path(args.out).absolute()
     default_epochs, k = default_cadence(prep, args.batch_size)

@@ -1,4 +1,4 @@
-"""Shard-write benchmark: ``raydet.data.write_shard`` against Parquet writing straight into the file.
+"""Shard-write benchmark: ``raydet.ingest.prepare.write_shard`` against Parquet writing straight into the file.
 
     .venv/bin/python benchmarks/write.py                      # 20 shards of 111 raccoon photos at 224 px, each way
     .venv/bin/python benchmarks/write.py --out /mnt/nfs/tmp   # on the file system your PREP folders live on
@@ -42,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def rows_from(folder: Path, n: int, size: int) -> list[dict]:
-    from raydet.images import decode_resize
+    from raydet.ingest.images import decode_resize
 
     files = sorted(p for p in folder.iterdir() if p.is_file())
     rows = []
@@ -60,7 +60,7 @@ def cpu() -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from raydet import shards as D
+    from raydet.ingest import shards as D
 
     args = get_args_parser().parse_args(argv)
     rows = rows_from(Path(args.source), args.rows, args.image_size)

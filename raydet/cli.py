@@ -21,9 +21,11 @@ import argparse
 import sys
 
 from raydet import config as C
-from raydet import schedule as S
-from raydet.console import log_path, quiet_stderr
+from raydet.train import schedule as S
+from raydet.cluster.console import log_path, quiet_stderr
 from raydet.errors import UserError
+from raydet.ingest.classnames import parse_class_list
+from raydet.tune.space import parse_space
 
 EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 
@@ -243,8 +245,10 @@ def _tune_config(args: argparse.Namespace) -> C.TuneConfig:
                          augmentation=augment_from_args(args), close_mosaic=args.close_mosaic, seed=args.seed,
                          memory_budget_gb=args.memory_budget_gb, resource_timeout_s=args.resource_timeout_s,
                          address=args.address)
-    return C.TuneConfig(train=base, trials=args.trials, max_epochs=args.max_epochs, space=args.space,
-                        grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor, seed=args.seed)
+    cfg = C.TuneConfig(train=base, trials=args.trials, max_epochs=args.max_epochs, space=args.space,
+                       grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor, seed=args.seed)
+    parse_space(cfg.space or "", cfg.max_epochs)  # UserError naming the bad part, before any work
+    return cfg
 
 
 def _add_max_pixels(p: argparse.ArgumentParser, default: int) -> None:
@@ -323,7 +327,7 @@ def config_from_args(args: argparse.Namespace):
                              object_size=C.parse_object_size(args.object_size))
     if cmd == "prepare":
         return C.PrepareConfig(data=args.data, out=args.out, image_size=args.image_size,
-                               classes=C.parse_class_list(args.classes), test_fraction=args.test_fraction,
+                               classes=parse_class_list(args.classes), test_fraction=args.test_fraction,
                                max_objects=args.max_objects, max_xml_bytes=args.max_xml_bytes,
                                max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels,
                                address=args.address)
@@ -371,32 +375,32 @@ def ray_is_up() -> bool:
 
 def dispatch(cfg) -> object:
     """Run the stage a config belongs to (imports its module only now)."""
-    from raydet.runtime import use_legacy_keras
+    from raydet.cluster.runtime import use_legacy_keras
 
     use_legacy_keras()  # before anything imports TensorFlow
     if isinstance(cfg, C.SynthConfig):
-        from raydet.synth import write_synthetic
+        from raydet.ingest.synth import write_synthetic
         return write_synthetic(cfg)
     if isinstance(cfg, C.PrepareConfig):
-        from raydet.data import prepare
+        from raydet.ingest.prepare import prepare
         return prepare(cfg)
     if isinstance(cfg, C.TrainConfig):
-        from raydet.train import train
+        from raydet.train.driver import train
         return train(cfg)
     if isinstance(cfg, C.TuneConfig):
         from raydet.tune.search import tune
         return tune(cfg)
     if isinstance(cfg, C.QuantizeConfig):
-        from raydet.quantize import quantize
+        from raydet.export.quantize import quantize
         return quantize(cfg)
     if isinstance(cfg, C.EvaluateConfig):
-        from raydet.evaluate import evaluate
+        from raydet.evaluate.pool import evaluate
         return evaluate(cfg)
     if isinstance(cfg, C.ReportConfig):
-        from raydet.report import report
+        from raydet.report.page import report
         return report(cfg)
     if isinstance(cfg, C.PredictConfig):
-        from raydet.predict import predict
+        from raydet.evaluate.predict import predict
         return predict(cfg)
     if isinstance(cfg, C.RunConfig):
         from raydet.pipeline import run
@@ -408,7 +412,7 @@ def dispatch(cfg) -> object:
 
 
 def run_quietly(cfg, command: str) -> object:
-    """``dispatch(cfg)`` with Ray's and TensorFlow's messages in a log file (raydet.console; ``RAYDET_VERBOSE=1``:
+    """``dispatch(cfg)`` with Ray's and TensorFlow's messages in a log file (raydet.cluster.console; ``RAYDET_VERBOSE=1``:
     on the console). A Ray this command started is stopped inside, so its last forwarded lines land there too."""
     with quiet_stderr(log_path(command)):
         ours = not ray_is_up()

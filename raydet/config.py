@@ -7,19 +7,29 @@ at the ``train_loop_config`` boundary (``dataclasses.asdict``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
-from raydet.classnames import clean_class_name
+from PIL import Image
+
 from raydet.errors import UserError
 
 QUANT_MODES = ("dynamic", "float16", "int8")
-# Seconds a stage waits for an autoscaler to add the nodes it needs (raydet.resources): booting a cloud instance
+# Seconds a stage waits for an autoscaler to add the nodes it needs (raydet.cluster.resources): booting a cloud instance
 # and running cluster.yaml's setup commands (a TensorFlow install with CUDA) takes minutes, not seconds.
 RESOURCE_TIMEOUT_S = 900.0
 # Keras mixed-precision policies the training model may run under (TrainConfig.precision)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODEL_NAMES = ("float",) + QUANT_MODES + ("qat",)
+
+
+PILLOW_PIXEL_LIMIT = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
+def check_max_pixels(name: str, value: int) -> None:
+    """UserError naming ``name`` unless ``value`` is a pixel limit raydet can honour (1..PILLOW_PIXEL_LIMIT)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PILLOW_PIXEL_LIMIT:
+        raise UserError(f"{name} must be a whole number of pixels from 1 to {PILLOW_PIXEL_LIMIT:,} (Pillow's own "
+                         f"decompression-bomb limit), got {value!r}")
 
 
 def _positive(name: str, value: float) -> None:
@@ -31,35 +41,6 @@ def _fraction(name: str, value: float, *, low_open: bool = False) -> None:
     ok = (0.0 < value < 1.0) if low_open else (0.0 <= value < 1.0)
     if not ok:
         raise UserError(f"{name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}")
-
-
-def parse_class_list(text: str | None) -> tuple[str, ...] | None:
-    """``--classes``: ``"cat,dog"`` -> ``("cat", "dog")``; or, when ``text`` names an existing file, its lines
-    (one name per line, so a name may hold a comma; blank lines and lines starting with ``#`` ignored). None
-    stays None. Names are cleaned as in the annotations (raydet.classnames). Empty, blank or repeated names
-    raise ``UserError``."""
-    if text is None:
-        return None
-    if os.path.isfile(text):
-        try:
-            with open(text, encoding="utf-8-sig") as file:
-                lines = file.read().splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"--classes {text}: cannot read the class file ({exc})") from None
-        names = tuple(clean_class_name(n) for n in lines if n.strip() and not n.strip().startswith("#"))
-        where = f"class file {text!r}"
-        if not names or any(not n for n in names):
-            raise UserError(f"{where} names no class (or a name of only invisible characters): one name per line")
-    else:
-        names = tuple(clean_class_name(part) for part in text.split(","))
-        where = f"class list {text!r}"
-        if not names or any(not n for n in names):
-            raise UserError(f"malformed {where}: expected comma-separated non-empty names, e.g. 'cat,dog', "
-                            "or a file with one name per line")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise UserError(f"malformed {where}: repeated class names {dupes}")
-    return names
 
 
 @dataclass(frozen=True)
@@ -107,7 +88,7 @@ class PrepareConfig:
     data: str  # local path or any URI pyarrow's filesystems open (file://, s3://, gs://)
     out: str
     # square side the images are resized to (boxes stay normalized); None: chosen from the boxes
-    # (raydet.data.choose_image_size: the smallest of IMAGE_SIZES that gives most objects AUTO_MIN_OBJECT_PX)
+    # (raydet.ingest.prepare.choose_image_size: the smallest of IMAGE_SIZES that gives most objects AUTO_MIN_OBJECT_PX)
     image_size: int | None = None
     classes: tuple[str, ...] | None = None  # None: every class name found, sorted
     test_fraction: float = 0.2  # used only when the dataset has no split of its own
@@ -120,13 +101,11 @@ class PrepareConfig:
     # far above any real annotation; 64 MiB is above any photo (a 100 MP JPEG is ~30 MB) and bounds a task's memory.
     max_xml_bytes: int = 2**20
     max_image_bytes: int = 64 * 2**20
-    # Images whose header gives more pixels are skipped undecoded (raydet.images.MAX_PIXELS: 100 MP); it also sets
-    # the memory each decode task declares to Ray (raydet.data.decode_task_memory, docs/INGEST.md).
+    # Images whose header gives more pixels are skipped undecoded (raydet.ingest.images.MAX_PIXELS: 100 MP); it also sets
+    # the memory each decode task declares to Ray (raydet.ingest.prepare.decode_task_memory, docs/INGEST.md).
     max_pixels: int = 100_000_000
 
     def __post_init__(self) -> None:
-        from raydet.images import check_max_pixels
-
         if self.image_size is not None:
             _positive("--image-size", self.image_size)
         _fraction("--test-fraction", self.test_fraction)
@@ -138,7 +117,7 @@ class PrepareConfig:
             raise UserError("--classes must name at least one class")
 
 
-# the EfficientNet-Lite names are raydet.efficientnet_lite.VARIANTS' keys
+# the EfficientNet-Lite names are raydet.detector.efficientnet_lite.VARIANTS' keys
 BACKBONE_NAMES = ("cnn", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
@@ -146,7 +125,7 @@ BACKBONE_NAMES = ("cnn", "efficientnet_lite0", "efficientnet_lite1", "efficientn
 class ModelConfig:
     num_classes: int
     image_size: int  # taken from the manifest; a multiple of 32 (the deepest map is stride 32)
-    backbone: str = "cnn"  # raydet.model.BACKBONES
+    backbone: str = "cnn"  # raydet.detector.model.BACKBONES
     pretrained: bool = True  # efficientnet_lite*: start from its ImageNet weights (the cnn has none)
     width: int = 16  # cnn: filters of the first block; doubles per block up to max_width (16 fits a 2-core laptop)
     max_width: int = 256
@@ -178,13 +157,13 @@ class TrainConfig:
     prep: str  # folder written by `raydet prepare`
     out: str  # RUNS folder; the run lives in out/name
     name: str
-    # None: the fastest layout where it runs (raydet.train.worker_layout): one worker per GPU with --gpu, else one
+    # None: the fastest layout where it runs (raydet.train.driver.worker_layout): one worker per GPU with --gpu, else one
     # worker per node holding that node's CPUs (two 1-CPU workers on one 2-core machine train at about half the
     # speed of one 2-CPU worker: benchmarks/train.py).
     workers: int | None = None
     use_gpu: bool = False
     cpus_per_worker: float | None = None  # None: with workers None, every CPU of a node; else 1
-    # None: sized from the train split (raydet.schedule.auto_epochs), so a small and a large set both get enough
+    # None: sized from the train split (raydet.train.schedule.auto_epochs), so a small and a large set both get enough
     # optimizer steps and no more; recorded resolved in RUN/config.json
     epochs: int | None = None
     batch_size: int = 16  # global: each of N workers takes batch_size / N per step (docs/TRAINING.md)
@@ -196,7 +175,7 @@ class TrainConfig:
     # The learning rate climbs linearly from lr / steps to lr over the first ``warmup_epochs`` epochs (per step);
     # 0: no warm-up (docs/TRAINING.md: clipping alone did not prevent the saturation).
     warmup_epochs: float = 3.0  # Ultralytics' 3; clamped to the epochs of a short run
-    # Loss weights (raydet.model.compile_model): focal loss on the heatmap; at object centres L1 on the offset
+    # Loss weights (raydet.detector.model.compile_model): focal loss on the heatmap; at object centres L1 on the offset
     # (cells), L1 on w, h (normalized) and 1 - GIoU of the box.
     heatmap_loss_weight: float = 1.0
     offset_loss_weight: float = 1.0
@@ -218,7 +197,7 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True  # ModelConfig.pretrained
     # decay of the exponential moving average of the weights that validation, model.keras and quantization use
-    # (raydet.ema, ramped over its first steps); 0: no average
+    # (raydet.train.ema, ramped over its first steps); 0: no average
     ema_decay: float = 0.99
     # validate and checkpoint every this many epochs (and at the last); None: about CHECKPOINTS per run. Each
     # costs seconds (saving, the validation AP) that a small set's epoch of a few seconds should not pay each time.
@@ -227,14 +206,14 @@ class TrainConfig:
     # float32. None: mixed_float16 with --gpu, float32 on a CPU (mixed_bfloat16 was slower per image on this
     # machine's AVX-512 CPU: docs/TRAINING.md); recorded resolved in RUN/config.json
     precision: str | None = None
-    # True: a pretrained backbone's BatchNorm layers stay in inference mode (raydet.model.freeze_backbone_bn); with
+    # True: a pretrained backbone's BatchNorm layers stay in inference mode (raydet.detector.model.freeze_backbone_bn); with
     # batches of 16 they train better (docs/TRAINING.md), so they train by default.
     freeze_bn: bool = False
     width: int = 16  # ModelConfig.width
     depth: int = 5
     resource_timeout_s: float = RESOURCE_TIMEOUT_S  # only an autoscaling cluster waits; a fixed one refuses at once
     # GB (10^9 bytes) of PREP rows one worker may hold in memory (its train shard and its part of the test split, as
-    # arrays: raydet.inputs.plan_inputs); larger shards stream from Ray Data instead. In memory is faster (no data
+    # arrays: raydet.train.inputs.plan_inputs); larger shards stream from Ray Data instead. In memory is faster (no data
     # moves after the start), so small sets stay there. 0: always stream.
     memory_budget_gb: float = 2.0
 
@@ -259,7 +238,7 @@ class TrainConfig:
         _positive("--lr", self.lr)
         if not self.clip_norm >= 0:  # also refuses nan
             raise UserError(f"--clip-norm must be >= 0 (0: no clipping), got {self.clip_norm!r}")
-        if not 0 <= self.warmup_epochs:  # also refuses nan; a short run clamps it to its epochs (raydet.train)
+        if not 0 <= self.warmup_epochs:  # also refuses nan; a short run clamps it to its epochs (raydet.train.driver)
             raise UserError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}")
         if self.max_failures < 0:
             raise UserError(f"--max-failures must be >= 0, got {self.max_failures!r}")
@@ -298,8 +277,6 @@ class TuneConfig:
     seed: int = 0  # which configurations are sampled (the same seed and space give the same trials)
 
     def __post_init__(self) -> None:
-        from raydet.tune.space import parse_space
-
         _positive("--trials", self.trials)
         _positive("--max-epochs", self.max_epochs)
         if self.grace_epochs is not None and not 1 <= self.grace_epochs <= self.max_epochs:
@@ -309,7 +286,6 @@ class TuneConfig:
             raise UserError(f"--reduction-factor must be > 1, got {self.reduction_factor!r}")
         if self.train.epochs is not None:
             raise UserError("a tune search sets each trial's epochs itself (--max-epochs, --space epochs=...)")
-        parse_space(self.space or "", self.max_epochs)  # UserError naming the bad part, before any work
 
     @property
     def grace(self) -> int:
@@ -338,7 +314,7 @@ class EvaluateConfig:
     data: str  # PREP folder; its test split is evaluated
     models: tuple[str, ...] = ("float", "int8")
     actors: int = 2
-    batch_size: int | None = None  # images per actor call; None: raydet.evaluate.batch_plan picks (~24 MiB)
+    batch_size: int | None = None  # images per actor call; None: raydet.evaluate.pool.batch_plan picks (~24 MiB)
     coco_out: str | None = None
     draw: int = 16  # test images drawn with boxes (0: none)
     split: str = "test"
@@ -370,11 +346,9 @@ class PredictConfig:
     out: str
     model: str = "int8"
     score_threshold: float = 0.3  # every detection scoring at least this is listed and drawn
-    max_pixels: int = 100_000_000  # images whose header gives more pixels are skipped undecoded (raydet.images)
+    max_pixels: int = 100_000_000  # images whose header gives more pixels are skipped undecoded (raydet.ingest.images)
 
     def __post_init__(self) -> None:
-        from raydet.images import check_max_pixels
-
         check_max_pixels("--max-pixels", self.max_pixels)
         if not self.paths:
             raise UserError("predict needs at least one image or folder")
@@ -420,8 +394,6 @@ class ServeConfig:
     detach: bool = False  # deploy and return, the application staying on the cluster (needs one: --address)
 
     def __post_init__(self) -> None:
-        from raydet.images import check_max_pixels
-
         if not self.run:
             raise UserError("serve needs a RUN folder")
         if self.model not in MODEL_NAMES:
@@ -505,7 +477,7 @@ def _probability(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation (raydet.augment): Ultralytics' small-data recipe, so a few hundred photos go further.
+    """Training augmentation (raydet.detector.augment): Ultralytics' small-data recipe, so a few hundred photos go further.
     None instead of a config means no augmentation (validation, or ``augment`` False)."""
 
     hflip: float = 0.5  # probability of a left-right mirror: most scenes have no handedness

@@ -12,7 +12,7 @@ with the same settings, training continues from its newest checkpoint (Ray Train
 not restarted, and quantization runs again only when the float model is newer than the ``.tflite`` file.
 On a cluster, ``OUT`` must be storage every node reaches (a bucket URI such as ``s3://bucket/raydet``, or an EFS
 mount): Ray Data writes the shards from worker nodes and Ray Train keeps its checkpoints under ``OUT/runs``. Every
-check and file here goes through raydet.storage, so a URI works wherever a local path does.
+check and file here goes through raydet.cluster.storage, so a URI works wherever a local path does.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 
 from raydet import config as C
-from raydet import storage
-from raydet.console import stdout_to, verbose
+from raydet.cluster import storage
+from raydet.cluster.console import stdout_to, verbose
 from raydet.errors import UserError
-from raydet.infer import FLOAT_FILE
-from raydet.runtime import init_ray
-from raydet.sizes import format_size
+from raydet.export.runner import FLOAT_FILE
+from raydet.cluster.runtime import init_ray
+from raydet.cluster.sizes import format_size
 
 RUN_NAME = "main"
 TUNE_NAME = "tune"  # OUT/runs/tune: the search of `raydet run --tune N` (trial k: OUT/runs/tune/trial-k)
@@ -118,7 +118,7 @@ def _epochs_done(run_dir: str) -> int:
 
 
 def _target_epochs(run_dir: str, train_cfg: C.TrainConfig) -> int | None:
-    """The epochs the run trains to: ``--epochs``, or those raydet.train resolved and wrote into RUN/config.json
+    """The epochs the run trains to: ``--epochs``, or those raydet.train.driver resolved and wrote into RUN/config.json
     (None before the first training of an auto-sized run)."""
     if train_cfg.epochs is not None:
         return train_cfg.epochs
@@ -193,7 +193,7 @@ def run(cfg: C.RunConfig) -> dict:
     if not redo and state.get("prepare") == _key(prep) and storage.kind(manifest_path) == "file":
         print(f"=== raydet run: prepare: {manifest_path} matches, skipped", flush=True)
     else:
-        from raydet.data import prepare
+        from raydet.ingest.prepare import prepare
 
         t = _banner("prepare", f"{prep.data} -> {prep.out} at {prep.image_size or 'a size chosen from the boxes,'} px")
         prepare(prep)
@@ -231,7 +231,7 @@ def _train(cfgs: dict, state: dict, out: str, seconds: dict) -> str:
     if target is not None and done >= target and storage.kind(float_model) == "file":
         print(f"=== raydet run: train: {run_dir} has {done} of {target} epochs, skipped", flush=True)
     else:
-        from raydet.train import train
+        from raydet.train.driver import train
 
         workers = "default workers" if train_cfg.workers is None else f"{train_cfg.workers} workers"
         t = _banner("train", f"{train_cfg.backbone}, {workers}, epochs {done + 1}-{target or 'auto'}, "
@@ -266,8 +266,8 @@ def _evaluate_and_report(cfgs: dict, out: str, run_dir: str, float_model: str, q
         seconds["quantize"] = time.perf_counter() - t
 
     # 5. evaluate: always (it is the answer the user came for; a few seconds on the test split).
-    from raydet.eval_output import eval_dir as evaluated_dir
-    from raydet.evaluate import evaluate
+    from raydet.evaluate.outputs import eval_dir as evaluated_dir
+    from raydet.evaluate.pool import evaluate
 
     ev = dataclasses.replace(cfgs["evaluate"], run=run_dir, coco_out=storage.join(run_dir, "eval", "coco"))
     t = _banner("evaluate", f"{', '.join(ev.models)} on {ev.data} (test split), {ev.actors} actors")
@@ -287,7 +287,7 @@ def _banner(stage: str, what: str) -> float:
 
 def _synth(synth: C.SynthConfig) -> None:
     """Write the synthetic dataset to ``synth.out`` afresh (a URI: written locally, then uploaded)."""
-    from raydet.synth import write_synthetic
+    from raydet.ingest.synth import write_synthetic
 
     storage.delete_dir(synth.out)  # our own folder, made with other settings: stale files would mix in
     if not storage.is_uri(synth.out):
@@ -300,7 +300,7 @@ def _synth(synth: C.SynthConfig) -> None:
 
 def _quantize(quant: C.QuantizeConfig, run_dir: str) -> None:
     """``raydet quantize`` with the converter's lines in RUN/quantize.log (on the console with RAYDET_VERBOSE)."""
-    from raydet.quantize import quantize
+    from raydet.export.quantize import quantize
 
     with tempfile.TemporaryDirectory(prefix="raydet-qlog-") as tmp:
         log = None if verbose() else Path(tmp) / QUANT_LOG  # the converter's step-by-step lines

@@ -21,7 +21,7 @@ def ray_local():
     """A local Ray with 2 CPUs, shared by the tests that use it; a test that needs another Ray shuts it down."""
     import ray
 
-    from raydet.runtime import runtime_env
+    from raydet.cluster.runtime import runtime_env
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env())

@@ -1,6 +1,6 @@
 """A hand-set dense detector for the evaluate / predict / tflite tests: its answers are known without training.
 
-The model (tf_keras, the raydet.model contract: input ``image`` (N, 32, 32, 3) float32 0..255, outputs ``heatmap``
+The model (tf_keras, the raydet.detector.model contract: input ``image`` (N, 32, 32, 3) float32 0..255, outputs ``heatmap``
 (N, 8, 8, 2) and ``boxes`` (N, 8, 8, 4)) is ``Rescaling(1/255) -> AveragePooling2D(4)`` (the mean colour
 (r, g, b) in [0, 1] of each 4 x 4 pixel cell) followed by two 1x1 convolutions with set weights:
 
@@ -43,7 +43,7 @@ def score(strength: int) -> float:
 
 def box(obj: Obj) -> np.ndarray:
     """(4,) xyxy normalized box decoded for ``obj``: centre of its cell, side ``size / 5``, clipped to [0, 1] as
-    raydet.decode clips it."""
+    raydet.detector.decode clips it."""
     cx, cy, half = (obj.ix + 0.5) / GRID, (obj.iy + 0.5) / GRID, obj.size / 10.0
     return np.clip(np.array([cx - half, cy - half, cx + half, cy + half]), 0.0, 1.0)
 
@@ -68,7 +68,7 @@ def expected(objects: list[Obj]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def build_model():
     """The hand-set tf_keras model (module docstring)."""
-    from raydet.runtime import use_legacy_keras
+    from raydet.cluster.runtime import use_legacy_keras
 
     use_legacy_keras()
     import tf_keras as keras
@@ -128,7 +128,7 @@ def write_run(run: Path, int8: bool = True) -> Path:
 def write_old_run(run: Path) -> Path:
     """A RUN as the single-box raydet wrote it: model.keras with outputs ``class_logits`` (N, 2) and ``boxes``
     (N, 4), and a config.json whose ``model`` has no ``backbone``."""
-    from raydet.runtime import use_legacy_keras
+    from raydet.cluster.runtime import use_legacy_keras
 
     use_legacy_keras()
     import tf_keras as keras

@@ -1,4 +1,4 @@
-"""A small PREP folder made in the tests (docs/FORMATS.md schema, written with raydet.shards.write_shard):
+"""A small PREP folder made in the tests (docs/FORMATS.md schema, written with raydet.ingest.shards.write_shard):
 coloured rectangles on dark noise, several per image, the class is the colour.
 
 The rectangles never overlap and are at least a quarter of the image side, so a tiny network finds them in a
@@ -37,7 +37,7 @@ def scene(rng: np.random.Generator, size: int, classes: int, max_objects: int):
 
 
 def rows_of(n: int, size: int = 32, classes: int = 2, max_objects: int = 3, seed: int = 0, prefix: str = "img"):
-    """n PREP rows (raydet.shards row dicts) padded to K = max_objects."""
+    """n PREP rows (raydet.ingest.shards row dicts) padded to K = max_objects."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -54,7 +54,7 @@ def rows_of(n: int, size: int = 32, classes: int = 2, max_objects: int = 3, seed
 def make_prep(out: Path, n_train: int = 128, n_test: int = 64, size: int = 32, classes: int = 2,
               max_objects: int = 3, seed: int = 0) -> Path:
     """A PREP folder at ``out``: train and test splits of 2 shards each, and its manifest."""
-    from raydet.shards import write_shard
+    from raydet.ingest.shards import write_shard
 
     names = ["red", "green", "blue"][:classes]
     for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):

@@ -2,7 +2,7 @@
 
 import re
 
-from raydet import storage
+from raydet.cluster import storage
 
 
 def printed_locations(printed: str, root: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Shared by test_quantize.py and test_qat.py: a tiny detection set (several coloured rectangles per image, the
+"""Shared by export/test_quantize.py and export/test_qat.py: a tiny detection set (several coloured rectangles per image, the
 class is the colour: tests/prep_helpers.py) and a small dense model trained on it in this process.
 
 A network that finds every rectangle in a few seconds makes quantization error show up as a change in AP50 and
@@ -15,7 +15,7 @@ CLASSES = len(COLOURS)
 
 
 def synthetic(n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """n images as raydet.inputs arrays: ``image`` (n, 32, 32, 3) uint8, ``boxes`` (n, 3, 4) xyxy normalized,
+    """n images as raydet.train.inputs arrays: ``image`` (n, 32, 32, 3) uint8, ``boxes`` (n, 3, 4) xyxy normalized,
     ``labels`` (n, 3) (-1 padding), ``num_objects`` (n,), ``difficult`` (n, 3)."""
     rows = rows_of(n, SIZE, CLASSES, max_objects=3, seed=seed)
     return {"image": np.stack([r["image"] for r in rows]), "boxes": np.stack([r["boxes"] for r in rows]),
@@ -31,12 +31,12 @@ def model_config():
 
 
 def train_small_model(arrays: dict, epochs: int = 20, model=None, seed: int = 1):
-    """raydet.model's network at 32 px (3 blocks of 8..32 filters), fit on ``arrays``; returns the model."""
+    """raydet.detector.model's network at 32 px (3 blocks of 8..32 filters), fit on ``arrays``; returns the model."""
     from tf_keras.optimizers import Adam
     from tf_keras.utils import set_random_seed
 
-    from raydet.inputs import BatchMaker
-    from raydet.model import OUTPUT_STRIDE, build_model, compile_model
+    from raydet.train.inputs import BatchMaker
+    from raydet.detector.model import OUTPUT_STRIDE, build_model, compile_model
 
     set_random_seed(seed)  # weights and shuffling: the same model on every run
     if model is None:
@@ -49,6 +49,6 @@ def train_small_model(arrays: dict, epochs: int = 20, model=None, seed: int = 1)
 
 def ap50(outputs: dict[str, np.ndarray], arrays: dict) -> float:
     """COCO AP50 of the decoded outputs (``heatmap``, ``boxes`` maps of ``arrays``' images, in order)."""
-    from raydet.validation import ValidationAP
+    from raydet.train.validation import ValidationAP
 
     return ValidationAP(arrays, CLASSES, limit=len(arrays["image"])).score(outputs)["val_ap50"]

@@ -135,7 +135,7 @@ def test_bad_input_prints_one_line_and_internal_errors_keep_their_traceback(monk
     import numpy as np
 
     def missing_prep(cfg, command):
-        from raydet.train import read_manifest
+        from raydet.train.driver import read_manifest
         read_manifest("/nonexistent/prep")  # raydet's own check: a UserError naming the path
 
     monkeypatch.setattr(cli, "run_quietly", missing_prep)
@@ -150,7 +150,7 @@ def test_bad_input_prints_one_line_and_internal_errors_keep_their_traceback(monk
         cli.main(["train", "/nonexistent/prep", "--out", "runs", "--name", "r"])  # propagates: Python prints the traceback
 
     def deep_bug(cfg, command):
-        from raydet.boxes import xywh_to_xyxy
+        from raydet.detector.boxes import xywh_to_xyxy
         xywh_to_xyxy(np.zeros((2, 3)))  # a plain ValueError raised inside raydet itself: still a bug
 
     monkeypatch.setattr(cli, "run_quietly", deep_bug)
@@ -162,7 +162,7 @@ def test_bad_input_prints_one_line_and_internal_errors_keep_their_traceback(monk
 def test_an_internal_value_error_prints_a_traceback_in_a_real_process():
     code = ("import sys; from raydet import cli\n"
             "def bug(cfg, command):\n"
-            "    from raydet.boxes import xywh_to_xyxy\n"
+            "    from raydet.detector.boxes import xywh_to_xyxy\n"
             "    import numpy as np; xywh_to_xyxy(np.zeros((2, 3)))\n"
             "cli.run_quietly = bug\n"
             "sys.exit(cli.main(['train', 'p', '--out', 'o', '--name', 'n']))\n")

@@ -4,17 +4,18 @@ import pytest
 
 from raydet import config as C
 from raydet.errors import UserError
+from raydet.ingest.classnames import parse_class_list
 
 
 def test_class_list_parsing():
-    assert C.parse_class_list(" cat, dog ") == ("cat", "dog")
-    assert C.parse_class_list(None) is None
+    assert parse_class_list(" cat, dog ") == ("cat", "dog")
+    assert parse_class_list(None) is None
 
 
 @pytest.mark.parametrize("text,match", [("a,,b", "'a,,b'"), ("", "''"), ("a,b,a", r"\['a'\]")])
 def test_malformed_class_list_names_it(text, match):
     with pytest.raises(ValueError, match=match):
-        C.parse_class_list(text)
+        parse_class_list(text)
 
 
 @pytest.mark.parametrize("make,match", [
@@ -45,7 +46,6 @@ def test_configs_are_frozen():
 
 
 def test_classes_from_a_file_hold_commas_and_skip_comments(tmp_path):
-    from raydet.config import parse_class_list
 
     path = tmp_path / "classes.txt"
     path.write_text("# my classes\nred, round\n\n  carre\u0301  \n#blue\nsquare\u200b\n", encoding="utf-8")
@@ -61,7 +61,7 @@ def test_classes_from_a_file_hold_commas_and_skip_comments(tmp_path):
 
 def test_a_class_with_a_comma_is_chosen_through_a_classes_file(tmp_path):
     from raydet import cli
-    from raydet.voc import parse_voc
+    from raydet.ingest.voc import parse_voc
     from voc_xml import obj, xml
 
     path = tmp_path / "classes.txt"

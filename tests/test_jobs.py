@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from raydet import runtime
+from raydet.cluster import runtime
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -175,7 +175,7 @@ def test_the_shipped_package_leaves_junk_out_and_stays_small(tmp_path):
     create_package(str(pkg), zipped, include_gitignore=True, include_parent_dir=True,
                    excludes=runtime.code_runtime_env()["excludes"])
     names = zipfile.ZipFile(zipped).namelist()
-    assert "raydet/__init__.py" in names and "raydet/runtime.py" in names
+    assert "raydet/__init__.py" in names and "raydet/cluster/runtime.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "egg-info" in n], names
     # Measured: 457 KB for the 42 files of the package (Ray's zip stores them uncompressed).
     assert zipped.stat().st_size < 1_000_000, zipped.stat().st_size
@@ -215,7 +215,7 @@ def test_serve_job_deploys_an_application_that_outlives_the_job(ray_head, tmp_pa
 # Inside the job: connect the way every raydet command does, then ask a remote task what it sees.
 PROBE = """
 import os, ray
-from raydet.runtime import init_ray
+from raydet.cluster.runtime import init_ray
 init_ray(None)
 @ray.remote
 def probe():
@@ -223,7 +223,7 @@ def probe():
     here = set(os.listdir("."))  # the worker runs in the uploaded working dir
     return os.environ.get("TF_USE_LEGACY_KERAS"), {"raydet", "jobs"} <= here, bool({".venv", ".git"} & here)
 print("PROBE", ray.get(probe.remote()))
-from raydet.runtime import driver_runtime_env  # the job's working dir carries raydet: not shipped a second time
+from raydet.cluster.runtime import driver_runtime_env  # the job's working dir carries raydet: not shipped a second time
 print("SHIPS_AGAIN", "py_modules" in driver_runtime_env())
 """
 
@@ -344,7 +344,7 @@ def test_the_blocked_head_cannot_import_raydet_without_py_modules(head_without_r
 # train.py's worker_runtime_env (runtime_env() plus env vars). Each reports where raydet came from.
 INHERIT_DRIVER = """
 import sys, ray
-from raydet import runtime
+from raydet.cluster import runtime
 runtime.init_ray(sys.argv[1])
 
 def where():
@@ -397,7 +397,7 @@ def _shipped(origin: str, temp_dir: Path) -> bool:
 @pytest.mark.slow
 def test_raydet_prepare_runs_on_a_cluster_without_raydet(head_without_raydet, tmp_path):
     from raydet.config import SynthConfig
-    from raydet.synth import write_synthetic
+    from raydet.ingest.synth import write_synthetic
 
     address, env, log, temp_dir = head_without_raydet
     write_synthetic(SynthConfig(out=str(tmp_path / "voc"), images=8, image_size=32))

@@ -58,8 +58,8 @@ def fake_stages(monkeypatch):
         return {"models": {m: {"coco_map_50": 0.95, "coco_map": 0.6, "coco_map_75": 0.7, "voc_map_50": 0.96,
                                "images_per_s": 500.0, "size_bytes": 2048} for m in cfg.models}}
 
-    for name, fn in [("synth", write_synthetic), ("data", prepare), ("train", train), ("quantize", quantize),
-                     ("evaluate", evaluate)]:
+    for name, fn in [("ingest.synth", write_synthetic), ("ingest.prepare", prepare), ("train.driver", train),
+                     ("export.quantize", quantize), ("evaluate.pool", evaluate)]:
         module = types.ModuleType(f"raydet.{name}")
         setattr(module, fn.__name__, fn)
         monkeypatch.setitem(sys.modules, f"raydet.{name}", module)
@@ -150,7 +150,7 @@ def two_node_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from raydet.runtime import runtime_env
+    from raydet.cluster.runtime import runtime_env
 
     if ray.is_initialized():
         ray.shutdown()

@@ -1,5 +1,5 @@
-"""Code that tests hand to raydet to run inside Ray workers: Keras callbacks for ``raydet.train.train(cfg,
-callbacks=...)`` and a Predictor subclass for ``raydet.evaluate.evaluate(cfg, predictor=...)``. This module
+"""Code that tests hand to raydet to run inside Ray workers: Keras callbacks for ``raydet.train.driver.train(cfg,
+callbacks=...)`` and a Predictor subclass for ``raydet.evaluate.pool.evaluate(cfg, predictor=...)``. This module
 travels by value (``register``), so a test can end a worker's process or read its weights without any test hook
 in raydet itself."""
 
@@ -50,7 +50,7 @@ def fail_once(marker: str):
 
 def write_checksums(folder: str):
     """A factory: after each epoch each worker writes ``rank<r>.json`` with the sha256 of its weights and of the
-    averaged weights it would export (raydet.ema.averaged_weights). After each epoch, not at the end of training:
+    averaged weights it would export (raydet.train.ema.averaged_weights). After each epoch, not at the end of training:
     Keras' fit ends by copying the optimizer's averages into the weights (``finalize_variable_values``)."""
 
     def factory(rank: int, world: int, steps: int):
@@ -58,7 +58,7 @@ def write_checksums(folder: str):
 
         class Checksum(tf_keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
-                from raydet.ema import averaged_weights
+                from raydet.train.ema import averaged_weights
 
                 Path(folder, f"rank{rank}.json").write_text(json.dumps({
                     "rank": rank, "sha256": weights_sha256(self.model.trainable_weights),
@@ -71,9 +71,9 @@ def write_checksums(folder: str):
 
 
 def crash_once_predictor(marker: str):
-    """A raydet.evaluate.Predictor subclass whose first call (in whichever actor creates ``marker`` first) writes
+    """A raydet.evaluate.pool.Predictor subclass whose first call (in whichever actor creates ``marker`` first) writes
     its pid to ``marker`` and ends the process as a crash does: no exception, no clean-up, no result."""
-    from raydet.evaluate import Predictor
+    from raydet.evaluate.pool import Predictor
 
     class CrashOnce(Predictor):
         def __call__(self, batch):

@@ -5,8 +5,9 @@ Owns: the HTTP contract (``POST /detect``, ``GET /health``, ``GET /model``), req
 ``serve run`` import (:mod:`raydet.serve.app`: ``raydet.serve.app:build``), and the command that starts it on a
 local Ray or a cluster and keeps it until Ctrl-C (:mod:`raydet.serve.driver`).
 
-May import: ``raydet.config``, ``raydet.errors``, ``raydet.images``, ``raydet.draw``, ``raydet.predict`` (the
-per-image core :func:`raydet.predict.detect`, shared so a request's detections are ``raydet predict``'s),
-``raydet.infer``, ``raydet.storage``, ``raydet.runtime``; Ray Serve only in :mod:`raydet.serve.app` (loaded when
-the command runs, never by ``import raydet`` or ``import raydet.serve``).
+May import: raydet.errors, raydet.config, raydet.cluster, raydet.ingest, raydet.report, raydet.export, raydet.evaluate (``MAY_IMPORT``; tests/test_layers.py checks it).
+Ray Serve only in :mod:`raydet.serve.app` (loaded when the command runs, never by ``import raydet`` or
+``import raydet.serve``).
 """
+
+MAY_IMPORT = ('errors', 'config', 'cluster', 'ingest', 'report', 'export', 'evaluate')

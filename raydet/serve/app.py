@@ -1,10 +1,10 @@
 """The Ray Serve application of ``raydet serve``: the :class:`Detector` deployment and its builder.
 
-Each replica loads the model once (:class:`raydet.infer.ModelRunner`, a URI's model file fetched into the
+Each replica loads the model once (:class:`raydet.export.runner.ModelRunner`, a URI's model file fetched into the
 replica's process as evaluate's actors fetch theirs) and answers ``POST /detect``, ``GET /health`` and
 ``GET /model`` (:mod:`raydet.serve.http` for the contract). A request is decoded in the replica with
-:func:`raydet.images.decode_resize` (``raydet predict``'s decoder, limits included), then waits in a
-``@serve.batch`` queue; one call of :func:`raydet.predict.detect` (model, peak decode, boxes in the stored image's
+:func:`raydet.ingest.images.decode_resize` (``raydet predict``'s decoder, limits included), then waits in a
+``@serve.batch`` queue; one call of :func:`raydet.evaluate.predict.detect` (model, peak decode, boxes in the stored image's
 pixels: ``raydet predict``'s own code) serves every request of a batch, so one request's detections are
 ``raydet predict``'s for the same file. Bad requests are answered 4xx with one line and the replica goes on.
 
@@ -23,7 +23,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from raydet import storage
+from raydet.cluster import storage
 from raydet.config import ServeConfig, parse_autoscale
 from raydet.errors import UserError
 from raydet.serve.http import HttpError, detect_options, image_bytes, image_error, read_body
@@ -41,7 +41,7 @@ class Detector:
     (the run's class names, label order) in; HTTP requests in, JSON or PNG out."""
 
     def __init__(self, cfg: ServeConfig, model_source: str, classes: list[str]):
-        from raydet.infer import ModelRunner
+        from raydet.export.runner import ModelRunner
 
         self.cfg, self.classes = cfg, list(classes)
         self.runner = ModelRunner(model_source, num_threads=cfg.threads)
@@ -82,7 +82,7 @@ class Detector:
 
     async def _detect(self, request: Request) -> Response:
         """One image -> its detections (JSON) or their drawing (PNG); module docstring."""
-        from raydet.images import ImageError, decode_resize
+        from raydet.ingest.images import ImageError, decode_resize
 
         # 1. options and bytes: refused before any decoding
         t0 = time.perf_counter()
@@ -109,9 +109,9 @@ class Detector:
 
     def _drawing(self, data: bytes, detections: list[dict]) -> bytes:
         """PNG bytes of the image with ``detections`` drawn (raydet predict's drawing, at most MAX_DRAW_PIXELS)."""
-        from raydet.draw import encode_png
-        from raydet.images import ImageError
-        from raydet.predict import draw_encoded
+        from raydet.report.draw import encode_png
+        from raydet.ingest.images import ImageError
+        from raydet.evaluate.predict import draw_encoded
 
         boxes = np.array([d["box"] for d in detections], np.float64).reshape(-1, 4)
         try:
@@ -126,8 +126,8 @@ class Detector:
     @serve.batch(max_batch_size=ServeConfig.max_batch_size, batch_wait_timeout_s=ServeConfig.batch_wait_ms / 1000.0)
     async def _infer(self, items: list[tuple[np.ndarray, tuple[int, int], float]]) -> list[tuple[list, float, int]]:
         """A batch of ``(pixels (S, S, 3) uint8, (width, height), score_threshold)`` -> per item ``(detections,
-        model seconds, batch size)``: one :func:`raydet.predict.detect` call for all of them."""
-        from raydet.predict import detect
+        model seconds, batch size)``: one :func:`raydet.evaluate.predict.detect` call for all of them."""
+        from raydet.evaluate.predict import detect
 
         pixels = np.stack([item[0] for item in items])
         detections, seconds = detect(self.runner, pixels, [item[1] for item in items], self.classes,
@@ -155,8 +155,8 @@ def check_model(cfg: ServeConfig) -> tuple[str, list[str]]:
     """Refuse a missing model, an old single-box run or a run without class names before any replica starts ->
     (the model file's location for the replicas: a local path, or for a RUN URI the file's URI, which each
     replica fetches itself; the class names)."""
-    from raydet.infer import check_run, model_file, require_models
-    from raydet.predict import run_classes
+    from raydet.export.runner import check_run, model_file, require_models
+    from raydet.evaluate.predict import run_classes
 
     with storage.local_copy(cfg.run, fetch=["config.json", model_file("", cfg.model).name]) as run:
         path = require_models(run, (cfg.model,))[cfg.model]

@@ -16,7 +16,7 @@ import time
 
 from raydet.config import ServeConfig
 from raydet.errors import UserError
-from raydet.runtime import init_ray
+from raydet.cluster.runtime import init_ray
 
 APP_NAME = "raydet"
 

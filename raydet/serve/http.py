@@ -1,7 +1,7 @@
 """The HTTP side of ``raydet serve``: a request -> the image bytes and options, or an :class:`HttpError` whose
 one-line message and 4xx status the client gets. No Ray, no TensorFlow.
 
-- ``POST /detect``: the body is the encoded image (any format :mod:`raydet.images` accepts: JPEG, PNG, BMP,
+- ``POST /detect``: the body is the encoded image (any format :mod:`raydet.ingest.images` accepts: JPEG, PNG, BMP,
   GIF, TIFF, WebP; the decoder decides, not the Content-Type), or ``multipart/form-data`` holding one file
   (the part named ``image``, else the only part with a file name). Query options: ``score_threshold`` (0..1),
   ``max_detections`` (1..``TOP_K``), ``draw`` (``1``: answer the drawn PNG instead of JSON).
@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from raydet.errors import UserError
-from raydet.images import ImageError, ImageTooLargeError, UnsupportedImageError
-from raydet.predict import TOP_K
+from raydet.ingest.images import ImageError, ImageTooLargeError, UnsupportedImageError
+from raydet.evaluate.predict import TOP_K
 
 
 class HttpError(UserError):

@@ -1,7 +1,7 @@
 """``raydet tune``: Ray Tune over raydet's training, one Tune trial per configuration, ASHA on val AP50.
 
 The trainable is a *function* (``run_trial``) that builds and fits raydet's TensorflowTrainer for its trial through
-``raydet.train.train``, with Ray Train's ``TuneReportCallback`` in the trainer's RunConfig: every validated epoch's
+``raydet.train.driver.train``, with Ray Train's ``TuneReportCallback`` in the trainer's RunConfig: every validated epoch's
 metrics (``epoch``, ``val_ap50``, ...: rank 0's history row, reported with its checkpoint) reach Tune, and ASHA
 (``time_attr="epoch"``) stops the trials below the best 1/rf at each rung. Each trial validates every
 ``report_every`` epochs, about twice per ASHA grace period, so every rung has a value soon after it.
@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass, replace
 from ray import tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler
 
-from raydet import storage
+from raydet.cluster import storage
 from raydet.config import TrainConfig, TuneConfig
 from raydet.errors import UserError
-from raydet.runtime import init_ray
+from raydet.cluster.runtime import init_ray
 from raydet.tune import table
 from raydet.tune.space import build_space, sample_trials, trial_name, trial_train_config
 
@@ -58,7 +58,7 @@ class TuneSummary:
 def run_trial(config: dict, base: TrainConfig, points: list, report_every: int) -> None:
     """One Tune trial: train ``points[config["trial"] - 1]`` as RUN ``base.out/base.name/trial-k`` (a resumed trial
     continues from that RUN's newest checkpoint). Its driver's lines go to RUN/train.log."""
-    from raydet.train import train
+    from raydet.train.driver import train
 
     k = config["trial"]
     cfg = trial_train_config(base, points[k - 1], k, report_every)
@@ -68,7 +68,7 @@ def run_trial(config: dict, base: TrainConfig, points: list, report_every: int) 
 
 
 class PlacementGroupNote:
-    """A worker callback factory (raydet.train.train's ``callbacks``): rank 0 writes the id of the placement group
+    """A worker callback factory (raydet.train.driver.train's ``callbacks``): rank 0 writes the id of the placement group
     its Train workers run in to ``path`` (RUN/.placement_group) and returns a callback that does nothing.
 
     Why: Ray Train V2 reserves its workers' CPUs in a placement group that lives as long as the *job*, and relies
@@ -157,7 +157,7 @@ def tune(cfg: TuneConfig) -> TuneSummary:
     batch smaller than the workers or larger than the train split), or a RUNS/NAME that holds another search;
     KeyboardInterrupt when the search was interrupted (Ctrl-C) with trials unfinished: run it again to continue.
     """
-    from raydet.train import fit_to_cluster, read_manifest
+    from raydet.train.driver import fit_to_cluster, read_manifest
 
     base = replace(cfg.train, prep=storage.normalize(cfg.train.prep), out=storage.normalize(cfg.train.out))
     manifest = read_manifest(base.prep)
@@ -310,7 +310,7 @@ class TrialLines(ray_tune.Callback):
 def _record(result, base: TrainConfig, points: list[dict]) -> dict:
     """One finished Tune trial -> its table record (raydet.tune.table); a trial that ASHA stopped gets its model
     and history written from its last reported checkpoint first."""
-    from raydet.train import finish_from_checkpoint
+    from raydet.train.driver import finish_from_checkpoint
 
     k = result.config["trial"]
     point = points[k - 1]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from raydet import storage
+from raydet.cluster import storage
 from raydet.config import BACKBONE_NAMES, AugmentConfig, TrainConfig
 from raydet.errors import UserError
 

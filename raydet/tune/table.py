@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from raydet import storage
+from raydet.cluster import storage
 
 TABLE_FILE = "trials.md"
 JSON_FILE = "trials.json"

@@ -1,0 +1,449 @@
+"""Data-parallel training with Ray Train's TensorflowTrainer (tf-keras, MultiWorkerMirroredStrategy).
+
+``train(cfg)`` [driver, here] checks the PREP folder and the cluster, reads the Parquet shards with Ray Data and
+runs ``raydet.train.worker.train_loop_per_worker(config)`` [each worker], which fits the dense detector
+(raydet.detector.model) on batches that raydet.train.inputs builds from every object of every image. docs/TRAINING.md has the
+measurements behind each choice.
+
+- **Input path** (raydet.train.inputs, docs/TRAINING.md). Ray Data splits the train split equally between the workers.
+  When a worker's rows fit ``--memory-budget-gb``, the driver ``materialize()``s the train split before the
+  workers start and each worker pulls its shard into memory once; otherwise the workers stream their shards
+  from a lazy read every epoch, whose tasks reserve no CPU when the workers hold every one (a task waiting for
+  a CPU would wait forever on a 2-CPU laptop). Either way each worker runs ``(n_train // workers) // local_batch``
+  steps per epoch.
+- **Workers.** By default one per GPU (``--gpu``) or one per node with all of its CPUs (``worker_layout``);
+  one worker trains under TF's default strategy, two or more under MultiWorkerMirroredStrategy.
+- **Batch size is global.** Each of N workers takes ``batch_size // N`` images per step; the learning rate is for
+  that global batch (scale it linearly). Per step a linear warm-up, per epoch a cosine decay to ``lr / 20``.
+- **Validation.** Keras' ``val_*`` losses cover the whole test split: each worker reads its own ceil(n / N)
+  consecutive rows from the files (padded with weight-0 rows). After each epoch rank 0 also decodes its float
+  copy's predictions on the first ``VAL_AP_IMAGES`` test images (a read of its own) and reports COCO AP50 and
+  mAP (``val_ap50``, ``val_map``).
+- **Checkpoints** hold the weights with the optimizer state, the clean float model, and the history so far.
+  Resuming (same ``--out``/``--name``, or a restart after a worker failure) restores all three, so
+  ``history.jsonl``, written by the driver from the newest checkpoint, holds each epoch exactly once.
+- **Curves.** The driver draws ``RUN/curves.png`` from the history at the end; rank 0 writes each epoch's
+  figures as TensorBoard scalars under ``RUN/tensorboard/`` as it goes (``tensorboard --logdir RUNS``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+from raydet.cluster import storage
+from raydet.config import ModelConfig, TrainConfig
+from raydet.errors import UserError, UserFileNotFoundError
+from raydet.export.runner import FLOAT_FILE as FLOAT_MODEL
+from raydet.export.runner import QAT_KERAS_FILE as QAT_MODEL
+from raydet.cluster.runtime import init_ray, runtime_env
+from raydet.ingest.shards import read_split, shard_paths
+from raydet.train.worker import STATE_FILE, TENSORBOARD_DIR, train_loop_per_worker
+
+CURVES_FILE = "curves.png"
+
+
+
+QAT_CALIBRATION_IMAGES = 64
+STREAM_BLOCK_ROWS = 64  # rows per streamed block and read task: 9.6 MB at 224 px
+# Streamed blocks Ray Data may hold per worker ahead of training (its object store limit): 8 x 9.6 MB at 224 px.
+# Unlimited, it read ahead as far as its share of the object store allowed: the whole split of a small cluster's run.
+STREAM_AHEAD_BLOCKS = 8
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    run_dir: str  # RUNS/NAME, absolute
+    model_path: str  # RUN/model.keras (RUN/model_qat.keras for a QAT run)
+    history: tuple[dict, ...]  # one dict per epoch, as in history.jsonl
+    trained_epochs: int  # epochs this call trained (0 when the run was already complete)
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def read_manifest(prep: str | os.PathLike) -> dict:
+    """PREP/manifest.json (PREP a path or URI), checked: ValueError/FileNotFoundError naming the path when it is
+    not a valid PREP, or when a split holds no Parquet shard."""
+    path = storage.join(prep, "manifest.json")
+    if storage.kind(path) != "file":
+        raise UserFileNotFoundError(f"{path}: no manifest; is {prep} a folder written by `raydet prepare`?")
+    try:
+        manifest = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from exc
+    classes, size = manifest.get("classes"), manifest.get("image_size")
+    if not isinstance(classes, list) or not classes:
+        raise UserError(f"{path}: 'classes' must be a non-empty list, got {classes!r}")
+    if not isinstance(size, int) or size <= 0:
+        raise UserError(f"{path}: 'image_size' must be a positive integer, got {size!r}")
+    for split in ("train", "test"):
+        folder = storage.join(prep, split)
+        if not shard_paths(prep, split):
+            raise UserFileNotFoundError(f"{folder}: no Parquet shards (expected {folder}/*.parquet)")
+        _check_rows(prep, split, (manifest.get("splits") or {}).get(split), path)
+    return manifest
+
+
+def _check_rows(prep: str | os.PathLike, split: str, expected: int | None, manifest_path: str) -> None:
+    """ValueError unless ``PREP/<split>``'s shards hold the ``expected`` rows the manifest counted (their Parquet
+    footers are read, no column): a PREP copied in part, or shards added or removed by hand, would train on
+    something else than the manifest describes. ``expected`` None (an old manifest): not checked."""
+    from raydet.ingest.shards import split_rows
+
+    if expected is None:
+        return
+    found = sum(rows for _, rows in split_rows(prep, split))
+    if found != expected:
+        raise UserError(f"{storage.join(prep, split)}: its shards hold {found} rows but {manifest_path} counted "
+                        f"{expected}; the PREP changed after `raydet prepare` wrote it (copied in part?): "
+                        "prepare it again")
+
+
+def worker_layout(cfg: TrainConfig, node_cpus: list[float], gpus: float) -> tuple[int, float]:
+    """(workers, CPUs per worker) of a run: ``cfg``'s where given, else the fastest layout where it runs.
+
+    ``node_cpus``: CPUs of each alive node; ``gpus``: GPUs in the cluster. Defaults: with ``use_gpu`` one worker
+    per GPU with 1 CPU each, or one worker when there is no GPU yet (an autoscaling cluster starts its first GPU
+    node when asked: ``fit_to_cluster``); on CPU one worker per node holding the smallest node's CPUs (one
+    worker with every core trains about twice as fast as two 1-CPU workers on the same machine).
+    """
+    nodes = [c for c in node_cpus if c >= 1] or [1.0]
+    if cfg.workers is not None:
+        return cfg.workers, cfg.cpus_per_worker or 1.0
+    if cfg.use_gpu:
+        return max(1, int(gpus)), cfg.cpus_per_worker or 1.0
+    return len(nodes), cfg.cpus_per_worker or float(min(nodes))
+
+
+def check_resources(cfg: TrainConfig, resources: dict, node_cpus: list[float],
+                    autoscaling: bool = False) -> None:
+    """Refuse a request the cluster can never meet (Ray would wait forever), naming the numbers and flags.
+
+    ``cfg`` has its layout resolved (``worker_layout``); ``resources``: ``ray.cluster_resources()``;
+    ``node_cpus``: CPUs of each alive node; ``autoscaling``: the cluster may grow, so only the batch size is
+    checked here (raydet.cluster.resources.ensure_resources checks what its autoscaler can launch).
+    """
+    if cfg.batch_size < cfg.workers:
+        raise UserError(f"--batch-size {cfg.batch_size} is smaller than the {cfg.workers} workers")
+    if autoscaling:
+        return
+    need_cpu = cfg.workers * cfg.cpus_per_worker
+    have_cpu = float(resources.get("CPU", 0))
+    if need_cpu > have_cpu:
+        raise UserError(f"--workers {cfg.workers} x --cpus-per-worker {cfg.cpus_per_worker:g} = {need_cpu:g} CPUs, "
+                        f"but the cluster has {have_cpu:g} CPUs")
+    if node_cpus and cfg.cpus_per_worker > max(node_cpus):
+        raise UserError(f"--cpus-per-worker {cfg.cpus_per_worker:g} is more than the largest node has "
+                        f"({max(node_cpus):g} CPUs)")
+    if cfg.use_gpu:
+        have_gpu = float(resources.get("GPU", 0))
+        if cfg.workers > have_gpu:
+            raise UserError(f"--gpu with --workers {cfg.workers} needs {cfg.workers} GPUs (one per worker), "
+                            f"but the cluster has {have_gpu:g} GPUs")
+
+
+def resources_per_worker(cfg: TrainConfig) -> dict:
+    """What each Train worker reserves: its CPUs, and one GPU when ``use_gpu``."""
+    return {"CPU": cfg.cpus_per_worker, "GPU": 1} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}
+
+
+def fit_to_cluster(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its layout resolved on the connected Ray (``worker_layout``), once the cluster can hold it.
+
+    A fixed cluster that cannot hold the workers, or an autoscaling one whose node types never can, is refused at
+    once (ValueError); an autoscaling one is asked for the nodes and waited for, up to ``cfg.resource_timeout_s``
+    seconds (raydet.cluster.resources.ensure_resources).
+    """
+    import ray
+
+    from raydet.cluster.resources import ensure_resources, read_autoscaler
+
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    resources = ray.cluster_resources()
+    autoscaler = read_autoscaler(cfg.address)
+    gpus = float(resources.get("GPU", 0))
+    if autoscaler and cfg.use_gpu and cfg.workers is None and not gpus:
+        print("no GPU node in the cluster yet: training with 1 worker and 1 GPU, asked of the autoscaler "
+              "(--workers N for more)", flush=True)
+    workers, cpus = worker_layout(cfg, nodes, gpus)
+    cfg = replace(cfg, workers=workers, cpus_per_worker=cpus)
+    check_resources(cfg, resources, nodes, autoscaling=autoscaler is not None)
+    what = f"--workers {cfg.workers} x --cpus-per-worker {cfg.cpus_per_worker:g}" + (" --gpu" if cfg.use_gpu else "")
+    ensure_resources([resources_per_worker(cfg)] * cfg.workers, what=what, timeout_s=cfg.resource_timeout_s,
+                     autoscaler=autoscaler)
+    return cfg
+
+
+ARCHITECTURE_FIELDS = ("backbone", "width", "max_width", "depth", "neck_width", "head_width", "bn_momentum")
+
+
+def read_run_model_config(run: str | os.PathLike) -> dict:
+    """RUN/config.json's ``model`` fields; ValueError for a run of the single-box network raydet had before its
+    dense heads (its weights cannot start or be read as this network)."""
+    fields = json.loads(storage.read_text(storage.join(run, "config.json")))["model"]
+    if "backbone" not in fields:
+        raise UserError(f"{run} was trained by an older raydet whose network predicted one box per image; "
+                        f"it cannot be used with the dense detector: retrain it with this version")
+    return fields
+
+
+def model_config(cfg: TrainConfig, manifest: dict) -> ModelConfig:
+    """The architecture: classes and input size from the manifest; backbone, width, depth from ``cfg``, or from
+    the ``--init-from`` run (so its weights fit)."""
+    arch = {"backbone": cfg.backbone, "width": cfg.width, "depth": cfg.depth}
+    if cfg.init_from:
+        init_cfg = read_run_model_config(cfg.init_from)
+        arch = {k: init_cfg[k] for k in ARCHITECTURE_FIELDS if k in init_cfg}
+    return ModelConfig(num_classes=len(manifest["classes"]), image_size=manifest["image_size"], **arch)
+
+
+def _check_init_from(cfg: TrainConfig) -> None:
+    if cfg.init_from:
+        for name in ("config.json", FLOAT_MODEL):
+            if storage.kind(storage.join(cfg.init_from, name)) != "file":
+                raise UserFileNotFoundError(f"--init-from {cfg.init_from}: no {name} there (is it a finished RUN folder?)")
+
+
+def train(cfg: TrainConfig, callbacks: tuple = (), run_callbacks: tuple = ()) -> TrainSummary:
+    """Train (or resume) the run ``cfg.out/cfg.name``; returns where the model is and the full history.
+
+    ``callbacks``: extra Keras callbacks for every worker, as picklable factories ``f(rank, world,
+    steps_per_epoch) -> tf_keras.callbacks.Callback`` (Ray ships them to the workers; a factory defined outside
+    an installed package needs ``ray.cloudpickle.register_pickle_by_value`` on its module).
+    ``run_callbacks``: Ray Train callbacks for the trainer's ``RunConfig`` (raydet.tune passes Tune's
+    ``TuneReportCallback``, which sees each validated epoch's metrics).
+
+    Raises FileNotFoundError/ValueError for a bad PREP, an impossible resource request or one an autoscaler did
+    not meet within ``cfg.resource_timeout_s`` (before Ray Train starts), and ValueError when the loss becomes
+    non-finite (naming the epoch).
+    """
+    manifest = read_manifest(cfg.prep)
+    _check_init_from(cfg)
+    # absolute: the workers run in other folders, where a relative path would not be found
+    cfg = replace(cfg, prep=storage.normalize(cfg.prep), out=storage.normalize(cfg.out),
+                  init_from=storage.normalize(cfg.init_from) if cfg.init_from else None)
+    mcfg = model_config(cfg, manifest)
+    init_ray(cfg.address)
+    _check_visible(cfg)
+    cfg = resolve_schedule(fit_to_cluster(cfg), manifest["splits"]["train"])
+
+    run_dir = storage.join(cfg.out, cfg.name)
+    storage.write_text(storage.join(run_dir, "config.json"), json.dumps({
+        "classes": manifest["classes"], "image_size": manifest["image_size"], "model": asdict(mcfg),
+        "train": asdict(cfg), "prep": cfg.prep}, indent=2) + "\n")
+
+    started = time.time()
+    result = _fit(cfg, mcfg, run_dir, tuple(callbacks), tuple(run_callbacks))
+    return _finish(cfg, run_dir, result, started)
+
+
+def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
+    """``cfg`` with ``epochs`` (None: ``auto_epochs`` of the train split's steps), ``checkpoint_every`` (None:
+    about ``CHECKPOINTS`` a run), ``warmup_epochs`` (at most ``epochs``) and ``precision`` (None: mixed_float16
+    on GPUs, else float32) resolved; the schedule printed on one line.
+    ``cfg.workers`` must be resolved (``fit_to_cluster``)."""
+    from raydet.train.schedule import auto_epochs, checkpoint_every
+
+    steps = (n_train // cfg.workers) // (cfg.batch_size // cfg.workers)
+    epochs = cfg.epochs or auto_epochs(max(steps, 1))
+    every = min(cfg.checkpoint_every or checkpoint_every(epochs), epochs)
+    how = "" if cfg.epochs else f" (auto: about {max(steps, 1) * epochs} optimizer steps; --epochs to set)"
+    print(f"schedule: {epochs} epochs of {steps} steps{how}, validation and checkpoint every {every}", flush=True)
+    precision = cfg.precision or ("mixed_float16" if cfg.use_gpu and not cfg.qat else "float32")
+    return replace(cfg, epochs=epochs, checkpoint_every=every, warmup_epochs=min(cfg.warmup_epochs, epochs),
+                   precision=precision)
+
+
+def _check_visible(cfg: TrainConfig) -> None:
+    """On a multi-node cluster, refuse local paths that are not the same folder on every node (raydet.cluster.nodes)."""
+    from raydet.cluster.nodes import check_visible
+
+    check_visible(cfg.prep, write=False, what="PREP")
+    check_visible(cfg.out, write=True, what="--out")
+    if cfg.init_from:
+        check_visible(cfg.init_from, write=False, what="--init-from")
+
+
+def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, run_callbacks: tuple = ()):
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from raydet.train.inputs import load_rows
+
+    prep = storage.normalize(cfg.prep)  # absolute: the workers run in other folders
+    plan, n_train, n_test = _input_plan(cfg, prep, mcfg.image_size)
+    local_batch = cfg.batch_size // cfg.workers
+    loop_config = {
+        "model": asdict(mcfg), "train": asdict(cfg), "prep": prep, "inputs": asdict(plan),
+        "steps_per_epoch": plan.steps_per_epoch, "local_batch": local_batch, "n_test": n_test,
+        "callbacks": callbacks,
+        # rank 0 writes each epoch's scalars there; a run in a bucket gets them from the history at the end
+        "tensorboard_dir": None if storage.is_uri(run_dir) else storage.join(run_dir, TENSORBOARD_DIR),
+        # QAT: the same first training images on every worker, to start the activation ranges (raydet.export.qat)
+        "calibration": load_rows(prep, "train", 0, QAT_CALIBRATION_IMAGES)["image"] if cfg.qat else None,
+    }
+    print(f"training on {n_train} images: {cfg.workers} workers x {local_batch} images per step "
+          f"(global batch {local_batch * cfg.workers}), {plan.steps_per_epoch} steps per epoch", flush=True)
+    train_split, data_config = _train_split(cfg, prep, plan)
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=resources_per_worker(cfg)),
+        run_config=RunConfig(name=cfg.name, storage_path=cfg.out,  # a path or URI: checkpoints go to RUN
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             worker_runtime_env=_worker_env(), callbacks=list(run_callbacks),
+                             # Ray Train's own INFO lines (every checkpoint, every report with all its metrics, every
+                             # shard) buried raydet's one line per epoch; Ray Train's system log files keep them.
+                             logging_config=LoggingConfig(log_level="WARNING")),
+        datasets={"train": train_split},  # the workers read their validation rows from the files themselves
+        dataset_config=data_config,
+    )
+    return trainer.fit()
+
+
+def _input_plan(cfg: TrainConfig, prep: str, image_size: int):
+    """-> (raydet.train.inputs.InputPlan, train rows, test rows), counted from the Parquet footers; prints the choice.
+    ValueError when the train split is smaller than one step."""
+    from raydet.train.inputs import plan_inputs
+    from raydet.ingest.shards import read_rows, split_rows
+
+    n_train, n_test = (sum(rows for _, rows in split_rows(prep, split)) for split in ("train", "test"))
+    # K, the same in every row of a split; the test split has its own (every object kept: docs/FORMATS.md)
+    objects = next(read_rows(prep, "train", 0, 1))["labels"].shape[1]
+    val_objects = next(read_rows(prep, "test", 0, 1))["labels"].shape[1] if n_test else None
+    local_batch = cfg.batch_size // cfg.workers
+    plan = plan_inputs(n_train, n_test, image_size, objects, cfg.workers, local_batch, cfg.memory_budget_gb,
+                       val_objects)
+    if plan.steps_per_epoch < 1:
+        raise UserError(f"{n_train} training images are fewer than one step of {cfg.workers} workers x "
+                        f"{local_batch} images (--batch-size {cfg.batch_size}); lower --batch-size")
+    how = "streamed from Ray Data" if plan.stream else "held in memory"
+    print(f"input: {how} ({plan.worker_bytes / 1e9:.2f} GB of rows per worker, --memory-budget-gb "
+          f"{cfg.memory_budget_gb:g})", flush=True)
+    return plan, n_train, n_test
+
+
+def _train_split(cfg: TrainConfig, prep: str, plan):
+    """The train split for Ray Train and its ``DataConfig`` (split equally between the workers), as ``plan``
+    (raydet.train.inputs.InputPlan) says.
+
+    In memory: ``materialize()``d here, before the workers take their CPUs. Streamed: lazy, read by 1-CPU tasks
+    where the workers leave a CPU free, and by 0-CPU tasks sharing the workers' cores where they hold every one
+    (a task waiting for a CPU that the workers hold waits forever: docs/STACK.md); Ray Data is limited to the CPUs
+    the workers leave and to ``STREAM_AHEAD_BLOCKS`` blocks per worker in the object store.
+    """
+    import ray
+    from ray.data import ExecutionOptions, ExecutionResources
+    from ray.train import DataConfig
+
+    from raydet.ingest.shards import read_blocks
+
+    if not plan.stream:
+        print(f"reading {prep} ...", flush=True)
+        ds = read_split(prep, "train").materialize()
+        config = DataConfig(datasets_to_split=["train"])
+    else:
+        held = cfg.workers * cfg.cpus_per_worker
+        spare = float(ray.cluster_resources().get("CPU", 0)) - held
+        ds = read_blocks(prep, "train", STREAM_BLOCK_ROWS, num_cpus=1.0 if spare >= 1 else 0.0)
+        ahead = cfg.workers * STREAM_AHEAD_BLOCKS * STREAM_BLOCK_ROWS * plan.row_bytes
+        limits = ExecutionOptions(resource_limits=ExecutionResources(cpu=max(spare, 0.0), object_store_memory=ahead))
+        config = DataConfig(datasets_to_split=["train"], execution_options={"train": limits})
+    # The in-memory read takes about a second; its progress bar was left half-drawn and repeated on every later
+    # line of the output (seen in `raydet run`), and a streamed one would redraw every epoch: none is drawn.
+    ds.context.enable_progress_bars = False
+    return ds, config
+
+
+def _worker_env() -> dict:
+    """raydet's runtime env, plus: Ray Train's own ``print`` patch off (it sends each print to a logger *and*, where
+    Ray has replaced ``sys.stdout``, as in a worker, to stdout as well: every epoch line came out twice), and TF's
+    C++ INFO lines off (gRPC servers, coordination barriers) unless the user set ``TF_CPP_MIN_LOG_LEVEL``."""
+    env = runtime_env()
+    return {**env, "env_vars": {**env["env_vars"], "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")}}
+
+
+def finish_from_checkpoint(cfg: TrainConfig, checkpoint_dir: str) -> TrainSummary:
+    """Write RUN's model, history and curves from one of its checkpoint folders (``RUN/checkpoint_*``), as a
+    finished ``train`` does: for a run stopped from outside (a Tune trial that ASHA ended), whose driver never got
+    to. ``cfg``: the run's TrainConfig (``out``/``name`` name RUN). Raises as ``train``'s end does."""
+    import ray.train
+
+    result = SimpleNamespace(checkpoint=ray.train.Checkpoint(checkpoint_dir), error=None)
+    return _finish(cfg, storage.join(cfg.out, cfg.name), result, time.time())
+
+
+def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSummary:
+    """The newest checkpoint's model and history into RUN (a path or URI), then the QAT export and the curves."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"training of {run_dir} ended without a checkpoint (error: {result.error!r})")
+    model_name = QAT_MODEL if cfg.qat else FLOAT_MODEL
+    with storage.local_copy(run_dir, fetch=["config.json"]) as local:
+        with result.checkpoint.as_directory() as ckpt:
+            state = json.loads((Path(ckpt) / STATE_FILE).read_text())
+            history = state["history"]
+            write_history(local / "history.jsonl", history)
+            bad = state.get("nonfinite")
+            if bad:
+                raise UserError(f"loss became non-finite ({bad['loss']}) at epoch {bad['epoch']} of {run_dir}; "
+                                f"history.jsonl keeps the {len(history)} good epochs (try a lower --lr)")
+            if not (Path(ckpt) / model_name).is_file():
+                raise RuntimeError(f"newest checkpoint {result.checkpoint.path} holds no {model_name}")
+            shutil.copyfile(Path(ckpt) / model_name, local / model_name)
+        if cfg.qat:
+            from raydet.export.qat import export_qat_tflite
+
+            export_qat_tflite(local)
+        model = storage.join(run_dir, model_name)
+        print(f"model: {model}  ({len(history)} epochs; history: {storage.join(run_dir, 'history.jsonl')})",
+              flush=True)
+        if storage.is_uri(run_dir):
+            write_tensorboard(local / TENSORBOARD_DIR, history)
+        write_curves(local, history, shown=run_dir)
+    trained = sum(1 for row in history if row["end_time"] >= started)
+    return TrainSummary(run_dir, model, tuple(history), trained)
+
+
+def write_tensorboard(folder: Path, history: list[dict]) -> None:
+    """Every epoch of ``history`` as TensorBoard scalars in ``folder`` (what rank 0 writes as it goes, for a run
+    whose folder is a URI, which TensorFlow's file writer cannot reach)."""
+    import tensorflow as tf
+
+    from raydet.train.worker import write_scalars
+
+    writer = tf.summary.create_file_writer(str(folder))
+    for row in history:
+        write_scalars(writer, row)
+    writer.close()
+
+
+def write_curves(run_dir: Path, history: list[dict], shown: str | None = None) -> None:
+    """``RUN/curves.png``: losses, val AP50 / mAP and learning rate per epoch (raydet.report.plots); a failure is
+    printed, not raised (the model and history are written by now). ``shown``: RUN as the user named it (a URI
+    whose local copy ``run_dir`` is), for the message."""
+    from raydet.report import plots
+
+    shown = shown or str(run_dir)
+    try:
+        png = plots.training_curves(history)
+        if png is not None:
+            plots.write_png(run_dir / CURVES_FILE, png)
+            print(f"curves: {storage.join(shown, CURVES_FILE)}  "
+                  f"(TensorBoard: tensorboard --logdir {posixpath.dirname(storage.normalize(shown))})", flush=True)
+    except Exception as exc:  # noqa: BLE001 -- a picture of the history, which is saved
+        print(f"curves.png failed ({type(exc).__name__}: {exc})", flush=True)
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """One JSON object per epoch, rewritten whole from a checkpoint's history (so never duplicated)."""
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    tmp.replace(path)
