@@ -40,28 +40,43 @@ class SpeedActor:
         decoded = decode(outputs["heatmap"], outputs["boxes"], top_k=100, score_threshold=0.01)
         for det, width, height in zip(decoded, batch["width"], batch["height"]):
             to_pixels(det.boxes, float(width), float(height))
-        return {"images": np.array([len(decoded)]), "t_start": np.array([t_start]),
-                "t_end": np.array([time.time()]), "pid": np.array([os.getpid()])}
+        return {
+            "images": np.array([len(decoded)]),
+            "t_start": np.array([t_start]),
+            "t_end": np.array([time.time()]),
+            "pid": np.array([os.getpid()]),
+        }
 
 
 def measure(ds, path: Path, actors: int, threads: int, batch_size: int, rounds: int) -> dict:
     """images/s of ``path`` over ``ds`` with ``actors`` actors of ``threads`` threads (and CPUs) each: the
     median of ``rounds`` passes, each in a fresh pool (a shared machine's load comes and goes)."""
-    passes = sorted((_one_pass(ds, path, actors, threads, batch_size) for _ in range(rounds)),
-                    key=lambda r: r["images_per_s"])
+    passes = sorted(
+        (_one_pass(ds, path, actors, threads, batch_size) for _ in range(rounds)), key=lambda r: r["images_per_s"]
+    )
     return passes[len(passes) // 2]
 
 
 def _one_pass(ds, path: Path, actors: int, threads: int, batch_size: int) -> dict:
     import ray
 
-    mapped = ds.map_batches(SpeedActor, compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
-                            num_cpus=threads, fn_constructor_kwargs={"model_path": str(path), "num_threads": threads})
+    mapped = ds.map_batches(
+        SpeedActor,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        batch_size=batch_size,
+        num_cpus=threads,
+        fn_constructor_kwargs={"model_path": str(path), "num_threads": threads},
+    )
     mapped.context.wait_for_min_actors_s = 600  # all actors loaded before the first batch (see raydet.evaluate.pool)
     rows = mapped.take_all()
     images = int(sum(r["images"] for r in rows))
     span = max(r["t_end"] for r in rows) - min(r["t_start"] for r in rows)
-    return {"images": images, "seconds": span, "images_per_s": images / span, "actors_used": len({r["pid"] for r in rows})}
+    return {
+        "images": images,
+        "seconds": span,
+        "images_per_s": images / span,
+        "actors_used": len({r["pid"] for r in rows}),
+    }
 
 
 def model_files(run: Path) -> dict[str, Path]:
@@ -78,14 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="RUN folder (model.keras and model_*.tflite)")
     parser.add_argument("--data", type=Path, required=True, help="PREP folder")
     parser.add_argument("--split", default="train", help="split to read (train: the larger one)")
-    parser.add_argument("--repeat", type=int, default=10, help="pass over the split this many times (longer runs, less noise)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per actor call (default: as raydet evaluate)")
+    parser.add_argument(
+        "--repeat", type=int, default=10, help="pass over the split this many times (longer runs, less noise)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="images per actor call (default: as raydet evaluate)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="passes per configuration; the median is reported")
     parser.add_argument("--address", default=None, help="Ray cluster (default: a fresh local Ray)")
     args = parser.parse_args(argv)
     if min(args.repeat, args.rounds) < 1 or (args.batch_size is not None and args.batch_size < 1):
-        parser.error(f"--repeat, --batch-size and --rounds must be positive, got {args.repeat}, {args.batch_size}, "
-                     f"{args.rounds}")
+        parser.error(
+            f"--repeat, --batch-size and --rounds must be positive, got {args.repeat}, {args.batch_size}, {args.rounds}"
+        )
     models = model_files(args.run)
     if "float (keras)" not in models:
         parser.error(f"{args.run} has no model.keras (found: {', '.join(models) or 'nothing'})")
@@ -94,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from raydet.export.runner import batch_plan, check_run
     from raydet.cluster.runtime import init_ray
+    from raydet.export.runner import batch_plan, check_run
     from raydet.ingest.shards import read_split
 
     check_run(args.run)  # an old single-box run is refused before Ray starts
@@ -108,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     n = ds.count()
     blocks, batch_size = batch_plan(n, image_size, 2, args.batch_size)
     ds = ds.repartition(blocks).materialize()  # one block per actor call
-    print(f"{n} images ({args.split} x {args.repeat}) of {args.data}, {batch_size} per call, {cpus} CPUs "
-          f"in Ray, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"{n} images ({args.split} x {args.repeat}) of {args.data}, {batch_size} per call, {cpus} CPUs "
+        f"in Ray, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
     # 1. every model, 1 actor x 1 thread; 2. float and int8 with 2 actors x 1 thread and 1 actor x 2 threads
     runs: list[tuple[str, int, int, dict]] = []
@@ -121,9 +144,14 @@ def main(argv: list[str] | None = None) -> int:
             if name not in models:
                 continue
             for actors, threads in ((2, 1), (1, 2)):
-                runs.append((name, actors, threads, measure(ds, models[name], actors, threads, batch_size, args.rounds)))
-                print(f"  {name:15s} {actors} actor{'s' if actors > 1 else ' '} x {threads} thread"
-                      f"{'s' if threads > 1 else ' '}: {runs[-1][3]['images_per_s']:8.1f} images/s", flush=True)
+                runs.append(
+                    (name, actors, threads, measure(ds, models[name], actors, threads, batch_size, args.rounds))
+                )
+                print(
+                    f"  {name:15s} {actors} actor{'s' if actors > 1 else ' '} x {threads} thread"
+                    f"{'s' if threads > 1 else ' '}: {runs[-1][3]['images_per_s']:8.1f} images/s",
+                    flush=True,
+                )
 
     # 3. the table and the ratios
     base = {name: r["images_per_s"] for name, a, t, r in runs if a == 1 and t == 1}
@@ -132,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     float_by_pool = {(a, t): r["images_per_s"] for name, a, t, r in runs if name == "float (keras)"}
     for name, a, t, r in runs:
         vs_float = r["images_per_s"] / float_by_pool[(a, t)] if (a, t) in float_by_pool else float("nan")
-        print(f"| {name} | {a} x {t} | {r['images']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | "
-              f"{vs_float:.2f}x | {r['images_per_s'] / base[name]:.2f}x |")
+        print(
+            f"| {name} | {a} x {t} | {r['images']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | "
+            f"{vs_float:.2f}x | {r['images_per_s'] / base[name]:.2f}x |"
+        )
     sizes = {name: path.stat().st_size for name, path in models.items()}
-    print("\nsizes: " + ", ".join(f"{k} {v / 1e3:.1f} kB ({v / sizes['float (keras)']:.2f}x)" for k, v in sizes.items()))
+    print(
+        "\nsizes: " + ", ".join(f"{k} {v / 1e3:.1f} kB ({v / sizes['float (keras)']:.2f}x)" for k, v in sizes.items())
+    )
     ray.shutdown()
     return 0
 

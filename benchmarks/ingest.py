@@ -62,7 +62,9 @@ def make_copies(source: Path, dest: Path, copies: int) -> int:
             name = re.search(r"<filename>(.*?)</filename>", text).group(1)
             stem, ext = os.path.splitext(name)
             new = f"{stem}-c{k}{ext}"
-            (dest / "annotations" / f"{xml.stem}-c{k}.xml").write_text(text.replace(f"<filename>{name}<", f"<filename>{new}<"))
+            (dest / "annotations" / f"{xml.stem}-c{k}.xml").write_text(
+                text.replace(f"<filename>{name}<", f"<filename>{new}<")
+            )
             shutil.copyfile(source / "images" / name, dest / "images" / new)
     return copies * len(xmls)
 
@@ -109,7 +111,14 @@ def baseline(data: Path, out: Path, size: int) -> dict:
     np.save(out / "boxes.npy", np.stack(boxes))
     np.save(out / "labels.npy", np.array(labels, np.int32))
     end = time.perf_counter()
-    return {"total": end - t0, "cpu": time.process_time() - cpu0, "parse": parse_s, "decode_resize": decode_s, "save": end - t, "images": len(images)}
+    return {
+        "total": end - t0,
+        "cpu": time.process_time() - cpu0,
+        "parse": parse_s,
+        "decode_resize": decode_s,
+        "save": end - t,
+        "images": len(images),
+    }
 
 
 def single_core_decode_rate(data: Path, size: int, sample: int) -> tuple[float, float]:
@@ -147,44 +156,61 @@ def main(argv: list[str] | None = None) -> None:
         n = make_copies(Path(args.source), data, args.copies)
         warm_cache(data)
         flushed = settle()
-        print(f"{n} photos ({args.copies} copies of {args.source}) at {args.image_size} px, "
-              f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"{n} photos ({args.copies} copies of {args.source}) at {args.image_size} px, "
+            f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}"
+        )
 
         if not args.skip_baseline:
             b = baseline(data, work / "baseline", args.image_size)
-            print(f"baseline (1 process, ElementTree + PIL full decode + bicubic resize + np.save): {b['total']:.1f} s, "
-                  f"{n / b['total']:.0f} img/s, {n / b['cpu']:.0f} img per CPU-s  [parse {b['parse']:.1f} s, decode+resize {b['decode_resize']:.1f} s, "
-                  f"np.save {b['save']:.1f} s]")
+            print(
+                f"baseline (1 process, ElementTree + PIL full decode + bicubic resize + np.save): {b['total']:.1f} s, "
+                f"{n / b['total']:.0f} img/s, {n / b['cpu']:.0f} img per CPU-s  [parse {b['parse']:.1f} s, decode+resize {b['decode_resize']:.1f} s, "
+                f"np.save {b['save']:.1f} s]"
+            )
             shutil.rmtree(work / "baseline")
             flushed += settle()
 
         rate, cpu_rate = single_core_decode_rate(data, args.image_size, args.decode_sample)
-        print(f"single-core decode+resize (raydet.ingest.images.decode_resize, bytes in memory): {rate:.0f} img/s, "
-              f"{cpu_rate:.0f} img per CPU-s")
+        print(
+            f"single-core decode+resize (raydet.ingest.images.decode_resize, bytes in memory): {rate:.0f} img/s, "
+            f"{cpu_rate:.0f} img per CPU-s"
+        )
 
         flushed += settle()
-        print(f"(before each timed run, dirty pages were flushed to disk with os.sync: {flushed:.1f} s in all, "
-              "not timed)")
+        print(
+            f"(before each timed run, dirty pages were flushed to disk with os.sync: {flushed:.1f} s in all, not timed)"
+        )
         wall, m = run_prepare(data, work / "prep", args.image_size)
         st, sec, task = m["stats"], m["stats"]["seconds"], m["stats"]["task_cpu_seconds"]
         steady = st["decoded"] / sec["decode_window"] / st["cpus"]
-        print(f"raydet prepare end to end (fresh process + Ray): {wall:.1f} s, {m['images_loaded'] / wall:.0f} img/s "
-              f"({m['images_loaded']} loaded, {len(m['skipped'])} skipped)")
-        print(f"  Ray start-up {sec['ray_start']:.1f} s; parse pass {sec['parse_pass']:.1f} s (its tasks "
-              f"{sec['parse_window']:.1f} s; the rest is Ray Data's first start and the plan); decode pass "
-              f"{sec['decode_pass']:.1f} s; outside prepare() (interpreter, imports, exit) {wall - sec['total']:.1f} s")
+        print(
+            f"raydet prepare end to end (fresh process + Ray): {wall:.1f} s, {m['images_loaded'] / wall:.0f} img/s "
+            f"({m['images_loaded']} loaded, {len(m['skipped'])} skipped)"
+        )
+        print(
+            f"  Ray start-up {sec['ray_start']:.1f} s; parse pass {sec['parse_pass']:.1f} s (its tasks "
+            f"{sec['parse_window']:.1f} s; the rest is Ray Data's first start and the plan); decode pass "
+            f"{sec['decode_pass']:.1f} s; outside prepare() (interpreter, imports, exit) {wall - sec['total']:.1f} s"
+        )
         busy = sum(task.values())
-        print(f"  inside decode tasks ({busy:.1f} CPU-s, {st['decoded'] / busy:.0f} img per CPU-s): read {task['read'] / busy:.0%}, "
-              f"decode+resize {task['decode'] / busy:.0%}, Parquet write {task['write'] / busy:.0%}")
-        print(f"  steady state: {st['decoded']} images in a {sec['decode_window']:.1f} s decode window on "
-              f"{st['cpus']} CPUs = {steady:.0f} img/s per core")
+        print(
+            f"  inside decode tasks ({busy:.1f} CPU-s, {st['decoded'] / busy:.0f} img per CPU-s): read {task['read'] / busy:.0%}, "
+            f"decode+resize {task['decode'] / busy:.0%}, Parquet write {task['write'] / busy:.0%}"
+        )
+        print(
+            f"  steady state: {st['decoded']} images in a {sec['decode_window']:.1f} s decode window on "
+            f"{st['cpus']} CPUs = {steady:.0f} img/s per core"
+        )
         if not args.skip_baseline:
             ratio = b["total"] / wall
             print(f"speed-up end to end: {ratio:.2f}x (target >= 2x: {'met' if ratio >= 2 else 'NOT met'})")
         share = steady / rate
-        print(f"steady-state per core / single-core decode+resize: {share:.0%} (target >= 80%: "
-              f"{'met' if share >= 0.8 else 'NOT met'}); in CPU time, which other load on the machine does not "
-              f"skew: {st['decoded'] / busy / cpu_rate:.0%}")
+        print(
+            f"steady-state per core / single-core decode+resize: {share:.0%} (target >= 80%: "
+            f"{'met' if share >= 0.8 else 'NOT met'}); in CPU time, which other load on the machine does not "
+            f"skew: {st['decoded'] / busy / cpu_rate:.0%}"
+        )
         out_mb = sum(p.stat().st_size for p in (work / "prep").rglob("*.parquet")) / 2**20
         print(f"  shards: {out_mb:.0f} MiB ({out_mb * 2**20 / max(1, m['images_loaded']) / 1e3:.0f} KB per image)")
     finally:

@@ -49,9 +49,9 @@ def build(prep: Path, backbone: str, precision: str = "float32"):
     import tf_keras
 
     from raydet.config import TrainConfig
-    from raydet.train.ema import make_optimizer
     from raydet.detector.model import build_model, compile_model, init_backbone
     from raydet.train.driver import model_config, read_manifest
+    from raydet.train.ema import make_optimizer
 
     d = TrainConfig(prep="", out="", name="bench", backbone=backbone)
     mcfg = model_config(d, read_manifest(prep))
@@ -59,9 +59,14 @@ def build(prep: Path, backbone: str, precision: str = "float32"):
     model = build_model(mcfg)
     tf_keras.mixed_precision.set_global_policy("float32")
     init_backbone(model, mcfg)
-    compile_model(model, make_optimizer(d.lr, d.weight_decay, d.clip_norm, ema=d.ema_decay),
-                  heatmap_weight=d.heatmap_loss_weight, offset_weight=d.offset_loss_weight,
-                  size_weight=d.size_loss_weight, giou_weight=d.giou_loss_weight)
+    compile_model(
+        model,
+        make_optimizer(d.lr, d.weight_decay, d.clip_norm, ema=d.ema_decay),
+        heatmap_weight=d.heatmap_loss_weight,
+        offset_weight=d.offset_loss_weight,
+        size_weight=d.size_loss_weight,
+        giou_weight=d.giou_loss_weight,
+    )
     return model, mcfg
 
 
@@ -71,15 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--batches", type=int, default=40)
-    p.add_argument("--precision", default="float32", help="the training model's Keras policy (raydet train --precision)")
+    p.add_argument(
+        "--precision", default="float32", help="the training model's Keras policy (raydet train --precision)"
+    )
     args = p.parse_args(argv)
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import tensorflow as tf
 
     from raydet.config import AugmentConfig
-    from raydet.train.inputs import load_rows, train_dataset
     from raydet.detector.model import OUTPUT_STRIDE
     from raydet.train.driver import read_manifest
+    from raydet.train.inputs import load_rows, train_dataset
 
     prep = Path(args.prep).absolute()
     n = read_manifest(prep)["splits"]["train"]
@@ -91,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(p) input pipeline alone:     {p_rate:8.1f} images/s", flush=True)
     fixed = next(iter(train_dataset(arrays, classes, grid, batch, AugmentConfig(), 1)[0]))
     s_rate, s_cpu = fit_rate(model, tf.data.Dataset.from_tensors(fixed).repeat(), batch, args.batches)
-    print(f"(s) training step alone:      {s_rate:8.1f} images/s, {s_cpu:.1f} per CPU-second ({args.backbone}, "
-          f"{mcfg.image_size} px, batch {batch}, {args.precision}, {os.cpu_count()} cores)", flush=True)
-    f_rate, _ = fit_rate(model, train_dataset(arrays, classes, grid, batch, AugmentConfig(), 2)[0], batch,
-                         args.batches)
+    print(
+        f"(s) training step alone:      {s_rate:8.1f} images/s, {s_cpu:.1f} per CPU-second ({args.backbone}, "
+        f"{mcfg.image_size} px, batch {batch}, {args.precision}, {os.cpu_count()} cores)",
+        flush=True,
+    )
+    f_rate, _ = fit_rate(model, train_dataset(arrays, classes, grid, batch, AugmentConfig(), 2)[0], batch, args.batches)
     print(f"(f) step fed by the pipeline: {f_rate:8.1f} images/s", flush=True)
     print(f"p/s = {p_rate / s_rate:.2f}   f/s = {f_rate / s_rate:.3f}")
     return 0

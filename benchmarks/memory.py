@@ -63,8 +63,10 @@ class StorePeak(threading.Thread):
         address, self.errors = ray.get_runtime_context().gcs_address, []  # this Ray's, not another's on the machine
         while not self.done.is_set():
             try:
-                sizes = {o.object_id: o.object_size or 0 for o in
-                         list_objects(address=address, limit=10_000, raise_on_missing_output=False, timeout=10)}
+                sizes = {
+                    o.object_id: o.object_size or 0
+                    for o in list_objects(address=address, limit=10_000, raise_on_missing_output=False, timeout=10)
+                }
                 self.peak = max(self.peak, sum(sizes.values()))
             except Exception as exc:  # noqa: BLE001 -- a missed sample; the next one counts
                 self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -77,22 +79,35 @@ def measure(prep: Path, out: Path, budget_gb: float, epochs: int) -> dict:
 
     import ray
 
-    from raydet.config import TrainConfig
     from raydet.cluster.runtime import runtime_env
+    from raydet.config import TrainConfig
     from raydet.train.driver import train
 
     ray.init(address="local", num_cpus=2, runtime_env=runtime_env())  # the state API needs the dashboard
     store = StorePeak()
     store.start()
-    cfg = TrainConfig(prep=str(prep), out=str(out), name="run", workers=1, cpus_per_worker=1.0, epochs=epochs,
-                      batch_size=32, width=4, depth=5, memory_budget_gb=budget_gb)
+    cfg = TrainConfig(
+        prep=str(prep),
+        out=str(out),
+        name="run",
+        workers=1,
+        cpus_per_worker=1.0,
+        epochs=epochs,
+        batch_size=32,
+        width=4,
+        depth=5,
+        memory_budget_gb=budget_gb,
+    )
     summary = train(cfg, callbacks=(worker_peak(str(out)),))
     store.done.set()
     store.join()
     print(f"object store samples that failed: {len(store.errors)} {store.errors[:1]}", flush=True)
-    return {"driver": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "store": store.peak,
-            "worker": json.loads((out / "worker_rank0.json").read_text())["peak_rss"],
-            "seconds": [row["seconds"] for row in summary.history]}
+    return {
+        "driver": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "store": store.peak,
+        "worker": json.loads((out / "worker_rank0.json").read_text())["peak_rss"],
+        "seconds": [row["seconds"] for row in summary.history],
+    }
 
 
 def make_prep(work: Path, images: int, size: int) -> Path:
@@ -124,13 +139,16 @@ def table(results: dict) -> str:
     """{(images, mode): measure()} -> the printed tables."""
     lines = ["| images | input | driver MB | object store MB | worker MB | epoch s |", "|---|---|---|---|---|---|"]
     for (n, mode), r in sorted(results.items()):
-        lines.append(f"| {n} | {mode} | {r['driver'] / MB:.0f} | {r['store'] / MB:.0f} | {r['worker'] / MB:.0f} | "
-                     f"{r['seconds'][-1]:.1f} |")
+        lines.append(
+            f"| {n} | {mode} | {r['driver'] / MB:.0f} | {r['store'] / MB:.0f} | {r['worker'] / MB:.0f} | "
+            f"{r['seconds'][-1]:.1f} |"
+        )
     lines += ["", "| images | driver in/stream | object store in/stream | worker in/stream |", "|---|---|---|---|"]
     for n in sorted({n for n, _ in results if (n, "memory") in results and (n, "stream") in results}):
         a, b = results[(n, "memory")], results[(n, "stream")]
-        lines.append(f"| {n} | " + " | ".join(f"{a[k] / max(b[k], 1):.2f}" for k in ("driver", "store", "worker"))
-                     + " |")
+        lines.append(
+            f"| {n} | " + " | ".join(f"{a[k] / max(b[k], 1):.2f}" for k in ("driver", "store", "worker")) + " |"
+        )
     return "\n".join(lines)
 
 

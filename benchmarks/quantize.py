@@ -23,8 +23,7 @@ def read_test(prep: str, limit: int | None):
 
     from raydet.ingest.shards import read_split
 
-    ds = read_split(Path(prep).resolve(), "test").select_columns(
-        ["image", "boxes", "labels", "num_objects"])
+    ds = read_split(Path(prep).resolve(), "test").select_columns(["image", "boxes", "labels", "num_objects"])
     if limit:
         ds = ds.limit(limit)
     rows = {k: [] for k in ("image", "boxes", "labels", "num_objects")}
@@ -44,12 +43,25 @@ def score(outputs: dict, truth: list, num_classes: int) -> dict:
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     pred = probs.argmax(axis=1)
-    stats = [match_image(gb, gl, outputs["boxes"][i:i + 1], pred[i:i + 1], probs[i, pred[i]:pred[i] + 1],
-                         num_classes, image_id=i) for i, (gb, gl) in enumerate(truth)]
+    stats = [
+        match_image(
+            gb,
+            gl,
+            outputs["boxes"][i : i + 1],
+            pred[i : i + 1],
+            probs[i, pred[i] : pred[i] + 1],
+            num_classes,
+            image_id=i,
+        )
+        for i, (gb, gl) in enumerate(truth)
+    ]
     summary = detection_summary(sum(stats[1:], stats[0]))
     largest = np.array([gl[0] if len(gl) else -1 for _, gl in truth])
-    return {"ap50": summary["voc_map_50"], "coco_ap50": summary["coco_map_50"],
-            "accuracy": float(np.mean(pred[largest >= 0] == largest[largest >= 0]))}
+    return {
+        "ap50": summary["voc_map_50"],
+        "coco_ap50": summary["coco_map_50"],
+        "accuracy": float(np.mean(pred[largest >= 0] == largest[largest >= 0])),
+    }
 
 
 def main(argv=None) -> int:
@@ -72,26 +84,36 @@ def main(argv=None) -> int:
     print(f"{len(images)} test images, {num_classes} classes", flush=True)
     results = {}
     start = time.perf_counter()
-    results["float"] = {**score(model.predict(images.astype(np.float32), batch_size=64, verbose=0), truth, num_classes),
-                        "bytes": (Path(args.run) / "model.keras").stat().st_size, "seconds": time.perf_counter() - start}
+    results["float"] = {
+        **score(model.predict(images.astype(np.float32), batch_size=64, verbose=0), truth, num_classes),
+        "bytes": (Path(args.run) / "model.keras").stat().st_size,
+        "seconds": time.perf_counter() - start,
+    }
     for mode in ("float32", "dynamic", "float16", "int8", "qat"):
         path = tflite_path(args.run, mode)
         if not path.is_file():
             continue
         start = time.perf_counter()
         out = TFLiteModel(str(path), num_threads=1, batch_size=1).predict(images)
-        results[mode] = {**score(out, truth, num_classes), "bytes": path.stat().st_size,
-                         "seconds": time.perf_counter() - start}
+        results[mode] = {
+            **score(out, truth, num_classes),
+            "bytes": path.stat().st_size,
+            "seconds": time.perf_counter() - start,
+        }
     ref = results["float"]
     weights = model.count_params() * 4
     f32 = results.get("float32", {}).get("bytes")
     print(f"float32 weights: {weights:,} bytes")
-    print("| model | VOC AP50 | COCO AP50 | class acc | AP50 - float | bytes | vs float32 weights | vs float32 .tflite |")
+    print(
+        "| model | VOC AP50 | COCO AP50 | class acc | AP50 - float | bytes | vs float32 weights | vs float32 .tflite |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         vs_f32 = f"{r['bytes'] / f32:.3f}x" if f32 else "-"
-        print(f"| {name} | {r['ap50']:.4f} | {r['coco_ap50']:.4f} | {r['accuracy']:.4f} | {r['ap50'] - ref['ap50']:+.4f} "
-              f"| {r['bytes']:,} | {r['bytes'] / weights:.3f}x | {vs_f32} |")
+        print(
+            f"| {name} | {r['ap50']:.4f} | {r['coco_ap50']:.4f} | {r['accuracy']:.4f} | {r['ap50'] - ref['ap50']:+.4f} "
+            f"| {r['bytes']:,} | {r['bytes'] / weights:.3f}x | {vs_f32} |"
+        )
     return 0
 
 

@@ -39,19 +39,29 @@ def main(argv: list[str] | None = None) -> int:
     from raydet.config import EvaluateConfig, PrepareConfig, QuantizeConfig, TrainConfig
 
     try:  # every setting checked before any work
-        train_cfg = TrainConfig(prep="", out="", name="real", workers=args.workers, epochs=args.epochs,
-                                batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                width=args.width, backbone=args.backbone, pretrained=args.pretrained,
-                                freeze_bn=args.freeze_bn)
+        train_cfg = TrainConfig(
+            prep="",
+            out="",
+            name="real",
+            workers=args.workers,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            width=args.width,
+            backbone=args.backbone,
+            pretrained=args.pretrained,
+            freeze_bn=args.freeze_bn,
+        )
         PrepareConfig(data=str(args.data), out="", image_size=args.image_size)
     except ValueError as exc:
         parser.error(str(exc))
     from dataclasses import replace
 
-    from raydet.ingest.prepare import prepare
+    from raydet.cluster.runtime import init_ray
     from raydet.evaluate.pool import evaluate
     from raydet.export.quantize import quantize
-    from raydet.cluster.runtime import init_ray
+    from raydet.ingest.prepare import prepare
     from raydet.train.driver import train
 
     work = args.work or Path(tempfile.mkdtemp(prefix="raydet-real-"))
@@ -64,12 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     quantize(QuantizeConfig(run=summary.run_dir, modes=("int8",)))
     report = evaluate(EvaluateConfig(run=summary.run_dir, data=str(prep), models=("float", "int8"), draw=16))
 
-    print(f"\n{args.data}: {manifest['splits']['train']} train / {manifest['splits']['test']} test photos, "
-          f"{len(manifest['classes'])} classes, {manifest['objects_loaded']} objects; {args.image_size} px, "
-          f"{args.epochs} epochs, backbone {args.backbone}{'' if args.pretrained else ' (random init)'}, width {args.width}, batch {args.batch_size}, lr {args.lr}, seed {args.seed}; training {train_s:.0f} s")
+    print(
+        f"\n{args.data}: {manifest['splits']['train']} train / {manifest['splits']['test']} test photos, "
+        f"{len(manifest['classes'])} classes, {manifest['objects_loaded']} objects; {args.image_size} px, "
+        f"{args.epochs} epochs, backbone {args.backbone}{'' if args.pretrained else ' (random init)'}, width {args.width}, batch {args.batch_size}, lr {args.lr}, seed {args.seed}; training {train_s:.0f} s"
+    )
     print("\n| model | COCO AP50 | mAP | AP75 | VOC AP50 |\n|---|---|---|---|---|")
     for name, m in report["models"].items():
-        print(f"| {name} | {m['coco_map_50']:.3f} | {m['coco_map']:.3f} | {m['coco_map_75']:.3f} | {m['voc_map_50']:.3f} |")
+        print(
+            f"| {name} | {m['coco_map_50']:.3f} | {m['coco_map']:.3f} | {m['coco_map_75']:.3f} | {m['voc_map_50']:.3f} |"
+        )
     print(f"\nruns, reports and drawings under {work}")
     return 0
 

@@ -45,9 +45,9 @@ def load_images(folder: Path, n: int) -> list[tuple[str, bytes]]:
 
 def in_process(run: Path, model: str, images: list[tuple[str, bytes]]) -> tuple[dict, dict]:
     """The baseline (module docstring, 1.) -> (figures, ``{name: detections}`` to check the answers against)."""
-    from raydet.ingest.images import decode_resize
-    from raydet.export.runner import ModelRunner, model_file
     from raydet.evaluate.predict import detect, run_classes
+    from raydet.export.runner import ModelRunner, model_file
+    from raydet.ingest.images import decode_resize
 
     runner, classes = ModelRunner(model_file(run, model), num_threads=1), run_classes(run)
     s = runner.image_size
@@ -65,8 +65,15 @@ def in_process(run: Path, model: str, images: list[tuple[str, bytes]]) -> tuple[
 
 def summary(requests: int, seconds: float, latencies: list[float], errors: int) -> dict:
     ms = np.asarray(latencies) * 1000.0 if latencies else np.zeros(1)
-    return {"requests": requests, "seconds": seconds, "per_s": requests / seconds, "p50": np.percentile(ms, 50),
-            "p95": np.percentile(ms, 95), "p99": np.percentile(ms, 99), "errors": errors}
+    return {
+        "requests": requests,
+        "seconds": seconds,
+        "per_s": requests / seconds,
+        "p50": np.percentile(ms, 50),
+        "p95": np.percentile(ms, 95),
+        "p99": np.percentile(ms, 99),
+        "errors": errors,
+    }
 
 
 def load(port: int, images: list[tuple[str, bytes]], clients: int, expected: dict) -> dict:
@@ -113,8 +120,9 @@ def same_detections(got: list[dict], want: list[dict]) -> bool:
     (one invoke per image) gives identical floats; Keras computes a batch of images with other kernel blockings
     than one image, which moves the last digits (raydet predict's own chunks of 64 do the same)."""
     return len(got) == len(want) and all(
-        g["class"] == w["class"] and abs(g["score"] - w["score"]) <= 1e-4
-        and np.allclose(g["box"], w["box"], atol=0.01) for g, w in zip(got, want))
+        g["class"] == w["class"] and abs(g["score"] - w["score"]) <= 1e-4 and np.allclose(g["box"], w["box"], atol=0.01)
+        for g, w in zip(got, want)
+    )
 
 
 def free_port() -> int:
@@ -132,15 +140,24 @@ def measure_layouts(args, images, expected, port: int) -> dict:
 
     results = {}
     for label, replicas, batch in LAYOUTS:
-        cfg = ServeConfig(run=str(args.run), model=args.model, replicas=replicas, threads=1,
-                          max_batch_size=batch or args.max_batch_size, batch_wait_ms=args.batch_wait_ms)
+        cfg = ServeConfig(
+            run=str(args.run),
+            model=args.model,
+            replicas=replicas,
+            threads=1,
+            max_batch_size=batch or args.max_batch_size,
+            batch_wait_ms=args.batch_wait_ms,
+        )
         serve.run(application(cfg), name="bench", route_prefix="/")
         load(port, images[:64], 8, expected)  # warm-up: connections, every replica's first batches
         for clients in args.clients:
             r = results[label, clients] = load(port, images, clients, expected)
-            print(f"  {label:20s} {clients:2d} clients: {r['per_s']:7.1f} req/s, p50 {r['p50']:6.1f} ms, "
-                  f"p95 {r['p95']:6.1f} ms, p99 {r['p99']:6.1f} ms, errors {r['errors']}"
-                  + (f" ({r['first_errors']})" if r["errors"] else ""), flush=True)
+            print(
+                f"  {label:20s} {clients:2d} clients: {r['per_s']:7.1f} req/s, p50 {r['p50']:6.1f} ms, "
+                f"p95 {r['p95']:6.1f} ms, p99 {r['p99']:6.1f} ms, errors {r['errors']}"
+                + (f" ({r['first_errors']})" if r["errors"] else ""),
+                flush=True,
+            )
         serve.delete("bench")
     return results
 
@@ -166,12 +183,18 @@ def main() -> None:
 
     use_legacy_keras()
     images = load_images(args.images, args.requests)
-    print(f"{args.requests} requests per level ({len({n for n, _ in images})} distinct images of {args.images}), "
-          f"model {args.model} of {args.run}, {args.cpus} CPUs, {os.cpu_count()} cores", flush=True)
+    print(
+        f"{args.requests} requests per level ({len({n for n, _ in images})} distinct images of {args.images}), "
+        f"model {args.model} of {args.run}, {args.cpus} CPUs, {os.cpu_count()} cores",
+        flush=True,
+    )
     with quiet_stderr(log_path("bench-serve")):
         base, expected = in_process(args.run, args.model, images)
-        print(f"  {'in process, 1 thread':20s}  1 client : {base['per_s']:7.1f} img/s, p50 {base['p50']:6.1f} ms, "
-              f"p95 {base['p95']:6.1f} ms, p99 {base['p99']:6.1f} ms", flush=True)
+        print(
+            f"  {'in process, 1 thread':20s}  1 client : {base['per_s']:7.1f} img/s, p50 {base['p50']:6.1f} ms, "
+            f"p95 {base['p95']:6.1f} ms, p99 {base['p99']:6.1f} ms",
+            flush=True,
+        )
         port = free_port()
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, runtime_env=runtime_env())
         try:
@@ -186,21 +209,29 @@ def report(args, base: dict, results: dict) -> None:
     """The table of every figure, then the ratios on the last line."""
     print("\n| layout | clients | requests/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| in process (1 thread, no HTTP) | 1 | {base['per_s']:.1f} | {base['p50']:.1f} | {base['p95']:.1f} | "
-          f"{base['p99']:.1f} | - |")
+    print(
+        f"| in process (1 thread, no HTTP) | 1 | {base['per_s']:.1f} | {base['p50']:.1f} | {base['p95']:.1f} | "
+        f"{base['p99']:.1f} | - |"
+    )
     for (label, clients), r in results.items():
-        print(f"| {label} | {clients} | {r['per_s']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | "
-              f"{r['errors']} |")
+        print(
+            f"| {label} | {clients} | {r['per_s']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | "
+            f"{r['errors']} |"
+        )
     ratios = []
     for clients in args.clients:
         batched, single = results["1 replica, batched", clients], results["1 replica, batch 1", clients]
         two = results["2 replicas, batched", clients]
-        ratios.append(f"{clients} clients: batched/batch-1 {batched['per_s'] / single['per_s']:.2f}x, "
-                      f"2/1 replicas {two['per_s'] / batched['per_s']:.2f}x")
+        ratios.append(
+            f"{clients} clients: batched/batch-1 {batched['per_s'] / single['per_s']:.2f}x, "
+            f"2/1 replicas {two['per_s'] / batched['per_s']:.2f}x"
+        )
     best = max(results.values(), key=lambda r: r["per_s"])
     total_errors = sum(r["errors"] for r in results.values())
-    print(f"\nratios: {'; '.join(ratios)}; best Serve / in-process {best['per_s'] / base['per_s']:.2f}x; "
-          f"errors {total_errors}")
+    print(
+        f"\nratios: {'; '.join(ratios)}; best Serve / in-process {best['per_s'] / base['per_s']:.2f}x; "
+        f"errors {total_errors}"
+    )
 
 
 if __name__ == "__main__":

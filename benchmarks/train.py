@@ -37,8 +37,8 @@ def steady_images_per_s(end_times: list[float], images_per_epoch: int) -> float:
 
 def default_cadence(prep: Path, batch: int) -> tuple[int, int]:
     """(epochs of a default run on ``prep`` at ``batch``, its checkpoint/validation interval ``k``)."""
-    from raydet.train.schedule import auto_epochs, checkpoint_every
     from raydet.train.driver import read_manifest
+    from raydet.train.schedule import auto_epochs, checkpoint_every
 
     epochs = auto_epochs(read_manifest(prep)["splits"]["train"] // batch)
     return epochs, checkpoint_every(epochs)
@@ -49,12 +49,12 @@ def plain_fit(prep: Path, epochs: int, every: int, batch: int, backbone: str) ->
     import tf_keras
 
     from raydet.config import AugmentConfig, TrainConfig
-    from raydet.train.ema import make_optimizer
-    from raydet.train.inputs import load_split, train_dataset, val_dataset
     from raydet.detector.model import OUTPUT_STRIDE, build_model, compile_model, freeze_backbone_bn, init_backbone
-    from raydet.train.schedule import is_checkpoint_epoch
     from raydet.ingest.shards import read_split
     from raydet.train.driver import model_config, read_manifest
+    from raydet.train.ema import make_optimizer
+    from raydet.train.inputs import load_split, train_dataset, val_dataset
+    from raydet.train.schedule import is_checkpoint_epoch
 
     start = time.perf_counter()
     manifest = read_manifest(prep)
@@ -67,31 +67,63 @@ def plain_fit(prep: Path, epochs: int, every: int, batch: int, backbone: str) ->
     init_backbone(model, mcfg)
     if d.freeze_bn:
         freeze_backbone_bn(model, mcfg)
-    compile_model(model, make_optimizer(d.lr, d.weight_decay, d.clip_norm, ema=d.ema_decay),
-                  heatmap_weight=d.heatmap_loss_weight, offset_weight=d.offset_loss_weight,
-                  size_weight=d.size_loss_weight, giou_weight=d.giou_loss_weight)
+    compile_model(
+        model,
+        make_optimizer(d.lr, d.weight_decay, d.clip_norm, ema=d.ema_decay),
+        heatmap_weight=d.heatmap_loss_weight,
+        offset_weight=d.offset_loss_weight,
+        size_weight=d.size_loss_weight,
+        giou_weight=d.giou_loss_weight,
+    )
     grid, classes = mcfg.image_size // OUTPUT_STRIDE, mcfg.num_classes
     val_ds, val_steps = val_dataset([test_arrays], classes, grid, mcfg.image_size, batch)
     ends: list[float] = []
     stamp = tf_keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: ends.append(time.time()))
     train_ds, _ = train_dataset(train_arrays, classes, grid, batch, AugmentConfig(), 0)
     due = [e for e in range(1, epochs + 1) if is_checkpoint_epoch(e, epochs, every)]
-    model.fit(train_ds, epochs=epochs, steps_per_epoch=steps, validation_data=val_ds, validation_steps=val_steps,
-              validation_freq=due, callbacks=[stamp], verbose=0)
+    model.fit(
+        train_ds,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        validation_data=val_ds,
+        validation_steps=val_steps,
+        validation_freq=due,
+        callbacks=[stamp],
+        verbose=0,
+    )
     whole = time.perf_counter() - start
     return steady_images_per_s(ends, steps * batch), epochs * steps * batch / whole, steps * batch
 
 
-def raydet_fit(prep: Path, out: Path, name: str, workers: int, cpus: float, epochs: int, every: int, batch: int,
-               backbone: str, ray_start: float) -> tuple[float, float]:
+def raydet_fit(
+    prep: Path,
+    out: Path,
+    name: str,
+    workers: int,
+    cpus: float,
+    epochs: int,
+    every: int,
+    batch: int,
+    backbone: str,
+    ray_start: float,
+) -> tuple[float, float]:
     """(b)/(c): (steady images/s from the run's history (``end_time`` of each epoch), end-to-end images/s: all
     epochs' images over the whole ``train`` call plus ``ray_start`` seconds)."""
     from raydet.config import TrainConfig
     from raydet.train.driver import read_manifest, train
 
     shutil.rmtree(out / name, ignore_errors=True)
-    cfg = TrainConfig(prep=str(prep), out=str(out), name=name, workers=workers, cpus_per_worker=cpus,
-                      epochs=epochs, checkpoint_every=every, batch_size=batch, backbone=backbone)
+    cfg = TrainConfig(
+        prep=str(prep),
+        out=str(out),
+        name=name,
+        workers=workers,
+        cpus_per_worker=cpus,
+        epochs=epochs,
+        checkpoint_every=every,
+        batch_size=batch,
+        backbone=backbone,
+    )
     start = time.perf_counter()
     summary = train(cfg)
     whole = time.perf_counter() - start
@@ -100,7 +132,9 @@ def raydet_fit(prep: Path, out: Path, name: str, workers: int, cpus: float, epoc
     rows = read_manifest(prep)["splits"]["train"]
     local = batch // workers
     images = (rows // workers) // local * local * workers  # steps per epoch x global batch, as train() runs it
-    return steady_images_per_s([row["end_time"] for row in summary.history], images), epochs * images / (whole + ray_start)
+    return steady_images_per_s([row["end_time"] for row in summary.history], images), epochs * images / (
+        whole + ray_start
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="default: k, the default run's checkpoint interval")
     p.add_argument("--checkpoint-every", type=int, default=None, help="default: k (raydet's default cadence)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--backbone", default="efficientnet_lite0", help="cnn or efficientnet_lite0 (raydet train --backbone)")
+    p.add_argument(
+        "--backbone", default="efficientnet_lite0", help="cnn or efficientnet_lite0 (raydet train --backbone)"
+    )
     p.add_argument("--out", default="/tmp/bench-train")
     args = p.parse_args(argv)
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -121,23 +157,33 @@ def main(argv: list[str] | None = None) -> int:
     default_epochs, k = default_cadence(prep, args.batch_size)
     every = args.checkpoint_every or k
     epochs = args.epochs or max(every, 3)
-    print(f"a default run here: {default_epochs} epochs, validation + checkpoint every {k}; benchmark: {epochs} "
-          f"epochs, every {every}", flush=True)
+    print(
+        f"a default run here: {default_epochs} epochs, validation + checkpoint every {k}; benchmark: {epochs} "
+        f"epochs, every {every}",
+        flush=True,
+    )
     cpus = os.cpu_count() or 2
     t = time.perf_counter()
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env())
     ray_start = time.perf_counter() - t
     try:
         a, a_e2e, per_epoch = plain_fit(prep, epochs, every, args.batch_size, args.backbone)
-        print(f"(a) plain tf_keras fit, 1 process, {cpus} threads: {a:8.1f} images/s steady, {a_e2e:6.1f} end to end "
-              f"({per_epoch} images/epoch)", flush=True)
+        print(
+            f"(a) plain tf_keras fit, 1 process, {cpus} threads: {a:8.1f} images/s steady, {a_e2e:6.1f} end to end "
+            f"({per_epoch} images/epoch)",
+            flush=True,
+        )
         fits = {}
         for label, name, workers, per in (("b", "bench1", 1, float(cpus)), ("c", "bench2", 2, 1.0)):
-            steady, e2e = raydet_fit(prep, out, name, workers, per, epochs, every, args.batch_size, args.backbone,
-                                     ray_start)
+            steady, e2e = raydet_fit(
+                prep, out, name, workers, per, epochs, every, args.batch_size, args.backbone, ray_start
+            )
             fits[label] = (steady, e2e)
-            print(f"({label}) raydet, {workers} worker(s) x {per:g} CPUs:   {steady:8.1f} images/s steady, "
-                  f"{e2e:6.1f} end to end (Ray start {ray_start:.1f} s included)", flush=True)
+            print(
+                f"({label}) raydet, {workers} worker(s) x {per:g} CPUs:   {steady:8.1f} images/s steady, "
+                f"{e2e:6.1f} end to end (Ray start {ray_start:.1f} s included)",
+                flush=True,
+            )
     finally:
         ray.shutdown()
     (b, b_e2e), (c, c_e2e) = fits["b"], fits["c"]

@@ -49,8 +49,17 @@ def rows_from(folder: Path, n: int, size: int) -> list[dict]:
     for i in range(n):
         path = files[i % len(files)]
         pixels, width, height = decode_resize(path.read_bytes(), size)
-        rows.append({"file": path.name, "image": pixels, "boxes": np.zeros((1, 4), np.float32),
-                     "labels": np.zeros((1,), np.int32), "num_objects": 1, "width": width, "height": height})
+        rows.append(
+            {
+                "file": path.name,
+                "image": pixels,
+                "boxes": np.zeros((1, 4), np.float32),
+                "labels": np.zeros((1,), np.int32),
+                "num_objects": 1,
+                "width": width,
+                "height": height,
+            }
+        )
     return rows
 
 
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         direct(str(out / "warm-up-direct.parquet"))
         sides = (("raydet", raydet), ("direct", direct))
         for k in range(args.shards):
-            for name, fn in (sides if k % 2 == 0 else sides[::-1]):
+            for name, fn in sides if k % 2 == 0 else sides[::-1]:
                 c, t = cpu(), time.perf_counter()
                 fn(str(out / f"{name}-{k}.parquet"))
                 wall[name] += time.perf_counter() - t
@@ -90,8 +99,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.shards} shards x {args.rows} images of {args.image_size} px each way, into {out.parent}")
         for name in ("direct", "raydet"):
             user, kernel = spent[name] / n * 1e3
-            print(f"  {name:7s} user {user:.3f} + kernel {kernel:.3f} = {user + kernel:.3f} ms CPU per image "
-                  f"({wall[name] / n * 1e3:.3f} ms wall)")
+            print(
+                f"  {name:7s} user {user:.3f} + kernel {kernel:.3f} = {user + kernel:.3f} ms CPU per image "
+                f"({wall[name] / n * 1e3:.3f} ms wall)"
+            )
         ratio = spent["direct"].sum() / spent["raydet"].sum()
         print(f"writing straight into the file used {ratio:.2f}x the CPU per image of raydet's write_shard")
     finally:

@@ -28,8 +28,10 @@ PILLOW_PIXEL_LIMIT = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 def check_max_pixels(name: str, value: int) -> None:
     """UserError naming ``name`` unless ``value`` is a pixel limit raydet can honour (1..PILLOW_PIXEL_LIMIT)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PILLOW_PIXEL_LIMIT:
-        raise UserError(f"{name} must be a whole number of pixels from 1 to {PILLOW_PIXEL_LIMIT:,} (Pillow's own "
-                         f"decompression-bomb limit), got {value!r}")
+        raise UserError(
+            f"{name} must be a whole number of pixels from 1 to {PILLOW_PIXEL_LIMIT:,} (Pillow's own "
+            f"decompression-bomb limit), got {value!r}"
+        )
 
 
 def _positive(name: str, value: float) -> None:
@@ -67,8 +69,10 @@ class SynthConfig:
         _fraction("--test-fraction", self.test_fraction)
         low, high = self.object_size
         if not 0.05 <= low <= high <= 1.0:
-            raise UserError(f"--object-size must be MIN,MAX with 0.05 <= MIN <= MAX <= 1 (fractions of the image "
-                            f"side), got {low!r},{high!r}")
+            raise UserError(
+                f"--object-size must be MIN,MAX with 0.05 <= MIN <= MAX <= 1 (fractions of the image "
+                f"side), got {low!r},{high!r}"
+            )
 
 
 def parse_object_size(text: str) -> tuple[float, float]:
@@ -78,8 +82,9 @@ def parse_object_size(text: str) -> tuple[float, float]:
     try:
         low, high = (float(part) for part in parts)
     except ValueError:
-        raise UserError(f"malformed --object-size {text!r}: expected MIN,MAX fractions of the image side, "
-                        f"e.g. 0.2,0.7") from None
+        raise UserError(
+            f"malformed --object-size {text!r}: expected MIN,MAX fractions of the image side, e.g. 0.2,0.7"
+        ) from None
     return low, high
 
 
@@ -146,8 +151,10 @@ class ModelConfig:
             raise UserError(f"depth must be at least 3 (the neck starts at stride 8 or deeper), got {self.depth!r}")
         multiple = 32 if self.backbone != "cnn" else max(32, 2**self.depth)
         if self.image_size % multiple:
-            raise UserError(f"image size {self.image_size} must be a multiple of {multiple} for this network "
-                            f"(prepare the data with --image-size {max(multiple, self.image_size // multiple * multiple)})")
+            raise UserError(
+                f"image size {self.image_size} must be a multiple of {multiple} for this network "
+                f"(prepare the data with --image-size {max(multiple, self.image_size // multiple * multiple)})"
+            )
         if not 0.0 < self.bn_momentum < 1.0:
             raise UserError(f"bn_momentum must be in (0, 1), got {self.bn_momentum!r}")
 
@@ -280,8 +287,7 @@ class TuneConfig:
         _positive("--trials", self.trials)
         _positive("--max-epochs", self.max_epochs)
         if self.grace_epochs is not None and not 1 <= self.grace_epochs <= self.max_epochs:
-            raise UserError(f"--grace-epochs must be in [1, --max-epochs {self.max_epochs}], "
-                            f"got {self.grace_epochs!r}")
+            raise UserError(f"--grace-epochs must be in [1, --max-epochs {self.max_epochs}], got {self.grace_epochs!r}")
         if not self.reduction_factor > 1:  # also refuses nan
             raise UserError(f"--reduction-factor must be > 1, got {self.reduction_factor!r}")
         if self.train.epochs is not None:
@@ -398,8 +404,12 @@ class ServeConfig:
             raise UserError("serve needs a RUN folder")
         if self.model not in MODEL_NAMES:
             raise UserError(f"--model must be one of {MODEL_NAMES}, got {self.model!r}")
-        for name, value in (("--replicas", self.replicas), ("--threads", self.threads),
-                            ("--max-batch-size", self.max_batch_size), ("--max-bytes", self.max_bytes)):
+        for name, value in (
+            ("--replicas", self.replicas),
+            ("--threads", self.threads),
+            ("--max-batch-size", self.max_batch_size),
+            ("--max-bytes", self.max_bytes),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name} must be a whole number >= 1, got {value!r}")
         if self.autoscale is not None:
@@ -462,8 +472,13 @@ class RunConfig:
         _positive("--resource-timeout", self.resource_timeout_s)
         if not self.memory_budget_gb >= 0:  # also refuses nan
             raise UserError(f"--memory-budget-gb must be >= 0 (0: always stream), got {self.memory_budget_gb!r}")
-        for flag, value in (("--image-size", self.image_size), ("--workers", self.workers),
-                            ("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--lr", self.lr)):
+        for flag, value in (
+            ("--image-size", self.image_size),
+            ("--workers", self.workers),
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+            ("--lr", self.lr),
+        ):
             if value is not None:
                 _positive(flag, value)
         if self.backbone is not None and self.backbone not in BACKBONE_NAMES:

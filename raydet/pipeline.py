@@ -27,10 +27,10 @@ from pathlib import Path
 from raydet import config as C
 from raydet.cluster import storage
 from raydet.cluster.console import stdout_to, verbose
-from raydet.errors import UserError
-from raydet.export.runner import FLOAT_FILE
 from raydet.cluster.runtime import init_ray
 from raydet.cluster.sizes import format_size
+from raydet.errors import UserError
+from raydet.export.runner import FLOAT_FILE
 
 RUN_NAME = "main"
 TUNE_NAME = "tune"  # OUT/runs/tune: the search of `raydet run --tune N` (trial k: OUT/runs/tune/trial-k)
@@ -41,16 +41,24 @@ QUANT_LOG = "quantize.log"  # RUN/quantize.log: what `raydet quantize` prints, k
 SYNTH_MIN_SIZE = C.SynthConfig.image_size  # draw shapes at >= 128 px so small --image-size still sees clean edges
 # The synthetic set's own training settings (README): its 2,400 clean shapes need no ImageNet features, and the
 # from-scratch cnn at 96 px reaches its bar in a third of the time the pretrained backbone takes.
-SYNTH_RECIPE = {"image_size": 96, "backbone": "cnn", "epochs": 15, "batch_size": 32, "lr": 2e-3,
-                "warmup_epochs": 1.0}
+SYNTH_RECIPE = {"image_size": 96, "backbone": "cnn", "epochs": 15, "batch_size": 32, "lr": 2e-3, "warmup_epochs": 1.0}
 
 
 def recipe(cfg: C.RunConfig) -> dict:
     """The settings ``cfg`` leaves None, resolved: the synthetic set's (``SYNTH_RECIPE``) without ``--data``, the
     real-photo defaults of PrepareConfig / TrainConfig with it; what the user set always wins."""
-    base = SYNTH_RECIPE if cfg.data is None else {
-        "image_size": C.PrepareConfig.image_size, "backbone": C.TrainConfig.backbone, "epochs": C.TrainConfig.epochs,
-        "batch_size": C.TrainConfig.batch_size, "lr": C.TrainConfig.lr, "warmup_epochs": C.TrainConfig.warmup_epochs}
+    base = (
+        SYNTH_RECIPE
+        if cfg.data is None
+        else {
+            "image_size": C.PrepareConfig.image_size,
+            "backbone": C.TrainConfig.backbone,
+            "epochs": C.TrainConfig.epochs,
+            "batch_size": C.TrainConfig.batch_size,
+            "lr": C.TrainConfig.lr,
+            "warmup_epochs": C.TrainConfig.warmup_epochs,
+        }
+    )
     given = {k: getattr(cfg, k) for k in base if hasattr(cfg, k) and getattr(cfg, k) is not None}
     return base | given
 
@@ -64,19 +72,38 @@ def stage_configs(cfg: C.RunConfig) -> dict:
     if cfg.data is None:
         synth = C.SynthConfig(out=data, images=cfg.images, image_size=max(SYNTH_MIN_SIZE, r["image_size"]))
     prepare = C.PrepareConfig(data=data, out=storage.join(out, "prep"), image_size=r["image_size"], address=cfg.address)
-    train = C.TrainConfig(prep=prepare.out, out=storage.join(out, "runs"), name=RUN_NAME, workers=cfg.workers,
-                          use_gpu=cfg.use_gpu, epochs=r["epochs"], batch_size=r["batch_size"], lr=r["lr"],
-                          warmup_epochs=r["warmup_epochs"], augment=cfg.augment, close_mosaic=cfg.close_mosaic,
-                          seed=cfg.seed,
-                          **({"augmentation": cfg.augmentation} if cfg.augmentation is not None else {}),
-                          backbone=r["backbone"], pretrained=cfg.pretrained, freeze_bn=cfg.freeze_bn,
-                          memory_budget_gb=cfg.memory_budget_gb, resource_timeout_s=cfg.resource_timeout_s,
-                          address=cfg.address)
+    train = C.TrainConfig(
+        prep=prepare.out,
+        out=storage.join(out, "runs"),
+        name=RUN_NAME,
+        workers=cfg.workers,
+        use_gpu=cfg.use_gpu,
+        epochs=r["epochs"],
+        batch_size=r["batch_size"],
+        lr=r["lr"],
+        warmup_epochs=r["warmup_epochs"],
+        augment=cfg.augment,
+        close_mosaic=cfg.close_mosaic,
+        seed=cfg.seed,
+        **({"augmentation": cfg.augmentation} if cfg.augmentation is not None else {}),
+        backbone=r["backbone"],
+        pretrained=cfg.pretrained,
+        freeze_bn=cfg.freeze_bn,
+        memory_budget_gb=cfg.memory_budget_gb,
+        resource_timeout_s=cfg.resource_timeout_s,
+        address=cfg.address,
+    )
     run_dir = storage.join(train.out, train.name)
     quantize = C.QuantizeConfig(run=run_dir, modes=QUANT_MODES, address=cfg.address)
-    evaluate = C.EvaluateConfig(run=run_dir, data=prepare.out, models=EVAL_MODELS, draw=cfg.draw,
-                                coco_out=storage.join(run_dir, "eval", "coco"),
-                                resource_timeout_s=cfg.resource_timeout_s, address=cfg.address)
+    evaluate = C.EvaluateConfig(
+        run=run_dir,
+        data=prepare.out,
+        models=EVAL_MODELS,
+        draw=cfg.draw,
+        coco_out=storage.join(run_dir, "eval", "coco"),
+        resource_timeout_s=cfg.resource_timeout_s,
+        address=cfg.address,
+    )
     return {"synth": synth, "prepare": prepare, "train": train, "quantize": quantize, "evaluate": evaluate}
 
 
@@ -147,13 +174,23 @@ def results_table(models: dict) -> str:
     head = ("model", "AP50", "mAP", "AP75", "VOC AP50", "images/s", "size")
     rows = [head]
     for name, m in models.items():
+
         def num(key, fmt="{:.3f}"):
             return fmt.format(m[key]) if m.get(key) is not None else "-"
-        rows.append((name, num("coco_map_50"), num("coco_map"), num("coco_map_75"), num("voc_map_50"),
-                     num("images_per_s", "{:.0f}"), format_size(m.get("size_bytes"))))
+
+        rows.append(
+            (
+                name,
+                num("coco_map_50"),
+                num("coco_map"),
+                num("coco_map_75"),
+                num("voc_map_50"),
+                num("images_per_s", "{:.0f}"),
+                format_size(m.get("size_bytes")),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -222,8 +259,10 @@ def _train(cfgs: dict, state: dict, out: str, seconds: dict) -> str:
     run_dir = storage.join(train_cfg.out, train_cfg.name)
     key = _train_key(train_cfg, prep)
     if storage.exists(run_dir) and state.get("train") != key:
-        print(f"=== raydet run: train: {run_dir} was made with other data or settings; kept as "
-              f"{_set_aside(run_dir)}", flush=True)
+        print(
+            f"=== raydet run: train: {run_dir} was made with other data or settings; kept as {_set_aside(run_dir)}",
+            flush=True,
+        )
     state["train"] = key
     _save_state(out, state)
     float_model = storage.join(run_dir, FLOAT_FILE)
@@ -234,8 +273,11 @@ def _train(cfgs: dict, state: dict, out: str, seconds: dict) -> str:
         from raydet.train.driver import train
 
         workers = "default workers" if train_cfg.workers is None else f"{train_cfg.workers} workers"
-        t = _banner("train", f"{train_cfg.backbone}, {workers}, epochs {done + 1}-{target or 'auto'}, "
-                            f"batch {train_cfg.batch_size} -> {run_dir}")
+        t = _banner(
+            "train",
+            f"{train_cfg.backbone}, {workers}, epochs {done + 1}-{target or 'auto'}, "
+            f"batch {train_cfg.batch_size} -> {run_dir}",
+        )
         train(train_cfg)
         seconds["train"] = time.perf_counter() - t
     return run_dir
@@ -250,13 +292,15 @@ def _tune(cfg: C.RunConfig, cfgs: dict) -> str:
     max_epochs = recipe(cfg)["epochs"] or C.TuneConfig.max_epochs
     summary = tune(C.TuneConfig(train=base, trials=cfg.tune, max_epochs=max_epochs, seed=cfg.seed))
     if summary.best_run is None:
-        raise UserError(f"raydet run --tune {cfg.tune}: no trial of {summary.search_dir} produced a model "
-                        f"(its trials.md says why)")
+        raise UserError(
+            f"raydet run --tune {cfg.tune}: no trial of {summary.search_dir} produced a model (its trials.md says why)"
+        )
     return summary.best_run
 
 
-def _evaluate_and_report(cfgs: dict, out: str, run_dir: str, float_model: str, quant: C.QuantizeConfig,
-                         seconds: dict, t_all: float) -> dict:
+def _evaluate_and_report(
+    cfgs: dict, out: str, run_dir: str, float_model: str, quant: C.QuantizeConfig, seconds: dict, t_all: float
+) -> dict:
     """Stages 4 and 5 of ``run`` on ``run_dir``: quantize when the float model is newer, evaluate, the summary."""
     if all(_is_newer(storage.join(run_dir, f"model_{m}.tflite"), float_model) for m in quant.modes):
         print(f"=== raydet run: quantize: {', '.join(quant.modes)} newer than {float_model}, skipped", flush=True)
@@ -276,8 +320,14 @@ def _evaluate_and_report(cfgs: dict, out: str, run_dir: str, float_model: str, q
     seconds["evaluate"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_all
     _print_summary(run_dir, eval_dir, report, quant.modes, seconds)
-    return {"out": out, "run": run_dir, "report": storage.join(eval_dir, "report.json"),
-            "images": storage.join(eval_dir, "images"), "models": report["models"], "seconds": seconds}
+    return {
+        "out": out,
+        "run": run_dir,
+        "report": storage.join(eval_dir, "report.json"),
+        "images": storage.join(eval_dir, "images"),
+        "models": report["models"],
+        "seconds": seconds,
+    }
 
 
 def _banner(stage: str, what: str) -> float:
@@ -314,14 +364,19 @@ def _quantize(quant: C.QuantizeConfig, run_dir: str) -> None:
     print(f"wrote {sizes}" + (f"; converter log: {shown}" if log else ""), flush=True)
 
 
-def _print_summary(run_dir: str, eval_dir: str, report: dict, modes: tuple[str, ...],
-                   seconds: dict[str, float]) -> None:
+def _print_summary(
+    run_dir: str, eval_dir: str, report: dict, modes: tuple[str, ...], seconds: dict[str, float]
+) -> None:
     print("\n=== raydet run: results on the test split")
     print(results_table(report["models"]))
     print(f"\nreport:   {storage.join(eval_dir, 'report.html')} (and report.md, report.json)")
-    print(f"curves:   {storage.join(run_dir, 'curves.png')}; TensorBoard: tensorboard --logdir "
-          f"{posixpath.dirname(run_dir)}")
+    print(
+        f"curves:   {storage.join(run_dir, 'curves.png')}; TensorBoard: tensorboard --logdir "
+        f"{posixpath.dirname(run_dir)}"
+    )
     print(f"pictures: {storage.join(eval_dir, 'images')}")
-    print(f"models:   {storage.join(run_dir, FLOAT_FILE)} and "
-          f"{', '.join(storage.join(run_dir, f'model_{m}.tflite') for m in modes)}")
+    print(
+        f"models:   {storage.join(run_dir, FLOAT_FILE)} and "
+        f"{', '.join(storage.join(run_dir, f'model_{m}.tflite') for m in modes)}"
+    )
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), flush=True)

@@ -39,12 +39,19 @@ def raccoon_dir() -> Path:
 def s3_server() -> dict:
     """A real S3-compatible server (moto's, in a thread on 127.0.0.1) for the session -> the standard AWS
     environment variables that point pyarrow (and a raydet subprocess) at it."""
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] is a test dependency (pip install -e '.[test]')")
+    server_mod = pytest.importorskip(
+        "moto.server", reason="moto[server] is a test dependency (pip install -e '.[test]')"
+    )
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    yield {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    yield {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     server.stop()
 
 
@@ -58,6 +65,11 @@ def s3_bucket(s3_server, monkeypatch) -> str:
     for key, value in s3_server.items():
         monkeypatch.setenv(key, value)
     bucket = f"raydet-{uuid.uuid4().hex[:12]}"
-    pafs.S3FileSystem(endpoint_override=s3_server["AWS_ENDPOINT_URL"], access_key="testing", secret_key="testing",
-                      region="us-east-1", allow_bucket_creation=True).create_dir(bucket)
+    pafs.S3FileSystem(
+        endpoint_override=s3_server["AWS_ENDPOINT_URL"],
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    ).create_dir(bucket)
     return f"s3://{bucket}"

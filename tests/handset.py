@@ -55,15 +55,18 @@ def paint(objects: list[Obj], size: int = SIZE) -> np.ndarray:
     c = size // GRID
     for o in objects:
         colour = (51 * o.strength, 51 * o.size, 0) if o.label == 0 else (0, 51 * o.size, 51 * o.strength)
-        img[o.iy * c:(o.iy + 1) * c, o.ix * c:(o.ix + 1) * c] = colour
+        img[o.iy * c : (o.iy + 1) * c, o.ix * c : (o.ix + 1) * c] = colour
     return img
 
 
 def expected(objects: list[Obj]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The detections of a painted scene, best first: boxes (D, 4) xyxy normalized, labels (D,), scores (D,)."""
     order = sorted(objects, key=lambda o: -o.strength)
-    return (np.array([box(o) for o in order]).reshape(-1, 4), np.array([o.label for o in order], np.int64),
-            np.array([score(o.strength) for o in order]))
+    return (
+        np.array([box(o) for o in order]).reshape(-1, 4),
+        np.array([o.label for o in order], np.int64),
+        np.array([score(o.strength) for o in order]),
+    )
 
 
 def build_model():
@@ -106,8 +109,11 @@ def calibration_images() -> np.ndarray:
     black one, so the int8 ranges cover every painted colour."""
     combos = [(s, z) for s in range(1, 6) for z in range(1, 6)]
     cells = [(2 * a, 2 * b) for b in range(4) for a in range(4)]
-    scenes = [[Obj(ix, iy, label, s, z) for (ix, iy), (s, z) in zip(cells, combos[start:start + 16])]
-              for label in (0, 1) for start in (0, 16)]
+    scenes = [
+        [Obj(ix, iy, label, s, z) for (ix, iy), (s, z) in zip(cells, combos[start : start + 16])]
+        for label in (0, 1)
+        for start in (0, 16)
+    ]
     return np.stack([paint(s) for s in scenes] + [paint([])])
 
 
@@ -117,9 +123,15 @@ def write_run(run: Path, int8: bool = True) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     model = build_model()
     model.save(run / "model.keras")
-    (run / "config.json").write_text(json.dumps({"classes": CLASSES, "image_size": SIZE,
-                                                 "model": {"backbone": "handset", "num_classes": len(CLASSES),
-                                                           "image_size": SIZE}}))
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "classes": CLASSES,
+                "image_size": SIZE,
+                "model": {"backbone": "handset", "num_classes": len(CLASSES), "image_size": SIZE},
+            }
+        )
+    )
     if int8:
         (run / "model_int8.tflite").write_bytes(int8_tflite(model, calibration_images()))
     return run
@@ -136,10 +148,30 @@ def write_old_run(run: Path) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     image = keras.Input((SIZE, SIZE, 3), name="image")
     pooled = keras.layers.GlobalAveragePooling2D()(image)
-    model = keras.Model(image, {"class_logits": keras.layers.Dense(2, name="class_logits")(pooled),
-                                "boxes": keras.layers.Dense(4, activation="sigmoid", name="boxes")(pooled)})
+    model = keras.Model(
+        image,
+        {
+            "class_logits": keras.layers.Dense(2, name="class_logits")(pooled),
+            "boxes": keras.layers.Dense(4, activation="sigmoid", name="boxes")(pooled),
+        },
+    )
     model.save(run / "model.keras")
-    (run / "config.json").write_text(json.dumps({"classes": CLASSES, "image_size": SIZE, "model": {
-        "num_classes": 2, "image_size": SIZE, "width": 16, "max_width": 256, "depth": 5, "head_units": 128,
-        "dropout": 0.2, "bn_momentum": 0.9}}))
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "classes": CLASSES,
+                "image_size": SIZE,
+                "model": {
+                    "num_classes": 2,
+                    "image_size": SIZE,
+                    "width": 16,
+                    "max_width": 256,
+                    "depth": 5,
+                    "head_units": 128,
+                    "dropout": 0.2,
+                    "bn_momentum": 0.9,
+                },
+            }
+        )
+    )
     return run

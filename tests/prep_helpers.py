@@ -30,7 +30,7 @@ def scene(rng: np.random.Generator, size: int, classes: int, max_objects: int):
         else:
             continue
         k = int(rng.integers(classes))
-        image[y0:y0 + h, x0:x0 + w] = COLOURS[k]
+        image[y0 : y0 + h, x0 : x0 + w] = COLOURS[k]
         boxes.append(box)
         labels.append(k)
     return image, np.array(boxes, np.float32).reshape(-1, 4) / size, np.array(labels, np.int32)
@@ -46,13 +46,30 @@ def rows_of(n: int, size: int = 32, classes: int = 2, max_objects: int = 3, seed
         padded_boxes = np.zeros((max_objects, 4), np.float32)
         padded_labels = np.full(max_objects, -1, np.int32)
         padded_boxes[:g], padded_labels[:g] = boxes, labels
-        rows.append({"file": f"{prefix}_{i:04d}.png", "image": image, "boxes": padded_boxes, "labels": padded_labels,
-                     "difficult": np.zeros(max_objects, np.uint8), "num_objects": g, "width": size, "height": size})
+        rows.append(
+            {
+                "file": f"{prefix}_{i:04d}.png",
+                "image": image,
+                "boxes": padded_boxes,
+                "labels": padded_labels,
+                "difficult": np.zeros(max_objects, np.uint8),
+                "num_objects": g,
+                "width": size,
+                "height": size,
+            }
+        )
     return rows
 
 
-def make_prep(out: Path, n_train: int = 128, n_test: int = 64, size: int = 32, classes: int = 2,
-              max_objects: int = 3, seed: int = 0) -> Path:
+def make_prep(
+    out: Path,
+    n_train: int = 128,
+    n_test: int = 64,
+    size: int = 32,
+    classes: int = 2,
+    max_objects: int = 3,
+    seed: int = 0,
+) -> Path:
     """A PREP folder at ``out``: train and test splits of 2 shards each, and its manifest."""
     from raydet.ingest.shards import write_shard
 
@@ -60,9 +77,17 @@ def make_prep(out: Path, n_train: int = 128, n_test: int = 64, size: int = 32, c
     for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
         (out / split).mkdir(parents=True, exist_ok=True)
         rows = rows_of(n, size, classes, max_objects, s, prefix=split)
-        for part, chunk in enumerate((rows[: n // 2], rows[n // 2:])):
+        for part, chunk in enumerate((rows[: n // 2], rows[n // 2 :])):
             write_shard(str(out / split / f"part-{part:07d}.parquet"), chunk)
-    (out / "manifest.json").write_text(json.dumps({
-        "classes": names, "image_size": size, "image_encoding": "raw_uint8_hwc", "max_objects": max_objects,
-        "splits": {"train": n_train, "test": n_test}}))
+    (out / "manifest.json").write_text(
+        json.dumps(
+            {
+                "classes": names,
+                "image_size": size,
+                "image_encoding": "raw_uint8_hwc",
+                "max_objects": max_objects,
+                "splits": {"train": n_train, "test": n_test},
+            }
+        )
+    )
     return out

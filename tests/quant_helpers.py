@@ -18,10 +18,13 @@ def synthetic(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """n images as raydet.train.inputs arrays: ``image`` (n, 32, 32, 3) uint8, ``boxes`` (n, 3, 4) xyxy normalized,
     ``labels`` (n, 3) (-1 padding), ``num_objects`` (n,), ``difficult`` (n, 3)."""
     rows = rows_of(n, SIZE, CLASSES, max_objects=3, seed=seed)
-    return {"image": np.stack([r["image"] for r in rows]), "boxes": np.stack([r["boxes"] for r in rows]),
-            "labels": np.stack([r["labels"] for r in rows]),
-            "num_objects": np.array([r["num_objects"] for r in rows], np.int32),
-            "difficult": np.zeros((n, 3), bool)}
+    return {
+        "image": np.stack([r["image"] for r in rows]),
+        "boxes": np.stack([r["boxes"] for r in rows]),
+        "labels": np.stack([r["labels"] for r in rows]),
+        "num_objects": np.array([r["num_objects"] for r in rows], np.int32),
+        "difficult": np.zeros((n, 3), bool),
+    }
 
 
 def model_config():
@@ -35,8 +38,8 @@ def train_small_model(arrays: dict, epochs: int = 20, model=None, seed: int = 1)
     from tf_keras.optimizers import Adam
     from tf_keras.utils import set_random_seed
 
-    from raydet.train.inputs import BatchMaker
     from raydet.detector.model import OUTPUT_STRIDE, build_model, compile_model
+    from raydet.train.inputs import BatchMaker
 
     set_random_seed(seed)  # weights and shuffling: the same model on every run
     if model is None:

@@ -39,15 +39,24 @@ def test_train_flags():
     assert parse(["synth", "s", "--object-size", "0.35,0.95"]).object_size == (0.35, 0.95)
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["prepare", "d", "--out", "o", "--image-size", "-3"], "--image-size must be positive, got -3"),
-    (["prepare", "d", "--out", "o", "--classes", "a,,b"], "malformed class list 'a,,b'"),
-    (["evaluate", "r", "--data", "p", "--models", "float,bogus"], "float,bogus"),
-    (["evaluate", "r", "--data", "p", "--batch-size", "0"], "--batch-size must be positive, got 0"),
-    (["train", "p", "--out", "o", "--name", "n", "--clip-norm", "-1"], "--clip-norm must be >= 0 (0: no clipping), got -1.0"),
-    (["train", "p", "--out", "o", "--name", "n", "--warmup-epochs", "-1"], "--warmup-epochs must be >= 0, got -1.0"),
-    (["report", "r", "--screenshot", "shot.jpg"], "--screenshot must name a .png file, got 'shot.jpg'"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["prepare", "d", "--out", "o", "--image-size", "-3"], "--image-size must be positive, got -3"),
+        (["prepare", "d", "--out", "o", "--classes", "a,,b"], "malformed class list 'a,,b'"),
+        (["evaluate", "r", "--data", "p", "--models", "float,bogus"], "float,bogus"),
+        (["evaluate", "r", "--data", "p", "--batch-size", "0"], "--batch-size must be positive, got 0"),
+        (
+            ["train", "p", "--out", "o", "--name", "n", "--clip-norm", "-1"],
+            "--clip-norm must be >= 0 (0: no clipping), got -1.0",
+        ),
+        (
+            ["train", "p", "--out", "o", "--name", "n", "--warmup-epochs", "-1"],
+            "--warmup-epochs must be >= 0, got -1.0",
+        ),
+        (["report", "r", "--screenshot", "shot.jpg"], "--screenshot must name a .png file, got 'shot.jpg'"),
+    ],
+)
 def test_bad_arguments_exit_2_naming_the_value(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
@@ -57,10 +66,12 @@ def test_bad_arguments_exit_2_naming_the_value(argv, needle, capsys):
 
 def test_bad_arguments_stop_before_heavy_imports():
     # A bad value must be refused before TensorFlow or Ray are even imported (fast, no side effects).
-    code = ("import sys; from raydet import cli\n"
-            "try: cli.main(['train', 'p', '--out', 'o', '--name', 'n', '--epochs', '0'])\n"
-            "except SystemExit as e: assert e.code == 2\n"
-            "assert 'tensorflow' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)\n")
+    code = (
+        "import sys; from raydet import cli\n"
+        "try: cli.main(['train', 'p', '--out', 'o', '--name', 'n', '--epochs', '0'])\n"
+        "except SystemExit as e: assert e.code == 2\n"
+        "assert 'tensorflow' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
@@ -110,10 +121,16 @@ def _user_error_cases(tmp):
         (["prepare", str(data), "--out", str(tmp / "p"), "--classes", "a,a"], "prepare", ["repeated class names"]),
         (["train", missing, "--out", str(tmp / "runs"), "--name", "r"], "train", [missing, "manifest"]),
         (["train", missing, "--out", "o", "--name", "r", "--precision", "fp8"], "train", ["--precision", "'fp8'"]),
-        (["train", missing, "--out", "o", "--name", "r", "--precision", "mixed_float16"], "train",
-         ["mixed_float16 needs --gpu"]),
-        (["train", missing, "--out", "o", "--name", "r", "--qat", "--precision", "mixed_bfloat16"], "train",
-         ["--qat", "float32"]),
+        (
+            ["train", missing, "--out", "o", "--name", "r", "--precision", "mixed_float16"],
+            "train",
+            ["mixed_float16 needs --gpu"],
+        ),
+        (
+            ["train", missing, "--out", "o", "--name", "r", "--qat", "--precision", "mixed_bfloat16"],
+            "train",
+            ["--qat", "float32"],
+        ),
         (["evaluate", missing, "--data", str(tmp / "p")], "evaluate", [missing]),
         (["quantize", missing], "quantize", [missing]),
         (["predict", missing, str(data), "--out", str(tmp / "pred")], "predict", [missing]),
@@ -136,6 +153,7 @@ def test_bad_input_prints_one_line_and_internal_errors_keep_their_traceback(monk
 
     def missing_prep(cfg, command):
         from raydet.train.driver import read_manifest
+
         read_manifest("/nonexistent/prep")  # raydet's own check: a UserError naming the path
 
     monkeypatch.setattr(cli, "run_quietly", missing_prep)
@@ -147,10 +165,13 @@ def test_bad_input_prints_one_line_and_internal_errors_keep_their_traceback(monk
 
     monkeypatch.setattr(cli, "run_quietly", bug)
     with pytest.raises(ValueError, match="reshape"):
-        cli.main(["train", "/nonexistent/prep", "--out", "runs", "--name", "r"])  # propagates: Python prints the traceback
+        cli.main(
+            ["train", "/nonexistent/prep", "--out", "runs", "--name", "r"]
+        )  # propagates: Python prints the traceback
 
     def deep_bug(cfg, command):
         from raydet.detector.boxes import xywh_to_xyxy
+
         xywh_to_xyxy(np.zeros((2, 3)))  # a plain ValueError raised inside raydet itself: still a bug
 
     monkeypatch.setattr(cli, "run_quietly", deep_bug)
@@ -160,12 +181,14 @@ def test_bad_input_prints_one_line_and_internal_errors_keep_their_traceback(monk
 
 
 def test_an_internal_value_error_prints_a_traceback_in_a_real_process():
-    code = ("import sys; from raydet import cli\n"
-            "def bug(cfg, command):\n"
-            "    from raydet.detector.boxes import xywh_to_xyxy\n"
-            "    import numpy as np; xywh_to_xyxy(np.zeros((2, 3)))\n"
-            "cli.run_quietly = bug\n"
-            "sys.exit(cli.main(['train', 'p', '--out', 'o', '--name', 'n']))\n")
+    code = (
+        "import sys; from raydet import cli\n"
+        "def bug(cfg, command):\n"
+        "    from raydet.detector.boxes import xywh_to_xyxy\n"
+        "    import numpy as np; xywh_to_xyxy(np.zeros((2, 3)))\n"
+        "cli.run_quietly = bug\n"
+        "sys.exit(cli.main(['train', 'p', '--out', 'o', '--name', 'n']))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "must have shape (..., 4)" in proc.stderr

@@ -49,8 +49,14 @@ def test_cpu_head_and_gpu_workers_that_scale_to_zero(cluster):
 
 
 def _commands(cluster) -> str:
-    keys = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-            "head_start_ray_commands", "worker_start_ray_commands")
+    keys = (
+        "initialization_commands",
+        "setup_commands",
+        "head_setup_commands",
+        "worker_setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    )
     return "\n".join(c for k in keys for c in cluster.get(k, []))
 
 

@@ -18,22 +18,25 @@ def test_malformed_class_list_names_it(text, match):
         parse_class_list(text)
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: C.PrepareConfig(data="d", out="o", image_size=0), "--image-size must be positive, got 0"),
-    (lambda: C.PrepareConfig(data="d", out="o", test_fraction=1.5), "--test-fraction .* got 1.5"),
-    (lambda: C.TrainConfig(prep="p", out="o", name="n", workers=-1), "--workers must be positive, got -1"),
-    (lambda: C.TrainConfig(prep="p", out="o", name="n", workers=4, batch_size=2), "--batch-size 2 .* --workers 4"),
-    (lambda: C.TrainConfig(prep="p", out="o", name="a/b"), "'a/b'"),
-    (lambda: C.QuantizeConfig(run="r", modes=("int4",)), "int4"),
-    (lambda: C.EvaluateConfig(run="r", data="d", models=("float", "fp8")), "fp8"),
-    (lambda: C.SynthConfig(out="o", classes=9), "got 9"),
-    (lambda: C.SynthConfig(out="o", object_size=(0.8, 0.3)), "--object-size .* got 0.8,0.3"),
-    (lambda: C.TrainConfig(prep="p", out="o", name="n", warmup_epochs=-1), "--warmup-epochs .* got -1"),
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: C.PrepareConfig(data="d", out="o", image_size=0), "--image-size must be positive, got 0"),
+        (lambda: C.PrepareConfig(data="d", out="o", test_fraction=1.5), "--test-fraction .* got 1.5"),
+        (lambda: C.TrainConfig(prep="p", out="o", name="n", workers=-1), "--workers must be positive, got -1"),
+        (lambda: C.TrainConfig(prep="p", out="o", name="n", workers=4, batch_size=2), "--batch-size 2 .* --workers 4"),
+        (lambda: C.TrainConfig(prep="p", out="o", name="a/b"), "'a/b'"),
+        (lambda: C.QuantizeConfig(run="r", modes=("int4",)), "int4"),
+        (lambda: C.EvaluateConfig(run="r", data="d", models=("float", "fp8")), "fp8"),
+        (lambda: C.SynthConfig(out="o", classes=9), "got 9"),
+        (lambda: C.SynthConfig(out="o", object_size=(0.8, 0.3)), "--object-size .* got 0.8,0.3"),
+        (lambda: C.TrainConfig(prep="p", out="o", name="n", warmup_epochs=-1), "--warmup-epochs .* got -1"),
         (lambda: C.TrainConfig(prep="p", out="o", name="n", ema_decay=1.0), "--ema .* got 1.0"),
         (lambda: C.TrainConfig(prep="p", out="o", name="n", checkpoint_every=0), "--checkpoint-every .* got 0"),
-    (lambda: C.TrainConfig(prep="p", out="o", name="n", warmup_epochs=float("nan")), "--warmup-epochs .* got nan"),
-    (lambda: C.ModelConfig(num_classes=2, image_size=48, depth=5), "image size 48 must be a multiple of 32"),
-])
+        (lambda: C.TrainConfig(prep="p", out="o", name="n", warmup_epochs=float("nan")), "--warmup-epochs .* got nan"),
+        (lambda: C.ModelConfig(num_classes=2, image_size=48, depth=5), "image size 48 must be a multiple of 32"),
+    ],
+)
 def test_bad_values_are_named(make, match):
     with pytest.raises(ValueError, match=match):
         make()
@@ -60,9 +63,10 @@ def test_classes_from_a_file_hold_commas_and_skip_comments(tmp_path):
 
 
 def test_a_class_with_a_comma_is_chosen_through_a_classes_file(tmp_path):
+    from voc_xml import obj, xml
+
     from raydet import cli
     from raydet.ingest.voc import parse_voc
-    from voc_xml import obj, xml
 
     path = tmp_path / "classes.txt"
     path.write_text("red, round\nblue\n")

@@ -46,11 +46,31 @@ def _start_head(tmp: Path, name: str, env: dict, *args: str) -> tuple[subprocess
     gcs, client, agent = _free_ports(3)
     with open(tmp / "head.log", "w") as log:  # the head keeps its own copy of the descriptor
         head = subprocess.Popen(
-            ["setsid", RAY, "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs),
-             "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
-             "--temp-dir", str(temp_dir), "--disable-usage-stats", *args],
+            [
+                "setsid",
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                "--num-cpus",
+                "2",
+                "--port",
+                str(gcs),
+                "--ray-client-server-port",
+                str(client),
+                "--dashboard-agent-listen-port",
+                str(agent),
+                "--temp-dir",
+                str(temp_dir),
+                "--disable-usage-stats",
+                *args,
+            ],
             # No 30 s drain on SIGTERM (Ray 2.60's default, for Serve): the test's head has nothing to hand over.
-            env=dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"), stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+            env=dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+        )
     return head, f"127.0.0.1:{gcs}", temp_dir
 
 
@@ -83,8 +103,9 @@ def _stop_head(head: subprocess.Popen, temp_dir: Path) -> None:
 
 def _head_env(**extra: str) -> dict:
     """This environment with token auth, tf-keras, this interpreter first on PATH and no RAY_ADDRESS."""
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), TF_USE_LEGACY_KERAS="1",
-               **extra)
+    env = dict(
+        os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), TF_USE_LEGACY_KERAS="1", **extra
+    )
     # The job's `python` is looked up on the head's PATH: make it this interpreter, as an activated venv would.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)
@@ -116,8 +137,7 @@ def submit(ray_head, *entrypoint: str, runtime_env: bool = True, timeout: int = 
     cmd = [RAY, "job", "submit", "--address", url, "--working-dir", "."]
     if runtime_env:
         cmd += ["--runtime-env", "jobs/runtime_env.yaml"]
-    return subprocess.run(cmd + ["--", *entrypoint], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(cmd + ["--", *entrypoint], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _in_job(monkeypatch, **job_runtime_env) -> None:
@@ -172,8 +192,13 @@ def test_the_shipped_package_leaves_junk_out_and_stays_small(tmp_path):
     (pkg / "raydet.egg-info" / "PKG-INFO").write_text("x")
     zipped = tmp_path / "pkg.zip"
     # What upload_py_modules_if_needed does with our fields (include_parent_dir: the zip holds raydet/...).
-    create_package(str(pkg), zipped, include_gitignore=True, include_parent_dir=True,
-                   excludes=runtime.code_runtime_env()["excludes"])
+    create_package(
+        str(pkg),
+        zipped,
+        include_gitignore=True,
+        include_parent_dir=True,
+        excludes=runtime.code_runtime_env()["excludes"],
+    )
     names = zipfile.ZipFile(zipped).namelist()
     assert "raydet/__init__.py" in names and "raydet/cluster/runtime.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "egg-info" in n], names
@@ -187,10 +212,9 @@ def test_serve_job_deploys_an_application_that_outlives_the_job(ray_head, tmp_pa
     import http.client
     import io
 
+    import handset as H
     import numpy as np
     from PIL import Image
-
-    import handset as H
 
     run = H.write_run(tmp_path / "run")
     [port] = _free_ports(1)
@@ -207,8 +231,13 @@ def test_serve_job_deploys_an_application_that_outlives_the_job(ray_head, tmp_pa
     np.testing.assert_allclose(answer["detections"][0]["box"], H.box(H.Obj(1, 1, 0, 5, 1)) * 32, atol=0.5)
     # `serve shutdown` (what the README says stops it) against the head's dashboard
     url, env = ray_head
-    done = subprocess.run([str(Path(RAY).with_name("serve")), "shutdown", "-y", "--address", url], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(Path(RAY).with_name("serve")), "shutdown", "-y", "--address", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -242,8 +271,24 @@ def test_job_workers_get_legacy_keras_and_no_big_folders(ray_head, with_runtime_
 @pytest.mark.slow
 def test_pipeline_job_succeeds_and_writes_its_report(ray_head, tmp_path):
     out = tmp_path / "out"
-    proc = submit(ray_head, "python", "jobs/pipeline.py", "--out", str(out), "--images", "64", "--image-size", "32",
-                  "--epochs", "1", "--workers", "1", "--batch-size", "16", timeout=540)
+    proc = submit(
+        ray_head,
+        "python",
+        "jobs/pipeline.py",
+        "--out",
+        str(out),
+        "--images",
+        "64",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--workers",
+        "1",
+        "--batch-size",
+        "16",
+        timeout=540,
+    )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
     report = json.loads((out / "runs" / "main" / "eval" / "report.json").read_text())
@@ -298,8 +343,9 @@ def head_without_raydet(tmp_path_factory):
     log = tmp / "imports.log"
     log.touch()
     env = _head_env(RAYDET_TEST_REPO=str(REPO), RAYDET_TEST_IMPORT_LOG=str(log))
-    head, address, temp_dir = _start_head(tmp, "rdb", dict(env, PYTHONPATH=str(tmp / "site")),
-                                          "--include-dashboard", "false")
+    head, address, temp_dir = _start_head(
+        tmp, "rdb", dict(env, PYTHONPATH=str(tmp / "site")), "--include-dashboard", "false"
+    )
     try:
         _wait_for_head(head, tmp, lambda: "Ray runtime started" in (tmp / "head.log").read_text(), "start")
         yield address, env, log, temp_dir
@@ -310,8 +356,11 @@ def head_without_raydet(tmp_path_factory):
 def _worker_imports(log: Path, since: int) -> list[tuple[str, str]]:
     """(origin or BLOCKED, process) of each `import raydet` logged by a Ray worker after byte ``since``."""
     lines = log.read_text()[since:].splitlines()
-    return [(origin, proc) for _pid, origin, proc in (line.split(" ", 2) for line in lines)
-            if proc.endswith("default_worker.py")]
+    return [
+        (origin, proc)
+        for _pid, origin, proc in (line.split(" ", 2) for line in lines)
+        if proc.endswith("default_worker.py")
+    ]
 
 
 BARE_DRIVER = """
@@ -332,8 +381,9 @@ def test_the_blocked_head_cannot_import_raydet_without_py_modules(head_without_r
     address, env, log, _ = head_without_raydet
     since = log.stat().st_size
     # From the repository root: Ray adds the driver's folder to the workers' sys.path, the blocker refuses it too.
-    done = subprocess.run([sys.executable, "-c", BARE_DRIVER, address], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", BARE_DRIVER, address], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "BARE ModuleNotFoundError" in done.stdout, done.stdout[-2000:]
     assert [origin for origin, _ in _worker_imports(log, since)] == ["BLOCKED"]  # and nothing else imported it
@@ -380,8 +430,14 @@ print("TRAIN", open(sys.argv[2] + "/train.txt").read())
 @pytest.mark.slow
 def test_tasks_actors_and_train_workers_import_the_shipped_raydet(head_without_raydet, tmp_path):
     address, env, log, temp_dir = head_without_raydet
-    done = subprocess.run([sys.executable, "-c", INHERIT_DRIVER, address, str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-c", INHERIT_DRIVER, address, str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     for kind in ("TASK", "ACTOR", "TRAIN"):
         [origin] = [line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith(kind + " ")]
@@ -390,8 +446,11 @@ def test_tasks_actors_and_train_workers_import_the_shipped_raydet(head_without_r
 
 def _shipped(origin: str, temp_dir: Path) -> bool:
     """Whether ``origin`` (a raydet/__init__.py) is a py_modules copy Ray unpacked under ``temp_dir``."""
-    return (origin.startswith(f"{temp_dir}/session_") and "/runtime_resources/py_modules_files/" in origin
-            and origin.endswith("/raydet/__init__.py"))
+    return (
+        origin.startswith(f"{temp_dir}/session_")
+        and "/runtime_resources/py_modules_files/" in origin
+        and origin.endswith("/raydet/__init__.py")
+    )
 
 
 @pytest.mark.slow
@@ -402,9 +461,24 @@ def test_raydet_prepare_runs_on_a_cluster_without_raydet(head_without_raydet, tm
     address, env, log, temp_dir = head_without_raydet
     write_synthetic(SynthConfig(out=str(tmp_path / "voc"), images=8, image_size=32))
     since = log.stat().st_size
-    done = subprocess.run([str(Path(sys.executable).with_name("raydet")), "prepare", str(tmp_path / "voc"),
-                           "--out", str(tmp_path / "prep"), "--image-size", "32", "--address", address],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("raydet")),
+            "prepare",
+            str(tmp_path / "voc"),
+            "--out",
+            str(tmp_path / "prep"),
+            "--image-size",
+            "32",
+            "--address",
+            address,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert json.loads((tmp_path / "prep" / "manifest.json").read_text())["images_loaded"] == 8
     imports = _worker_imports(log, since)

@@ -39,8 +39,10 @@ def test_every_module_is_in_a_package_or_is_foundation_or_top():
 def test_a_package_imports_only_itself_and_what_its_init_declares(package):
     may = importlib.import_module(f"raydet.{package}").MAY_IMPORT
     assert package not in may and set(may) <= set(PACKAGES) | set(FOUNDATION)
-    upward = {str(m.relative_to(PACKAGE)): sorted(raydet_imports(m) - set(may) - {package})
-              for m in (PACKAGE / package).rglob("*.py")}
+    upward = {
+        str(m.relative_to(PACKAGE)): sorted(raydet_imports(m) - set(may) - {package})
+        for m in (PACKAGE / package).rglob("*.py")
+    }
     assert {m: bad for m, bad in upward.items() if bad} == {}
 
 
@@ -59,7 +61,10 @@ def test_foundation_modules_import_only_the_foundation_below_them(module):
 
 
 def test_import_raydet_and_its_packages_loads_neither_tensorflow_nor_ray():
-    code = ("import sys, raydet, raydet.config, raydet.cli, " + ", ".join(f"raydet.{p}" for p in PACKAGES) +
-            "; print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'ray', 'tf_keras'}))")
+    code = (
+        "import sys, raydet, raydet.config, raydet.cli, "
+        + ", ".join(f"raydet.{p}" for p in PACKAGES)
+        + "; print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'ray', 'tf_keras'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]"

@@ -11,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from printed import assert_printed_locations_exist
+
 from raydet import pipeline
 from raydet.config import RunConfig
 
@@ -55,11 +55,27 @@ def fake_stages(monkeypatch):
 
     def evaluate(cfg, show_table=True):
         calls.append(("evaluate", cfg))
-        return {"models": {m: {"coco_map_50": 0.95, "coco_map": 0.6, "coco_map_75": 0.7, "voc_map_50": 0.96,
-                               "images_per_s": 500.0, "size_bytes": 2048} for m in cfg.models}}
+        return {
+            "models": {
+                m: {
+                    "coco_map_50": 0.95,
+                    "coco_map": 0.6,
+                    "coco_map_75": 0.7,
+                    "voc_map_50": 0.96,
+                    "images_per_s": 500.0,
+                    "size_bytes": 2048,
+                }
+                for m in cfg.models
+            }
+        }
 
-    for name, fn in [("ingest.synth", write_synthetic), ("ingest.prepare", prepare), ("train.driver", train),
-                     ("export.quantize", quantize), ("evaluate.pool", evaluate)]:
+    for name, fn in [
+        ("ingest.synth", write_synthetic),
+        ("ingest.prepare", prepare),
+        ("train.driver", train),
+        ("export.quantize", quantize),
+        ("evaluate.pool", evaluate),
+    ]:
         module = types.ModuleType(f"raydet.{name}")
         setattr(module, fn.__name__, fn)
         monkeypatch.setitem(sys.modules, f"raydet.{name}", module)
@@ -81,7 +97,11 @@ def test_first_run_runs_every_stage_with_the_run_settings(fake_stages, tmp_path,
     assert stages(fake_stages) == ["synth", "prepare", "train", "quantize", "evaluate"]
     assert cfgs["synth"].out == str(out / "data") and cfgs["synth"].images == 100
     assert cfgs["synth"].image_size == 128  # shapes drawn at >= 128 px, then resized by prepare
-    assert (cfgs["prepare"].data, cfgs["prepare"].out, cfgs["prepare"].image_size) == (str(out / "data"), str(out / "prep"), 48)
+    assert (cfgs["prepare"].data, cfgs["prepare"].out, cfgs["prepare"].image_size) == (
+        str(out / "data"),
+        str(out / "prep"),
+        48,
+    )
     assert (cfgs["train"].workers, cfgs["train"].epochs, cfgs["train"].batch_size) == (2, 3, 32)
     assert cfgs["quantize"].modes == ("int8",) and cfgs["evaluate"].models == ("float", "int8")
     assert result["run"] == str(out / "runs" / "main")
@@ -128,10 +148,19 @@ def test_user_data_skips_synth(fake_stages, tmp_path):
 
 
 def test_results_table_rows_and_units():
-    table = pipeline.results_table({
-        "float": {"coco_map_50": 0.9512, "coco_map": 0.6, "coco_map_75": 0.7004, "voc_map_50": 0.96,
-                  "images_per_s": 180.4, "size_bytes": 3 * 1024 * 1024},
-        "int8": {"coco_map_50": 0.94, "coco_map": None, "images_per_s": 640.0, "size_bytes": 800 * 1024}})
+    table = pipeline.results_table(
+        {
+            "float": {
+                "coco_map_50": 0.9512,
+                "coco_map": 0.6,
+                "coco_map_75": 0.7004,
+                "voc_map_50": 0.96,
+                "images_per_s": 180.4,
+                "size_bytes": 3 * 1024 * 1024,
+            },
+            "int8": {"coco_map_50": 0.94, "coco_map": None, "images_per_s": 640.0, "size_bytes": 800 * 1024},
+        }
+    )
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["model", "AP50", "mAP", "AP75"] and set(lines[1]) <= {"-", " "}
     # decimal units as in report.md: 3 * 1024 * 1024 B = 3,145,728 B = 3.15 MB; 800 * 1024 B = 819.2 kB;
@@ -178,8 +207,18 @@ def test_whole_pipeline_on_two_nodes_trains_across_them(two_node_cluster, tmp_pa
     import ray
     from ray._private.state import actors
 
-    result = pipeline.run(RunConfig(out=str(tmp_path / "out"), images=64, image_size=32, epochs=1, workers=2,
-                                    batch_size=16, draw=2, address=two_node_cluster.address))
+    result = pipeline.run(
+        RunConfig(
+            out=str(tmp_path / "out"),
+            images=64,
+            image_size=32,
+            epochs=1,
+            workers=2,
+            batch_size=16,
+            draw=2,
+            address=two_node_cluster.address,
+        )
+    )
     report = json.loads(Path(result["report"]).read_text())
     assert set(report["models"]) == {"float", "int8"}
     manifest = json.loads((tmp_path / "out" / "prep" / "manifest.json").read_text())
@@ -204,8 +243,9 @@ def test_cluster_settings_reach_the_stages_and_do_not_restart_training():
     assert stages_["evaluate"].resource_timeout_s == 5.0
     other = pipeline.stage_configs(RunConfig(out="o"))
     # streaming or a longer wait for nodes changes how the run trains, not what it learns: the checkpoints resume
-    assert pipeline._train_key(stages_["train"], stages_["prepare"]) == \
-        pipeline._train_key(other["train"], other["prepare"])
+    assert pipeline._train_key(stages_["train"], stages_["prepare"]) == pipeline._train_key(
+        other["train"], other["prepare"]
+    )
     with pytest.raises(ValueError, match="--memory-budget-gb must be >= 0"):
         RunConfig(memory_budget_gb=-1.0)
 
@@ -215,21 +255,54 @@ def test_the_recipe_follows_the_data_and_what_the_user_set_wins():
 
     synth = pipeline.stage_configs(RunConfig(out="o"))
     t = synth["train"]
-    assert (synth["prepare"].image_size, t.backbone, t.epochs, t.batch_size, t.lr, t.warmup_epochs) == \
-        (96, "cnn", 15, 32, 2e-3, 1.0)
+    assert (synth["prepare"].image_size, t.backbone, t.epochs, t.batch_size, t.lr, t.warmup_epochs) == (
+        96,
+        "cnn",
+        15,
+        32,
+        2e-3,
+        1.0,
+    )
     real = pipeline.stage_configs(RunConfig(data="d", out="o"))
     t = real["train"]
     # photos: image size chosen from the boxes (None), ImageNet backbone, epochs sized in steps (None)
-    assert (real["prepare"].image_size, t.backbone, t.pretrained, t.epochs, t.batch_size, t.lr) == \
-        (None, "efficientnet_lite0", True, None, 16, 1e-3)
-    assert (t.warmup_epochs, t.ema_decay, t.augment, t.augmentation, t.close_mosaic) == \
-        (3.0, 0.99, True, AugmentConfig(), 10)
+    assert (real["prepare"].image_size, t.backbone, t.pretrained, t.epochs, t.batch_size, t.lr) == (
+        None,
+        "efficientnet_lite0",
+        True,
+        None,
+        16,
+        1e-3,
+    )
+    assert (t.warmup_epochs, t.ema_decay, t.augment, t.augmentation, t.close_mosaic) == (
+        3.0,
+        0.99,
+        True,
+        AugmentConfig(),
+        10,
+    )
     assert t.augmentation.mosaic == 1.0 and t.augmentation.scale == 0.5
-    mine = pipeline.stage_configs(RunConfig(data="d", out="o", backbone="cnn", epochs=7, image_size=128, lr=5e-3,
-                                            augmentation=AugmentConfig(mosaic=0.0), seed=4))
+    mine = pipeline.stage_configs(
+        RunConfig(
+            data="d",
+            out="o",
+            backbone="cnn",
+            epochs=7,
+            image_size=128,
+            lr=5e-3,
+            augmentation=AugmentConfig(mosaic=0.0),
+            seed=4,
+        )
+    )
     t = mine["train"]
-    assert (mine["prepare"].image_size, t.backbone, t.epochs, t.lr, t.augmentation.mosaic, t.seed) == \
-        (128, "cnn", 7, 5e-3, 0.0, 4)
+    assert (mine["prepare"].image_size, t.backbone, t.epochs, t.lr, t.augmentation.mosaic, t.seed) == (
+        128,
+        "cnn",
+        7,
+        5e-3,
+        0.0,
+        4,
+    )
 
 
 def test_run_tune_puts_the_best_trial_through_quantize_and_evaluate(fake_stages, tmp_path, monkeypatch):

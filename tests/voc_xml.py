@@ -1,12 +1,20 @@
 """VOC XML written by hand for the tests: an annotation, an object, a box (pixel xyxy)."""
 
 
-def xml(objects: str = "", *, filename: str = "a.jpg", size: str = "<size><width>100</width><height>50</height><depth>3</depth></size>") -> bytes:
+def xml(
+    objects: str = "",
+    *,
+    filename: str = "a.jpg",
+    size: str = "<size><width>100</width><height>50</height><depth>3</depth></size>",
+) -> bytes:
     return f"<annotation><folder>images</folder><filename>{filename}</filename>{size}{objects}</annotation>".encode()
 
 
-def obj(name: str = "cat", box: str = "<bndbox><xmin>10</xmin><ymin>5</ymin><xmax>30</xmax><ymax>25</ymax></bndbox>",
-        extra: str = "") -> str:
+def obj(
+    name: str = "cat",
+    box: str = "<bndbox><xmin>10</xmin><ymin>5</ymin><xmax>30</xmax><ymax>25</ymax></bndbox>",
+    extra: str = "",
+) -> str:
     return f"<object><name>{name}</name>{extra}{box}</object>"
 
 

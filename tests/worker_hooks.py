@@ -60,10 +60,16 @@ def write_checksums(folder: str):
             def on_epoch_end(self, epoch, logs=None):
                 from raydet.train.ema import averaged_weights
 
-                Path(folder, f"rank{rank}.json").write_text(json.dumps({
-                    "rank": rank, "sha256": weights_sha256(self.model.trainable_weights),
-                    "ema_sha256": weights_sha256(averaged_weights(self.model)),
-                    "raw_sha256": weights_sha256(self.model.get_weights())}))
+                Path(folder, f"rank{rank}.json").write_text(
+                    json.dumps(
+                        {
+                            "rank": rank,
+                            "sha256": weights_sha256(self.model.trainable_weights),
+                            "ema_sha256": weights_sha256(averaged_weights(self.model)),
+                            "raw_sha256": weights_sha256(self.model.get_weights()),
+                        }
+                    )
+                )
 
         return Checksum()
 

@@ -8,4 +8,4 @@ people (``sizes``).
 May import: raydet.errors, raydet.config (``MAY_IMPORT``; tests/test_layers.py checks it).
 """
 
-MAY_IMPORT = ('errors', 'config')
+MAY_IMPORT = ("errors", "config")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from raydet.errors import UserError
 
@@ -33,7 +33,7 @@ class Node:
 def local_path(path: str) -> str | None:
     """``path`` as a folder on this machine's disk (``file://`` stripped), or None for another URI scheme."""
     if path.startswith("file://"):
-        return path[len("file://"):] or "/"
+        return path[len("file://") :] or "/"
     return None if "://" in path else os.path.abspath(path)
 
 
@@ -62,16 +62,19 @@ def path_problem(path: str, marker: str | None) -> str | None:
     return None
 
 
-def probe_nodes(nodes: Sequence[Node], path: str, marker: str | None,
-                timeout_s: float = PROBE_TIMEOUT_S) -> list[str | None]:
+def probe_nodes(
+    nodes: Sequence[Node], path: str, marker: str | None, timeout_s: float = PROBE_TIMEOUT_S
+) -> list[str | None]:
     """``path_problem(path, marker)`` run on each of ``nodes`` (one task pinned to each, no CPU reserved, so a
     busy node answers too); a task that fails or is not done in ``timeout_s`` is a problem of its node."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(num_cpus=0, max_retries=0)(path_problem)
-    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
-            .remote(path, marker) for n in nodes]
+    refs = [
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)).remote(path, marker)
+        for n in nodes
+    ]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     done = set(ready)
     problems = []
@@ -87,8 +90,14 @@ def probe_nodes(nodes: Sequence[Node], path: str, marker: str | None,
     return problems
 
 
-def check_visible(path: str, *, write: bool, what: str, nodes: Sequence[Node] | None = None,
-                  probe: Callable[[Sequence[Node], str, str | None], list] = probe_nodes) -> None:
+def check_visible(
+    path: str,
+    *,
+    write: bool,
+    what: str,
+    nodes: Sequence[Node] | None = None,
+    probe: Callable[[Sequence[Node], str, str | None], list] = probe_nodes,
+) -> None:
     """Raise ValueError unless the local ``path`` is the same folder on every alive node of the Ray cluster.
 
     ``write``: the command writes there (the folder is created here if missing, a marker file written by this
@@ -122,5 +131,7 @@ def not_visible_message(path: str, what: str, blind: Sequence[tuple[Node, str]],
     """The error for ``blind`` ((node, problem) pairs) out of ``n_nodes`` nodes, with what to do instead."""
     where = "; ".join(f"{n.ip} ({p}; node {n.node_id[:8]})" for n, p in blind)
     nodes = "node" if len(blind) == 1 else f"{len(blind)} of {n_nodes} nodes:"
-    return (f"{what} {path} is not visible from {nodes} {where}: use shared storage mounted at "
-            f"{local_path(path) or path} on every node (e.g. NFS) or a bucket URI (s3://..., gs://...)")
+    return (
+        f"{what} {path} is not visible from {nodes} {where}: use shared storage mounted at "
+        f"{local_path(path) or path} on every node (e.g. NFS) or a bucket URI (s3://..., gs://...)"
+    )

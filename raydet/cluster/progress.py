@@ -19,8 +19,15 @@ class Progress:
     redrawn bar over the occasional line. The last line says how long it took: ``label: 600/600 images in 4.2 s``.
     """
 
-    def __init__(self, label: str, total: int, unit: str = "images", stream=None, interval_s: float = 30.0,
-                 tty: bool | None = None):
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        unit: str = "images",
+        stream=None,
+        interval_s: float = 30.0,
+        tty: bool | None = None,
+    ):
         self.label, self.total, self.unit = label, int(total), unit
         self.stream = stream if stream is not None else sys.stdout
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
@@ -50,8 +57,10 @@ class Progress:
     def _bar(self, now: float) -> str:
         frac = min(1.0, self.done / self.total) if self.total > 0 else 1.0
         filled = round(BAR_WIDTH * frac)
-        return (f"{self.label}: [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {self.done}/{self.total} {self.unit} "
-                f"{now - self.t0:.0f} s")
+        return (
+            f"{self.label}: [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {self.done}/{self.total} {self.unit} "
+            f"{now - self.t0:.0f} s"
+        )
 
     def _line(self, text: str) -> None:
         print(f"{self.label}: {text}", file=self.stream, flush=True)

@@ -24,9 +24,9 @@ import math
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from raydet.errors import UserError
 
@@ -126,12 +126,15 @@ def shortfall(bundles: list[dict], nodes: list[dict]) -> str | None:
     need, have = _totals(bundles), _totals(nodes)
     short = [k for k in sorted(need) if need[k] > have.get(k, 0)]
     if short:
-        return (f"needs {_amounts(need, short)}, but the cluster has "
-                f"{', '.join(_amount(k, have.get(k, 0)) for k in short)}")
+        return (
+            f"needs {_amounts(need, short)}, but the cluster has {', '.join(_amount(k, have.get(k, 0)) for k in short)}"
+        )
     if fits(bundles, nodes):
         return None
-    return (f"needs {_bundles_text(bundles)}, each on one node, but the nodes have "
-            f"{'; '.join(_amounts(n, sorted(need)) for n in nodes)}")
+    return (
+        f"needs {_bundles_text(bundles)}, each on one node, but the nodes have "
+        f"{'; '.join(_amounts(n, sorted(need)) for n in nodes)}"
+    )
 
 
 def never_fits(bundles: list[dict], nodes: list[dict], autoscaler: Autoscaler) -> str | None:
@@ -143,14 +146,18 @@ def never_fits(bundles: list[dict], nodes: list[dict], autoscaler: Autoscaler) -
     shapes = [*nodes, *(t.resources for t in types)]
     for bundle in bundles:
         if not any(_holds(shape, bundle) for shape in shapes):
-            return (f"needs {_bundles_text([bundle])} on one node, but no node has that and no node type its "
-                    f"autoscaler can launch does ({_types_text(autoscaler)})")
+            return (
+                f"needs {_bundles_text([bundle])} on one node, but no node has that and no node type its "
+                f"autoscaler can launch does ({_types_text(autoscaler)})"
+            )
     need, have = _totals(bundles), _totals(nodes)
     for key in sorted(need):
         added = _most_added(autoscaler, key)
         if need[key] > have.get(key, 0) + added:
-            return (f"needs {_amount(key, need[key])}, but the cluster has {have.get(key, 0):g} and its autoscaler "
-                    f"can add at most {added:g} ({_types_text(autoscaler)})")
+            return (
+                f"needs {_amount(key, need[key])}, but the cluster has {have.get(key, 0):g} and its autoscaler "
+                f"can add at most {added:g} ({_types_text(autoscaler)})"
+            )
     return None
 
 
@@ -158,8 +165,7 @@ def _most_added(autoscaler: Autoscaler, key: str) -> float:
     """The most of resource ``key`` the autoscaler's new nodes can hold: the richest types first, within the
     per-type and the overall node limits."""
     left, added = autoscaler.max_nodes, 0.0
-    for amount, count in sorted(((t.resources.get(key, 0), t.max_nodes) for t in autoscaler.node_types),
-                                reverse=True):
+    for amount, count in sorted(((t.resources.get(key, 0), t.max_nodes) for t in autoscaler.node_types), reverse=True):
         take = min(count, left)
         if amount > 0 and take > 0:
             added, left = added + amount * take, left - take
@@ -167,11 +173,18 @@ def _most_added(autoscaler: Autoscaler, key: str) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- waiting
-def ensure_resources(bundles: list[dict], *, what: str, timeout_s: float, autoscaler: Autoscaler | None,
-                     read_nodes: Callable[[], list[dict]] = alive_nodes,
-                     request: Callable[[list[dict]], None] = request_from_autoscaler,
-                     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                     report: Callable[[str], None] | None = None) -> float:
+def ensure_resources(
+    bundles: list[dict],
+    *,
+    what: str,
+    timeout_s: float,
+    autoscaler: Autoscaler | None,
+    read_nodes: Callable[[], list[dict]] = alive_nodes,
+    request: Callable[[list[dict]], None] = request_from_autoscaler,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    report: Callable[[str], None] | None = None,
+) -> float:
     """Return once the cluster's nodes can hold ``bundles``; the seconds waited (0.0 when they could at once).
 
     ``what``: the request as the user made it (e.g. ``"--actors 2 x --threads 2"``), the start of every message.
@@ -189,8 +202,10 @@ def ensure_resources(bundles: list[dict], *, what: str, timeout_s: float, autosc
     never = never_fits(bundles, nodes, autoscaler)
     if never:
         raise UserError(f"{what} {never}")
-    report(f"{what} needs {_amounts(_totals(bundles))}; {_progress(bundles, nodes)}: asked the autoscaler "
-           f"({autoscaler.source}), waiting up to {timeout_s:g} s")
+    report(
+        f"{what} needs {_amounts(_totals(bundles))}; {_progress(bundles, nodes)}: asked the autoscaler "
+        f"({autoscaler.source}), waiting up to {timeout_s:g} s"
+    )
     request(list(bundles))
     try:
         return _wait(bundles, what, timeout_s, read_nodes, clock, sleep, report)
@@ -212,12 +227,16 @@ def _wait(bundles, what, timeout_s, read_nodes, clock, sleep, report) -> float:
             report(f"{what}: the cluster holds it after {waited:.0f} s")
             return waited
         if waited >= timeout_s:
-            raise UserError(f"{what}: the autoscaler did not make room within {timeout_s:g} s "
-                            f"(--resource-timeout): {_progress(bundles, nodes)}; `ray status` on the head "
-                            f"says why (instance limits, capacity, failed node setup)")
+            raise UserError(
+                f"{what}: the autoscaler did not make room within {timeout_s:g} s "
+                f"(--resource-timeout): {_progress(bundles, nodes)}; `ray status` on the head "
+                f"says why (instance limits, capacity, failed node setup)"
+            )
         if waited >= next_report:
-            report(f"{what}: waiting for the autoscaler: {_progress(bundles, nodes)} after {waited:.0f} s "
-                   f"(timeout {timeout_s:g} s)")
+            report(
+                f"{what}: waiting for the autoscaler: {_progress(bundles, nodes)} after {waited:.0f} s "
+                f"(timeout {timeout_s:g} s)"
+            )
             next_report += REPORT_EVERY_S
 
 

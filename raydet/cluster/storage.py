@@ -67,7 +67,7 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
 
 def kind(location: str | os.PathLike) -> str:
-    """"file", "dir" or "none" for what is at ``location``."""
+    """ "file", "dir" or "none" for what is at ``location``."""
     filesystem, path = resolve(location)
     info = filesystem.get_file_info(path)
     return {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}.get(info.type, "none")
@@ -164,8 +164,11 @@ def upload(local_dir: Path, location: str | os.PathLike, names: list[str]) -> No
 
 
 def _signature(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder).as_posix()): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder).as_posix()): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
 
 
 @contextlib.contextmanager

@@ -9,4 +9,4 @@ pretrained backbones with their weights (``efficientnet_lite``, ``torch_pickle``
 May import: raydet.errors, raydet.config, raydet.cluster (``MAY_IMPORT``; tests/test_layers.py checks it).
 """
 
-MAY_IMPORT = ('errors', 'config', 'cluster')
+MAY_IMPORT = ("errors", "config", "cluster")

@@ -37,7 +37,9 @@ def xywh_to_xyxy(boxes_xywh: np.ndarray) -> np.ndarray:
 
 def _check_size(width: float, height: float) -> None:
     if not (width > 0 and height > 0):
-        raise ValueError(f"image width and height must be positive to convert relative boxes, got {width!r} x {height!r}")
+        raise ValueError(
+            f"image width and height must be positive to convert relative boxes, got {width!r} x {height!r}"
+        )
 
 
 def normalize(boxes_xyxy_pixel: np.ndarray, width: float, height: float) -> np.ndarray:
@@ -56,8 +58,14 @@ def clip(boxes_xyxy: np.ndarray, width: float, height: float) -> np.ndarray:
     """Clip xyxy boxes to ``[0, width] x [0, height]`` (use 1, 1 for normalized boxes)."""
     b = _as_boxes(boxes_xyxy)
     return np.stack(
-        [np.clip(b[..., 0], 0, width), np.clip(b[..., 1], 0, height),
-         np.clip(b[..., 2], 0, width), np.clip(b[..., 3], 0, height)], axis=-1)
+        [
+            np.clip(b[..., 0], 0, width),
+            np.clip(b[..., 1], 0, height),
+            np.clip(b[..., 2], 0, width),
+            np.clip(b[..., 3], 0, height),
+        ],
+        axis=-1,
+    )
 
 
 def iou_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
@@ -89,5 +97,5 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5) 
     while order.size:
         best, order = order[0], order[1:]
         keep.append(int(best))
-        order = order[iou_matrix(b[best:best + 1], b[order])[0] <= iou_threshold]
+        order = order[iou_matrix(b[best : best + 1], b[order])[0] <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)

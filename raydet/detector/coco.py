@@ -44,14 +44,19 @@ def image_id(position: int) -> int:
 def _bbox(box_xyxy, where: str) -> list[float]:
     box = np.asarray(box_xyxy, dtype=np.float64).reshape(-1)
     if box.shape != (4,) or not np.all(np.isfinite(box)) or box[2] < box[0] or box[3] < box[1]:
-        raise ValueError(f"{where}: box must be 4 finite xyxy pixel values with xmax >= xmin and ymax >= ymin, "
-                         f"got {np.asarray(box_xyxy).tolist()}")
+        raise ValueError(
+            f"{where}: box must be 4 finite xyxy pixel values with xmax >= xmin and ymax >= ymin, "
+            f"got {np.asarray(box_xyxy).tolist()}"
+        )
     return [float(v) for v in xyxy_to_xywh(box)]
 
 
 def _label(label, num_classes: int, where: str) -> int:
-    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) \
-            or not 0 <= int(label) < num_classes:
+    if (
+        isinstance(label, (bool, np.bool_))
+        or not isinstance(label, (int, np.integer))
+        or not 0 <= int(label) < num_classes
+    ):
         shown = label.item() if isinstance(label, np.generic) else label
         raise ValueError(f"{where}: label must be a class index in [0, {num_classes}), got {shown!r}")
     return int(label)
@@ -84,12 +89,23 @@ def ground_truth(images: Sequence[dict], classes: Sequence[str]) -> dict[str, An
         out_images.append({"id": img_id, "file_name": str(img["file"]), "width": int(width), "height": int(height)})
         for box, label in zip(boxes, labels):
             bbox = _bbox(box, name)
-            annotations.append({"id": len(annotations) + 1, "image_id": img_id,
-                                "category_id": category_id(_label(label, len(classes), name)),
-                                "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": img_id,
+                    "category_id": category_id(_label(label, len(classes), name)),
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": category_id(i), "name": str(n), "supercategory": "none"} for i, n in enumerate(classes)]
-    return {"info": {"description": "raydet ground truth"}, "images": out_images, "annotations": annotations,
-            "categories": categories}
+    return {
+        "info": {"description": "raydet ground truth"},
+        "images": out_images,
+        "annotations": annotations,
+        "categories": categories,
+    }
 
 
 def detections(predictions: Sequence[dict], classes: Sequence[str]) -> list[dict[str, Any]]:
@@ -105,9 +121,14 @@ def detections(predictions: Sequence[dict], classes: Sequence[str]) -> list[dict
         score = float(p["score"])
         if not math.isfinite(score):
             raise ValueError(f"{where}: score must be finite, got {p['score']!r}")
-        out.append({"image_id": int(p["image_id"]),
-                    "category_id": category_id(_label(p["label"], len(classes), where)),
-                    "bbox": _bbox(p["box"], where), "score": score})
+        out.append(
+            {
+                "image_id": int(p["image_id"]),
+                "category_id": category_id(_label(p["label"], len(classes), where)),
+                "bbox": _bbox(p["box"], where),
+                "score": score,
+            }
+        )
     return out
 
 

@@ -31,8 +31,9 @@ class Detections:
         lab = np.asarray(self.labels, dtype=np.int64)
         s = np.asarray(self.scores, dtype=np.float64)
         if lab.shape != (b.shape[0],) or s.shape != (b.shape[0],):
-            raise ValueError(f"Detections needs (D, 4) boxes, (D,) labels and scores, "
-                             f"got {b.shape}, {lab.shape}, {s.shape}")
+            raise ValueError(
+                f"Detections needs (D, 4) boxes, (D,) labels and scores, got {b.shape}, {lab.shape}, {s.shape}"
+            )
         for name, value in (("boxes", b), ("labels", lab), ("scores", s)):
             object.__setattr__(self, name, value)
 
@@ -63,7 +64,7 @@ def find_peaks(heatmap: np.ndarray) -> np.ndarray:
         for dx in (-1, 0, 1):
             if dy == dx == 0:
                 continue
-            neighbour = p[:, 1 + dy:1 + dy + rows, 1 + dx:1 + dx + cols]
+            neighbour = p[:, 1 + dy : 1 + dy + rows, 1 + dx : 1 + dx + cols]
             earlier = dy < 0 or (dy == 0 and dx < 0)
             peak &= (h > neighbour) if earlier else (h >= neighbour)
     return peak
@@ -74,7 +75,7 @@ def _top_k(flat_idx: np.ndarray, scores: np.ndarray, top_k: int) -> tuple[np.nda
     if flat_idx.size > top_k:
         kth = np.partition(scores, flat_idx.size - top_k)[flat_idx.size - top_k]
         keep = scores > kth
-        ties = np.flatnonzero(scores == kth)[:top_k - int(keep.sum())]
+        ties = np.flatnonzero(scores == kth)[: top_k - int(keep.sum())]
         keep[ties] = True
         flat_idx, scores = flat_idx[keep], scores[keep]
     order = np.argsort(-scores, kind="stable")
@@ -125,8 +126,9 @@ def _check_decode_args(heatmap, boxes, top_k, score_threshold, nms_iou) -> tuple
     return h, b
 
 
-def decode(heatmap, boxes, *, top_k: int = 100, score_threshold: float = 0.01,
-           nms_iou: float | None = None) -> list[Detections]:
+def decode(
+    heatmap, boxes, *, top_k: int = 100, score_threshold: float = 0.01, nms_iou: float | None = None
+) -> list[Detections]:
     """``heatmap`` ``(N, G, G, C)`` and ``boxes`` ``(N, G, G, 4)`` -> one :class:`Detections` per image.
 
     Per image: the peaks of :func:`find_peaks` with score >= ``score_threshold``, the ``top_k`` best over all

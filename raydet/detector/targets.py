@@ -75,8 +75,8 @@ def draw_gaussian(heatmap_2d: np.ndarray, cx: int, cy: int, radius: int) -> np.n
     kernel = _gaussian_kernel(r)
     left, right = min(cx, r), min(w - cx, r + 1)
     top, bottom = min(cy, r), min(h - cy, r + 1)
-    window = heatmap_2d[cy - top:cy + bottom, cx - left:cx + right]
-    np.maximum(window, kernel[r - top:r + bottom, r - left:r + right], out=window)
+    window = heatmap_2d[cy - top : cy + bottom, cx - left : cx + right]
+    np.maximum(window, kernel[r - top : r + bottom, r - left : r + right], out=window)
     return heatmap_2d
 
 
@@ -106,8 +106,7 @@ def _check_inputs(boxes, labels, num_classes: int, grid: int) -> tuple[np.ndarra
         raise ValueError(f"labels must be in [0, {num_classes}), got {lab[bad][:5].tolist()}")
     bad = ~np.all(np.isfinite(b) & (b >= 0) & (b <= 1), axis=1) | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
     if bad.any():
-        raise ValueError(f"boxes must be xyxy normalized in [0, 1] with x0 <= x1, y0 <= y1, "
-                         f"got {b[bad][:3].tolist()}")
+        raise ValueError(f"boxes must be xyxy normalized in [0, 1] with x0 <= x1, y0 <= y1, got {b[bad][:3].tolist()}")
     return b, lab
 
 

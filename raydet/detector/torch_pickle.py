@@ -76,21 +76,32 @@ class _PendingTensor:
         """ValueError naming ``key`` unless the tensor is well formed and lies inside its storage."""
         if not isinstance(self.storage, _Storage):
             raise ValueError(f"tensor {key!r}: its storage is {type(self.storage).__name__}, not a storage")
-        if not (isinstance(self.size, (tuple, list)) and isinstance(self.stride, (tuple, list))
-                and len(self.size) == len(self.stride) and len(self.size) <= 32):
-            raise ValueError(f"tensor {key!r}: size {self.size!r} and stride {self.stride!r} must be tuples of "
-                             "the same length (at most 32)")
+        if not (
+            isinstance(self.size, (tuple, list))
+            and isinstance(self.stride, (tuple, list))
+            and len(self.size) == len(self.stride)
+            and len(self.size) <= 32
+        ):
+            raise ValueError(
+                f"tensor {key!r}: size {self.size!r} and stride {self.stride!r} must be tuples of "
+                "the same length (at most 32)"
+            )
         if not (_is_count(self.offset) and all(map(_is_count, self.size)) and all(map(_is_count, self.stride))):
-            raise ValueError(f"tensor {key!r}: offset {self.offset!r}, size {self.size!r} and stride "
-                             f"{self.stride!r} must be non-negative ints")
+            raise ValueError(
+                f"tensor {key!r}: offset {self.offset!r}, size {self.size!r} and stride "
+                f"{self.stride!r} must be non-negative ints"
+            )
         elements = int(np.prod(self.size, dtype=object)) if self.size else 1
         if elements > MAX_TENSOR_ELEMENTS or max(self.size, default=0) > MAX_TENSOR_ELEMENTS:
-            raise ValueError(f"tensor {key!r}: size {self.size} has {elements} elements, more than "
-                             f"{MAX_TENSOR_ELEMENTS}")
+            raise ValueError(
+                f"tensor {key!r}: size {self.size} has {elements} elements, more than {MAX_TENSOR_ELEMENTS}"
+            )
         extent = self.offset + (sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1 if elements else 0)
         if extent > self.storage.numel:
-            raise ValueError(f"tensor {key!r}: offset {self.offset} size {self.size} stride {self.stride} reaches "
-                             f"element {extent}, its storage holds {self.storage.numel}")
+            raise ValueError(
+                f"tensor {key!r}: offset {self.offset} size {self.size} stride {self.stride} reaches "
+                f"element {extent}, its storage holds {self.storage.numel}"
+            )
         self.size, self.stride = tuple(self.size), tuple(self.stride)
 
     def to_numpy(self) -> np.ndarray:
@@ -136,8 +147,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError("storage views (view_metadata) are not supported")
         key = str(key)
         if not _is_count(numel) or numel * storage_type.dtype.itemsize > self.file_size:
-            raise ValueError(f"storage {key!r} claims {numel!r} elements of {storage_type.dtype.itemsize} bytes; "
-                             f"the file has {self.file_size} bytes")
+            raise ValueError(
+                f"storage {key!r} claims {numel!r} elements of {storage_type.dtype.itemsize} bytes; "
+                f"the file has {self.file_size} bytes"
+            )
         if key not in self.storages:
             self.storages[key] = _Storage(storage_type.dtype, numel)
         elif self.storages[key].numel != numel or self.storages[key].dtype != storage_type.dtype:
@@ -161,7 +174,9 @@ def _read_storages(f: io.BytesIO, file_size: int, keys: list, storages: dict[str
         dtype = storage.dtype.newbyteorder("<")
         left = file_size - f.tell()
         if count * dtype.itemsize > left:
-            raise ValueError(f"storage {key!r} claims {count} elements of {dtype.itemsize} bytes; {left} bytes are left")
+            raise ValueError(
+                f"storage {key!r} claims {count} elements of {dtype.itemsize} bytes; {left} bytes are left"
+            )
         if count != storage.numel:
             raise ValueError(f"storage {key!r} holds {count} elements; its tensors were told {storage.numel}")
         raw = f.read(count * dtype.itemsize)

@@ -6,4 +6,4 @@ report.md, COCO files, drawings, the eval folder switched in whole) and ``raydet
 May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector, raydet.ingest, raydet.report, raydet.export (``MAY_IMPORT``; tests/test_layers.py checks it).
 """
 
-MAY_IMPORT = ('errors', 'config', 'cluster', 'detector', 'ingest', 'report', 'export')
+MAY_IMPORT = ("errors", "config", "cluster", "detector", "ingest", "report", "export")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from raydet.cluster import storage
-from raydet.errors import UserError
 from raydet.cluster.sizes import format_size
+from raydet.errors import UserError
 
 DRAW_SCORE_THRESHOLD = 0.3  # detections drawn on the example images and contact sheets
 
@@ -127,14 +127,33 @@ def _f(v, fmt: str) -> str:
 
 def format_table(models: dict[str, dict]) -> str:
     """The report's models as a Markdown table (also printed)."""
-    head = ["model", "COCO mAP", "AP50", "AP75", "VOC AP50", "VOC07 AP50", "det/img", "images", "images/s",
-            "p50 ms", "p95 ms", "size"]
+    head = [
+        "model",
+        "COCO mAP",
+        "AP50",
+        "AP75",
+        "VOC AP50",
+        "VOC07 AP50",
+        "det/img",
+        "images",
+        "images/s",
+        "p50 ms",
+        "p95 ms",
+        "size",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in models.items():
-        cells = [md_text(name)] + [_f(m[k], ".3f") for k in ("coco_map", "coco_map_50", "coco_map_75",
-                                                             "voc_map_50", "voc07_map_50")]
-        cells += [_f(m["detections_per_image"], ".1f"), str(m["images"]), _f(m["images_per_s"], ".1f"),
-                  _f(m["latency_ms_p50"], ".3f"), _f(m["latency_ms_p95"], ".3f"), format_size(m["size_bytes"])]
+        cells = [md_text(name)] + [
+            _f(m[k], ".3f") for k in ("coco_map", "coco_map_50", "coco_map_75", "voc_map_50", "voc07_map_50")
+        ]
+        cells += [
+            _f(m["detections_per_image"], ".1f"),
+            str(m["images"]),
+            _f(m["images_per_s"], ".1f"),
+            _f(m["latency_ms_p50"], ".3f"),
+            _f(m["latency_ms_p95"], ".3f"),
+            format_size(m["size_bytes"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -153,39 +172,46 @@ def format_class_table(models: dict[str, dict], classes: list[str]) -> str:
 
 
 def _markdown(report: dict, table: str, class_table: str) -> str:
-    return (f"# raydet evaluation\n\n{md_text(report['split'])} split of {md_text(report['data'])}, classes: "
-            f"{', '.join(md_text(c) for c in report['classes'])}; {report['actors']} actor(s) x "
-            f"{report['threads']} thread(s), batch size {report['batch_size']}.\n\n{table}\n\n## Per class\n\n"
-            f"{class_table}\n\n"
-            f"- detections: the {report['top_k']} best heatmap peaks per image with score >= "
-            f"{report['score_threshold']} (every one is in the metrics and the COCO detections file); drawings show "
-            f"those with score >= {report['draw_score_threshold']}.\n"
-            "- COCO mAP / AP50 / AP75: pycocotools' 101-point AP at IoU .50:.95 / .50 / .75 (difficult objects "
-            "count); VOC AP50: all-point AP at IoU > 0.5, VOC07: 11-point (difficult objects ignored).\n"
-            "- recall50: objects matched at IoU 0.5 under COCO's rules.\n"
-            "- images/s: from the first batch's start to the last batch's end in the actors (model loading "
-            "excluded; decoding and matching included).\n"
-            "- latency: .tflite models are invoked one image at a time and each invoke is timed; the Keras model "
-            "is called once per chunk and each image gets the call's time / images.\n")
+    return (
+        f"# raydet evaluation\n\n{md_text(report['split'])} split of {md_text(report['data'])}, classes: "
+        f"{', '.join(md_text(c) for c in report['classes'])}; {report['actors']} actor(s) x "
+        f"{report['threads']} thread(s), batch size {report['batch_size']}.\n\n{table}\n\n## Per class\n\n"
+        f"{class_table}\n\n"
+        f"- detections: the {report['top_k']} best heatmap peaks per image with score >= "
+        f"{report['score_threshold']} (every one is in the metrics and the COCO detections file); drawings show "
+        f"those with score >= {report['draw_score_threshold']}.\n"
+        "- COCO mAP / AP50 / AP75: pycocotools' 101-point AP at IoU .50:.95 / .50 / .75 (difficult objects "
+        "count); VOC AP50: all-point AP at IoU > 0.5, VOC07: 11-point (difficult objects ignored).\n"
+        "- recall50: objects matched at IoU 0.5 under COCO's rules.\n"
+        "- images/s: from the first batch's start to the last batch's end in the actors (model loading "
+        "excluded; decoding and matching included).\n"
+        "- latency: .tflite models are invoked one image at a time and each invoke is timed; the Keras model "
+        "is called once per chunk and each image gets the call's time / images.\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- drawings
 
-def draw_or_report(out: Path, ds, count: int, results: dict[str, ModelResult], classes: list[str],
-                    source: str | None, shown: str) -> None:
+
+def draw_or_report(
+    out: Path, ds, count: int, results: dict[str, ModelResult], classes: list[str], source: str | None, shown: str
+) -> None:
     """Draw ``count`` images of ``ds`` into ``out`` (``shown``: where they will be, for the message); any failure
     is printed, not raised (the report is written by now)."""
     try:
         rows = sorted(ds.limit(count).take_all(), key=lambda r: r["file"])
         sheets = draw_examples(out, rows, results, classes, source)
-        print(f"drawings: {len(rows)} images per model in {shown} "
-              f"(contact sheets: {', '.join(p.name for p in sheets)})", flush=True)
+        print(
+            f"drawings: {len(rows)} images per model in {shown} (contact sheets: {', '.join(p.name for p in sheets)})",
+            flush=True,
+        )
     except Exception as exc:  # noqa: BLE001 -- drawings are a by-product; the metrics are already written
         print(f"drawings failed ({type(exc).__name__}: {exc}); report and COCO files are written", flush=True)
 
 
-def draw_examples(out: Path, rows: list[dict], results: dict[str, ModelResult], classes: list[str],
-                  source: str | None) -> list[Path]:
+def draw_examples(
+    out: Path, rows: list[dict], results: dict[str, ModelResult], classes: list[str], source: str | None
+) -> list[Path]:
     """Draw ``rows`` (PREP rows with ``image``) with ground truth (green) and each model's detections of score
     >= ``DRAW_SCORE_THRESHOLD`` (all of them, labelled with class and score).
 
@@ -201,12 +227,19 @@ def draw_examples(out: Path, rows: list[dict], results: dict[str, ModelResult], 
         by_file = {im.file: im for im in result.images}
         drawn, captions = [], []
         for k, (row, base) in enumerate(zip(rows, bases)):
-            gt, gt_labels = ground_truth_pixels(row["boxes"], row["labels"], row["num_objects"], row["width"],
-                                                row["height"])
+            gt, gt_labels = ground_truth_pixels(
+                row["boxes"], row["labels"], row["num_objects"], row["width"], row["height"]
+            )
             det = by_file[row["file"]]
             keep = det.scores >= DRAW_SCORE_THRESHOLD
-            img = draw.draw_detections(base, gt, [classes[i] for i in gt_labels], det.boxes[keep],
-                                       [classes[i] for i in det.labels[keep]], det.scores[keep].tolist())
+            img = draw.draw_detections(
+                base,
+                gt,
+                [classes[i] for i in gt_labels],
+                det.boxes[keep],
+                [classes[i] for i in det.labels[keep]],
+                det.scores[keep].tolist(),
+            )
             stem = Path(row["file"]).stem
             draw.write_png(out / f"{name}_{k:03d}_{stem}.png", img)
             drawn.append(img)
@@ -218,8 +251,10 @@ def draw_examples(out: Path, rows: list[dict], results: dict[str, ModelResult], 
 
 # ---------------------------------------------------------------------------------------------- COCO files
 
-def write_coco(out: Path, gt_rows: list[dict], classes: list[str], results: dict[str, ModelResult],
-               shown: str | None = None) -> list[Path]:
+
+def write_coco(
+    out: Path, gt_rows: list[dict], classes: list[str], results: dict[str, ModelResult], shown: str | None = None
+) -> list[Path]:
     """``out/ground_truth.json`` (COCO instances; ``file_name`` = the Parquet ``file``, ids = position + 1 in
     ``gt_rows``, which must be sorted as the ids were given) and ``out/detections_<model>.json`` (COCO results:
     every detection the metrics saw, bbox ``[xmin, ymin, w, h]`` original pixels, each image's in score order).
@@ -228,14 +263,25 @@ def write_coco(out: Path, gt_rows: list[dict], classes: list[str], results: dict
 
     images = []
     for row in gt_rows:
-        boxes, labels = ground_truth_pixels(row["boxes"], row["labels"], row["num_objects"], row["width"],
-                                            row["height"])
-        images.append({"file": row["file"], "width": int(row["width"]), "height": int(row["height"]),
-                       "boxes": boxes, "labels": labels})
+        boxes, labels = ground_truth_pixels(
+            row["boxes"], row["labels"], row["num_objects"], row["width"], row["height"]
+        )
+        images.append(
+            {
+                "file": row["file"],
+                "width": int(row["width"]),
+                "height": int(row["height"]),
+                "boxes": boxes,
+                "labels": labels,
+            }
+        )
     written = [coco.write_json(out / "ground_truth.json", coco.ground_truth(images, classes))]
     for name, result in results.items():
-        predictions = [{"image_id": im.image_id, "box": box, "label": int(label), "score": float(score)}
-                       for im in result.images for box, label, score in zip(im.boxes, im.labels, im.scores)]
+        predictions = [
+            {"image_id": im.image_id, "box": box, "label": int(label), "score": float(score)}
+            for im in result.images
+            for box, label, score in zip(im.boxes, im.labels, im.scores)
+        ]
         written.append(coco.write_json(out / f"detections_{name}.json", coco.detections(predictions, classes)))
     print(f"COCO files: {', '.join(p.name for p in written)} in {shown or out}", flush=True)
     return written

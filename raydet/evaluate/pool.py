@@ -45,13 +45,22 @@ from pathlib import Path
 import numpy as np
 
 from raydet.cluster import storage
-from raydet.config import EvaluateConfig
-from raydet.errors import UserError, UserFileNotFoundError
-from raydet.evaluate.outputs import (DRAW_SCORE_THRESHOLD, ImageDetections, ModelResult, draw_or_report,
-                                ground_truth_pixels, publish_eval, published_dir, write_coco, write_report)
-from raydet.export.runner import ModelRunner, batch_plan, check_run, model_file, require_models
 from raydet.cluster.progress import Progress
 from raydet.cluster.runtime import init_ray
+from raydet.config import EvaluateConfig
+from raydet.errors import UserError, UserFileNotFoundError
+from raydet.evaluate.outputs import (
+    DRAW_SCORE_THRESHOLD,
+    ImageDetections,
+    ModelResult,
+    draw_or_report,
+    ground_truth_pixels,
+    publish_eval,
+    published_dir,
+    write_coco,
+    write_report,
+)
+from raydet.export.runner import ModelRunner, batch_plan, check_run, model_file, require_models
 from raydet.ingest.shards import shard_paths
 
 # The actors' CPUs are there by now (check_actor_resources waited for an autoscaler if there is one); this bounds
@@ -59,11 +68,24 @@ from raydet.ingest.shards import shard_paths
 ACTOR_START_TIMEOUT_S = 600
 TOP_K = 100  # detections per image kept for the metrics and the COCO file: COCO's maxDets
 METRIC_SCORE_THRESHOLD = 0.01  # lower-scored peaks change AP by nothing measurable and only fill the files
-REPORT_KEYS = ("coco_map", "coco_map_50", "coco_map_75", "voc_map_50", "voc07_map_50", "per_class", "images",
-               "detections_per_image", "images_per_s", "latency_ms_p50", "latency_ms_p95", "size_bytes")
+REPORT_KEYS = (
+    "coco_map",
+    "coco_map_50",
+    "coco_map_75",
+    "voc_map_50",
+    "voc07_map_50",
+    "per_class",
+    "images",
+    "detections_per_image",
+    "images_per_s",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "size_bytes",
+)
 
 
 # ---------------------------------------------------------------------------------------------- the actor
+
 
 class Predictor:
     """Ray Data actor: one model, loaded once; ``__call__`` turns a PREP batch into one row of partial results.
@@ -86,8 +108,9 @@ class Predictor:
 
         t_start = time.time()
         if self.runner.num_classes != self.num_classes:  # raised here, not in __init__: a task error reaches the driver
-            raise UserError(f"{self.runner.path.name} predicts {self.runner.num_classes} classes, "
-                            f"the data has {self.num_classes}")
+            raise UserError(
+                f"{self.runner.path.name} predicts {self.runner.num_classes} classes, the data has {self.num_classes}"
+            )
         outputs, seconds = self.runner.predict(batch["image"])
         decoded = decode(outputs["heatmap"], outputs["boxes"], top_k=TOP_K, score_threshold=METRIC_SCORE_THRESHOLD)
         difficult = difficult_of(batch)
@@ -96,31 +119,71 @@ class Predictor:
             width, height, n = float(batch["width"][i]), float(batch["height"][i]), int(batch["num_objects"][i])
             gt, gt_labels = ground_truth_pixels(batch["boxes"][i], batch["labels"][i], n, width, height)
             det = decoded[i]
-            image = ImageDetections(file=str(file), image_id=self.image_ids[str(file)],
-                                    boxes=to_pixels(det.boxes, width, height), labels=det.labels, scores=det.scores)
-            matches.append(match_image(gt, gt_labels, image.boxes, image.labels, image.scores, self.num_classes,
-                                       image_id=image.image_id, gt_difficult=difficult[i, :n]))
+            image = ImageDetections(
+                file=str(file),
+                image_id=self.image_ids[str(file)],
+                boxes=to_pixels(det.boxes, width, height),
+                labels=det.labels,
+                scores=det.scores,
+            )
+            matches.append(
+                match_image(
+                    gt,
+                    gt_labels,
+                    image.boxes,
+                    image.labels,
+                    image.scores,
+                    self.num_classes,
+                    image_id=image.image_id,
+                    gt_difficult=difficult[i, :n],
+                )
+            )
             images.append(image)
-        partial = {"match": MatchStats.concat(matches) if matches else MatchStats.empty(self.num_classes),
-                   "images": images, "latency_s": seconds, "t_start": t_start, "t_end": time.time(),
-                   "pid": os.getpid()}
+        partial = {
+            "match": MatchStats.concat(matches) if matches else MatchStats.empty(self.num_classes),
+            "images": images,
+            "latency_s": seconds,
+            "t_start": t_start,
+            "t_end": time.time(),
+            "pid": os.getpid(),
+        }
         # pickled by hand: Arrow has no type for these objects, and bytes travel without a fallback warning
         return {"partial": np.array([pickle.dumps(partial)], dtype=object)}
 
 
 # ---------------------------------------------------------------------------------------------- driver
 
-def run_model(ds, name: str, path: str | Path, *, classes: list[str], image_ids: dict[str, int], actors: int,
-              threads: int, batch_size: int, predictor: type = Predictor, size_bytes: int | None = None) -> ModelResult:
+
+def run_model(
+    ds,
+    name: str,
+    path: str | Path,
+    *,
+    classes: list[str],
+    image_ids: dict[str, int],
+    actors: int,
+    threads: int,
+    batch_size: int,
+    predictor: type = Predictor,
+    size_bytes: int | None = None,
+) -> ModelResult:
     """Evaluate one model on a (materialized) PREP dataset ``ds`` in ``actors`` actors of ``threads`` CPUs, each
     a ``predictor`` (:class:`Predictor` or a subclass taking the same arguments). ``path``: the model file, a
     local path every actor's node sees or a URI; ``size_bytes``: its size (default: read from ``path``)."""
     import ray
 
     mapped = ds.map_batches(
-        predictor, compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, num_cpus=threads,
-        fn_constructor_kwargs={"model_path": str(path), "num_threads": threads, "num_classes": len(classes),
-                               "image_ids": image_ids})
+        predictor,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        batch_size=batch_size,
+        num_cpus=threads,
+        fn_constructor_kwargs={
+            "model_path": str(path),
+            "num_threads": threads,
+            "num_classes": len(classes),
+            "image_ids": image_ids,
+        },
+    )
     # Hand out batches only once every actor has loaded its model: otherwise the first actor ready (seconds
     # ahead: TensorFlow's import) takes a small split alone and N actors measure as one. The context is this
     # dataset's own copy, so nothing global changes.
@@ -146,12 +209,16 @@ def summarize(parts: list[dict], classes: list[str], size_bytes: int) -> dict:
     detections = sum(len(im.scores) for p in parts for im in p["images"])
     latency_ms = np.concatenate([p["latency_s"] for p in parts] or [np.zeros(0)]) * 1000.0
     span = (max(p["t_end"] for p in parts) - min(p["t_start"] for p in parts)) if parts else 0.0
-    report = {**summary, "per_class": [{"class": name, **c} for name, c in zip(classes, summary["per_class"])],
-              "images": images, "detections_per_image": detections / images if images else float("nan"),
-              "images_per_s": images / span if span > 0 else float("nan"),
-              "latency_ms_p50": float(np.percentile(latency_ms, 50)) if images else float("nan"),
-              "latency_ms_p95": float(np.percentile(latency_ms, 95)) if images else float("nan"),
-              "size_bytes": int(size_bytes)}
+    report = {
+        **summary,
+        "per_class": [{"class": name, **c} for name, c in zip(classes, summary["per_class"])],
+        "images": images,
+        "detections_per_image": detections / images if images else float("nan"),
+        "images_per_s": images / span if span > 0 else float("nan"),
+        "latency_ms_p50": float(np.percentile(latency_ms, 50)) if images else float("nan"),
+        "latency_ms_p95": float(np.percentile(latency_ms, 95)) if images else float("nan"),
+        "size_bytes": int(size_bytes),
+    }
     return {k: report[k] for k in REPORT_KEYS}
 
 
@@ -180,8 +247,10 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[dict[str, Path], dict, list[str]]
         if list(run_cfg.get("classes", classes)) != classes:
             raise UserError(f"the run was trained on classes {run_cfg['classes']}, {cfg.data} has {classes}")
         if int(run_cfg.get("image_size", manifest["image_size"])) != int(manifest["image_size"]):
-            raise UserError(f"the run's models take {run_cfg['image_size']} px images, {cfg.data} holds "
-                            f"{manifest['image_size']} px images")
+            raise UserError(
+                f"the run's models take {run_cfg['image_size']} px images, {cfg.data} holds "
+                f"{manifest['image_size']} px images"
+            )
     return paths, manifest, classes
 
 
@@ -220,8 +289,12 @@ def check_actor_resources(cfg: EvaluateConfig) -> None:
     """
     from raydet.cluster.resources import ensure_resources, read_autoscaler
 
-    ensure_resources([{"CPU": cfg.threads}] * cfg.actors, what=f"--actors {cfg.actors} x --threads {cfg.threads}",
-                     timeout_s=cfg.resource_timeout_s, autoscaler=read_autoscaler(cfg.address))
+    ensure_resources(
+        [{"CPU": cfg.threads}] * cfg.actors,
+        what=f"--actors {cfg.actors} x --threads {cfg.threads}",
+        timeout_s=cfg.resource_timeout_s,
+        autoscaler=read_autoscaler(cfg.address),
+    )
 
 
 def evaluate(cfg: EvaluateConfig, predictor: type = Predictor, show_table: bool = True) -> dict:
@@ -263,35 +336,64 @@ def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show
     check_actor_resources(cfg)
 
     # 1. read the split once; every model maps over the same materialized blocks
-    ds, gt_rows, image_ids, batch_size = load_split(cfg.data, cfg.split, int(manifest["image_size"]), cfg.actors,
-                                                      cfg.batch_size)
+    ds, gt_rows, image_ids, batch_size = load_split(
+        cfg.data, cfg.split, int(manifest["image_size"]), cfg.actors, cfg.batch_size
+    )
 
     # 2. each model in its actor pool (a run in a bucket: each actor fetches the model file from there)
     results = {}
     for name, path in paths.items():
         source = storage.join(cfg.run, path.name) if storage.is_uri(cfg.run) else path
-        print(f"evaluate: {name} ({path.name}, {path.stat().st_size:,} bytes) on {len(gt_rows)} images, "
-              f"{cfg.actors} actor(s) x {cfg.threads} thread(s)", flush=True)
-        results[name] = run_model(ds, name, source, classes=classes, image_ids=image_ids, actors=cfg.actors,
-                                  threads=cfg.threads, batch_size=batch_size, predictor=predictor,
-                                  size_bytes=path.stat().st_size)
+        print(
+            f"evaluate: {name} ({path.name}, {path.stat().st_size:,} bytes) on {len(gt_rows)} images, "
+            f"{cfg.actors} actor(s) x {cfg.threads} thread(s)",
+            flush=True,
+        )
+        results[name] = run_model(
+            ds,
+            name,
+            source,
+            classes=classes,
+            image_ids=image_ids,
+            actors=cfg.actors,
+            threads=cfg.threads,
+            batch_size=batch_size,
+            predictor=predictor,
+            size_bytes=path.stat().st_size,
+        )
 
     # 3. COCO files and the report first: a failed drawing must not cost them
-    report = {"models": {name: r.report for name, r in results.items()}, "split": cfg.split,
-              "data": storage.normalize(cfg.data), "classes": classes, "actors": cfg.actors,
-              "threads": cfg.threads, "batch_size": batch_size, "top_k": TOP_K,
-              "score_threshold": METRIC_SCORE_THRESHOLD, "draw_score_threshold": DRAW_SCORE_THRESHOLD,
-              # processes that returned results per model: a pool of N that shared the work shows N (+1 per restart)
-              "actor_pids": {name: sorted(r.actor_pids) for name, r in results.items()},
-              "coco_dir": coco_recorded}  # where raydet.report.page finds them again
+    report = {
+        "models": {name: r.report for name, r in results.items()},
+        "split": cfg.split,
+        "data": storage.normalize(cfg.data),
+        "classes": classes,
+        "actors": cfg.actors,
+        "threads": cfg.threads,
+        "batch_size": batch_size,
+        "top_k": TOP_K,
+        "score_threshold": METRIC_SCORE_THRESHOLD,
+        "draw_score_threshold": DRAW_SCORE_THRESHOLD,
+        # processes that returned results per model: a pool of N that shared the work shows N (+1 per restart)
+        "actor_pids": {name: sorted(r.actor_pids) for name, r in results.items()},
+        "coco_dir": coco_recorded,
+    }  # where raydet.report.page finds them again
     # printed where they will be once RUN/eval is swapped in (and, for a URI run, sent back), not in the stage
     inside = coco_dir == stage or stage in coco_dir.parents
-    write_coco(coco_dir, gt_rows, classes, results,
-               shown=storage.join(shown, coco_recorded) if inside else coco_recorded)
+    write_coco(
+        coco_dir, gt_rows, classes, results, shown=storage.join(shown, coco_recorded) if inside else coco_recorded
+    )
     write_report(stage, report, show_table=show_table)
     if cfg.draw:
-        draw_or_report(stage / "images", ds, cfg.draw, results, classes, manifest.get("source"),
-                        shown=storage.join(shown, "images"))
+        draw_or_report(
+            stage / "images",
+            ds,
+            cfg.draw,
+            results,
+            classes,
+            manifest.get("source"),
+            shown=storage.join(shown, "images"),
+        )
     _html_or_report(run, stage, cfg.run, shown)
     return report
 
@@ -318,8 +420,10 @@ def coco_target(cfg: EvaluateConfig, stage: Path) -> tuple[Path, str]:
         relative = posixpath.relpath(wanted, eval_dir)
         return stage / relative, relative
     if storage.is_uri(wanted):
-        raise UserError(f"--coco-out {cfg.coco_out}: a URI must lie inside the run's eval folder ({eval_dir}); "
-                        "give a local path or leave it out")
+        raise UserError(
+            f"--coco-out {cfg.coco_out}: a URI must lie inside the run's eval folder ({eval_dir}); "
+            "give a local path or leave it out"
+        )
     return Path(wanted), wanted
 
 
@@ -341,7 +445,8 @@ def _html_or_report(run: Path, eval_dir: Path, run_shown: str, shown: str) -> No
         build_report(run, eval_dir=eval_dir)
         print(f"report: {storage.join(shown, 'report.html')}", flush=True)
     except Exception as exc:  # noqa: BLE001 -- the page is a view of files already written
-        print(f"report.html failed ({type(exc).__name__}: {exc}); report.json and COCO files are written; "
-              f"`raydet report {run_shown}` tries again", flush=True)
-
-
+        print(
+            f"report.html failed ({type(exc).__name__}: {exc}); report.json and COCO files are written; "
+            f"`raydet report {run_shown}` tries again",
+            flush=True,
+        )

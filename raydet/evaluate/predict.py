@@ -46,7 +46,9 @@ def collect_images(paths: tuple[str, ...] | list[str]) -> tuple[list[Path], list
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                skipped.append({"file": str(path), "reason": f"folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"})
+                skipped.append(
+                    {"file": str(path), "reason": f"folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"}
+                )
         elif path.is_file():
             found = [path]
         else:
@@ -69,28 +71,34 @@ def _output_name(path: Path, used: set[str]) -> str:
     return name
 
 
-def draw_prediction(path: Path, boxes: np.ndarray, names: list[str], scores: list[float],
-                    max_pixels: int) -> np.ndarray:
+def draw_prediction(
+    path: Path, boxes: np.ndarray, names: list[str], scores: list[float], max_pixels: int
+) -> np.ndarray:
     """The drawing of ``path``'s detections (``boxes`` (D, 4) xyxy in its stored pixels): :func:`draw_encoded`
     of the file's bytes read again."""
     return draw_encoded(path.read_bytes(), boxes, names, scores, max_pixels)
 
 
-def draw_encoded(data: bytes, boxes: np.ndarray, names: list[str], scores: list[float],
-                 max_pixels: int) -> np.ndarray:
+def draw_encoded(data: bytes, boxes: np.ndarray, names: list[str], scores: list[float], max_pixels: int) -> np.ndarray:
     """The drawing of an encoded image's detections (``boxes`` (D, 4) xyxy in its stored pixels): its pixels
     through :func:`raydet.ingest.images.decode_rgb` (the checks and decoders ``decode_resize`` used, so an image the
     model saw is an image that can be drawn), then :func:`raydet.report.draw.draw_detections` (at most
     ``MAX_DRAW_PIXELS``) -> (H', W', 3) uint8 RGB."""
-    from raydet.report import draw
     from raydet.ingest.images import decode_rgb
+    from raydet.report import draw
 
     image = decode_rgb(data, max_pixels=max_pixels)
     return draw.draw_detections(image, np.zeros((0, 4)), [], boxes, names, scores)
 
 
-def detect(runner, pixels: np.ndarray, sizes: list[tuple[int, int]], classes: list[str],
-           score_threshold: float | list[float], top_k: int = TOP_K) -> tuple[list[list[dict]], np.ndarray]:
+def detect(
+    runner,
+    pixels: np.ndarray,
+    sizes: list[tuple[int, int]],
+    classes: list[str],
+    score_threshold: float | list[float],
+    top_k: int = TOP_K,
+) -> tuple[list[list[dict]], np.ndarray]:
     """The detections of decoded images, as ``raydet predict`` and ``raydet serve`` report them.
 
     ``pixels`` (N, S, S, 3) uint8 RGB from :func:`raydet.ingest.images.decode_resize`; ``sizes`` N ``(width, height)``
@@ -110,9 +118,17 @@ def detect(runner, pixels: np.ndarray, sizes: list[tuple[int, int]], classes: li
     for (width, height), det, threshold in zip(sizes, decoded, thresholds):
         keep = det.scores >= threshold
         boxes = to_pixels(det.boxes[keep], width, height)
-        results.append([{"class": classes[int(label)], "label": int(label), "score": float(score),
-                         "box": [float(v) for v in box]}
-                        for box, label, score in zip(boxes, det.labels[keep], det.scores[keep])])
+        results.append(
+            [
+                {
+                    "class": classes[int(label)],
+                    "label": int(label),
+                    "score": float(score),
+                    "box": [float(v) for v in box],
+                }
+                for box, label, score in zip(boxes, det.labels[keep], det.scores[keep])
+            ]
+        )
     return results, seconds
 
 
@@ -148,19 +164,31 @@ def _predict(cfg: PredictConfig, run: Path) -> dict:
 
     runner = ModelRunner(model_path, num_threads=os.cpu_count() or 1)
     if runner.num_classes != len(classes):
-        raise UserError(f"{model_path.name} predicts {runner.num_classes} classes, {run / 'config.json'} names "
-                        f"{len(classes)}: {classes}")
-    print(f"predict: {len(files)} image(s) with {cfg.model} ({model_path.name}, {runner.image_size} px) -> {out}",
-          flush=True)
+        raise UserError(
+            f"{model_path.name} predicts {runner.num_classes} classes, {run / 'config.json'} names "
+            f"{len(classes)}: {classes}"
+        )
+    print(
+        f"predict: {len(files)} image(s) with {cfg.model} ({model_path.name}, {runner.image_size} px) -> {out}",
+        flush=True,
+    )
 
     # 2. decode, predict and draw chunk by chunk; the JSON is rewritten after each
-    report = {"model": cfg.model, "model_file": str(model_path.resolve()), "classes": classes,
-              "score_threshold": cfg.score_threshold, "complete": False, "images": [], "skipped": skipped}
+    report = {
+        "model": cfg.model,
+        "model_file": str(model_path.resolve()),
+        "classes": classes,
+        "score_threshold": cfg.score_threshold,
+        "complete": False,
+        "images": [],
+        "skipped": skipped,
+    }
     used: set[str] = set()
     _write_json(out / "predictions.json", report)  # no stale file from an earlier predict stands in for this one
     for start in range(0, len(files), CHUNK):
-        report["images"] += _predict_chunk(runner, files[start:start + CHUNK], classes, cfg.score_threshold, out,
-                                           used, skipped, cfg.max_pixels)
+        report["images"] += _predict_chunk(
+            runner, files[start : start + CHUNK], classes, cfg.score_threshold, out, used, skipped, cfg.max_pixels
+        )
         _write_json(out / "predictions.json", report)
         print(f"  {min(start + CHUNK, len(files))}/{len(files)} images", flush=True)
 
@@ -180,13 +208,21 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def _predict_chunk(runner, paths: list[Path], classes: list[str], score_threshold: float, out: Path,
-                   used: set[str], skipped: list[dict], max_pixels: int) -> list[dict]:
+def _predict_chunk(
+    runner,
+    paths: list[Path],
+    classes: list[str],
+    score_threshold: float,
+    out: Path,
+    used: set[str],
+    skipped: list[dict],
+    max_pixels: int,
+) -> list[dict]:
     """Decode, predict, draw and describe ``paths``; files that cannot be decoded (over ``max_pixels`` pixels
     included) go to ``skipped``, as does one that changed between its decode and its drawing. Returns one dict
     per drawn image (the ``images`` entries of predictions.json)."""
-    from raydet.report import draw
     from raydet.ingest.images import ImageError, decode_resize
+    from raydet.report import draw
 
     chunk, pixels, sizes = [], [], []
     for path in paths:
@@ -211,6 +247,7 @@ def _predict_chunk(runner, paths: list[Path], classes: list[str], score_threshol
             continue
         name = _output_name(path, used)
         draw.write_png(out / name, drawn)
-        results.append({"file": str(path), "output": name, "width": int(width), "height": int(height),
-                        "detections": dets})
+        results.append(
+            {"file": str(path), "output": name, "width": int(width), "height": int(height), "detections": dets}
+        )
     return results

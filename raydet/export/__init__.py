@@ -7,4 +7,4 @@ model file names of a RUN), LiteRT (``tflite``), post-training quantization to d
 May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector, raydet.ingest (``MAY_IMPORT``; tests/test_layers.py checks it).
 """
 
-MAY_IMPORT = ('errors', 'config', 'cluster', 'detector', 'ingest')
+MAY_IMPORT = ("errors", "config", "cluster", "detector", "ingest")

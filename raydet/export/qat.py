@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from raydet.cluster.runtime import use_legacy_keras
 from raydet.errors import UserError, UserFileNotFoundError
 from raydet.export.runner import QAT_KERAS_FILE as QAT_MODEL
-from raydet.cluster.runtime import use_legacy_keras
 
 # (class name of the layer feeding a BatchNormalization) that tfmot's default 8-bit transforms fold.
 _BN_FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
@@ -80,8 +80,9 @@ def _rescaling_config_class():
                 # min/max over everything seen, as tfmot's own input layer: exactly [0, 1] after one batch.
                 # A moving average starts at [-6, 6] and moves slowly (decay 0.999), so a short fine-tune
                 # would leave the 0..1 pixels only ~23 of the 256 levels.
-                return [qk.quantizers.AllValuesQuantizer(num_bits=8, per_axis=False, symmetric=False,
-                                                         narrow_range=False)]
+                return [
+                    qk.quantizers.AllValuesQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
+                ]
 
             def get_config(self):
                 return {}
@@ -112,8 +113,11 @@ def check_qat_compatible(model) -> None:
             continue
         inbound = [node.inbound_layers for node in layer.inbound_nodes]
         feeders = [f for group in inbound for f in (group if isinstance(group, list) else [group])]
-        ok = len(feeders) == 1 and type(feeders[0]).__name__ in _BN_FOLDABLE and \
-            feeders[0].get_config().get("activation", "linear") == "linear"
+        ok = (
+            len(feeders) == 1
+            and type(feeders[0]).__name__ in _BN_FOLDABLE
+            and feeders[0].get_config().get("activation", "linear") == "linear"
+        )
         if not ok:
             names = ", ".join(f"{f.name} ({type(f).__name__})" for f in feeders) or "nothing"
             bad.append(f"{layer.name} follows {names}")
@@ -121,7 +125,8 @@ def check_qat_compatible(model) -> None:
         raise ValueError(
             "quantization-aware training needs every BatchNormalization directly after a convolution or Dense "
             f"layer without activation, so it can be folded into it; not so for: {'; '.join(bad)}. "
-            "Use the order Conv(no bias) -> BatchNorm -> ReLU -> MaxPool (raydet.detector.model.build_model does).")
+            "Use the order Conv(no bias) -> BatchNorm -> ReLU -> MaxPool (raydet.detector.model.build_model does)."
+        )
 
 
 def apply_qat(model):
@@ -173,8 +178,11 @@ def calibrate_ranges(qat_model, images) -> int:
 
     stats = [v for v in qat_model.variables if "moving_mean" in v.name or "moving_variance" in v.name]
     saved = [v.numpy() for v in stats]
-    ranges = [v for v in qat_model.non_trainable_variables
-              if v.name.split("/")[-1].startswith(("output_min", "post_activation_min", "pre_activation_min"))]
+    ranges = [
+        v
+        for v in qat_model.non_trainable_variables
+        if v.name.split("/")[-1].startswith(("output_min", "post_activation_min", "pre_activation_min"))
+    ]
     original = quant_ops.MovingAvgQuantize
 
     def without_decay(*args, **kwargs):
@@ -224,8 +232,10 @@ def load_qat_model(path: str | os.PathLike, model_config=None):
         raise UserFileNotFoundError(f"no QAT model at {path}")
     if zipfile.is_zipfile(path):
         if model_config is None:
-            raise UserError(f"{path} is a native .keras zip, which does not deserialize with tfmot wrappers; "
-                            "pass the run's ModelConfig to rebuild it, or save it with raydet.export.qat.save_qat_model")
+            raise UserError(
+                f"{path} is a native .keras zip, which does not deserialize with tfmot wrappers; "
+                "pass the run's ModelConfig to rebuild it, or save it with raydet.export.qat.save_qat_model"
+            )
         from raydet.detector.model import build_model
 
         model = apply_qat(build_model(model_config))

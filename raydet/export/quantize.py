@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from raydet.cluster import storage
+from raydet.cluster.runtime import init_ray, use_legacy_keras
 from raydet.config import QuantizeConfig
 from raydet.errors import UserError, UserFileNotFoundError
 from raydet.export.runner import FLOAT_FILE as FLOAT_MODEL
 from raydet.export.runner import REFERENCE  # the unoptimized .tflite written beside the quantized ones
-from raydet.cluster.runtime import init_ray, use_legacy_keras
 from raydet.ingest.shards import read_split
 
 
@@ -65,8 +65,9 @@ def load_float_model(run_dir: str | os.PathLike):
     return tf_keras.models.load_model(path, compile=False)
 
 
-def calibration_images(prep: str | os.PathLike, limit: int, image_size: int | None = None,
-                       address: str | None = None) -> np.ndarray:
+def calibration_images(
+    prep: str | os.PathLike, limit: int, image_size: int | None = None, address: str | None = None
+) -> np.ndarray:
     """Up to ``limit`` train images of a PREP folder, (N, S, S, 3) uint8, read through Ray Data.
 
     Connects to Ray with :func:`raydet.cluster.runtime.init_ray` (``address``, RAY_ADDRESS or a fresh local Ray). Raises
@@ -75,8 +76,9 @@ def calibration_images(prep: str | os.PathLike, limit: int, image_size: int | No
     """
     train = storage.join(prep, "train")
     if storage.kind(train) != "dir":
-        raise UserFileNotFoundError(f"no calibration images: {train} does not exist (expected a PREP folder "
-                                    "written by `raydet prepare`)")
+        raise UserFileNotFoundError(
+            f"no calibration images: {train} does not exist (expected a PREP folder written by `raydet prepare`)"
+        )
     init_ray(address)
 
     ds = read_split(storage.normalize(prep), "train").select_columns(["image"]).limit(limit)
@@ -85,8 +87,10 @@ def calibration_images(prep: str | os.PathLike, limit: int, image_size: int | No
     if images.ndim != 4 or images.shape[-1] != 3:
         raise UserError(f"{train}: images have shape {images.shape}, expected (N, S, S, 3)")
     if image_size is not None and images.shape[1:3] != (image_size, image_size):
-        raise UserError(f"{train}: images are {images.shape[1]}x{images.shape[2]} but the model takes "
-                        f"{image_size}x{image_size}; calibrate with the PREP the run was trained on")
+        raise UserError(
+            f"{train}: images are {images.shape[1]}x{images.shape[2]} but the model takes "
+            f"{image_size}x{image_size}; calibrate with the PREP the run was trained on"
+        )
     if not len(images):
         raise UserError(f"{train}: no images to calibrate with")
     return images
@@ -163,6 +167,7 @@ def size_rows(run_dir: str | os.PathLike, model=None) -> list[dict]:
 
 def format_size_table(rows: list[dict], weights_bytes: int | None = None) -> str:
     """The rows of :func:`size_rows` as a Markdown table."""
+
     def ratio(x):
         return f"{x:.3f}x" if x is not None else "-"
 
@@ -170,8 +175,10 @@ def format_size_table(rows: list[dict], weights_bytes: int | None = None) -> str
     if weights_bytes:
         lines.append(f"float32 weights: {weights_bytes:,} bytes")
     lines += ["| model | file | bytes | vs float32 weights | vs float32 .tflite |", "|---|---|---:|---:|---:|"]
-    lines += [f"| {r['name']} | {r['file']} | {r['bytes']:,} | {ratio(r['vs_weights'])} | {ratio(r['vs_float32'])} |"
-              for r in rows]
+    lines += [
+        f"| {r['name']} | {r['file']} | {r['bytes']:,} | {ratio(r['vs_weights'])} | {ratio(r['vs_float32'])} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -223,8 +230,10 @@ def _convert_all(cfg: QuantizeConfig, run: Path, prep: str | None) -> dict[str, 
         data = convert(model, mode, calibration, progress=True)
         path = tflite_path(run, mode)
         path.write_bytes(data)
-        print(f"  wrote {storage.join(cfg.run, path.name)} ({len(data):,} bytes, "
-              f"{time.perf_counter() - start:.1f} s)", flush=True)
+        print(
+            f"  wrote {storage.join(cfg.run, path.name)} ({len(data):,} bytes, {time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
         if mode != REFERENCE:
             written[mode] = str(path)
 

@@ -58,10 +58,12 @@ def old_run_error(what: str) -> OldRunError:
     return OldRunError(
         f"{what}: this is a single-box model of an older raydet (class_logits (N, C) and boxes (N, 4) per image); "
         "this raydet version is a dense detector (outputs heatmap (N, G, G, C) and boxes (N, G, G, 4)), so the run "
-        "must be retrained with this raydet version (`raydet train`, then `raydet quantize`)")
+        "must be retrained with this raydet version (`raydet train`, then `raydet quantize`)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- model files
+
 
 def model_file(run: str | os.PathLike, name: str) -> Path:
     """Where model ``name`` (one of ``KNOWN_MODELS``) of a run lives: ``model.keras`` or ``model_<name>.tflite``."""
@@ -86,11 +88,13 @@ def require_models(run: str | os.PathLike, names: tuple[str, ...]) -> dict[str, 
             f"model(s) {', '.join(missing)} not found in {run} "
             f"(expected {', '.join(model_file(run, n).name for n in missing)}); "
             f"this run has: {', '.join(have) if have else 'no models'}"
-            + ("; make the .tflite files with `raydet quantize RUN`" if set(missing) - {"float"} else ""))
+            + ("; make the .tflite files with `raydet quantize RUN`" if set(missing) - {"float"} else "")
+        )
     return {n: model_file(run, n) for n in names}
 
 
 # ---------------------------------------------------------------------------------------------- old runs
+
 
 def model_output_names(path: str | os.PathLike) -> list[str]:
     """The output names of a model file, read without TensorFlow: a ``.keras`` zip's ``config.json``
@@ -146,6 +150,7 @@ def check_outputs(path: Path, shapes: dict[str, tuple]) -> None:
 
 # ---------------------------------------------------------------------------------------------- the runner
 
+
 def batch_plan(images: int, image_size: int, actors: int, batch_size: int | None = None) -> tuple[int, int]:
     """How to cut ``images`` rows for an actor pool -> (blocks, rows per block); one block is one actor call.
 
@@ -158,7 +163,6 @@ def batch_plan(images: int, image_size: int, actors: int, batch_size: int | None
     rows = batch_size or int(np.clip(AUTO_BATCH_BYTES // (image_size * image_size * 3), 16, MAX_AUTO_BATCH))
     blocks = min(images, max(math.ceil(images / rows), 2 * actors))
     return blocks, math.ceil(images / blocks)
-
 
 
 def _local_model(path: str | os.PathLike) -> Path:
@@ -231,7 +235,7 @@ class ModelRunner:
         parts, seconds = {name: [] for name in OUTPUT_NAMES}, np.zeros(len(images))
         for i in range(len(images)):
             t = time.perf_counter()
-            out = self._tflite.predict(images[i:i + 1])
+            out = self._tflite.predict(images[i : i + 1])
             seconds[i] = time.perf_counter() - t
             for name in OUTPUT_NAMES:
                 parts[name].append(out[name])
@@ -240,21 +244,24 @@ class ModelRunner:
     def _predict_keras(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         t = time.perf_counter()
         chunk = max(1, KERAS_CHUNK_BYTES // max(1, images[0].nbytes))
-        outs = [self._model.predict_on_batch(images[i:i + chunk].astype(np.float32))
-                for i in range(0, len(images), chunk)]
+        outs = [
+            self._model.predict_on_batch(images[i : i + chunk].astype(np.float32)) for i in range(0, len(images), chunk)
+        ]
         seconds = np.full(len(images), (time.perf_counter() - t) / len(images))
-        return {name: np.concatenate([np.asarray(o[name], np.float32) for o in outs]) for name in OUTPUT_NAMES}, \
-            seconds
+        return {name: np.concatenate([np.asarray(o[name], np.float32) for o in outs]) for name in OUTPUT_NAMES}, seconds
 
     def predict(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``images`` (N, S, S, 3) uint8 RGB 0..255 -> (``{"heatmap": (N, G, G, C), "boxes": (N, G, G, 4)
         [off_x, off_y, w, h]}`` float32, ``seconds`` (N,) float64 model time per image)."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
-            raise ValueError(f"{self.path.name} takes (N, {self.image_size}, {self.image_size}, 3) images, "
-                             f"got {images.shape}")
+            raise ValueError(
+                f"{self.path.name} takes (N, {self.image_size}, {self.image_size}, 3) images, got {images.shape}"
+            )
         if len(images) == 0:
             g, c = self.grid, self.num_classes
-            return {"heatmap": np.zeros((0, g, g, c), np.float32), "boxes": np.zeros((0, g, g, 4), np.float32)}, \
-                np.zeros(0)
+            return {
+                "heatmap": np.zeros((0, g, g, c), np.float32),
+                "boxes": np.zeros((0, g, g, 4), np.float32),
+            }, np.zeros(0)
         return self._predict(images)

@@ -73,13 +73,16 @@ class TFLiteModel:
         self._interpreter = Interpreter(model_path=path, num_threads=num_threads)
         signatures = self._interpreter.get_signature_list()
         if SIGNATURE not in signatures:
-            raise ValueError(f"{path}: no {SIGNATURE!r} signature (found {sorted(signatures)}); "
-                             "was it written by raydet quantize?")
+            raise ValueError(
+                f"{path}: no {SIGNATURE!r} signature (found {sorted(signatures)}); was it written by raydet quantize?"
+            )
         names = signatures[SIGNATURE]
         missing = [n for n in OUTPUT_NAMES if n not in names["outputs"]]
         if len(names["inputs"]) != 1 or missing:
-            raise ValueError(f"{path}: expected one input and outputs {list(OUTPUT_NAMES)}, "
-                             f"found inputs {names['inputs']} and outputs {names['outputs']}")
+            raise ValueError(
+                f"{path}: expected one input and outputs {list(OUTPUT_NAMES)}, "
+                f"found inputs {names['inputs']} and outputs {names['outputs']}"
+            )
         self._runner = self._interpreter.get_signature_runner(SIGNATURE)
         self._input_name = names["inputs"][0]
         self._input = self._runner.get_input_details()[self._input_name]
@@ -122,7 +125,7 @@ class TFLiteModel:
             raise ValueError(f"images must be (N, {self.image_size}, {self.image_size}, 3), got {images.shape}")
         parts = {name: [] for name in OUTPUT_NAMES}
         for start in range(0, len(images), self.batch_size):
-            out = self._runner(**{self._input_name: self._prepare(images[start:start + self.batch_size])})
+            out = self._runner(**{self._input_name: self._prepare(images[start : start + self.batch_size])})
             for name in OUTPUT_NAMES:
                 scale, zero_point = self._outputs[name]["quantization"]
                 value = out[name]

@@ -8,4 +8,4 @@ Data (``prepare``) and the built-in synthetic dataset (``synth``).
 May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector (``MAY_IMPORT``; tests/test_layers.py checks it).
 """
 
-MAY_IMPORT = ('errors', 'config', 'cluster', 'detector')
+MAY_IMPORT = ("errors", "config", "cluster", "detector")

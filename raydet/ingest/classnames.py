@@ -55,8 +55,10 @@ def parse_class_list(text: str | None) -> tuple[str, ...] | None:
         names = tuple(clean_class_name(part) for part in text.split(","))
         where = f"class list {text!r}"
         if not names or any(not n for n in names):
-            raise UserError(f"malformed {where}: expected comma-separated non-empty names, e.g. 'cat,dog', "
-                            "or a file with one name per line")
+            raise UserError(
+                f"malformed {where}: expected comma-separated non-empty names, e.g. 'cat,dog', "
+                "or a file with one name per line"
+            )
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise UserError(f"malformed {where}: repeated class names {dupes}")

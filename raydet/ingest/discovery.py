@@ -102,8 +102,9 @@ def _leaves_root(relpath: str, target: str) -> str:
     return f"{relpath}: symlink leaves the dataset root (points to {target})"
 
 
-def read_file(filesystem: pafs.FileSystem, root: str, relpath: str, max_bytes: int | None = None,
-              limit_name: str = "") -> bytes:
+def read_file(
+    filesystem: pafs.FileSystem, root: str, relpath: str, max_bytes: int | None = None, limit_name: str = ""
+) -> bytes:
     """Bytes of ``root/relpath`` on ``filesystem`` (picklable arguments: usable inside a Ray task).
 
     Raises ``VocError`` naming ``relpath`` for a symlink whose target leaves ``root`` (module docstring), and for
@@ -160,6 +161,7 @@ def open_filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
 @dataclass
 class _Listing:
     """One folder's direct children: sub-folder names by case-folded name, and file names."""
+
     dirs: dict[str, str]
     files: list[str]
 
@@ -178,6 +180,7 @@ def _symlinks(filesystem: pafs.FileSystem, path: str) -> frozenset[str]:
 @dataclass
 class _Tree:
     """The dataset root while discovery lists it, and the symlinks it refused: relative path -> reason."""
+
     filesystem: pafs.FileSystem
     root: str
     refused: dict[str, str] = field(default_factory=dict)
@@ -222,6 +225,7 @@ def _image_names(listing: _Listing) -> frozenset[str]:
 @dataclass
 class _Found:
     """What one layout found, paths relative to the dataset root."""
+
     layout: str
     annotations: list[AnnotationRef]
     image_files: dict[str, frozenset[str]]
@@ -300,10 +304,12 @@ def _train_test(tree: _Tree, listing: _Listing) -> _Found | None:
 
 def _detect(tree: _Tree, listing: _Listing) -> _Found | None:
     """The root's layout, trying them in the documented order."""
-    return (_devkit(tree, "", listing)
-            or _paired(tree, "", listing, None)
-            or _train_test(tree, listing)
-            or _flat("", listing, None))
+    return (
+        _devkit(tree, "", listing)
+        or _paired(tree, "", listing, None)
+        or _train_test(tree, listing)
+        or _flat("", listing, None)
+    )
 
 
 def _nested_devkit(tree: _Tree, listing: _Listing, base: str = "", depth: int = 2) -> list[_Found]:
@@ -324,8 +330,14 @@ def _unlabeled(found: _Found) -> tuple[str, ...]:
     stems: dict[str, set[str]] = {}
     for ref in found.annotations:
         stems.setdefault(ref.image_dir, set()).add(posixpath.splitext(posixpath.basename(ref.annotation))[0])
-    return tuple(sorted(_join(d, n) for d, names in found.image_files.items() for n in names
-                        if posixpath.splitext(n)[0] not in stems.get(d, ())))
+    return tuple(
+        sorted(
+            _join(d, n)
+            for d, names in found.image_files.items()
+            for n in names
+            if posixpath.splitext(n)[0] not in stems.get(d, ())
+        )
+    )
 
 
 def discover(uri_or_path: str) -> Dataset:
@@ -350,12 +362,22 @@ def discover(uri_or_path: str) -> Dataset:
         refused = "".join(f"; refused: {reason}" for reason in tree.refused.values())
         raise UserError(
             f"no VOC annotations found in {uri_or_path}: expected Annotations/ + JPEGImages/ (devkit), "
-            f"annotations/ or annots/ beside images/, train/ + test/ folders, or *.xml beside the images{refused}")
-    return Dataset(filesystem, root, found.layout, tuple(sorted(found.annotations, key=lambda r: r.annotation)),
-                   dict(found.image_files), _unlabeled(found), uri_or_path, tuple(sorted(tree.refused.items())))
+            f"annotations/ or annots/ beside images/, train/ + test/ folders, or *.xml beside the images{refused}"
+        )
+    return Dataset(
+        filesystem,
+        root,
+        found.layout,
+        tuple(sorted(found.annotations, key=lambda r: r.annotation)),
+        dict(found.image_files),
+        _unlabeled(found),
+        uri_or_path,
+        tuple(sorted(tree.refused.items())),
+    )
 
 
 # -------------------------------------------------------------------------------------------- images
+
 
 def _key(name: str) -> str:
     """Comparison key: NFC (macOS stores names decomposed) and case-folded."""
@@ -408,13 +430,15 @@ def resolve_image(dataset_or_names: Dataset | Collection[str], ref: AnnotationRe
     if candidates:
         wanted = _suffix(relative)
         return _join(ref.image_dir, next((c for c in candidates if _suffix(c) == wanted), candidates[0]))
-    raise VocError(f"image not found: {ref.annotation}: no {filename!r} and no {stem}.<image extension> "
-                   f"in {ref.image_dir or '.'}/")
+    raise VocError(
+        f"image not found: {ref.annotation}: no {filename!r} and no {stem}.<image extension> in {ref.image_dir or '.'}/"
+    )
 
 
 def unreferenced_images(dataset: Dataset, used: Collection[str]) -> tuple[str, ...]:
     """Images of the dataset (relative paths) not in ``used`` (the resolved images of the loaded annotations):
     the exact unlabeled list once every ``<filename>`` is known, where ``Dataset.unlabeled_images`` goes by stem."""
     used_set = set(used)
-    return tuple(sorted(p for d, names in dataset.image_files.items() for n in names
-                        if (p := _join(d, n)) not in used_set))
+    return tuple(
+        sorted(p for d, names in dataset.image_files.items() for n in names if (p := _join(d, n)) not in used_set)
+    )

@@ -43,7 +43,6 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-
 # Pixels an image may have (width x height, read from its header before any pixel is decoded); ``--max-pixels``
 # of ``raydet prepare`` and ``raydet predict``. 100 megapixels is above any camera photo (a 61 MP full-frame
 # sensor, a 100 MP medium-format back) and bounds what one decode costs: at most
@@ -144,8 +143,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError as exc:
         refused = _refused_format(data)
         if refused:
-            raise UnsupportedImageError(f"format {refused} not accepted (raydet reads {', '.join(ACCEPTED_FORMATS)})") \
-                from exc
+            raise UnsupportedImageError(
+                f"format {refused} not accepted (raydet reads {', '.join(ACCEPTED_FORMATS)})"
+            ) from exc
         raise UnsupportedImageError(f"not a recognised image ({len(data)} bytes starting {data[:8]!r})") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         raise ImageError(f"corrupt image header: {exc}") from exc
@@ -197,7 +197,8 @@ def _check_size(fmt: str | None, width: int, height: int, max_pixels: int) -> No
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"decompression bomb refused: the {fmt} header says {width} x {height} = {width * height:,} "
-            f"pixels, over the limit of {max_pixels:,}")
+            f"pixels, over the limit of {max_pixels:,}"
+        )
 
 
 def _decode_jpeg_turbo(data: bytes, size: int | None, max_pixels: int) -> tuple[np.ndarray, int, int] | None:

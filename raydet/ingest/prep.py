@@ -65,6 +65,7 @@ class LeaseHeld(UserError):
 @dataclass
 class Lease:
     """The lease this process holds on an ``--out``."""
+
     filesystem: pafs.FileSystem
     path: str
     holder: dict
@@ -76,6 +77,7 @@ class Lease:
 @dataclass(frozen=True)
 class Out:
     """Where a run writes: ``root`` is the PREP (``--out``), ``stage`` the staging folder under it."""
+
     filesystem: pafs.FileSystem
     root: str
     stage: str
@@ -84,11 +86,13 @@ class Out:
 
 # ------------------------------------------------------------------------------------------------ lease
 
+
 def _describe(holder: dict) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("start", 0))))
     beat = time.time() - float(holder.get("heartbeat", holder.get("start", 0)))
-    return (f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {since} "
-            f"(last heartbeat {beat:.0f} s ago)")
+    return (
+        f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {since} (last heartbeat {beat:.0f} s ago)"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -123,16 +127,17 @@ def acquire_lease(filesystem: pafs.FileSystem, root: str, out: str) -> Lease:
     """Take the lease on ``root`` (module docstring) and start its heartbeat; :class:`LeaseHeld` naming the holder
     when a live prepare has it."""
     now = time.time()
-    holder = {"host": socket.gethostname(), "pid": os.getpid(), "start": now, "heartbeat": now,
-              "id": uuid.uuid4().hex}
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "start": now, "heartbeat": now, "id": uuid.uuid4().hex}
     path = f"{root}/{LEASE}"
     if isinstance(filesystem, pafs.LocalFileSystem):
         lease = _acquire_local(filesystem, path, holder, out)
     else:
         current = _read_json(filesystem, path)
         if current and not _is_stale(current, now):
-            raise LeaseHeld(f"--out {out} is being written by another raydet prepare ({_describe(current)}); "
-                            f"wait for it, or delete {out.rstrip('/')}/{LEASE} if that run is gone")
+            raise LeaseHeld(
+                f"--out {out} is being written by another raydet prepare ({_describe(current)}); "
+                f"wait for it, or delete {out.rstrip('/')}/{LEASE} if that run is gone"
+            )
         with filesystem.open_output_stream(path) as stream:
             stream.write(_lease_bytes(holder))
         lease = Lease(filesystem, path, holder)
@@ -150,8 +155,9 @@ def _acquire_local(filesystem: pafs.FileSystem, path: str, holder: dict, out: st
     except OSError:
         current = _read_json(filesystem, path) or {}
         os.close(fd)
-        raise LeaseHeld(f"--out {out} is being written by another raydet prepare ({_describe(current)}); "
-                        "wait for it to finish") from None
+        raise LeaseHeld(
+            f"--out {out} is being written by another raydet prepare ({_describe(current)}); wait for it to finish"
+        ) from None
     _write_fd(fd, holder)  # the lock is ours: whatever the file said was a holder that died
     return Lease(filesystem, path, holder, fd)
 
@@ -201,6 +207,7 @@ def release(out: Out) -> None:
 
 # ------------------------------------------------------------------------------------------ open, commit
 
+
 def open_out(out: str) -> Out:
     """``--out`` (path or URI) -> its lease and a fresh staging folder in it, with empty ``train/`` and ``test/``.
 
@@ -217,12 +224,17 @@ def open_out(out: str) -> Out:
         raise UserError(f"--out {out} is a file, not a folder")
     if info.type == pafs.FileType.Directory:
         children = {i.base_name: i for i in filesystem.get_file_info(pafs.FileSelector(path))}
-        ours = (MANIFEST in children and children[MANIFEST].type == pafs.FileType.File) or JOURNAL in children \
+        ours = (
+            (MANIFEST in children and children[MANIFEST].type == pafs.FileType.File)
+            or JOURNAL in children
             or any(name.startswith((STAGING_PREFIX, OLD_PREFIX)) for name in children)
+        )
         present = [s for s in SPLITS if s in children]
         if present and not ours:
-            raise UserError(f"--out {out} already has {'/ and '.join(present)}/ but no {MANIFEST}: "
-                             "refusing to overwrite a folder raydet did not write")
+            raise UserError(
+                f"--out {out} already has {'/ and '.join(present)}/ but no {MANIFEST}: "
+                "refusing to overwrite a folder raydet did not write"
+            )
     else:
         filesystem.create_dir(path, recursive=True)
     lease = acquire_lease(filesystem, path, out)
@@ -245,8 +257,11 @@ def recover(filesystem: pafs.FileSystem, root: str) -> str:
         _roll_forward(filesystem, root, journal)
         return "completed"
     children = {i.base_name: i for i in filesystem.get_file_info(pafs.FileSelector(root))}
-    leftovers = [i.path for name, i in children.items()
-                 if name.startswith((STAGING_PREFIX, OLD_PREFIX)) and i.type == pafs.FileType.Directory]
+    leftovers = [
+        i.path
+        for name, i in children.items()
+        if name.startswith((STAGING_PREFIX, OLD_PREFIX)) and i.type == pafs.FileType.Directory
+    ]
     ours = MANIFEST in children and children[MANIFEST].type == pafs.FileType.File
     if JOURNAL in children:  # an empty or torn journal: written whole or not at all, so never a commit's
         filesystem.delete_file(children[JOURNAL].path)

@@ -72,17 +72,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from raydet.detector import boxes as B
-from raydet.ingest.classnames import case_collisions
-from raydet.config import PrepareConfig
-from raydet.errors import UserError
-from raydet.ingest.images import DECODE_BYTES_PER_PIXEL, ImageError, decode_resize, exif_orientation
 from raydet.cluster.nodes import check_visible
-from raydet.ingest.prep import MANIFEST, Out, commit, discard, open_out
 from raydet.cluster.progress import Progress
+from raydet.config import PrepareConfig
+from raydet.detector import boxes as B
+from raydet.errors import UserError
+from raydet.ingest.classnames import case_collisions
+from raydet.ingest.discovery import Dataset, discover, read_file, resolve_image, unreferenced_images
+from raydet.ingest.images import DECODE_BYTES_PER_PIXEL, ImageError, decode_resize, exif_orientation
+from raydet.ingest.prep import MANIFEST, Out, commit, discard, open_out
 from raydet.ingest.shards import IMAGE_ENCODING, SPLITS, write_shard
 from raydet.ingest.voc import VocError, VocRecord, fit_to_image, normalize_boxes, parse_voc
-from raydet.ingest.discovery import Dataset, discover, read_file, resolve_image, unreferenced_images
 
 NO_OBJECTS = "no usable objects"
 # Rows per decode task = rows per shard: about this many bytes of pixels, bounded so tiny images do not make
@@ -96,6 +96,7 @@ TASK_BASE_MEMORY = 256 * 2**20  # a decode task's own Python, pyarrow and Parque
 @dataclass(frozen=True)
 class _Planned:
     """One annotation that survived parsing, ready for the decode pass (a negative when it has no objects)."""
+
     index: int  # position among the annotations (shards are named by their first row's index)
     file: str  # image path relative to the dataset root, posix
     split: str
@@ -104,8 +105,10 @@ class _Planned:
 
 # ----------------------------------------------------------------------------------------- Ray tasks
 
-def _parse_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, classes: tuple[str, ...] | None,
-                 max_bytes: int) -> pa.Table:
+
+def _parse_batch(
+    batch: dict, *, filesystem: pafs.FileSystem, root: str, classes: tuple[str, ...] | None, max_bytes: int
+) -> pa.Table:
     """[Ray task] annotation paths -> one row each: the pickled ``VocRecord`` or the error, the node, and the
     task's ``start``/``end`` (wall clock, seconds since the epoch)."""
     import ray
@@ -125,15 +128,31 @@ def _parse_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, classes
         except OSError as exc:  # vanished or unreadable between listing and reading
             records.append(None)
             errors.append(f"{relpath}: cannot read: {exc}")
-    return pa.table({"annotation": pa.array(list(batch["annotation"]), pa.string()),
-                     "record": pa.array(records, pa.binary()), "error": pa.array(errors, pa.string()),
-                     "node": pa.array([node] * len(errors), pa.string()),
-                     "start": [start] * len(errors), "end": [time.time()] * len(errors)})
+    return pa.table(
+        {
+            "annotation": pa.array(list(batch["annotation"]), pa.string()),
+            "record": pa.array(records, pa.binary()),
+            "error": pa.array(errors, pa.string()),
+            "node": pa.array([node] * len(errors), pa.string()),
+            "start": [start] * len(errors),
+            "end": [time.time()] * len(errors),
+        }
+    )
 
 
-def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, out_fs: pafs.FileSystem,
-                        out_root: str, image_size: int, objects_per_row: dict[str, int], class_index: dict[str, int],
-                        max_bytes: int, max_pixels: int) -> pa.Table:
+def _decode_write_batch(
+    batch: dict,
+    *,
+    filesystem: pafs.FileSystem,
+    root: str,
+    out_fs: pafs.FileSystem,
+    out_root: str,
+    image_size: int,
+    objects_per_row: dict[str, int],
+    class_index: dict[str, int],
+    max_bytes: int,
+    max_pixels: int,
+) -> pa.Table:
     """[Ray task] planned rows -> decoded, resized rows written as one Parquet shard per split, objects padded to
     their split's K (``objects_per_row[split]``); images over ``max_bytes`` are skipped unread, images whose header
     gives more than ``max_pixels`` pixels undecoded.
@@ -150,16 +169,25 @@ def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, 
     node = ray.get_runtime_context().get_node_id()
     seconds = {"read": 0.0, "decode": 0.0, "write": 0.0}
     rows = {split: [] for split in SPLITS}
-    summary = {"index": [], "file": [], "ok": [], "reason": [], "objects": [], "dropped": [], "note": [],
-               "orientation": []}
+    summary = {
+        "index": [],
+        "file": [],
+        "ok": [],
+        "reason": [],
+        "objects": [],
+        "dropped": [],
+        "note": [],
+        "orientation": [],
+    }
     for index, file, split, blob in zip(batch["index"], batch["file"], batch["split"], batch["record"]):
         t = time.process_time()
         data, result = _read_image(filesystem, root, file, max_bytes)
         seconds["read"] += time.process_time() - t
         t = time.process_time()
         if data is not None:
-            result = _decode_row(data, file, pickle.loads(blob), image_size, objects_per_row[split], class_index,
-                                 max_pixels)
+            result = _decode_row(
+                data, file, pickle.loads(blob), image_size, objects_per_row[split], class_index, max_pixels
+            )
         seconds["decode"] += time.process_time() - t
         row = result.row
         if row is not None:
@@ -180,12 +208,21 @@ def _decode_write_batch(batch: dict, *, filesystem: pafs.FileSystem, root: str, 
     seconds["write"] = time.process_time() - t
     n = len(summary["index"])
     once = lambda value: [value] + [0.0] * (n - 1)  # noqa: E731 -- per task, not per row
-    return pa.table({**summary, "dropped": pa.array(summary["dropped"], pa.list_(pa.string())),
-                     "node": [node] * n, "start": [start] * n, "end": [time.time()] * n,
-                     **{f"{phase}_s": once(value) for phase, value in seconds.items()}})
+    return pa.table(
+        {
+            **summary,
+            "dropped": pa.array(summary["dropped"], pa.list_(pa.string())),
+            "node": [node] * n,
+            "start": [start] * n,
+            "end": [time.time()] * n,
+            **{f"{phase}_s": once(value) for phase, value in seconds.items()},
+        }
+    )
 
 
-def _read_image(filesystem: pafs.FileSystem, root: str, file: str, max_bytes: int) -> tuple[bytes | None, _Decoded | None]:
+def _read_image(
+    filesystem: pafs.FileSystem, root: str, file: str, max_bytes: int
+) -> tuple[bytes | None, _Decoded | None]:
     """-> (the image's bytes, None), or (None, the skip naming why it cannot be read)."""
     try:
         return read_file(filesystem, root, file, max_bytes, "--max-image-bytes"), None
@@ -198,6 +235,7 @@ def _read_image(filesystem: pafs.FileSystem, root: str, file: str, max_bytes: in
 @dataclass(frozen=True)
 class _Decoded:
     """What the decode pass made of one planned row."""
+
     row: dict | None  # the shard row, None when skipped
     reason: str = ""  # why it was skipped
     dropped: list[str] = field(default_factory=list)  # reasons of objects dropped here
@@ -205,8 +243,15 @@ class _Decoded:
     orientation: int = 1  # the image's EXIF Orientation tag (not applied: raydet.ingest.images)
 
 
-def _decode_row(data: bytes, file: str, record: VocRecord, image_size: int, objects_per_row: int,
-                class_index: dict[str, int], max_pixels: int) -> _Decoded:
+def _decode_row(
+    data: bytes,
+    file: str,
+    record: VocRecord,
+    image_size: int,
+    objects_per_row: int,
+    class_index: dict[str, int],
+    max_pixels: int,
+) -> _Decoded:
     """One image's bytes -> its ``_Decoded``: the row, or the reason it is skipped (not decodable, a ``<size>``
     that is no rescaling of the decoded size: ``voc.fit_to_image``, every box outside the decoded image)."""
     try:
@@ -222,8 +267,15 @@ def _decode_row(data: bytes, file: str, record: VocRecord, image_size: int, obje
     return _Decoded(row, reason, dropped, note if row is not None else "", exif_orientation(data))
 
 
-def _pad_row(file: str, pixels: np.ndarray, record: VocRecord, width: int, height: int, objects_per_row: int,
-             class_index: dict[str, int]) -> tuple[dict | None, str, list[str]]:
+def _pad_row(
+    file: str,
+    pixels: np.ndarray,
+    record: VocRecord,
+    width: int,
+    height: int,
+    objects_per_row: int,
+    class_index: dict[str, int],
+) -> tuple[dict | None, str, list[str]]:
     """A decoded image and its record (boxes in the decoded ``width`` x ``height`` frame) -> (row of the shard or
     None, skip reason, reasons of objects dropped here).
 
@@ -234,8 +286,11 @@ def _pad_row(file: str, pixels: np.ndarray, record: VocRecord, width: int, heigh
     """
     norm = normalize_boxes(record, width, height)  # (N, 4) normalized xyxy, largest first
     inside = B.area(norm) > 0
-    dropped = [f"object {o.name!r} box {o.box} lies outside the decoded {width}x{height} image"
-               for o, ok in zip(record.objects, inside) if not ok]
+    dropped = [
+        f"object {o.name!r} box {o.box} lies outside the decoded {width}x{height} image"
+        for o, ok in zip(record.objects, inside)
+        if not ok
+    ]
     if record.objects and not inside.any():
         return None, f"{file}: {NO_OBJECTS} (every box lies outside the decoded {width}x{height} image)", dropped
     kept = [o for o, ok in zip(record.objects, inside) if ok]
@@ -245,11 +300,24 @@ def _pad_row(file: str, pixels: np.ndarray, record: VocRecord, width: int, heigh
     boxes[: len(kept)] = norm[inside]
     labels[: len(kept)] = [class_index[o.name] for o in kept]
     difficult[: len(kept)] = [o.difficult for o in kept]
-    return {"file": file, "image": pixels, "boxes": boxes, "labels": labels, "difficult": difficult,
-            "num_objects": len(kept), "width": width, "height": height}, "", dropped
+    return (
+        {
+            "file": file,
+            "image": pixels,
+            "boxes": boxes,
+            "labels": labels,
+            "difficult": difficult,
+            "num_objects": len(kept),
+            "width": width,
+            "height": height,
+        },
+        "",
+        dropped,
+    )
 
 
 # ------------------------------------------------------------------------------------------- driver
+
 
 def shard_rows(image_size: int) -> int:
     """Rows per decode task and shard for ``image_size`` px images (about ``SHARD_BYTES`` of pixels)."""
@@ -261,8 +329,12 @@ def decode_task_memory(rows: int, image_size: int, max_pixels: int, max_image_by
     its memory holds: the worst single decode (``DECODE_BYTES_PER_PIXEL`` x ``max_pixels``: images are decoded
     one at a time), the encoded file it came from, the task's resized rows twice (the rows, then the shard being
     written) and ``TASK_BASE_MEMORY``. 2.35 GB at the defaults (docs/INGEST.md, memory)."""
-    return (DECODE_BYTES_PER_PIXEL * max_pixels + max_image_bytes + 2 * rows * image_size * image_size * 3
-            + TASK_BASE_MEMORY)
+    return (
+        DECODE_BYTES_PER_PIXEL * max_pixels
+        + max_image_bytes
+        + 2 * rows * image_size * image_size * 3
+        + TASK_BASE_MEMORY
+    )
 
 
 def _node_memory() -> int | None:
@@ -274,7 +346,7 @@ def _node_memory() -> int | None:
 
 
 def hash_split(file: str, test_fraction: float) -> str:
-    """"test" when sha1(``file``), read as a fraction of 2**160, is below ``test_fraction``; else "train".
+    """ "test" when sha1(``file``), read as a fraction of 2**160, is below ``test_fraction``; else "train".
     Depends on nothing but the path, so adding or removing other images never moves this one."""
     fraction = int.from_bytes(hashlib.sha1(file.encode("utf-8")).digest(), "big") / 2**160
     return "test" if fraction < test_fraction else "train"
@@ -294,9 +366,12 @@ def _parse_all(dataset: Dataset, classes: tuple[str, ...] | None, cpus: int, max
     names = pa.table({"annotation": pa.array([ref.annotation for ref in dataset.annotations], pa.string())})
     blocks = max(min(len(names), 2 * cpus), math.ceil(len(names) / PARSE_ROWS))
     ds = ray.data.from_blocks(_split_table(names, blocks))
-    ds = ds.map_batches(_parse_batch, batch_size=None, batch_format="numpy",
-                        fn_kwargs={"filesystem": dataset.filesystem, "root": dataset.root, "classes": classes,
-                                   "max_bytes": max_bytes})
+    ds = ds.map_batches(
+        _parse_batch,
+        batch_size=None,
+        batch_format="numpy",
+        fn_kwargs={"filesystem": dataset.filesystem, "root": dataset.root, "classes": classes, "max_bytes": max_bytes},
+    )
     return ds.take_all()
 
 
@@ -324,7 +399,9 @@ def _plan(dataset: Dataset, parsed: list[dict], cfg: PrepareConfig) -> tuple[lis
             continue
         resolved.add(image)
         if image in used_by:
-            skipped.append({"file": name, "reason": f"{name}: its image {image} is already labelled by {used_by[image]}"})
+            skipped.append(
+                {"file": name, "reason": f"{name}: its image {image} is already labelled by {used_by[image]}"}
+            )
             continue
         used_by[image] = name
         if not record.objects and len(record.dropped) > record.unlisted:  # objects there, none usable: no negative
@@ -357,14 +434,20 @@ AUTO_QUANTILE = 0.1
 def choose_image_size(planned: list[_Planned]) -> tuple[int, str]:
     """-> (image side, why) from the planned rows' boxes: each box's shorter side as a fraction of the image once
     resized to a square (``min(w / width, h / height)``); records without a ``<size>`` are not counted."""
-    sides = [min((o.box[2] - o.box[0]) / p.record.width, (o.box[3] - o.box[1]) / p.record.height)
-             for p in planned if p.record.width > 0 and p.record.height > 0 for o in p.record.objects]
+    sides = [
+        min((o.box[2] - o.box[0]) / p.record.width, (o.box[3] - o.box[1]) / p.record.height)
+        for p in planned
+        if p.record.width > 0 and p.record.height > 0
+        for o in p.record.objects
+    ]
     if not sides:
         return IMAGE_SIZES[0], "no boxes with a <size> to measure"
     side = float(np.quantile(sides, AUTO_QUANTILE))
     size = next((s for s in IMAGE_SIZES if side * s >= AUTO_MIN_OBJECT_PX), IMAGE_SIZES[-1])
-    return size, (f"{AUTO_QUANTILE:.0%} of the {len(sides)} objects have a shorter side under {side:.3f} of the "
-                  f"image: {side * size:.0f} px at {size} px")
+    return size, (
+        f"{AUTO_QUANTILE:.0%} of the {len(sides)} objects have a shorter side under {side:.3f} of the "
+        f"image: {side * size:.0f} px at {size} px"
+    )
 
 
 def objects_per_row(planned: list[_Planned]) -> dict[str, int]:
@@ -384,23 +467,39 @@ def _largest_first(record: VocRecord, max_objects: int | None, name: str, object
         return replace(record, objects=tuple(record.objects[i] for i in order))
     for i in order[max_objects:]:
         o = record.objects[i]
-        objects_skipped.append({"file": name, "reason": f"object {o.name!r} {o.box}: beyond --max-objects "
-                                                        f"{max_objects} in a train image (the {max_objects} largest "
-                                                        "are kept)"})
+        objects_skipped.append(
+            {
+                "file": name,
+                "reason": f"object {o.name!r} {o.box}: beyond --max-objects "
+                f"{max_objects} in a train image (the {max_objects} largest "
+                "are kept)",
+            }
+        )
     return replace(record, objects=tuple(record.objects[i] for i in order[:max_objects]))
 
 
-def _decode_all(dataset: Dataset, planned: list[_Planned], classes: list[str], out_fs: pafs.FileSystem,
-                out_root: str, cfg: PrepareConfig, cpus: int) -> list[dict]:
+def _decode_all(
+    dataset: Dataset,
+    planned: list[_Planned],
+    classes: list[str],
+    out_fs: pafs.FileSystem,
+    out_root: str,
+    cfg: PrepareConfig,
+    cpus: int,
+) -> list[dict]:
     """Ray Data decode pass: planned rows -> shards on disk, one summary row back per input row."""
     import ray
 
     if not planned:
         return []
-    items = pa.table({"index": pa.array([p.index for p in planned], pa.int64()),
-                      "file": pa.array([p.file for p in planned], pa.string()),
-                      "split": pa.array([p.split for p in planned], pa.string()),
-                      "record": pa.array([pickle.dumps(p.record) for p in planned], pa.binary())})
+    items = pa.table(
+        {
+            "index": pa.array([p.index for p in planned], pa.int64()),
+            "file": pa.array([p.file for p in planned], pa.string()),
+            "split": pa.array([p.split for p in planned], pa.string()),
+            "record": pa.array([pickle.dumps(p.record) for p in planned], pa.binary()),
+        }
+    )
     rows = shard_rows(cfg.image_size)
     # One block per task (batch_size=None) so a task's rows are one shard; at least 2 per CPU so every node
     # of a cluster gets work even from a small dataset.
@@ -408,16 +507,31 @@ def _decode_all(dataset: Dataset, planned: list[_Planned], classes: list[str], o
     memory = decode_task_memory(rows, cfg.image_size, cfg.max_pixels, cfg.max_image_bytes)
     largest = _node_memory()
     if largest is not None and memory > largest:  # declared as is, no task would ever be scheduled
-        print(f"prepare: a decode task may need {memory / 2**30:.1f} GiB at --max-pixels {cfg.max_pixels:,}, more "
-              f"than the largest node's {largest / 2**30:.1f} GiB; one task per node at a time (lower --max-pixels "
-              "to run more)", flush=True)
+        print(
+            f"prepare: a decode task may need {memory / 2**30:.1f} GiB at --max-pixels {cfg.max_pixels:,}, more "
+            f"than the largest node's {largest / 2**30:.1f} GiB; one task per node at a time (lower --max-pixels "
+            "to run more)",
+            flush=True,
+        )
         memory = largest
     ds = ray.data.from_blocks(_split_table(items, blocks))
-    ds = ds.map_batches(_decode_write_batch, batch_size=None, batch_format="numpy", memory=memory, fn_kwargs={
-        "filesystem": dataset.filesystem, "root": dataset.root, "out_fs": out_fs, "out_root": out_root,
-        "image_size": cfg.image_size, "objects_per_row": objects_per_row(planned),
-        "class_index": {name: i for i, name in enumerate(classes)}, "max_bytes": cfg.max_image_bytes,
-        "max_pixels": cfg.max_pixels})
+    ds = ds.map_batches(
+        _decode_write_batch,
+        batch_size=None,
+        batch_format="numpy",
+        memory=memory,
+        fn_kwargs={
+            "filesystem": dataset.filesystem,
+            "root": dataset.root,
+            "out_fs": out_fs,
+            "out_root": out_root,
+            "image_size": cfg.image_size,
+            "objects_per_row": objects_per_row(planned),
+            "class_index": {name: i for i, name in enumerate(classes)},
+            "max_bytes": cfg.max_image_bytes,
+            "max_pixels": cfg.max_pixels,
+        },
+    )
     summaries = []
     with Progress("prepare: decode + resize", total=len(planned)) as bar:
         for row in ds.iter_rows():  # streamed as each task finishes, so the bar moves
@@ -451,11 +565,15 @@ def prepare(cfg: PrepareConfig) -> dict:
     skipped, splits = manifest["skipped"], manifest["splits"]
     if not manifest["images_loaded"]:
         first = "; ".join(s["reason"] for s in skipped[:3])
-        raise UserError(f"nothing loadable in {cfg.data}: all {len(skipped)} annotations skipped "
-                        f"(e.g. {first}); see {shown}")
-    print(f"raydet prepare: loaded {manifest['images_loaded']} images (train {splits['train']}, "
-          f"test {splits['test']}; {manifest['negative_images']} negative), skipped {len(skipped)}; "
-          f"manifest: {shown}", flush=True)
+        raise UserError(
+            f"nothing loadable in {cfg.data}: all {len(skipped)} annotations skipped (e.g. {first}); see {shown}"
+        )
+    print(
+        f"raydet prepare: loaded {manifest['images_loaded']} images (train {splits['train']}, "
+        f"test {splits['test']}; {manifest['negative_images']} negative), skipped {len(skipped)}; "
+        f"manifest: {shown}",
+        flush=True,
+    )
     return manifest
 
 
@@ -483,8 +601,10 @@ def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
             print(f"image size: {size} px, chosen from the boxes ({why}; --image-size to set)", flush=True)
             cfg = replace(cfg, image_size=size)
         if planned and not classes:
-            raise UserError(f"no object of any class in {cfg.data}: all {len(planned)} usable annotations are "
-                            "negatives (no <object>); name the classes with --classes to prepare them")
+            raise UserError(
+                f"no object of any class in {cfg.data}: all {len(planned)} usable annotations are "
+                "negatives (no <object>); name the classes with --classes to prepare them"
+            )
         t_parse = time.perf_counter()
         summaries = _decode_all(dataset, planned, classes, out.filesystem, out.stage, cfg, cpus)
         t_decode = time.perf_counter()
@@ -492,17 +612,26 @@ def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
     loaded, objects_loaded, negatives = _tally(summaries, planned, accounts)
     skipped = accounts["skipped"]
     manifest = {
-        "classes": classes, "image_size": cfg.image_size, "image_encoding": IMAGE_ENCODING,
-        "max_objects": cfg.max_objects, "objects_per_row": objects_per_row(planned),
-        "splits": {split: loaded[split] for split in SPLITS}, "split_source": split_source,
-        "annotations_found": len(dataset.annotations), "images_loaded": sum(loaded.values()),
-        "negative_images": negatives, "skipped": skipped,
-        "objects_loaded": objects_loaded, **objects_skipped_fields(accounts["objects_skipped"]),
+        "classes": classes,
+        "image_size": cfg.image_size,
+        "image_encoding": IMAGE_ENCODING,
+        "max_objects": cfg.max_objects,
+        "objects_per_row": objects_per_row(planned),
+        "splits": {split: loaded[split] for split in SPLITS},
+        "split_source": split_source,
+        "annotations_found": len(dataset.annotations),
+        "images_loaded": sum(loaded.values()),
+        "negative_images": negatives,
+        "skipped": skipped,
+        "objects_loaded": objects_loaded,
+        **objects_skipped_fields(accounts["objects_skipped"]),
         "case_collisions": case_collisions(classes),
-        "rescaled": accounts["rescaled"], "exif_rotated_images": accounts["exif_rotated"],
+        "rescaled": accounts["rescaled"],
+        "exif_rotated_images": accounts["exif_rotated"],
         "refused_links": [{"file": file, "reason": reason} for file, reason in dataset.refused],
         "unlabeled_images": _unlabeled(dataset, accounts["resolved"]),
-        "source": cfg.data, "layout": dataset.layout,
+        "source": cfg.data,
+        "layout": dataset.layout,
         "stats": _stats(parsed, summaries, cpus, started, [t0, t_discover, t_ray, t_parse, t_decode]),
     }
     assert manifest["images_loaded"] + len(skipped) == manifest["annotations_found"], "every annotation accounted for"
@@ -535,8 +664,11 @@ def objects_skipped_fields(entries: list[dict], examples: int = EXAMPLES_PER_REA
         shown[entry["file"], kind] += 1
         if shown[entry["file"], kind] <= examples:
             kept.append(entry)
-    return {"objects_skipped": kept, "objects_skipped_count": len(entries),
-            "objects_skipped_by_reason": dict(sorted(by_reason.items()))}
+    return {
+        "objects_skipped": kept,
+        "objects_skipped_count": len(entries),
+        "objects_skipped_by_reason": dict(sorted(by_reason.items())),
+    }
 
 
 def _tally(summaries: list[dict], planned: list[_Planned], accounts: dict) -> tuple[Counter, int, int]:
@@ -579,12 +711,19 @@ def _stats(parsed: list[dict], summaries: list[dict], cpus: int, started: bool, 
     t0, t_discover, t_ray, t_parse, t_decode = marks
     return {
         "cpus": cpus,
-        "seconds": {"discover": round(t_discover - t0, 3), "ray_start": round(t_ray - t_discover, 3) if started else 0.0,
-                    "parse_pass": round(t_parse - t_ray, 3), "decode_pass": round(t_decode - t_parse, 3),
-                    "parse_window": round(_window(parsed), 3), "decode_window": round(_window(summaries), 3),
-                    "total": round(t_decode - t0, 3)},
+        "seconds": {
+            "discover": round(t_discover - t0, 3),
+            "ray_start": round(t_ray - t_discover, 3) if started else 0.0,
+            "parse_pass": round(t_parse - t_ray, 3),
+            "decode_pass": round(t_decode - t_parse, 3),
+            "parse_window": round(_window(parsed), 3),
+            "decode_window": round(_window(summaries), 3),
+            "total": round(t_decode - t0, 3),
+        },
         # CPU seconds inside the decode tasks, summed over tasks: where the decode pass's work goes
-        "task_cpu_seconds": {phase: round(sum(s[f"{phase}_s"] for s in summaries), 3) for phase in ("read", "decode", "write")},
+        "task_cpu_seconds": {
+            phase: round(sum(s[f"{phase}_s"] for s in summaries), 3) for phase in ("read", "decode", "write")
+        },
         "nodes": {"parse": sorted({r["node"] for r in parsed}), "decode": sorted({s["node"] for s in summaries})},
         "decoded": len(summaries),
     }

@@ -45,6 +45,7 @@ _OBJECT_COLUMNS = {"boxes": (np.float32, (4,)), "labels": (np.int32, ()), "diffi
 
 # -------------------------------------------------------------------------------------------- writing
 
+
 def write_shard(path: str, rows: list[dict], filesystem: pafs.FileSystem | None = None) -> None:
     """Rows (module docstring) -> one Parquet file at ``path`` (``shard_table``), written by ``_write_in_pieces``.
 
@@ -69,21 +70,29 @@ def shard_table(rows: list[dict], where: str = "shard") -> pa.Table:
 
     _check_rows(rows, where)
     k = len(rows[0]["labels"]) if rows else 0
-    difficult = [np.asarray(r["difficult"], np.uint8) if r.get("difficult") is not None else np.zeros(k, np.uint8)
-                 for r in rows]
-    table = pa.table({
-        "file": pa.array([r["file"] for r in rows], pa.string()),
-        "image": _binary_images(np.stack([r["image"] for r in rows])),
-        "boxes": ArrowTensorArray.from_numpy(np.stack([np.asarray(r["boxes"], np.float32) for r in rows])),
-        "labels": ArrowTensorArray.from_numpy(np.stack([np.asarray(r["labels"], np.int32) for r in rows])),
-        "difficult": ArrowTensorArray.from_numpy(np.stack(difficult)),
-        "num_objects": pa.array([r["num_objects"] for r in rows], pa.int32()),
-        "width": pa.array([r["width"] for r in rows], pa.int32()),
-        "height": pa.array([r["height"] for r in rows], pa.int32()),
-    })
+    difficult = [
+        np.asarray(r["difficult"], np.uint8) if r.get("difficult") is not None else np.zeros(k, np.uint8) for r in rows
+    ]
+    table = pa.table(
+        {
+            "file": pa.array([r["file"] for r in rows], pa.string()),
+            "image": _binary_images(np.stack([r["image"] for r in rows])),
+            "boxes": ArrowTensorArray.from_numpy(np.stack([np.asarray(r["boxes"], np.float32) for r in rows])),
+            "labels": ArrowTensorArray.from_numpy(np.stack([np.asarray(r["labels"], np.int32) for r in rows])),
+            "difficult": ArrowTensorArray.from_numpy(np.stack(difficult)),
+            "num_objects": pa.array([r["num_objects"] for r in rows], pa.int32()),
+            "width": pa.array([r["width"] for r in rows], pa.int32()),
+            "height": pa.array([r["height"] for r in rows], pa.int32()),
+        }
+    )
     # S travels with the shard too, so ``image_array`` needs no manifest
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"raydet.image_encoding": IMAGE_ENCODING.encode(),
-                                          b"raydet.image_size": str(rows[0]["image"].shape[0] if rows else 0).encode()})
+    return table.replace_schema_metadata(
+        {
+            **(table.schema.metadata or {}),
+            b"raydet.image_encoding": IMAGE_ENCODING.encode(),
+            b"raydet.image_size": str(rows[0]["image"].shape[0] if rows else 0).encode(),
+        }
+    )
 
 
 def _check_rows(rows: list[dict], where: str) -> None:
@@ -95,24 +104,30 @@ def _check_rows(rows: list[dict], where: str) -> None:
     for r in rows:
         if r["image"].shape != (size, size, 3) or r["image"].dtype != np.uint8:
             # raw bytes carry no shape: a wrong one would be read back as garbage, so refuse it here
-            raise ValueError(f"write_shard {where}: image of {r['file']!r} is {r['image'].shape} {r['image'].dtype}, "
-                             f"expected ({size}, {size}, 3) uint8 like the first row")
+            raise ValueError(
+                f"write_shard {where}: image of {r['file']!r} is {r['image'].shape} {r['image'].dtype}, "
+                f"expected ({size}, {size}, 3) uint8 like the first row"
+            )
         for column, (_, tail) in _OBJECT_COLUMNS.items():
             if column == "difficult" and r.get(column) is None:
                 continue
             shape = np.shape(r[column])
             if shape != (k, *tail):
-                raise ValueError(f"write_shard {where}: {column} of {r['file']!r} has shape {shape}, expected "
-                                 f"{(k, *tail)} (K = {k} objects per row, like the first row)")
+                raise ValueError(
+                    f"write_shard {where}: {column} of {r['file']!r} has shape {shape}, expected "
+                    f"{(k, *tail)} (K = {k} objects per row, like the first row)"
+                )
 
 
 def parquet_options(table: pa.Table) -> dict:
     """``pq.write_table`` options for a shard: codec per column (``IMAGE_COMPRESSION`` for the pixels,
     ``OTHER_COMPRESSION`` for the rest), statistics for the scalar columns only, dictionary encoding for all but
     the pixels."""
-    return {"compression": {c: IMAGE_COMPRESSION if c == "image" else OTHER_COMPRESSION for c in table.column_names},
-            "write_statistics": _STATS_COLUMNS,
-            "use_dictionary": [c for c in table.column_names if c != "image"]}
+    return {
+        "compression": {c: IMAGE_COMPRESSION if c == "image" else OTHER_COMPRESSION for c in table.column_names},
+        "write_statistics": _STATS_COLUMNS,
+        "use_dictionary": [c for c in table.column_names if c != "image"],
+    }
 
 
 def _write_in_pieces(data: pa.Buffer, path: str, filesystem: pafs.FileSystem) -> None:
@@ -135,11 +150,13 @@ def _binary_images(images: np.ndarray) -> pa.Array:
     large = n * row >= 2**31
     offsets = np.arange(0, (n + 1) * row, row, dtype=np.int64 if large else np.int32)
     data = np.ascontiguousarray(images).reshape(-1)
-    return pa.Array.from_buffers(pa.large_binary() if large else pa.binary(), n,
-                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return pa.Array.from_buffers(
+        pa.large_binary() if large else pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
 
 
 # -------------------------------------------------------------------------------------------- reading
+
 
 def difficult_of(batch: dict) -> np.ndarray:
     """A batch of PREP rows (dict of numpy columns, as ``read_split(...).iter_batches(batch_format="numpy")``
@@ -189,14 +206,17 @@ def _binary_image_array(column: pa.ChunkedArray, kind: pa.DataType, image_size: 
     for chunk in column.chunks:
         if chunk.null_count:
             raise ValueError(f"image column has {chunk.null_count} null row(s)")
-        offsets = np.frombuffer(chunk.buffers()[1], np.int64 if large else np.int32, len(chunk) + 1,
-                                chunk.offset * (8 if large else 4))
+        offsets = np.frombuffer(
+            chunk.buffers()[1], np.int64 if large else np.int32, len(chunk) + 1, chunk.offset * (8 if large else 4)
+        )
         if (np.diff(offsets) != row).any():
             bad = int(np.flatnonzero(np.diff(offsets) != row)[0])
-            raise ValueError(f"image row {bad} has {int(np.diff(offsets)[bad])} bytes, expected {row} "
-                             f"({image_size} x {image_size} x 3 uint8)")
+            raise ValueError(
+                f"image row {bad} has {int(np.diff(offsets)[bad])} bytes, expected {row} "
+                f"({image_size} x {image_size} x 3 uint8)"
+            )
         data = np.frombuffer(chunk.buffers()[2], np.uint8) if len(chunk) else np.empty(0, np.uint8)
-        chunks.append(data[offsets[0]:offsets[-1]])
+        chunks.append(data[offsets[0] : offsets[-1]])
     flat = np.concatenate(chunks) if chunks else np.empty(0, np.uint8)
     return flat.reshape(n, image_size, image_size, 3)
 
@@ -224,8 +244,9 @@ def read_split(prep: str | os.PathLike, split: str, **read_kwargs):
     filesystem, root, folder, shards = _split_shards(prep, split)
     schema = pq.read_schema(shards[0], filesystem=filesystem)
     target = prep.rstrip("/") + "/" + split if "://" in prep else folder
-    if "image" in schema.names and (pa.types.is_binary(schema.field("image").type)
-                                    or pa.types.is_large_binary(schema.field("image").type)):
+    if "image" in schema.names and (
+        pa.types.is_binary(schema.field("image").type) or pa.types.is_large_binary(schema.field("image").type)
+    ):
         size = _image_size(filesystem, root, schema)
         read_kwargs = {**read_kwargs, "tensor_column_schema": {"image": (np.uint8, (size, size, 3))}}
         columns = read_kwargs.get("columns")
@@ -249,7 +270,8 @@ def read_blocks(prep: str | os.PathLike, split: str, block_rows: int, num_cpus: 
     n = sum(rows for _, rows in split_rows(prep, split))
     ranges = [{"start": start, "stop": min(n, start + block_rows)} for start in range(0, n, block_rows)]
     return ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
-        _read_block, batch_size=1, num_cpus=num_cpus, fn_kwargs={"prep": str(prep), "split": split})
+        _read_block, batch_size=1, num_cpus=num_cpus, fn_kwargs={"prep": str(prep), "split": split}
+    )
 
 
 def _read_block(ranges: dict, prep: str, split: str) -> dict[str, np.ndarray]:
@@ -301,8 +323,9 @@ def _row_counts(filesystem: pafs.FileSystem, shards: list[str]) -> list[tuple[st
     return counts
 
 
-def read_rows(prep: str | os.PathLike, split: str, start: int = 0, stop: int | None = None,
-              batch_rows: int = 256) -> Iterator[dict[str, np.ndarray]]:
+def read_rows(
+    prep: str | os.PathLike, split: str, start: int = 0, stop: int | None = None, batch_rows: int = 256
+) -> Iterator[dict[str, np.ndarray]]:
     """Rows ``start``..``stop - 1`` of ``PREP/<split>`` (shards by name, rows as stored; ``stop`` None: to the
     end) with plain pyarrow, no Ray: numpy batches of at most ``batch_rows`` rows, columns as ``read_split``'s
     numpy batches (``image`` (n, S, S, 3) uint8; ``boxes`` (n, K, 4) float32 normalized xyxy; ``labels`` (n, K)
@@ -314,7 +337,7 @@ def read_rows(prep: str | os.PathLike, split: str, start: int = 0, stop: int | N
     offset = 0
     for path, rows in _row_counts(filesystem, shards):
         lo = max(start, offset) - offset  # this shard's rows lo..hi - 1 are wanted
-        hi = (rows if stop is None else min(stop - offset, rows))
+        hi = rows if stop is None else min(stop - offset, rows)
         if lo < hi:
             with filesystem.open_input_file(path) as f:
                 shard = pq.ParquetFile(f)
@@ -338,12 +361,17 @@ def _shard_batches(shard: pq.ParquetFile, lo: int, hi: int, batch_rows: int, siz
 def _numpy_batch(table: pa.Table, size: int) -> dict[str, np.ndarray]:
     """A slice of a shard read with pyarrow -> the numpy columns of ``read_rows``."""
     n = table.num_rows
-    out = {"file": np.asarray(table.column("file").to_pylist(), dtype=object),
-           "image": image_array(table, size),
-           "boxes": _tensor_values(table.column("boxes"), np.float32).reshape(n, -1, 4),
-           "labels": _tensor_values(table.column("labels"), np.int32).reshape(n, -1)}
-    out["difficult"] = (_tensor_values(table.column("difficult"), np.uint8).reshape(out["labels"].shape)
-                        if "difficult" in table.column_names else np.zeros(out["labels"].shape, np.uint8))
+    out = {
+        "file": np.asarray(table.column("file").to_pylist(), dtype=object),
+        "image": image_array(table, size),
+        "boxes": _tensor_values(table.column("boxes"), np.float32).reshape(n, -1, 4),
+        "labels": _tensor_values(table.column("labels"), np.int32).reshape(n, -1),
+    }
+    out["difficult"] = (
+        _tensor_values(table.column("difficult"), np.uint8).reshape(out["labels"].shape)
+        if "difficult" in table.column_names
+        else np.zeros(out["labels"].shape, np.uint8)
+    )
     for name in ("num_objects", "width", "height"):
         if name in table.column_names:
             out[name] = table.column(name).to_numpy().astype(np.int32)

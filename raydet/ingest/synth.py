@@ -41,8 +41,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from raydet.detector import boxes as B
 from raydet.config import SynthConfig
+from raydet.detector import boxes as B
 from raydet.errors import UserError, UserNotADirectoryError
 
 SUPERSAMPLE = 4  # the mask is drawn at 4x and averaged down: anti-aliased edges
@@ -68,6 +68,7 @@ def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
 @dataclass(frozen=True)
 class Shape:
     """A class: polygons in unit coordinates ([-1, 1], y down), filled in order; ``hole`` ones are cut out."""
+
     name: str
     polygons: tuple[np.ndarray, ...]
     max_rotation: float  # degrees either way; 180 = any orientation
@@ -79,8 +80,29 @@ SHAPES: tuple[Shape, ...] = (
     Shape("circle", (_regular(48),), 180),
     Shape("square", (np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float),), 15),
     Shape("triangle", (np.array([[0, -1], [1, 0.75], [-1, 0.75]], float),), 40),
-    Shape("cross", (np.array([[-_A, -1], [_A, -1], [_A, -_A], [1, -_A], [1, _A], [_A, _A], [_A, 1], [-_A, 1],
-                              [-_A, _A], [-1, _A], [-1, -_A], [-_A, -_A]], float),), 15),
+    Shape(
+        "cross",
+        (
+            np.array(
+                [
+                    [-_A, -1],
+                    [_A, -1],
+                    [_A, -_A],
+                    [1, -_A],
+                    [1, _A],
+                    [_A, _A],
+                    [_A, 1],
+                    [-_A, 1],
+                    [-_A, _A],
+                    [-1, _A],
+                    [-1, -_A],
+                    [-_A, -_A],
+                ],
+                float,
+            ),
+        ),
+        15,
+    ),
     Shape("star", (_star(),), 180),
     Shape("diamond", (np.array([[0, -1], [1, 0], [0, 1], [-1, 0]], float),), 15),
     Shape("ring", (_regular(48), _regular(48, 0.55)), 180, hole=(False, True)),
@@ -90,6 +112,7 @@ CLASS_NAMES = tuple(s.name for s in SHAPES)
 
 
 # ---------------------------------------------------------------------------------------------- drawing
+
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """(size, size, 3) float32 RGB 0..255: two-colour gradient + smooth blotches + thin clutter lines."""
@@ -108,8 +131,15 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     for _ in range(int(rng.integers(1, 5))):
         (xa, ya), (xb, yb) = rng.uniform(0, size, (2, 2)) * 16  # 4 fractional bits (shift=4)
         colour = tuple(float(v) for v in rng.integers(0, 256, 3))
-        cv2.line(lines, (int(xa), int(ya)), (int(xb), int(yb)), colour,
-                 thickness=int(rng.integers(1, max(1, size // 128) + 1)), lineType=cv2.LINE_AA, shift=4)
+        cv2.line(
+            lines,
+            (int(xa), int(ya)),
+            (int(xb), int(yb)),
+            colour,
+            thickness=int(rng.integers(1, max(1, size // 128) + 1)),
+            lineType=cv2.LINE_AA,
+            shift=4,
+        )
     img = cv2.addWeighted(img, 0.5, lines, 0.5, 0.0)
     return img
 
@@ -130,6 +160,7 @@ def _geometry(shape: Shape, rng: np.random.Generator, size: int, min_side: float
 @dataclass
 class _Placed:
     """An object already in the image: its pixel xyxy int box, colour, and which pixels of its box later boxes cover."""
+
     box: tuple[int, int, int, int]
     colour: np.ndarray
     covered: np.ndarray  # (y1 - y0, x1 - x0) bool
@@ -170,7 +201,7 @@ def _cover(placed: _Placed, box: tuple[int, int, int, int]) -> np.ndarray | None
     if x1 <= x0 or y1 <= y0:
         return None
     covered = placed.covered.copy()
-    covered[y0 - placed.box[1]:y1 - placed.box[1], x0 - placed.box[0]:x1 - placed.box[0]] = True
+    covered[y0 - placed.box[1] : y1 - placed.box[1], x0 - placed.box[0] : x1 - placed.box[0]] = True
     return covered
 
 
@@ -184,8 +215,14 @@ def _contrasting_colour(rng: np.random.Generator, under: np.ndarray, avoid: list
     return candidates[ok[0] if ok.size else int(distance.argmax())]
 
 
-def _paint(img: np.ndarray, rng: np.random.Generator, shape: Shape, polys: list[np.ndarray], box: np.ndarray,
-           avoid: list[np.ndarray]) -> np.ndarray:
+def _paint(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    shape: Shape,
+    polys: list[np.ndarray],
+    box: np.ndarray,
+    avoid: list[np.ndarray],
+) -> np.ndarray:
     """Composite the shape into ``img`` (in place) inside its float pixel xyxy ``box``, with anti-aliased edges
     and light shading, in a colour that stands out from what is under it and from ``avoid`` -> that colour."""
     x0, y0 = int(math.floor(box[0])), int(math.floor(box[1]))
@@ -201,8 +238,9 @@ def _paint(img: np.ndarray, rng: np.random.Generator, shape: Shape, polys: list[
     region = img[y0:y1, x0:x1]
     colour = _contrasting_colour(rng, region, avoid)
     # a gentle linear shade across the object: flat fills would be too easy a cue
-    shade = (np.linspace(-1, 1, w, dtype=np.float32)[None, :, None] * rng.uniform(-20, 20)
-             + np.linspace(-1, 1, h, dtype=np.float32)[:, None, None] * rng.uniform(-20, 20))
+    shade = np.linspace(-1, 1, w, dtype=np.float32)[None, :, None] * rng.uniform(-20, 20) + np.linspace(
+        -1, 1, h, dtype=np.float32
+    )[:, None, None] * rng.uniform(-20, 20)
     region[...] = region * (1 - alpha) + np.clip(colour + shade, 0, 255) * alpha
     return colour
 
@@ -212,8 +250,9 @@ def image_rng(cfg: SynthConfig, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1, index)))
 
 
-def make_image(cfg: SynthConfig, index: int, *, noise: bool = True,
-               limit: int | None = None) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
+def make_image(
+    cfg: SynthConfig, index: int, *, noise: bool = True, limit: int | None = None
+) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
     """Image ``index`` of the dataset: (size, size, 3) uint8 RGB and its objects as (class, pixel xyxy ints), in
     the order they were painted (a later one may cover part of an earlier one).
 
@@ -254,16 +293,21 @@ def make_image(cfg: SynthConfig, index: int, *, noise: bool = True,
 
 # ---------------------------------------------------------------------------------------------- writing
 
+
 def voc_xml(filename: str, size: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
     """An annotation laid out as labelImg writes it (tabs, integer pixel xyxy boxes)."""
-    parts = [f"<annotation>\n\t<folder>JPEGImages</folder>\n\t<filename>{filename}</filename>\n"
-             f"\t<source>\n\t\t<database>raydet synthetic</database>\n\t</source>\n"
-             f"\t<size>\n\t\t<width>{size}</width>\n\t\t<height>{size}</height>\n\t\t<depth>3</depth>\n\t</size>\n"
-             f"\t<segmented>0</segmented>\n"]
+    parts = [
+        f"<annotation>\n\t<folder>JPEGImages</folder>\n\t<filename>{filename}</filename>\n"
+        f"\t<source>\n\t\t<database>raydet synthetic</database>\n\t</source>\n"
+        f"\t<size>\n\t\t<width>{size}</width>\n\t\t<height>{size}</height>\n\t\t<depth>3</depth>\n\t</size>\n"
+        f"\t<segmented>0</segmented>\n"
+    ]
     for name, (x0, y0, x1, y1) in objects:
-        parts.append(f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
-                     f"\t\t<difficult>0</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>{x0}</xmin>\n\t\t\t<ymin>{y0}</ymin>\n"
-                     f"\t\t\t<xmax>{x1}</xmax>\n\t\t\t<ymax>{y1}</ymax>\n\t\t</bndbox>\n\t</object>\n")
+        parts.append(
+            f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
+            f"\t\t<difficult>0</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>{x0}</xmin>\n\t\t\t<ymin>{y0}</ymin>\n"
+            f"\t\t\t<xmax>{x1}</xmax>\n\t\t\t<ymax>{y1}</ymax>\n\t\t</bndbox>\n\t</object>\n"
+        )
     parts.append("</annotation>\n")
     return "".join(parts)
 
@@ -301,7 +345,7 @@ def write_synthetic(cfg: SynthConfig) -> dict:
     out = Path(cfg.out)
     _prepare_out(out)
     objects = 0
-    counts = dict.fromkeys(CLASS_NAMES[:cfg.classes], 0)
+    counts = dict.fromkeys(CLASS_NAMES[: cfg.classes], 0)
     for i in range(cfg.images):
         img, objs = make_image(cfg, i)
         stem = image_id(i)
@@ -316,12 +360,23 @@ def write_synthetic(cfg: SynthConfig) -> dict:
     main = out / "ImageSets" / "Main"
     (main / "train.txt").write_text("".join(f"{x}\n" for x in train))
     (main / "test.txt").write_text("".join(f"{x}\n" for x in test))
-    summary = {"out": str(out), "images": cfg.images, "objects": objects, "classes": list(counts),
-               "objects_per_class": counts, "train": len(train), "test": len(test)}
+    summary = {
+        "out": str(out),
+        "images": cfg.images,
+        "objects": objects,
+        "classes": list(counts),
+        "objects_per_class": counts,
+        "train": len(train),
+        "test": len(test),
+    }
     # no paths in the marker: the same seed gives the same bytes wherever the set is written
-    marker = {"config": {k: v for k, v in asdict(cfg).items() if k != "out"},
-              **{k: v for k, v in summary.items() if k != "out"}}
+    marker = {
+        "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
+        **{k: v for k, v in summary.items() if k != "out"},
+    }
     (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    print(f"synth: {cfg.images} images ({len(train)} train, {len(test)} test) of {cfg.image_size} px, {objects} objects "
-          f"of {cfg.classes} classes ({', '.join(counts)}) -> {out}")
+    print(
+        f"synth: {cfg.images} images ({len(train)} train, {len(test)} test) of {cfg.image_size} px, {objects} objects "
+        f"of {cfg.classes} classes ({', '.join(counts)}) -> {out}"
+    )
     return summary

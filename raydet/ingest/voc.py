@@ -37,8 +37,8 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 
 from raydet.detector import boxes as B
-from raydet.ingest.classnames import clean_class_name
 from raydet.errors import UserError
+from raydet.ingest.classnames import clean_class_name
 
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
 # Coordinates and sizes are ASCII decimal numbers ("12", "12.5", "1e3"): Python's float() would also take
@@ -52,8 +52,11 @@ MIN_BOX_PX = 1.0
 # a 1000 x 750 labelled photo saved at 333 x 250 scales by 0.333 and 0.3333 (rounding), a 0.1% difference.
 SIZE_TOLERANCE = 0.01
 # VOC annotations never need a DTD; refusing it stops billion-laughs and external-entity XML before expansion.
-_UNSAFE = {"DTDForbidden": "it has a DTD (<!DOCTYPE>), which could declare entities",
-           "EntitiesForbidden": "it declares entities", "ExternalReferenceForbidden": "it references an external resource"}
+_UNSAFE = {
+    "DTDForbidden": "it has a DTD (<!DOCTYPE>), which could declare entities",
+    "EntitiesForbidden": "it declares entities",
+    "ExternalReferenceForbidden": "it references an external resource",
+}
 
 
 class VocError(UserError):
@@ -80,6 +83,7 @@ class VocRecord:
 
 
 # --------------------------------------------------------------------------------------------- parsing
+
 
 def _text(elem: Element | None, tag: str) -> str | None:
     """Stripped text of ``elem/tag``; None when the child is missing or empty."""
@@ -147,7 +151,10 @@ def _box(obj: Element, width: int, height: int) -> tuple[tuple[float, float, flo
     w, h = float(clipped[2] - clipped[0]), float(clipped[3] - clipped[1])
     if w < MIN_BOX_PX or h < MIN_BOX_PX:
         where = f" after clipping to {width}x{height}" if width and height else ""
-        return None, f"box under 1 px ({w:g} x {h:g} px{where}; {', '.join(f'{t}={_num(v)}' for t, v in zip(_COORDS, values))})"
+        return (
+            None,
+            f"box under 1 px ({w:g} x {h:g} px{where}; {', '.join(f'{t}={_num(v)}' for t, v in zip(_COORDS, values))})",
+        )
     return tuple(float(v) for v in clipped), ""
 
 
@@ -226,11 +233,17 @@ def fit_to_image(record: VocRecord, width: int, height: int) -> tuple[VocRecord 
         return record, ""
     sx, sy = width / w, height / h
     if abs(sx - sy) <= SIZE_TOLERANCE * max(sx, sy):
-        objects = tuple(replace(o, box=(o.box[0] * sx, o.box[1] * sy, o.box[2] * sx, o.box[3] * sy))
-                        for o in record.objects)
-        return (replace(record, width=width, height=height, objects=objects),
-                f"boxes rescaled from <size> {w}x{h} to decoded {width}x{height}")
+        objects = tuple(
+            replace(o, box=(o.box[0] * sx, o.box[1] * sy, o.box[2] * sx, o.box[3] * sy)) for o in record.objects
+        )
+        return (
+            replace(record, width=width, height=height, objects=objects),
+            f"boxes rescaled from <size> {w}x{h} to decoded {width}x{height}",
+        )
     turned = abs(width / h - height / w) <= SIZE_TOLERANCE * max(width / h, height / w)
-    why = ("width and height swapped: labelled on a turned view, e.g. after EXIF rotation" if turned
-           else "not the same frame at another scale")
+    why = (
+        "width and height swapped: labelled on a turned view, e.g. after EXIF rotation"
+        if turned
+        else "not the same frame at another scale"
+    )
     return None, f"<size> {w}x{h} disagrees with the decoded {width}x{height} image ({why}); boxes cannot be trusted"

@@ -21,8 +21,16 @@ import numpy as np
 
 from raydet.detector import coco
 from raydet.detector.boxes import iou_matrix, xywh_to_xyxy
-from raydet.detector.metrics import (COCO_IOU_THRESHOLDS, COCO_MAX_DETS, COCO_RECALL_POINTS, MatchStats, average_precision,
-                            match_image, mean_over_classes, score_order)
+from raydet.detector.metrics import (
+    COCO_IOU_THRESHOLDS,
+    COCO_MAX_DETS,
+    COCO_RECALL_POINTS,
+    MatchStats,
+    average_precision,
+    match_image,
+    mean_over_classes,
+    score_order,
+)
 
 # pycocotools' areaRng, in original pixels squared; both ends are inclusive there, so an area of exactly 32**2
 # counts as small and as medium
@@ -68,25 +76,37 @@ def from_coco(ground_truth: dict, detections: list[dict]) -> list[ImageResult]:
     for im in sorted(ground_truth["images"], key=lambda im: im["id"]):
         g, d = gts[im["id"]], dets[im["id"]]
         boxes = _xyxy([a["bbox"] for a in g])
-        out.append(ImageResult(
-            image_id=int(im["id"]), file=im["file_name"], width=int(im["width"]), height=int(im["height"]),
-            gt_boxes=boxes, gt_labels=np.array([coco.label_of(a["category_id"]) for a in g], np.int64),
-            gt_areas=np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in g], np.float64),
-            det_boxes=_xyxy([x["bbox"] for x in d]),
-            det_labels=np.array([coco.label_of(x["category_id"]) for x in d], np.int64),
-            det_scores=np.array([x["score"] for x in d], np.float64)))
+        out.append(
+            ImageResult(
+                image_id=int(im["id"]),
+                file=im["file_name"],
+                width=int(im["width"]),
+                height=int(im["height"]),
+                gt_boxes=boxes,
+                gt_labels=np.array([coco.label_of(a["category_id"]) for a in g], np.int64),
+                gt_areas=np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in g], np.float64),
+                det_boxes=_xyxy([x["bbox"] for x in d]),
+                det_labels=np.array([coco.label_of(x["category_id"]) for x in d], np.int64),
+                det_scores=np.array([x["score"] for x in d], np.float64),
+            )
+        )
     return out
 
 
 def match_all(images: list[ImageResult], num_classes: int) -> MatchStats:
     """Every image matched by :func:`raydet.detector.metrics.match_image` at COCO's ten IoU thresholds (no difficult
     flags: COCO files have none, and report.json's COCO figures count every object too)."""
-    parts = [match_image(im.gt_boxes, im.gt_labels, im.det_boxes, im.det_labels, im.det_scores, num_classes,
-                         image_id=im.image_id) for im in images]
+    parts = [
+        match_image(
+            im.gt_boxes, im.gt_labels, im.det_boxes, im.det_labels, im.det_scores, num_classes, image_id=im.image_id
+        )
+        for im in images
+    ]
     return MatchStats.concat(parts) if parts else MatchStats.empty(num_classes)
 
 
 # ------------------------------------------------------------------------------------------ PR curves
+
 
 def pr_curve(stats: MatchStats, label: int, iou_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Class ``label``'s precision-recall curve at ``stats.iou_thresholds[iou_index]`` (IoU 0.5 by default) ->
@@ -105,8 +125,9 @@ def pr_curve(stats: MatchStats, label: int, iou_index: int = 0) -> tuple[np.ndar
     return COCO_RECALL_POINTS.copy(), curve
 
 
-def operating_point(stats: MatchStats, label: int, score_threshold: float = IMAGE_SCORE,
-                    iou_index: int = 0) -> tuple[float, float] | None:
+def operating_point(
+    stats: MatchStats, label: int, score_threshold: float = IMAGE_SCORE, iou_index: int = 0
+) -> tuple[float, float] | None:
     """(recall, precision) of class ``label`` counting only detections scoring >= ``score_threshold``; None
     without ground truth or without such a detection."""
     if int(stats.gt_per_class[label]) == 0:
@@ -128,8 +149,10 @@ def _cumulative(stats: MatchStats, label: int, iou_index: int) -> tuple[np.ndarr
 
 # ------------------------------------------------------------------------------------------ confusion matrix
 
-def confusion_matrix(images: list[ImageResult], num_classes: int, iou_threshold: float = IMAGE_IOU,
-                     score_threshold: float = IMAGE_SCORE) -> np.ndarray:
+
+def confusion_matrix(
+    images: list[ImageResult], num_classes: int, iou_threshold: float = IMAGE_IOU, score_threshold: float = IMAGE_SCORE
+) -> np.ndarray:
     """(C + 1, C + 1) int64 counts: row = true class, column = predicted class, index C = background.
 
     Per image, the detections scoring >= ``score_threshold`` are paired with objects of *any* class,
@@ -158,6 +181,7 @@ def confusion_matrix(images: list[ImageResult], num_classes: int, iou_threshold:
 
 # ------------------------------------------------------------------------------------------ AP by size
 
+
 def ap_by_size(images: list[ImageResult], num_classes: int) -> dict[str, dict]:
     """COCO AP per object size -> ``{"small"|"medium"|"large": {"map", "ap50", "objects"}}``: ``map`` is
     mAP@[.5:.95] (pycocotools' APs/APm/APl), ``ap50`` the AP at IoU 0.5, both means over the classes with
@@ -174,10 +198,14 @@ def ap_by_size(images: list[ImageResult], num_classes: int) -> dict[str, dict]:
             stats, ignored = MatchStats.concat([s for s, _ in parts]), np.concatenate([ig for _, ig in parts])
         else:
             stats, ignored = MatchStats.empty(num_classes), np.zeros((0, COCO_IOU_THRESHOLDS.size), bool)
-        coco_ap = np.stack([average_precision(_at_threshold(stats, ignored, t), 0)
-                            for t in range(COCO_IOU_THRESHOLDS.size)])  # (T, C)
-        out[name] = {"map": mean_over_classes(coco_ap.mean(axis=0)), "ap50": mean_over_classes(coco_ap[0]),
-                     "objects": int(stats.gt_per_class.sum())}
+        coco_ap = np.stack(
+            [average_precision(_at_threshold(stats, ignored, t), 0) for t in range(COCO_IOU_THRESHOLDS.size)]
+        )  # (T, C)
+        out[name] = {
+            "map": mean_over_classes(coco_ap.mean(axis=0)),
+            "ap50": mean_over_classes(coco_ap[0]),
+            "objects": int(stats.gt_per_class.sum()),
+        }
     return out
 
 
@@ -199,15 +227,26 @@ def _match_in_range(im: ImageResult, num_classes: int, low: float, high: float) 
         rows = rows[np.argsort(-im.det_scores[rows], kind="stable")][:COCO_MAX_DETS]
         top[rows] = True
         on_class = im.gt_labels == c
-        hit, on_ignored = _matches_with_ignored(iou_matrix(im.det_boxes[rows], im.gt_boxes[on_class]),
-                                                gt_ignored[on_class], thr)
+        hit, on_ignored = _matches_with_ignored(
+            iou_matrix(im.det_boxes[rows], im.gt_boxes[on_class]), gt_ignored[on_class], thr
+        )
         tp[rows] = hit
         ignored[rows] = on_ignored | (~hit & ~on_ignored & _outside(det_areas[rows], low, high)[:, None])
     counted = np.bincount(im.gt_labels[~gt_ignored], minlength=num_classes).astype(np.int64)
     zeros = np.zeros((n, thr.size), bool)
-    stats = MatchStats(scores=im.det_scores, labels=im.det_labels, image_ids=np.full(n, im.image_id, np.int64),
-                       det_index=np.arange(n, dtype=np.int64), coco_counted=top, tp=tp, voc_tp=zeros,
-                       voc_ignored=zeros, gt_per_class=counted, voc_gt_per_class=counted, iou_thresholds=thr)
+    stats = MatchStats(
+        scores=im.det_scores,
+        labels=im.det_labels,
+        image_ids=np.full(n, im.image_id, np.int64),
+        det_index=np.arange(n, dtype=np.int64),
+        coco_counted=top,
+        tp=tp,
+        voc_tp=zeros,
+        voc_ignored=zeros,
+        gt_per_class=counted,
+        voc_gt_per_class=counted,
+        iou_thresholds=thr,
+    )
     return stats, ignored
 
 
@@ -241,12 +280,18 @@ def _at_threshold(stats: MatchStats, ignored: np.ndarray, t: int) -> MatchStats:
     """A size range's statistics at threshold ``t`` alone, its ignored detections (``ignored`` (D, T)) left out
     of the count, so ``average_precision`` takes them neither as true nor as false positives."""
     one = slice(t, t + 1)
-    return replace(stats, coco_counted=stats.coco_counted & ~ignored[:, t], tp=stats.tp[:, one],
-                   voc_tp=stats.voc_tp[:, one], voc_ignored=stats.voc_ignored[:, one],
-                   iou_thresholds=stats.iou_thresholds[one])
+    return replace(
+        stats,
+        coco_counted=stats.coco_counted & ~ignored[:, t],
+        tp=stats.tp[:, one],
+        voc_tp=stats.voc_tp[:, one],
+        voc_ignored=stats.voc_ignored[:, one],
+        iou_thresholds=stats.iou_thresholds[one],
+    )
 
 
 # ------------------------------------------------------------------------------------------ per image
+
 
 @dataclass(frozen=True)
 class ImageScore:
@@ -265,18 +310,24 @@ class ImageScore:
         return 1.0 if self.tp + wrong == 0 else 2 * self.tp / (2 * self.tp + wrong)
 
 
-def image_scores(images: list[ImageResult], stats: MatchStats, score_threshold: float = IMAGE_SCORE) -> list[ImageScore]:
+def image_scores(
+    images: list[ImageResult], stats: MatchStats, score_threshold: float = IMAGE_SCORE
+) -> list[ImageScore]:
     """Each image's :class:`ImageScore`, worst first: lowest F1, then most errors (fp + fn), then image id.
     ``stats``: :func:`match_all` of ``images`` (its first threshold must be IoU 0.5)."""
     if stats.iou_thresholds[0] != IMAGE_IOU:
-        raise ValueError(f"image_scores needs statistics whose first IoU threshold is {IMAGE_IOU}, got "
-                         f"{stats.iou_thresholds.tolist()}")
+        raise ValueError(
+            f"image_scores needs statistics whose first IoU threshold is {IMAGE_IOU}, got "
+            f"{stats.iou_thresholds.tolist()}"
+        )
     kept = stats.scores >= score_threshold
     ids = np.array([im.image_id for im in images], np.int64)
     by_id = np.argsort(ids)
     pos = by_id[np.searchsorted(ids[by_id], stats.image_ids[kept])]  # each kept detection's image
     found = np.bincount(pos, weights=stats.tp[kept, 0], minlength=len(ids)).astype(np.int64)
     shown = np.bincount(pos, minlength=len(ids))
-    scores = [ImageScore(image_id=int(i), tp=int(t), fp=int(s - t), fn=int(len(im.gt_labels) - t))
-              for i, t, s, im in zip(ids, found, shown, images)]
+    scores = [
+        ImageScore(image_id=int(i), tp=int(t), fp=int(s - t), fn=int(len(im.gt_labels) - t))
+        for i, t, s, im in zip(ids, found, shown, images)
+    ]
     return sorted(scores, key=lambda s: (s.f1, -(s.fp + s.fn), s.image_id))

@@ -45,22 +45,44 @@ def _chromium(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     if exe is None:
         raise UserFileNotFoundError("no Chromium found (Debian: apt-get install chromium)")
     with tempfile.TemporaryDirectory(prefix="raydet-chromium-") as profile:  # no shared profile lock
-        cmd = [exe, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--no-first-run",
-               "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args]
+        cmd = [
+            exe,
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            *args,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"chromium exited {proc.returncode}: {proc.stderr[-2000:]}")
     return proc
 
 
-def screenshot(html_path: str | os.PathLike, png_path: str | os.PathLike, width: int = 1280, height: int = 2000,
-               max_bytes: int | None = None, timeout_s: float = TIMEOUT_S) -> Path:
+def screenshot(
+    html_path: str | os.PathLike,
+    png_path: str | os.PathLike,
+    width: int = 1280,
+    height: int = 2000,
+    max_bytes: int | None = None,
+    timeout_s: float = TIMEOUT_S,
+) -> Path:
     """Save the top ``width`` x ``height`` CSS pixels of the page as PNG at ``png_path``; with ``max_bytes``,
     shrink it (256 colours, then smaller) until it fits. Returns the path."""
     png = Path(png_path).absolute()
     png.parent.mkdir(parents=True, exist_ok=True)
-    _chromium([f"--screenshot={png}", f"--window-size={width},{height}", "--virtual-time-budget=10000",
-               Path(html_path).absolute().as_uri()], timeout_s)
+    _chromium(
+        [
+            f"--screenshot={png}",
+            f"--window-size={width},{height}",
+            "--virtual-time-budget=10000",
+            Path(html_path).absolute().as_uri(),
+        ],
+        timeout_s,
+    )
     if not png.is_file():
         raise RuntimeError(f"chromium wrote no screenshot at {png}")
     if max_bytes is not None:

@@ -27,8 +27,13 @@ _BACKGROUND = (40, 40, 40)  # contact-sheet tiles' padding, RGB
 
 def _check_image(image: np.ndarray, name: str = "image_rgb") -> np.ndarray:
     img = np.asarray(image)
-    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3)) \
-            or img.shape[0] < 1 or img.shape[1] < 1:
+    if (
+        img.dtype != np.uint8
+        or img.ndim not in (2, 3)
+        or (img.ndim == 3 and img.shape[2] not in (1, 3))
+        or img.shape[0] < 1
+        or img.shape[1] < 1
+    ):
         raise ValueError(f"{name} must be an (H, W, 3) uint8 RGB image, got {img.dtype} {img.shape}")
     if img.ndim == 2 or img.shape[2] == 1:  # grayscale: the drawing itself is in colour
         img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2RGB)
@@ -61,8 +66,9 @@ def drawing_size(height: int, width: int, scale: float, max_pixels: int = MAX_DR
     return out_h, out_w
 
 
-def _label_box(img: np.ndarray, text: str, x: int, y: int, color, font_scale: float, thickness: int,
-               below: bool = False) -> None:
+def _label_box(
+    img: np.ndarray, text: str, x: int, y: int, color, font_scale: float, thickness: int, below: bool = False
+) -> None:
     """Text on a filled rectangle of ``color``, above the point (x, y) (below it if ``below`` or no room)."""
     (tw, th), base = cv2.getTextSize(text, _FONT, font_scale, thickness)
     pad = max(2, thickness)
@@ -87,8 +93,15 @@ def _boxes(boxes, n_names: int, name: str) -> np.ndarray:
     return arr
 
 
-def draw_detections(image_rgb: np.ndarray, gt_boxes: np.ndarray, gt_names: Sequence[str], pred_boxes: np.ndarray,
-                    pred_names: Sequence[str], pred_scores: Sequence[float], scale: float | None = None) -> np.ndarray:
+def draw_detections(
+    image_rgb: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_names: Sequence[str],
+    pred_boxes: np.ndarray,
+    pred_names: Sequence[str],
+    pred_scores: Sequence[float],
+    scale: float | None = None,
+) -> np.ndarray:
     """A drawn copy of ``image_rgb`` (H, W, 3) uint8: ground truth in green with its class name, predictions in red
     with ``"name 0.93"``, each label on a filled background.
 
@@ -132,16 +145,25 @@ def draw_detections(image_rgb: np.ndarray, gt_boxes: np.ndarray, gt_names: Seque
     for box, name in zip(gt, gt_names):
         (x0, _), (_, y1) = corners(box)
         (_, th), base = cv2.getTextSize(str(name), _FONT, font_scale, text_thickness)
-        _label_box(out, str(name), x0, y1 - th - base - 2 * max(2, text_thickness), GT_COLOR, font_scale,
-                   text_thickness, below=True)
+        _label_box(
+            out,
+            str(name),
+            x0,
+            y1 - th - base - 2 * max(2, text_thickness),
+            GT_COLOR,
+            font_scale,
+            text_thickness,
+            below=True,
+        )
     for box, name, score in zip(pred, pred_names, pred_scores):
         (x0, y0), _ = corners(box)
         _label_box(out, f"{name} {float(score):.2f}", x0, y0, PRED_COLOR, font_scale, text_thickness)
     return out
 
 
-def contact_sheet(images: Sequence[np.ndarray], columns: int = 4, tile: int = 256,
-                  captions: Sequence[str] | None = None) -> np.ndarray:
+def contact_sheet(
+    images: Sequence[np.ndarray], columns: int = 4, tile: int = 256, captions: Sequence[str] | None = None
+) -> np.ndarray:
     """Images side by side: each fitted (aspect kept) into a ``tile`` x ``tile`` cell on a dark background, with an
     optional caption along the cell's bottom. ``min(columns, len(images))`` columns and as many rows as needed:
     the result is (rows * tile, cols * tile, 3) uint8 RGB."""
@@ -160,9 +182,9 @@ def contact_sheet(images: Sequence[np.ndarray], columns: int = 4, tile: int = 25
         h, w = max(1, round(img.shape[0] * f)), max(1, round(img.shape[1] * f))
         # INTER_AREA shrinks without aliasing; enlarging keeps the drawn lines crisp with INTER_LINEAR
         interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
-        cell = sheet[(i // cols) * tile:(i // cols + 1) * tile, (i % cols) * tile:(i % cols + 1) * tile]
+        cell = sheet[(i // cols) * tile : (i // cols + 1) * tile, (i % cols) * tile : (i % cols + 1) * tile]
         top, left = (tile - h) // 2, (tile - w) // 2
-        cell[top:top + h, left:left + w] = cv2.resize(img, (w, h), interpolation=interp)
+        cell[top : top + h, left : left + w] = cv2.resize(img, (w, h), interpolation=interp)
         if captions is not None and captions[i]:
             _caption(cell, str(captions[i]))
     return sheet

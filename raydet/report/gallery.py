@@ -17,24 +17,25 @@ def read_rows(prep: str | os.PathLike, split: str, files: set[str]) -> dict[str,
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    from raydet.ingest.shards import image_array
-
     from raydet.cluster import storage
+    from raydet.ingest.shards import image_array
 
     if not files:
         return {}
     filesystem, root = storage.resolve(prep)  # a path or a URI: never a Path, which would turn s3:// into s3:/
     dataset = pads.dataset(f"{root}/{split}", format="parquet", filesystem=filesystem)
-    table = dataset.to_table(columns=["file", "image", "width", "height"],
-                             filter=pc.field("file").isin(sorted(files)))
+    table = dataset.to_table(columns=["file", "image", "width", "height"], filter=pc.field("file").isin(sorted(files)))
     images = image_array(table)
     cols = {c: table.column(c).to_pylist() for c in ("file", "width", "height")}
-    return {f: {"file": f, "width": w, "height": h, "image": images[i]}
-            for i, (f, w, h) in enumerate(zip(cols["file"], cols["width"], cols["height"]))}
+    return {
+        f: {"file": f, "width": w, "height": h, "image": images[i]}
+        for i, (f, w, h) in enumerate(zip(cols["file"], cols["width"], cols["height"]))
+    }
 
 
-def original_image(source: str | None, row: dict, max_bytes: int = 64 * 2**20,
-                   max_pixels: int | None = None) -> np.ndarray:
+def original_image(
+    source: str | None, row: dict, max_bytes: int = 64 * 2**20, max_pixels: int | None = None
+) -> np.ndarray:
     """The row's image at its original size, RGB uint8: the dataset's own file when it can be read (sharper),
     else the PREP image stretched back to ``width`` x ``height``. ``source`` is the dataset's path or URI
     (raydet.cluster.storage); the file is decoded through raydet.ingest.images (the formats and limits ``raydet prepare``
@@ -64,17 +65,25 @@ def draw_result(base_rgb: np.ndarray, result, classes: list[str], score_threshol
     from raydet.report import draw
 
     keep = result.det_scores >= score_threshold
-    return draw.draw_detections(base_rgb, result.gt_boxes, [classes[i] for i in result.gt_labels],
-                                result.det_boxes[keep], [classes[i] for i in result.det_labels[keep]],
-                                result.det_scores[keep].tolist())
+    return draw.draw_detections(
+        base_rgb,
+        result.gt_boxes,
+        [classes[i] for i in result.gt_labels],
+        result.det_boxes[keep],
+        [classes[i] for i in result.det_labels[keep]],
+        result.det_scores[keep].tolist(),
+    )
 
 
 def jpeg(image_rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     """(H, W, 3) uint8 RGB -> JPEG file bytes."""
     import cv2
 
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    ok, data = cv2.imencode(
+        ".jpg",
+        cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR),
+        [cv2.IMWRITE_JPEG_QUALITY, int(quality)],
+    )
     if not ok:
         raise ValueError(f"OpenCV could not encode a {np.shape(image_rgb)} image as JPEG")
     return data.tobytes()

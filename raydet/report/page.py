@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from raydet.report import analysis
-from raydet.report import plots
-from raydet.errors import UserFileNotFoundError
 from raydet.cluster.sizes import format_size
+from raydet.errors import UserFileNotFoundError
+from raydet.report import analysis, plots
 
 REPORT_FILE = "report.html"
 GALLERY_IMAGES = 12  # worst test images shown per model
@@ -61,8 +60,9 @@ def read_history(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def build_report(run: str | os.PathLike, gallery_images: int = GALLERY_IMAGES,
-                 eval_dir: str | os.PathLike | None = None) -> Path:
+def build_report(
+    run: str | os.PathLike, gallery_images: int = GALLERY_IMAGES, eval_dir: str | os.PathLike | None = None
+) -> Path:
     """Write ``RUN/eval/report.html`` from the RUN's files (module docstring); returns its path. ``eval_dir``:
     the folder holding report.json (default RUN/eval; evaluate passes its staging folder); a relative
     ``coco_dir`` in report.json is relative to it. FileNotFoundError names a missing report.json or COCO file."""
@@ -72,11 +72,15 @@ def build_report(run: str | os.PathLike, gallery_images: int = GALLERY_IMAGES,
     coco_dir = eval_dir / (report.get("coco_dir") or "coco")  # an absolute coco_dir replaces eval_dir
     gt = _read_json(coco_dir / "ground_truth.json", "the COCO ground truth `raydet evaluate` writes")
     classes = list(report["classes"])
-    found = {name: analyse(gt, _read_json(coco_dir / f"detections_{name}.json", f"{name}'s COCO detections"),
-                           classes) for name in report["models"]}
+    found = {
+        name: analyse(gt, _read_json(coco_dir / f"detections_{name}.json", f"{name}'s COCO detections"), classes)
+        for name in report["models"]
+    }
     drawings, note = _gallery(found, classes, report, gallery_images)
-    views = [ModelView(name, report["models"][name], *_model_plots(name, a, classes), a["sizes"],
-                       drawings.get(name, [])) for name, a in found.items()]
+    views = [
+        ModelView(name, report["models"][name], *_model_plots(name, a, classes), a["sizes"], drawings.get(name, []))
+        for name, a in found.items()
+    ]
     page = render_page(run, report, views, plots.training_curves(read_history(run / "history.jsonl")), note)
     out = eval_dir / REPORT_FILE
     tmp = out.with_name(out.name + ".tmp")
@@ -90,9 +94,13 @@ def analyse(gt: dict, detections: list, classes: list[str]) -> dict:
     ``confusion`` ((C + 1, C + 1)) and ``ranked`` (analysis.ImageScore list, worst first)."""
     images = analysis.from_coco(gt, detections)
     stats = analysis.match_all(images, len(classes))
-    return {"images": images, "stats": stats, "sizes": analysis.ap_by_size(images, len(classes)),
-            "confusion": analysis.confusion_matrix(images, len(classes)),
-            "ranked": analysis.image_scores(images, stats)}
+    return {
+        "images": images,
+        "stats": stats,
+        "sizes": analysis.ap_by_size(images, len(classes)),
+        "confusion": analysis.confusion_matrix(images, len(classes)),
+        "ranked": analysis.image_scores(images, stats),
+    }
 
 
 def _model_plots(name: str, a: dict, classes: list[str]) -> tuple[bytes, bytes]:
@@ -101,16 +109,18 @@ def _model_plots(name: str, a: dict, classes: list[str]) -> tuple[bytes, bytes]:
     ap = {c: float(np.mean(p)) for c, (_, p) in curves.items()}  # the 101-point mean: report.json's AP50
     points = {c: analysis.operating_point(a["stats"], i) for i, c in enumerate(classes)}
     pr = plots.pr_curves(curves, ap, points, title=f"{name}: precision-recall, IoU 0.5")
-    cm = plots.confusion(a["confusion"], classes + ["background"],
-                         title=f"{name}: IoU {analysis.IMAGE_IOU}, score >= {analysis.IMAGE_SCORE}")
+    cm = plots.confusion(
+        a["confusion"],
+        classes + ["background"],
+        title=f"{name}: IoU {analysis.IMAGE_IOU}, score >= {analysis.IMAGE_SCORE}",
+    )
     return pr, cm
 
 
 def _gallery(found: dict, classes: list[str], report: dict, count: int) -> tuple[dict, str]:
     """{model: [(caption, JPEG)]} of each model's ``count`` worst images, and a note ('' when all went well)."""
-    from raydet.report import gallery
-
     from raydet.cluster import storage
+    from raydet.report import gallery
 
     prep = report.get("data") or ""  # a path or a URI (raydet.cluster.storage), never made a Path: s3:// would lose a /
     wanted = {}
@@ -140,8 +150,7 @@ def _drawn(pairs: list, rows: dict, source: str | None, classes: list[str], thre
     for s, im in pairs:
         if im.file in rows:
             drawn = gallery.draw_result(gallery.original_image(source, rows[im.file]), im, classes, threshold)
-            out.append((f"{im.file}: F1 {s.f1:.2f} ({s.tp} found, {s.fp} false, {s.fn} missed)",
-                        gallery.jpeg(drawn)))
+            out.append((f"{im.file}: F1 {s.f1:.2f} ({s.tp} found, {s.fp} false, {s.fn} missed)", gallery.jpeg(drawn)))
     return out
 
 
@@ -192,10 +201,20 @@ def headline_table(models: dict) -> str:
             text += f" ({m[key] - base[key]:+.3f})".replace("-0.000", "+0.000")
         return text
 
-    rows = [[_esc(name), ap(m, "coco_map"), ap(m, "coco_map_50"), ap(m, "coco_map_75"), ap(m, "voc_map_50"),
-             _num(m.get("images_per_s"), ".0f"), _num(m.get("latency_ms_p50"), ".2f"),
-             _num(m.get("latency_ms_p95"), ".2f"), _esc(format_size(m.get("size_bytes")))]
-            for name, m in models.items()]
+    rows = [
+        [
+            _esc(name),
+            ap(m, "coco_map"),
+            ap(m, "coco_map_50"),
+            ap(m, "coco_map_75"),
+            ap(m, "voc_map_50"),
+            _num(m.get("images_per_s"), ".0f"),
+            _num(m.get("latency_ms_p50"), ".2f"),
+            _num(m.get("latency_ms_p95"), ".2f"),
+            _esc(format_size(m.get("size_bytes"))),
+        ]
+        for name, m in models.items()
+    ]
     return _table(head, rows)
 
 
@@ -227,29 +246,45 @@ def size_table(views: list[ModelView]) -> str:
 
 def model_section(view: ModelView) -> str:
     """A model's PR curves, confusion matrix and gallery."""
-    figures = "".join(f"<figure>{_img(jpg, caption, 'image/jpeg', 'photo')}<figcaption>{_esc(caption)}"
-                      f"</figcaption></figure>" for caption, jpg in view.gallery)
+    figures = "".join(
+        f"<figure>{_img(jpg, caption, 'image/jpeg', 'photo')}<figcaption>{_esc(caption)}</figcaption></figure>"
+        for caption, jpg in view.gallery
+    )
     gallery = f'<div class="grid">{figures}</div>' if figures else '<p class="note">no images to show</p>'
-    return (f"<h2>{_esc(view.name)}</h2><div class=\"row\">{_img(view.pr_png, view.name + ' precision-recall')}"
-            f"{_img(view.confusion_png, view.name + ' confusion matrix')}</div>"
-            f"<h3>Worst test images first</h3>{gallery}")
+    return (
+        f'<h2>{_esc(view.name)}</h2><div class="row">{_img(view.pr_png, view.name + " precision-recall")}'
+        f"{_img(view.confusion_png, view.name + ' confusion matrix')}</div>"
+        f"<h3>Worst test images first</h3>{gallery}"
+    )
 
 
 def render_page(run: Path, report: dict, views: list[ModelView], curves_png: bytes | None, note: str = "") -> str:
     """The whole page as a string (module docstring)."""
     models, classes = report["models"], list(report["classes"])
     images = next(iter(models.values()))["images"] if models else 0
-    meta = (f"run <code>{_esc(run)}</code>, {_esc(report.get('split', 'test'))} split of "
-            f"<code>{_esc(report.get('data', '?'))}</code>: {images} images, classes {_esc(', '.join(classes))}; "
-            f"written {time.strftime('%Y-%m-%d %H:%M')}")
+    meta = (
+        f"run <code>{_esc(run)}</code>, {_esc(report.get('split', 'test'))} split of "
+        f"<code>{_esc(report.get('data', '?'))}</code>: {images} images, classes {_esc(', '.join(classes))}; "
+        f"written {time.strftime('%Y-%m-%d %H:%M')}"
+    )
     curves = _img(curves_png, "training curves") if curves_png else '<p class="note">no history.jsonl</p>'
-    parts = [f"<h1>raydet evaluation</h1><p class=\"meta\">{meta}</p>", "<h2>Models</h2>", headline_table(models),
-             "<h2>Training</h2>", curves, "<h2>Per class (IoU 0.5)</h2>", class_table(models, classes),
-             "<h2>AP by object size</h2>", size_table(views)]
+    parts = [
+        f'<h1>raydet evaluation</h1><p class="meta">{meta}</p>',
+        "<h2>Models</h2>",
+        headline_table(models),
+        "<h2>Training</h2>",
+        curves,
+        "<h2>Per class (IoU 0.5)</h2>",
+        class_table(models, classes),
+        "<h2>AP by object size</h2>",
+        size_table(views),
+    ]
     parts += [f'<p class="note">{_esc(note)}</p>'] if note else []
     parts += [model_section(v) for v in views] + [definitions(report)]
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>raydet report: {_esc(run.name)}'
-            f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>raydet report: {_esc(run.name)}'
+        f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
 
 
 def definitions(report: dict) -> str:

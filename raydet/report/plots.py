@@ -39,8 +39,12 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], ap: dict[str, float],
-              points: dict[str, tuple[float, float] | None] | None = None, title: str = "") -> bytes:
+def pr_curves(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    ap: dict[str, float],
+    points: dict[str, tuple[float, float] | None] | None = None,
+    title: str = "",
+) -> bytes:
     """One precision-recall plot: ``curves`` {class: (recall (R,), precision (R,))}, labelled with ``ap``
     {class: AP}; ``points`` {class: (recall, precision)} marks each class's operating point (e.g. score 0.3).
     Classes whose curve is all nan (no ground truth) are left out."""
@@ -71,8 +75,15 @@ def confusion(matrix: np.ndarray, labels: list[str], title: str = "") -> bytes:
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                str(int(m[i, j])),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.6 else "black",
+            )
     shown = [plain(label) for label in labels]
     ax.set_xticks(range(k), shown, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), shown, fontsize=8)
@@ -94,8 +105,14 @@ def training_curves(history: list[dict]) -> bytes | None:
 
     fig = _figure(12, 3.4)
     losses, ap, lr = fig.subplots(1, 3)
-    for key, style in (("loss", "-"), ("val_loss", "--"), ("heatmap_loss", "-"), ("val_heatmap_loss", "--"),
-                       ("box_loss", "-"), ("val_box_loss", "--")):
+    for key, style in (
+        ("loss", "-"),
+        ("val_loss", "--"),
+        ("heatmap_loss", "-"),
+        ("val_heatmap_loss", "--"),
+        ("box_loss", "-"),
+        ("val_box_loss", "--"),
+    ):
         if series(key)[0]:
             losses.plot(*series(key), style, marker=".", label=key)
     losses.set(xlabel="epoch", title="losses")

@@ -10,4 +10,4 @@ Ray Serve only in :mod:`raydet.serve.app` (loaded when the command runs, never b
 ``import raydet.serve``).
 """
 
-MAY_IMPORT = ('errors', 'config', 'cluster', 'ingest', 'report', 'export', 'evaluate')
+MAY_IMPORT = ("errors", "config", "cluster", "ingest", "report", "export", "evaluate")

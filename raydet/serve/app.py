@@ -46,23 +46,34 @@ class Detector:
         self.cfg, self.classes = cfg, list(classes)
         self.runner = ModelRunner(model_source, num_threads=cfg.threads)
         if self.runner.num_classes != len(self.classes):
-            raise UserError(f"{self.runner.path.name} predicts {self.runner.num_classes} classes, the run's "
-                            f"config.json names {len(self.classes)}: {self.classes}")
+            raise UserError(
+                f"{self.runner.path.name} predicts {self.runner.num_classes} classes, the run's "
+                f"config.json names {len(self.classes)}: {self.classes}"
+            )
         size = self.runner.image_size
         self.runner.predict(np.zeros((1, size, size, 3), np.uint8))  # warm-up: no first request pays for it
         self._infer.set_max_batch_size(cfg.max_batch_size)
         self._infer.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000.0)
-        self.info = {"run": storage.normalize(cfg.run), "model": cfg.model, "model_file": self.runner.path.name,
-                     "classes": self.classes, "image_size": size, "max_batch_size": cfg.max_batch_size,
-                     "batch_wait_ms": cfg.batch_wait_ms, "score_threshold": cfg.score_threshold,
-                     "max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels, "threads": cfg.threads,
-                     "pid": os.getpid()}
+        self.info = {
+            "run": storage.normalize(cfg.run),
+            "model": cfg.model,
+            "model_file": self.runner.path.name,
+            "classes": self.classes,
+            "image_size": size,
+            "max_batch_size": cfg.max_batch_size,
+            "batch_wait_ms": cfg.batch_wait_ms,
+            "score_threshold": cfg.score_threshold,
+            "max_bytes": cfg.max_bytes,
+            "max_pixels": cfg.max_pixels,
+            "threads": cfg.threads,
+            "pid": os.getpid(),
+        }
 
     async def __call__(self, request: Request) -> Response:
         """Route ``request``; an HttpError becomes its status and one line of text."""
         path = request.scope["path"]
         root = request.scope.get("root_path", "")
-        path = (path[len(root):] if root and path.startswith(root) else path).rstrip("/") or "/"
+        path = (path[len(root) :] if root and path.startswith(root) else path).rstrip("/") or "/"
         routes = {"/detect": ("POST", self._detect), "/health": ("GET", self._health), "/model": ("GET", self._model)}
         try:
             if path not in routes:
@@ -98,25 +109,39 @@ class Detector:
         t2 = time.perf_counter()
         detections, model_s, batch = await self._infer((pixels, (width, height), options.score_threshold))
         t3 = time.perf_counter()
-        detections = detections[:options.max_detections]
+        detections = detections[: options.max_detections]
         if options.draw:
             return Response(self._drawing(data, detections), media_type="image/png")
-        timings = {"read_ms": t1 - t0, "decode_ms": t2 - t1, "batch_ms": t3 - t2, "model_ms": model_s,
-                   "total_ms": time.perf_counter() - t0}
-        return JSONResponse({"model": self.cfg.model, "model_file": self.runner.path.name, "width": width,
-                             "height": height, "detections": detections, "batch_size": batch,
-                             "timings_ms": {k: round(v * 1000.0, 3) for k, v in timings.items()}})
+        timings = {
+            "read_ms": t1 - t0,
+            "decode_ms": t2 - t1,
+            "batch_ms": t3 - t2,
+            "model_ms": model_s,
+            "total_ms": time.perf_counter() - t0,
+        }
+        return JSONResponse(
+            {
+                "model": self.cfg.model,
+                "model_file": self.runner.path.name,
+                "width": width,
+                "height": height,
+                "detections": detections,
+                "batch_size": batch,
+                "timings_ms": {k: round(v * 1000.0, 3) for k, v in timings.items()},
+            }
+        )
 
     def _drawing(self, data: bytes, detections: list[dict]) -> bytes:
         """PNG bytes of the image with ``detections`` drawn (raydet predict's drawing, at most MAX_DRAW_PIXELS)."""
-        from raydet.report.draw import encode_png
-        from raydet.ingest.images import ImageError
         from raydet.evaluate.predict import draw_encoded
+        from raydet.ingest.images import ImageError
+        from raydet.report.draw import encode_png
 
         boxes = np.array([d["box"] for d in detections], np.float64).reshape(-1, 4)
         try:
-            drawn = draw_encoded(data, boxes, [d["class"] for d in detections], [d["score"] for d in detections],
-                                 self.cfg.max_pixels)
+            drawn = draw_encoded(
+                data, boxes, [d["class"] for d in detections], [d["score"] for d in detections], self.cfg.max_pixels
+            )
             return encode_png(drawn)
         except ImageError as exc:
             raise image_error(exc) from None
@@ -130,33 +155,44 @@ class Detector:
         from raydet.evaluate.predict import detect
 
         pixels = np.stack([item[0] for item in items])
-        detections, seconds = detect(self.runner, pixels, [item[1] for item in items], self.classes,
-                                     [item[2] for item in items])
+        detections, seconds = detect(
+            self.runner, pixels, [item[1] for item in items], self.classes, [item[2] for item in items]
+        )
         return [(dets, float(s), len(items)) for dets, s in zip(detections, seconds)]
 
 
 def deployment_options(cfg: ServeConfig) -> dict:
     """``Detector.options(...)`` for ``cfg``: replicas (fixed, or autoscaled between ``cfg.autoscale``), each
     reserving ``cfg.threads`` CPUs for its ``cfg.threads`` interpreter threads."""
-    options = {"ray_actor_options": {"num_cpus": cfg.threads},
-               "max_ongoing_requests": max(MIN_ONGOING_REQUESTS, 2 * cfg.max_batch_size),
-               "health_check_period_s": HEALTH_CHECK_PERIOD_S, "max_constructor_retry_count": CONSTRUCTOR_RETRIES,
-               "logging_config": {"enable_access_log": cfg.access_log}}
+    options = {
+        "ray_actor_options": {"num_cpus": cfg.threads},
+        "max_ongoing_requests": max(MIN_ONGOING_REQUESTS, 2 * cfg.max_batch_size),
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+        "max_constructor_retry_count": CONSTRUCTOR_RETRIES,
+        "logging_config": {"enable_access_log": cfg.access_log},
+    }
     if cfg.autoscale is None:
         return {**options, "num_replicas": cfg.replicas}
     low, high = cfg.autoscale
     # a replica is busy at about one batch in flight: more than that waiting per replica asks for another
-    return {**options, "num_replicas": "auto",
-            "autoscaling_config": {"min_replicas": low, "initial_replicas": max(low, 1), "max_replicas": high,
-                                   "target_ongoing_requests": cfg.max_batch_size}}
+    return {
+        **options,
+        "num_replicas": "auto",
+        "autoscaling_config": {
+            "min_replicas": low,
+            "initial_replicas": max(low, 1),
+            "max_replicas": high,
+            "target_ongoing_requests": cfg.max_batch_size,
+        },
+    }
 
 
 def check_model(cfg: ServeConfig) -> tuple[str, list[str]]:
     """Refuse a missing model, an old single-box run or a run without class names before any replica starts ->
     (the model file's location for the replicas: a local path, or for a RUN URI the file's URI, which each
     replica fetches itself; the class names)."""
-    from raydet.export.runner import check_run, model_file, require_models
     from raydet.evaluate.predict import run_classes
+    from raydet.export.runner import check_run, model_file, require_models
 
     with storage.local_copy(cfg.run, fetch=["config.json", model_file("", cfg.model).name]) as run:
         path = require_models(run, (cfg.model,))[cfg.model]
@@ -179,8 +215,9 @@ def config_from_args(args: dict) -> ServeConfig:
     allowed = [f.name for f in dataclasses.fields(ServeConfig) if f.name not in ("address", "detach")]
     unknown = sorted(set(args) - set(allowed))
     if unknown:
-        raise UserError(f"unknown raydet.serve.app:build argument(s) {', '.join(unknown)}: expected "
-                        f"{', '.join(allowed)}")
+        raise UserError(
+            f"unknown raydet.serve.app:build argument(s) {', '.join(unknown)}: expected {', '.join(allowed)}"
+        )
     values = {}
     for name, value in args.items():
         kind = type(getattr(ServeConfig, name, "")) if name != "run" else str

@@ -14,9 +14,9 @@ import os
 import socket
 import time
 
+from raydet.cluster.runtime import init_ray
 from raydet.config import ServeConfig
 from raydet.errors import UserError
-from raydet.cluster.runtime import init_ray
 
 APP_NAME = "raydet"
 
@@ -57,8 +57,10 @@ def serve(cfg: ServeConfig) -> dict:
     ray_serve.run(app, name=APP_NAME, route_prefix="/")
     info = _describe(cfg, f"http://{cfg.host}:{cfg.port}", time.perf_counter() - start)
     if cfg.detach:
-        print(f"serve: deployed as application {APP_NAME!r}; `serve shutdown` or `serve delete {APP_NAME}` "
-              "stops it", flush=True)
+        print(
+            f"serve: deployed as application {APP_NAME!r}; `serve shutdown` or `serve delete {APP_NAME}` stops it",
+            flush=True,
+        )
         return info
 
     # 3. until Ctrl-C
@@ -76,8 +78,14 @@ def serve(cfg: ServeConfig) -> dict:
 def _describe(cfg: ServeConfig, url: str, seconds: float) -> dict:
     """Print where the application answers and how it runs -> ``{"url", "replicas", **cfg's model}``."""
     replicas = f"{cfg.autoscale[0]}..{cfg.autoscale[1]} (autoscaled)" if cfg.autoscale else str(cfg.replicas)
-    print(f"serve: {cfg.model} of {cfg.run}, {replicas} replica(s) x {cfg.threads} thread(s), batches of up to "
-          f"{cfg.max_batch_size} (wait {cfg.batch_wait_ms:g} ms); up in {seconds:.1f} s", flush=True)
-    print(f"serve: POST {url}/detect (image body or multipart; ?score_threshold=, ?max_detections=, ?draw=1), "
-          f"GET {url}/health, GET {url}/model; Ctrl-C stops", flush=True)
+    print(
+        f"serve: {cfg.model} of {cfg.run}, {replicas} replica(s) x {cfg.threads} thread(s), batches of up to "
+        f"{cfg.max_batch_size} (wait {cfg.batch_wait_ms:g} ms); up in {seconds:.1f} s",
+        flush=True,
+    )
+    print(
+        f"serve: POST {url}/detect (image body or multipart; ?score_threshold=, ?max_detections=, ?draw=1), "
+        f"GET {url}/health, GET {url}/model; Ctrl-C stops",
+        flush=True,
+    )
     return {"url": url, "replicas": replicas, "model": cfg.model, "run": cfg.run}

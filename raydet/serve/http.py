@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from raydet.errors import UserError
-from raydet.ingest.images import ImageError, ImageTooLargeError, UnsupportedImageError
 from raydet.evaluate.predict import TOP_K
+from raydet.ingest.images import ImageError, ImageTooLargeError, UnsupportedImageError
 
 
 class HttpError(UserError):
@@ -45,8 +45,9 @@ def detect_options(query: Mapping[str, str], default_threshold: float) -> Detect
     HttpError 400 naming an unknown option or a bad value."""
     unknown = sorted(set(query) - {"score_threshold", "max_detections", "draw"})
     if unknown:
-        raise HttpError(400, f"unknown query option(s) {', '.join(unknown)}: "
-                             "expected score_threshold, max_detections, draw")
+        raise HttpError(
+            400, f"unknown query option(s) {', '.join(unknown)}: expected score_threshold, max_detections, draw"
+        )
     threshold = _number(query, "score_threshold", float, default_threshold)
     if not 0.0 <= threshold <= 1.0:
         raise HttpError(400, f"score_threshold must be in [0, 1], got {query['score_threshold']!r}")
@@ -65,8 +66,7 @@ def _number(query: Mapping[str, str], name: str, kind: type, default):
     try:
         return kind(query[name])
     except ValueError:
-        raise HttpError(400, f"{name} must be a {'whole ' if kind is int else ''}number, got {query[name]!r}") \
-            from None
+        raise HttpError(400, f"{name} must be a {'whole ' if kind is int else ''}number, got {query[name]!r}") from None
 
 
 async def read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int) -> bytes:
@@ -92,13 +92,17 @@ def image_bytes(content_type: str | None, body: bytes) -> bytes:
     if not (content_type or "").lower().startswith("multipart/"):
         return body
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
     parts = list(message.iter_parts()) if message.is_multipart() else []
     named = [p for p in parts if p.get_param("name", header="content-disposition") == "image"]
     files = named or [p for p in parts if p.get_filename()]
     if len(files) != 1:
-        raise HttpError(400, f"multipart body holds {len(files)} files (of {len(parts)} parts): send one, "
-                             "as the part named 'image' or the only part with a filename")
+        raise HttpError(
+            400,
+            f"multipart body holds {len(files)} files (of {len(parts)} parts): send one, "
+            "as the part named 'image' or the only part with a filename",
+        )
     data = files[0].get_payload(decode=True) or b""
     if not data:
         raise HttpError(400, "the multipart image part is empty (0 bytes)")

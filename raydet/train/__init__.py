@@ -7,4 +7,4 @@ cadence), validation AP during training (``validation``) and the EMA of the weig
 May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector, raydet.ingest, raydet.report, raydet.export (``MAY_IMPORT``; tests/test_layers.py checks it).
 """
 
-MAY_IMPORT = ('errors', 'config', 'cluster', 'detector', 'ingest', 'report', 'export')
+MAY_IMPORT = ("errors", "config", "cluster", "detector", "ingest", "report", "export")

@@ -38,16 +38,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from raydet.cluster import storage
+from raydet.cluster.runtime import init_ray, runtime_env
 from raydet.config import ModelConfig, TrainConfig
 from raydet.errors import UserError, UserFileNotFoundError
 from raydet.export.runner import FLOAT_FILE as FLOAT_MODEL
 from raydet.export.runner import QAT_KERAS_FILE as QAT_MODEL
-from raydet.cluster.runtime import init_ray, runtime_env
 from raydet.ingest.shards import read_split, shard_paths
 from raydet.train.worker import STATE_FILE, TENSORBOARD_DIR, train_loop_per_worker
 
 CURVES_FILE = "curves.png"
-
 
 
 QAT_CALIBRATION_IMAGES = 64
@@ -99,9 +98,11 @@ def _check_rows(prep: str | os.PathLike, split: str, expected: int | None, manif
         return
     found = sum(rows for _, rows in split_rows(prep, split))
     if found != expected:
-        raise UserError(f"{storage.join(prep, split)}: its shards hold {found} rows but {manifest_path} counted "
-                        f"{expected}; the PREP changed after `raydet prepare` wrote it (copied in part?): "
-                        "prepare it again")
+        raise UserError(
+            f"{storage.join(prep, split)}: its shards hold {found} rows but {manifest_path} counted "
+            f"{expected}; the PREP changed after `raydet prepare` wrote it (copied in part?): "
+            "prepare it again"
+        )
 
 
 def worker_layout(cfg: TrainConfig, node_cpus: list[float], gpus: float) -> tuple[int, float]:
@@ -120,8 +121,7 @@ def worker_layout(cfg: TrainConfig, node_cpus: list[float], gpus: float) -> tupl
     return len(nodes), cfg.cpus_per_worker or float(min(nodes))
 
 
-def check_resources(cfg: TrainConfig, resources: dict, node_cpus: list[float],
-                    autoscaling: bool = False) -> None:
+def check_resources(cfg: TrainConfig, resources: dict, node_cpus: list[float], autoscaling: bool = False) -> None:
     """Refuse a request the cluster can never meet (Ray would wait forever), naming the numbers and flags.
 
     ``cfg`` has its layout resolved (``worker_layout``); ``resources``: ``ray.cluster_resources()``;
@@ -135,16 +135,21 @@ def check_resources(cfg: TrainConfig, resources: dict, node_cpus: list[float],
     need_cpu = cfg.workers * cfg.cpus_per_worker
     have_cpu = float(resources.get("CPU", 0))
     if need_cpu > have_cpu:
-        raise UserError(f"--workers {cfg.workers} x --cpus-per-worker {cfg.cpus_per_worker:g} = {need_cpu:g} CPUs, "
-                        f"but the cluster has {have_cpu:g} CPUs")
+        raise UserError(
+            f"--workers {cfg.workers} x --cpus-per-worker {cfg.cpus_per_worker:g} = {need_cpu:g} CPUs, "
+            f"but the cluster has {have_cpu:g} CPUs"
+        )
     if node_cpus and cfg.cpus_per_worker > max(node_cpus):
-        raise UserError(f"--cpus-per-worker {cfg.cpus_per_worker:g} is more than the largest node has "
-                        f"({max(node_cpus):g} CPUs)")
+        raise UserError(
+            f"--cpus-per-worker {cfg.cpus_per_worker:g} is more than the largest node has ({max(node_cpus):g} CPUs)"
+        )
     if cfg.use_gpu:
         have_gpu = float(resources.get("GPU", 0))
         if cfg.workers > have_gpu:
-            raise UserError(f"--gpu with --workers {cfg.workers} needs {cfg.workers} GPUs (one per worker), "
-                            f"but the cluster has {have_gpu:g} GPUs")
+            raise UserError(
+                f"--gpu with --workers {cfg.workers} needs {cfg.workers} GPUs (one per worker), "
+                f"but the cluster has {have_gpu:g} GPUs"
+            )
 
 
 def resources_per_worker(cfg: TrainConfig) -> dict:
@@ -168,14 +173,18 @@ def fit_to_cluster(cfg: TrainConfig) -> TrainConfig:
     autoscaler = read_autoscaler(cfg.address)
     gpus = float(resources.get("GPU", 0))
     if autoscaler and cfg.use_gpu and cfg.workers is None and not gpus:
-        print("no GPU node in the cluster yet: training with 1 worker and 1 GPU, asked of the autoscaler "
-              "(--workers N for more)", flush=True)
+        print(
+            "no GPU node in the cluster yet: training with 1 worker and 1 GPU, asked of the autoscaler "
+            "(--workers N for more)",
+            flush=True,
+        )
     workers, cpus = worker_layout(cfg, nodes, gpus)
     cfg = replace(cfg, workers=workers, cpus_per_worker=cpus)
     check_resources(cfg, resources, nodes, autoscaling=autoscaler is not None)
     what = f"--workers {cfg.workers} x --cpus-per-worker {cfg.cpus_per_worker:g}" + (" --gpu" if cfg.use_gpu else "")
-    ensure_resources([resources_per_worker(cfg)] * cfg.workers, what=what, timeout_s=cfg.resource_timeout_s,
-                     autoscaler=autoscaler)
+    ensure_resources(
+        [resources_per_worker(cfg)] * cfg.workers, what=what, timeout_s=cfg.resource_timeout_s, autoscaler=autoscaler
+    )
     return cfg
 
 
@@ -187,8 +196,10 @@ def read_run_model_config(run: str | os.PathLike) -> dict:
     dense heads (its weights cannot start or be read as this network)."""
     fields = json.loads(storage.read_text(storage.join(run, "config.json")))["model"]
     if "backbone" not in fields:
-        raise UserError(f"{run} was trained by an older raydet whose network predicted one box per image; "
-                        f"it cannot be used with the dense detector: retrain it with this version")
+        raise UserError(
+            f"{run} was trained by an older raydet whose network predicted one box per image; "
+            f"it cannot be used with the dense detector: retrain it with this version"
+        )
     return fields
 
 
@@ -206,7 +217,9 @@ def _check_init_from(cfg: TrainConfig) -> None:
     if cfg.init_from:
         for name in ("config.json", FLOAT_MODEL):
             if storage.kind(storage.join(cfg.init_from, name)) != "file":
-                raise UserFileNotFoundError(f"--init-from {cfg.init_from}: no {name} there (is it a finished RUN folder?)")
+                raise UserFileNotFoundError(
+                    f"--init-from {cfg.init_from}: no {name} there (is it a finished RUN folder?)"
+                )
 
 
 def train(cfg: TrainConfig, callbacks: tuple = (), run_callbacks: tuple = ()) -> TrainSummary:
@@ -225,17 +238,32 @@ def train(cfg: TrainConfig, callbacks: tuple = (), run_callbacks: tuple = ()) ->
     manifest = read_manifest(cfg.prep)
     _check_init_from(cfg)
     # absolute: the workers run in other folders, where a relative path would not be found
-    cfg = replace(cfg, prep=storage.normalize(cfg.prep), out=storage.normalize(cfg.out),
-                  init_from=storage.normalize(cfg.init_from) if cfg.init_from else None)
+    cfg = replace(
+        cfg,
+        prep=storage.normalize(cfg.prep),
+        out=storage.normalize(cfg.out),
+        init_from=storage.normalize(cfg.init_from) if cfg.init_from else None,
+    )
     mcfg = model_config(cfg, manifest)
     init_ray(cfg.address)
     _check_visible(cfg)
     cfg = resolve_schedule(fit_to_cluster(cfg), manifest["splits"]["train"])
 
     run_dir = storage.join(cfg.out, cfg.name)
-    storage.write_text(storage.join(run_dir, "config.json"), json.dumps({
-        "classes": manifest["classes"], "image_size": manifest["image_size"], "model": asdict(mcfg),
-        "train": asdict(cfg), "prep": cfg.prep}, indent=2) + "\n")
+    storage.write_text(
+        storage.join(run_dir, "config.json"),
+        json.dumps(
+            {
+                "classes": manifest["classes"],
+                "image_size": manifest["image_size"],
+                "model": asdict(mcfg),
+                "train": asdict(cfg),
+                "prep": cfg.prep,
+            },
+            indent=2,
+        )
+        + "\n",
+    )
 
     started = time.time()
     result = _fit(cfg, mcfg, run_dir, tuple(callbacks), tuple(run_callbacks))
@@ -255,8 +283,9 @@ def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
     how = "" if cfg.epochs else f" (auto: about {max(steps, 1) * epochs} optimizer steps; --epochs to set)"
     print(f"schedule: {epochs} epochs of {steps} steps{how}, validation and checkpoint every {every}", flush=True)
     precision = cfg.precision or ("mixed_float16" if cfg.use_gpu and not cfg.qat else "float32")
-    return replace(cfg, epochs=epochs, checkpoint_every=every, warmup_epochs=min(cfg.warmup_epochs, epochs),
-                   precision=precision)
+    return replace(
+        cfg, epochs=epochs, checkpoint_every=every, warmup_epochs=min(cfg.warmup_epochs, epochs), precision=precision
+    )
 
 
 def _check_visible(cfg: TrainConfig) -> None:
@@ -279,29 +308,42 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, ru
     plan, n_train, n_test = _input_plan(cfg, prep, mcfg.image_size)
     local_batch = cfg.batch_size // cfg.workers
     loop_config = {
-        "model": asdict(mcfg), "train": asdict(cfg), "prep": prep, "inputs": asdict(plan),
-        "steps_per_epoch": plan.steps_per_epoch, "local_batch": local_batch, "n_test": n_test,
+        "model": asdict(mcfg),
+        "train": asdict(cfg),
+        "prep": prep,
+        "inputs": asdict(plan),
+        "steps_per_epoch": plan.steps_per_epoch,
+        "local_batch": local_batch,
+        "n_test": n_test,
         "callbacks": callbacks,
         # rank 0 writes each epoch's scalars there; a run in a bucket gets them from the history at the end
         "tensorboard_dir": None if storage.is_uri(run_dir) else storage.join(run_dir, TENSORBOARD_DIR),
         # QAT: the same first training images on every worker, to start the activation ranges (raydet.export.qat)
         "calibration": load_rows(prep, "train", 0, QAT_CALIBRATION_IMAGES)["image"] if cfg.qat else None,
     }
-    print(f"training on {n_train} images: {cfg.workers} workers x {local_batch} images per step "
-          f"(global batch {local_batch * cfg.workers}), {plan.steps_per_epoch} steps per epoch", flush=True)
+    print(
+        f"training on {n_train} images: {cfg.workers} workers x {local_batch} images per step "
+        f"(global batch {local_batch * cfg.workers}), {plan.steps_per_epoch} steps per epoch",
+        flush=True,
+    )
     train_split, data_config = _train_split(cfg, prep, plan)
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=resources_per_worker(cfg)),
-        run_config=RunConfig(name=cfg.name, storage_path=cfg.out,  # a path or URI: checkpoints go to RUN
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             worker_runtime_env=_worker_env(), callbacks=list(run_callbacks),
-                             # Ray Train's own INFO lines (every checkpoint, every report with all its metrics, every
-                             # shard) buried raydet's one line per epoch; Ray Train's system log files keep them.
-                             logging_config=LoggingConfig(log_level="WARNING")),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker=resources_per_worker(cfg)
+        ),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=cfg.out,  # a path or URI: checkpoints go to RUN
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env=_worker_env(),
+            callbacks=list(run_callbacks),
+            # Ray Train's own INFO lines (every checkpoint, every report with all its metrics, every
+            # shard) buried raydet's one line per epoch; Ray Train's system log files keep them.
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
         datasets={"train": train_split},  # the workers read their validation rows from the files themselves
         dataset_config=data_config,
     )
@@ -311,22 +353,28 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, ru
 def _input_plan(cfg: TrainConfig, prep: str, image_size: int):
     """-> (raydet.train.inputs.InputPlan, train rows, test rows), counted from the Parquet footers; prints the choice.
     ValueError when the train split is smaller than one step."""
-    from raydet.train.inputs import plan_inputs
     from raydet.ingest.shards import read_rows, split_rows
+    from raydet.train.inputs import plan_inputs
 
     n_train, n_test = (sum(rows for _, rows in split_rows(prep, split)) for split in ("train", "test"))
     # K, the same in every row of a split; the test split has its own (every object kept: docs/FORMATS.md)
     objects = next(read_rows(prep, "train", 0, 1))["labels"].shape[1]
     val_objects = next(read_rows(prep, "test", 0, 1))["labels"].shape[1] if n_test else None
     local_batch = cfg.batch_size // cfg.workers
-    plan = plan_inputs(n_train, n_test, image_size, objects, cfg.workers, local_batch, cfg.memory_budget_gb,
-                       val_objects)
+    plan = plan_inputs(
+        n_train, n_test, image_size, objects, cfg.workers, local_batch, cfg.memory_budget_gb, val_objects
+    )
     if plan.steps_per_epoch < 1:
-        raise UserError(f"{n_train} training images are fewer than one step of {cfg.workers} workers x "
-                        f"{local_batch} images (--batch-size {cfg.batch_size}); lower --batch-size")
+        raise UserError(
+            f"{n_train} training images are fewer than one step of {cfg.workers} workers x "
+            f"{local_batch} images (--batch-size {cfg.batch_size}); lower --batch-size"
+        )
     how = "streamed from Ray Data" if plan.stream else "held in memory"
-    print(f"input: {how} ({plan.worker_bytes / 1e9:.2f} GB of rows per worker, --memory-budget-gb "
-          f"{cfg.memory_budget_gb:g})", flush=True)
+    print(
+        f"input: {how} ({plan.worker_bytes / 1e9:.2f} GB of rows per worker, --memory-budget-gb "
+        f"{cfg.memory_budget_gb:g})",
+        flush=True,
+    )
     return plan, n_train, n_test
 
 
@@ -367,8 +415,14 @@ def _worker_env() -> dict:
     Ray has replaced ``sys.stdout``, as in a worker, to stdout as well: every epoch line came out twice), and TF's
     C++ INFO lines off (gRPC servers, coordination barriers) unless the user set ``TF_CPP_MIN_LOG_LEVEL``."""
     env = runtime_env()
-    return {**env, "env_vars": {**env["env_vars"], "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-                                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")}}
+    return {
+        **env,
+        "env_vars": {
+            **env["env_vars"],
+            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1"),
+        },
+    }
 
 
 def finish_from_checkpoint(cfg: TrainConfig, checkpoint_dir: str) -> TrainSummary:
@@ -393,8 +447,10 @@ def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSumm
             write_history(local / "history.jsonl", history)
             bad = state.get("nonfinite")
             if bad:
-                raise UserError(f"loss became non-finite ({bad['loss']}) at epoch {bad['epoch']} of {run_dir}; "
-                                f"history.jsonl keeps the {len(history)} good epochs (try a lower --lr)")
+                raise UserError(
+                    f"loss became non-finite ({bad['loss']}) at epoch {bad['epoch']} of {run_dir}; "
+                    f"history.jsonl keeps the {len(history)} good epochs (try a lower --lr)"
+                )
             if not (Path(ckpt) / model_name).is_file():
                 raise RuntimeError(f"newest checkpoint {result.checkpoint.path} holds no {model_name}")
             shutil.copyfile(Path(ckpt) / model_name, local / model_name)
@@ -403,8 +459,7 @@ def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSumm
 
             export_qat_tflite(local)
         model = storage.join(run_dir, model_name)
-        print(f"model: {model}  ({len(history)} epochs; history: {storage.join(run_dir, 'history.jsonl')})",
-              flush=True)
+        print(f"model: {model}  ({len(history)} epochs; history: {storage.join(run_dir, 'history.jsonl')})", flush=True)
         if storage.is_uri(run_dir):
             write_tensorboard(local / TENSORBOARD_DIR, history)
         write_curves(local, history, shown=run_dir)
@@ -436,8 +491,11 @@ def write_curves(run_dir: Path, history: list[dict], shown: str | None = None) -
         png = plots.training_curves(history)
         if png is not None:
             plots.write_png(run_dir / CURVES_FILE, png)
-            print(f"curves: {storage.join(shown, CURVES_FILE)}  "
-                  f"(TensorBoard: tensorboard --logdir {posixpath.dirname(storage.normalize(shown))})", flush=True)
+            print(
+                f"curves: {storage.join(shown, CURVES_FILE)}  "
+                f"(TensorBoard: tensorboard --logdir {posixpath.dirname(storage.normalize(shown))})",
+                flush=True,
+            )
     except Exception as exc:  # noqa: BLE001 -- a picture of the history, which is saved
         print(f"curves.png failed ({type(exc).__name__}: {exc})", flush=True)
 

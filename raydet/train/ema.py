@@ -52,10 +52,10 @@ def make_optimizer(lr: float, weight_decay: float, clip_norm: float, ema: float 
                 self._distribution_strategy.extended.update(average, update, args=(var,), group=False)
 
     if ema <= 0:
-        return tf_keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay,
-                                         global_clipnorm=clip_norm or None)
-    return EmaAdamW(learning_rate=lr, weight_decay=weight_decay, global_clipnorm=clip_norm or None, use_ema=True,
-                    ema_momentum=ema)
+        return tf_keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay, global_clipnorm=clip_norm or None)
+    return EmaAdamW(
+        learning_rate=lr, weight_decay=weight_decay, global_clipnorm=clip_norm or None, use_ema=True, ema_momentum=ema
+    )
 
 
 def averaged_weights(model) -> list:

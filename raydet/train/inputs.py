@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raydet.detector.augment import augment_batch
 from raydet.config import AugmentConfig
+from raydet.detector.augment import augment_batch
 from raydet.detector.targets import build_targets
 
 # Rows a streamed shard is mixed in (Ray Data's local shuffle buffer): 512 rows of 224 px are 77 MB.
@@ -40,6 +40,7 @@ SHUFFLE_ROWS = 512
 
 
 # ------------------------------------------------------------------------------------------- the plan
+
 
 @dataclass(frozen=True)
 class InputPlan:
@@ -58,8 +59,16 @@ def row_bytes(image_size: int, objects: int) -> int:
     return image_size * image_size * 3 + objects * 21 + 4
 
 
-def plan_inputs(n_train: int, n_test: int, image_size: int, objects: int, workers: int, local_batch: int,
-                budget_gb: float, val_objects: int | None = None) -> InputPlan:
+def plan_inputs(
+    n_train: int,
+    n_test: int,
+    image_size: int,
+    objects: int,
+    workers: int,
+    local_batch: int,
+    budget_gb: float,
+    val_objects: int | None = None,
+) -> InputPlan:
     """Stream when a worker's train rows and validation range, as arrays (``row_bytes``), exceed ``budget_gb``
     (10^9 bytes); hold them in memory otherwise. ``objects``: the train split's K; ``val_objects``: the test
     split's (a PREP pads each split to its own K: docs/FORMATS.md), None: the same."""
@@ -67,8 +76,15 @@ def plan_inputs(n_train: int, n_test: int, image_size: int, objects: int, worker
     row = row_bytes(image_size, objects)
     val_row = row if val_objects is None else row_bytes(image_size, val_objects)
     need, budget = rows * row + val_rows * val_row, int(budget_gb * 1e9)
-    return InputPlan(stream=need > budget, rows_per_worker=rows, steps_per_epoch=rows // local_batch,
-                     val_rows_per_worker=val_rows, worker_bytes=need, budget_bytes=budget, row_bytes=row)
+    return InputPlan(
+        stream=need > budget,
+        rows_per_worker=rows,
+        steps_per_epoch=rows // local_batch,
+        val_rows_per_worker=val_rows,
+        worker_bytes=need,
+        budget_bytes=budget,
+        row_bytes=row,
+    )
 
 
 def val_range(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -81,17 +97,24 @@ def val_range(n: int, rank: int, world: int) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------------- arrays
 
+
 def arrays_of(batch: dict) -> dict[str, np.ndarray]:
     """One numpy batch of PREP rows (Ray Data's or raydet.ingest.shards.read_rows') -> the arrays of the module
     docstring (``difficult`` all False when the batch has none; other columns dropped)."""
     n = len(batch["image"])
     labels = np.asarray(batch["labels"], np.int32).reshape(n, -1)
     difficult = batch.get("difficult")  # absent in PREP folders written before it existed
-    return {"image": np.asarray(batch["image"], np.uint8),
-            "boxes": np.asarray(batch["boxes"], np.float32).reshape(n, -1, 4),
-            "labels": labels, "num_objects": np.asarray(batch["num_objects"], np.int32),
-            "difficult": (np.zeros(labels.shape, bool) if difficult is None
-                          else np.asarray(difficult).reshape(labels.shape).astype(bool))}
+    return {
+        "image": np.asarray(batch["image"], np.uint8),
+        "boxes": np.asarray(batch["boxes"], np.float32).reshape(n, -1, 4),
+        "labels": labels,
+        "num_objects": np.asarray(batch["num_objects"], np.int32),
+        "difficult": (
+            np.zeros(labels.shape, bool)
+            if difficult is None
+            else np.asarray(difficult).reshape(labels.shape).astype(bool)
+        ),
+    }
 
 
 def concat(parts: list[dict]) -> dict[str, np.ndarray]:
@@ -120,9 +143,13 @@ def load_rows(prep: str, split: str, start: int, stop: int) -> dict[str, np.ndar
 
 def blank_rows(n: int, image_size: int, objects: int) -> dict[str, np.ndarray]:
     """``n`` black images without objects (validation padding, weighed 0), K = ``objects``."""
-    return {"image": np.zeros((n, image_size, image_size, 3), np.uint8),
-            "boxes": np.zeros((n, objects, 4), np.float32), "labels": np.full((n, objects), -1, np.int32),
-            "num_objects": np.zeros(n, np.int32), "difficult": np.zeros((n, objects), bool)}
+    return {
+        "image": np.zeros((n, image_size, image_size, 3), np.uint8),
+        "boxes": np.zeros((n, objects, 4), np.float32),
+        "labels": np.full((n, objects), -1, np.int32),
+        "num_objects": np.zeros(n, np.int32),
+        "difficult": np.zeros((n, objects), bool),
+    }
 
 
 def fixed_batches(parts: Iterable[dict], size: int) -> Iterator[dict]:
@@ -156,8 +183,14 @@ class BatchMaker:
     already prefetched (up to 2, plus one being made) still may.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray] | None, num_classes: int, grid: int,
-                 augment: AugmentConfig | None = None, seed: int = 0):
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray] | None,
+        num_classes: int,
+        grid: int,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ):
         self.arrays, self.num_classes, self.grid, self.augment = arrays, num_classes, grid, augment
         self.rng = np.random.default_rng(seed)
         self.mosaic = True
@@ -173,8 +206,11 @@ class BatchMaker:
         if self.augment is not None:
             images, boxes, labels = augment_batch(self.rng, images, boxes, labels, self.augment, self.mosaic)
         targets = [build_targets(b, l, self.num_classes, self.grid) for b, l in zip(boxes, labels)]
-        return (np.stack(images).astype(np.float32, copy=False), np.stack([t[0] for t in targets]),
-                np.stack([t[1] for t in targets]))
+        return (
+            np.stack(images).astype(np.float32, copy=False),
+            np.stack([t[0] for t in targets]),
+            np.stack([t[1] for t in targets]),
+        )
 
 
 def CloseMosaic(maker: BatchMaker, epochs: int, close_last: int):  # noqa: N802 - a Keras class, made lazily
@@ -192,13 +228,16 @@ def CloseMosaic(maker: BatchMaker, epochs: int, close_last: int):  # noqa: N802 
 
 # ------------------------------------------------------------------------------------------- tf.data
 
+
 def _signature(image_size: int, grid: int, num_classes: int, weighted: bool = False):
     """``from_generator``'s output signature of ({"image"}, {"heatmap", "boxes"}[, weights])."""
     import tensorflow as tf
 
     x = {"image": tf.TensorSpec([None, image_size, image_size, 3], tf.float32)}
-    y = {"heatmap": tf.TensorSpec([None, grid, grid, num_classes], tf.float32),
-         "boxes": tf.TensorSpec([None, grid, grid, 5], tf.float32)}
+    y = {
+        "heatmap": tf.TensorSpec([None, grid, grid, num_classes], tf.float32),
+        "boxes": tf.TensorSpec([None, grid, grid, 5], tf.float32),
+    }
     w = {"heatmap": tf.TensorSpec([None], tf.float32), "boxes": tf.TensorSpec([None], tf.float32)}
     return (x, y, w) if weighted else (x, y)
 
@@ -214,8 +253,9 @@ def _as_tf(maker: BatchMaker, indices, image_size: int):
     return {"image": images}, {"heatmap": heatmap, "boxes": box_target}
 
 
-def train_dataset(arrays: dict, num_classes: int, grid: int, local_batch: int, augment: AugmentConfig | None,
-                  seed: int):
+def train_dataset(
+    arrays: dict, num_classes: int, grid: int, local_batch: int, augment: AugmentConfig | None, seed: int
+):
     """Endless shuffled (and, with ``augment``, augmented) batches of this worker's rows in memory:
     ({"image"}, {"heatmap", "boxes"}). Returns (dataset, its BatchMaker: ``CloseMosaic`` switches its mosaic)."""
     import tensorflow as tf
@@ -234,18 +274,30 @@ def shard_passes(shard, rows_per_pass: int, seed: int | None, batch_rows: int = 
     (the workers' steps would drift apart and MultiWorkerMirroredStrategy would wait forever)."""
     for p in itertools.count():
         rows = 0
-        for batch in shard.iter_batches(batch_size=batch_rows, batch_format="numpy",
-                                        local_shuffle_buffer_size=None if seed is None else SHUFFLE_ROWS,
-                                        local_shuffle_seed=None if seed is None else seed + p):
+        for batch in shard.iter_batches(
+            batch_size=batch_rows,
+            batch_format="numpy",
+            local_shuffle_buffer_size=None if seed is None else SHUFFLE_ROWS,
+            local_shuffle_seed=None if seed is None else seed + p,
+        ):
             rows += len(batch["image"])
             yield arrays_of(batch)
         if rows != rows_per_pass:
-            raise RuntimeError(f"pass {p + 1} over this worker's train shard gave {rows} rows, "
-                               f"expected {rows_per_pass}")
+            raise RuntimeError(
+                f"pass {p + 1} over this worker's train shard gave {rows} rows, expected {rows_per_pass}"
+            )
 
 
-def stream_train_dataset(shard, num_classes: int, grid: int, image_size: int, local_batch: int,
-                         augment: AugmentConfig | None, seed: int, rows_per_pass: int):
+def stream_train_dataset(
+    shard,
+    num_classes: int,
+    grid: int,
+    image_size: int,
+    local_batch: int,
+    augment: AugmentConfig | None,
+    seed: int,
+    rows_per_pass: int,
+):
     """Endless (augmented) batches of ``local_batch`` rows streamed from ``shard`` (``shard_passes``, shuffled with
     ``seed``): ({"image"}, {"heatmap", "boxes"}), as ``train_dataset``'s. Returns (dataset, its BatchMaker)."""
     import tensorflow as tf
@@ -261,8 +313,9 @@ def stream_train_dataset(shard, num_classes: int, grid: int, image_size: int, lo
     return ds.prefetch(2), maker
 
 
-def val_dataset(parts: list[dict], num_classes: int, grid: int, image_size: int, local_batch: int,
-                pad_to: int | None = None):
+def val_dataset(
+    parts: list[dict], num_classes: int, grid: int, image_size: int, local_batch: int, pad_to: int | None = None
+):
     """A worker's validation rows held in memory (arrays, in order), padded with weight-0 ``blank_rows`` to
     ``pad_to`` rows so every worker runs the same number of steps. Returns (dataset of ({"image"}, {"heatmap",
     "boxes"}, weights), steps)."""
@@ -270,8 +323,17 @@ def val_dataset(parts: list[dict], num_classes: int, grid: int, image_size: int,
     return _val_dataset(lambda: iter(parts), real, max(real, pad_to or 0), num_classes, grid, image_size, local_batch)
 
 
-def stream_val_dataset(prep: str, split: str, start: int, stop: int, num_classes: int, grid: int, image_size: int,
-                       local_batch: int, pad_to: int):
+def stream_val_dataset(
+    prep: str,
+    split: str,
+    start: int,
+    stop: int,
+    num_classes: int,
+    grid: int,
+    image_size: int,
+    local_batch: int,
+    pad_to: int,
+):
     """As ``val_dataset`` for rows ``start``..``stop - 1`` of ``PREP/<split>``, read from the files
     (raydet.ingest.shards.read_rows) again on every pass, ``local_batch`` rows at a time."""
     from raydet.ingest.shards import read_rows
@@ -282,8 +344,15 @@ def stream_val_dataset(prep: str, split: str, start: int, stop: int, num_classes
     return _val_dataset(parts, stop - start, max(stop - start, pad_to), num_classes, grid, image_size, local_batch)
 
 
-def _val_dataset(parts: Callable[[], Iterable[dict]], real: int, total: int, num_classes: int, grid: int,
-                 image_size: int, local_batch: int):
+def _val_dataset(
+    parts: Callable[[], Iterable[dict]],
+    real: int,
+    total: int,
+    num_classes: int,
+    grid: int,
+    image_size: int,
+    local_batch: int,
+):
     import tensorflow as tf
 
     maker = BatchMaker(None, num_classes, grid)

@@ -63,7 +63,9 @@ def StepLR(lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float): 
                 self._set(batch)
 
         def _set(self, step: int) -> None:
-            tf_keras.backend.set_value(self.model.optimizer.learning_rate,
-                                       step_lr(lr, self.epoch, step, steps_per_epoch, epochs, warmup_epochs))
+            tf_keras.backend.set_value(
+                self.model.optimizer.learning_rate,
+                step_lr(lr, self.epoch, step, steps_per_epoch, epochs, warmup_epochs),
+            )
 
     return StepLR()

@@ -21,7 +21,7 @@ class ValidationAP:
         self.num_classes = num_classes
 
     @classmethod
-    def from_prep(cls, prep: str, num_classes: int, limit: int = VAL_AP_IMAGES) -> "ValidationAP":
+    def from_prep(cls, prep: str, num_classes: int, limit: int = VAL_AP_IMAGES) -> ValidationAP:
         """On the first ``limit`` rows of ``PREP/test`` in file order (raydet.ingest.shards.read_rows: the same rows every
         epoch and on every run, whatever the workers' shards), read here; only they are held."""
         from raydet.train.inputs import load_rows
@@ -35,7 +35,7 @@ class ValidationAP:
         # A plain call in a tf.function, not ``predict``: Keras' predict runs under the distribution strategy of the
         # surrounding fit (callbacks run inside its scope) and would wait for the other workers' collectives.
         forward = tf.function(lambda x: model(x, training=False))
-        chunks = [forward(self.images[i:i + chunk].astype("float32")) for i in range(0, len(self.images), chunk)]
+        chunks = [forward(self.images[i : i + chunk].astype("float32")) for i in range(0, len(self.images), chunk)]
         return self.score({k: np.concatenate([c[k].numpy() for c in chunks]) for k in ("heatmap", "boxes")})
 
     def score(self, outputs: dict) -> dict[str, float]:
@@ -44,9 +44,19 @@ class ValidationAP:
         from raydet.detector.metrics import MatchStats, detection_summary, match_image
 
         parts = []
-        for i, det in enumerate(decode(outputs["heatmap"][:len(self.truth)], outputs["boxes"][:len(self.truth)])):
+        for i, det in enumerate(decode(outputs["heatmap"][: len(self.truth)], outputs["boxes"][: len(self.truth)])):
             boxes, labels, difficult = self.truth[i]
-            parts.append(match_image(boxes, labels, det.boxes, det.labels, det.scores, self.num_classes,
-                                     image_id=i, gt_difficult=difficult))
+            parts.append(
+                match_image(
+                    boxes,
+                    labels,
+                    det.boxes,
+                    det.labels,
+                    det.scores,
+                    self.num_classes,
+                    image_id=i,
+                    gt_difficult=difficult,
+                )
+            )
         summary = detection_summary(MatchStats.concat(parts))
         return {"val_ap50": summary["coco_map_50"], "val_map": summary["coco_map"]}

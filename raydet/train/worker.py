@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from raydet.cluster.runtime import use_legacy_keras
 from raydet.config import ModelConfig
-from raydet.train.ema import averaged_weights, make_optimizer
 from raydet.export.runner import FLOAT_FILE as FLOAT_MODEL
 from raydet.export.runner import QAT_KERAS_FILE as QAT_MODEL
-from raydet.cluster.runtime import use_legacy_keras
+from raydet.train.ema import averaged_weights, make_optimizer
 from raydet.train.schedule import is_checkpoint_epoch
 
 STATE_FILE = "state.json"
@@ -93,12 +93,24 @@ def train_loop_per_worker(config: dict) -> None:
 
     validation = ValidationAP.from_prep(config["prep"], mcfg.num_classes) if rank == 0 else None
     reporter = _EpochReporter(model, export, tcfg, history, rank, validation, _tensorboard_writer(config, rank))
-    callbacks = [StepLR(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
-                 CloseMosaic(maker, tcfg["epochs"], tcfg["close_mosaic"]), reporter]
+    callbacks = [
+        StepLR(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
+        CloseMosaic(maker, tcfg["epochs"], tcfg["close_mosaic"]),
+        reporter,
+    ]
     callbacks += [factory(rank, world, config["steps_per_epoch"]) for factory in config["callbacks"]]
     due = [e for e in range(1, tcfg["epochs"] + 1) if is_checkpoint_epoch(e, tcfg["epochs"], tcfg["checkpoint_every"])]
-    model.fit(train_ds, epochs=tcfg["epochs"], initial_epoch=initial_epoch, steps_per_epoch=config["steps_per_epoch"],
-              validation_data=val_ds, validation_steps=val_steps, validation_freq=due, callbacks=callbacks, verbose=0)
+    model.fit(
+        train_ds,
+        epochs=tcfg["epochs"],
+        initial_epoch=initial_epoch,
+        steps_per_epoch=config["steps_per_epoch"],
+        validation_data=val_ds,
+        validation_steps=val_steps,
+        validation_freq=due,
+        callbacks=callbacks,
+        verbose=0,
+    )
 
 
 @contextlib.contextmanager
@@ -120,9 +132,9 @@ def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
     (``get_dataset_shard("train")``), the validation range ``val_range`` straight from ``config["prep"]``."""
     import ray.train
 
-    from raydet.train import inputs
     from raydet.config import AugmentConfig
     from raydet.detector.model import OUTPUT_STRIDE
+    from raydet.train import inputs
 
     tcfg, plan, batch = config["train"], config["inputs"], config["local_batch"]
     augment = AugmentConfig(**tcfg["augmentation"]) if tcfg["augment"] else None
@@ -131,10 +143,12 @@ def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
     start, stop = inputs.val_range(config["n_test"], rank, world)
     pad_to = plan["val_rows_per_worker"]
     if plan["stream"]:
-        val_ds, val_steps = inputs.stream_val_dataset(config["prep"], "test", start, stop, classes, grid, size, batch,
-                                                      pad_to)
-        train_ds, maker = inputs.stream_train_dataset(shard, classes, grid, size, batch, augment, seed,
-                                                      plan["rows_per_worker"])
+        val_ds, val_steps = inputs.stream_val_dataset(
+            config["prep"], "test", start, stop, classes, grid, size, batch, pad_to
+        )
+        train_ds, maker = inputs.stream_train_dataset(
+            shard, classes, grid, size, batch, augment, seed, plan["rows_per_worker"]
+        )
         return train_ds, maker, val_ds, val_steps
     from raydet.ingest.shards import read_rows
 
@@ -205,11 +219,17 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
 
         model = apply_qat(model)
     # QAT fine-tunes briefly from a run's averaged float weights (its --init-from): it keeps no average of its own
-    optimizer = make_optimizer(tcfg["lr"], tcfg["weight_decay"], tcfg["clip_norm"],
-                               ema=0.0 if tcfg["qat"] else tcfg["ema_decay"])
-    compile_model(model, optimizer, heatmap_weight=tcfg["heatmap_loss_weight"],
-                  offset_weight=tcfg["offset_loss_weight"], size_weight=tcfg["size_loss_weight"],
-                  giou_weight=tcfg["giou_loss_weight"])
+    optimizer = make_optimizer(
+        tcfg["lr"], tcfg["weight_decay"], tcfg["clip_norm"], ema=0.0 if tcfg["qat"] else tcfg["ema_decay"]
+    )
+    compile_model(
+        model,
+        optimizer,
+        heatmap_weight=tcfg["heatmap_loss_weight"],
+        offset_weight=tcfg["offset_loss_weight"],
+        size_weight=tcfg["size_loss_weight"],
+        giou_weight=tcfg["giou_loss_weight"],
+    )
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt:
             state = json.loads((Path(ckpt) / STATE_FILE).read_text())
@@ -265,14 +285,32 @@ def _metrics_row(epoch: int, epochs: int, logs: dict, lr: float, seconds: float)
 def format_row(row: dict) -> str:
     """The one readable line per epoch (the validation figures on the epochs that validate)."""
     nan = float("nan")
-    val = (f"  val_loss {row['val_loss']:.4f}  val_AP50 {row.get('val_ap50', nan):.3f}  "
-           f"val_mAP {row.get('val_map', nan):.3f}") if "val_loss" in row else ""
-    return (f"epoch {row['epoch']}/{row['epochs']}  loss {row['loss']:.4f} (heatmap {row.get('heatmap_loss', nan):.3f} "
-            f"box {row.get('box_loss', nan):.3f}){val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s")
+    val = (
+        (
+            f"  val_loss {row['val_loss']:.4f}  val_AP50 {row.get('val_ap50', nan):.3f}  "
+            f"val_mAP {row.get('val_map', nan):.3f}"
+        )
+        if "val_loss" in row
+        else ""
+    )
+    return (
+        f"epoch {row['epoch']}/{row['epochs']}  loss {row['loss']:.4f} (heatmap {row.get('heatmap_loss', nan):.3f} "
+        f"box {row.get('box_loss', nan):.3f}){val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+    )
 
 
-SCALARS = ("loss", "heatmap_loss", "box_loss", "val_loss", "val_heatmap_loss", "val_box_loss", "val_ap50",
-           "val_map", "lr", "seconds")  # history names written to TensorBoard (docs/FORMATS.md)
+SCALARS = (
+    "loss",
+    "heatmap_loss",
+    "box_loss",
+    "val_loss",
+    "val_heatmap_loss",
+    "val_box_loss",
+    "val_ap50",
+    "val_map",
+    "lr",
+    "seconds",
+)  # history names written to TensorBoard (docs/FORMATS.md)
 
 
 def write_scalars(writer, row: dict) -> None:
@@ -328,8 +366,11 @@ def _make_reporter_class():
             self._save(folder)
             # Uploaded by Ray Train's upload thread while the next epoch trains, then deleted by it; the checkpoint
             # counts (resume, the run's result) only once its upload is complete. Rank 0's folder is the one kept.
-            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder) if self.rank == 0 else None,
-                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+            ray.train.report(
+                row,
+                checkpoint=ray.train.Checkpoint.from_directory(folder) if self.rank == 0 else None,
+                checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+            )
             if self.rank != 0:  # the other ranks' saves were for the collectives only
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -357,12 +398,13 @@ def _make_reporter_class():
                 ray.train.report(row, checkpoint=None)
                 return
             folder = tempfile.mkdtemp(prefix="raydet-ckpt-r0-")  # deleted by Ray Train once uploaded
-            Path(folder, STATE_FILE).write_text(json.dumps({
-                "history": self.history,
-                "nonfinite": {"epoch": row["epoch"], "loss": row["loss"]}}))
+            Path(folder, STATE_FILE).write_text(
+                json.dumps({"history": self.history, "nonfinite": {"epoch": row["epoch"], "loss": row["loss"]}})
+            )
             print(f"loss became non-finite ({row['loss']}) at epoch {row['epoch']}: stopping", flush=True)
-            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                             delete_local_checkpoint_after_upload=True)
+            ray.train.report(
+                row, checkpoint=ray.train.Checkpoint.from_directory(folder), delete_local_checkpoint_after_upload=True
+            )
 
     return EpochReporter
 

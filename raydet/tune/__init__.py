@@ -9,4 +9,4 @@ May import: raydet.errors, raydet.config, raydet.cluster, raydet.train (``MAY_IM
 and Ray Tune (``search`` imports it at its top; ``space`` and ``table`` import no Ray and no TensorFlow).
 """
 
-MAY_IMPORT = ('errors', 'config', 'cluster', 'train')
+MAY_IMPORT = ("errors", "config", "cluster", "train")

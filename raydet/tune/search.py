@@ -30,9 +30,9 @@ from ray import tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler
 
 from raydet.cluster import storage
+from raydet.cluster.runtime import init_ray
 from raydet.config import TrainConfig, TuneConfig
 from raydet.errors import UserError
-from raydet.cluster.runtime import init_ray
 from raydet.tune import table
 from raydet.tune.space import build_space, sample_trials, trial_name, trial_train_config
 
@@ -175,8 +175,11 @@ def tune(cfg: TuneConfig) -> TuneSummary:
         release(trial_run(base, k))
     unfinished = _unfinished(storage.join(search_dir, TUNE_DIR))
     if unfinished:
-        print(f"search interrupted with {', '.join(map(trial_name, unfinished))} unfinished; run the same command "
-              f"again to continue it", flush=True)
+        print(
+            f"search interrupted with {', '.join(map(trial_name, unfinished))} unfinished; run the same command "
+            f"again to continue it",
+            flush=True,
+        )
         raise KeyboardInterrupt
     records = [_record(result, base, points) for result in grid]
     records.sort(key=lambda r: r["trial"])
@@ -207,8 +210,17 @@ def _check_points(points: list[dict], base: TrainConfig, n_train: int) -> None:
 def _search_key(cfg: TuneConfig, base: TrainConfig, points: list[dict]) -> dict:
     """What makes a search itself (search.json): a rerun with the same key continues it."""
     train = {k: v for k, v in asdict(base).items() if k not in ("address", "resource_timeout_s")}
-    return json.loads(json.dumps({"points": points, "max_epochs": cfg.max_epochs, "grace_epochs": cfg.grace,
-                                  "reduction_factor": cfg.reduction_factor, "train": train}))
+    return json.loads(
+        json.dumps(
+            {
+                "points": points,
+                "max_epochs": cfg.max_epochs,
+                "grace_epochs": cfg.grace,
+                "reduction_factor": cfg.reduction_factor,
+                "train": train,
+            }
+        )
+    )
 
 
 def _claim(search_dir: str, search: dict) -> None:
@@ -216,8 +228,10 @@ def _claim(search_dir: str, search: dict) -> None:
     path = storage.join(search_dir, SEARCH_FILE)
     if storage.kind(path) == "file":
         if json.loads(storage.read_text(path)) != search:
-            raise UserError(f"{search_dir} holds a search with other settings ({path}); give another --name, or "
-                            f"the same --trials/--space/--max-epochs/--seed and training flags to continue it")
+            raise UserError(
+                f"{search_dir} holds a search with other settings ({path}); give another --name, or "
+                f"the same --trials/--space/--max-epochs/--seed and training flags to continue it"
+            )
         return
     storage.write_text(path, json.dumps(search, indent=2) + "\n")
 
@@ -237,34 +251,55 @@ def _tuner(cfg: TuneConfig, base: TrainConfig, points: list[dict], search_dir: s
     """A new Tuner over ``points`` (trial k = ``points[k - 1]``), or the interrupted one restored."""
     report_every = max(1, cfg.grace // 2)
     trainable = ray_tune.with_resources(
-        ray_tune.with_parameters(run_trial, base=base, points=points, report_every=report_every), TRIAL_RESOURCES)
+        ray_tune.with_parameters(run_trial, base=base, points=points, report_every=report_every), TRIAL_RESOURCES
+    )
     experiment = storage.join(search_dir, TUNE_DIR)
     if ray_tune.Tuner.can_restore(experiment):
         print(f"continuing the search in {experiment} (finished trials are kept)", flush=True)
         return ray_tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
     slots = _slots(base)
-    print(f"search: {len(points)} trials of up to {cfg.max_epochs} epochs, {slots} at a time "
-          f"({base.workers} workers x {base.cpus_per_worker:g} CPUs each); ASHA on val AP50 from epoch {cfg.grace}, "
-          f"keeping the best 1/{cfg.reduction_factor:g} at each rung; validation every {report_every} epochs",
-          flush=True)
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.max_epochs, grace_period=cfg.grace,
-                              reduction_factor=cfg.reduction_factor,
-                              stop_last_trials=False)  # a trial at max_epochs ends by itself, its driver writing the RUN
+    print(
+        f"search: {len(points)} trials of up to {cfg.max_epochs} epochs, {slots} at a time "
+        f"({base.workers} workers x {base.cpus_per_worker:g} CPUs each); ASHA on val AP50 from epoch {cfg.grace}, "
+        f"keeping the best 1/{cfg.reduction_factor:g} at each rung; validation every {report_every} epochs",
+        flush=True,
+    )
+    scheduler = ASHAScheduler(
+        time_attr="epoch",
+        max_t=cfg.max_epochs,
+        grace_period=cfg.grace,
+        reduction_factor=cfg.reduction_factor,
+        stop_last_trials=False,
+    )  # a trial at max_epochs ends by itself, its driver writing the RUN
     return ray_tune.Tuner(
         trainable,
         param_space={"trial": ray_tune.grid_search(list(range(1, len(points) + 1)))},
-        tune_config=ray_tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, max_concurrent_trials=slots,
-                                    trial_dirname_creator=trial_dirname),
-        run_config=ray_tune.RunConfig(name=TUNE_DIR, storage_path=search_dir, verbose=0,
-                                  callbacks=[TrialLines(base, points)], failure_config=ray_tune.FailureConfig(max_failures=0)),
+        tune_config=ray_tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            scheduler=scheduler,
+            max_concurrent_trials=slots,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=ray_tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=search_dir,
+            verbose=0,
+            callbacks=[TrialLines(base, points)],
+            failure_config=ray_tune.FailureConfig(max_failures=0),
+        ),
     )
 
 
 def describe(point: dict) -> str:
     """A trial's configuration on one line."""
-    parts = [point.get("backbone"), f"lr {point['lr']:.2e}" if "lr" in point else None,
-             f"batch {point['batch']}" if "batch" in point else None,
-             f"aug {point['aug']:.2f}" if "aug" in point else None, f"{point['epochs']} epochs"]
+    parts = [
+        point.get("backbone"),
+        f"lr {point['lr']:.2e}" if "lr" in point else None,
+        f"batch {point['batch']}" if "batch" in point else None,
+        f"aug {point['aug']:.2f}" if "aug" in point else None,
+        f"{point['epochs']} epochs",
+    ]
     return ", ".join(p for p in parts if p)
 
 
@@ -294,8 +329,10 @@ class TrialLines(ray_tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         epochs = self.points[trial.config["trial"] - 1]["epochs"]
-        self._say(trial, f"epoch {result['epoch']}/{epochs}  val AP50 {result[METRIC]:.3f}  "
-                         f"({result.get('time_total_s', 0):.0f} s)")
+        self._say(
+            trial,
+            f"epoch {result['epoch']}/{epochs}  val AP50 {result[METRIC]:.3f}  ({result.get('time_total_s', 0):.0f} s)",
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = (trial.last_result or {}).get("epoch", 0)
@@ -318,16 +355,23 @@ def _record(result, base: TrainConfig, points: list[dict]) -> dict:
     run, metrics = storage.join(cfg.out, cfg.name), result.metrics or {}
     record = {"trial": k, "run": run, "config": point, "seconds": metrics.get("time_total_s"), "error": None}
     if result.error is not None:
-        return record | {"status": "failed", "epochs_run": metrics.get("epoch", 0), "val_ap50": None,
-                         "error": _one_line(result.error)}
+        return record | {
+            "status": "failed",
+            "epochs_run": metrics.get("epoch", 0),
+            "val_ap50": None,
+            "error": _one_line(result.error),
+        }
     history = _history(run)
     if metrics.get("checkpoint_path") and (not history or history[-1]["epoch"] < metrics.get("epoch", 0)):
         with _lines_into(storage.join(run, TRAIN_LOG)):
             history = list(finish_from_checkpoint(cfg, metrics["checkpoint_path"]).history)
     last = history[-1]["epoch"] if history else 0
     validated = [row[METRIC] for row in history if METRIC in row]
-    return record | {"status": "done" if last >= point["epochs"] else "stopped", "epochs_run": last,
-                     "val_ap50": validated[-1] if validated else None}
+    return record | {
+        "status": "done" if last >= point["epochs"] else "stopped",
+        "epochs_run": last,
+        "val_ap50": validated[-1] if validated else None,
+    }
 
 
 def _history(run: str) -> list[dict]:
@@ -342,4 +386,4 @@ def _one_line(error: BaseException, limit: int = 200) -> str:
     """The last non-empty line of an error's text (a remote traceback ends with the exception's own line)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = lines[-1] if lines else type(error).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

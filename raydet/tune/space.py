@@ -121,8 +121,13 @@ def default_space(base: TrainConfig, max_epochs: int) -> dict[str, Range | Choic
     backbones = (base.backbone, "efficientnet_lite1") if base.backbone == "efficientnet_lite0" else (base.backbone,)
     batches = tuple(sorted({max(1, base.batch_size // 2), base.batch_size, base.batch_size * 2}))
     epochs = tuple(sorted({max(1, max_epochs // 2), max_epochs}))
-    return {"lr": Range(base.lr / 3, base.lr * 3, log=True), "batch": Choice(batches), "aug": Range(0.5, 1.5),
-            "backbone": Choice(backbones), "epochs": Choice(epochs)}
+    return {
+        "lr": Range(base.lr / 3, base.lr * 3, log=True),
+        "batch": Choice(batches),
+        "aug": Range(0.5, 1.5),
+        "backbone": Choice(backbones),
+        "epochs": Choice(epochs),
+    }
 
 
 def build_space(base: TrainConfig, text: str | None, max_epochs: int) -> dict[str, Range | Choice]:
@@ -159,8 +164,9 @@ def _draw(dim: Range | Choice, rng: np.random.Generator):
     return round(float(rng.uniform(dim.low, dim.high)), 2)
 
 
-def sample_trials(space: dict[str, Range | Choice], base: TrainConfig, max_epochs: int, trials: int,
-                  seed: int) -> list[dict]:
+def sample_trials(
+    space: dict[str, Range | Choice], base: TrainConfig, max_epochs: int, trials: int, seed: int
+) -> list[dict]:
     """``trials`` configurations: the centre first, then draws from ``space`` (numpy, seeded by ``seed``), each
     parameter drawn in ``PARAMS`` order so that a space's draws do not depend on how ``--space`` was written."""
     rng = np.random.default_rng(seed)
@@ -173,22 +179,37 @@ def sample_trials(space: dict[str, Range | Choice], base: TrainConfig, max_epoch
 def scaled_augmentation(aug: AugmentConfig, strength: float) -> AugmentConfig:
     """``aug`` with its zoom, shift, HSV gains and mosaic probability times ``strength`` (flips unchanged), each
     gain capped at ``AUG_CAP`` and mosaic at 1."""
+
     def cap(value: float) -> float:
         return min(value * strength, AUG_CAP)
 
-    return replace(aug, scale=cap(aug.scale), translate=cap(aug.translate), hsv_h=cap(aug.hsv_h),
-                   hsv_s=cap(aug.hsv_s), hsv_v=cap(aug.hsv_v), mosaic=min(aug.mosaic * strength, 1.0))
+    return replace(
+        aug,
+        scale=cap(aug.scale),
+        translate=cap(aug.translate),
+        hsv_h=cap(aug.hsv_h),
+        hsv_s=cap(aug.hsv_s),
+        hsv_v=cap(aug.hsv_v),
+        mosaic=min(aug.mosaic * strength, 1.0),
+    )
 
 
 def trial_train_config(base: TrainConfig, point: dict, k: int, report_every: int) -> TrainConfig:
     """The TrainConfig of trial ``k`` (1-based): ``base`` with ``point``'s values, run ``base.out/base.name/trial-k``,
     validated (so reported to Tune) every ``report_every`` epochs."""
     aug = point.get("aug", 1.0)
-    return replace(base, out=storage.join(base.out, base.name), name=trial_name(k),
-                   lr=float(point.get("lr", base.lr)), batch_size=int(point.get("batch", base.batch_size)),
-                   backbone=point.get("backbone", base.backbone), epochs=int(point["epochs"]),
-                   augment=base.augment and aug > 0, augmentation=scaled_augmentation(base.augmentation, aug),
-                   checkpoint_every=report_every)
+    return replace(
+        base,
+        out=storage.join(base.out, base.name),
+        name=trial_name(k),
+        lr=float(point.get("lr", base.lr)),
+        batch_size=int(point.get("batch", base.batch_size)),
+        backbone=point.get("backbone", base.backbone),
+        epochs=int(point["epochs"]),
+        augment=base.augment and aug > 0,
+        augmentation=scaled_augmentation(base.augmentation, aug),
+        checkpoint_every=report_every,
+    )
 
 
 def trial_name(k: int) -> str:

@@ -35,10 +35,17 @@ def _status(record: dict) -> str:
 def _cells(record: dict) -> tuple[str, ...]:
     c = record["config"]
     ap = record.get("val_ap50")
-    return (f"trial-{record['trial']}", str(c.get("backbone", "-")), f"{c['lr']:.2e}" if "lr" in c else "-",
-            str(c.get("batch", "-")), f"{c['aug']:.2f}" if "aug" in c else "-",
-            f"{record.get('epochs_run', 0)}/{c.get('epochs', '-')}", "-" if ap is None else f"{ap:.3f}",
-            _status(record), f"{record.get('seconds') or 0:.0f} s")
+    return (
+        f"trial-{record['trial']}",
+        str(c.get("backbone", "-")),
+        f"{c['lr']:.2e}" if "lr" in c else "-",
+        str(c.get("batch", "-")),
+        f"{c['aug']:.2f}" if "aug" in c else "-",
+        f"{record.get('epochs_run', 0)}/{c.get('epochs', '-')}",
+        "-" if ap is None else f"{ap:.3f}",
+        _status(record),
+        f"{record.get('seconds') or 0:.0f} s",
+    )
 
 
 def format_table(records: list[dict]) -> str:
@@ -52,8 +59,10 @@ def format_table(records: list[dict]) -> str:
             cells[0] += " *"
         rows.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEAD)]
+
     def line(cells):
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
     return "\n".join([line(HEAD), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
@@ -67,8 +76,9 @@ def summary_lines(records: list[dict], search_dir: str) -> list[str]:
         lines.append("no trial produced a model")
     else:
         lines.append(f"best: trial-{best['trial']} (val AP50 {best['val_ap50']:.3f}): {best['run']}")
-        lines.append(f"  quantize and evaluate it: raydet quantize {best['run']} && raydet evaluate {best['run']} "
-                     f"--data PREP")
+        lines.append(
+            f"  quantize and evaluate it: raydet quantize {best['run']} && raydet evaluate {best['run']} --data PREP"
+        )
     lines.append(f"table: {storage.join(search_dir, TABLE_FILE)} and {JSON_FILE}")
     return lines
 
@@ -79,6 +89,15 @@ def write_tables(search_dir: str, records: list[dict], search: dict) -> None:
     best = best_trial(records)
     text = "# raydet tune\n\n" + format_table(records) + "\n\n" + "\n".join(summary_lines(records, search_dir)) + "\n"
     storage.write_text(storage.join(search_dir, TABLE_FILE), text)
-    storage.write_text(storage.join(search_dir, JSON_FILE), json.dumps({
-        "search": search, "trials": sorted(records, key=lambda r: r["trial"]),
-        "best": None if best is None else best["run"]}, indent=2) + "\n")
+    storage.write_text(
+        storage.join(search_dir, JSON_FILE),
+        json.dumps(
+            {
+                "search": search,
+                "trials": sorted(records, key=lambda r: r["trial"]),
+                "best": None if best is None else best["run"],
+            },
+            indent=2,
+        )
+        + "\n",
+    )

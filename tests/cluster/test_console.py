@@ -82,16 +82,42 @@ def test_progress_on_a_terminal_redraws_one_bar():
 
 
 # Lines only Ray or TensorFlow write: none may reach the console.
-INTERNAL = ("PlacementGroupCleaner", "logging_progress", "streaming_executor", "oneDNN", "cuInit", "cuda",
-            "cpu_feature_guard", "absl", "XNNPACK", "Warning", "WARNING", "Traceback", "core_worker",
-            "RayTrainWorker", "pid=")
+INTERNAL = (
+    "PlacementGroupCleaner",
+    "logging_progress",
+    "streaming_executor",
+    "oneDNN",
+    "cuInit",
+    "cuda",
+    "cpu_feature_guard",
+    "absl",
+    "XNNPACK",
+    "Warning",
+    "WARNING",
+    "Traceback",
+    "core_worker",
+    "RayTrainWorker",
+    "pid=",
+)
 
 
 @pytest.mark.slow
 def test_a_small_raydet_run_prints_a_short_clean_console(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in (console.VERBOSE_ENV, "RAY_ADDRESS")}
-    cmd = [sys.executable, "-m", "raydet.cli", "run", "--out", str(tmp_path / "out"), "--images", "64",
-           "--epochs", "2", "--image-size", "32"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "raydet.cli",
+        "run",
+        "--out",
+        str(tmp_path / "out"),
+        "--images",
+        "64",
+        "--epochs",
+        "2",
+        "--image-size",
+        "32",
+    ]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=600)
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0, proc.stdout[-3000:]

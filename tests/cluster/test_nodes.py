@@ -35,8 +35,9 @@ def test_path_problem_for_reading_only_needs_the_path(tmp_path):
 
 def test_path_problem_for_writing_needs_the_drivers_marker(tmp_path):
     # Another machine's /data/prep: a folder of that name, but the driver's marker is not in it.
-    assert path_problem(str(tmp_path), "m") == ("a folder of that name exists, but not the driver's: a file the "
-                                                "driver wrote there is missing")
+    assert path_problem(str(tmp_path), "m") == (
+        "a folder of that name exists, but not the driver's: a file the driver wrote there is missing"
+    )
     (tmp_path / "m").write_text("x")
     assert path_problem(str(tmp_path), "m") is None
 
@@ -66,19 +67,23 @@ def test_a_node_that_cannot_see_the_path_is_named_with_what_to_do():
     probe = lambda nodes, path, marker: [None, "no such file or folder", None]  # noqa: E731
     with pytest.raises(ValueError) as err:
         check_visible("/data/voc", write=False, what="data", nodes=THREE, probe=probe)
-    assert str(err.value) == ("data /data/voc is not visible from node 10.0.0.5 (no such file or folder; node "
-                              "b2b2b2b2): use shared storage mounted at /data/voc on every node (e.g. NFS) or a "
-                              "bucket URI (s3://..., gs://...)")
+    assert str(err.value) == (
+        "data /data/voc is not visible from node 10.0.0.5 (no such file or folder; node "
+        "b2b2b2b2): use shared storage mounted at /data/voc on every node (e.g. NFS) or a "
+        "bucket URI (s3://..., gs://...)"
+    )
 
 
 def test_several_blind_nodes_are_all_named_and_counted():
     probe = lambda nodes, path, marker: ["no such file or folder", None, "no answer in 60 s"]  # noqa: E731
     with pytest.raises(ValueError) as err:
         check_visible("file:///data/voc", write=False, what="data", nodes=THREE, probe=probe)
-    assert str(err.value) == ("data file:///data/voc is not visible from 2 of 3 nodes: 10.0.0.4 (no such file or "
-                              "folder; node a1a1a1a1); 10.0.0.6 (no answer in 60 s; node c3c3c3c3): use shared "
-                              "storage mounted at /data/voc on every node (e.g. NFS) or a bucket URI (s3://..., "
-                              "gs://...)")
+    assert str(err.value) == (
+        "data file:///data/voc is not visible from 2 of 3 nodes: 10.0.0.4 (no such file or "
+        "folder; node a1a1a1a1); 10.0.0.6 (no answer in 60 s; node c3c3c3c3): use shared "
+        "storage mounted at /data/voc on every node (e.g. NFS) or a bucket URI (s3://..., "
+        "gs://...)"
+    )
 
 
 def test_writing_creates_the_folder_and_the_nodes_look_for_the_drivers_marker(tmp_path):

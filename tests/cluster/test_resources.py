@@ -46,8 +46,13 @@ class FakeCloud:
         self.now += seconds
 
     def hooks(self) -> dict:
-        return {"read_nodes": self.nodes, "request": self.request, "clock": lambda: self.now, "sleep": self.sleep,
-                "report": self.lines.append}
+        return {
+            "read_nodes": self.nodes,
+            "request": self.request,
+            "clock": lambda: self.now,
+            "sleep": self.sleep,
+            "report": self.lines.append,
+        }
 
 
 # ------------------------------------------------------------------------------------------- reading the config
@@ -69,9 +74,15 @@ def test_cluster_yaml_is_read_as_its_autoscaler(tmp_path, monkeypatch):
 
 
 def test_node_type_defaults_follow_ray():
-    config = {"max_workers": 3, "head_node_type": "h",
-              "available_node_types": {"h": {"resources": {"CPU": 2}}, "w": {"resources": {"CPU": 8}},
-                                       "off": {"resources": {"CPU": 8}, "max_workers": 0}}}
+    config = {
+        "max_workers": 3,
+        "head_node_type": "h",
+        "available_node_types": {
+            "h": {"resources": {"CPU": 2}},
+            "w": {"resources": {"CPU": 8}},
+            "off": {"resources": {"CPU": 8}, "max_workers": 0},
+        },
+    }
     scaler = R.autoscaler_from_config(config, "c")
     assert scaler.node_types == (R.NodeType("w", {"CPU": 8}, 3.0),)  # w: the global max; h and off: none
     assert R.autoscaler_from_config({}, "c") == R.Autoscaler(node_types=None, max_nodes=float("inf"), source="c")
@@ -81,8 +92,10 @@ def test_node_type_defaults_follow_ray():
 def test_each_bundle_must_fit_on_one_node():
     # 4 CPUs in all, but after one 2-CPU bundle the 3-CPU node has 1 left
     assert not R.fits([{"CPU": 2}] * 2, [{"CPU": 3}, {"CPU": 1}])
-    assert R.shortfall([{"CPU": 2}] * 2, [{"CPU": 3}, {"CPU": 1}]) == \
-        "needs 2 x (2 CPUs), each on one node, but the nodes have 3 CPUs; 1 CPU"
+    assert (
+        R.shortfall([{"CPU": 2}] * 2, [{"CPU": 3}, {"CPU": 1}])
+        == "needs 2 x (2 CPUs), each on one node, but the nodes have 3 CPUs; 1 CPU"
+    )
     assert R.fits([{"CPU": 2}] * 2, [{"CPU": 4}]) and R.shortfall([{"CPU": 2}] * 2, [{"CPU": 4}]) is None
     # a GPU on a node without a free CPU does not hold a 1 CPU + 1 GPU worker
     assert not R.fits([GPU_WORKER], [{"CPU": 4}, {"GPU": 1}])
@@ -104,15 +117,19 @@ def test_what_the_autoscaler_can_never_launch():
     # 5 > 0 + 4 x 1 GPU
     assert R.never_fits([GPU_WORKER] * 5, [HEAD], scaler) == (
         "needs 5 GPUs, but the cluster has 0 and its autoscaler can add at most 4 "
-        "(ray.worker.gpu: 4 CPUs, 1 GPU each, at most 4; worker nodes in all: at most 4)")
+        "(ray.worker.gpu: 4 CPUs, 1 GPU each, at most 4; worker nodes in all: at most 4)"
+    )
     assert R.never_fits([{"CPU": 8, "GPU": 1}], [HEAD], scaler).startswith(
-        "needs 1 x (8 CPUs, 1 GPU) on one node, but no node has that and no node type its autoscaler can launch does")
+        "needs 1 x (8 CPUs, 1 GPU) on one node, but no node has that and no node type its autoscaler can launch does"
+    )
     # the overall limit: 4 nodes in all, the richest type first -> 3 x 8 + 1 x 2 = 26 CPUs
-    two = R.Autoscaler(node_types=(R.NodeType("big", {"CPU": 8}, 3), R.NodeType("small", {"CPU": 2}, 3)),
-                       max_nodes=4, source="c")
+    two = R.Autoscaler(
+        node_types=(R.NodeType("big", {"CPU": 8}, 3), R.NodeType("small", {"CPU": 2}, 3)), max_nodes=4, source="c"
+    )
     assert R.never_fits([{"CPU": 1}] * 26, [], two) is None
-    assert "needs 27 CPUs, but the cluster has 0 and its autoscaler can add at most 26" in \
-        R.never_fits([{"CPU": 1}] * 27, [], two)
+    assert "needs 27 CPUs, but the cluster has 0 and its autoscaler can add at most 26" in R.never_fits(
+        [{"CPU": 1}] * 27, [], two
+    )
     # node types whose resources the config leaves out: nothing can be ruled out
     unknown = R.Autoscaler(node_types=(R.NodeType("w", {}, 4),), max_nodes=4, source="c")
     assert R.never_fits([{"GPU": 100}], [], unknown) is None
@@ -121,8 +138,9 @@ def test_what_the_autoscaler_can_never_launch():
 # ------------------------------------------------------------------------------------------- waiting (fake cloud)
 def test_waits_for_the_autoscaler_until_the_nodes_join():
     cloud = FakeCloud(joins=[(40, G5), (95, G5)])  # one GPU node 40 s after the request, the second at 95 s
-    waited = R.ensure_resources([GPU_WORKER] * 2, what="--workers 2 --gpu", timeout_s=900,
-                                autoscaler=cluster_yaml_autoscaler(), **cloud.hooks())
+    waited = R.ensure_resources(
+        [GPU_WORKER] * 2, what="--workers 2 --gpu", timeout_s=900, autoscaler=cluster_yaml_autoscaler(), **cloud.hooks()
+    )
     # looks every 5 s: 5, 10, ..., 95; a line at 30, 60 and 90 s
     assert waited == 95 and cloud.now == 95
     assert cloud.requests == [(0, [GPU_WORKER] * 2), (95, [])]  # asked once, withdrawn once there
@@ -132,15 +150,24 @@ def test_waits_for_the_autoscaler_until_the_nodes_join():
         "--workers 2 --gpu: waiting for the autoscaler: 0 of 2 GPUs in the cluster after 30 s (timeout 900 s)",
         "--workers 2 --gpu: waiting for the autoscaler: 1 of 2 GPUs in the cluster after 60 s (timeout 900 s)",
         "--workers 2 --gpu: waiting for the autoscaler: 1 of 2 GPUs in the cluster after 90 s (timeout 900 s)",
-        "--workers 2 --gpu: the cluster holds it after 95 s"]
+        "--workers 2 --gpu: the cluster holds it after 95 s",
+    ]
 
 
 def test_timeout_names_what_is_missing_and_withdraws_the_request():
     cloud = FakeCloud(joins=[(40, G5)])  # the second GPU node never comes (spot capacity, say)
-    with pytest.raises(ValueError, match=r"--workers 2 --gpu: the autoscaler did not make room within 42 s "
-                                         r"\(--resource-timeout\): 1 of 2 GPUs in the cluster"):
-        R.ensure_resources([GPU_WORKER] * 2, what="--workers 2 --gpu", timeout_s=42,
-                           autoscaler=cluster_yaml_autoscaler(), **cloud.hooks())
+    with pytest.raises(
+        ValueError,
+        match=r"--workers 2 --gpu: the autoscaler did not make room within 42 s "
+        r"\(--resource-timeout\): 1 of 2 GPUs in the cluster",
+    ):
+        R.ensure_resources(
+            [GPU_WORKER] * 2,
+            what="--workers 2 --gpu",
+            timeout_s=42,
+            autoscaler=cluster_yaml_autoscaler(),
+            **cloud.hooks(),
+        )
     # sleeps of 5 s to 40 s, then the 2 s left: it gives up at the timeout, not a poll later
     assert cloud.now == 42
     assert cloud.requests == [(0, [GPU_WORKER] * 2), (42, [])]
@@ -149,12 +176,19 @@ def test_timeout_names_what_is_missing_and_withdraws_the_request():
 
 def test_nothing_is_asked_when_it_fits_or_never_can():
     cloud = FakeCloud(joins=[(0, G5)])
-    assert R.ensure_resources([{"CPU": 4}], what="w", timeout_s=900, autoscaler=cluster_yaml_autoscaler(),
-                              **cloud.hooks()) == 0.0  # the head holds it
+    assert (
+        R.ensure_resources([{"CPU": 4}], what="w", timeout_s=900, autoscaler=cluster_yaml_autoscaler(), **cloud.hooks())
+        == 0.0
+    )  # the head holds it
     assert (cloud.requests, cloud.lines, cloud.now) == ([], [], 0)
     with pytest.raises(ValueError, match="needs 5 GPUs, but the cluster has 0 and its autoscaler can add at most 4"):
-        R.ensure_resources([GPU_WORKER] * 5, what="--workers 5 --gpu", timeout_s=900,
-                           autoscaler=cluster_yaml_autoscaler(), **cloud.hooks())
+        R.ensure_resources(
+            [GPU_WORKER] * 5,
+            what="--workers 5 --gpu",
+            timeout_s=900,
+            autoscaler=cluster_yaml_autoscaler(),
+            **cloud.hooks(),
+        )
     assert (cloud.requests, cloud.now) == ([], 0)  # refused before asking, without waiting
 
 
@@ -166,11 +200,17 @@ def test_fixed_cluster_refuses_at_once_with_the_numbers(ray_local, monkeypatch):
     asked = []
     start = time.monotonic()
     with pytest.raises(ValueError, match=r"^--workers 3 --gpu needs 3 GPUs, but the cluster has 0 GPUs$"):
-        R.ensure_resources([{"CPU": 0.5, "GPU": 1}] * 3, what="--workers 3 --gpu", timeout_s=900,
-                           autoscaler=scaler, request=asked.append)
+        R.ensure_resources(
+            [{"CPU": 0.5, "GPU": 1}] * 3,
+            what="--workers 3 --gpu",
+            timeout_s=900,
+            autoscaler=scaler,
+            request=asked.append,
+        )
     with pytest.raises(ValueError, match=r"^--actors 1 x --threads 4 needs 4 CPUs, but the cluster has 2 CPUs$"):
-        R.ensure_resources([{"CPU": 4}], what="--actors 1 x --threads 4", timeout_s=900, autoscaler=scaler,
-                           request=asked.append)
+        R.ensure_resources(
+            [{"CPU": 4}], what="--actors 1 x --threads 4", timeout_s=900, autoscaler=scaler, request=asked.append
+        )
     assert asked == [] and time.monotonic() - start < 5  # at once: no wait for the 900 s
 
 
@@ -178,8 +218,18 @@ def test_train_refuses_four_cpus_for_one_worker_before_training(ray_local, tmp_p
     from raydet.train.driver import train
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    cfg = TrainConfig(prep=str(make_prep(tmp_path / "prep")), out=str(tmp_path / "runs"), name="run", workers=1,
-                      cpus_per_worker=4, epochs=1, batch_size=16, backbone="cnn", width=8, depth=3)
+    cfg = TrainConfig(
+        prep=str(make_prep(tmp_path / "prep")),
+        out=str(tmp_path / "runs"),
+        name="run",
+        workers=1,
+        cpus_per_worker=4,
+        epochs=1,
+        batch_size=16,
+        backbone="cnn",
+        width=8,
+        depth=3,
+    )
     with pytest.raises(ValueError, match=r"--workers 1 x --cpus-per-worker 4 = 4 CPUs, but the cluster has 2 CPUs"):
         train(cfg)
     assert not (tmp_path / "runs").exists()  # refused before the run folder, let alone Ray Train
@@ -194,16 +244,29 @@ def bootstrap_config(tmp_path, monkeypatch):
     return path
 
 
-def test_train_on_an_autoscaling_cluster_asks_for_one_gpu_and_times_out(ray_local, tmp_path, bootstrap_config,
-                                                                         capsys):
+def test_train_on_an_autoscaling_cluster_asks_for_one_gpu_and_times_out(ray_local, tmp_path, bootstrap_config, capsys):
     from raydet.train.driver import train
 
     # address "auto": Ray is up already (init_ray does nothing); the real request_resources goes to the local Ray,
     # whose autoscaler mirrors its one node and launches nothing, so the wait runs out
-    cfg = TrainConfig(prep=str(make_prep(tmp_path / "prep")), out=str(tmp_path / "runs"), name="run", use_gpu=True,
-                      epochs=1, batch_size=16, backbone="cnn", width=8, depth=3, address="auto", resource_timeout_s=1)
-    with pytest.raises(ValueError, match=r"--workers 1 x --cpus-per-worker 1 --gpu: the autoscaler did not make room "
-                                         r"within 1 s \(--resource-timeout\): 0 of 1 GPU in the cluster"):
+    cfg = TrainConfig(
+        prep=str(make_prep(tmp_path / "prep")),
+        out=str(tmp_path / "runs"),
+        name="run",
+        use_gpu=True,
+        epochs=1,
+        batch_size=16,
+        backbone="cnn",
+        width=8,
+        depth=3,
+        address="auto",
+        resource_timeout_s=1,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"--workers 1 x --cpus-per-worker 1 --gpu: the autoscaler did not make room "
+        r"within 1 s \(--resource-timeout\): 0 of 1 GPU in the cluster",
+    ):
         train(cfg)
     out = capsys.readouterr().out
     assert "no GPU node in the cluster yet: training with 1 worker and 1 GPU" in out
@@ -218,19 +281,31 @@ def test_evaluate_actors_wait_on_an_autoscaling_cluster(ray_local, bootstrap_con
         return EvaluateConfig(run="r", data="d", address="auto", resource_timeout_s=1, **kw)
 
     check_actor_resources(cfg(actors=2, threads=1))  # 2 CPUs: the local node holds them
-    with pytest.raises(ValueError, match=r"--actors 3 x --threads 1: the autoscaler did not make room within 1 s "
-                                         r"\(--resource-timeout\): 2 of 3 CPUs in the cluster"):
+    with pytest.raises(
+        ValueError,
+        match=r"--actors 3 x --threads 1: the autoscaler did not make room within 1 s "
+        r"\(--resource-timeout\): 2 of 3 CPUs in the cluster",
+    ):
         check_actor_resources(cfg(actors=3, threads=1))
     with pytest.raises(ValueError, match=r"--actors 1 x --threads 8 needs 1 x \(8 CPUs\) on one node"):
         check_actor_resources(cfg(actors=1, threads=8))  # a g5.xlarge has 4: refused at once
 
 
 # ------------------------------------------------------------------------------------------- the setting
-@pytest.mark.parametrize("make,match", [
-    (lambda: TrainConfig(prep="p", out="o", name="n", resource_timeout_s=0), "--resource-timeout .* positive, got 0"),
-    (lambda: EvaluateConfig(run="r", data="d", resource_timeout_s=-5.0), "--resource-timeout .* positive, got -5.0"),
-    (lambda: EvaluateConfig(run="r", data="d", resource_timeout_s=float("nan")), "got nan"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (
+            lambda: TrainConfig(prep="p", out="o", name="n", resource_timeout_s=0),
+            "--resource-timeout .* positive, got 0",
+        ),
+        (
+            lambda: EvaluateConfig(run="r", data="d", resource_timeout_s=-5.0),
+            "--resource-timeout .* positive, got -5.0",
+        ),
+        (lambda: EvaluateConfig(run="r", data="d", resource_timeout_s=float("nan")), "got nan"),
+    ],
+)
 def test_bad_timeout_is_named(make, match):
     with pytest.raises(ValueError, match=match):
         make()

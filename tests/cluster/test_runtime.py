@@ -49,8 +49,9 @@ def test_the_setting_is_restored_when_the_block_raises(ray_local):
     assert DataContext.get_current().op_resource_reservation_enabled == default
 
 
-@pytest.mark.parametrize("value, wanted", [("1", True), ("true", True), (" YES ", True), ("0", False), ("", False),
-                                           ("no", False)])
+@pytest.mark.parametrize(
+    "value, wanted", [("1", True), ("true", True), (" YES ", True), ("0", False), ("", False), ("no", False)]
+)
 def test_dashboard_only_when_asked_for(monkeypatch, value, wanted):
     from raydet.cluster.runtime import DASHBOARD_ENV, dashboard_wanted
 
@@ -79,7 +80,8 @@ def test_a_local_ray_started_by_raydet_gives_every_worker_tf_keras(tmp_path):
         "print('WORKER', ray.get(ray.remote(lambda: __import__('os').environ.get('TF_USE_LEGACY_KERAS')).remote()))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "RAY_ADDRESS")}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "WORKER 1" in done.stdout

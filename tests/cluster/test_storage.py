@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from printed import assert_printed_locations_exist
+
 from raydet.cluster import storage
 
 
@@ -91,19 +91,40 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYDET_VERBOSE")} | s3_server
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    flags = ["--data", s3_bucket + "/data", "--out", s3_bucket + "/out", "--epochs", "2", "--image-size", "32",
-             "--workers", "1", "--backbone", "cnn"]
+    flags = [
+        "--data",
+        s3_bucket + "/data",
+        "--out",
+        s3_bucket + "/out",
+        "--epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--workers",
+        "1",
+        "--backbone",
+        "cnn",
+    ]
     cmd = [sys.executable, "-m", "raydet.cli", "run", *flags]
     # the first time through jobs/pipeline.py, what `ray job submit` runs (the same flags as `raydet run`)
     job = [sys.executable, str(Path(__file__).parents[2] / "jobs" / "pipeline.py"), *flags]
-    proc = subprocess.run(job, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        job, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
     files = set(storage.list_files(s3_bucket + "/out"))
     evaluated = json.loads(storage.read_text(s3_bucket + "/out/runs/main/eval.json"))["eval"]
-    assert {"pipeline.json", "prep/manifest.json", "runs/main/config.json", "runs/main/model.keras",
-            "runs/main/history.jsonl", "runs/main/model_int8.tflite", f"runs/main/{evaluated}/report.json",
-            f"runs/main/{evaluated}/report.html", f"runs/main/{evaluated}/coco/ground_truth.json"} <= files
+    assert {
+        "pipeline.json",
+        "prep/manifest.json",
+        "runs/main/config.json",
+        "runs/main/model.keras",
+        "runs/main/history.jsonl",
+        "runs/main/model_int8.tflite",
+        f"runs/main/{evaluated}/report.json",
+        f"runs/main/{evaluated}/report.html",
+        f"runs/main/{evaluated}/coco/ground_truth.json",
+    } <= files
     assert_printed_locations_exist(proc.stdout, s3_bucket, at_least=5)
     assert any(f.startswith("prep/train/") and f.endswith(".parquet") for f in files)
     manifest = json.loads(storage.read_text(s3_bucket + "/out/prep/manifest.json"))
@@ -114,8 +135,9 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     assert set(report["models"]) == {"float", "int8"}
     assert not list(Path(cwd).rglob("s3:*")), "a URI became a local folder"
     # a second run finds every stage done in the bucket: nothing is trained again
-    again = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=600)
+    again = subprocess.run(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stdout[-4000:]
     assert "prepare: " in again.stdout and "matches, skipped" in again.stdout
     assert "has 2 of 2 epochs, skipped" in again.stdout and "quantize: int8 newer than" in again.stdout
@@ -125,9 +147,25 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     assert_printed_locations_exist(again.stdout, s3_bucket, at_least=5)
     # predict with the model in the bucket on local photos
     predicted = subprocess.run(
-        [sys.executable, "-m", "raydet.cli", "predict", s3_bucket + "/out/runs/main",
-         str(tmp_path / "data" / "JPEGImages"), "--out", str(tmp_path / "predicted"), "--model", "int8"],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "raydet.cli",
+            "predict",
+            s3_bucket + "/out/runs/main",
+            str(tmp_path / "data" / "JPEGImages"),
+            "--out",
+            str(tmp_path / "predicted"),
+            "--model",
+            "int8",
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
     assert predicted.returncode == 0, predicted.stdout[-4000:]
     result = json.loads((tmp_path / "predicted" / "predictions.json").read_text())
     assert result["complete"] and len(result["images"]) == 48 and result["model"] == "int8"
@@ -203,12 +241,20 @@ def test_gallery_reads_a_prep_and_its_dataset_in_a_bucket(s3_bucket, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from raydet.report import gallery
     from raydet.ingest.shards import write_shard
+    from raydet.report import gallery
 
     image = np.zeros((16, 16, 3), np.uint8)
-    row = {"file": "a.png", "image": image, "boxes": np.zeros((1, 4), np.float32), "labels": np.full(1, -1, np.int32),
-           "difficult": np.zeros(1, np.uint8), "num_objects": 0, "width": 20, "height": 10}
+    row = {
+        "file": "a.png",
+        "image": image,
+        "boxes": np.zeros((1, 4), np.float32),
+        "labels": np.full(1, -1, np.int32),
+        "difficult": np.zeros(1, np.uint8),
+        "num_objects": 0,
+        "width": 20,
+        "height": 10,
+    }
     (tmp_path / "prep" / "test").mkdir(parents=True)
     write_shard(str(tmp_path / "prep" / "test" / "part-0.parquet"), [row])
     storage.upload(tmp_path / "prep", s3_bucket + "/prep", ["test/part-0.parquet"])

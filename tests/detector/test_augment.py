@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from raydet.detector import augment as A
 from raydet.config import AugmentConfig
+from raydet.detector import augment as A
 
 STILL = dict(scale=0.0, translate=0.0, hflip=0.0, mosaic=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)  # no-op recipe
 
@@ -30,8 +30,12 @@ def _image_with_box(size=10, box=(2, 3, 5, 7), dtype=np.float32):
 def _pixel_box(img) -> list[float]:
     """The normalized xyxy box around the image's non-zero pixels."""
     rows, cols = np.nonzero(img[..., 0])
-    return [cols.min() / img.shape[1], rows.min() / img.shape[0], (cols.max() + 1) / img.shape[1],
-            (rows.max() + 1) / img.shape[0]]
+    return [
+        cols.min() / img.shape[1],
+        rows.min() / img.shape[0],
+        (cols.max() + 1) / img.shape[1],
+        (rows.max() + 1) / img.shape[0],
+    ]
 
 
 def test_hflip_boxes_and_pixels():
@@ -91,12 +95,14 @@ def test_hsv_gains_shift_hue_around_the_circle_and_scale_value():
 
 def test_affine_matrix_zooms_about_the_centre_then_shifts():
     # zoom 0.5, shift 0.5 * 100 = 50: x' = 0.5 * (x - 50) + 50 = 0.5 x + 25
-    np.testing.assert_allclose(A.affine_matrix(Draws(0.5, np.array([0.5, 0.5])), 100, 0.5, 0.1),
-                               [[0.5, 0, 25], [0, 0.5, 25]])
+    np.testing.assert_allclose(
+        A.affine_matrix(Draws(0.5, np.array([0.5, 0.5])), 100, 0.5, 0.1), [[0.5, 0, 25], [0, 0.5, 25]]
+    )
     # a 200 px mosaic canvas into 100 px at zoom 1, shift (0.4 * 100, 0.6 * 100): x' = x - 100 + 40 = x - 60,
     # y' = y - 100 + 60 = y - 40 (the centred 100 px window, moved)
-    np.testing.assert_allclose(A.affine_matrix(Draws(1.0, np.array([0.4, 0.6])), 100, 0.5, 0.1, in_size=200),
-                               [[1, 0, -60], [0, 1, -40]])
+    np.testing.assert_allclose(
+        A.affine_matrix(Draws(1.0, np.array([0.4, 0.6])), 100, 0.5, 0.1, in_size=200), [[1, 0, -60], [0, 1, -40]]
+    )
     rng = np.random.default_rng(0)
     drawn = np.array([A.affine_matrix(rng, 100, 0.5, 0.1) for _ in range(200)])
     zoom, shift = drawn[:, 0, 0], drawn[:, :, 2] + drawn[:, :1, 0] * 50  # t = m[:, 2] + zoom * 50
@@ -107,10 +113,14 @@ def test_affine_matrix_zooms_about_the_centre_then_shifts():
 
 def test_zoom_out_maps_boxes_pads_grey_and_drops_boxes_under_the_pixel_floor():
     img = _image_with_box(size=100, box=(20, 20, 60, 60), dtype=np.uint8)
-    boxes = np.array([[0.2, 0.2, 0.6, 0.6],
-                      [0.9, 0.0, 1.0, 1.0],     # 10 px wide -> 5 px: kept
-                      [0.0, 0.0, 0.03, 0.5]],   # 3 px wide -> 1.5 px < 2: dropped
-                     np.float32)
+    boxes = np.array(
+        [
+            [0.2, 0.2, 0.6, 0.6],
+            [0.9, 0.0, 1.0, 1.0],  # 10 px wide -> 5 px: kept
+            [0.0, 0.0, 0.03, 0.5],
+        ],  # 3 px wide -> 1.5 px < 2: dropped
+        np.float32,
+    )
     # zoom 0.5 about the centre: x' = 0.5 * (x - 50) + 50 = 0.5 x + 25 (y likewise); the image lands on 25..75
     matrix = np.array([[0.5, 0, 25], [0, 0.5, 25]])
     out, moved, labels = A.warp(img, boxes, np.array([0, 1, 2]), matrix, 100, 0.5, 2.0)
@@ -125,13 +135,18 @@ def test_zoom_out_maps_boxes_pads_grey_and_drops_boxes_under_the_pixel_floor():
 
 def test_zoom_in_clips_and_drops_a_mostly_outside_box():
     img = _image_with_box(size=100, box=(30, 30, 50, 50))
-    boxes = np.array([[0.3, 0.3, 0.5, 0.5],
-                      [0.22, 0.4, 0.3, 0.6],   # x -6..10 after the zoom: 10 / 16 = 62% inside: kept
-                      [0.15, 0.4, 0.3, 0.6]],  # x -20..10: 10 / 30 = 33% inside: dropped
-                     np.float32)
+    boxes = np.array(
+        [
+            [0.3, 0.3, 0.5, 0.5],
+            [0.22, 0.4, 0.3, 0.6],  # x -6..10 after the zoom: 10 / 16 = 62% inside: kept
+            [0.15, 0.4, 0.3, 0.6],
+        ],  # x -20..10: 10 / 30 = 33% inside: dropped
+        np.float32,
+    )
     # zoom 2 about the centre: x' = 2 * (x - 50) + 50 = 2 x - 50
-    out, moved, labels = A.warp(img, boxes, np.array([0, 1, 2]), np.array([[2.0, 0, -50], [0, 2.0, -50]]), 100,
-                                0.5, 2.0)
+    out, moved, labels = A.warp(
+        img, boxes, np.array([0, 1, 2]), np.array([[2.0, 0, -50], [0, 2.0, -50]]), 100, 0.5, 2.0
+    )
     # box 0: 2 * 30 - 50 = 10, 2 * 50 - 50 = 50; box 1: x clipped 0, 2 * 30 - 50 = 10, y 2 * 40 - 50 = 30, 70
     np.testing.assert_allclose(moved, [[0.1, 0.1, 0.5, 0.5], [0.0, 0.3, 0.1, 0.7]], atol=1e-6)
     assert labels.tolist() == [0, 1]
@@ -147,24 +162,28 @@ def test_zoom_in_clips_and_drops_a_mostly_outside_box():
 def _mosaic_inputs():
     """Four 100 px images filled 10, 20, 30, 40 and their boxes, labels 0..6."""
     images = [np.full((100, 100, 3), v, np.uint8) for v in (10, 20, 30, 40)]
-    boxes = [np.array([[0.5, 0.2, 0.7, 0.4], [0.3, 0.5, 0.6, 0.6], [0.0, 0.0, 0.3, 0.2]], np.float32),
-             np.array([[0.1, 0.1, 0.2, 0.2]], np.float32),
-             np.array([[0.5, 0.5, 0.6, 0.8], [0.5, 0.6, 0.6, 0.95]], np.float32),
-             np.array([[0.0, 0.0, 0.5, 0.5]], np.float32)]
+    boxes = [
+        np.array([[0.5, 0.2, 0.7, 0.4], [0.3, 0.5, 0.6, 0.6], [0.0, 0.0, 0.3, 0.2]], np.float32),
+        np.array([[0.1, 0.1, 0.2, 0.2]], np.float32),
+        np.array([[0.5, 0.5, 0.6, 0.8], [0.5, 0.6, 0.6, 0.95]], np.float32),
+        np.array([[0.0, 0.0, 0.5, 0.5]], np.float32),
+    ]
     labels = [np.array([0, 1, 2]), np.array([3]), np.array([4, 5]), np.array([6])]
     return images, boxes, labels
 
 
 # centre (60, 130) on the 200 px canvas: tiles' top-left corners (left, top) are (60-100, 130-100) = (-40, 30),
 # (60, 30), (-40, 130), (60, 130); box x' = x * 100 + left, y' = y * 100 + top, then / 200
-MOSAIC_BOXES = [[10 / 200, 50 / 200, 30 / 200, 70 / 200],  # tile 0: x 50-40, 70-40; y 20+30, 40+30
-                [0.0, 80 / 200, 20 / 200, 90 / 200],  # tile 0: x 30-40 = -10 cut at the canvas edge (20/30 stays)
-                # tile 0's (0, 0, 0.3, 0.2): x -40..-10, all outside: dropped
-                [70 / 200, 40 / 200, 80 / 200, 50 / 200],  # tile 1: x 10+60, 20+60; y 10+30, 20+30
-                [10 / 200, 180 / 200, 20 / 200, 1.0],  # tile 2: x 50-40, 60-40; y 50+130, 80+130 = 210 cut at
-                # 200: 20/30 stays
-                # tile 2's second box: y 190..225, 10/35 stays: dropped
-                [60 / 200, 130 / 200, 110 / 200, 180 / 200]]  # tile 3: x 0+60, 50+60; y 0+130, 50+130
+MOSAIC_BOXES = [
+    [10 / 200, 50 / 200, 30 / 200, 70 / 200],  # tile 0: x 50-40, 70-40; y 20+30, 40+30
+    [0.0, 80 / 200, 20 / 200, 90 / 200],  # tile 0: x 30-40 = -10 cut at the canvas edge (20/30 stays)
+    # tile 0's (0, 0, 0.3, 0.2): x -40..-10, all outside: dropped
+    [70 / 200, 40 / 200, 80 / 200, 50 / 200],  # tile 1: x 10+60, 20+60; y 10+30, 20+30
+    [10 / 200, 180 / 200, 20 / 200, 1.0],  # tile 2: x 50-40, 60-40; y 50+130, 80+130 = 210 cut at
+    # 200: 20/30 stays
+    # tile 2's second box: y 190..225, 10/35 stays: dropped
+    [60 / 200, 130 / 200, 110 / 200, 180 / 200],
+]  # tile 3: x 0+60, 50+60; y 0+130, 50+130
 
 
 def test_mosaic_at_places_the_tiles_around_the_centre_and_moves_every_box():
@@ -197,8 +216,8 @@ def _two_class_images(n, size=64):
     for i in range(n):
         img = np.zeros((size, size, 3), np.uint8)
         a, b = 4 + 3 * i, 34 - 2 * i
-        img[a:a + 16, a + 2:a + 18] = 60
-        img[b:b + 24, 30:58] = 120
+        img[a : a + 16, a + 2 : a + 18] = 60
+        img[b : b + 24, 30:58] = 120
         images.append(img)
         boxes.append(np.array([[a + 2, a, a + 18, a + 16], [30, b, 58, b + 24]], np.float32) / size)
         labels.append(np.array([0, 1]))
@@ -239,8 +258,9 @@ def test_augment_batch_is_deterministic_and_a_batch_of_one_mosaics_itself():
     # with 4 images of 4 values, each output shows its own value and others from the batch
     flat = [np.full((64, 64, 3), 50 * (i + 1), np.uint8) for i in range(4)]
     empty = [np.zeros((0, 4), np.float32)] * 4
-    outs, _, _ = A.augment_batch(np.random.default_rng(0), flat, empty, [np.zeros(0, int)] * 4,
-                                 AugmentConfig(**{**STILL, "mosaic": 1.0}))
+    outs, _, _ = A.augment_batch(
+        np.random.default_rng(0), flat, empty, [np.zeros(0, int)] * 4, AugmentConfig(**{**STILL, "mosaic": 1.0})
+    )
     for i, out in enumerate(outs):
         values = set(np.unique(out[..., 0]).tolist()) - {114.0}
         assert 50 * (i + 1) in values and len(values) >= 2, (i, values)
@@ -258,8 +278,9 @@ def test_augment_batch_is_deterministic_and_a_batch_of_one_mosaics_itself():
 
 def test_augment_without_mosaic_and_with_empty_boxes():
     img = _image_with_box()
-    out, boxes, labels = A.augment(np.random.default_rng(0), img, np.zeros((0, 4), np.float32),
-                                   np.zeros(0, np.int64), AugmentConfig())
+    out, boxes, labels = A.augment(
+        np.random.default_rng(0), img, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), AugmentConfig()
+    )
     assert out.shape == img.shape and out.dtype == np.float32 and boxes.shape == (0, 4) and labels.shape == (0,)
     # the no-op recipe returns the image and boxes as they came
     box = np.array([[0.2, 0.3, 0.5, 0.7]], np.float32)
@@ -268,9 +289,20 @@ def test_augment_without_mosaic_and_with_empty_boxes():
     np.testing.assert_allclose(boxes, box)
 
 
-@pytest.mark.parametrize("field, value", [("hflip", 1.5), ("mosaic", -0.1), ("scale", 1.0), ("translate", -0.1),
-                                          ("hsv_v", 1.0), ("min_visible", 0.0), ("min_visible", 1.5),
-                                          ("min_box_px", -1.0), ("vflip", float("nan"))])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("hflip", 1.5),
+        ("mosaic", -0.1),
+        ("scale", 1.0),
+        ("translate", -0.1),
+        ("hsv_v", 1.0),
+        ("min_visible", 0.0),
+        ("min_visible", 1.5),
+        ("min_box_px", -1.0),
+        ("vflip", float("nan")),
+    ],
+)
 def test_augment_config_names_the_bad_value(field, value):
     with pytest.raises(ValueError, match=rf"augmentation\.{field} .*{value!r}"):
         AugmentConfig(**{field: value})

@@ -28,9 +28,7 @@ def test_two_peaks_of_different_classes():
 
 
 def test_find_peaks_rule():
-    h = np.array([[0.1, 0.5, 0.5, 0.2],
-                  [0.1, 0.2, 0.3, 0.2],
-                  [0.9, 0.1, 0.2, 0.8]], np.float32)[None, :, :, None]
+    h = np.array([[0.1, 0.5, 0.5, 0.2], [0.1, 0.2, 0.3, 0.2], [0.9, 0.1, 0.2, 0.8]], np.float32)[None, :, :, None]
     # (0, 1): >= its neighbours, > its left 0.1 -> peak; (0, 2) equals its left neighbour -> not;
     # (2, 0) 0.9 and (2, 3) 0.8 are above all their neighbours -> peaks; every other cell has a bigger neighbour
     want = np.zeros((3, 4), bool)
@@ -128,10 +126,14 @@ def test_nms_function():
 
 
 def test_round_trip_targets_to_detections():
-    boxes = np.array([[0.1, 0.2, 0.5, 0.6],     # centre (0.3, 0.4)   -> cell x 4,  y 6
-                      [0.55, 0.1, 0.95, 0.4],   # centre (0.75, 0.25) -> cell x 12, y 4
-                      [0.6, 0.6, 0.9, 0.95],    # centre (0.75, 0.775) -> cell x 12, y 12
-                      [0.2, 0.7, 0.3, 0.8]])    # centre (0.25, 0.75) -> cell x 4,  y 12
+    boxes = np.array(
+        [
+            [0.1, 0.2, 0.5, 0.6],  # centre (0.3, 0.4)   -> cell x 4,  y 6
+            [0.55, 0.1, 0.95, 0.4],  # centre (0.75, 0.25) -> cell x 12, y 4
+            [0.6, 0.6, 0.9, 0.95],  # centre (0.75, 0.775) -> cell x 12, y 12
+            [0.2, 0.7, 0.3, 0.8],
+        ]
+    )  # centre (0.25, 0.75) -> cell x 4,  y 12
     labels = np.array([0, 1, 0, 2])
     heatmap, box_target = build_targets(boxes, labels, num_classes=3, grid=16)
     (det,) = decode(heatmap[None], box_target[None, ..., :4])
@@ -149,11 +151,14 @@ def test_batch_gives_one_detections_per_image():
     assert [len(d) for d in dets] == [0, 1, 0]
 
 
-@pytest.mark.parametrize("hm_shape, box_shape, match", [
-    ((1, 8, 8, 2), (1, 4, 4, 4), r"\(1, 8, 8, 4\).*\(1, 4, 4, 4\)"),
-    ((1, 8, 8, 2), (1, 8, 8, 5), r"\(1, 8, 8, 5\)"),
-    ((8, 8, 2), (8, 8, 4), r"\(8, 8, 2\)"),
-])
+@pytest.mark.parametrize(
+    "hm_shape, box_shape, match",
+    [
+        ((1, 8, 8, 2), (1, 4, 4, 4), r"\(1, 8, 8, 4\).*\(1, 4, 4, 4\)"),
+        ((1, 8, 8, 2), (1, 8, 8, 5), r"\(1, 8, 8, 5\)"),
+        ((8, 8, 2), (8, 8, 4), r"\(8, 8, 2\)"),
+    ],
+)
 def test_mismatched_shapes_are_named(hm_shape, box_shape, match):
     with pytest.raises(ValueError, match=match):
         decode(np.zeros(hm_shape), np.zeros(box_shape))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raydet.detector import efficientnet_lite as lite
 from raydet.cluster.runtime import use_legacy_keras
+from raydet.detector import efficientnet_lite as lite
 
 LITE0 = "efficientnet_lite0"
 VARIANTS = sorted(lite.VARIANTS)
@@ -61,13 +61,16 @@ def _photo(name: str, size: int = 224) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "photo, wanted", [("chelsea", {281, 282, 283, 284, 285}), ("coffee", {967, 968})]  # tabby cat; espresso, cup
+    "photo, wanted",
+    [("chelsea", {281, 282, 283, 284, 285}), ("coffee", {967, 968})],  # tabby cat; espresso, cup
 )
 def test_imagenet_top1(imagenet_classifier, photo, wanted):
     name, model = imagenet_classifier
     probs = model.predict(_photo(photo, lite.VARIANTS[name].native_size), verbose=0)[0]
     top5 = np.argsort(-probs)[:5].tolist()
-    assert top5[0] in wanted, f"{name} {photo}: top 5 {top5} ({probs[top5].round(3).tolist()}), top 1 not in {sorted(wanted)}"
+    assert top5[0] in wanted, (
+        f"{name} {photo}: top 5 {top5} ({probs[top5].round(3).tolist()}), top 1 not in {sorted(wanted)}"
+    )
     assert abs(probs.sum() - 1.0) < 1e-4
 
 
@@ -118,8 +121,11 @@ def test_stem_and_block0_match_numpy(state):
 
 
 # (blocks, classifier parameters): Lite0 4.7M, Lite1 5.4M, Lite2 6.1M as published
-SIZES = {"efficientnet_lite0": (16, 4_694_024), "efficientnet_lite1": (21, 5_470_344),
-         "efficientnet_lite2": (21, 6_150_168)}
+SIZES = {
+    "efficientnet_lite0": (16, 4_694_024),
+    "efficientnet_lite1": (21, 5_470_344),
+    "efficientnet_lite2": (21, 6_150_168),
+}
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -164,14 +170,18 @@ def test_every_file_tensor_is_used_once(name):
     model = lite.lite_classifier(name, 32)
     assert lite.load_lite_weights(model, name, state, include_top=True) == total - counters
     head = lite.VARIANTS[name].prefix + "_head_conv"
-    np.testing.assert_array_equal(model.get_layer(head).get_weights()[0], state["_conv_head.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        model.get_layer(head).get_weights()[0], state["_conv_head.weight"].transpose(2, 3, 1, 0)
+    )
 
 
 def test_loading_checks_keys_shapes_and_layers(state):
     model = _backbone(32, prefix="bk")
     assert lite.load_lite_weights(model, LITE0, state, prefix="bk") == 296 - 49 - 2 - 5  # no head conv, bn, fc
     with pytest.raises(ValueError, match="bk_b3_dw_bn"):
-        lite.load_lite_weights(model, LITE0, {k: v for k, v in state.items() if k != "_blocks.3._bn1.running_var"}, "bk")
+        lite.load_lite_weights(
+            model, LITE0, {k: v for k, v in state.items() if k != "_blocks.3._bn1.running_var"}, "bk"
+        )
     bad = dict(state, **{"_blocks.5._project_conv.weight": np.zeros((80, 100, 1, 1), np.float32)})
     with pytest.raises(ValueError, match="bk_b5_project_conv"):
         lite.load_lite_weights(model, LITE0, bad, prefix="bk")
@@ -179,8 +189,9 @@ def test_loading_checks_keys_shapes_and_layers(state):
         lite.load_lite_weights(model, LITE0, state, prefix="bk", include_top=True)
     classifier = lite.lite_classifier(LITE0, 32)
     with pytest.raises(ValueError, match=r"1 tensors the network has no place for, first \['_blocks.16"):
-        lite.load_lite_weights(classifier, LITE0, dict(state, **{"_blocks.16._bn2.bias": np.zeros(3)}),
-                               include_top=True)
+        lite.load_lite_weights(
+            classifier, LITE0, dict(state, **{"_blocks.16._bn2.bias": np.zeros(3)}), include_top=True
+        )
 
 
 def test_another_variants_file_is_refused(tmp_path):

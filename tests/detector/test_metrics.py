@@ -23,9 +23,16 @@ def stats_of(images, num_classes=2):
     ids 1, 2, ..."""
     total = M.MatchStats.empty(num_classes)
     for i, (gb, gl, db, dl, ds, *difficult) in enumerate(images):
-        total = total + M.match_image(np.array(gb, float).reshape(-1, 4), np.array(gl, int),
-                                      np.array(db, float).reshape(-1, 4), np.array(dl, int), np.array(ds, float),
-                                      num_classes, image_id=i + 1, gt_difficult=difficult[0] if difficult else None)
+        total = total + M.match_image(
+            np.array(gb, float).reshape(-1, 4),
+            np.array(gl, int),
+            np.array(db, float).reshape(-1, 4),
+            np.array(dl, int),
+            np.array(ds, float),
+            num_classes,
+            image_id=i + 1,
+            gt_difficult=difficult[0] if difficult else None,
+        )
     return total
 
 
@@ -40,8 +47,12 @@ def every(value):
 
 def test_perfect_detections_score_one():
     # precision is tp / (tp + fp + eps) in pycocotools, so "1" is 1 - 1e-16: compare approximately
-    s = stats_of([([SQUARE], [0], [SQUARE], [0], [0.9]),
-                  ([[5, 5, 25, 45], SQUARE], [1, 0], [SQUARE, [5, 5, 25, 45]], [0, 1], [0.3, 0.8])])
+    s = stats_of(
+        [
+            ([SQUARE], [0], [SQUARE], [0], [0.9]),
+            ([[5, 5, 25, 45], SQUARE], [1, 0], [SQUARE, [5, 5, 25, 45]], [0, 1], [0.3, 0.8]),
+        ]
+    )
     summary = M.detection_summary(s)
     assert scalars(s) == pytest.approx(every(1.0))
     assert [c["ground_truth"] for c in summary["per_class"]] == [2, 1]
@@ -86,8 +97,9 @@ def test_duplicate_detection_is_a_false_positive_and_11_point_differs_from_all_p
     # COCO: recall points 0.00..0.50 (51) read precision 1, 0.51..1.00 (50) read 2/3: (51 + 50 * 2/3) / 101
     # VOC all-point: 0.5 * 1 + 0.5 * 2/3 = 5/6 = 0.8333
     # VOC 11-point: t = 0 .. .5 (6 points) -> 1, t = .6 .. 1 (5 points) -> 2/3: (6 + 5 * 2/3) / 11 = 28/33 = 0.8485
-    s = stats_of([([SQUARE], [0], [SQUARE, SQUARE], [0, 0], [0.9, 0.8]),
-                  ([SQUARE], [0], [SQUARE], [0], [0.7])], num_classes=1)
+    s = stats_of(
+        [([SQUARE], [0], [SQUARE, SQUARE], [0, 0], [0.9, 0.8]), ([SQUARE], [0], [SQUARE], [0], [0.7])], num_classes=1
+    )
     np.testing.assert_array_equal(s.tp[:, 0], [True, False, True])
     np.testing.assert_array_equal(s.voc_tp[:, 0], [True, False, True])
     np.testing.assert_allclose(M.average_precision(s, 0, "coco"), [(51 + 50 * 2 / 3) / 101])
@@ -100,8 +112,9 @@ def test_iou_058_counts_at_two_thresholds_only():
     # COCO mAP = (1 + 1 + 0 * 8) / 10 = 0.2; AP50 = 1; AP75 = 0; VOC (0.58 > 0.5) = 1 in both interpolations
     s = stats_of([([SQUARE], [0], [[0, 0, 10, 5.8]], [0], [0.9])], num_classes=1)
     np.testing.assert_array_equal(s.tp[0], [True, True] + [False] * 8)
-    assert scalars(s) == pytest.approx({"coco_map": 0.2, "coco_map_50": 1.0, "coco_map_75": 0.0,
-                                        "voc_map_50": 1.0, "voc07_map_50": 1.0})
+    assert scalars(s) == pytest.approx(
+        {"coco_map": 0.2, "coco_map_50": 1.0, "coco_map_75": 0.0, "voc_map_50": 1.0, "voc07_map_50": 1.0}
+    )
 
 
 def test_iou_exactly_half_counts_for_coco_not_voc():
@@ -122,9 +135,14 @@ def test_voc_all_point_vs_11_point_vs_coco_101_point():
     #       (4 + 3 * 2/3) / 11 = 6/11 = 0.5455
     # COCO: recall points 0.00..0.33 (34) -> 1, 0.34..0.66 (33) -> 2/3, 0.67..1.00 (34) unreached -> 0:
     #       (34 + 33 * 2/3) / 101 = 56 / 101 = 0.5545
-    s = stats_of([([SQUARE], [0], [SQUARE, FAR], [0, 0], [0.9, 0.8]),
-                  ([SQUARE], [0], [SQUARE], [0], [0.7]),
-                  ([SQUARE], [0], [FAR], [0], [0.6])], num_classes=1)
+    s = stats_of(
+        [
+            ([SQUARE], [0], [SQUARE, FAR], [0, 0], [0.9, 0.8]),
+            ([SQUARE], [0], [SQUARE], [0], [0.7]),
+            ([SQUARE], [0], [FAR], [0], [0.6]),
+        ],
+        num_classes=1,
+    )
     np.testing.assert_allclose(M.average_precision(s, 0, "voc"), [5 / 9])
     np.testing.assert_allclose(M.average_precision(s, 0, "voc07"), [6 / 11])
     np.testing.assert_allclose(M.average_precision(s, 0, "coco"), [56 / 101])
@@ -135,8 +153,9 @@ def test_11_point_uses_the_devkits_recall_points():
     # voc_eval.py's points np.arange(0., 1.1, 0.1): t[3] = 0.30000000000000004 > 3/10, so only t = 0, .1, .2
     # reach precision 1 (t[1] = 0.1 and t[2] = 0.2 are exact), t = .3 .. 1 -> 0: 3/11 as the devkit computes
     # all-point: 0.3 * 1 = 0.3
-    images = [([SQUARE], [0], [SQUARE] if i < 3 else [], [0] if i < 3 else [], [0.9] if i < 3 else [])
-              for i in range(10)]
+    images = [
+        ([SQUARE], [0], [SQUARE] if i < 3 else [], [0] if i < 3 else [], [0.9] if i < 3 else []) for i in range(10)
+    ]
     s = stats_of(images, num_classes=1)
     np.testing.assert_allclose(M.average_precision(s, 0, "voc07"), [3 / 11])
     np.testing.assert_allclose(M.average_precision(s, 0, "voc"), [0.3])
@@ -150,8 +169,10 @@ def test_voc_ignores_detections_of_difficult_objects_coco_counts_them():
     #   (counting A would give 5/6; ignoring d1, d2 with npos 2 would give .5)
     # COCO counts A: d1 TP (A), d2 FP (A taken, IoU 0 with B), d3 TP (B), d4 FP
     #   recall [.5, .5, 1, 1], precision [1, .5, 2/3, .5] -> monotone [1, 2/3, 2/3, .5]: (51 + 50 * 2/3) / 101
-    s = stats_of([([SQUARE, FAR], [0, 0], [SQUARE, SQUARE, FAR, [0, 0, 10, 4]], [0] * 4, [0.9, 0.8, 0.7, 0.6],
-                   [True, False])], num_classes=1)
+    s = stats_of(
+        [([SQUARE, FAR], [0, 0], [SQUARE, SQUARE, FAR, [0, 0, 10, 4]], [0] * 4, [0.9, 0.8, 0.7, 0.6], [True, False])],
+        num_classes=1,
+    )
     np.testing.assert_array_equal(s.voc_ignored[:, 0], [True, True, False, False])
     np.testing.assert_array_equal(s.voc_tp[:, 0], [False, False, True, False])
     np.testing.assert_array_equal(s.tp[:, 0], [True, False, True, False])
@@ -168,8 +189,9 @@ def test_voc_best_object_difficult_hides_a_non_difficult_one():
     # 92 / 108 = .852. The devkit only looks at the best (A, difficult): d is ignored and B is never found.
     # VOC: npos 1, no TP, no FP -> AP 0. COCO: d takes A (the highest IoU), B missed: AP50 = 51 / 101
     # (recall .5 at precision 1: points 0 .. .50) ... and a difficult-only class has VOC AP nan.
-    s = stats_of([([SQUARE, [1, 0, 11, 10], FAR], [0, 0, 1], [[0.2, 0, 10.2, 10], FAR], [0, 1], [0.9, 0.8],
-                   [True, False, True])])
+    s = stats_of(
+        [([SQUARE, [1, 0, 11, 10], FAR], [0, 0, 1], [[0.2, 0, 10.2, 10], FAR], [0, 1], [0.9, 0.8], [True, False, True])]
+    )
     assert s.voc_ignored[0, 0] and not s.voc_tp[0, 0]
     np.testing.assert_array_equal(s.voc_gt_per_class, [1, 0])
     np.testing.assert_allclose(M.average_precision(s, 0, "voc"), [0.0, np.nan])
@@ -187,11 +209,17 @@ def test_coco_takes_the_free_ground_truth_voc_the_best_one():
     #   mAP = (5 * 1 + 5 * 51 / 101) / 10; AP75 = 51 / 101; recall50 = 2 / 2
     # VOC: d2's best GT is A, already detected -> FP: recall [.5, .5], precision [1, .5] -> all-point AP = .5,
     #   11-point: t = 0 .. .5 (6 points) -> 1, the rest 0: 6 / 11
-    s = stats_of([([SQUARE, [2, 0, 12, 10]], [0, 0], [SQUARE, [0.5, 0, 10.5, 10]], [0, 0], [0.9, 0.8])],
-                 num_classes=1)
+    s = stats_of([([SQUARE, [2, 0, 12, 10]], [0, 0], [SQUARE, [0.5, 0, 10.5, 10]], [0, 0], [0.9, 0.8])], num_classes=1)
     np.testing.assert_array_equal(s.tp[1], [True] * 5 + [False] * 5)
-    assert scalars(s) == pytest.approx({"coco_map": (5 + 5 * 51 / 101) / 10, "coco_map_50": 1.0,
-                                        "coco_map_75": 51 / 101, "voc_map_50": 0.5, "voc07_map_50": 6 / 11})
+    assert scalars(s) == pytest.approx(
+        {
+            "coco_map": (5 + 5 * 51 / 101) / 10,
+            "coco_map_50": 1.0,
+            "coco_map_75": 51 / 101,
+            "voc_map_50": 0.5,
+            "voc07_map_50": 6 / 11,
+        }
+    )
     assert M.detection_summary(s)["per_class"][0]["recall50"] == 1.0
 
 
@@ -235,9 +263,18 @@ def test_merging_in_any_order_equals_computing_at_once():
         gb = np.sort(rng.uniform(0, 100, (3, 4)).reshape(3, 2, 2), axis=1).transpose(0, 2, 1).reshape(3, 4)
         db = gb + rng.normal(0, 4, gb.shape)
         db = np.concatenate([np.minimum(db[:, :2], db[:, 2:]), np.maximum(db[:, :2], db[:, 2:])], axis=1)
-        per_image.append(M.match_image(gb, rng.integers(0, 3, 3), db, rng.integers(0, 3, 3),
-                                       np.round(rng.uniform(0, 1, 3), 1), 3, image_id=i + 1,
-                                       gt_difficult=rng.random(3) < 0.2))
+        per_image.append(
+            M.match_image(
+                gb,
+                rng.integers(0, 3, 3),
+                db,
+                rng.integers(0, 3, 3),
+                np.round(rng.uniform(0, 1, 3), 1),
+                3,
+                image_id=i + 1,
+                gt_difficult=rng.random(3) < 0.2,
+            )
+        )
     at_once = sum(per_image)
     halves = sum(per_image[6:]) + sum(per_image[:6])  # batches may finish in any order
     shuffled = sum(per_image[j] for j in rng.permutation(12)) + M.MatchStats.empty(3)
@@ -309,8 +346,16 @@ def crowded_case(rng, n_images=20, n_classes=4, max_gt=30, max_det=150):
         cxy = np.clip(centres + rng.normal(0, 0.05, (g, 2)), half, 1 - half)
         gb = np.concatenate([cxy - half, cxy + half], axis=1) * [w, h, w, h]
         gl = rng.integers(0, n_classes - 1, g)  # the last class never has ground truth
-        images.append({"file": f"img_{i}.jpg", "width": w, "height": h, "boxes": gb, "labels": gl,
-                       "difficult": rng.random(g) < 0.15})
+        images.append(
+            {
+                "file": f"img_{i}.jpg",
+                "width": w,
+                "height": h,
+                "boxes": gb,
+                "labels": gl,
+                "difficult": rng.random(g) < 0.15,
+            }
+        )
         d = max_det if i == 0 else int(rng.integers(0, max_det + 1))
         for _ in range(d):
             kind = rng.random()
@@ -327,8 +372,14 @@ def crowded_case(rng, n_images=20, n_classes=4, max_gt=30, max_det=150):
                 box = np.concatenate([p, p + rng.uniform(0.03, 0.3, 2) * [w, h]])
                 label = int(rng.integers(n_classes))
             box = np.concatenate([np.minimum(box[:2], box[2:]), np.maximum(box[:2], box[2:])])
-            dets.append({"image_id": coco.image_id(i), "box": box, "label": 0 if i == 0 else label,
-                         "score": round(float(rng.uniform(0.01, 1)), 2)})
+            dets.append(
+                {
+                    "image_id": coco.image_id(i),
+                    "box": box,
+                    "label": 0 if i == 0 else label,
+                    "score": round(float(rng.uniform(0.01, 1)), 2),
+                }
+            )
     return images, dets
 
 
@@ -338,9 +389,18 @@ def raydet_stats(images, dets, n_classes):
     for i in np.random.default_rng(0).permutation(len(images)):
         img = images[i]
         mine = [d for d in dets if d["image_id"] == coco.image_id(i)]
-        parts.append(M.match_image(img["boxes"], img["labels"], np.array([d["box"] for d in mine]).reshape(-1, 4),
-                                   np.array([d["label"] for d in mine], int), [d["score"] for d in mine],
-                                   n_classes, image_id=coco.image_id(i), gt_difficult=img["difficult"]))
+        parts.append(
+            M.match_image(
+                img["boxes"],
+                img["labels"],
+                np.array([d["box"] for d in mine]).reshape(-1, 4),
+                np.array([d["label"] for d in mine], int),
+                [d["score"] for d in mine],
+                n_classes,
+                image_id=coco.image_id(i),
+                gt_difficult=img["difficult"],
+            )
+        )
     return M.MatchStats.concat(parts)
 
 
@@ -363,17 +423,22 @@ def test_crowded_images_equal_pycocotools(tmp_path):
     recall50 = np.array([c["recall50"] for c in ours["per_class"]])
     np.testing.assert_allclose(ap50, np.where(ref_ap50 < 0, np.nan, ref_ap50), rtol=0, atol=1e-12)
     np.testing.assert_allclose(recall50, np.where(ref_recall50 < 0, np.nan, ref_recall50), rtol=0, atol=1e-12)
-    assert [c["ground_truth"] for c in ours["per_class"]] == \
-        [len(ev.cocoGt.getAnnIds(catIds=[coco.category_id(k)])) for k in range(len(classes))]
+    assert [c["ground_truth"] for c in ours["per_class"]] == [
+        len(ev.cocoGt.getAnnIds(catIds=[coco.category_id(k)])) for k in range(len(classes))
+    ]
 
 
 def voc_eval_reference(images, dets, label, use_07):
     """A transcription of voc_eval.py's loop for one class (detections sorted once over all images; ignored ones
     kept in the sums with tp = fp = 0), with continuous IoU and 11-point recall points k / 10 as raydet."""
-    recs = {coco.image_id(i): {"bbox": img["boxes"][img["labels"] == label],
-                               "difficult": img["difficult"][img["labels"] == label],
-                               "det": np.zeros(int(np.sum(img["labels"] == label)), bool)}
-            for i, img in enumerate(images)}
+    recs = {
+        coco.image_id(i): {
+            "bbox": img["boxes"][img["labels"] == label],
+            "difficult": img["difficult"][img["labels"] == label],
+            "det": np.zeros(int(np.sum(img["labels"] == label)), bool),
+        }
+        for i, img in enumerate(images)
+    }
     npos = sum(int(np.sum(~r["difficult"])) for r in recs.values())
     mine = [d for d in dets if d["label"] == label]  # listed by image id, then position: raydet's tie order
     order = np.argsort([-d["score"] for d in mine], kind="stable")

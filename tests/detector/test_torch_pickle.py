@@ -16,7 +16,9 @@ import pytest
 from raydet.detector.torch_pickle import MAGIC_NUMBER, PROTOCOL_VERSION, load_state_dict
 
 SYS_INFO = {
-    "protocol_version": PROTOCOL_VERSION, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}
+    "protocol_version": PROTOCOL_VERSION,
+    "little_endian": True,
+    "type_sizes": {"short": 2, "int": 4, "long": 4},
 }
 
 
@@ -108,22 +110,49 @@ def _one_tensor_file(path, monkeypatch, offset, size, stride, data=None, **stora
         _write_legacy(path, collections.OrderedDict(t=_FakeTensor(floats, offset, size, stride)), [floats], torch)
 
 
-@pytest.mark.parametrize("offset, size, stride, storage, match", [
-    (11, (3,), (-1,), {}, r"'t': offset 11, size \(3,\) and stride \(-1,\) must be non-negative ints"),
-    (0, (2**40,), (0,), {}, r"'t': size \(1099511627776,\) has 1099511627776 elements, more than 268435456"),
-    (0, (2,), (-2**40,), {}, r"stride \(-1099511627776,\) must be non-negative ints"),
-    (2**40, (2, 2), (2**40, -2**40), {}, r"stride \(1099511627776, -1099511627776\) must be non-negative"),
-    (5, (2, 2), (3, -3), {}, r"stride \(3, -3\) must be non-negative"),  # cancelling: offset + 3 - 3 looks in range
-    (0, (4, 3), (3, 1), {"numel": 2**40}, r"storage '1' claims 1099511627776 elements of 4 bytes; the file has \d+ bytes"),
-    (0, (4, 3), (3, 1), {"count": 2**40}, r"storage '1' claims 1099511627776 elements of 4 bytes; 48 bytes are left"),
-    (0, (4, 3), (3, 1), {"count": 11}, r"storage '1' holds 11 elements; its tensors were told 12"),
-    (1, (4, 3), (3, 1), {}, r"'t': offset 1 size \(4, 3\) stride \(3, 1\) reaches element 13, its storage holds 12"),
-    (0, (2, 2), (7, 5), {}, r"'t': offset 0 size \(2, 2\) stride \(7, 5\) reaches element 13, its storage holds 12"),
-    (0, (2.5,), (1,), {}, r"size \(2.5,\) and stride \(1,\) must be non-negative ints"),
-    (0, (True,), (1,), {}, r"must be non-negative ints"),
-    (0, (2, 3), (1,), {}, r"must be tuples of the same length"),
-    (-1, (2,), (1,), {}, r"offset -1, size \(2,\)"),
-])
+@pytest.mark.parametrize(
+    "offset, size, stride, storage, match",
+    [
+        (11, (3,), (-1,), {}, r"'t': offset 11, size \(3,\) and stride \(-1,\) must be non-negative ints"),
+        (0, (2**40,), (0,), {}, r"'t': size \(1099511627776,\) has 1099511627776 elements, more than 268435456"),
+        (0, (2,), (-(2**40),), {}, r"stride \(-1099511627776,\) must be non-negative ints"),
+        (2**40, (2, 2), (2**40, -(2**40)), {}, r"stride \(1099511627776, -1099511627776\) must be non-negative"),
+        (5, (2, 2), (3, -3), {}, r"stride \(3, -3\) must be non-negative"),  # cancelling: offset + 3 - 3 looks in range
+        (
+            0,
+            (4, 3),
+            (3, 1),
+            {"numel": 2**40},
+            r"storage '1' claims 1099511627776 elements of 4 bytes; the file has \d+ bytes",
+        ),
+        (
+            0,
+            (4, 3),
+            (3, 1),
+            {"count": 2**40},
+            r"storage '1' claims 1099511627776 elements of 4 bytes; 48 bytes are left",
+        ),
+        (0, (4, 3), (3, 1), {"count": 11}, r"storage '1' holds 11 elements; its tensors were told 12"),
+        (
+            1,
+            (4, 3),
+            (3, 1),
+            {},
+            r"'t': offset 1 size \(4, 3\) stride \(3, 1\) reaches element 13, its storage holds 12",
+        ),
+        (
+            0,
+            (2, 2),
+            (7, 5),
+            {},
+            r"'t': offset 0 size \(2, 2\) stride \(7, 5\) reaches element 13, its storage holds 12",
+        ),
+        (0, (2.5,), (1,), {}, r"size \(2.5,\) and stride \(1,\) must be non-negative ints"),
+        (0, (True,), (1,), {}, r"must be non-negative ints"),
+        (0, (2, 3), (1,), {}, r"must be tuples of the same length"),
+        (-1, (2,), (1,), {}, r"offset -1, size \(2,\)"),
+    ],
+)
 def test_malformed_tensors_are_refused_before_allocating(tmp_path, monkeypatch, offset, size, stride, storage, match):
     path = tmp_path / "bad.pth"
     _one_tensor_file(path, monkeypatch, offset, size, stride, **storage)
@@ -141,7 +170,7 @@ def test_malformed_tensors_are_refused_before_allocating(tmp_path, monkeypatch, 
 def test_tensors_are_checked_before_storages_are_read(tmp_path, monkeypatch):
     """A bad tensor over a 4 MiB storage: refused with the file in memory once, its storage never copied out."""
     path = tmp_path / "big.pth"
-    _one_tensor_file(path, monkeypatch, 0, (2, 2), (2**20, -2**20), data=np.zeros(2**20, np.float32))
+    _one_tensor_file(path, monkeypatch, 0, (2, 2), (2**20, -(2**20)), data=np.zeros(2**20, np.float32))
     size = path.stat().st_size
     tracemalloc.start()
     try:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import handset as H
 import numpy as np
 import pytest
-
-import handset as H
 import worker_hooks
 from printed import assert_printed_locations_exist
+
 from raydet.config import EvaluateConfig
 from raydet.evaluate.outputs import DRAW_SCORE_THRESHOLD
 from raydet.evaluate.pool import REPORT_KEYS, evaluate
@@ -39,11 +39,19 @@ SCENES = [  # file, painted objects, ground truth [(box xyxy normalized, label, 
 #   VOC ignores G: npos 2, recall [0, 1/2], precision [0, 1/2] -> all-point AP 1/2 * 1/2 = 0.25; 11-point: the
 #   points 0 .. 0.5 (6 of 11) read 1/2 -> 3/11.
 RED_MAP = (4 + 6 * 67 / 101) / 10
-EXPECTED = {"coco_map": (RED_MAP + 17 / 101) / 2, "coco_map_50": (1 + 17 / 101) / 2,
-            "coco_map_75": (67 / 101 + 17 / 101) / 2, "voc_map_50": (1 + 0.25) / 2, "voc07_map_50": (1 + 3 / 11) / 2,
-            "detections_per_image": 6 / 3, "images": 3}  # 3 + 2 + 1 detections with score >= 0.01
-PER_CLASS = [{"class": "red", "ap50": 1.0, "voc_ap50": 1.0, "recall50": 1.0, "ground_truth": 3},
-             {"class": "blue", "ap50": 17 / 101, "voc_ap50": 0.25, "recall50": 1 / 3, "ground_truth": 3}]
+EXPECTED = {
+    "coco_map": (RED_MAP + 17 / 101) / 2,
+    "coco_map_50": (1 + 17 / 101) / 2,
+    "coco_map_75": (67 / 101 + 17 / 101) / 2,
+    "voc_map_50": (1 + 0.25) / 2,
+    "voc07_map_50": (1 + 3 / 11) / 2,
+    "detections_per_image": 6 / 3,
+    "images": 3,
+}  # 3 + 2 + 1 detections with score >= 0.01
+PER_CLASS = [
+    {"class": "red", "ap50": 1.0, "voc_ap50": 1.0, "recall50": 1.0, "ground_truth": 3},
+    {"class": "blue", "ap50": 17 / 101, "voc_ap50": 0.25, "recall50": 1 / 3, "ground_truth": 3},
+]
 
 
 def make_prep(root):
@@ -57,12 +65,25 @@ def make_prep(root):
         boxes, labels, difficult = np.zeros((3, 4), np.float32), np.full(3, -1, np.int32), np.zeros(3, np.uint8)
         for k, (b, label, hard) in enumerate(truth):
             boxes[k], labels[k], difficult[k] = b, label, hard
-        rows.append({"file": file, "image": H.paint(objects), "boxes": boxes, "labels": labels,
-                     "difficult": difficult, "num_objects": len(truth), "width": WIDTH, "height": HEIGHT})
+        rows.append(
+            {
+                "file": file,
+                "image": H.paint(objects),
+                "boxes": boxes,
+                "labels": labels,
+                "difficult": difficult,
+                "num_objects": len(truth),
+                "width": WIDTH,
+                "height": HEIGHT,
+            }
+        )
     write_shard(str(prep / "test" / "part-00000.parquet"), rows[:2])
     write_shard(str(prep / "test" / "part-00001.parquet"), rows[2:])
-    (prep / "manifest.json").write_text(json.dumps({"classes": H.CLASSES, "image_size": H.SIZE, "max_objects": 3,
-                                                    "splits": {"train": 0, "test": len(rows)}}))
+    (prep / "manifest.json").write_text(
+        json.dumps(
+            {"classes": H.CLASSES, "image_size": H.SIZE, "max_objects": 3, "splits": {"train": 0, "test": len(rows)}}
+        )
+    )
     return prep
 
 
@@ -116,8 +137,15 @@ def test_evaluate_report_coco_and_drawings(setup, ray_local):
     from raydet.report import draw
 
     coco_dir = setup["root"] / "coco"
-    cfg = EvaluateConfig(run=str(setup["run"]), data=str(setup["prep"]), models=("float", "int8"), actors=2,
-                         batch_size=1, coco_out=str(coco_dir), draw=3)
+    cfg = EvaluateConfig(
+        run=str(setup["run"]),
+        data=str(setup["prep"]),
+        models=("float", "int8"),
+        actors=2,
+        batch_size=1,
+        coco_out=str(coco_dir),
+        draw=3,
+    )
     report = evaluate(cfg)
 
     # 1. report.json: the metrics computed by hand above, for the float model and (its errors are ~1e-3 of a
@@ -183,8 +211,15 @@ def test_killed_actor_is_restarted_and_every_image_is_counted_once(setup, ray_lo
     marker = setup["root"] / "crashed"
     worker_hooks.register()
     coco_dir = setup["root"] / "coco_crash"
-    cfg = EvaluateConfig(run=str(setup["run"]), data=str(setup["prep"]), models=("int8",), actors=2,
-                         batch_size=1, draw=0, coco_out=str(coco_dir))
+    cfg = EvaluateConfig(
+        run=str(setup["run"]),
+        data=str(setup["prep"]),
+        models=("int8",),
+        actors=2,
+        batch_size=1,
+        draw=0,
+        coco_out=str(coco_dir),
+    )
     report = evaluate(cfg, predictor=worker_hooks.crash_once_predictor(str(marker)))
     crashed_pid = int(marker.read_text())  # an actor really died: it wrote its pid, then os._exit(1)
     # the dead process returned nothing; its batch was run again by a restarted (or the other) actor
@@ -206,8 +241,9 @@ def test_a_failed_drawing_keeps_report_and_coco_files(setup, ray_local, monkeypa
     monkeypatch.setattr(draw, "draw_detections", broken)
     out = setup["root"] / "run_broken_draw"
     H.write_run(out)
-    report = evaluate(EvaluateConfig(run=str(out), data=str(setup["prep"]), models=("int8",), actors=1,
-                                     batch_size=2, draw=2))  # no coco_out: RUN/eval/coco
+    report = evaluate(
+        EvaluateConfig(run=str(out), data=str(setup["prep"]), models=("int8",), actors=1, batch_size=2, draw=2)
+    )  # no coco_out: RUN/eval/coco
     printed = capsys.readouterr().out
     assert "drawings failed (RuntimeError: no ink)" in printed
     assert json.loads((out / "eval" / "report.json").read_text())["models"] == report["models"]
@@ -242,8 +278,7 @@ def test_a_failed_evaluate_leaves_the_previous_eval_folder_whole(setup, ray_loca
 
 
 def test_too_many_actors_for_the_cluster(setup, ray_local):
-    cfg = EvaluateConfig(run=str(setup["run"]), data=str(setup["prep"]), models=("int8",), actors=2, threads=2,
-                         draw=0)
+    cfg = EvaluateConfig(run=str(setup["run"]), data=str(setup["prep"]), models=("int8",), actors=2, threads=2, draw=0)
     with pytest.raises(ValueError, match="needs 4 CPUs"):
         evaluate(cfg)
 
@@ -288,8 +323,7 @@ def test_every_path_evaluate_prints_exists_once_it_ends(setup, ray_local, capsys
     end: the messages name where they end up, never the staging folder."""
     out = setup["root"] / "run_printed_paths"
     H.write_run(out)
-    evaluate(EvaluateConfig(run=str(out), data=str(setup["prep"]), models=("int8",), actors=1, batch_size=2,
-                            draw=1))
+    evaluate(EvaluateConfig(run=str(out), data=str(setup["prep"]), models=("int8",), actors=1, batch_size=2, draw=1))
     printed = capsys.readouterr().out
     assert f"in {out / 'eval' / 'coco'}" in printed and ".eval-staging-" not in printed
     assert_printed_locations_exist(printed, str(out), at_least=3)

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import json
 
+import handset as H
 import numpy as np
 import pytest
 from PIL import Image
-
-import handset as H
 from printed import assert_printed_locations_exist
+
 from raydet.config import PredictConfig
-from raydet.export.runner import ModelRunner, OldRunError
 from raydet.evaluate.predict import collect_images, predict
+from raydet.export.runner import ModelRunner, OldRunError
 
 A, B, C, D = H.Obj(1, 1, 0, 5, 1), H.Obj(5, 2, 1, 4, 2), H.Obj(2, 5, 0, 3, 2), H.Obj(6, 6, 0, 2, 1)
 SCENE = [A, B, C, D]  # scores 0.9975 (red), 0.9734 (blue), 0.7685 (red), 0.2315 (red: under the default 0.3)
@@ -49,7 +49,12 @@ def test_collect_images_recurses_sorted_and_reports_missing(tmp_path):
     (folder / "notes.txt").write_text("not an image suffix, ignored in a folder")
     files, skipped = collect_images([str(folder), str(folder / "scene.png"), str(tmp_path / "nope")])
     assert [f.relative_to(folder).as_posix() for f in files] == [
-        "cut.jpg", "empty.jpg", "garbage.png", "scene.png", "sub/wide.png"]  # scene.png named twice: once
+        "cut.jpg",
+        "empty.jpg",
+        "garbage.png",
+        "scene.png",
+        "sub/wide.png",
+    ]  # scene.png named twice: once
     assert skipped == [{"file": str(tmp_path / "nope"), "reason": "no such file or folder"}]
 
 
@@ -102,11 +107,13 @@ def test_predict_lists_and_draws_every_detection(run_dir, tmp_path, model, box_t
 def test_score_threshold_keeps_the_best_and_the_image(run_dir, tmp_path):
     folder = _inputs(tmp_path)
     scene = str(folder / "scene.png")
-    report = predict(PredictConfig(run=str(run_dir), paths=(scene,), out=str(tmp_path / "o"), model="float",
-                                   score_threshold=0.9))  # A 0.9975 and B 0.9734 pass, C 0.7685 does not
+    report = predict(
+        PredictConfig(run=str(run_dir), paths=(scene,), out=str(tmp_path / "o"), model="float", score_threshold=0.9)
+    )  # A 0.9975 and B 0.9734 pass, C 0.7685 does not
     assert [d["class"] for d in report["images"][0]["detections"]] == ["red", "blue"]
-    report = predict(PredictConfig(run=str(run_dir), paths=(scene,), out=str(tmp_path / "o"), model="float",
-                                   score_threshold=0.999))  # nothing reaches 0.999
+    report = predict(
+        PredictConfig(run=str(run_dir), paths=(scene,), out=str(tmp_path / "o"), model="float", score_threshold=0.999)
+    )  # nothing reaches 0.999
     assert [img["detections"] for img in report["images"]] == [[]]
     assert (tmp_path / "o" / "scene.png").is_file()
 
@@ -174,8 +181,9 @@ def test_a_jpeg_only_libjpeg_turbo_reads_is_predicted_and_drawn(run_dir, tmp_pat
     assert simplejpeg.decode_jpeg(data).shape == (32, 32, 3)  # the one decode_resize uses reads it
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "tem.jpg").write_bytes(data)
-    report = predict(PredictConfig(run=str(run_dir), paths=(str(tmp_path / "in"),), out=str(tmp_path / "out"),
-                                   model="float"))
+    report = predict(
+        PredictConfig(run=str(run_dir), paths=(str(tmp_path / "in"),), out=str(tmp_path / "out"), model="float")
+    )
     assert report["skipped"] == [] and [img["output"] for img in report["images"]] == ["tem.png"]
     assert len(report["images"][0]["detections"]) == 3
     with Image.open(tmp_path / "out" / "tem.png") as im:
@@ -185,8 +193,11 @@ def test_a_jpeg_only_libjpeg_turbo_reads_is_predicted_and_drawn(run_dir, tmp_pat
 def test_predict_refuses_an_image_over_max_pixels_naming_its_size(run_dir, tmp_path):
     (tmp_path / "in").mkdir()
     Image.fromarray(H.paint(SCENE)).save(tmp_path / "in" / "scene.png")
-    report = predict(PredictConfig(run=str(run_dir), paths=(str(tmp_path / "in"),), out=str(tmp_path / "out"),
-                                   model="float", max_pixels=1023))
+    report = predict(
+        PredictConfig(
+            run=str(run_dir), paths=(str(tmp_path / "in"),), out=str(tmp_path / "out"), model="float", max_pixels=1023
+        )
+    )
     assert report["images"] == []
     (skip,) = report["skipped"]
     assert "32 x 32 = 1,024 pixels" in skip["reason"] and "1,023" in skip["reason"]
@@ -200,8 +211,8 @@ def test_a_thin_image_is_drawn_within_the_pixel_cap(tmp_path, size):
     import resource
     import tracemalloc
 
-    from raydet.report import draw
     from raydet.evaluate.predict import draw_prediction
+    from raydet.report import draw
 
     path = tmp_path / "thin.png"
     Image.new("RGB", size, (10, 200, 30)).save(path)

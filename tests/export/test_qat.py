@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 import prep_helpers
+import pytest
 import quant_helpers
 from quant_helpers import ap50, synthetic, train_small_model
 
@@ -53,8 +52,11 @@ def test_apply_qat_wraps_the_network_and_keeps_names_and_weights(float_model):
     rescale = qat.get_layer("quant_rescale")
     assert type(rescale.quantize_config).__name__ == "RescalingQuantizeConfig"
     assert rescale.quantize_config.get_weights_and_quantizers(rescale.layer) == []
-    assert sorted(w.name.split("/")[-1] for w in rescale.weights) == ["optimizer_step:0", "output_max:0",
-                                                                     "output_min:0"]
+    assert sorted(w.name.split("/")[-1] for w in rescale.weights) == [
+        "optimizer_step:0",
+        "output_max:0",
+        "output_min:0",
+    ]
     # the float weights carried over (conv0's kernel, the class head's kernel)
     for wrapper, name in (("quant_block0_conv", "block0_conv"), ("heatmap", "heatmap")):
         kernel = [w for w in qat.get_layer(wrapper).weights if w.name.endswith("/kernel:0")]
@@ -81,8 +83,13 @@ def test_batchnorm_after_pooling_is_refused_with_the_layer_named():
     x = keras.layers.Conv2D(4, 3, name="conv")(x)
     x = keras.layers.MaxPooling2D(name="pool")(x)
     x = keras.layers.BatchNormalization(name="bn_after_pool")(x)
-    model = keras.Model(inputs, {"heatmap": keras.layers.Conv2D(3, 1, activation="sigmoid", name="heatmap")(x),
-                                 "boxes": keras.layers.Conv2D(4, 1, activation="sigmoid", name="boxes")(x)})
+    model = keras.Model(
+        inputs,
+        {
+            "heatmap": keras.layers.Conv2D(3, 1, activation="sigmoid", name="heatmap")(x),
+            "boxes": keras.layers.Conv2D(4, 1, activation="sigmoid", name="boxes")(x),
+        },
+    )
     with pytest.raises(ValueError, match=r"bn_after_pool follows pool \(MaxPooling2D\).*Conv\(no bias\) -> BatchNorm"):
         apply_qat(model)
 
@@ -114,9 +121,9 @@ def test_export_is_full_int8_with_uint8_input(qat_run):
 
 
 def test_qat_tflite_keeps_the_keras_answers_and_float_ap(qat_run, float_model):
-    from raydet.export.tflite import TFLiteModel
-
     from test_quantize import assert_same_detections
+
+    from raydet.export.tflite import TFLiteModel
 
     test = synthetic(200, seed=1)
     keras_out = qat_run["model"].predict(test["image"].astype(np.float32), verbose=0)
@@ -159,9 +166,9 @@ def _qat_worker_loop(config):
     import tensorflow as tf
     import tf_keras
 
-    from raydet.train.inputs import BatchMaker
     from raydet.detector.model import build_model, compile_model
     from raydet.export.qat import apply_qat, save_qat_model
+    from raydet.train.inputs import BatchMaker
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
@@ -177,8 +184,9 @@ def _qat_worker_loop(config):
     save_qat_model(model, Path(config["run"]) / ("model_qat.keras" if rank == 0 else f"rank{rank}_qat.keras"))
     # Result.metrics only holds rank 0's report (and none without a checkpoint): each rank writes its own
     checksum = float(sum(np.abs(w.astype(np.float64)).sum() for w in weights))
-    Path(config["run"], f"rank{rank}.json").write_text(json.dumps({"loss": history.history["loss"][-1],
-                                                                    "checksum": checksum}))
+    Path(config["run"], f"rank{rank}.json").write_text(
+        json.dumps({"loss": history.history["loss"][-1], "checksum": checksum})
+    )
 
 
 @pytest.mark.slow
@@ -188,8 +196,8 @@ def test_qat_trains_with_two_workers_and_exports(ray_local, tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from raydet.export.qat import export_qat_tflite
     from raydet.cluster.runtime import runtime_env
+    from raydet.export.qat import export_qat_tflite
     from raydet.export.tflite import TFLiteModel
 
     # the workers cannot import this test module: ship it (and its helpers) by value
@@ -200,10 +208,11 @@ def test_qat_trains_with_two_workers_and_exports(ray_local, tmp_path):
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"model": dataclasses.asdict(_model_config())}))
     trainer = TensorflowTrainer(
-        _qat_worker_loop, train_loop_config={"run": str(run)},
+        _qat_worker_loop,
+        train_loop_config={"run": str(run)},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="qat2",
-                             worker_runtime_env=runtime_env()))
+        run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="qat2", worker_runtime_env=runtime_env()),
+    )
     result = trainer.fit()
     assert result.error is None, result.error
     ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -220,8 +229,10 @@ def test_calibration_sets_activation_ranges_from_one_pass_and_keeps_bn_statistic
 
     q = apply_qat(float_model)
     layer = q.get_layer("heatmap")
-    low, high = (next(v for v in layer.non_trainable_variables if v.name.endswith(f"pre_activation_{k}:0"))
-                 for k in ("min", "max"))
+    low, high = (
+        next(v for v in layer.non_trainable_variables if v.name.endswith(f"pre_activation_{k}:0"))
+        for k in ("min", "max")
+    )
     assert (low.numpy(), high.numpy()) == (-6.0, 6.0)  # tfmot's start
     stats = {v.name: v.numpy() for v in q.variables if "moving_" in v.name}
     images = synthetic(16, seed=3)["image"]

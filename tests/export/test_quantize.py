@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from prep_helpers import make_prep
 from quant_helpers import ap50, synthetic, train_small_model
 
@@ -27,8 +26,9 @@ def trained_run(tmp_path_factory):
     prep, run = make_prep(root / "prep", n_train=100, n_test=8, classes=3), root / "run"
     run.mkdir()
     model.save(run / "model.keras")
-    (run / "config.json").write_text(json.dumps({"classes": ["red", "green", "blue"], "image_size": 32,
-                                                 "prep": str(prep)}))
+    (run / "config.json").write_text(
+        json.dumps({"classes": ["red", "green", "blue"], "image_size": 32, "prep": str(prep)})
+    )
     test = synthetic(200, seed=1)
     return {"run": run, "prep": prep, "model": model, "test": test}
 
@@ -107,8 +107,10 @@ def test_float_tflite_matches_keras_and_quantized_models_stay_close(trained_run,
 
     test = trained_run["test"]
     keras_out = trained_run["model"].predict(test["image"].astype(np.float32), verbose=0)
-    outs = {mode: TFLiteModel(str(tflite_path(trained_run["run"], mode)), batch_size=32).predict(test["image"])
-            for mode in ("float32", "dynamic", "float16", "int8")}
+    outs = {
+        mode: TFLiteModel(str(tflite_path(trained_run["run"], mode)), batch_size=32).predict(test["image"])
+        for mode in ("float32", "dynamic", "float16", "int8")
+    }
     for name in ("heatmap", "boxes"):
         np.testing.assert_allclose(outs["float32"][name], keras_out[name], atol=1e-3, rtol=1e-3)
     float_ap = ap50(keras_out, test)
@@ -124,14 +126,20 @@ def assert_same_detections(keras_out: dict, tflite_out: dict, mode: str, box_tol
     from raydet.detector.decode import decode
 
     same = 0
-    pairs = list(zip(decode(keras_out["heatmap"], keras_out["boxes"], score_threshold=0.3),
-                     decode(tflite_out["heatmap"], tflite_out["boxes"], score_threshold=0.3)))
+    pairs = list(
+        zip(
+            decode(keras_out["heatmap"], keras_out["boxes"], score_threshold=0.3),
+            decode(tflite_out["heatmap"], tflite_out["boxes"], score_threshold=0.3),
+        )
+    )
     for k, q in pairs:
         if len(k) != len(q):
             continue
         order_k, order_q = np.lexsort(k.boxes.T[::-1]), np.lexsort(q.boxes.T[::-1])  # by x0, then y0, ...
-        same += bool(np.array_equal(k.labels[order_k], q.labels[order_q])
-                     and np.abs(k.boxes[order_k] - q.boxes[order_q]).max(initial=0.0) <= box_tol)
+        same += bool(
+            np.array_equal(k.labels[order_k], q.labels[order_q])
+            and np.abs(k.boxes[order_k] - q.boxes[order_q]).max(initial=0.0) <= box_tol
+        )
     assert same >= 0.95 * len(pairs), (mode, same, len(pairs))
 
 
@@ -144,21 +152,22 @@ def test_the_trained_model_finds_several_objects_of_different_classes(trained_ru
     found = 0
     for i in np.flatnonzero(test["num_objects"] >= 2)[:20]:
         n = test["num_objects"][i]
-        out = trained_run["model"].predict(test["image"][i:i + 1].astype(np.float32), verbose=0)
+        out = trained_run["model"].predict(test["image"][i : i + 1].astype(np.float32), verbose=0)
         (det,) = decode(out["heatmap"], out["boxes"], score_threshold=0.3)
         ious = iou_matrix(det.boxes, test["boxes"][i, :n])
-        ok = len(det) == n and (ious.max(axis=0) >= 0.5).all() and \
-            np.array_equal(det.labels[ious.argmax(axis=0)], test["labels"][i, :n])
+        ok = (
+            len(det) == n
+            and (ious.max(axis=0) >= 0.5).all()
+            and np.array_equal(det.labels[ious.argmax(axis=0)], test["labels"][i, :n])
+        )
         found += bool(ok)
     assert len(set(test["labels"][test["num_objects"] >= 2, 0])) > 1  # images of several classes were tried
     assert found >= 16, found  # at least 16 of the 20 crowded images exactly right
 
 
 def test_int8_takes_raw_uint8_pixels(trained_run, quantized):
-    from raydet.export.quantize import tflite_path
+    from raydet.export.quantize import calibration_images, tflite_path
     from raydet.export.tflite import TFLiteModel
-
-    from raydet.export.quantize import calibration_images
 
     model = TFLiteModel(str(tflite_path(trained_run["run"], "int8")))
     scale, zero_point = model._input["quantization"]
@@ -198,4 +207,3 @@ def test_calibration_at_the_wrong_size_is_refused(trained_run):
         calibration_images(trained_run["prep"], 7, image_size=64)
     with pytest.raises(FileNotFoundError, match="train"):
         calibration_images(trained_run["run"], 7)
-

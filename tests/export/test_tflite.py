@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
+import handset as H
 import numpy as np
 import pytest
 
-import handset as H
 from raydet.detector.decode import decode
 from raydet.export.runner import ModelRunner, OldRunError, check_model_file, check_run, model_file
 
@@ -17,8 +17,13 @@ from raydet.export.runner import ModelRunner, OldRunError, check_model_file, che
 # in steps of ~1/256 over [0, 1]; 0.002 is a sixteenth of a cell at G = 8), a score within 0.01 (the sigmoid
 # output's step is 1/256 and its input's ~0.1 logit)
 BOX_TOL, SCORE_TOL = 0.002, 0.01
-SCENE = [H.Obj(1, 1, 0, 5, 1), H.Obj(6, 1, 0, 4, 1), H.Obj(5, 2, 1, 4, 2), H.Obj(2, 5, 0, 3, 2),
-         H.Obj(6, 6, 1, 1, 5)]  # the last: score sigmoid(-3.6) = 0.0266, kept at decode's default 0.01
+SCENE = [
+    H.Obj(1, 1, 0, 5, 1),
+    H.Obj(6, 1, 0, 4, 1),
+    H.Obj(5, 2, 1, 4, 2),
+    H.Obj(2, 5, 0, 3, 2),
+    H.Obj(6, 6, 1, 1, 5),
+]  # the last: score sigmoid(-3.6) = 0.0266, kept at decode's default 0.01
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +94,11 @@ def test_old_single_box_run_is_refused(tmp_path):
     config = json.loads((old / "config.json").read_text())
     del config["model"]
     (old / "config.json").write_text(json.dumps(config))
-    for refuse in (check_run, lambda _: check_model_file(old / "model.keras"),
-                   lambda _: ModelRunner(old / "model.keras")):
+    for refuse in (
+        check_run,
+        lambda _: check_model_file(old / "model.keras"),
+        lambda _: ModelRunner(old / "model.keras"),
+    ):
         with pytest.raises(OldRunError, match=r"outputs \['boxes', 'class_logits'\].*must be retrained"):
             refuse(old)
 

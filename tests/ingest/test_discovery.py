@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from voc_xml import obj, xml
 
 from raydet.ingest import discovery
 from raydet.ingest.discovery import AnnotationRef, discover, read_file, resolve_image
 from raydet.ingest.voc import VocError, parse_voc
-
 
 # ----------------------------------------------------------------------------------------- image lookup
 
@@ -27,7 +25,10 @@ def test_resolve_by_filename_then_stem_with_any_extension_case():
     assert resolve_image(frozenset({"x.png"}), AnnotationRef("x.xml", "", None), "") == "x.png"
     assert resolve_image(frozenset({"x.png", "x.jpg"}), AnnotationRef("x.xml", "", None), "x.PNG") == "x.png"
     # <filename> without its extension, or with another one, and an XML named differently
-    assert resolve_image(frozenset({"IMG_1.jpeg", "ann_1.jpg"}), AnnotationRef("ann_1.xml", "", None), "IMG_1") == "IMG_1.jpeg"
+    assert (
+        resolve_image(frozenset({"IMG_1.jpeg", "ann_1.jpg"}), AnnotationRef("ann_1.xml", "", None), "IMG_1")
+        == "IMG_1.jpeg"
+    )
     assert resolve_image(frozenset({"IMG_1.jpeg"}), AnnotationRef("ann_1.xml", "", None), "img_1.jpg") == "IMG_1.jpeg"
 
 
@@ -36,7 +37,9 @@ def test_resolve_matches_decomposed_unicode_names():
     assert resolve_image(frozenset({decomposed}), REF, "ñandú 1.jpg") == f"images/{decomposed}"
 
 
-@pytest.mark.parametrize("filename", ["../../etc/passwd", "/etc/passwd", "..\\..\\secret.jpg", "C:\\x.jpg", "sub/../../a.jpg"])
+@pytest.mark.parametrize(
+    "filename", ["../../etc/passwd", "/etc/passwd", "..\\..\\secret.jpg", "C:\\x.jpg", "sub/../../a.jpg"]
+)
 def test_path_traversal_in_filename_is_refused_even_if_the_stem_would_match(filename):
     with pytest.raises(VocError, match="path traversal refused"):
         resolve_image(frozenset({"ñandú 1.jpg"}), REF, filename)
@@ -48,6 +51,7 @@ def test_missing_image_is_reported():
 
 
 # ------------------------------------------------------------------------------------------- discovery
+
 
 def touch(path: Path, data: bytes = b"") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,8 +71,11 @@ def test_devkit_layout_with_split_files(tmp_path):
     ds = discover(str(tmp_path))
     assert ds.layout == "devkit"
     assert [(r.annotation, r.image_dir, r.split) for r in ds.annotations] == [
-        ("Annotations/000001.xml", "JPEGImages", "train"), ("Annotations/000002.xml", "JPEGImages", "train"),
-        ("Annotations/000003.xml", "JPEGImages", "test"), ("Annotations/000004.xml", "JPEGImages", None)]
+        ("Annotations/000001.xml", "JPEGImages", "train"),
+        ("Annotations/000002.xml", "JPEGImages", "train"),
+        ("Annotations/000003.xml", "JPEGImages", "test"),
+        ("Annotations/000004.xml", "JPEGImages", None),
+    ]
     assert ds.unlabeled_images == ("JPEGImages/000099.jpg",)
     assert resolve_image(ds, ds.annotations[0], "000001.jpg") == "JPEGImages/000001.jpg"
 
@@ -78,7 +85,9 @@ def test_devkit_nested_one_level_down_keeps_paths_relative_to_the_root(tmp_path)
     touch(tmp_path / "VOCdevkit" / "VOC2007" / "JPEGImages" / "a.jpg")
     ds = discover(str(tmp_path))
     assert ds.layout == "devkit"
-    assert ds.annotations == (AnnotationRef("VOCdevkit/VOC2007/Annotations/a.xml", "VOCdevkit/VOC2007/JPEGImages", None),)
+    assert ds.annotations == (
+        AnnotationRef("VOCdevkit/VOC2007/Annotations/a.xml", "VOCdevkit/VOC2007/JPEGImages", None),
+    )
     assert resolve_image(ds, ds.annotations[0], "a.jpg") == "VOCdevkit/VOC2007/JPEGImages/a.jpg"
     assert ds.read("VOCdevkit/VOC2007/Annotations/a.xml") == xml()
 
@@ -122,7 +131,10 @@ def test_train_test_layout_takes_the_split_from_the_folder(tmp_path):
     touch(tmp_path / "test" / "b.jpg")
     ds = discover(str(tmp_path))
     assert ds.layout == "train_test"
-    assert ds.annotations == (AnnotationRef("test/b.xml", "test", "test"), AnnotationRef("train/a.xml", "train", "train"))
+    assert ds.annotations == (
+        AnnotationRef("test/b.xml", "test", "test"),
+        AnnotationRef("train/a.xml", "train", "train"),
+    )
     assert resolve_image(ds, ds.annotations[1], "a.jpg") == "train/a.jpg"
 
 
@@ -165,10 +177,13 @@ def test_real_raccoon_set(raccoon_dir):
 
 # ---------------------------------------------------------------------------------- reading: size, links
 
+
 def test_read_file_refuses_a_file_over_the_limit_from_its_size(tmp_path):
     touch(tmp_path / "small.xml", b"x" * 100)
     assert len(discovery.read_file(discovery.pafs.LocalFileSystem(), str(tmp_path), "small.xml", 100)) == 100
-    with pytest.raises(VocError, match=r"^small.xml: file of 100 bytes is over the limit of 99 bytes \(--max-xml-bytes\)$"):
+    with pytest.raises(
+        VocError, match=r"^small.xml: file of 100 bytes is over the limit of 99 bytes \(--max-xml-bytes\)$"
+    ):
         discovery.read_file(discovery.pafs.LocalFileSystem(), str(tmp_path), "small.xml", 99, "--max-xml-bytes")
     # 8 GiB, sparse (no disk used): read whole it would need 8 GiB of memory; refused from its size instead
     with open(tmp_path / "huge.jpg", "wb") as f:
@@ -196,7 +211,8 @@ def test_symlinks_leaving_the_root_are_refused_and_those_inside_work(tmp_path):
     assert ds.refused == (
         ("ImageSets", f"ImageSets: symlink leaves the dataset root (points to {real})"),
         ("annotations/more", f"annotations/more: symlink leaves the dataset root (points to {real}/more)"),
-        ("images/b.jpg", f"images/b.jpg: symlink leaves the dataset root (points to {real}/secret.jpg)"))
+        ("images/b.jpg", f"images/b.jpg: symlink leaves the dataset root (points to {real}/secret.jpg)"),
+    )
     assert ds.read("images/c.jpg") == b"fine" and ds.read("images/a.jpg") == b"jpg"
     with pytest.raises(VocError, match=r"^images/b.jpg: symlink leaves the dataset root \(points to .*secret.jpg\)$"):
         ds.read("images/b.jpg")
@@ -214,7 +230,9 @@ def test_no_annotations_error_names_the_refused_links(tmp_path):
     touch(tmp_path / "elsewhere" / "a.xml", xml(obj()))
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "VOC2007").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(ValueError, match=r"no VOC annotations found .*; refused: VOC2007: symlink leaves the dataset root"):
+    with pytest.raises(
+        ValueError, match=r"no VOC annotations found .*; refused: VOC2007: symlink leaves the dataset root"
+    ):
         discover(str(tmp_path / "data"))
 
 

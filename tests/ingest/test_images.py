@@ -23,8 +23,10 @@ def encode(im: Image.Image, fmt: str, **kwargs) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A valid PNG signature + IHDR claiming width x height (8-bit RGB), a tiny IDAT and IEND: ~60 bytes."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
@@ -48,13 +50,16 @@ def test_aspect_is_not_kept_but_content_maps_proportionally():
     assert (pixels[:, :9] == (255, 0, 0)).all() and (pixels[:, 11:] == (0, 0, 255)).all()
 
 
-@pytest.mark.parametrize("mode,color,fmt,expected", [
-    ("L", 77, "JPEG", (77, 77, 77)),  # grey -> R = G = B
-    ("1", 1, "PNG", (255, 255, 255)),  # bilevel white
-    ("CMYK", (0, 255, 255, 0), "JPEG", (255, 0, 0)),  # no cyan, full magenta + yellow, no black = red
-    ("RGBA", (0, 255, 0, 255), "PNG", (0, 255, 0)),  # opaque green stays green
-    ("LA", (0, 0), "PNG", (255, 255, 255)),  # fully transparent -> the white background
-])
+@pytest.mark.parametrize(
+    "mode,color,fmt,expected",
+    [
+        ("L", 77, "JPEG", (77, 77, 77)),  # grey -> R = G = B
+        ("1", 1, "PNG", (255, 255, 255)),  # bilevel white
+        ("CMYK", (0, 255, 255, 0), "JPEG", (255, 0, 0)),  # no cyan, full magenta + yellow, no black = red
+        ("RGBA", (0, 255, 0, 255), "PNG", (0, 255, 0)),  # opaque green stays green
+        ("LA", (0, 0), "PNG", (255, 255, 255)),  # fully transparent -> the white background
+    ],
+)
 def test_modes_become_rgb(mode, color, fmt, expected):
     data = encode(Image.new(mode, (40, 30), color), fmt)
     pixels, w, h = decode_resize(data, 16)
@@ -121,7 +126,7 @@ def test_large_jpeg_decoded_at_reduced_scale_matches_full_decode():
 def jpeg_claiming(data: bytes, width: int, height: int) -> bytes:
     """``data`` (a baseline JPEG) with its SOF0 frame header rewritten to claim width x height."""
     sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height (2), width (2)
-    return data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9:]
+    return data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9 :]
 
 
 def test_jpeg_at_a_scale_pillow_draft_cannot_use(monkeypatch):
@@ -205,6 +210,7 @@ def test_bad_size_argument():
 
 # ------------------------------------------------------------------ EXIF orientation, formats outside the list
 
+
 def exif_bytes(orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -225,8 +231,10 @@ def test_exif_orientation_of_junk_or_a_bad_tag_is_1():
     assert exif_orientation(encode(Image.new("RGB", (8, 8)), "JPEG", exif=exif_bytes(99))) == 1  # no such orientation
 
 
-MINIMAL_EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
-               b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n")
+MINIMAL_EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
+    b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n"
+)
 
 
 def test_eps_is_refused_and_ghostscript_never_runs(monkeypatch):

@@ -33,8 +33,11 @@ def write(path: Path, content: str = "x") -> Path:
 def tree(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden folders included) but the lease a running prepare holds, relative path
     -> sha256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LEASE}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != LEASE
+    }
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -49,6 +52,7 @@ def old_prep(out: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ commit, clean-up
+
 
 def test_open_out_stages_beside_the_previous_prep_and_leaves_it_alone(tmp_path):
     before = tree(old_prep(tmp_path / "out"))
@@ -65,7 +69,8 @@ def test_commit_swaps_the_staged_prep_in_and_leaves_nothing_else(tmp_path):
     commit(out, {"new": True})
     assert tree(tmp_path / "out") == {
         MANIFEST: hashlib.sha256(b'{\n  "new": true\n}\n').hexdigest(),
-        "train/part-0000005.parquet": hashlib.sha256(b"new train").hexdigest()}
+        "train/part-0000005.parquet": hashlib.sha256(b"new train").hexdigest(),
+    }
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST, "test", "train"]
 
 
@@ -104,21 +109,50 @@ class NoFolderMoves(pafs.FileSystemHandler):
     def __init__(self):
         self.fs = pafs.LocalFileSystem()
 
-    def get_type_name(self): return "no-folder-moves"
-    def normalize_path(self, path): return path
-    def equals(self, other): return isinstance(other, NoFolderMoves)
-    def get_file_info(self, paths): return self.fs.get_file_info(paths)
-    def get_file_info_selector(self, selector): return self.fs.get_file_info(selector)
-    def create_dir(self, path, recursive): self.fs.create_dir(path, recursive=recursive)
-    def delete_dir(self, path): self.fs.delete_dir(path)
-    def delete_dir_contents(self, path, missing_dir_ok=False): self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-    def delete_root_dir_contents(self): raise NotImplementedError
-    def delete_file(self, path): self.fs.delete_file(path)
-    def copy_file(self, src, dest): self.fs.copy_file(src, dest)
-    def open_input_stream(self, path): return self.fs.open_input_stream(path)
-    def open_input_file(self, path): return self.fs.open_input_file(path)
-    def open_output_stream(self, path, metadata): return self.fs.open_output_stream(path, metadata=metadata)
-    def open_append_stream(self, path, metadata): return self.fs.open_append_stream(path, metadata=metadata)
+    def get_type_name(self):
+        return "no-folder-moves"
+
+    def normalize_path(self, path):
+        return path
+
+    def equals(self, other):
+        return isinstance(other, NoFolderMoves)
+
+    def get_file_info(self, paths):
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise NotImplementedError
+
+    def delete_file(self, path):
+        self.fs.delete_file(path)
+
+    def copy_file(self, src, dest):
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path):
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path, metadata):
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):
+        return self.fs.open_append_stream(path, metadata=metadata)
 
     def move(self, src, dest):
         if self.fs.get_file_info(src).type == pafs.FileType.Directory:
@@ -139,7 +173,8 @@ def test_commit_on_a_filesystem_that_cannot_move_folders_copies_them(tmp_path):
     commit(Out(fs, str(tmp_path / "out"), str(stage)), {"new": True})
     assert tree(tmp_path / "out") == {
         MANIFEST: hashlib.sha256(b'{\n  "new": true\n}\n').hexdigest(),
-        "train/part-0000003.parquet": hashlib.sha256(b"new train").hexdigest()}
+        "train/part-0000003.parquet": hashlib.sha256(b"new train").hexdigest(),
+    }
 
 
 def test_a_prepare_that_fails_leaves_the_previous_prep_and_no_staging(tmp_path, ray_local):
@@ -148,9 +183,14 @@ def test_a_prepare_that_fails_leaves_the_previous_prep_and_no_staging(tmp_path, 
 
     (tmp_path / "d").mkdir()
     Image.new("RGB", (32, 24), (200, 30, 60)).save(tmp_path / "d" / "a.jpg")
-    xml = ("<annotation><filename>a.jpg</filename><size><width>32</width><height>24</height></size>{}</annotation>")
-    write(tmp_path / "d" / "a.xml", xml.format("<object><name>dog</name><bndbox><xmin>2</xmin><ymin>2</ymin>"
-                                               "<xmax>20</xmax><ymax>20</ymax></bndbox></object>"))
+    xml = "<annotation><filename>a.jpg</filename><size><width>32</width><height>24</height></size>{}</annotation>"
+    write(
+        tmp_path / "d" / "a.xml",
+        xml.format(
+            "<object><name>dog</name><bndbox><xmin>2</xmin><ymin>2</ymin>"
+            "<xmax>20</xmax><ymax>20</ymax></bndbox></object>"
+        ),
+    )
     prepare(PrepareConfig(data=str(tmp_path / "d"), out=str(tmp_path / "prep"), image_size=16))
     before = tree(tmp_path / "prep")
     write(tmp_path / "d" / "a.xml", xml.format(""))  # now only a negative and no --classes: refused mid-run
@@ -160,6 +200,7 @@ def test_a_prepare_that_fails_leaves_the_previous_prep_and_no_staging(tmp_path, 
 
 
 # --------------------------------------------------------------------------- the real CLI, killed half-way
+
 
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
@@ -176,8 +217,13 @@ def prepare_args(data: Path, out: Path) -> list[str]:
 def start_and_stop(data: Path, out: Path, sig: int, not_in: set[str]) -> str:
     """Start `raydet prepare`, send ``sig`` once its staging folder (one not in ``not_in``) holds a shard, wait for
     it to end; -> that staging folder's name. Every process it started is ended (its own session)."""
-    proc = subprocess.Popen(prepare_args(data, out), env=cli_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        prepare_args(data, out),
+        env=cli_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline, stage = time.monotonic() + 120, None
         while stage is None:
@@ -227,8 +273,12 @@ def test_a_prepare_killed_half_way_leaves_the_previous_prep_and_the_next_run_com
     m = prepare(PrepareConfig(data=str(data), out=str(out), image_size=256))
     assert m["images_loaded"] == m["annotations_found"] == 601 and m["skipped"] == []
     assert json.loads((out / MANIFEST).read_text()) == m and leftovers(out) == []
-    files = [f for split in ("train", "test") for p in sorted((out / split).glob("*.parquet"))
-             for f in pq.read_table(p, columns=["file"]).column("file").to_pylist()]
+    files = [
+        f
+        for split in ("train", "test")
+        for p in sorted((out / split).glob("*.parquet"))
+        for f in pq.read_table(p, columns=["file"]).column("file").to_pylist()
+    ]
     assert sorted(files) == sorted([f"JPEGImages/{i:06d}.jpg" for i in range(1, 601)] + ["JPEGImages/extra.jpg"])
     assert sum(m["splits"].values()) == 601
 
@@ -236,8 +286,11 @@ def test_a_prepare_killed_half_way_leaves_the_previous_prep_and_the_next_run_com
 # ------------------------------------------------------------------- a commit cut short at each of its steps
 
 NEW_MANIFEST = hashlib.sha256(b'{\n  "new": true\n}\n').hexdigest()
-NEW_TREE = {MANIFEST: NEW_MANIFEST, "train/part-0000005.parquet": hashlib.sha256(b"new train").hexdigest(),
-            "test/part-0000005.parquet": hashlib.sha256(b"new test").hexdigest()}
+NEW_TREE = {
+    MANIFEST: NEW_MANIFEST,
+    "train/part-0000005.parquet": hashlib.sha256(b"new train").hexdigest(),
+    "test/part-0000005.parquet": hashlib.sha256(b"new test").hexdigest(),
+}
 
 
 def killed(out) -> None:
@@ -383,6 +436,7 @@ def test_discard_after_a_cut_commit_completes_it(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------- two prepares into one --out
 
+
 def test_a_second_prepare_into_the_same_out_refuses_naming_the_holder_and_the_first_finishes(tmp_path):
     import socket
 
@@ -392,8 +446,14 @@ def test_a_second_prepare_into_the_same_out_refuses_naming_the_holder_and_the_fi
 
     data, out = tmp_path / "data", tmp_path / "prep"
     write_synthetic(SynthConfig(out=str(data), images=300, image_size=64))
-    first = subprocess.Popen(prepare_args(data, out), env=cli_env(), start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        prepare_args(data, out),
+        env=cli_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / LEASE).is_file() or f'"pid": {first.pid}' not in (out / LEASE).read_text():
@@ -418,8 +478,12 @@ def test_a_second_prepare_into_the_same_out_refuses_naming_the_holder_and_the_fi
             pass
     m = json.loads((out / MANIFEST).read_text())
     assert m["images_loaded"] == m["annotations_found"] == 300
-    files = [f for split in ("train", "test") for p in sorted((out / split).glob("*.parquet"))
-             for f in pq.read_table(p, columns=["file"]).column("file").to_pylist()]
+    files = [
+        f
+        for split in ("train", "test")
+        for p in sorted((out / split).glob("*.parquet"))
+        for f in pq.read_table(p, columns=["file"]).column("file").to_pylist()
+    ]
     assert sorted(files) == [f"JPEGImages/{i:06d}.jpg" for i in range(1, 301)]
     assert leftovers(out) == [] and not (out / LEASE).exists()
 
@@ -431,8 +495,9 @@ def test_a_lease_left_by_a_dead_prepare_is_taken_over(tmp_path):
 
     old_prep(tmp_path / "out")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / "out" / LEASE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout),
-                                                      "start": 0, "heartbeat": 0, "id": "dead"}))
+    (tmp_path / "out" / LEASE).write_text(
+        json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "start": 0, "heartbeat": 0, "id": "dead"})
+    )
     out = open_out(str(tmp_path / "out"))  # no lock on the file: its holder is gone
     assert json.loads((tmp_path / "out" / LEASE).read_text())["pid"] == os.getpid()
     release(out)
@@ -460,6 +525,7 @@ def test_a_bucket_lease_is_refused_while_fresh_and_taken_when_stale(tmp_path, mo
     import socket
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (root / P.LEASE).write_text(json.dumps({**holder, "host": socket.gethostname(), "pid": int(dead.stdout),
-                                            "heartbeat": time.time()}))
+    (root / P.LEASE).write_text(
+        json.dumps({**holder, "host": socket.gethostname(), "pid": int(dead.stdout), "heartbeat": time.time()})
+    )
     P.release_lease(P.acquire_lease(fs, str(root), "s3://b/out"))

@@ -23,8 +23,8 @@ from raydet.config import PrepareConfig
 from raydet.ingest.prepare import hash_split, prepare
 from raydet.ingest.shards import IMAGE_ENCODING, image_array, read_split
 
-
 # ------------------------------------------------------------------------------------------- helpers
+
 
 def jpeg(size=(64, 48), color=(200, 30, 60), mode="RGB") -> bytes:
     buf = io.BytesIO()
@@ -46,20 +46,30 @@ def noisy_jpeg(seed: int = 0) -> bytes:
 
 def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
     """~90 bytes of PNG whose header claims width x height RGB pixels."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def obj(name: str, x0, y0, x1, y1, difficult: int = 0) -> str:
-    return (f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
-            f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+    return (
+        f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+        f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+    )
 
 
 def voc(filename: str, *objects: str, size=(64, 48)) -> str:
-    return (f"<annotation><folder>images</folder><filename>{filename}</filename><size><width>{size[0]}</width>"
-            f"<height>{size[1]}</height><depth>3</depth></size>{''.join(objects)}</annotation>")
+    return (
+        f"<annotation><folder>images</folder><filename>{filename}</filename><size><width>{size[0]}</width>"
+        f"<height>{size[1]}</height><depth>3</depth></size>{''.join(objects)}</annotation>"
+    )
 
 
 def write(path: Path, content: str | bytes) -> None:
@@ -82,14 +92,20 @@ def read_rows(prep: Path) -> dict[str, dict]:
     manifest = json.loads((prep / "manifest.json").read_text())
     rows = {}
     for split in ("train", "test"):
-        k = manifest["objects_per_row"][split]  # K: the same in every shard of a split, so this reshape fails for any other
+        k = manifest["objects_per_row"][
+            split
+        ]  # K: the same in every shard of a split, so this reshape fails for any other
         shapes = {"boxes": (k, 4), "labels": (k,), "difficult": (k,)}
         for path in sorted((prep / split).glob("*.parquet")):
             table = pq.read_table(path)
             images = image_array(table)
             for r, image in zip(table.drop_columns(["image"]).to_pylist(), images):
-                rows[r["file"]] = {**r, **{c: np.asarray(r[c]).reshape(shape) for c, shape in shapes.items()},
-                                   "image": image, "split": split}
+                rows[r["file"]] = {
+                    **r,
+                    **{c: np.asarray(r[c]).reshape(shape) for c, shape in shapes.items()},
+                    "image": image,
+                    "split": split,
+                }
     return rows
 
 
@@ -100,12 +116,17 @@ def one_good(folder: Path, stem: str, color=(200, 30, 60), name="dog") -> None:
 
 # ------------------------------------------------------------------------------- hostile, paired layout
 
-LAUGHS = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;'
-          '&lol;&lol;&lol;&lol;&lol;"><!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>'
-          '<annotation><filename>&lol3;</filename></annotation>')
-XXE = ('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
-       '<annotation><filename>&xxe;</filename></annotation>')
+LAUGHS = (
+    '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;'
+    '&lol;&lol;&lol;&lol;&lol;"><!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>'
+    "<annotation><filename>&lol3;</filename></annotation>"
+)
+XXE = (
+    '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+    "<annotation><filename>&xxe;</filename></annotation>"
+)
 NON_ASCII = "ñandú-猫"
+
 
 # annotation stem -> (image name, image bytes, xml text): each a case from issue 2's "Done when" list
 def hostile_cases() -> dict[str, tuple[str, bytes | None, str]]:
@@ -116,14 +137,27 @@ def hostile_cases() -> dict[str, tuple[str, bytes | None, str]]:
         "good": ("good.jpg", jpeg(), voc("good.jpg", obj("cat", 0, 0, 8, 8), obj("dog", 16, 12, 48, 36))),
         "gray": ("gray.jpg", jpeg(mode="L", color=90), voc("gray.jpg", obj("dog", 0, 0, 32, 24))),
         "cmyk": ("cmyk.jpg", jpeg(mode="CMYK", color=(0, 255, 255, 0)), voc("cmyk.jpg", obj("dog", 0, 0, 32, 24))),
-        "rgba": ("rgba.png", png(Image.new("RGBA", (64, 48), (0, 255, 0, 255))), voc("rgba.png", obj("cat", 0, 0, 32, 24))),
+        "rgba": (
+            "rgba.png",
+            png(Image.new("RGBA", (64, 48), (0, 255, 0, 255))),
+            voc("rgba.png", obj("cat", 0, 0, 32, 24)),
+        ),
         "palette": ("palette.png", png(pal), voc("palette.png", obj("cat", 0, 0, 32, 24))),
         NON_ASCII: (f"{NON_ASCII}.jpg", jpeg(), voc(f"{NON_ASCII}.jpg", obj("cat", 0, 0, 32, 24))),
         # 10 objects, max_objects 8: the two smallest (widths 2 and 4) are cut
         "many": ("many.jpg", jpeg(), voc("many.jpg", *[obj("cat", 0, 0, 2 * k, 40) for k in range(1, 11)])),
         # 4 objects: good, no bndbox, non-numeric, out of bounds (clipped, kept)
-        "partial": ("partial.jpg", jpeg(), voc("partial.jpg", obj("dog", 0, 0, 20, 20), "<object><name>cat</name></object>",
-                                               obj("cat", "ten", 0, 20, 20), obj("cat", -10, 30, 100, 60))),
+        "partial": (
+            "partial.jpg",
+            jpeg(),
+            voc(
+                "partial.jpg",
+                obj("dog", 0, 0, 20, 20),
+                "<object><name>cat</name></object>",
+                obj("cat", "ten", 0, 20, 20),
+                obj("cat", -10, 30, 100, 60),
+            ),
+        ),
         "inverted": ("inverted.jpg", jpeg(), voc("inverted.jpg", obj("dog", 40, 0, 10, 20))),
         "truncated": ("truncated.jpg", noisy_jpeg()[:1500], voc("truncated.jpg", obj("dog", 0, 0, 32, 24))),
         "empty": ("empty.jpg", b"", voc("empty.jpg", obj("dog", 0, 0, 32, 24))),
@@ -139,8 +173,11 @@ def hostile_cases() -> dict[str, tuple[str, bytes | None, str]]:
 
 LOADED = {"good", "gray", "cmyk", "rgba", "palette", NON_ASCII, "many", "partial"}
 SKIPPED = {  # annotation stem -> (file reported, reason pattern)
-    "inverted": ("annotations/inverted.xml", r"no usable objects: 1 invalid object\(s\) dropped, so it is no "
-                                             r"negative image \(object 1 'dog': inverted box xmin=40 > xmax=10\)"),
+    "inverted": (
+        "annotations/inverted.xml",
+        r"no usable objects: 1 invalid object\(s\) dropped, so it is no "
+        r"negative image \(object 1 'dog': inverted box xmin=40 > xmax=10\)",
+    ),
     "truncated": ("images/truncated.jpg", r"truncated or corrupt JPEG data: image file is truncated"),
     "empty": ("images/empty.jpg", r"empty file \(0 bytes\)"),
     "notimage": ("images/notimage.jpg", r"not a recognised image"),
@@ -219,8 +256,7 @@ def test_parquet_rows_by_hand_with_pyarrow(hostile):
     partial = rows["images/partial.jpg"]
     # kept: (0, 0, 20, 20) area 400 and (-10, 30, 100, 60) clipped to (0, 30, 64, 48) area 64 * 18 = 1152,
     # so the clipped one comes first: (0, 30/48, 1, 1)
-    np.testing.assert_allclose(partial["boxes"][:2],
-                               [[0, 30 / 48, 1, 1], [0, 0, 20 / 64, 20 / 48]], rtol=1e-6)
+    np.testing.assert_allclose(partial["boxes"][:2], [[0, 30 / 48, 1, 1], [0, 0, 20 / 64, 20 / 48]], rtol=1e-6)
     many = rows["images/many.jpg"]
     assert many["num_objects"] == 8 and many["boxes"][0, 2] == pytest.approx(20 / 64)
     grey = rows["images/gray.jpg"]["image"]
@@ -234,14 +270,19 @@ def test_image_is_a_raw_binary_column_without_dictionary(hostile):
     meta = pq.ParquetFile(path).metadata
     field = pq.read_schema(path).field("image")
     assert str(field.type) == "binary"
-    column = next(meta.row_group(0).column(i) for i in range(meta.num_columns)
-                  if meta.row_group(0).column(i).path_in_schema == "image")
+    column = next(
+        meta.row_group(0).column(i)
+        for i in range(meta.num_columns)
+        if meta.row_group(0).column(i).path_in_schema == "image"
+    )
     assert "RLE_DICTIONARY" not in column.encodings and "PLAIN_DICTIONARY" not in column.encodings
     first = pq.read_table(path).column("image")[0].as_py()
     assert len(first) == 32 * 32 * 3  # S * S * 3 bytes, one per uint8 channel value
     assert column.compression == "UNCOMPRESSED"  # raw pixels: snappy saved 6% and cost CPU
-    others = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).compression
-              for i in range(meta.num_columns)}
+    others = {
+        meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).compression
+        for i in range(meta.num_columns)
+    }
     assert others["file"] == others["num_objects"] == "SNAPPY"
 
 
@@ -268,8 +309,10 @@ def test_one_summary_line_and_manifest_on_disk(hostile, capsys, tmp_path):
     data, _, _ = hostile
     m = run(data, tmp_path / "again", image_size=16, max_objects=1, classes=("dog",))
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line == (f"raydet prepare: loaded {m['images_loaded']} images (train {m['splits']['train']}, test "
-                    f"{m['splits']['test']}; 4 negative), skipped {len(m['skipped'])}; manifest: {tmp_path / 'again' / 'manifest.json'}")
+    assert line == (
+        f"raydet prepare: loaded {m['images_loaded']} images (train {m['splits']['train']}, test "
+        f"{m['splits']['test']}; 4 negative), skipped {len(m['skipped'])}; manifest: {tmp_path / 'again' / 'manifest.json'}"
+    )
     on_disk = json.loads((tmp_path / "again" / "manifest.json").read_text())
     assert on_disk == m
     # only "dog" kept: good, gray, cmyk and partial load with their dogs; rgba, palette, many and the non-ASCII
@@ -308,9 +351,13 @@ def dense(tmp_path_factory) -> tuple[Path, dict]:
         ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env())
     root = tmp_path_factory.mktemp("dense")
     objects = [obj(name, *box, difficult=d) for name, box, d in map(dense_object, range(12))]
-    cases = {"train/dense": objects, "train/bad": [obj("a", 40, 0, 10, 20), obj("b", 0, 30, 10, 5)],
-             "train/mixed": [obj("zebra", 0, 0, 10, 10), obj("a", 40, 0, 10, 20)],
-             "test/neg": [], "test/zebra": [obj("zebra", 0, 0, 10, 10)]}
+    cases = {
+        "train/dense": objects,
+        "train/bad": [obj("a", 40, 0, 10, 20), obj("b", 0, 30, 10, 5)],
+        "train/mixed": [obj("zebra", 0, 0, 10, 10), obj("a", 40, 0, 10, 20)],
+        "test/neg": [],
+        "test/zebra": [obj("zebra", 0, 0, 10, 10)],
+    }
     for stem, objs in cases.items():
         write(root / "data" / f"{stem}.jpg", jpeg())
         write(root / "data" / f"{stem}.xml", voc(f"{Path(stem).name}.jpg", *objs))
@@ -349,15 +396,22 @@ def test_annotations_whose_objects_are_all_invalid_are_skipped_with_the_reasons(
     _, m = dense
     skipped = by_file(m["skipped"])
     assert set(skipped) == {"train/bad.xml", "train/mixed.xml"}
-    assert skipped["train/bad.xml"] == ("train/bad.xml: no usable objects: 2 invalid object(s) dropped, so it is no "
-                                        "negative image (object 1 'a': inverted box xmin=40 > xmax=10; "
-                                        "object 2 'b': inverted box ymin=30 > ymax=5)")
-    assert skipped["train/mixed.xml"] == ("train/mixed.xml: no usable objects: 1 invalid object(s) dropped and 1 "
-                                          "outside the class list, so it is no negative image (object 1 'zebra': "
-                                          "class not in the class list; object 2 'a': inverted box xmin=40 > xmax=10)")
+    assert skipped["train/bad.xml"] == (
+        "train/bad.xml: no usable objects: 2 invalid object(s) dropped, so it is no "
+        "negative image (object 1 'a': inverted box xmin=40 > xmax=10; "
+        "object 2 'b': inverted box ymin=30 > ymax=5)"
+    )
+    assert skipped["train/mixed.xml"] == (
+        "train/mixed.xml: no usable objects: 1 invalid object(s) dropped and 1 "
+        "outside the class list, so it is no negative image (object 1 'zebra': "
+        "class not in the class list; object 2 'a': inverted box xmin=40 > xmax=10)"
+    )
     # every dropped object is in objects_skipped: bad 2 + mixed 2 + zebra 1
     assert sorted(Counter(e["file"] for e in m["objects_skipped"]).items()) == [
-        ("test/zebra.xml", 1), ("train/bad.xml", 2), ("train/mixed.xml", 2)]
+        ("test/zebra.xml", 1),
+        ("train/bad.xml", 2),
+        ("train/mixed.xml", 2),
+    ]
 
 
 def test_max_objects_cuts_train_images_only_so_the_test_ground_truth_is_whole(tmp_path, ray_local):
@@ -396,6 +450,7 @@ def test_only_negatives_and_no_class_list_is_refused(tmp_path, ray_local):
 
 
 # ------------------------------------------------------------------------------------- layouts and URI
+
 
 def test_devkit_through_a_file_uri_uses_the_dataset_split(tmp_path, ray_local):
     data = tmp_path / "VOC2007"
@@ -474,6 +529,7 @@ def test_raccoon_every_photo_accounted_for(raccoon_dir, tmp_path, ray_local):
 
 # --------------------------------------------------------------------------------------------- errors
 
+
 def test_missing_path_and_folder_without_annotations(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope"))):
         run(tmp_path / "nope", tmp_path / "prep")
@@ -493,11 +549,14 @@ def test_out_folder_not_written_by_raydet_is_refused(tmp_path):
 def test_nothing_loadable_names_the_path(tmp_path, ray_local):
     write(tmp_path / "d" / "a.jpg", b"")
     write(tmp_path / "d" / "a.xml", voc("a.jpg", obj("dog", 0, 0, 8, 8)))
-    with pytest.raises(ValueError, match=rf"nothing loadable in {re.escape(str(tmp_path / 'd'))}: all 1 annotations skipped"):
+    with pytest.raises(
+        ValueError, match=rf"nothing loadable in {re.escape(str(tmp_path / 'd'))}: all 1 annotations skipped"
+    ):
         run(tmp_path / "d", tmp_path / "prep")
 
 
 # ------------------------------------------------------------------------------------ two-node cluster
+
 
 def test_parse_and_decode_ran_on_both_nodes_of_a_two_node_cluster(tmp_path):
     import ray
@@ -522,8 +581,10 @@ def test_parse_and_decode_ran_on_both_nodes_of_a_two_node_cluster(tmp_path):
 
 # --------------------------------------------------------------- input hardening (issue 13, ingestion side)
 
-EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
-       b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n")
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
+    b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n"
+)
 
 
 def exif_jpeg(orientation: int) -> bytes:
@@ -554,9 +615,17 @@ def hardened(tmp_path_factory) -> tuple[Path, Path, dict]:
     top = tmp_path_factory.mktemp("hardened")
     data, outside = top / "data", top / "outside"
     noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
-    images = {"good": jpeg(), "resized": jpeg(size=(32, 24)), "swapped": jpeg(size=(48, 64)),
-              "other": jpeg(size=(64, 64)), "exif": exif_jpeg(6), "eps": EPS, "huge": png(Image.fromarray(noise)),
-              "bigxml": jpeg(), **{stem: jpeg() for stem in ODD_NAMES}}
+    images = {
+        "good": jpeg(),
+        "resized": jpeg(size=(32, 24)),
+        "swapped": jpeg(size=(48, 64)),
+        "other": jpeg(size=(64, 64)),
+        "exif": exif_jpeg(6),
+        "eps": EPS,
+        "huge": png(Image.fromarray(noise)),
+        "bigxml": jpeg(),
+        **{stem: jpeg() for stem in ODD_NAMES},
+    }
     for stem, content in images.items():
         write(data / "JPEGImages" / f"{stem}.{'png' if stem == 'huge' else 'jpg'}", content)
     write(outside / "stolen.jpg", jpeg())
@@ -581,22 +650,24 @@ def test_hardened_every_annotation_is_loaded_or_skipped_with_its_reason(hardened
     outside = (data.parent / "outside").resolve()
     assert skipped == {
         "JPEGImages/swapped.jpg": "JPEGImages/swapped.jpg: <size> 64x48 disagrees with the decoded 48x64 image "
-                                  "(width and height swapped: labelled on a turned view, e.g. after EXIF rotation); "
-                                  "boxes cannot be trusted",
+        "(width and height swapped: labelled on a turned view, e.g. after EXIF rotation); "
+        "boxes cannot be trusted",
         "JPEGImages/other.jpg": "JPEGImages/other.jpg: <size> 64x48 disagrees with the decoded 64x64 image (not the "
-                                "same frame at another scale); boxes cannot be trusted",
+        "same frame at another scale); boxes cannot be trusted",
         "JPEGImages/eps.jpg": "JPEGImages/eps.jpg: format EPS not accepted (raydet reads JPEG, PNG, BMP, GIF, TIFF, WEBP)",
         "JPEGImages/huge.png": f"JPEGImages/huge.png: file of {(data / 'JPEGImages' / 'huge.png').stat().st_size:,} "
-                               "bytes is over the limit of 20,000 bytes (--max-image-bytes)",
+        "bytes is over the limit of 20,000 bytes (--max-image-bytes)",
         "Annotations/bigxml.xml": f"Annotations/bigxml.xml: file of {(data / 'Annotations' / 'bigxml.xml').stat().st_size:,} "
-                                  "bytes is over the limit of 2,000 bytes (--max-xml-bytes)",
+        "bytes is over the limit of 2,000 bytes (--max-xml-bytes)",
         "JPEGImages/linked.jpg": f"JPEGImages/linked.jpg: symlink leaves the dataset root (points to {outside}/stolen.jpg)",
     }
 
 
 def test_hardened_rescaled_boxes_and_their_note(hardened):
     _, prep, m = hardened
-    assert m["rescaled"] == [{"file": "JPEGImages/resized.jpg", "note": "boxes rescaled from <size> 64x48 to decoded 32x24"}]
+    assert m["rescaled"] == [
+        {"file": "JPEGImages/resized.jpg", "note": "boxes rescaled from <size> 64x48 to decoded 32x24"}
+    ]
     rows = read_rows(prep)
     # (16, 12, 48, 36) in the 64 x 48 frame -> x 0.5 -> (8, 6, 24, 18) in 32 x 24 -> /(32, 24) = (0.25, 0.25, 0.75, 0.75)
     # (normalizing the unscaled box by 32 x 24 would give (0.5, 0.5, 1, 1) after clipping)
@@ -617,8 +688,11 @@ def test_hardened_symlinks_out_of_the_root_are_reported_the_rest_loaded(hardened
     outside = (data.parent / "outside").resolve()
     assert m["refused_links"] == [
         {"file": "ImageSets", "reason": f"ImageSets: symlink leaves the dataset root (points to {outside}/sets)"},
-        {"file": "JPEGImages/linked.jpg",
-         "reason": f"JPEGImages/linked.jpg: symlink leaves the dataset root (points to {outside}/stolen.jpg)"}]
+        {
+            "file": "JPEGImages/linked.jpg",
+            "reason": f"JPEGImages/linked.jpg: symlink leaves the dataset root (points to {outside}/stolen.jpg)",
+        },
+    ]
     assert m["split_source"] == "hash"  # the test.txt behind the refused ImageSets link was never read
     assert "JPEGImages/alias.jpg" in read_rows(prep)  # a symlink inside the root loads like a file
 
@@ -645,7 +719,9 @@ def test_byte_limits_must_be_positive():
 def test_prepare_cli_takes_the_byte_limits_and_names_a_bad_one(capsys):
     from raydet import cli
 
-    args = cli.get_args_parser().parse_args(["prepare", "d", "--out", "o", "--max-xml-bytes", "5", "--max-image-bytes", "7"])
+    args = cli.get_args_parser().parse_args(
+        ["prepare", "d", "--out", "o", "--max-xml-bytes", "5", "--max-image-bytes", "7"]
+    )
     cfg = cli.config_from_args(args)
     assert (cfg.max_xml_bytes, cfg.max_image_bytes) == (5, 7)
     with pytest.raises(SystemExit) as exit_info:
@@ -659,9 +735,15 @@ def test_image_size_is_chosen_from_the_boxes():
 
     def planned(sides, width=400, height=200):
         """One record per shorter side (pixels) of a square-ish box in a width x height image."""
-        return [_Planned(i, f"{i}.jpg", "train", VocRecord(f"{i}.jpg", width, height,
-                                                          (VocObject("a", (0.0, 0.0, 2.0 * s, float(s))),), ()))
-                for i, s in enumerate(sides)]
+        return [
+            _Planned(
+                i,
+                f"{i}.jpg",
+                "train",
+                VocRecord(f"{i}.jpg", width, height, (VocObject("a", (0.0, 0.0, 2.0 * s, float(s))),), ()),
+            )
+            for i, s in enumerate(sides)
+        ]
 
     # boxes 2s x s in 400 x 200: shorter side as a fraction min(2s / 400, s / 200) = s / 200.
     # s = 40 everywhere: 0.2 -> 0.2 * 160 = 32 px >= 16 at the smallest size
@@ -687,20 +769,25 @@ def test_115000_empty_objects_keep_the_manifest_small_with_exact_counts():
     record = parse_voc(b"<annotation><filename>a.jpg</filename>" + b"<object/>" * 115_000 + b"</annotation>")
     assert len(record.dropped) == 115_000
     entries = [{"file": "annotations/big.xml", "reason": r} for r in record.dropped]
-    entries += [{"file": "annotations/small.xml", "reason": "object 1 'dog': inverted box xmin=50 > xmax=10"},
-                {"file": "annotations/small.xml", "reason": "object 2 'cat': inverted box xmin=9 > xmax=1"},
-                {"file": "annotations/small.xml", "reason": "object 3: no <name>"}]
+    entries += [
+        {"file": "annotations/small.xml", "reason": "object 1 'dog': inverted box xmin=50 > xmax=10"},
+        {"file": "annotations/small.xml", "reason": "object 2 'cat': inverted box xmin=9 > xmax=1"},
+        {"file": "annotations/small.xml", "reason": "object 3: no <name>"},
+    ]
     fields = objects_skipped_fields(entries)
     assert len(json.dumps(fields)) < 100_000
     assert fields["objects_skipped_count"] == 115_003
-    assert fields["objects_skipped_by_reason"] == {"object N '…': inverted box xmin=N > xmax=N": 2,
-                                                   "object N: no <name>": 115_001}
+    assert fields["objects_skipped_by_reason"] == {
+        "object N '…': inverted box xmin=N > xmax=N": 2,
+        "object N: no <name>": 115_001,
+    }
     big = [e for e in fields["objects_skipped"] if e["file"] == "annotations/big.xml"]
     assert big == entries[:EXAMPLES_PER_REASON]  # the first ones, in order
     assert [e for e in fields["objects_skipped"] if e["file"] == "annotations/small.xml"] == entries[-3:]
 
 
 # ------------------------------------------------------------------------------------- pixel limit, memory
+
 
 def test_max_pixels_skips_from_the_header_and_decode_tasks_declare_their_memory(tmp_path, ray_local, monkeypatch):
     import ray.data
@@ -723,10 +810,14 @@ def test_max_pixels_skips_from_the_header_and_decode_tasks_declare_their_memory(
     assert m["images_loaded"] == 1
     reason = by_file(m["skipped"])["big.png"]
     assert "100 x 100 = 10,000 pixels" in reason and "5,000" in reason
-    expected = raydet.ingest.prepare.decode_task_memory(raydet.ingest.prepare.shard_rows(32), 32, 5_000, PrepareConfig.max_image_bytes)
+    expected = raydet.ingest.prepare.decode_task_memory(
+        raydet.ingest.prepare.shard_rows(32), 32, 5_000, PrepareConfig.max_image_bytes
+    )
     assert declared == [expected] and expected > 20 * 5_000
     # the defaults: the worst decode of 100 megapixels, 20 bytes each, plus the rest: about 2.35 GB a task
-    default = raydet.ingest.prepare.decode_task_memory(raydet.ingest.prepare.shard_rows(224), 224, 100_000_000, 64 * 2**20)
+    default = raydet.ingest.prepare.decode_task_memory(
+        raydet.ingest.prepare.shard_rows(224), 224, 100_000_000, 64 * 2**20
+    )
     assert 2.0e9 < default < 2.5e9
 
 

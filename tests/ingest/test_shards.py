@@ -28,8 +28,18 @@ def rows_of(images: np.ndarray, k: int = 2) -> list[dict]:
         labels[:n] = np.arange(n)
         difficult = np.zeros((k,), np.uint8)
         difficult[:n] = np.arange(n) % 2
-        rows.append({"file": f"{i}.jpg", "image": image, "boxes": boxes, "labels": labels, "difficult": difficult,
-                     "num_objects": n, "width": 640, "height": 480})
+        rows.append(
+            {
+                "file": f"{i}.jpg",
+                "image": image,
+                "boxes": boxes,
+                "labels": labels,
+                "difficult": difficult,
+                "num_objects": n,
+                "width": 640,
+                "height": 480,
+            }
+        )
     return rows
 
 
@@ -106,7 +116,9 @@ def test_difficult_of_an_older_batch_without_the_column_is_all_false():
     batch = {"labels": np.array([[3, -1, -1], [0, 1, -1]], np.int32)}  # an older shard: no "difficult"
     assert difficult_of(batch).tolist() == [[False] * 3, [False] * 3]
     assert difficult_of({**batch, "difficult": np.array([[1, 0, 0], [0, 1, 0]], np.uint8)}).tolist() == [
-        [True, False, False], [False, True, False]]
+        [True, False, False],
+        [False, True, False],
+    ]
 
 
 def test_read_split_reads_a_hand_made_tensor_column_shard_and_refuses_bad_arguments(tmp_path, ray_local):
@@ -115,8 +127,13 @@ def test_read_split_reads_a_hand_made_tensor_column_shard_and_refuses_bad_argume
     images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)  # values 0..95, every pixel distinct
     (tmp_path / "old" / "test").mkdir(parents=True)
     (tmp_path / "old" / "manifest.json").write_text(json.dumps({"image_size": 4}))
-    table = pa.table({"file": ["a.jpg", "b.jpg"], "image": ArrowTensorArray.from_numpy(images),
-                      "labels": ArrowTensorArray.from_numpy(np.array([[0], [1]], np.int32))})
+    table = pa.table(
+        {
+            "file": ["a.jpg", "b.jpg"],
+            "image": ArrowTensorArray.from_numpy(images),
+            "labels": ArrowTensorArray.from_numpy(np.array([[0], [1]], np.int32)),
+        }
+    )
     pq.write_table(table, tmp_path / "old" / "test" / "part-0.parquet")  # the pre-binary format, no difficult
     batch = read_split(tmp_path / "old", "test", override_num_blocks=1).take_batch(2, batch_format="numpy")
     assert batch["image"].shape == (2, 4, 4, 3) and batch["image"].dtype == np.uint8
@@ -187,8 +204,11 @@ def test_read_blocks_cuts_the_split_into_blocks_of_the_asked_rows(tmp_path, ray_
     images, _ = _two_shards(tmp_path)
     ds = read_blocks(tmp_path, "train", 3, num_cpus=0).materialize()
     blocks = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
-    assert sorted(b["file"].tolist() for b in blocks) == [["0.jpg", "1.jpg", "2.jpg"], ["3.jpg", "4.jpg", "5.jpg"],
-                                                          ["6.jpg"]]
+    assert sorted(b["file"].tolist() for b in blocks) == [
+        ["0.jpg", "1.jpg", "2.jpg"],
+        ["3.jpg", "4.jpg", "5.jpg"],
+        ["6.jpg"],
+    ]
     for b in blocks:
         np.testing.assert_array_equal(b["image"], images[[int(f[0]) for f in b["file"]]])
         assert b["boxes"].shape == (len(b["file"]), 2, 4)

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raydet.ingest import discovery
-from raydet.ingest import synth
-from raydet.ingest import voc
-from raydet.detector.boxes import iou_matrix
 from raydet.config import SynthConfig
+from raydet.detector.boxes import iou_matrix
+from raydet.ingest import discovery, synth, voc
 
 
 def files(root: Path) -> dict[str, bytes]:
@@ -75,9 +73,11 @@ def test_rewrite_clears_an_earlier_larger_set_but_never_a_foreign_folder(tmp_pat
 def test_xml_is_laid_out_as_labelimg_writes_it():
     text = synth.voc_xml("000007.jpg", 64, [("star", (3, 4, 30, 41))])
     assert text.startswith("<annotation>\n\t<folder>JPEGImages</folder>\n\t<filename>000007.jpg</filename>\n")
-    assert ("\t<object>\n\t\t<name>star</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
-            "\t\t<difficult>0</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>3</xmin>\n\t\t\t<ymin>4</ymin>\n"
-            "\t\t\t<xmax>30</xmax>\n\t\t\t<ymax>41</ymax>\n\t\t</bndbox>\n\t</object>\n") in text
+    assert (
+        "\t<object>\n\t\t<name>star</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
+        "\t\t<difficult>0</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>3</xmin>\n\t\t\t<ymin>4</ymin>\n"
+        "\t\t\t<xmax>30</xmax>\n\t\t\t<ymax>41</ymax>\n\t\t</bndbox>\n\t</object>\n"
+    ) in text
     rec = voc.parse_voc(text.encode())
     assert (rec.filename, rec.width, rec.height) == ("000007.jpg", 64, 64)
     assert rec.objects == (voc.VocObject("star", (3.0, 4.0, 30.0, 41.0)),)
@@ -90,10 +90,15 @@ def wanted_objects(cfg: SynthConfig, index: int) -> int:
     return int(rng.integers(1, cfg.max_objects + 1))
 
 
-@pytest.mark.parametrize("cfg", [SynthConfig(out="-", images=150, image_size=64, max_objects=1),
-                                 SynthConfig(out="-", images=60, image_size=128, classes=8, max_objects=4, seed=1),
-                                 SynthConfig(out="-", images=60, image_size=64)],
-                         ids=["64px-1-object", "128px-8-classes-4-objects", "64px-defaults"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SynthConfig(out="-", images=150, image_size=64, max_objects=1),
+        SynthConfig(out="-", images=60, image_size=128, classes=8, max_objects=4, seed=1),
+        SynthConfig(out="-", images=60, image_size=64),
+    ],
+    ids=["64px-1-object", "128px-8-classes-4-objects", "64px-defaults"],
+)
 def test_boxes_are_inside_the_image_and_fit_the_drawn_shape(cfg):
     size, per_class, per_image = cfg.image_size, Counter(), Counter()
     for i in range(cfg.images):
@@ -101,7 +106,8 @@ def test_boxes_are_inside_the_image_and_fit_the_drawn_shape(cfg):
         # each object on its own: the image before it (limit=k) and right after it (limit=k + 1), later ones unpainted
         steps = [synth.make_image(cfg, i, noise=False, limit=k)[0] for k in range(len(objects) + 1)]
         assert (steps[-1] == img).all() and steps[0].tolist() == np.clip(
-            synth._background(synth.image_rng(cfg, i), size), 0, 255).astype(np.uint8).tolist()
+            synth._background(synth.image_rng(cfg, i), size), 0, 255
+        ).astype(np.uint8).tolist()
         boxes = np.array([box for _, box in objects], float)
         covered = np.zeros((size, size), bool)
         for k, (name, (x0, y0, x1, y1)) in enumerate(objects):
@@ -115,14 +121,14 @@ def test_boxes_are_inside_the_image_and_fit_the_drawn_shape(cfg):
             # later objects may cover part of it, never most of it: at least a quarter of its pixels stay visible
             visible = painted & (img == steps[k + 1]).all(axis=2)
             assert visible.sum() >= 0.25 * painted.sum(), (i, name, visible.sum(), painted.sum())
-            covered[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = True
+            covered[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = True
         assert (img[~covered] == steps[0][~covered]).all(), f"image {i}: pixels changed outside every box"
         # overlaps are bounded: any two boxes (as written) have an IoU of at most MAX_IOU = 0.3
         overlap = iou_matrix(boxes, boxes)
         assert (overlap[~np.eye(len(boxes), dtype=bool)] <= 0.3).all(), (i, overlap)
         assert len(objects) == wanted_objects(cfg, i)  # every object asked for found a place
         per_image[len(objects)] += 1
-    assert set(per_class) == set(synth.CLASS_NAMES[:cfg.classes])  # every class appears
+    assert set(per_class) == set(synth.CLASS_NAMES[: cfg.classes])  # every class appears
     assert set(per_image) == set(range(1, cfg.max_objects + 1))  # every count from 1 to max_objects
 
 
@@ -181,8 +187,25 @@ def test_speed_3000_images_of_128_px_fit_in_seconds():
 def test_cli_synth_writes_the_set_and_refuses_bad_arguments(tmp_path, capsys):
     from raydet.cli import main
 
-    assert main(["synth", str(tmp_path / "s"), "--images", "5", "--image-size", "32", "--classes", "8",
-                 "--max-objects", "3", "--seed", "7"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(tmp_path / "s"),
+                "--images",
+                "5",
+                "--image-size",
+                "32",
+                "--classes",
+                "8",
+                "--max-objects",
+                "3",
+                "--seed",
+                "7",
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "s" / "JPEGImages").glob("*.jpg"))) == 5
     assert "synth: 5 images (4 train, 1 test) of 32 px" in capsys.readouterr().out  # round(5 * 0.2) = 1 test
     with pytest.raises(SystemExit):

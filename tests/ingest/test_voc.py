@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from voc_xml import bb, obj, xml
 
 from raydet.ingest import voc
 from raydet.ingest.voc import VocError, parse_voc
 
-
 # ----------------------------------------------------------------------------------------------- parse
+
 
 def test_parse_plain_labelimg_record():
     rec = parse_voc(xml(obj(" cat ", extra="<pose>Unspecified</pose><truncated>1</truncated><difficult>0</difficult>")))
@@ -42,18 +41,23 @@ def test_box_entirely_outside_the_image_is_dropped_as_zero_area():
     # x from 120 to 150 on a 100 px wide image: clipped to 100..100, area 0
     rec = parse_voc(xml(obj("dog", bb(120, 10, 150, 20))))
     assert rec.objects == ()
-    assert rec.dropped == ("object 1 'dog': zero-area box after clipping to 100x50 (xmin=120, ymin=10, xmax=150, ymax=20)",)
+    assert rec.dropped == (
+        "object 1 'dog': zero-area box after clipping to 100x50 (xmin=120, ymin=10, xmax=150, ymax=20)",
+    )
 
 
-@pytest.mark.parametrize("box, reason", [
-    ("", "no <bndbox>"),
-    (bb(50, 5, 10, 25), "inverted box xmin=50 > xmax=10"),
-    (bb(5, 30, 10, 25), "inverted box ymin=30 > ymax=25"),
-    (bb("ten", 5, 30, 25), "non-numeric xmin='ten'"),
-    (bb(10, 5, "nan", 25), "non-numeric xmax='nan'"),
-    ("<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax></bndbox>", "missing ymax"),
-    (bb(10, 5, 10, 25), "zero-area box after clipping to 100x50"),
-])
+@pytest.mark.parametrize(
+    "box, reason",
+    [
+        ("", "no <bndbox>"),
+        (bb(50, 5, 10, 25), "inverted box xmin=50 > xmax=10"),
+        (bb(5, 30, 10, 25), "inverted box ymin=30 > ymax=25"),
+        (bb("ten", 5, 30, 25), "non-numeric xmin='ten'"),
+        (bb(10, 5, "nan", 25), "non-numeric xmax='nan'"),
+        ("<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax></bndbox>", "missing ymax"),
+        (bb(10, 5, 10, 25), "zero-area box after clipping to 100x50"),
+    ],
+)
 def test_unusable_object_is_dropped_with_a_reason_and_the_rest_loads(box, reason):
     rec = parse_voc(xml(obj("cat") + obj("dog", box)), source="x.xml")
     assert [o.name for o in rec.objects] == ["cat"]
@@ -87,16 +91,19 @@ def test_absent_or_zero_size_counts_as_unknown():
     assert (rec.width, rec.height) == (0, 0) and len(rec.objects) == 1
 
 
-@pytest.mark.parametrize("width, reason", [
-    ("abc", "x.xml: <size> width='abc' is not a decimal number"),
-    ("\u0666\u0664\u0660", "x.xml: <size> width='\u0666\u0664\u0660' is not a decimal number"),  # Arabic-Indic 640
-    ("\uff16\uff14\uff10", "x.xml: <size> width='\uff16\uff14\uff10' is not a decimal number"),  # full-width 640
-    ("6_40", "x.xml: <size> width='6_40' is not a decimal number"),
-    ("inf", "x.xml: <size> width='inf' is not a decimal number"),
-    ("3.2e307", "x.xml: absurd <size> width='3.2e307' (over 1,000,000 px a side)"),
-    ("1e400", "x.xml: absurd <size> width='1e400' (over 1,000,000 px a side)"),
-    ("1000001", "x.xml: absurd <size> width='1000001' (over 1,000,000 px a side)"),
-])
+@pytest.mark.parametrize(
+    "width, reason",
+    [
+        ("abc", "x.xml: <size> width='abc' is not a decimal number"),
+        ("\u0666\u0664\u0660", "x.xml: <size> width='\u0666\u0664\u0660' is not a decimal number"),  # Arabic-Indic 640
+        ("\uff16\uff14\uff10", "x.xml: <size> width='\uff16\uff14\uff10' is not a decimal number"),  # full-width 640
+        ("6_40", "x.xml: <size> width='6_40' is not a decimal number"),
+        ("inf", "x.xml: <size> width='inf' is not a decimal number"),
+        ("3.2e307", "x.xml: absurd <size> width='3.2e307' (over 1,000,000 px a side)"),
+        ("1e400", "x.xml: absurd <size> width='1e400' (over 1,000,000 px a side)"),
+        ("1000001", "x.xml: absurd <size> width='1000001' (over 1,000,000 px a side)"),
+    ],
+)
 def test_a_size_that_is_no_ascii_decimal_or_absurd_skips_the_annotation_naming_the_text(width, reason):
     with pytest.raises(VocError) as info:
         parse_voc(xml(obj(), size=f"<size><width>{width}</width><height>50</height></size>"), source="x.xml")
@@ -107,7 +114,9 @@ def test_a_size_that_is_no_ascii_decimal_or_absurd_skips_the_annotation_naming_t
 def test_coordinates_are_ascii_decimal_only(text):
     rec = parse_voc(xml(obj("cat") + obj("dog", bb(text, 5, 30, 25))), source="x.xml")
     assert [o.name for o in rec.objects] == ["cat"]
-    assert rec.dropped == (f"object 2 'dog': non-numeric xmin={text.strip()!r} (coordinates are ASCII decimal numbers)",)
+    assert rec.dropped == (
+        f"object 2 'dog': non-numeric xmin={text.strip()!r} (coordinates are ASCII decimal numbers)",
+    )
 
 
 def test_ascii_decimal_forms_are_accepted():
@@ -126,9 +135,13 @@ def test_a_box_under_one_pixel_is_dropped_with_that_reason():
 def test_a_huge_box_without_size_is_outside_the_image_not_a_whole_image_box():
     rec = parse_voc(xml(obj("cat", bb(0, 0, "1e308", "1e308")) + obj("dog"), size=""), source="x.xml")
     assert [o.name for o in rec.objects] == ["dog"]
-    assert rec.dropped == ("object 1 'cat': xmax=1e308 lies outside the image (beyond 1,000,000 px, larger than any image)",)
+    assert rec.dropped == (
+        "object 1 'cat': xmax=1e308 lies outside the image (beyond 1,000,000 px, larger than any image)",
+    )
     fitted, _ = voc.fit_to_image(rec, 640, 480)
-    np.testing.assert_allclose(voc.normalize_boxes(fitted, 640, 480), [[10 / 640, 5 / 480, 30 / 640, 25 / 480]], rtol=1e-6)
+    np.testing.assert_allclose(
+        voc.normalize_boxes(fitted, 640, 480), [[10 / 640, 5 / 480, 30 / 640, 25 / 480]], rtol=1e-6
+    )
 
 
 def test_flags_are_ascii_decimal_too():
@@ -164,7 +177,9 @@ EXTERNAL_DTD = b"""<?xml version="1.0"?>
 <annotation><filename>a.jpg</filename></annotation>"""
 
 
-@pytest.mark.parametrize("data", [BILLION_LAUGHS, EXTERNAL_ENTITY, EXTERNAL_DTD], ids=["billion-laughs", "external-entity", "external-dtd"])
+@pytest.mark.parametrize(
+    "data", [BILLION_LAUGHS, EXTERNAL_ENTITY, EXTERNAL_DTD], ids=["billion-laughs", "external-entity", "external-dtd"]
+)
 def test_entity_and_dtd_attacks_are_refused_without_expansion(data):
     with pytest.raises(VocError, match=r"evil\.xml: unsafe XML refused") as info:
         parse_voc(data, source="evil.xml")
@@ -179,6 +194,7 @@ def test_normalize_boxes():
 
 
 # ------------------------------------------------------------------------------------ <size> vs decoded
+
 
 def sized(w: int, h: int, *boxes: tuple[float, float, float, float]) -> voc.VocRecord:
     objects = "".join(obj("cat", bb(*b)) for b in boxes)
@@ -208,12 +224,15 @@ def test_fit_to_image_tolerates_rounding_of_the_resized_size():
     assert "rescaled" in note
 
 
-@pytest.mark.parametrize("decoded,why", [
-    ((750, 1000), "width and height swapped"),  # 4:3 labelled, 3:4 stored: another pixel frame
-    ((375, 500), "width and height swapped"),  # swapped and halved
-    ((500, 500), "not the same frame at another scale"),  # x 0.5, y 0.667
-    ((1000, 760), "not the same frame at another scale"),  # y 1.3% off: beyond the 1% tolerance
-])
+@pytest.mark.parametrize(
+    "decoded,why",
+    [
+        ((750, 1000), "width and height swapped"),  # 4:3 labelled, 3:4 stored: another pixel frame
+        ((375, 500), "width and height swapped"),  # swapped and halved
+        ((500, 500), "not the same frame at another scale"),  # x 0.5, y 0.667
+        ((1000, 760), "not the same frame at another scale"),  # y 1.3% off: beyond the 1% tolerance
+    ],
+)
 def test_fit_to_image_refuses_any_other_mismatch_naming_both_sizes(decoded, why):
     fitted, reason = voc.fit_to_image(sized(1000, 750, (100, 50, 300, 250)), *decoded)
     assert fitted is None
@@ -223,6 +242,7 @@ def test_fit_to_image_refuses_any_other_mismatch_naming_both_sizes(decoded, why)
 
 # ------------------------------------------------------------------------------------------ class names
 
+
 def test_nfc_and_nfd_spellings_are_one_class():
     rec = parse_voc(xml(obj("carr\u00e9") + obj("carre\u0301")))
     assert [o.name for o in rec.objects] == ["carr\u00e9", "carr\u00e9"]
@@ -230,7 +250,15 @@ def test_nfc_and_nfd_spellings_are_one_class():
 
 
 def test_zero_width_and_control_characters_are_removed():
-    names = ["square", "square\u200b", "\ufeffsquare", "squ\u2060are\u200d", "squ\x85are", "\tsquare\n", "\u200csquare "]
+    names = [
+        "square",
+        "square\u200b",
+        "\ufeffsquare",
+        "squ\u2060are\u200d",
+        "squ\x85are",
+        "\tsquare\n",
+        "\u200csquare ",
+    ]
     rec = parse_voc(xml("".join(obj(n) for n in names)))
     assert {o.name for o in rec.objects} == {"square"} and len(rec.objects) == len(names)
     assert len(parse_voc(xml(obj("square")), classes=["square\u200b"]).objects) == 1
@@ -239,7 +267,9 @@ def test_zero_width_and_control_characters_are_removed():
 def test_a_name_of_only_invisible_characters_drops_the_object():
     rec = parse_voc(xml(obj("cat") + obj("\u200b\u200b")))
     assert [o.name for o in rec.objects] == ["cat"]
-    assert rec.dropped == ("object 2: <name> '\\u200b\\u200b' is empty once invisible and control characters are removed",)
+    assert rec.dropped == (
+        "object 2: <name> '\\u200b\\u200b' is empty once invisible and control characters are removed",
+    )
 
 
 def test_case_is_kept_and_collisions_are_listed():

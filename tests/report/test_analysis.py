@@ -10,18 +10,24 @@ import json
 import numpy as np
 import pytest
 
-from raydet.report import analysis as A
 from raydet.detector import coco
 from raydet.detector.metrics import average_precision
+from raydet.report import analysis as A
 
 
 def _images(scenes, classes):
     """[(width, height, [(box, label)], [(box, label, score)])] -> (COCO ground truth, COCO detections)."""
     gt_images, predictions = [], []
     for i, (w, h, truth, dets) in enumerate(scenes):
-        gt_images.append({"file": f"im{i}.png", "width": w, "height": h,
-                          "boxes": np.array([b for b, _ in truth], float).reshape(-1, 4),
-                          "labels": np.array([lab for _, lab in truth], int)})
+        gt_images.append(
+            {
+                "file": f"im{i}.png",
+                "width": w,
+                "height": h,
+                "boxes": np.array([b for b, _ in truth], float).reshape(-1, 4),
+                "labels": np.array([lab for _, lab in truth], int),
+            }
+        )
         predictions += [{"image_id": coco.image_id(i), "box": b, "label": lab, "score": s} for b, lab, s in dets]
     return coco.ground_truth(gt_images, classes), coco.detections(predictions, classes)
 
@@ -38,13 +44,18 @@ def test_from_coco_reads_boxes_back_in_pixels():
 # Confusion matrix: classes cat (0), dog (1); background is index 2.
 CAT, DOG = 0, 1
 CONFUSION_SCENES = [
-    (200, 200,
-     [([0, 0, 20, 20], CAT), ([50, 50, 90, 90], DOG), ([100, 100, 200, 200], CAT)],
-     [([0, 0, 20, 20], CAT, 0.9),          # on the cat: [cat, cat]
-      ([50, 50, 90, 90], CAT, 0.8),        # on the dog, says cat: [dog, cat]
-      ([100, 100, 200, 200], DOG, 0.7),    # on the big cat, says dog: [cat, dog]
-      ([150, 0, 190, 40], DOG, 0.5),       # on nothing: [background, dog]
-      ([0, 0, 20, 20], CAT, 0.2)]),        # under score 0.3: not counted
+    (
+        200,
+        200,
+        [([0, 0, 20, 20], CAT), ([50, 50, 90, 90], DOG), ([100, 100, 200, 200], CAT)],
+        [
+            ([0, 0, 20, 20], CAT, 0.9),  # on the cat: [cat, cat]
+            ([50, 50, 90, 90], CAT, 0.8),  # on the dog, says cat: [dog, cat]
+            ([100, 100, 200, 200], DOG, 0.7),  # on the big cat, says dog: [cat, dog]
+            ([150, 0, 190, 40], DOG, 0.5),  # on nothing: [background, dog]
+            ([0, 0, 20, 20], CAT, 0.2),
+        ],
+    ),  # under score 0.3: not counted
     (100, 100, [([10, 10, 40, 40], DOG)], []),  # nobody finds the dog: [dog, background]
     # one cat detection between a cat E and a dog F: IoU with E [0,0,40,40]: 28 * 40 / (3200 - 1120) = 0.538,
     # with F [20,0,60,40]: 32 * 40 / (3200 - 1280) = 0.667 -> paired with the dog F: [dog, cat]; E: [cat, bg]
@@ -56,9 +67,11 @@ def test_confusion_matrix_by_hand():
     gt, dets = _images(CONFUSION_SCENES, ["cat", "dog"])
     m = A.confusion_matrix(A.from_coco(gt, dets), 2)
     #                        predicted: cat dog background
-    assert m.tolist() == [[1, 1, 1],  # true cat: found, called dog, missed (E)
-                          [2, 0, 1],  # true dog: called cat twice, missed once
-                          [0, 1, 0]]  # background: one dog detection on nothing
+    assert m.tolist() == [
+        [1, 1, 1],  # true cat: found, called dog, missed (E)
+        [2, 0, 1],  # true dog: called cat twice, missed once
+        [0, 1, 0],
+    ]  # background: one dog detection on nothing
     # a higher score threshold drops the 0.5 and 0.7 detections: the big cat is missed, no background detection
     m7 = A.confusion_matrix(A.from_coco(gt, dets), 2, score_threshold=0.75)
     assert m7.tolist() == [[1, 0, 2], [2, 0, 1], [0, 0, 0]]
@@ -71,8 +84,12 @@ def test_confusion_matrix_of_nothing_is_zero():
 
 # AP by size, one class. Areas: s 20 x 20 = 400 (small), m 50 x 50 = 2500 (medium), l 120 x 120 = 14400 (large).
 S_BOX, M_BOX, L_BOX, STRAY = [0, 0, 20, 20], [100, 100, 150, 150], [0, 150, 120, 270], [200, 0, 230, 30]
-SIZE_SCENE = (300, 300, [(S_BOX, 0), (M_BOX, 0), (L_BOX, 0)],
-              [(L_BOX, 0, 0.9), (STRAY, 0, 0.8), (S_BOX, 0, 0.7), (M_BOX, 0, 0.6)])  # STRAY: 900 px², on nothing
+SIZE_SCENE = (
+    300,
+    300,
+    [(S_BOX, 0), (M_BOX, 0), (L_BOX, 0)],
+    [(L_BOX, 0, 0.9), (STRAY, 0, 0.8), (S_BOX, 0, 0.7), (M_BOX, 0, 0.6)],
+)  # STRAY: 900 px², on nothing
 
 
 def _pycocotools_stats(gt, dets, tmp_path) -> np.ndarray:
@@ -129,8 +146,13 @@ def test_ap_by_size_agrees_with_pycocotools_on_random_scenes(tmp_path):
             box, label = [x, y, x + side, y + side * rng.uniform(0.7, 1)], int(rng.integers(2))
             truth.append((box, label))
             for _ in range(int(rng.integers(0, 3))):
-                found.append((list(np.array(box) + rng.normal(0, 3, 4).clip(-2, 2)), label if rng.random() < 0.8
-                              else 1 - label, float(rng.random())))
+                found.append(
+                    (
+                        list(np.array(box) + rng.normal(0, 3, 4).clip(-2, 2)),
+                        label if rng.random() < 0.8 else 1 - label,
+                        float(rng.random()),
+                    )
+                )
         found.sort(key=lambda d: -d[2])
         scenes.append((300, 300, truth, found))
     gt, dets = _images(scenes, ["a", "b"])

@@ -93,7 +93,7 @@ def test_every_prediction_of_an_image_is_drawn_with_its_own_label():
         # each box's left edge, at mid-height, in the prediction colour
         assert tuple(out[(y0 + y1) // 2, x0]) == draw.PRED_COLOR
         # and its own label on a red background just above its top edge (8 px up, over the box's first 30 px)
-        above = out[y0 - 8, x0:x0 + 30]
+        above = out[y0 - 8, x0 : x0 + 30]
         assert (above == draw.PRED_COLOR).all(axis=1).any() and (above != draw.PRED_COLOR).any(axis=1).any()
     assert tuple(out[65, 80]) == (GREY,) * 3  # between the first two boxes nothing is drawn
 

@@ -8,15 +8,14 @@ import html
 import json
 import re
 
+import handset as H
 import numpy as np
 import pytest
 
-import handset as H
-from raydet.report import analysis
-from raydet.report import browser
 from raydet.cli import main
 from raydet.evaluate.outputs import ImageDetections, ModelResult, write_coco, write_report
 from raydet.evaluate.pool import summarize
+from raydet.report import analysis, browser
 from raydet.report.page import REPORT_FILE, build_report
 
 WIDTH, HEIGHT = 64, 48  # original size of every image
@@ -24,9 +23,11 @@ A, B = H.Obj(1, 1, 0, 5, 1), H.Obj(5, 2, 1, 4, 2)  # image 0: red 0.9975, blue 0
 C = H.Obj(2, 5, 0, 3, 2)  # image 1: red 0.7685 found; a blue object F nobody finds
 F_BOX = [0.6, 0.1, 0.9, 0.4]
 E = H.Obj(4, 4, 1, 5, 1)  # image 2: a blue detection (0.9975) on no object
-SCENES = [("img_0.png", [A, B], [(H.box(A), 0), (H.box(B), 1)]),
-          ("img_1.png", [C], [(H.box(C), 0), (F_BOX, 1)]),
-          ("img_2.png", [E], [])]
+SCENES = [
+    ("img_0.png", [A, B], [(H.box(A), 0), (H.box(B), 1)]),
+    ("img_1.png", [C], [(H.box(C), 0), (F_BOX, 1)]),
+    ("img_2.png", [E], []),
+]
 FOUND = {"float": [[A, B], [C], [E]], "int8": [[A, B], [], [E]]}  # int8 misses C
 # By hand, COCO AP at IoU 0.5 (every box exact):
 # red, float: A, C true positives of 2 objects -> AP 1; int8: A only, recall 1/2 at precision 1 -> the 101 recall
@@ -34,9 +35,22 @@ FOUND = {"float": [[A, B], [C], [E]], "int8": [[A, B], [], [E]]}  # int8 misses 
 # blue, both: E 0.9975 false, B 0.9734 true, 2 objects (B, F): precision 1/2 at recall 1/2 -> 51 points read 1/2
 #   -> 25.5/101.
 AP50 = {"float": {"red": 1.0, "blue": 25.5 / 101}, "int8": {"red": 51 / 101, "blue": 25.5 / 101}}
-HISTORY = [{"epoch": e, "epochs": 3, "loss": 3.0 / e, "heatmap_loss": 2.0 / e, "box_loss": 1.0 / e,
-            "val_loss": 3.5 / e, "val_ap50": 0.3 * e, "val_map": 0.1 * e, "lr": 1e-3 / e, "seconds": 1.0,
-            "end_time": 0.0} for e in (1, 2, 3)]
+HISTORY = [
+    {
+        "epoch": e,
+        "epochs": 3,
+        "loss": 3.0 / e,
+        "heatmap_loss": 2.0 / e,
+        "box_loss": 1.0 / e,
+        "val_loss": 3.5 / e,
+        "val_ap50": 0.3 * e,
+        "val_map": 0.1 * e,
+        "lr": 1e-3 / e,
+        "seconds": 1.0,
+        "end_time": 0.0,
+    }
+    for e in (1, 2, 3)
+]
 
 
 def _gt_rows():
@@ -45,8 +59,18 @@ def _gt_rows():
         boxes, labels = np.zeros((2, 4), np.float32), np.full(2, -1, np.int32)
         for k, (box, label) in enumerate(truth):
             boxes[k], labels[k] = box, label
-        rows.append({"file": file, "image": H.paint(objects), "boxes": boxes, "labels": labels,
-                     "difficult": np.zeros(2, np.uint8), "num_objects": len(truth), "width": WIDTH, "height": HEIGHT})
+        rows.append(
+            {
+                "file": file,
+                "image": H.paint(objects),
+                "boxes": boxes,
+                "labels": labels,
+                "difficult": np.zeros(2, np.uint8),
+                "num_objects": len(truth),
+                "width": WIDTH,
+                "height": HEIGHT,
+            }
+        )
     return rows
 
 
@@ -60,16 +84,31 @@ def _result(name: str, rows: list[dict], classes: list[str] = H.CLASSES) -> Mode
     images, matches = [], []
     for i, (row, found) in enumerate(zip(rows, FOUND[name])):
         boxes, labels, scores = H.expected(found)
-        image = ImageDetections(file=row["file"], image_id=i + 1, boxes=to_pixels(boxes, WIDTH, HEIGHT),
-                                labels=labels, scores=scores)
+        image = ImageDetections(
+            file=row["file"], image_id=i + 1, boxes=to_pixels(boxes, WIDTH, HEIGHT), labels=labels, scores=scores
+        )
         n = row["num_objects"]
-        matches.append(match_image(denormalize(row["boxes"][:n], WIDTH, HEIGHT), row["labels"][:n], image.boxes,
-                                   image.labels, image.scores, len(classes), image_id=image.image_id))
+        matches.append(
+            match_image(
+                denormalize(row["boxes"][:n], WIDTH, HEIGHT),
+                row["labels"][:n],
+                image.boxes,
+                image.labels,
+                image.scores,
+                len(classes),
+                image_id=image.image_id,
+            )
+        )
         images.append(image)
-    part = {"match": MatchStats.concat(matches), "images": images, "latency_s": np.array([0.002, 0.004, 0.003]),
-            "t_start": 10.0, "t_end": 10.5, "pid": 1}
-    return ModelResult(name=name, report=summarize([part], classes, 1000 if name == "int8" else 4000),
-                       images=images)
+    part = {
+        "match": MatchStats.concat(matches),
+        "images": images,
+        "latency_s": np.array([0.002, 0.004, 0.003]),
+        "t_start": 10.0,
+        "t_end": 10.5,
+        "pid": 1,
+    }
+    return ModelResult(name=name, report=summarize([part], classes, 1000 if name == "int8" else 4000), images=images)
 
 
 def _write_run(root, classes: list[str], files: list[str] | None = None, prep_name: str = "prep"):
@@ -87,10 +126,23 @@ def _write_run(root, classes: list[str], files: list[str] | None = None, prep_na
     run = root / "run"
     results = {name: _result(name, rows, classes) for name in FOUND}
     write_coco(run / "eval" / "coco", rows, classes, results)
-    write_report(run / "eval", {"models": {n: r.report for n, r in results.items()}, "split": "test",
-                                "data": str(prep), "classes": classes, "actors": 1, "threads": 1,
-                                "batch_size": 3, "top_k": 100, "score_threshold": 0.01, "draw_score_threshold": 0.3,
-                                "coco_dir": str(run / "eval" / "coco")}, show_table=False)
+    write_report(
+        run / "eval",
+        {
+            "models": {n: r.report for n, r in results.items()},
+            "split": "test",
+            "data": str(prep),
+            "classes": classes,
+            "actors": 1,
+            "threads": 1,
+            "batch_size": 3,
+            "top_k": 100,
+            "score_threshold": 0.01,
+            "draw_score_threshold": 0.3,
+            "coco_dir": str(run / "eval" / "coco"),
+        },
+        show_table=False,
+    )
     (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HISTORY))
     return run
 
@@ -196,7 +248,7 @@ def _md_cells(line: str) -> list[str]:
     """A Markdown table row's cells as a renderer splits them: at every ``|`` not escaped by a backslash."""
     unescaped = re.sub(r"\\.", "..", line)  # each escape pair -> two neutral characters (same positions)
     cuts = [i for i, c in enumerate(unescaped) if c == "|"]
-    return [line[a + 1:b].strip() for a, b in zip(cuts, cuts[1:])]
+    return [line[a + 1 : b].strip() for a, b in zip(cuts, cuts[1:])]
 
 
 def test_names_from_data_are_text_in_both_reports(tmp_path):

@@ -17,8 +17,10 @@ def _size(png: bytes) -> tuple[int, int]:
 
 
 def test_training_curves_is_a_wide_png_and_none_without_history():
-    rows = [{"epoch": e, "loss": 1.0 / e, "val_loss": None, "val_ap50": 0.2 * e, "val_map": 0.1 * e, "lr": 1e-3}
-            for e in (1, 2, 3)]
+    rows = [
+        {"epoch": e, "loss": 1.0 / e, "val_loss": None, "val_ap50": 0.2 * e, "val_map": 0.1 * e, "lr": 1e-3}
+        for e in (1, 2, 3)
+    ]
     assert _size(plots.training_curves(rows)) == (1200, 340)  # 12 x 3.4 inches at 100 dpi
     assert plots.training_curves([]) is None
 
@@ -31,9 +33,11 @@ def test_pr_curves_draw_the_classes_with_ground_truth_only():
     assert _size(png) == (520, 420)
     with Image.open(io.BytesIO(png)) as im:
         rgb = np.asarray(im.convert("RGB")).astype(int)
+
     # matplotlib's first colour (#1f77b4) is there for class a; the second (#ff7f0e), b's, is not
     def has(colour):
         return bool((np.abs(rgb - colour).sum(axis=2) < 30).any())
+
     assert has((0x1F, 0x77, 0xB4)) and not has((0xFF, 0x7F, 0x0E))
 
 

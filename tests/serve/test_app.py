@@ -50,15 +50,19 @@ def _free_port() -> int:
 
 # ---------------------------------------------------------------------------------------------- no Serve
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "int4"], "--model must be one of ('float', 'dynamic', 'float16', 'int8', 'qat'), got 'int4'"),
-    (["--autoscale", "3..1"], "--autoscale must be MIN..MAX with 0 <= MIN <= MAX and MAX >= 1, got 3..1"),
-    (["--autoscale", "2-4"], "malformed --autoscale '2-4': expected MIN..MAX replicas, e.g. 1..4"),
-    (["--port", "70000"], "--port must be in 1..65535, got 70000"),
-    (["--port", "0"], "--port must be in 1..65535, got 0"),
-    (["--max-batch-size", "0"], "--max-batch-size must be a whole number >= 1, got 0"),
-    (["--replicas", "2", "--autoscale", "1..3"], "--replicas 2 and --autoscale 1..3: give one of them"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "int4"], "--model must be one of ('float', 'dynamic', 'float16', 'int8', 'qat'), got 'int4'"),
+        (["--autoscale", "3..1"], "--autoscale must be MIN..MAX with 0 <= MIN <= MAX and MAX >= 1, got 3..1"),
+        (["--autoscale", "2-4"], "malformed --autoscale '2-4': expected MIN..MAX replicas, e.g. 1..4"),
+        (["--port", "70000"], "--port must be in 1..65535, got 70000"),
+        (["--port", "0"], "--port must be in 1..65535, got 0"),
+        (["--max-batch-size", "0"], "--max-batch-size must be a whole number >= 1, got 0"),
+        (["--replicas", "2", "--autoscale", "1..3"], "--replicas 2 and --autoscale 1..3: give one of them"),
+    ],
+)
 def test_bad_arguments_stop_with_one_line_and_exit_2(args, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["serve", str(tmp_path), *args])
@@ -85,14 +89,19 @@ def test_query_options():
     assert detect_options({}, 0.3) == detect_options({"draw": "0"}, 0.3)
     opts = detect_options({"score_threshold": "0.5", "max_detections": "2", "draw": "1"}, 0.3)
     assert (opts.score_threshold, opts.max_detections, opts.draw) == (0.5, 2, True)
-    for query, text in [({"score_threshold": "1.5"}, "score_threshold must be in [0, 1], got '1.5'"),
-                        ({"score_threshold": "high"}, "score_threshold must be a number, got 'high'"),
-                        ({"max_detections": "0"}, "max_detections must be in 1..100, got '0'"),
-                        ({"max_detections": "2.5"}, "max_detections must be a whole number, got '2.5'"),
-                        ({"draw": "yes"}, "draw must be 0 or 1, got 'yes'"),
-                        ({"treshold": "0.2"}, "unknown query option(s) treshold")]:
-        with pytest.raises(HttpError, match="^" + text.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
-                                            .replace("[", r"\[").replace("]", r"\]")) as exc:
+    for query, text in [
+        ({"score_threshold": "1.5"}, "score_threshold must be in [0, 1], got '1.5'"),
+        ({"score_threshold": "high"}, "score_threshold must be a number, got 'high'"),
+        ({"max_detections": "0"}, "max_detections must be in 1..100, got '0'"),
+        ({"max_detections": "2.5"}, "max_detections must be a whole number, got '2.5'"),
+        ({"draw": "yes"}, "draw must be 0 or 1, got 'yes'"),
+        ({"treshold": "0.2"}, "unknown query option(s) treshold"),
+    ]:
+        with pytest.raises(
+            HttpError,
+            match="^"
+            + text.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.").replace("[", r"\[").replace("]", r"\]"),
+        ) as exc:
             detect_options(query, 0.3)
         assert exc.value.status == 400
 
@@ -101,6 +110,7 @@ def _chunks(*parts: bytes):
     async def gen():
         for p in parts:
             yield p
+
     return gen()
 
 
@@ -118,8 +128,13 @@ def _multipart(*parts: tuple[str, str | None, bytes]) -> tuple[str, bytes]:
     body = b""
     for name, filename, data in parts:
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        body += (f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-                 "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+        body += (
+            (
+                f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     return f"multipart/form-data; boundary={boundary}", body + f"--{boundary}--\r\n".encode()
 
 
@@ -128,10 +143,12 @@ def test_image_bytes_from_a_body_or_a_multipart_form():
     assert image_bytes("image/png", data) == data
     assert image_bytes(*_multipart(("note", None, b"hello"), ("image", "a.png", data))) == data
     assert image_bytes(*_multipart(("upload", "a.png", data))) == data  # the only file, whatever its name
-    for content_type, body, text in [("image/png", b"", "empty body"),
-                                     (*_multipart(("a", "a.png", data), ("b", "b.png", data)), "holds 2 files"),
-                                     (*_multipart(("note", None, b"hi")), "holds 0 files"),
-                                     (*_multipart(("image", "a.png", b"")), "image part is empty")]:
+    for content_type, body, text in [
+        ("image/png", b"", "empty body"),
+        (*_multipart(("a", "a.png", data), ("b", "b.png", data)), "holds 2 files"),
+        (*_multipart(("note", None, b"hi")), "holds 0 files"),
+        (*_multipart(("image", "a.png", b"")), "image part is empty"),
+    ]:
         with pytest.raises(HttpError, match=text) as exc:
             image_bytes(content_type, body)
         assert exc.value.status == 400
@@ -159,8 +176,10 @@ def test_a_batch_of_mixed_thresholds_answers_each_image_as_if_alone():
 
     sizes = [(32, 32), (64, 32), (32, 32)]
     together, _ = detect(Runner(), np.stack(scenes), sizes, H.CLASSES, [0.98, 0.3, 0.8])
-    alone = [detect(Runner(), scene[None], [size], H.CLASSES, t)[0][0]
-             for scene, size, t in zip(scenes, sizes, [0.98, 0.3, 0.8])]
+    alone = [
+        detect(Runner(), scene[None], [size], H.CLASSES, t)[0][0]
+        for scene, size, t in zip(scenes, sizes, [0.98, 0.3, 0.8])
+    ]
     assert together == alone
     assert [len(d) for d in together] == [1, 3, 0]  # A only; A, B, C; C's 0.77 < 0.8
 
@@ -168,8 +187,9 @@ def test_a_batch_of_mixed_thresholds_answers_each_image_as_if_alone():
 def test_builder_args_from_a_config_file_or_strings(tmp_path):
     from raydet.serve.app import config_from_args, deployment_options
 
-    cfg = config_from_args({"run": "r", "replicas": "2", "max_batch_size": 8, "batch_wait_ms": "2.5",
-                            "access_log": "true"})
+    cfg = config_from_args(
+        {"run": "r", "replicas": "2", "max_batch_size": 8, "batch_wait_ms": "2.5", "access_log": "true"}
+    )
     assert (cfg.replicas, cfg.max_batch_size, cfg.batch_wait_ms, cfg.access_log) == (2, 8, 2.5, True)
     assert config_from_args({"run": "r", "access_log": False}).access_log is False
     assert deployment_options(cfg)["num_replicas"] == 2
@@ -199,8 +219,9 @@ def test_a_bucket_run_is_checked_and_each_replica_fetches_its_model_from_the_buc
     remote = ModelRunner(source)
     assert remote.path != local / "model_int8.tflite" and remote.path.is_file()
     scene = H.paint([A, B])[None]
-    np.testing.assert_array_equal(remote.predict(scene)[0]["heatmap"],
-                                  ModelRunner(local / "model_int8.tflite").predict(scene)[0]["heatmap"])
+    np.testing.assert_array_equal(
+        remote.predict(scene)[0]["heatmap"], ModelRunner(local / "model_int8.tflite").predict(scene)[0]["heatmap"]
+    )
     with pytest.raises(UserError, match="model.s. float16 not found"):
         check_model(ServeConfig(run=run, model="float16"))
 
@@ -212,8 +233,11 @@ def test_serve_yaml_is_a_serve_deploy_config_whose_args_build(tmp_path):
     from raydet.serve.app import build
 
     doc = yaml.safe_load((REPO / "serve.yaml").read_text())
-    schema = ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") \
+    schema = (
+        ServeDeploySchema.model_validate(doc)
+        if hasattr(ServeDeploySchema, "model_validate")
         else ServeDeploySchema.parse_obj(doc)
+    )
     (app,) = schema.applications
     assert app.import_path == "raydet.serve.app:build"
     run = H.write_run(tmp_path / "run")
@@ -223,14 +247,16 @@ def test_serve_yaml_is_a_serve_deploy_config_whose_args_build(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- a real app
 
+
 class Client:
     """HTTP/1.1 to the app on 127.0.0.1:port, one connection (http.client, as any client would)."""
 
     def __init__(self, port: int):
         self.port = port
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict | None = None) -> tuple[int, str, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, str, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
             conn.request(method, path, body=body, headers=headers or {})
@@ -259,8 +285,11 @@ def served(tmp_path_factory):
     if started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env())
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(application(ServeConfig(run=str(run), model="int8", max_batch_size=8, max_bytes=MAX_BYTES)),
-              name="raydet-test", route_prefix="/")
+    serve.run(
+        application(ServeConfig(run=str(run), model="int8", max_batch_size=8, max_bytes=MAX_BYTES)),
+        name="raydet-test",
+        route_prefix="/",
+    )
     yield Client(port), run
     serve.shutdown()
     if started:
@@ -289,8 +318,9 @@ def test_detections_and_drawings_equal_raydet_predicts(served, tmp_path):
 
     client, run = served
     files = _inputs(tmp_path / "in")
-    report = predict(PredictConfig(run=str(run), paths=(str(tmp_path / "in"),), out=str(tmp_path / "out"),
-                                   model="int8"))
+    report = predict(
+        PredictConfig(run=str(run), paths=(str(tmp_path / "in"),), out=str(tmp_path / "out"), model="int8")
+    )
     by_file = {Path(img["file"]).name: img for img in report["images"]}
     assert set(by_file) == set(files)
     assert len(by_file["scene.png"]["detections"]) == 3 and by_file["empty.png"]["detections"] == []
@@ -315,8 +345,9 @@ def test_detections_and_drawings_equal_raydet_predicts(served, tmp_path):
     status, _, body = client.detect(files["scene.png"], "?score_threshold=0.9&max_detections=1")
     assert json.loads(body)["detections"] == by_file["scene.png"]["detections"][:1]  # 0.996 only
     status, _, body = client.detect(files["scene.png"], "?score_threshold=0.9")
-    assert [d["score"] for d in json.loads(body)["detections"]] == \
-        [d["score"] for d in by_file["scene.png"]["detections"] if d["score"] >= 0.9]  # A and B, not C (0.77)
+    assert [d["score"] for d in json.loads(body)["detections"]] == [
+        d["score"] for d in by_file["scene.png"]["detections"] if d["score"] >= 0.9
+    ]  # A and B, not C (0.77)
 
 
 def _bad_requests() -> list[tuple[str, bytes, str, str, int, str]]:
@@ -334,8 +365,14 @@ def _bad_requests() -> list[tuple[str, bytes, str, str, int, str]]:
         ("not an image", b"this is a text file\n", "", ct, 415, "not a recognised image"),
         ("a format raydet does not read", buf.getvalue(), "", ct, 415, "format PPM not accepted"),
         ("over the byte limit", _png(over), "", ct, 413, f"over the limit of {MAX_BYTES:,} bytes"),
-        ("a decompression bomb", png_header_only(12_000, 12_000), "", ct, 413,  # 144 MP: over 100 MP
-         "decompression bomb refused: the PNG header says 12000 x 12000"),
+        (
+            "a decompression bomb",
+            png_header_only(12_000, 12_000),
+            "",
+            ct,
+            413,  # 144 MP: over 100 MP
+            "decompression bomb refused: the PNG header says 12000 x 12000",
+        ),
         ("a truncated JPEG", jpeg.getvalue()[:3000], "", ct, 400, "truncated"),
         ("a bad query option", good, "?score_threshold=2", ct, 400, "score_threshold must be in [0, 1]"),
         ("two files in a form", two, "", two_type, 400, "holds 2 files"),
@@ -386,8 +423,13 @@ def test_health_and_model(served):
     status, _, body = client.request("GET", "/model")
     info = json.loads(body)
     assert status == 200
-    assert (info["classes"], info["image_size"], info["model"], info["model_file"], info["run"]) == \
-        (H.CLASSES, H.SIZE, "int8", "model_int8.tflite", str(run))
+    assert (info["classes"], info["image_size"], info["model"], info["model_file"], info["run"]) == (
+        H.CLASSES,
+        H.SIZE,
+        "int8",
+        "model_int8.tflite",
+        str(run),
+    )
     assert info["max_batch_size"] == 8 and info["max_bytes"] == MAX_BYTES
 
 
@@ -421,8 +463,14 @@ def test_raydet_serve_runs_until_ctrl_c(tmp_path):
     env.pop("RAY_ADDRESS")
     out_file = tmp_path / "stdout.txt"
     with open(out_file, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "raydet.cli", "serve", str(run), "--port", str(port)],
-                                stdout=out, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "raydet.cli", "serve", str(run), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
     try:
         # 1. up: the command says where it answers (after serve.run returned), and it answers there
         deadline = time.monotonic() + 120
@@ -460,8 +508,9 @@ def test_a_replica_killed_under_load_is_replaced_and_no_answer_is_wrong(served):
     from raydet.serve.app import application
 
     client, run = served
-    serve.run(application(ServeConfig(run=str(run), model="int8", max_batch_size=8)), name="raydet-kill",
-              route_prefix="/kill")
+    serve.run(
+        application(ServeConfig(run=str(run), model="int8", max_batch_size=8)), name="raydet-kill", route_prefix="/kill"
+    )
     results, stop = [], threading.Event()
 
     def load(i: int) -> None:
@@ -480,8 +529,11 @@ def test_a_replica_killed_under_load_is_replaced_and_no_answer_is_wrong(served):
         t.start()
     try:
         time.sleep(2)
-        (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                   if a["name"].startswith("SERVE_REPLICA::raydet-kill#")]
+        (name,) = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("SERVE_REPLICA::raydet-kill#")
+        ]
         ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
         killed = time.monotonic()
         deadline = killed + 60

@@ -23,8 +23,18 @@ SIZE = 32
 
 
 def _cfg(prep, out, **kw):
-    base = dict(prep=str(prep), out=str(out), name="run", workers=2, epochs=2, batch_size=16, backbone="cnn", width=8, depth=3,
-                lr=3e-3)
+    base = dict(
+        prep=str(prep),
+        out=str(out),
+        name="run",
+        workers=2,
+        epochs=2,
+        batch_size=16,
+        backbone="cnn",
+        width=8,
+        depth=3,
+        lr=3e-3,
+    )
     base.setdefault("cpus_per_worker", 1.0)
     base.update(kw)
     return TrainConfig(**base)
@@ -47,8 +57,10 @@ def killed_run(prep, tmp_path_factory):
         ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env())
     worker_hooks.register()
     # clipped: the replicas must stay identical with clipping too (it runs after the all-reduce)
-    summary = train(_cfg(prep, tmp / "runs", clip_norm=0.5),
-                    callbacks=(worker_hooks.fail_once(str(tmp / "killed.txt")), worker_hooks.write_checksums(str(tmp))))
+    summary = train(
+        _cfg(prep, tmp / "runs", clip_norm=0.5),
+        callbacks=(worker_hooks.fail_once(str(tmp / "killed.txt")), worker_hooks.write_checksums(str(tmp))),
+    )
     return tmp, summary
 
 
@@ -78,7 +90,8 @@ def record_files(folder: str):
         class Record(tf_keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 Path(folder, f"files_r{rank}_{os.getpid()}.json").write_text(
-                    json.dumps({"started": started, "files": list(seen)}))
+                    json.dumps({"started": started, "files": list(seen)})
+                )
 
         return Record()
 
@@ -101,9 +114,14 @@ def streamed_run(prep, tmp_path_factory):
     worker_hooks.register()
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # record_files travels by value too
     started = time.time()
-    summary = train(_cfg(prep, tmp / "runs", clip_norm=0.5, memory_budget_gb=0),
-                    callbacks=(worker_hooks.fail_once(str(tmp / "killed.txt")), worker_hooks.write_checksums(str(tmp)),
-                               record_files(str(tmp))))
+    summary = train(
+        _cfg(prep, tmp / "runs", clip_norm=0.5, memory_budget_gb=0),
+        callbacks=(
+            worker_hooks.fail_once(str(tmp / "killed.txt")),
+            worker_hooks.write_checksums(str(tmp)),
+            record_files(str(tmp)),
+        ),
+    )
     return tmp, summary, time.time() - started
 
 
@@ -167,12 +185,17 @@ def _test_arrays(prep):
     from raydet.ingest.shards import image_array
 
     tables = [pq.read_table(p) for p in sorted((prep / "test").glob("*.parquet"))]
-    cols = {c: np.concatenate([np.stack(t.column(c).to_numpy(zero_copy_only=False)) for t in tables])
-            for c in ("boxes", "labels", "num_objects")}
-    return {"image": np.concatenate([image_array(t) for t in tables]),
-            "boxes": cols["boxes"].reshape(len(cols["labels"]), -1, 4).astype(np.float32),
-            "labels": cols["labels"].astype(np.int32), "num_objects": cols["num_objects"].astype(np.int32),
-            "difficult": np.zeros(cols["labels"].shape, bool)}
+    cols = {
+        c: np.concatenate([np.stack(t.column(c).to_numpy(zero_copy_only=False)) for t in tables])
+        for c in ("boxes", "labels", "num_objects")
+    }
+    return {
+        "image": np.concatenate([image_array(t) for t in tables]),
+        "boxes": cols["boxes"].reshape(len(cols["labels"]), -1, 4).astype(np.float32),
+        "labels": cols["labels"].astype(np.int32),
+        "num_objects": cols["num_objects"].astype(np.int32),
+        "difficult": np.zeros(cols["labels"].shape, bool),
+    }
 
 
 @pytest.mark.slow
@@ -286,8 +309,9 @@ def test_init_from_a_relative_run_folder(killed_run, prep, monkeypatch):
     import tf_keras
 
     # lr ~0: the warm run's weights stay those it started from, so they show where it started
-    summary = train(_cfg(prep, tmp / "runs", name="warm", workers=1, epochs=1, init_from="runs/run", lr=1e-12,
-                         warmup_epochs=0))
+    summary = train(
+        _cfg(prep, tmp / "runs", name="warm", workers=1, epochs=1, init_from="runs/run", lr=1e-12, warmup_epochs=0)
+    )
     assert summary.trained_epochs == 1
     config = json.loads((tmp / "runs" / "warm" / "config.json").read_text())
     assert config["train"]["init_from"] == str(tmp / "runs" / "run")
@@ -323,8 +347,11 @@ def test_init_from_a_single_box_run_is_refused(prep, tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     (old / "model.keras").write_bytes(b"")
-    (old / "config.json").write_text(json.dumps({"model": {"num_classes": 2, "image_size": 32, "width": 8,
-                                                           "depth": 3, "head_units": 128, "dropout": 0.2}}))
+    (old / "config.json").write_text(
+        json.dumps(
+            {"model": {"num_classes": 2, "image_size": 32, "width": 8, "depth": 3, "head_units": 128, "dropout": 0.2}}
+        )
+    )
     with pytest.raises(ValueError, match="predicted one box per image.*retrain it"):
         train(_cfg(prep, tmp_path / "runs", init_from=str(old)))
 
@@ -365,14 +392,24 @@ def test_resource_check_names_the_numbers():
     with pytest.raises(ValueError, match="3 x --cpus-per-worker 1 = 3 CPUs, but the cluster has 2 CPUs"):
         check_resources(TrainConfig(prep="p", out="o", name="n", workers=3, cpus_per_worker=1.0), cpu_cluster, [2.0])
     with pytest.raises(ValueError, match="needs 2 GPUs .* but the cluster has 0 GPUs"):
-        check_resources(TrainConfig(prep="p", out="o", name="n", workers=2, cpus_per_worker=1.0, use_gpu=True), cpu_cluster, [2.0])
+        check_resources(
+            TrainConfig(prep="p", out="o", name="n", workers=2, cpus_per_worker=1.0, use_gpu=True), cpu_cluster, [2.0]
+        )
     with pytest.raises(ValueError, match="--cpus-per-worker 4 is more than the largest node has \\(2 CPUs\\)"):
-        check_resources(TrainConfig(prep="p", out="o", name="n", workers=1, cpus_per_worker=4),
-                        {"CPU": 8.0}, [2.0, 2.0, 2.0, 2.0])
-    check_resources(TrainConfig(prep="p", out="o", name="n", workers=2, cpus_per_worker=1.0, use_gpu=True), {"CPU": 2, "GPU": 2}, [2.0])
-    assert resources_per_worker(TrainConfig(prep="p", out="o", name="n", workers=1, cpus_per_worker=1.0,
-                                            use_gpu=True)) == {"CPU": 1.0, "GPU": 1}
-    assert resources_per_worker(TrainConfig(prep="p", out="o", name="n", workers=2, cpus_per_worker=1.0)) == {"CPU": 1.0}
+        check_resources(
+            TrainConfig(prep="p", out="o", name="n", workers=1, cpus_per_worker=4), {"CPU": 8.0}, [2.0, 2.0, 2.0, 2.0]
+        )
+    check_resources(
+        TrainConfig(prep="p", out="o", name="n", workers=2, cpus_per_worker=1.0, use_gpu=True),
+        {"CPU": 2, "GPU": 2},
+        [2.0],
+    )
+    assert resources_per_worker(
+        TrainConfig(prep="p", out="o", name="n", workers=1, cpus_per_worker=1.0, use_gpu=True)
+    ) == {"CPU": 1.0, "GPU": 1}
+    assert resources_per_worker(TrainConfig(prep="p", out="o", name="n", workers=2, cpus_per_worker=1.0)) == {
+        "CPU": 1.0
+    }
 
 
 def test_default_layout_is_one_worker_per_node_or_gpu():

@@ -23,8 +23,7 @@ def test_averaged_weights_follow_the_formula_after_k_steps():
     import tf_keras
 
     tf_keras.utils.set_random_seed(0)
-    model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(2),
-                                 tf_keras.layers.BatchNormalization()])
+    model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(2), tf_keras.layers.BatchNormalization()])
     model.compile(make_optimizer(0.05, 0.0, 0.0, ema=0.9, tau=2.0), loss="mse")
     start = model.get_weights()
     trainable = [any(w is v for v in model.trainable_variables) for w in model.weights]

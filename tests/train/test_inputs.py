@@ -10,17 +10,34 @@ import pytest
 from prep_helpers import make_prep, rows_of
 
 from raydet.config import AugmentConfig
-from raydet.train.inputs import (BatchMaker, CloseMosaic, arrays_of, blank_rows, concat, fixed_batches, plan_inputs,
-                           row_bytes, shard_passes, stream_train_dataset, stream_val_dataset, train_dataset,
-                           val_dataset, val_range)
 from raydet.ingest.shards import read_rows
+from raydet.train.inputs import (
+    BatchMaker,
+    CloseMosaic,
+    arrays_of,
+    blank_rows,
+    concat,
+    fixed_batches,
+    plan_inputs,
+    row_bytes,
+    shard_passes,
+    stream_train_dataset,
+    stream_val_dataset,
+    train_dataset,
+    val_dataset,
+    val_range,
+)
 
 SIZE, GRID, CLASSES = 32, 8, 2  # prep_helpers' rows; the network's stride 4
 
 
 def _arrays(n: int, seed: int = 0) -> dict:
-    return arrays_of({k: np.stack([r[k] for r in rows_of(n, SIZE, seed=seed)]) for k in
-                      ("image", "boxes", "labels", "num_objects", "difficult")})
+    return arrays_of(
+        {
+            k: np.stack([r[k] for r in rows_of(n, SIZE, seed=seed)])
+            for k in ("image", "boxes", "labels", "num_objects", "difficult")
+        }
+    )
 
 
 def test_row_bytes_and_the_plan_stream_only_past_the_budget():
@@ -106,7 +123,7 @@ class ListIterator:
         self.passes += 1
         n = self.rows or len(self.arrays["image"])
         for a in range(0, n, batch_size):
-            yield {k: v[a:min(n, a + batch_size)] for k, v in self.arrays.items()}
+            yield {k: v[a : min(n, a + batch_size)] for k, v in self.arrays.items()}
 
 
 def _by_image(batches) -> dict:

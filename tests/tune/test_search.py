@@ -26,27 +26,34 @@ BASE = TrainConfig(prep="prep", out="/runs", name="search")
 # ------------------------------------------------------------------------------------------------ space
 def test_parse_space_reads_ranges_choices_and_fixed_values():
     space = parse_space("lr=1e-4..3e-3, batch=8|16,backbone=cnn|efficientnet_lite0,aug=0.5..1.5,epochs=12", 30)
-    assert space == {"lr": Range(1e-4, 3e-3, log=True), "batch": Choice((8, 16)),
-                     "backbone": Choice(("cnn", "efficientnet_lite0")), "aug": Range(0.5, 1.5),
-                     "epochs": Choice((12,))}
+    assert space == {
+        "lr": Range(1e-4, 3e-3, log=True),
+        "batch": Choice((8, 16)),
+        "backbone": Choice(("cnn", "efficientnet_lite0")),
+        "aug": Range(0.5, 1.5),
+        "epochs": Choice((12,)),
+    }
     assert parse_space("", 30) == {}
     assert parse_space("epochs=5..10", 30) == {"epochs": Range(5, 10, integer=True)}
 
 
-@pytest.mark.parametrize("text, named", [
-    ("foo=1", "'foo'"),                       # unknown parameter
-    ("lr", "'lr'"),                           # no =
-    ("lr=3e-3..1e-4", "lr=3e-3..1e-4"),       # low above high
-    ("batch=8|x", "'x'"),                     # not an integer
-    ("batch=8|", "batch=8|"),                 # empty choice
-    ("backbone=resnet50", "'resnet50'"),      # not a backbone
-    ("backbone=cnn..efficientnet_lite0", "backbone"),
-    ("epochs=50", "50"),                      # above --max-epochs 30
-    ("aug=3", "3"),
-    ("lr=-1e-3", "-0.001"),
-    ("lr=1e-3,lr=2e-3", "'lr' is given twice"),
-    ("lr=nan", "'nan'"),
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("foo=1", "'foo'"),  # unknown parameter
+        ("lr", "'lr'"),  # no =
+        ("lr=3e-3..1e-4", "lr=3e-3..1e-4"),  # low above high
+        ("batch=8|x", "'x'"),  # not an integer
+        ("batch=8|", "batch=8|"),  # empty choice
+        ("backbone=resnet50", "'resnet50'"),  # not a backbone
+        ("backbone=cnn..efficientnet_lite0", "backbone"),
+        ("epochs=50", "50"),  # above --max-epochs 30
+        ("aug=3", "3"),
+        ("lr=-1e-3", "-0.001"),
+        ("lr=1e-3,lr=2e-3", "'lr' is given twice"),
+        ("lr=nan", "'nan'"),
+    ],
+)
 def test_a_bad_space_is_refused_naming_the_bad_part(text, named):
     with pytest.raises(UserError, match="--space") as info:
         parse_space(text, 30)
@@ -72,8 +79,14 @@ def test_the_job_entry_point_is_raydet_tune(tmp_path):
     job = [sys.executable, str(REPO / "jobs" / "tune.py")]
     usage = subprocess.run([*job, "--help"], check=False, capture_output=True, text=True, env=env, timeout=60)
     assert usage.returncode == 0 and "usage: raydet tune" in usage.stdout and "--space" in usage.stdout
-    bad = subprocess.run([*job, str(tmp_path), "--out", str(tmp_path), "--name", "t", "--space", "batch=0"],
-                         check=False, capture_output=True, text=True, env=env, timeout=60)
+    bad = subprocess.run(
+        [*job, str(tmp_path), "--out", str(tmp_path), "--name", "t", "--space", "batch=0"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "--space batch: 0 must be positive" in bad.stderr
 
 
@@ -114,12 +127,36 @@ def test_a_trial_config_is_an_ordinary_run_under_runs_name():
 
 # ------------------------------------------------------------------------------------------------ table
 RECORDS = [
-    {"trial": 2, "run": "/r/s/trial-2", "config": {"lr": 3e-3, "batch": 8, "aug": 1.2, "backbone": "cnn", "epochs": 30},
-     "status": "stopped", "epochs_run": 6, "val_ap50": 0.41, "seconds": 61.4, "error": None},
-    {"trial": 1, "run": "/r/s/trial-1", "config": {"lr": 1e-3, "batch": 16, "aug": 1.0, "backbone": "cnn", "epochs": 30},
-     "status": "done", "epochs_run": 30, "val_ap50": 0.8, "seconds": 300.0, "error": None},
-    {"trial": 3, "run": "/r/s/trial-3", "config": {"lr": 1e-2, "batch": 32, "aug": 0.5, "backbone": "cnn", "epochs": 15},
-     "status": "failed", "epochs_run": 0, "val_ap50": None, "seconds": 5.0, "error": "UserError: loss became nan"},
+    {
+        "trial": 2,
+        "run": "/r/s/trial-2",
+        "config": {"lr": 3e-3, "batch": 8, "aug": 1.2, "backbone": "cnn", "epochs": 30},
+        "status": "stopped",
+        "epochs_run": 6,
+        "val_ap50": 0.41,
+        "seconds": 61.4,
+        "error": None,
+    },
+    {
+        "trial": 1,
+        "run": "/r/s/trial-1",
+        "config": {"lr": 1e-3, "batch": 16, "aug": 1.0, "backbone": "cnn", "epochs": 30},
+        "status": "done",
+        "epochs_run": 30,
+        "val_ap50": 0.8,
+        "seconds": 300.0,
+        "error": None,
+    },
+    {
+        "trial": 3,
+        "run": "/r/s/trial-3",
+        "config": {"lr": 1e-2, "batch": 32, "aug": 0.5, "backbone": "cnn", "epochs": 15},
+        "status": "failed",
+        "epochs_run": 0,
+        "val_ap50": None,
+        "seconds": 5.0,
+        "error": "UserError: loss became nan",
+    },
 ]
 
 
@@ -160,9 +197,27 @@ def test_two_trial_search_with_two_workers_writes_its_table_and_continues_after_
     trial 2 has started, then the same command again: trial 1 is kept as it was, trial 2 ends, the table names the
     best trial, whose RUN holds model.keras."""
     prep, runs = make_prep(tmp_path / "prep"), tmp_path / "runs"
-    cmd = [sys.executable, "-m", "raydet.cli", "tune", str(prep), "--out", str(runs), "--name", "t", "--trials", "2",
-           "--max-epochs", "2", "--space", "backbone=cnn,batch=16,lr=1e-3..4e-3,epochs=2", "--workers", "2",
-           "--cpus-per-worker", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "raydet.cli",
+        "tune",
+        str(prep),
+        "--out",
+        str(runs),
+        "--name",
+        "t",
+        "--trials",
+        "2",
+        "--max-epochs",
+        "2",
+        "--space",
+        "backbone=cnn,batch=16,lr=1e-3..4e-3,epochs=2",
+        "--workers",
+        "2",
+        "--cpus-per-worker",
+        "1",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     _wait_for(runs / "t" / "trial-2" / "config.json", proc, timeout=400)  # trial 1 done, trial 2 training
