@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import cv2
 import numpy as np
 import pytest
+from image_bytes import png_header_only
 from PIL import Image
 
 import raydet.ingest.images
@@ -19,16 +19,6 @@ def encode(im: Image.Image, fmt: str, **kwargs) -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt, **kwargs)
     return buf.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A valid PNG signature + IHDR claiming width x height (8-bit RGB), a tiny IDAT and IEND: ~60 bytes."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def test_rgb_jpeg_resized_and_original_size_kept():

@@ -1,163 +1,29 @@
-"""raydet serve: its arguments refused before any work, request parsing and its 4xx answers, the Serve config file,
-and (slow) a real Serve application on 127.0.0.1 over real HTTP with the hand-set detector (tests/handset.py):
-detections and drawings equal to ``raydet predict``'s, each bad request refused with its 4xx while the next good
-one succeeds, /health and /model, and ``raydet serve`` itself started and stopped with Ctrl-C."""
+"""raydet.serve.app: the builder's arguments, the model check (a RUN in a bucket too), serve.yaml, a batch of mixed
+thresholds, and (slow) a real Serve application on 127.0.0.1 over real HTTP with the hand-set detector
+(tests/handset.py): detections and drawings equal to ``raydet predict``'s, each bad request refused with its 4xx
+while the next good one succeeds, /health and /model, batching, and a replica killed under load."""
 
 from __future__ import annotations
 
-import asyncio
-import http.client
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import handset as H
 import numpy as np
 import pytest
 import yaml
+from image_bytes import png_header_only
 from PIL import Image
-from test_images import png_header_only
+from serve_client import Client, free_port, multipart, png
 
-from raydet.cli import main
 from raydet.config import PredictConfig, ServeConfig
 from raydet.errors import UserError
-from raydet.ingest.images import ImageError, ImageTooLargeError, UnsupportedImageError
-from raydet.serve.http import HttpError, detect_options, image_bytes, image_error, read_body
 
 REPO = Path(__file__).resolve().parents[2]
 A, B, C = H.Obj(1, 1, 0, 5, 1), H.Obj(5, 2, 1, 4, 2), H.Obj(2, 5, 0, 3, 2)
 MAX_BYTES = 300_000  # the test app's byte limit: small, so an over-limit body is cheap to send
-
-
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ---------------------------------------------------------------------------------------------- no Serve
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--model", "int4"], "--model must be one of ('float', 'dynamic', 'float16', 'int8', 'qat'), got 'int4'"),
-        (["--autoscale", "3..1"], "--autoscale must be MIN..MAX with 0 <= MIN <= MAX and MAX >= 1, got 3..1"),
-        (["--autoscale", "2-4"], "malformed --autoscale '2-4': expected MIN..MAX replicas, e.g. 1..4"),
-        (["--port", "70000"], "--port must be in 1..65535, got 70000"),
-        (["--port", "0"], "--port must be in 1..65535, got 0"),
-        (["--max-batch-size", "0"], "--max-batch-size must be a whole number >= 1, got 0"),
-        (["--replicas", "2", "--autoscale", "1..3"], "--replicas 2 and --autoscale 1..3: give one of them"),
-    ],
-)
-def test_bad_arguments_stop_with_one_line_and_exit_2(args, message, capsys, tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        main(["serve", str(tmp_path), *args])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err == f"raydet serve: error: {message}\n"
-
-
-def test_detach_without_a_cluster_and_a_missing_model_are_refused_before_ray(tmp_path, capsys, monkeypatch):
-    import raydet.serve.driver as driver
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    started = []  # Ray may be up already (other tests share one): what matters is that this command never starts it
-    monkeypatch.setattr(driver, "init_ray", lambda address: started.append(address))
-    run = H.write_run(tmp_path / "run", int8=False)
-    assert main(["serve", str(run), "--detach"]) == 2
-    assert "--detach needs a cluster" in capsys.readouterr().err
-    assert main(["serve", str(run), "--model", "int8"]) == 2
-    assert "model(s) int8 not found" in capsys.readouterr().err
-    assert started == []
-
-
-def test_query_options():
-    assert detect_options({}, 0.3) == detect_options({"draw": "0"}, 0.3)
-    opts = detect_options({"score_threshold": "0.5", "max_detections": "2", "draw": "1"}, 0.3)
-    assert (opts.score_threshold, opts.max_detections, opts.draw) == (0.5, 2, True)
-    for query, text in [
-        ({"score_threshold": "1.5"}, "score_threshold must be in [0, 1], got '1.5'"),
-        ({"score_threshold": "high"}, "score_threshold must be a number, got 'high'"),
-        ({"max_detections": "0"}, "max_detections must be in 1..100, got '0'"),
-        ({"max_detections": "2.5"}, "max_detections must be a whole number, got '2.5'"),
-        ({"draw": "yes"}, "draw must be 0 or 1, got 'yes'"),
-        ({"treshold": "0.2"}, "unknown query option(s) treshold"),
-    ]:
-        with pytest.raises(
-            HttpError,
-            match="^"
-            + text.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.").replace("[", r"\[").replace("]", r"\]"),
-        ) as exc:
-            detect_options(query, 0.3)
-        assert exc.value.status == 400
-
-
-def _chunks(*parts: bytes):
-    async def gen():
-        for p in parts:
-            yield p
-
-    return gen()
-
-
-def test_read_body_refuses_over_the_limit_from_the_length_or_while_reading():
-    assert asyncio.run(read_body({}, _chunks(b"ab", b"cd"), 4)) == b"abcd"
-    with pytest.raises(HttpError, match="body of 5 bytes is over the limit of 4 bytes") as exc:
-        asyncio.run(read_body({"content-length": "5"}, _chunks(b"abcde"), 4))
-    assert exc.value.status == 413
-    with pytest.raises(HttpError, match="body is over the limit of 4 bytes"):  # no length given: counted
-        asyncio.run(read_body({}, _chunks(b"abc", b"de"), 4))
-
-
-def _multipart(*parts: tuple[str, str | None, bytes]) -> tuple[str, bytes]:
-    boundary = uuid.uuid4().hex
-    body = b""
-    for name, filename, data in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        body += (
-            (
-                f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: application/octet-stream\r\n\r\n"
-            ).encode()
-            + data
-            + b"\r\n"
-        )
-    return f"multipart/form-data; boundary={boundary}", body + f"--{boundary}--\r\n".encode()
-
-
-def test_image_bytes_from_a_body_or_a_multipart_form():
-    data = _png(H.paint([A]))
-    assert image_bytes("image/png", data) == data
-    assert image_bytes(*_multipart(("note", None, b"hello"), ("image", "a.png", data))) == data
-    assert image_bytes(*_multipart(("upload", "a.png", data))) == data  # the only file, whatever its name
-    for content_type, body, text in [
-        ("image/png", b"", "empty body"),
-        (*_multipart(("a", "a.png", data), ("b", "b.png", data)), "holds 2 files"),
-        (*_multipart(("note", None, b"hi")), "holds 0 files"),
-        (*_multipart(("image", "a.png", b"")), "image part is empty"),
-    ]:
-        with pytest.raises(HttpError, match=text) as exc:
-            image_bytes(content_type, body)
-        assert exc.value.status == 400
-
-
-def test_decoder_refusals_map_to_413_415_400():
-    assert image_error(ImageTooLargeError("decompression bomb")).status == 413
-    assert image_error(UnsupportedImageError("format PPM not accepted")).status == 415
-    assert image_error(ImageError("truncated")).status == 400
 
 
 def test_a_batch_of_mixed_thresholds_answers_each_image_as_if_alone():
@@ -248,27 +114,6 @@ def test_serve_yaml_is_a_serve_deploy_config_whose_args_build(tmp_path):
 # ---------------------------------------------------------------------------------------------- a real app
 
 
-class Client:
-    """HTTP/1.1 to the app on 127.0.0.1:port, one connection (http.client, as any client would)."""
-
-    def __init__(self, port: int):
-        self.port = port
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
-    ) -> tuple[int, str, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, resp.getheader("content-type", ""), resp.read()
-        finally:
-            conn.close()
-
-    def detect(self, data: bytes, query: str = "", content_type: str = "application/octet-stream"):
-        return self.request("POST", "/detect" + query, data, {"Content-Type": content_type})
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The hand-set run served by a real Serve application (int8, 1 replica, batches of up to 8) on a free port
@@ -280,7 +125,7 @@ def served(tmp_path_factory):
     from raydet.serve.app import application
 
     run = H.write_run(tmp_path_factory.mktemp("serve") / "run")
-    port = _free_port()
+    port = free_port()
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env())
@@ -303,7 +148,7 @@ def _inputs(folder: Path) -> dict[str, bytes]:
     wide = np.zeros((32, 64, 3), np.uint8)
     wide[8:12, 40:48] = (255, 102, 0)
     big = np.kron(H.paint([A, B, C]), np.ones((5, 4, 1), np.uint8))  # 160 x 128
-    files = {"scene.png": _png(H.paint([A, B, C])), "wide.png": _png(wide), "empty.png": _png(H.paint([]))}
+    files = {"scene.png": png(H.paint([A, B, C])), "wide.png": png(wide), "empty.png": png(H.paint([]))}
     buf = io.BytesIO()
     Image.fromarray(big).save(buf, "JPEG", quality=95)
     files["big.jpg"] = buf.getvalue()
@@ -333,13 +178,13 @@ def test_detections_and_drawings_equal_raydet_predicts(served, tmp_path):
         assert answer["model"] == "int8" and answer["model_file"] == "model_int8.tflite"
         assert set(answer["timings_ms"]) == {"read_ms", "decode_ms", "batch_ms", "model_ms", "total_ms"}
         # ?draw=1: the PNG predict wrote for it, pixel for pixel
-        status, kind, png = client.detect(data, "?draw=1")
+        status, kind, drawn_png = client.detect(data, "?draw=1")
         assert status == 200 and kind == "image/png"
-        drawn = np.asarray(Image.open(io.BytesIO(png)))
+        drawn = np.asarray(Image.open(io.BytesIO(drawn_png)))
         on_disk = np.asarray(Image.open(tmp_path / "out" / by_file[name]["output"]))
         np.testing.assert_array_equal(drawn, on_disk)
     # multipart carries the same image to the same answer; query options cut it
-    form_type, form = _multipart(("image", "scene.png", files["scene.png"]))
+    form_type, form = multipart(("image", "scene.png", files["scene.png"]))
     status, _, body = client.detect(form, "", form_type)
     assert status == 200 and json.loads(body)["detections"] == by_file["scene.png"]["detections"]
     status, _, body = client.detect(files["scene.png"], "?score_threshold=0.9&max_detections=1")
@@ -357,14 +202,14 @@ def _bad_requests() -> list[tuple[str, bytes, str, str, int, str]]:
     jpeg = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)).save(jpeg, "JPEG")
     over = np.random.default_rng(1).integers(0, 255, (400, 400, 3), np.uint8)  # ~480 KB as PNG > MAX_BYTES
-    good = _png(H.paint([A]))
-    two_type, two = _multipart(("a", "a.png", good), ("b", "b.png", good))
+    good = png(H.paint([A]))
+    two_type, two = multipart(("a", "a.png", good), ("b", "b.png", good))
     ct = "application/octet-stream"
     return [
         ("empty body", b"", "", ct, 400, "empty body"),
         ("not an image", b"this is a text file\n", "", ct, 415, "not a recognised image"),
         ("a format raydet does not read", buf.getvalue(), "", ct, 415, "format PPM not accepted"),
-        ("over the byte limit", _png(over), "", ct, 413, f"over the limit of {MAX_BYTES:,} bytes"),
+        ("over the byte limit", png(over), "", ct, 413, f"over the limit of {MAX_BYTES:,} bytes"),
         (
             "a decompression bomb",
             png_header_only(12_000, 12_000),
@@ -382,7 +227,7 @@ def _bad_requests() -> list[tuple[str, bytes, str, str, int, str]]:
 @pytest.mark.slow
 def test_each_bad_request_gets_its_4xx_and_the_next_good_one_succeeds(served):
     client, _ = served
-    good = _png(H.paint([A, B, C]))
+    good = png(H.paint([A, B, C]))
     status, _, body = client.detect(good)
     expected = json.loads(body)["detections"]
     assert status == 200 and len(expected) == 3
@@ -405,12 +250,12 @@ def test_a_thin_image_is_answered_and_drawn_within_the_pixel_cap(served, size):
     from raydet.report.draw import MAX_DRAW_PIXELS
 
     client, _ = served
-    data = _png(np.full((size[1], size[0], 3), 90, np.uint8))
+    data = png(np.full((size[1], size[0], 3), 90, np.uint8))
     status, _, body = client.detect(data)
     assert status == 200 and (json.loads(body)["width"], json.loads(body)["height"]) == size
-    status, kind, png = client.detect(data, "?draw=1")
+    status, kind, drawn_png = client.detect(data, "?draw=1")
     assert status == 200 and kind == "image/png"
-    w, h = Image.open(io.BytesIO(png)).size
+    w, h = Image.open(io.BytesIO(drawn_png)).size
     assert w * h <= MAX_DRAW_PIXELS
     assert client.request("GET", "/health")[0] == 200
 
@@ -442,7 +287,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
     scenes = [[H.Obj(i % 8, i // 8, i % 2, 5, 1 + i % 5)] for i in range(16)]
 
     def one(scene):
-        status, _, body = client.detect(_png(H.paint(scene)))
+        status, _, body = client.detect(png(H.paint(scene)))
         return status, json.loads(body)
 
     with ThreadPoolExecutor(16) as pool:
@@ -452,47 +297,6 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
         assert status == 200 and det["label"] == scene[0].label
         np.testing.assert_allclose(det["box"], H.box(scene[0]) * 32, atol=0.5)
     assert max(a["batch_size"] for _, a in answers) > 1
-
-
-@pytest.mark.slow
-def test_raydet_serve_runs_until_ctrl_c(tmp_path):
-    """The command itself: a local Ray and Serve of its own, answers on its port, stops on SIGINT with exit 0."""
-    run = H.write_run(tmp_path / "run")
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_ADDRESS="")
-    env.pop("RAY_ADDRESS")
-    out_file = tmp_path / "stdout.txt"
-    with open(out_file, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "raydet.cli", "serve", str(run), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-        )
-    try:
-        # 1. up: the command says where it answers (after serve.run returned), and it answers there
-        deadline = time.monotonic() + 120
-        while "Ctrl-C stops" not in out_file.read_text():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "raydet serve did not come up in 120 s"
-            time.sleep(1)
-        client = Client(port)
-        assert client.request("GET", "/health")[0] == 200
-        status, _, body = client.detect(_png(H.paint([A])))
-        assert status == 200 and json.loads(body)["detections"][0]["class"] == "red"
-    finally:
-        # 2. Ctrl-C: a clean stop, exit 0
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    lines = out_file.read_text().splitlines()
-    assert lines[0].startswith("serve: int8 of ") and f"http://127.0.0.1:{port}/detect" in lines[1]
-    assert "serve: stopping (Ctrl-C)" in lines
-    assert not [line for line in lines if not line.startswith(("serve:", "Ray and TensorFlow messages"))], lines
-    with pytest.raises(OSError):  # the port is free again: nothing of it is left running
-        Client(port).request("GET", "/health")
 
 
 @pytest.mark.slow
@@ -515,7 +319,7 @@ def test_a_replica_killed_under_load_is_replaced_and_no_answer_is_wrong(served):
 
     def load(i: int) -> None:
         scene = [H.Obj(i % 8, i // 8, i % 2, 5, 1 + i % 5)]
-        data = _png(H.paint(scene))
+        data = png(H.paint(scene))
         while not stop.is_set():
             try:
                 status, _, body = client.request("POST", "/kill/detect", data)
