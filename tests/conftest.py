@@ -1,8 +1,15 @@
-"""Shared fixtures. Tests run on CPU with a local Ray of 2 CPUs, as on a user's laptop and in CI."""
+"""Shared fixtures. Tests run on CPU with a local Ray of 2 CPUs, as on a user's laptop and in CI.
+
+A test that starts Ray (``ray.init``, Ray Data, Ray Train, Serve, Tune, a ``ray start`` or a raydet command in a
+subprocess) or otherwise takes seconds is marked ``slow``, so ``pytest -m "not slow"`` is a unit loop of a few
+minutes. Two checks keep it so: ``ray_local`` refuses a test without the mark, and a test without it that leaves
+Ray running in this process fails naming the mark.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,10 +23,36 @@ def pytest_configure(config):
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+_RAY_BEFORE = pytest.StashKey[bool]()  # whether Ray was running when the test's setup began
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")  # never imported: not running (and importing it here would cost seconds)
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    item.stash[_RAY_BEFORE] = _ray_running()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield
+    if item.get_closest_marker("slow") is None and not item.stash[_RAY_BEFORE] and _ray_running():
+        pytest.fail(f"{item.nodeid} started Ray: mark it @pytest.mark.slow", pytrace=False)
+    return result
+
+
 @pytest.fixture
-def ray_local():
-    """A local Ray with 2 CPUs, shared by the tests that use it; a test that needs another Ray shuts it down."""
+def ray_local(request):
+    """A local Ray with 2 CPUs, shared by the tests that use it; a test that needs another Ray shuts it down.
+    Only for tests marked slow."""
     import ray
+
+    if request.node.get_closest_marker("slow") is None:
+        pytest.fail(f"{request.node.nodeid} uses ray_local: mark it @pytest.mark.slow", pytrace=False)
 
     from raydet.cluster.runtime import runtime_env
 

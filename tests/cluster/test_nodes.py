@@ -52,6 +52,7 @@ def test_path_problem_for_writing_needs_a_writable_folder(tmp_path):
         tmp_path.chmod(0o700)
 
 
+@pytest.mark.slow
 def test_one_node_returns_at_once_without_tasks(ray_local, tmp_path):
     assert len(alive_nodes()) == 1
     check_visible(str(tmp_path / "missing"), write=False, what="PREP", probe=_no_probe)
@@ -108,6 +109,7 @@ def test_the_marker_is_removed_when_a_node_is_blind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_real_probe_runs_pinned_to_the_node(ray_local, tmp_path):
     nodes = alive_nodes()
     (tmp_path / "m").write_text("x")

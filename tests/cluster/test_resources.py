@@ -193,6 +193,7 @@ def test_nothing_is_asked_when_it_fits_or_never_can():
 
 
 # ------------------------------------------------------------------------------------------- a real local Ray
+@pytest.mark.slow
 def test_fixed_cluster_refuses_at_once_with_the_numbers(ray_local, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     scaler = R.read_autoscaler(None)
@@ -214,6 +215,7 @@ def test_fixed_cluster_refuses_at_once_with_the_numbers(ray_local, monkeypatch):
     assert asked == [] and time.monotonic() - start < 5  # at once: no wait for the 900 s
 
 
+@pytest.mark.slow
 def test_train_refuses_four_cpus_for_one_worker_before_training(ray_local, tmp_path, monkeypatch):
     from raydet.train.driver import train
 
@@ -244,6 +246,7 @@ def bootstrap_config(tmp_path, monkeypatch):
     return path
 
 
+@pytest.mark.slow
 def test_train_on_an_autoscaling_cluster_asks_for_one_gpu_and_times_out(ray_local, tmp_path, bootstrap_config, capsys):
     from raydet.train.driver import train
 
@@ -274,6 +277,7 @@ def test_train_on_an_autoscaling_cluster_asks_for_one_gpu_and_times_out(ray_loca
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_actors_wait_on_an_autoscaling_cluster(ray_local, bootstrap_config):
     from raydet.evaluate.pool import check_actor_resources
 

@@ -21,6 +21,7 @@ def _concurrency(ray) -> float:
     return sum(r["end"] - r["start"] for r in rows) / window
 
 
+@pytest.mark.slow
 def test_map_tasks_use_both_cpus_inside_the_block_and_the_default_comes_back(ray_local):
     from ray.data import DataContext
 
@@ -37,6 +38,7 @@ def test_map_tasks_use_both_cpus_inside_the_block_and_the_default_comes_back(ray
     assert inside >= outside + 0.2, f"{inside:.2f} tasks at a time inside the block, {outside:.2f} outside"
 
 
+@pytest.mark.slow
 def test_the_setting_is_restored_when_the_block_raises(ray_local):
     from ray.data import DataContext
 
@@ -66,6 +68,7 @@ def test_dashboard_off_by_default(monkeypatch):
     assert not dashboard_wanted()
 
 
+@pytest.mark.slow
 def test_a_local_ray_started_by_raydet_gives_every_worker_tf_keras(tmp_path):
     # No runtime_env on a local Ray (it would throw away the prestarted workers): the variable must reach the
     # workers through the environment the raylet inherits from the driver, even when the shell did not set it.

@@ -177,6 +177,7 @@ def test_box_loss_at_centres_by_hand():
     np.testing.assert_allclose(loss(y_true, y_true[..., :4]).numpy(), [0.0], atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy,compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
 def test_mixed_precision_computes_low_keeps_float32_heads_and_the_ema(policy, compute):
     """Under a mixed policy the convolutions compute in 16 bits, the heads' last layers and every weight stay

@@ -131,6 +131,7 @@ def _pycocotools_stats(gt_path, det_path) -> np.ndarray:
     return ev.stats
 
 
+@pytest.mark.slow
 def test_evaluate_report_coco_and_drawings(setup, ray_local):
     from PIL import Image
 
@@ -207,6 +208,7 @@ def test_evaluate_report_coco_and_drawings(setup, ray_local):
             assert sheet.size == (3 * 256, 256)  # 3 tiles of 256 px in one row
 
 
+@pytest.mark.slow
 def test_killed_actor_is_restarted_and_every_image_is_counted_once(setup, ray_local):
     marker = setup["root"] / "crashed"
     worker_hooks.register()
@@ -232,6 +234,7 @@ def test_killed_actor_is_restarted_and_every_image_is_counted_once(setup, ray_lo
     assert m["images"] == 3 and m["coco_map_50"] == pytest.approx(EXPECTED["coco_map_50"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_a_failed_drawing_keeps_report_and_coco_files(setup, ray_local, monkeypatch, capsys):
     from raydet.report import draw
 
@@ -254,6 +257,7 @@ def test_a_failed_drawing_keeps_report_and_coco_files(setup, ray_local, monkeypa
     assert "no gallery: drawing failed (RuntimeError: no ink)" in page and "precision-recall" in page
 
 
+@pytest.mark.slow
 def test_a_failed_evaluate_leaves_the_previous_eval_folder_whole(setup, ray_local, monkeypatch):
     import raydet.evaluate.pool as E
 
@@ -277,6 +281,7 @@ def test_a_failed_evaluate_leaves_the_previous_eval_folder_whole(setup, ray_loca
     assert [p.name for p in out.iterdir() if p.name.startswith(".eval")] == []  # no staging folder left
 
 
+@pytest.mark.slow
 def test_too_many_actors_for_the_cluster(setup, ray_local):
     cfg = EvaluateConfig(run=str(setup["run"]), data=str(setup["prep"]), models=("int8",), actors=2, threads=2, draw=0)
     with pytest.raises(ValueError, match="needs 4 CPUs"):
@@ -299,6 +304,7 @@ def test_batch_plan_sizes_calls_by_pixels_and_keeps_every_actor_busy():
     assert batch_plan(1000, 2048, 1) == (63, 16)
 
 
+@pytest.mark.slow
 def test_load_split_reads_once_in_one_block_per_call_and_keeps_no_pixels_in_the_truth(setup, ray_local, tmp_path):
     """3 test rows, 2 actors: batch_plan gives 3 blocks of 1 row; the blocks are in Ray's object store, so they
     map again after the files are gone (every model reuses them); ground truth sorted by file, without images."""
@@ -318,6 +324,7 @@ def test_load_split_reads_once_in_one_block_per_call_and_keeps_no_pixels_in_the_
     assert sorted(r["file"] for r in again) == [r["file"] for r in gt_rows]
 
 
+@pytest.mark.slow
 def test_every_path_evaluate_prints_exists_once_it_ends(setup, ray_local, capsys):
     """The COCO files, report.html and the drawings are written into RUN/.eval-staging-<id> and swapped in at the
     end: the messages name where they end up, never the staging folder."""

@@ -39,6 +39,7 @@ def qat_run(float_model, tmp_path_factory):
     return {"run": run, "model": model, "tflite": export_qat_tflite(run)}
 
 
+@pytest.mark.slow
 def test_apply_qat_wraps_the_network_and_keeps_names_and_weights(float_model):
     from raydet.export.qat import apply_qat
 
@@ -64,6 +65,7 @@ def test_apply_qat_wraps_the_network_and_keeps_names_and_weights(float_model):
         np.testing.assert_array_equal(kernel[0].numpy(), float_model.get_layer(name).kernel.numpy())
 
 
+@pytest.mark.slow
 def test_plain_tfmot_refuses_rescaling(float_model):
     """Why apply_qat exists: tfmot's one-call quantize_model rejects the network's Rescaling layer."""
     import tensorflow_model_optimization as tfmot
@@ -94,6 +96,7 @@ def test_batchnorm_after_pooling_is_refused_with_the_layer_named():
         apply_qat(model)
 
 
+@pytest.mark.slow
 def test_qat_model_trains_saves_and_loads_exactly(qat_run):
     from raydet.export.qat import load_qat_model
 
@@ -104,6 +107,7 @@ def test_qat_model_trains_saves_and_loads_exactly(qat_run):
         np.testing.assert_array_equal(out[name], ref[name])
 
 
+@pytest.mark.slow
 def test_export_is_full_int8_with_uint8_input(qat_run):
     from raydet.export.tflite import TFLiteModel
 
@@ -120,6 +124,7 @@ def test_export_is_full_int8_with_uint8_input(qat_run):
     assert out["heatmap"].shape == (4, 8, 8, 3) and out["boxes"].shape == (4, 8, 8, 4)
 
 
+@pytest.mark.slow
 def test_qat_tflite_keeps_the_keras_answers_and_float_ap(qat_run, float_model):
     from test_quantize import assert_same_detections
 
@@ -134,6 +139,7 @@ def test_qat_tflite_keeps_the_keras_answers_and_float_ap(qat_run, float_model):
     assert ap50(lite_out, test) >= float_ap - 0.02  # QAT loses at most 0.02 AP50
 
 
+@pytest.mark.slow
 def test_a_native_keras_zip_is_rebuilt_from_the_run_config(qat_run, tmp_path):
     """What `model.save("model_qat.keras")` writes: load_model cannot read it back, export still can."""
     from raydet.export.qat import export_qat_tflite, load_qat_model
@@ -222,6 +228,7 @@ def test_qat_trains_with_two_workers_and_exports(ray_local, tmp_path):
     assert out["heatmap"].shape == (4, 8, 8, 3) and np.all(np.isfinite(out["boxes"]))
 
 
+@pytest.mark.slow
 def test_calibration_sets_activation_ranges_from_one_pass_and_keeps_bn_statistics(float_model):
     """A fresh QAT model's ranges start at [-6, 6]; one calibration pass sets them to what the layers output
     (the heatmap's pre-sigmoid range then spans exactly the sigmoid outputs of that pass), BN stays."""

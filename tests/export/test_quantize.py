@@ -70,6 +70,7 @@ def test_bad_mode_is_refused_before_any_work():
         QuantizeConfig(run="x", modes=("int4",))
 
 
+@pytest.mark.slow
 def test_every_mode_converts_and_runs_through_litert(trained_run, quantized, capsys):
     from raydet.export.quantize import tflite_path
     from raydet.export.tflite import TFLiteModel
@@ -90,6 +91,7 @@ def test_every_mode_converts_and_runs_through_litert(trained_run, quantized, cap
     assert sizes["float16"] < 0.7 * sizes["float32"], sizes
 
 
+@pytest.mark.slow
 def test_size_table_lists_every_file(trained_run, quantized):
     from raydet.export.quantize import format_size_table, size_rows
 
@@ -101,6 +103,7 @@ def test_size_table_lists_every_file(trained_run, quantized):
     assert "| int8 | model_int8.tflite |" in format_size_table(rows, weights)
 
 
+@pytest.mark.slow
 def test_float_tflite_matches_keras_and_quantized_models_stay_close(trained_run, quantized):
     from raydet.export.quantize import tflite_path
     from raydet.export.tflite import TFLiteModel
@@ -143,6 +146,7 @@ def assert_same_detections(keras_out: dict, tflite_out: dict, mode: str, box_tol
     assert same >= 0.95 * len(pairs), (mode, same, len(pairs))
 
 
+@pytest.mark.slow
 def test_the_trained_model_finds_several_objects_of_different_classes(trained_run):
     """An image with a red and a green rectangle (and one with three objects): every one found, none extra."""
     from raydet.detector.boxes import iou_matrix
@@ -165,6 +169,7 @@ def test_the_trained_model_finds_several_objects_of_different_classes(trained_ru
     assert found >= 16, found  # at least 16 of the 20 crowded images exactly right
 
 
+@pytest.mark.slow
 def test_int8_takes_raw_uint8_pixels(trained_run, quantized):
     from raydet.export.quantize import calibration_images, tflite_path
     from raydet.export.tflite import TFLiteModel
@@ -180,6 +185,7 @@ def test_int8_takes_raw_uint8_pixels(trained_run, quantized):
     np.testing.assert_array_equal(model.predict(images)["boxes"], model.predict(images.astype(np.float32))["boxes"])
 
 
+@pytest.mark.slow
 def test_tflite_model_batches_and_refuses_wrong_shapes(trained_run, quantized):
     from raydet.export.quantize import tflite_path
     from raydet.export.tflite import TFLiteModel
@@ -199,6 +205,7 @@ def test_tflite_model_batches_and_refuses_wrong_shapes(trained_run, quantized):
         TFLiteModel(path, batch_size=0)
 
 
+@pytest.mark.slow
 def test_calibration_at_the_wrong_size_is_refused(trained_run):
     from raydet.export.quantize import calibration_images
 

@@ -177,6 +177,7 @@ def test_commit_on_a_filesystem_that_cannot_move_folders_copies_them(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_a_prepare_that_fails_leaves_the_previous_prep_and_no_staging(tmp_path, ray_local):
     from raydet.config import PrepareConfig
     from raydet.ingest.prepare import prepare
@@ -245,6 +246,7 @@ def start_and_stop(data: Path, out: Path, sig: int, not_in: set[str]) -> str:
             pass
 
 
+@pytest.mark.slow
 def test_a_prepare_killed_half_way_leaves_the_previous_prep_and_the_next_run_completes(tmp_path, ray_local):
     from raydet.config import PrepareConfig, SynthConfig
     from raydet.ingest.prepare import prepare
@@ -437,6 +439,7 @@ def test_discard_after_a_cut_commit_completes_it(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------- two prepares into one --out
 
 
+@pytest.mark.slow
 def test_a_second_prepare_into_the_same_out_refuses_naming_the_holder_and_the_first_finishes(tmp_path):
     import socket
 

@@ -209,6 +209,7 @@ def hostile(tmp_path_factory) -> tuple[Path, Path, dict]:
     return data, prep, run(data, prep, image_size=32, max_objects=8)
 
 
+@pytest.mark.slow
 def test_hostile_files_are_loaded_or_skipped_with_a_reason(hostile):
     _, _, m = hostile
     assert m["annotations_found"] == len(hostile_cases()) == 18
@@ -222,6 +223,7 @@ def test_hostile_files_are_loaded_or_skipped_with_a_reason(hostile):
     assert m["unlabeled_images"] == ["images/lonely.jpg"]
 
 
+@pytest.mark.slow
 def test_dropped_objects_are_reported(hostile):
     _, _, m = hostile
     dropped = [e["reason"] for e in m["objects_skipped"] if e["file"] == "annotations/partial.xml"]
@@ -235,6 +237,7 @@ def test_dropped_objects_are_reported(hostile):
     assert m["objects_per_row"]["train"] == 8 and m["max_objects"] == 8 and m["negative_images"] == 0
 
 
+@pytest.mark.slow
 def test_parquet_rows_by_hand_with_pyarrow(hostile):
     _, prep, m = hostile
     rows = read_rows(prep)
@@ -263,6 +266,7 @@ def test_parquet_rows_by_hand_with_pyarrow(hostile):
     assert np.abs(grey.astype(int) - 90).max() <= 3
 
 
+@pytest.mark.slow
 def test_image_is_a_raw_binary_column_without_dictionary(hostile):
     _, prep, m = hostile
     assert m["image_encoding"] == IMAGE_ENCODING == "raw_uint8_hwc" and m["image_size"] == 32
@@ -286,6 +290,7 @@ def test_image_is_a_raw_binary_column_without_dictionary(hostile):
     assert others["file"] == others["num_objects"] == "SNAPPY"
 
 
+@pytest.mark.slow
 def test_parquet_read_back_with_ray_data(hostile):
     _, prep, m = hostile
     ds = read_split(prep, "train", override_num_blocks=1)  # one read task: tiny files
@@ -305,6 +310,7 @@ def test_parquet_read_back_with_ray_data(hostile):
         assert ((boxes[:k] >= 0) & (boxes[:k] <= 1)).all()
 
 
+@pytest.mark.slow
 def test_one_summary_line_and_manifest_on_disk(hostile, capsys, tmp_path):
     data, _, _ = hostile
     m = run(data, tmp_path / "again", image_size=16, max_objects=1, classes=("dog",))
@@ -364,6 +370,7 @@ def dense(tmp_path_factory) -> tuple[Path, dict]:
     return root / "prep", run(root / "data", root / "prep", image_size=16, classes=DENSE_NAMES)
 
 
+@pytest.mark.slow
 def test_an_image_with_12_objects_keeps_all_12_with_their_difficult_flags(dense):
     prep, m = dense
     assert PrepareConfig(data="d", out="o").max_objects == 100  # COCO's detections per image
@@ -380,6 +387,7 @@ def test_an_image_with_12_objects_keeps_all_12_with_their_difficult_flags(dense)
     assert m["objects_loaded"] == 12
 
 
+@pytest.mark.slow
 def test_annotations_without_objects_are_kept_as_negatives(dense):
     prep, m = dense
     rows = read_rows(prep)
@@ -392,6 +400,7 @@ def test_annotations_without_objects_are_kept_as_negatives(dense):
     assert m["images_loaded"] + len(m["skipped"]) == m["annotations_found"] == 5  # 3 loaded + 2 skipped
 
 
+@pytest.mark.slow
 def test_annotations_whose_objects_are_all_invalid_are_skipped_with_the_reasons(dense):
     _, m = dense
     skipped = by_file(m["skipped"])
@@ -414,6 +423,7 @@ def test_annotations_whose_objects_are_all_invalid_are_skipped_with_the_reasons(
     ]
 
 
+@pytest.mark.slow
 def test_max_objects_cuts_train_images_only_so_the_test_ground_truth_is_whole(tmp_path, ray_local):
     """--max-objects 3, a train image and a test image of 5 objects each (small first in the XML): the train row
     keeps the 3 largest (2 cuts counted), the test row all 5, padded to the test split's own K, and evaluate's
@@ -442,6 +452,7 @@ def test_max_objects_cuts_train_images_only_so_the_test_ground_truth_is_whole(tm
     assert sorted(a["bbox"][2] for a in gt["annotations"]) == pytest.approx([4, 8, 12, 16, 20])
 
 
+@pytest.mark.slow
 def test_only_negatives_and_no_class_list_is_refused(tmp_path, ray_local):
     write(tmp_path / "d" / "a.jpg", jpeg())
     write(tmp_path / "d" / "a.xml", voc("a.jpg"))
@@ -452,6 +463,7 @@ def test_only_negatives_and_no_class_list_is_refused(tmp_path, ray_local):
 # ------------------------------------------------------------------------------------- layouts and URI
 
 
+@pytest.mark.slow
 def test_devkit_through_a_file_uri_uses_the_dataset_split(tmp_path, ray_local):
     data = tmp_path / "VOC2007"
     for i, color in enumerate([(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0)]):
@@ -468,6 +480,7 @@ def test_devkit_through_a_file_uri_uses_the_dataset_split(tmp_path, ray_local):
     assert blue[..., 2].min() > 240 and blue[..., :2].max() < 10
 
 
+@pytest.mark.slow
 def test_train_test_folders_layout(tmp_path, ray_local):
     one_good(tmp_path / "data" / "train", "a")
     one_good(tmp_path / "data" / "train", "b")
@@ -478,6 +491,7 @@ def test_train_test_folders_layout(tmp_path, ray_local):
     assert read_rows(tmp_path / "prep")["test/c.jpg"]["split"] == "test"
 
 
+@pytest.mark.slow
 def test_flat_layout_and_hash_split_stability(tmp_path, ray_local):
     data = tmp_path / "flat"
     for i in range(12):
@@ -505,6 +519,7 @@ def test_hash_split_is_a_pure_function_of_the_path():
     assert all(hash_split(n, 0.5) == "test" for n, s in zip(names, splits) if s == "test")
 
 
+@pytest.mark.slow
 def test_rerun_into_the_same_prep_replaces_the_shards(tmp_path, ray_local):
     one_good(tmp_path / "d", "a")
     one_good(tmp_path / "d", "b")
@@ -514,6 +529,7 @@ def test_rerun_into_the_same_prep_replaces_the_shards(tmp_path, ray_local):
     assert m["images_loaded"] == 1 and list(read_rows(tmp_path / "prep")) == ["a.jpg"]
 
 
+@pytest.mark.slow
 def test_raccoon_every_photo_accounted_for(raccoon_dir, tmp_path, ray_local):
     m = run(raccoon_dir, tmp_path / "prep", image_size=64)
     assert m["annotations_found"] == 200
@@ -546,6 +562,7 @@ def test_out_folder_not_written_by_raydet_is_refused(tmp_path):
     assert (tmp_path / "precious" / "train" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_nothing_loadable_names_the_path(tmp_path, ray_local):
     write(tmp_path / "d" / "a.jpg", b"")
     write(tmp_path / "d" / "a.xml", voc("a.jpg", obj("dog", 0, 0, 8, 8)))
@@ -558,6 +575,7 @@ def test_nothing_loadable_names_the_path(tmp_path, ray_local):
 # ------------------------------------------------------------------------------------ two-node cluster
 
 
+@pytest.mark.slow
 def test_parse_and_decode_ran_on_both_nodes_of_a_two_node_cluster(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
@@ -642,6 +660,7 @@ def hardened(tmp_path_factory) -> tuple[Path, Path, dict]:
     return data, top / "prep", run(data, top / "prep", image_size=16, max_xml_bytes=2_000, max_image_bytes=20_000)
 
 
+@pytest.mark.slow
 def test_hardened_every_annotation_is_loaded_or_skipped_with_its_reason(hardened):
     data, _, m = hardened
     assert m["annotations_found"] == 12 and m["images_loaded"] == 6  # good, resized, exif, alias, back\slash, c:colon
@@ -663,6 +682,7 @@ def test_hardened_every_annotation_is_loaded_or_skipped_with_its_reason(hardened
     }
 
 
+@pytest.mark.slow
 def test_hardened_rescaled_boxes_and_their_note(hardened):
     _, prep, m = hardened
     assert m["rescaled"] == [
@@ -676,6 +696,7 @@ def test_hardened_rescaled_boxes_and_their_note(hardened):
     np.testing.assert_allclose(rows["JPEGImages/good.jpg"]["boxes"][0], [0.25, 0.25, 0.75, 0.75], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_hardened_exif_orientation_is_listed_and_not_applied(hardened):
     _, prep, m = hardened
     assert m["exif_rotated_images"] == ["JPEGImages/exif.jpg"]
@@ -683,6 +704,7 @@ def test_hardened_exif_orientation_is_listed_and_not_applied(hardened):
     assert (row["width"], row["height"]) == (64, 48)  # the stored frame, not the turned 48 x 64
 
 
+@pytest.mark.slow
 def test_hardened_symlinks_out_of_the_root_are_reported_the_rest_loaded(hardened):
     data, prep, m = hardened
     outside = (data.parent / "outside").resolve()
@@ -697,6 +719,7 @@ def test_hardened_symlinks_out_of_the_root_are_reported_the_rest_loaded(hardened
     assert "JPEGImages/alias.jpg" in read_rows(prep)  # a symlink inside the root loads like a file
 
 
+@pytest.mark.slow
 def test_hardened_backslash_and_colon_are_plain_characters_and_case_collisions_are_listed(hardened):
     _, prep, m = hardened
     rows = read_rows(prep)
@@ -789,6 +812,7 @@ def test_115000_empty_objects_keep_the_manifest_small_with_exact_counts():
 # ------------------------------------------------------------------------------------- pixel limit, memory
 
 
+@pytest.mark.slow
 def test_max_pixels_skips_from_the_header_and_decode_tasks_declare_their_memory(tmp_path, ray_local, monkeypatch):
     import ray.data
 

@@ -87,6 +87,7 @@ def test_a_shard_larger_than_one_write_reads_back_exactly_with_pyarrow(tmp_path)
     assert labels.tolist() == [[-1, -1, -1], [0, -1, -1], [0, 1, -1], [0, 1, 2]]
 
 
+@pytest.mark.slow
 def test_read_split_gives_every_column_back_with_its_dtype_and_shape(tmp_path, ray_local):
     images = np.arange(3 * 4 * 4 * 3, dtype=np.uint8).reshape(3, 4, 4, 3)  # every pixel value distinct
     rows = rows_of(images, k=2)
@@ -121,6 +122,7 @@ def test_difficult_of_an_older_batch_without_the_column_is_all_false():
     ]
 
 
+@pytest.mark.slow
 def test_read_split_reads_a_hand_made_tensor_column_shard_and_refuses_bad_arguments(tmp_path, ray_local):
     from ray.data.extensions import ArrowTensorArray
 
@@ -197,6 +199,7 @@ def test_read_rows_reads_any_range_across_shards_with_plain_pyarrow(tmp_path):
     assert list(read_rows(tmp_path, "train", 7, 9)) == [] and list(read_rows(tmp_path, "train", 4, 4)) == []
 
 
+@pytest.mark.slow
 def test_read_blocks_cuts_the_split_into_blocks_of_the_asked_rows(tmp_path, ray_local):
     """7 rows in blocks of 3: tasks for rows 0-2, 3-5 (across the shard boundary) and 6."""
     from raydet.ingest.shards import read_blocks

@@ -423,6 +423,7 @@ def test_default_layout_is_one_worker_per_node_or_gpu():
     assert worker_layout(given, [2.0], 0) == (2, 1.0)
 
 
+@pytest.mark.slow
 def test_too_many_workers_or_gpus_refused_on_the_real_cluster(prep, tmp_path, ray_local):
     # ray_local has 2 CPUs and no GPU; refused before Ray Train starts (it would wait forever)
     with pytest.raises(ValueError, match="= 3 CPUs, but the cluster has 2 CPUs"):
