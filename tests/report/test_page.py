@@ -192,6 +192,7 @@ def test_page_holds_every_table_plot_and_the_worst_images_first(hand_run):
     assert captions == ["img_2.png", "img_1.png", "img_0.png", "img_1.png", "img_2.png", "img_0.png"]
 
 
+@pytest.mark.slow
 def test_page_renders_in_chromium_with_every_image(hand_run, tmp_path):
     if browser.find_chromium() is None:
         pytest.skip("no Chromium here (Debian: apt-get install chromium; .ci/run installs it where it can)")
@@ -206,6 +207,7 @@ def test_page_renders_in_chromium_with_every_image(hand_run, tmp_path):
     assert pixels.std() > 10  # a page with tables and plots, not a blank one
 
 
+@pytest.mark.slow
 def test_a_broken_image_is_counted(hand_run, tmp_path):
     if browser.find_chromium() is None:
         pytest.skip("no Chromium here (Debian: apt-get install chromium)")

@@ -1,0 +1,57 @@
+"""raydet.export.runner: which model files a RUN holds (and the refusal naming the missing ones), an old single-box
+run refused before loading, and ModelRunner predicting the hand-set detector's known maps (tests/handset.py)."""
+
+from __future__ import annotations
+
+import handset as H
+import numpy as np
+import pytest
+
+from raydet.errors import UserError, UserFileNotFoundError
+from raydet.export.runner import ModelRunner, OldRunError, available_models, check_run, model_file, require_models
+
+
+def test_model_files_of_a_run_and_the_refusal_naming_what_is_missing(tmp_path):
+    (tmp_path / "model.keras").write_bytes(b"")
+    (tmp_path / "model_int8.tflite").write_bytes(b"")
+    assert model_file(tmp_path, "float") == tmp_path / "model.keras"
+    assert model_file(tmp_path, "float32") == tmp_path / "model_float32.tflite"  # the unoptimized reference
+    assert available_models(tmp_path) == ["float", "int8"]
+    assert require_models(tmp_path, ("int8", "float")) == {
+        "int8": tmp_path / "model_int8.tflite",
+        "float": tmp_path / "model.keras",
+    }
+    with pytest.raises(UserFileNotFoundError) as exc:
+        require_models(tmp_path, ("float", "dynamic", "qat"))
+    assert str(exc.value) == (
+        f"model(s) dynamic, qat not found in {tmp_path} (expected model_dynamic.tflite, model_qat.tflite); "
+        "this run has: float, int8; make the .tflite files with `raydet quantize RUN`"
+    )
+    with pytest.raises(UserFileNotFoundError, match="run folder .*/nope does not exist"):
+        require_models(tmp_path / "nope", ("float",))
+    with pytest.raises(UserError, match="unknown model 'int4'"):
+        model_file(tmp_path, "int4")
+
+
+def test_an_old_single_box_run_is_refused_before_loading(tmp_path):
+    with pytest.raises(OldRunError, match="describes a model without a backbone"):
+        check_run(H.write_old_run(tmp_path / "old"))
+
+
+def test_model_runner_gives_the_hand_set_maps(tmp_path):
+    """The hand-set model.keras: a red object of strength 5 and size 2 at cell (1, 2) (r = 1, b = 0) scores
+    sigmoid(12 - 6) = 0.99753 as red and sigmoid(-12 - 6) = 1.5e-8 as blue there; black cells score sigmoid(-6) =
+    0.00247 for both; the box channels there are [0.5, 0.5, g, g] with g = 2 / 5."""
+    run = H.write_run(tmp_path / "run", int8=False)
+    runner = ModelRunner(run / "model.keras")
+    assert (runner.image_size, runner.grid, runner.num_classes) == (32, 8, 2)
+    scenes = np.stack([H.paint([H.Obj(1, 2, 0, 5, 2)]), H.paint([])])
+    maps, seconds = runner.predict(scenes)
+    assert maps["heatmap"].shape == (2, 8, 8, 2) and maps["boxes"].shape == (2, 8, 8, 4) and seconds.shape == (2,)
+    np.testing.assert_allclose(maps["heatmap"][0, 2, 1], [0.99753, 1.5e-8], atol=1e-5)  # [n, y, x, class]
+    np.testing.assert_allclose(maps["heatmap"][1], 0.00247, atol=1e-4)
+    np.testing.assert_allclose(maps["boxes"][0, 2, 1], [0.5, 0.5, 0.4, 0.4], atol=1e-5)
+    empty, _ = runner.predict(scenes[:0])
+    assert empty["heatmap"].shape == (0, 8, 8, 2)
+    with pytest.raises(ValueError, match=r"takes \(N, 32, 32, 3\) images, got \(1, 16, 16, 3\)"):
+        runner.predict(np.zeros((1, 16, 16, 3), np.uint8))
