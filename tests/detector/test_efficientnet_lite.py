@@ -128,6 +128,7 @@ SIZES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANTS)
 def test_feature_strides_and_parameter_count(name):
     model = _backbone(160, name=name)
@@ -158,6 +159,7 @@ def test_variant_tables():
         lite.variant("efficientnet_lite3")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANTS)
 def test_every_file_tensor_is_used_once(name):
     """The variant table against the file: every tensor but the BN counters has one place, shapes match."""
