@@ -61,6 +61,16 @@ def ray_local(request):
     yield ray
 
 
+@pytest.fixture(scope="session")
+def small_float_model():
+    """raydet.detector.model's network at 32 px trained in this process on tests/quant_helpers.py's set (seeded:
+    the same model every run), once per session: test_quantize's RUN and test_qat's --init-from. apply_qat,
+    quantize and save copy it; no test changes it."""
+    from quant_helpers import synthetic, train_small_model
+
+    return train_small_model(synthetic(800, seed=0))
+
+
 @pytest.fixture
 def raccoon_dir() -> Path:
     if not RACCOON.is_dir():

@@ -19,11 +19,10 @@ def _model_config():
 
 
 @pytest.fixture(scope="module")
-def float_model():
-    """raydet.detector.model's network, trained in float for a few seconds (the --init-from of a QAT fine-tune)."""
-    from raydet.detector.model import build_model
-
-    return train_small_model(synthetic(800, seed=0), model=build_model(_model_config()))
+def float_model(small_float_model):
+    """raydet.detector.model's network, trained in float for a few seconds (the --init-from of a QAT fine-tune);
+    test_quantize's model too (tests/conftest.py), trained once."""
+    return small_float_model
 
 
 @pytest.fixture(scope="module")

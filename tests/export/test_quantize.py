@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 from prep_helpers import make_prep
-from quant_helpers import ap50, synthetic, train_small_model
+from quant_helpers import ap50, synthetic
 
 from raydet.config import QuantizeConfig
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def trained_run(tmp_path_factory, small_float_model):
     """A RUN folder with a small trained float model, its PREP (train images for calibration) and test data."""
     import ray
 
@@ -22,7 +22,7 @@ def trained_run(tmp_path_factory):
     if not ray.is_initialized():  # the same local 2-CPU Ray as the ray_local fixture
         ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env())
     root = tmp_path_factory.mktemp("quant")
-    model = train_small_model(synthetic(800, seed=0))
+    model = small_float_model
     prep, run = make_prep(root / "prep", n_train=100, n_test=8, classes=3), root / "run"
     run.mkdir()
     model.save(run / "model.keras")
