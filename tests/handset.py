@@ -16,8 +16,11 @@ of side z / 5 (xyxy normalized): :func:`expected`.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -117,9 +120,25 @@ def calibration_images() -> np.ndarray:
     return np.stack([paint(s) for s in scenes] + [paint([])])
 
 
+_MADE: list[Path] = []  # the hand-set RUN made once in this process (a conversion takes a second or two)
+
+
 def write_run(run: Path, int8: bool = True) -> Path:
     """A RUN folder of the hand-set model: model.keras, config.json (classes, image_size, a ``model`` with a
-    backbone, as this raydet writes) and, with ``int8``, model_int8.tflite."""
+    backbone, as this raydet writes) and, with ``int8``, model_int8.tflite. The files are made once per process
+    and copied: every RUN holds the same bytes."""
+    if not _MADE:
+        folder = Path(tempfile.mkdtemp(prefix="raydet-handset-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _MADE.append(_build_run(folder / "run"))
+    run.mkdir(parents=True, exist_ok=True)
+    for name in ("model.keras", "config.json", "model_int8.tflite")[: 3 if int8 else 2]:
+        shutil.copyfile(_MADE[0] / name, run / name)  # new files, in the order they were made: int8 is the newer
+    return run
+
+
+def _build_run(run: Path) -> Path:
+    """write_run's folder, made: the model built and saved, its int8 conversion calibrated."""
     run.mkdir(parents=True, exist_ok=True)
     model = build_model()
     model.save(run / "model.keras")
@@ -132,8 +151,7 @@ def write_run(run: Path, int8: bool = True) -> Path:
             }
         )
     )
-    if int8:
-        (run / "model_int8.tflite").write_bytes(int8_tflite(model, calibration_images()))
+    (run / "model_int8.tflite").write_bytes(int8_tflite(model, calibration_images()))
     return run
 
 
