@@ -17,33 +17,30 @@ import numpy as np
 from raydet.cluster import storage
 from raydet.cluster.sizes import format_size
 from raydet.errors import UserError
+from raydet.export.run import Run
 
 DRAW_SCORE_THRESHOLD = 0.3  # detections drawn on the example images and contact sheets
 
 
 # A bucket cannot rename a folder: RUN/eval there is written under a new prefix, RUN/eval-<id>, and switched in by
 # one small write of RUN/eval.json (an object PUT is atomic), which readers follow (:func:`eval_dir`). An upload
-# cut short leaves the pointer, so the previous eval, as they were.
-EVAL_PREFIX = "eval-"
-EVAL_POINTER = "eval.json"
-
-
+# cut short leaves the pointer, so the previous eval, as they were (the names: raydet.export.run.Run).
 def eval_dir(run: str | os.PathLike) -> str:
     """Where ``run``'s evaluation is: ``RUN/eval`` for a local run; in a bucket the prefix RUN/eval.json names
     (``RUN/eval`` when there is no pointer: a run evaluated before pointers, or never)."""
-    pointer = storage.join(run, EVAL_POINTER)
+    pointer = Run(run).file(Run.EVAL_POINTER)
     if not storage.is_uri(run) or storage.kind(pointer) != "file":
-        return storage.join(run, "eval")
+        return Run(run).file(Run.EVAL)
     name = json.loads(storage.read_text(pointer))["eval"]
-    if not name.startswith(EVAL_PREFIX) or "/" in name:
-        raise UserError(f"{pointer}: names {name!r}, not an {EVAL_PREFIX}<id> folder of the run")
+    if not name.startswith(Run.EVAL_PREFIX) or "/" in name:
+        raise UserError(f"{pointer}: names {name!r}, not an {Run.EVAL_PREFIX}<id> folder of the run")
     return storage.join(run, name)
 
 
 def published_dir(run: str | os.PathLike, run_id: str) -> str:
     """Where evaluate ``run_id``'s RUN/eval ends up: ``RUN/eval`` for a local run, ``RUN/eval-<run_id>`` in a
     bucket (:func:`publish_eval`)."""
-    return storage.join(run, f"{EVAL_PREFIX}{run_id}" if storage.is_uri(run) else "eval")
+    return storage.join(run, f"{Run.EVAL_PREFIX}{run_id}" if storage.is_uri(run) else Run.EVAL)
 
 
 def publish_eval(local_eval: Path, run: str, run_id: str) -> str:
@@ -51,7 +48,7 @@ def publish_eval(local_eval: Path, run: str, run_id: str) -> str:
     it replaces; returns the new location. Until the pointer is written readers see the previous eval whole."""
     previous, target = eval_dir(run), published_dir(run, run_id)
     storage.upload(local_eval, target, sorted(storage.list_files(str(local_eval))))
-    storage.write_text(storage.join(run, EVAL_POINTER), json.dumps({"eval": posixpath.basename(target)}) + "\n")
+    storage.write_text(Run(run).file(Run.EVAL_POINTER), json.dumps({"eval": posixpath.basename(target)}) + "\n")
     storage.delete_dir(previous)
     return target
 

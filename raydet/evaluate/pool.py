@@ -2,7 +2,7 @@
 
 Layout of the work (docs/FORMATS.md for the files):
 
-1. the driver checks every requested model file exists and is not an old single-box model
+1. the driver checks every requested model file exists and is a raydet model
    (:func:`raydet.export.runner.check_run`), before Ray starts; it reads the split once, already cut into
    one block per actor call (:func:`raydet.ingest.shards.read_blocks`, row counts from the Parquet footers), and
    ``materialize()``\\ s it, so every model reuses the same blocks instead of re-reading the Parquet; the ground
@@ -32,7 +32,6 @@ included. Latency: :class:`raydet.export.runner.ModelRunner`'s per-image model t
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import posixpath
@@ -48,7 +47,7 @@ from raydet.cluster import storage
 from raydet.cluster.progress import Progress
 from raydet.cluster.runtime import init_ray
 from raydet.config import EvaluateConfig
-from raydet.errors import UserError, UserFileNotFoundError
+from raydet.errors import UserError
 from raydet.evaluate.outputs import (
     DRAW_SCORE_THRESHOLD,
     ImageDetections,
@@ -60,8 +59,9 @@ from raydet.evaluate.outputs import (
     write_coco,
     write_report,
 )
-from raydet.export.runner import ModelRunner, batch_plan, check_run, model_file, require_models
-from raydet.ingest.shards import shard_paths
+from raydet.export.run import Run
+from raydet.export.runner import ModelRunner, batch_plan, check_run, require_models
+from raydet.ingest.prep import Prep
 
 # The actors' CPUs are there by now (check_actor_resources waited for an autoscaler if there is one); this bounds
 # their start (TensorFlow's import, the model load): a pool not up in 10 minutes is refused, not waited for.
@@ -222,35 +222,21 @@ def summarize(parts: list[dict], classes: list[str], size_bytes: int) -> dict:
     return {k: report[k] for k in REPORT_KEYS}
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise UserFileNotFoundError(f"{path} not found ({what})")
-    return json.loads(path.read_text())
-
-
 def check_inputs(cfg: EvaluateConfig) -> tuple[dict[str, Path], dict, list[str]]:
-    """Everything that can be refused before Ray starts: models (present, not single-box), PREP split, classes
-    and image size agreeing. Returns (model paths, manifest, classes)."""
+    """Everything that can be refused before Ray starts: models (present, raydet models), RUN/config.json, the PREP
+    manifest and split (:meth:`raydet.ingest.prep.Prep.read_manifest`), classes and image size agreeing. Returns
+    (model paths, manifest, classes)."""
     paths = require_models(cfg.run, cfg.models)
-    check_run(cfg.run, cfg.models)
-    manifest_path = storage.join(cfg.data, "manifest.json")
-    if storage.kind(manifest_path) != "file":
-        raise UserFileNotFoundError(f"{manifest_path} not found (the PREP manifest written by `raydet prepare`)")
-    manifest = json.loads(storage.read_text(manifest_path))
-    split = storage.join(cfg.data, cfg.split)
-    if not shard_paths(cfg.data, cfg.split):
-        raise UserFileNotFoundError(f"no Parquet files in {split} (the {cfg.split} split of {cfg.data})")
-    run_cfg_path = Path(cfg.run) / "config.json"
+    run_cfg = check_run(cfg.run, cfg.models)
+    manifest = Prep(cfg.data).read_manifest(splits=(cfg.split,))
     classes = list(manifest["classes"])
-    if run_cfg_path.is_file():
-        run_cfg = json.loads(run_cfg_path.read_text())
-        if list(run_cfg.get("classes", classes)) != classes:
-            raise UserError(f"the run was trained on classes {run_cfg['classes']}, {cfg.data} has {classes}")
-        if int(run_cfg.get("image_size", manifest["image_size"])) != int(manifest["image_size"]):
-            raise UserError(
-                f"the run's models take {run_cfg['image_size']} px images, {cfg.data} holds "
-                f"{manifest['image_size']} px images"
-            )
+    if list(run_cfg.get("classes", classes)) != classes:
+        raise UserError(f"the run was trained on classes {run_cfg['classes']}, {cfg.data} has {classes}")
+    if int(run_cfg.get("image_size", manifest["image_size"])) != int(manifest["image_size"]):
+        raise UserError(
+            f"the run's models take {run_cfg['image_size']} px images, {cfg.data} holds "
+            f"{manifest['image_size']} px images"
+        )
     return paths, manifest, classes
 
 
@@ -309,19 +295,19 @@ def evaluate(cfg: EvaluateConfig, predictor: type = Predictor, show_table: bool 
     evaluate that fails or is interrupted leaves the previous one as it was. ``cfg.run`` and ``cfg.data`` may be
     URIs: the run's small files and models are fetched into a local copy (raydet.cluster.storage.local_copy), each actor
     fetches its model file itself, and the new RUN/eval goes back at the end."""
-    fetch = ["config.json", "history.jsonl", *(model_file("", name).name for name in cfg.models)]
+    fetch = [Run.CONFIG, Run.HISTORY, *(Run.model_name(name) for name in cfg.models)]
     run_id = uuid.uuid4().hex[:12]
     shown = published_dir(cfg.run, run_id)
     with storage.local_copy(cfg.run, fetch=fetch) as run:
         stage = run / f"{EVAL_STAGING}{run_id}"
         try:
             report = _evaluate(cfg, run, stage, predictor, show_table, shown)
-            _swap_in(stage, run / "eval")
+            _swap_in(stage, Run(run).local(Run.EVAL))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         if storage.is_uri(cfg.run):
-            publish_eval(run / "eval", cfg.run, run_id)
-            shutil.rmtree(run / "eval")  # published under its own prefix: local_copy must not send it back
+            publish_eval(Run(run).local(Run.EVAL), cfg.run, run_id)
+            shutil.rmtree(Run(run).local(Run.EVAL))  # published under its own prefix: local_copy must not send it back
     return report
 
 
@@ -414,7 +400,7 @@ def coco_target(cfg: EvaluateConfig, stage: Path) -> tuple[Path, str]:
     """Where the COCO files are written now, and what report.json records (``coco_dir``): ``--coco-out``, else
     ``RUN/eval/coco``; inside RUN/eval it is written in ``stage`` and recorded relative to RUN/eval, elsewhere
     written and recorded as it is. ValueError for a URI outside RUN/eval (the files are written locally)."""
-    eval_dir = storage.join(cfg.run, "eval")
+    eval_dir = Run(cfg.run).file(Run.EVAL)
     wanted = storage.normalize(cfg.coco_out) if cfg.coco_out else storage.join(eval_dir, "coco")
     if wanted == eval_dir or wanted.startswith(eval_dir + "/"):
         relative = posixpath.relpath(wanted, eval_dir)

@@ -34,7 +34,7 @@ import numpy as np
 
 from raydet.cluster.runtime import use_legacy_keras
 from raydet.errors import UserError, UserFileNotFoundError
-from raydet.export.runner import QAT_KERAS_FILE as QAT_MODEL
+from raydet.export.run import Run
 
 # (class name of the layer feeding a BatchNormalization) that tfmot's default 8-bit transforms fold.
 _BN_FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
@@ -262,17 +262,14 @@ def export_qat_tflite(run_dir: str | os.PathLike) -> str:
     FileNotFoundError names what the run holds if the QAT model is missing. A native-zip model file is
     rebuilt from ``RUN/config.json``'s ``model`` fields (see :func:`load_qat_model`).
     """
-    import json
-
     from raydet.config import ModelConfig
-    from raydet.export.quantize import require_model, tflite_path
+    from raydet.export.quantize import require_model
 
-    src = require_model(run_dir, QAT_MODEL)
-    config = Path(run_dir) / "config.json"
-    fields = json.loads(config.read_text()).get("model") if config.is_file() else None
+    src = require_model(run_dir, Run.QAT_MODEL)
+    fields = Run(run_dir).read_config(missing_ok=True).get("model")
     start = time.perf_counter()
     data = convert_qat(load_qat_model(src, ModelConfig(**fields) if fields else None))
-    out = tflite_path(run_dir, "qat")
+    out = Run(run_dir).model("qat")
     out.write_bytes(data)
     print(f"wrote {out} ({len(data):,} bytes, {time.perf_counter() - start:.1f} s)", flush=True)
     return str(out)

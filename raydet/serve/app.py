@@ -188,13 +188,14 @@ def deployment_options(cfg: ServeConfig) -> dict:
 
 
 def check_model(cfg: ServeConfig) -> tuple[str, list[str]]:
-    """Refuse a missing model, an old single-box run or a run without class names before any replica starts ->
-    (the model file's location for the replicas: a local path, or for a RUN URI the file's URI, which each
+    """Refuse a missing model, a file that is not a raydet model or a run without class names before any replica
+    starts -> (the model file's location for the replicas: a local path, or for a RUN URI the file's URI, which each
     replica fetches itself; the class names)."""
     from raydet.evaluate.predict import run_classes
-    from raydet.export.runner import check_run, model_file, require_models
+    from raydet.export.run import Run
+    from raydet.export.runner import check_run, require_models
 
-    with storage.local_copy(cfg.run, fetch=["config.json", model_file("", cfg.model).name]) as run:
+    with storage.local_copy(cfg.run, fetch=[Run.CONFIG, Run.model_name(cfg.model)]) as run:
         path = require_models(run, (cfg.model,))[cfg.model]
         check_run(run, (cfg.model,))
         classes = run_classes(run)

@@ -24,14 +24,12 @@ from pathlib import Path
 
 from raydet.cluster.runtime import use_legacy_keras
 from raydet.config import ModelConfig
-from raydet.export.runner import FLOAT_FILE as FLOAT_MODEL
-from raydet.export.runner import QAT_KERAS_FILE as QAT_MODEL
+from raydet.export.run import Run
 from raydet.train.ema import averaged_weights, make_optimizer
 from raydet.train.schedule import is_checkpoint_epoch
 
 STATE_FILE = "state.json"
 WEIGHTS_PREFIX = "weights/ckpt"
-TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard: rank 0's event files
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -248,7 +246,7 @@ def _load_init_from(run: str):
     from raydet.cluster import storage
 
     with tempfile.TemporaryDirectory(prefix="raydet-init-") as tmp:
-        return tf_keras.models.load_model(storage.local_file(storage.join(run, FLOAT_MODEL), Path(tmp)), compile=False)
+        return tf_keras.models.load_model(storage.local_file(Run(run).file(Run.FLOAT_MODEL), Path(tmp)), compile=False)
 
 
 def transfer_weights(source, target) -> str:
@@ -381,13 +379,13 @@ def _make_reporter_class():
         def _save(self, folder: str) -> None:
             self.net.save_weights(str(Path(folder) / WEIGHTS_PREFIX))
             if self.tcfg["qat"]:
-                self.net.save(str(Path(folder) / QAT_MODEL), save_format="keras_v3")
+                self.net.save(str(Path(folder) / Run.QAT_MODEL), save_format="keras_v3")
             else:
                 # the export copy has no compile state, so model.keras loads without custom objects
                 if self.rank == 0:
                     # save_format named: tf_keras keeps "use the .keras format" in a thread-local that its
                     # own save/load reset to False, so a second save in Ray's training thread wrote HDF5.
-                    self.export.save(str(Path(folder) / FLOAT_MODEL), save_format="keras_v3")
+                    self.export.save(str(Path(folder) / Run.FLOAT_MODEL), save_format="keras_v3")
             Path(folder, STATE_FILE).write_text(json.dumps({"history": self.history, "nonfinite": None}))
 
         def _report_nonfinite(self, row: dict) -> None:

@@ -1,6 +1,6 @@
 """raydet.evaluate.pool with the hand-set detector of tests/handset.py: several objects of both classes per image, AP
 computed by hand and by pycocotools from the written COCO files, every detection in the COCO file, drawings that
-honour the draw threshold, an actor killed mid-run, old runs and bad inputs refused before Ray starts."""
+honour the draw threshold, an actor killed mid-run, foreign runs and bad inputs refused before Ray starts."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import worker_hooks
 from printed import assert_printed_locations_exist
 
 from raydet.config import EvaluateConfig
+from raydet.errors import UserError
 from raydet.evaluate.outputs import DRAW_SCORE_THRESHOLD
 from raydet.evaluate.pool import REPORT_KEYS, evaluate
-from raydet.export.runner import OldRunError, require_models
+from raydet.export.runner import require_models
 
 WIDTH, HEIGHT = 64, 48  # original image size of every PREP row (not square: pixel conversion is exercised)
 A, A2, B = H.Obj(1, 1, 0, 5, 1), H.Obj(6, 1, 0, 4, 1), H.Obj(5, 2, 1, 4, 2)  # image 0: red, red, blue
@@ -112,7 +113,7 @@ def test_evaluate_refuses_before_ray_starts(tmp_path, setup):
     with pytest.raises(FileNotFoundError, match="this run has: float"):
         evaluate(EvaluateConfig(run=str(tmp_path / "run"), data=str(tmp_path / "prep"), models=("float", "int8")))
     old = H.write_old_run(tmp_path / "old")
-    with pytest.raises(OldRunError, match="must be retrained with this raydet version"):
+    with pytest.raises(UserError, match="config.json: 'model' must be an object naming its backbone"):
         evaluate(EvaluateConfig(run=str(old), data=str(setup["prep"]), models=("float",)))
     with pytest.raises(FileNotFoundError, match="manifest"):
         evaluate(EvaluateConfig(run=str(setup["run"]), data=str(tmp_path / "prep"), models=("float",)))
