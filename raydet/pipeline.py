@@ -34,7 +34,7 @@ from raydet.export.runner import FLOAT_FILE
 
 RUN_NAME = "main"
 TUNE_NAME = "tune"  # OUT/runs/tune: the search of `raydet run --tune N` (trial k: OUT/runs/tune/trial-k)
-STATE_FILE = "pipeline.json"
+PIPELINE_STATE_FILE = "pipeline.json"
 QUANT_MODES = ("int8",)  # what `run` evaluates beside float; `raydet quantize RUN` makes the others
 EVAL_MODELS = ("float", "int8")
 QUANT_LOG = "quantize.log"  # RUN/quantize.log: what `raydet quantize` prints, kept out of `raydet run`'s console
@@ -126,13 +126,13 @@ def _train_key(train: C.TrainConfig, prepare: C.PrepareConfig) -> dict:
 
 
 def _load_state(out: str) -> dict:
-    path = storage.join(out, STATE_FILE)
+    path = storage.join(out, PIPELINE_STATE_FILE)
     return json.loads(storage.read_text(path)) if storage.kind(path) == "file" else {}
 
 
 def _save_state(out: str, state: dict) -> None:
     # whole or not at all (storage.write_text): an interrupted run never leaves half a state file
-    storage.write_text(storage.join(out, STATE_FILE), json.dumps(state, indent=2, sort_keys=True))
+    storage.write_text(storage.join(out, PIPELINE_STATE_FILE), json.dumps(state, indent=2, sort_keys=True))
 
 
 def _epochs_done(run_dir: str) -> int:

@@ -92,7 +92,7 @@ def autoscaler_from_config(config: dict, source: str) -> Autoscaler:
     return Autoscaler(node_types=tuple(node_types), max_nodes=total, source=source)
 
 
-def alive_nodes() -> list[dict]:
+def alive_node_resources() -> list[dict]:
     """The total resources of each alive node of the connected Ray (``ray.nodes()``)."""
     import ray
 
@@ -179,7 +179,7 @@ def ensure_resources(
     what: str,
     timeout_s: float,
     autoscaler: Autoscaler | None,
-    read_nodes: Callable[[], list[dict]] = alive_nodes,
+    read_nodes: Callable[[], list[dict]] = alive_node_resources,
     request: Callable[[list[dict]], None] = request_from_autoscaler,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,

@@ -23,7 +23,7 @@ needs no custom objects. Targets: raydet.detector.targets.
 from __future__ import annotations
 
 from raydet.cluster.runtime import use_legacy_keras
-from raydet.config import ModelConfig
+from raydet.config import ModelConfig, TrainConfig
 
 OUTPUT_STRIDE = 4
 OUTPUT_NAMES = ("heatmap", "boxes")
@@ -244,10 +244,10 @@ def compile_model(
     model,
     optimizer,
     *,
-    heatmap_weight: float = 1.0,
-    offset_weight: float = 1.0,
-    size_weight: float = 5.0,
-    giou_weight: float = 2.0,
+    heatmap_weight: float = TrainConfig.heatmap_loss_weight,
+    offset_weight: float = TrainConfig.offset_loss_weight,
+    size_weight: float = TrainConfig.size_loss_weight,
+    giou_weight: float = TrainConfig.giou_loss_weight,
 ) -> None:
     """Attach the losses: focal loss on ``heatmap`` (times ``heatmap_weight``), the box loss on ``boxes``.
 

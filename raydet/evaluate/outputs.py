@@ -71,10 +71,10 @@ class ImageDetections:
 def ground_truth_pixels(boxes_norm: np.ndarray, labels: np.ndarray, num_objects: int, width: int, height: int):
     """One PREP row's padded ``boxes`` (K, 4) normalized xyxy and ``labels`` (K,) -> the real (G, 4) float64
     pixel xyxy boxes and (G,) int64 labels (padding rows dropped)."""
-    from raydet.detector.boxes import denormalize
+    from raydet.detector.boxes import denormalize_xyxy
 
     n = int(num_objects)
-    return denormalize(np.asarray(boxes_norm)[:n], width, height), np.asarray(labels)[:n].astype(np.int64)
+    return denormalize_xyxy(np.asarray(boxes_norm)[:n], width, height), np.asarray(labels)[:n].astype(np.int64)
 
 
 @dataclass

@@ -48,6 +48,7 @@ from raydet.cluster import storage
 from raydet.cluster.progress import Progress
 from raydet.cluster.runtime import init_ray
 from raydet.config import EvaluateConfig
+from raydet.detector.decode import TOP_K
 from raydet.errors import UserError, UserFileNotFoundError
 from raydet.evaluate.outputs import (
     DRAW_SCORE_THRESHOLD,
@@ -66,7 +67,6 @@ from raydet.ingest.shards import shard_paths
 # The actors' CPUs are there by now (check_actor_resources waited for an autoscaler if there is one); this bounds
 # their start (TensorFlow's import, the model load): a pool not up in 10 minutes is refused, not waited for.
 ACTOR_START_TIMEOUT_S = 600
-TOP_K = 100  # detections per image kept for the metrics and the COCO file: COCO's maxDets
 METRIC_SCORE_THRESHOLD = 0.01  # lower-scored peaks change AP by nothing measurable and only fill the files
 REPORT_KEYS = (
     "coco_map",
@@ -222,12 +222,6 @@ def summarize(parts: list[dict], classes: list[str], size_bytes: int) -> dict:
     return {k: report[k] for k in REPORT_KEYS}
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise UserFileNotFoundError(f"{path} not found ({what})")
-    return json.loads(path.read_text())
-
-
 def check_inputs(cfg: EvaluateConfig) -> tuple[dict[str, Path], dict, list[str]]:
     """Everything that can be refused before Ray starts: models (present, not single-box), PREP split, classes
     and image size agreeing. Returns (model paths, manifest, classes)."""
@@ -257,7 +251,7 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[dict[str, Path], dict, list[str]]
 GT_COLUMNS = ("file", "boxes", "labels", "difficult", "num_objects", "width", "height")
 
 
-def load_split(data: str, split: str, image_size: int, actors: int, batch_size: int | None = None):
+def read_eval_split(data: str, split: str, image_size: int, actors: int, batch_size: int | None = None):
     """Read ``data``'s (a PREP path or URI) ``split`` once into Ray's object store -> (dataset, ground-truth rows
     sorted by file, {file: id}, rows per block).
 
@@ -336,7 +330,7 @@ def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show
     check_actor_resources(cfg)
 
     # 1. read the split once; every model maps over the same materialized blocks
-    ds, gt_rows, image_ids, batch_size = load_split(
+    ds, gt_rows, image_ids, batch_size = read_eval_split(
         cfg.data, cfg.split, int(manifest["image_size"]), cfg.actors, cfg.batch_size
     )
 

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from raydet.config import PredictConfig
+from raydet.detector.decode import TOP_K
 from raydet.errors import UserError, UserFileNotFoundError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CHUNK = 64  # images decoded, predicted and drawn together: bounded memory for any number of files
-TOP_K = 100  # detections per image at most (COCO's maxDets)
 
 
 def collect_images(paths: tuple[str, ...] | list[str]) -> tuple[list[Path], list[dict]]:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from raydet.config import MODEL_NAMES
+from raydet.detector.model import OUTPUT_NAMES
 from raydet.errors import UserError, UserFileNotFoundError
 
 FLOAT_FILE = "model.keras"
@@ -37,7 +38,6 @@ QAT_KERAS_FILE = "model_qat.keras"
 REFERENCE = "float32"  # the unoptimized .tflite
 # every name model_file knows: MODEL_NAMES (what evaluate/predict accept) plus the float32 reference
 KNOWN_MODELS = tuple(dict.fromkeys(MODEL_NAMES[:1] + (REFERENCE,) + MODEL_NAMES[1:]))
-OUTPUT_NAMES = ("heatmap", "boxes")
 # Images per Keras call: ~8 MiB of uint8 pixels (a whole actor call at 64 px, 55 images at 224 px), so a large
 # call at a large size does not mean gigabytes of activations.
 KERAS_CHUNK_BYTES = 8 * 2**20

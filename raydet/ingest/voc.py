@@ -216,7 +216,7 @@ def normalize_boxes(record: VocRecord, width: int, height: int) -> np.ndarray:
     if not record.objects:
         return np.zeros((0, 4), np.float32)
     pixel = np.array([o.box for o in record.objects], dtype=np.float64)
-    return np.clip(B.normalize(pixel, width, height), 0.0, 1.0).astype(np.float32)
+    return np.clip(B.normalize_xyxy(pixel, width, height), 0.0, 1.0).astype(np.float32)
 
 
 def fit_to_image(record: VocRecord, width: int, height: int) -> tuple[VocRecord | None, str]:

@@ -11,7 +11,7 @@ import numpy as np
 JPEG_QUALITY = 85  # drawn photos in report.html: a tenth of the PNG's bytes, the boxes and labels still crisp
 
 
-def read_rows(prep: str | os.PathLike, split: str, files: set[str]) -> dict[str, dict]:
+def rows_by_file(prep: str | os.PathLike, split: str, files: set[str]) -> dict[str, dict]:
     """The PREP rows of ``files`` in ``PREP/split`` -> {file: row}, each row with ``file``, ``width``,
     ``height`` (original pixels) and ``image`` (S, S, 3) uint8; files not in the split are absent."""
     import pyarrow.compute as pc

@@ -128,7 +128,9 @@ def _gallery(found: dict, classes: list[str], report: dict, count: int) -> tuple
         by_id = {im.image_id: im for im in a["images"]}
         wanted[name] = [(s, by_id[s.image_id]) for s in a["ranked"][:count]]
     try:
-        rows = gallery.read_rows(prep, report.get("split", "test"), {im.file for p in wanted.values() for _, im in p})
+        rows = gallery.rows_by_file(
+            prep, report.get("split", "test"), {im.file for p in wanted.values() for _, im in p}
+        )
     except (OSError, ValueError) as exc:  # PREP moved or deleted: the rest of the page still stands
         return {}, f"no gallery: the test images could not be read from {prep} ({type(exc).__name__}: {exc})"
     try:

@@ -44,7 +44,7 @@ from raydet.errors import UserError, UserFileNotFoundError
 from raydet.export.runner import FLOAT_FILE as FLOAT_MODEL
 from raydet.export.runner import QAT_KERAS_FILE as QAT_MODEL
 from raydet.ingest.shards import read_split, shard_paths
-from raydet.train.worker import STATE_FILE, TENSORBOARD_DIR, train_loop_per_worker
+from raydet.train.worker import CHECKPOINT_STATE_FILE, TENSORBOARD_DIR, train_loop_per_worker
 
 CURVES_FILE = "curves.png"
 
@@ -442,7 +442,7 @@ def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSumm
     model_name = QAT_MODEL if cfg.qat else FLOAT_MODEL
     with storage.local_copy(run_dir, fetch=["config.json"]) as local:
         with result.checkpoint.as_directory() as ckpt:
-            state = json.loads((Path(ckpt) / STATE_FILE).read_text())
+            state = json.loads((Path(ckpt) / CHECKPOINT_STATE_FILE).read_text())
             history = state["history"]
             write_history(local / "history.jsonl", history)
             bad = state.get("nonfinite")

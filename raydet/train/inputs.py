@@ -2,7 +2,7 @@
 streamed from Ray Data.
 
 ``plan_inputs`` chooses the path (raydet.train.driver prints the choice):
-- **in memory**, when a worker's rows fit ``--memory-budget-gb``: ``load_split`` pulls the worker's Ray Data shard
+- **in memory**, when a worker's rows fit ``--memory-budget-gb``: ``load_shard`` pulls the worker's Ray Data shard
   into numpy arrays once and ``train_dataset`` reshuffles them every epoch (fast: no data moves after the start);
 - **streamed** otherwise: ``stream_train_dataset`` pulls the shard from Ray Data again on every pass
   (``DataIterator.iter_batches``, rows mixed in a local shuffle buffer of ``SHUFFLE_ROWS``), so a worker holds a
@@ -122,7 +122,7 @@ def concat(parts: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def load_split(shard) -> dict[str, np.ndarray]:
+def load_shard(shard) -> dict[str, np.ndarray]:
     """A Ray Data split (``get_dataset_shard`` or a Dataset) -> its rows as arrays. ValueError when it holds no row."""
     parts = [arrays_of(b) for b in shard.iter_batches(batch_size=1024, batch_format="numpy")]
     if not parts:

@@ -29,7 +29,7 @@ from raydet.export.runner import QAT_KERAS_FILE as QAT_MODEL
 from raydet.train.ema import averaged_weights, make_optimizer
 from raydet.train.schedule import is_checkpoint_epoch
 
-STATE_FILE = "state.json"
+CHECKPOINT_STATE_FILE = "state.json"
 WEIGHTS_PREFIX = "weights/ckpt"
 TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard: rank 0's event files
 
@@ -88,13 +88,13 @@ def train_loop_per_worker(config: dict) -> None:
         return
 
     from raydet.train.inputs import CloseMosaic
-    from raydet.train.schedule import StepLR
+    from raydet.train.schedule import WarmupCosine
     from raydet.train.validation import ValidationAP
 
     validation = ValidationAP.from_prep(config["prep"], mcfg.num_classes) if rank == 0 else None
     reporter = _EpochReporter(model, export, tcfg, history, rank, validation, _tensorboard_writer(config, rank))
     callbacks = [
-        StepLR(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
+        WarmupCosine(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
         CloseMosaic(maker, tcfg["epochs"], tcfg["close_mosaic"]),
         reporter,
     ]
@@ -152,7 +152,7 @@ def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
         return train_ds, maker, val_ds, val_steps
     from raydet.ingest.shards import read_rows
 
-    arrays = inputs.load_split(shard)
+    arrays = inputs.load_shard(shard)
     val_parts = [inputs.arrays_of(b) for b in read_rows(config["prep"], "test", start, stop)]
     val_ds, val_steps = inputs.val_dataset(val_parts, classes, grid, size, batch, pad_to)
     train_ds, maker = inputs.train_dataset(arrays, classes, grid, batch, augment, seed)
@@ -232,7 +232,7 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
     )
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt:
-            state = json.loads((Path(ckpt) / STATE_FILE).read_text())
+            state = json.loads((Path(ckpt) / CHECKPOINT_STATE_FILE).read_text())
             history = state["history"]
             stopped = bool(state.get("nonfinite"))
             if history and not stopped:  # a non-finite stop's checkpoint holds no weights
@@ -388,7 +388,7 @@ def _make_reporter_class():
                     # save_format named: tf_keras keeps "use the .keras format" in a thread-local that its
                     # own save/load reset to False, so a second save in Ray's training thread wrote HDF5.
                     self.export.save(str(Path(folder) / FLOAT_MODEL), save_format="keras_v3")
-            Path(folder, STATE_FILE).write_text(json.dumps({"history": self.history, "nonfinite": None}))
+            Path(folder, CHECKPOINT_STATE_FILE).write_text(json.dumps({"history": self.history, "nonfinite": None}))
 
         def _report_nonfinite(self, row: dict) -> None:
             """Stop everywhere; report the good epochs' history with a marker the driver turns into an error (no
@@ -398,7 +398,7 @@ def _make_reporter_class():
                 ray.train.report(row, checkpoint=None)
                 return
             folder = tempfile.mkdtemp(prefix="raydet-ckpt-r0-")  # deleted by Ray Train once uploaded
-            Path(folder, STATE_FILE).write_text(
+            Path(folder, CHECKPOINT_STATE_FILE).write_text(
                 json.dumps({"history": self.history, "nonfinite": {"epoch": row["epoch"], "loss": row["loss"]}})
             )
             print(f"loss became non-finite ({row['loss']}) at epoch {row['epoch']}: stopping", flush=True)

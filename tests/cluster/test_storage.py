@@ -258,7 +258,7 @@ def test_gallery_reads_a_prep_and_its_dataset_in_a_bucket(s3_bucket, tmp_path):
     (tmp_path / "prep" / "test").mkdir(parents=True)
     write_shard(str(tmp_path / "prep" / "test" / "part-0.parquet"), [row])
     storage.upload(tmp_path / "prep", s3_bucket + "/prep", ["test/part-0.parquet"])
-    rows = gallery.read_rows(s3_bucket + "/prep", "test", {"a.png"})
+    rows = gallery.rows_by_file(s3_bucket + "/prep", "test", {"a.png"})
     assert set(rows) == {"a.png"} and rows["a.png"]["image"].shape == (16, 16, 3)
     original = np.full((10, 20, 3), 77, np.uint8)
     buf = io.BytesIO()
