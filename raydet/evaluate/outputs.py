@@ -205,7 +205,7 @@ def draw_or_report(
             f"drawings: {len(rows)} images per model in {shown} (contact sheets: {', '.join(p.name for p in sheets)})",
             flush=True,
         )
-    except Exception as exc:  # noqa: BLE001 -- drawings are a by-product; the metrics are already written
+    except Exception as exc:  # drawings are a by-product; the metrics are already written
         print(f"drawings failed ({type(exc).__name__}: {exc}); report and COCO files are written", flush=True)
 
 

@@ -438,7 +438,7 @@ def _html_or_report(run: Path, eval_dir: Path, run_shown: str, shown: str) -> No
     try:
         build_report(run, eval_dir=eval_dir)
         print(f"report: {storage.join(shown, 'report.html')}", flush=True)
-    except Exception as exc:  # noqa: BLE001 -- the page is a view of files already written
+    except Exception as exc:  # the page is a view of files already written
         print(
             f"report.html failed ({type(exc).__name__}: {exc}); report.json and COCO files are written; "
             f"`raydet report {run_shown}` tries again",

@@ -57,9 +57,9 @@ def _rescaling_config_class():
             """For Rescaling, which tfmot does not support: no weights; the output gets a measured range.
 
             Quantizing nothing (no output quantizer either) trains fine in Keras, but the TFLite converter
-            then drops the rescale and feeds the first convolution the raw 0..255 input at scale 1: the
-            int8 file predicted one constant answer (33% class agreement with the Keras QAT model on 3
-            classes). With the output range the converter keeps the 1/255 and the file agrees with Keras.
+            then drops the rescale and feeds the first convolution the raw 0..255 input at scale 1, and the
+            int8 file does not agree with Keras (docs/STACK.md). With the output range the converter keeps the
+            rescale and the file agrees with Keras.
             """
 
             def get_weights_and_quantizers(self, layer):
@@ -154,7 +154,7 @@ def apply_qat(model):
     renamed = {}
     for name in model.output_names:
         wrapper = quantized.get_layer(f"quant_{name}")
-        wrapper._name = name  # noqa: SLF001 - Keras has no public rename; the inner layer keeps the same name
+        wrapper._name = name  # Keras has no public rename; the inner layer keeps the same name
         renamed[name] = wrapper.output
     outputs = {name: renamed[name] for name in _output_keys(model)}
     return tf_keras.Model(quantized.inputs, outputs, name=f"{model.name}_qat")

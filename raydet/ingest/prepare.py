@@ -258,7 +258,7 @@ def _decode_row(
         pixels, width, height = decode_resize(data, image_size, max_pixels=max_pixels)
     except ImageError as exc:
         return _Decoded(None, f"{file}: {exc}")
-    except Exception as exc:  # noqa: BLE001 -- a decoder bug on one hostile file must not stop the run
+    except Exception as exc:  # a decoder bug on one hostile file must not stop the run
         return _Decoded(None, f"{file}: unexpected {type(exc).__name__} while decoding: {exc}")
     fitted, note = fit_to_image(record, width, height)  # boxes in the decoded frame, or why they cannot be
     if fitted is None:

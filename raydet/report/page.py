@@ -140,7 +140,7 @@ def _gallery(found: dict, classes: list[str], report: dict, count: int) -> tuple
     threshold = float(report.get("draw_score_threshold", analysis.IMAGE_SCORE))
     try:
         return {name: _drawn(pairs, rows, source, classes, threshold) for name, pairs in wanted.items()}, ""
-    except Exception as exc:  # noqa: BLE001 -- pictures; the figures above them stand
+    except Exception as exc:  # pictures; the figures above them stand
         return {}, f"no gallery: drawing failed ({type(exc).__name__}: {exc})"
 
 

@@ -496,7 +496,7 @@ def write_curves(run_dir: Path, history: list[dict], shown: str | None = None) -
                 f"(TensorBoard: tensorboard --logdir {posixpath.dirname(storage.normalize(shown))})",
                 flush=True,
             )
-    except Exception as exc:  # noqa: BLE001 -- a picture of the history, which is saved
+    except Exception as exc:  # a picture of the history, which is saved
         print(f"curves.png failed ({type(exc).__name__}: {exc})", flush=True)
 
 

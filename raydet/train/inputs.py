@@ -213,7 +213,7 @@ class BatchMaker:
         )
 
 
-def CloseMosaic(maker: BatchMaker, epochs: int, close_last: int):  # noqa: N802 - a Keras class, made lazily
+def CloseMosaic(maker: BatchMaker, epochs: int, close_last: int):  # a Keras class, made lazily
     """A Keras callback setting ``maker.mosaic`` to ``epoch < epochs - close_last`` (0-based) as each epoch begins:
     the last ``close_last`` epochs train on whole images, as inference sees them (Ultralytics' close_mosaic); a
     resumed run gets the right setting from its first epoch. Prefetched batches lag by up to 2 (``BatchMaker``)."""

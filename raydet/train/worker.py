@@ -56,8 +56,8 @@ def train_loop_per_worker(config: dict) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(max(1, round(tcfg["cpus_per_worker"])))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    # One worker has nothing to all-reduce with, and MultiWorkerMirroredStrategy's collectives cost it 7-8% per
-    # epoch (synth 64 px, 2 CPUs: 733-748 against 793-802 img/s), so it trains under TF's default strategy.
+    # One worker has nothing to all-reduce with: it trains under TF's default strategy, without
+    # MultiWorkerMirroredStrategy's collectives (docs/TRAINING.md, "Layout of the workers", has their cost).
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(tcfg["seed"] + rank)  # different shuffles per worker, same init below
 
@@ -409,5 +409,5 @@ def _make_reporter_class():
     return EpochReporter
 
 
-def _EpochReporter(*args, **kwargs):  # noqa: N802 - a class built lazily so this module imports without TF
+def _EpochReporter(*args, **kwargs):  # a class built lazily so this module imports without TF
     return _make_reporter_class()(*args, **kwargs)

@@ -14,7 +14,7 @@ from raydet.detector.model import (
     OUTPUT_STRIDE,
     block_widths,
     build_model,
-    compile_model,  # noqa: E402
+    compile_model,
     focal_loss,
     freeze_backbone_bn,
     giou,

@@ -180,7 +180,7 @@ def _qat_worker_loop(config):
     weights = model.get_weights()  # every worker reads: synced variables are read collectively
     rank = ray.train.get_context().get_world_rank()
     # Every rank saves: reading the quantizers' synced variables is a collective op, so rank 0 alone
-    # would wait for rank 1 forever (it did: this test hung in save until it was rewritten this way).
+    # would wait for rank 1 forever.
     name = "model_qat.keras" if rank == 0 else f"rank{rank}_qat.keras"
     model.save(str(Path(config["run"]) / name), save_format="keras_v3")  # as raydet.train.worker saves it
     # Result.metrics only holds rank 0's report (and none without a checkpoint): each rank writes its own

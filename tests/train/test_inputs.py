@@ -135,7 +135,7 @@ def _by_image(batches) -> dict:
     return out
 
 
-def test_streamed_and_in_memory_training_batches_hold_the_same_targets(tmp_path, ray_local):  # noqa: ARG001
+def test_streamed_and_in_memory_training_batches_hold_the_same_targets(tmp_path, ray_local):
     """The same 40 rows through a real Ray Data shard (streamed, shuffled in its buffer) and in memory, without
     augmentation: each image comes with the same target maps, every row once per pass of 40 = 5 x 8 rows."""
     from raydet.ingest.shards import read_blocks
