@@ -173,19 +173,19 @@ def results_table(models: dict) -> str:
     ``RUN/eval/report.md``); a missing figure prints "-"."""
     head = ("model", "AP50", "mAP", "AP75", "VOC AP50", "images/s", "size")
     rows = [head]
+
+    def num(m: dict, key: str, fmt: str = "{:.3f}") -> str:
+        return fmt.format(m[key]) if m.get(key) is not None else "-"
+
     for name, m in models.items():
-
-        def num(key, fmt="{:.3f}"):
-            return fmt.format(m[key]) if m.get(key) is not None else "-"
-
         rows.append(
             (
                 name,
-                num("coco_map_50"),
-                num("coco_map"),
-                num("coco_map_75"),
-                num("voc_map_50"),
-                num("images_per_s", "{:.0f}"),
+                num(m, "coco_map_50"),
+                num(m, "coco_map"),
+                num(m, "coco_map_75"),
+                num(m, "voc_map_50"),
+                num(m, "images_per_s", "{:.0f}"),
                 format_size(m.get("size_bytes")),
             )
         )

@@ -58,10 +58,10 @@ class Autoscaler:
 def read_autoscaler(address: str | None, path: str | os.PathLike | None = None) -> Autoscaler | None:
     """The autoscaler of the cluster this driver uses, or None when there is none.
 
-    ``address``: the stage's ``--address``. None (and no ``RAY_ADDRESS``) or "local" means raydet.cluster.runtime.init_ray
-    started a Ray of its own, which no autoscaler manages whatever files lie around. Otherwise the autoscaling
-    config at ``path`` (default :data:`BOOTSTRAP_CONFIG`) decides: present on the head of a ``ray up`` cluster,
-    where ``ray job submit`` runs the driver; absent anywhere else.
+    ``address``: the stage's ``--address``. None (and no ``RAY_ADDRESS``) or "local" means
+    raydet.cluster.runtime.init_ray started a Ray of its own, which no autoscaler manages whatever files lie around.
+    Otherwise the autoscaling config at ``path`` (default :data:`BOOTSTRAP_CONFIG`) decides: present on the head of a
+    ``ray up`` cluster, where ``ray job submit`` runs the driver; absent anywhere else.
     """
     address = address or os.environ.get("RAY_ADDRESS")
     if not address or address == "local":

@@ -13,9 +13,9 @@ and on an existing cluster it travels in the runtime environment.
 
 On an existing cluster the code travels too: ``ray.init`` gets ``py_modules=[<this raydet's folder>]``, so Ray
 zips the package (without ``__pycache__``: ~0.45 MB, the .py files stored uncompressed), uploads it once per
-content hash and puts it first on every worker's ``sys.path``. Workers then run the driver's raydet even where none (or another version) is installed.
-Tasks, actors and Ray Train workers inherit it from the job: a child's runtime env that names other fields
-(``runtime_env()``: env_vars only) keeps the job's ``py_modules``.
+content hash and puts it first on every worker's ``sys.path``. Workers then run the driver's raydet even where none (or
+another version) is installed. Tasks, actors and Ray Train workers inherit it from the job: a child's runtime env that
+names other fields (``runtime_env()``: env_vars only) keeps the job's ``py_modules``.
 """
 
 from __future__ import annotations

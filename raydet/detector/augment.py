@@ -2,8 +2,8 @@
 labels, where boxes can be dropped), so they cannot drift apart.
 
 numpy and OpenCV only (no TensorFlow): the training input pipeline calls them per image, then builds the heads'
-targets from the moved boxes (raydet.detector.targets). Images are (S, S, 3) RGB pixel values 0..255, uint8 or float32 in
-(uint8 is faster: the pipeline keeps it until ``augment`` returns float32); boxes are (K, 4) float xyxy
+targets from the moved boxes (raydet.detector.targets). Images are (S, S, 3) RGB pixel values 0..255, uint8 or float32
+in (uint8 is faster: the pipeline keeps it until ``augment`` returns float32); boxes are (K, 4) float xyxy
 normalized to [0, 1] with their (K,) int labels, real rows only (no padding). Box coordinates are continuous:
 pixel i spans [i, i + 1].
 

@@ -105,7 +105,8 @@ class _PendingTensor:
         self.size, self.stride = tuple(self.size), tuple(self.stride)
 
     def to_numpy(self) -> np.ndarray:
-        """The tensor as an array that owns its memory (as_strided over the storage, then copied in C order); ``check`` first."""
+        """The tensor as an array that owns its memory (as_strided over the storage, then copied in C order); ``check``
+        first."""
         data = self.storage.data
         if any(n == 0 for n in self.size):
             return np.zeros(self.size, dtype=data.dtype)

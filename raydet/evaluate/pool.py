@@ -11,10 +11,11 @@ Layout of the work (docs/FORMATS.md for the files):
    (:class:`raydet.export.runner.ModelRunner`) and, per batch, predicts ``heatmap`` / ``boxes``, decodes them with
    :func:`raydet.detector.decode.decode` (the ``TOP_K`` best peaks with score >= ``METRIC_SCORE_THRESHOLD``: what COCO's
    maxDets 100 sees), converts the boxes to original pixels, matches every detection to the ground truth
-   (:func:`raydet.detector.metrics.match_image`, with the PREP ``difficult`` flags) and returns one row holding the batch's
-   *summable* partial statistics (:class:`raydet.detector.metrics.MatchStats`) plus the per-image detections and latencies;
-3. the driver sums the partials, finishes the metrics (:func:`raydet.detector.metrics.detection_summary`), writes the COCO
-   files (``--coco-out``, default ``RUN/eval/coco``) and ``RUN/eval/report.json`` / ``report.md`` first, then the
+   (:func:`raydet.detector.metrics.match_image`, with the PREP ``difficult`` flags) and returns one row holding the
+   batch's *summable* partial statistics (:class:`raydet.detector.metrics.MatchStats`) plus the per-image detections and
+   latencies;
+3. the driver sums the partials, finishes the metrics (:func:`raydet.detector.metrics.detection_summary`), writes the
+   COCO files (``--coco-out``, default ``RUN/eval/coco``) and ``RUN/eval/report.json`` / ``report.md`` first, then the
    drawings and ``RUN/eval/report.html`` (raydet.report.page, built from those files); a failed drawing or page is
    reported, the evaluation stands.
 

@@ -4,7 +4,8 @@ Owns: the runner that loads any model file (``runner``: ``.keras`` or ``.tflite`
 model file names of a RUN), LiteRT (``tflite``), post-training quantization to dynamic, float16 and int8
 (``quantize``) and quantization-aware training's model and export (``qat``: tfmot, with its one private API).
 
-May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector, raydet.ingest (``MAY_IMPORT``; tests/test_layers.py checks it).
+May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector, raydet.ingest
+(``MAY_IMPORT``; tests/test_layers.py checks it).
 """
 
 MAY_IMPORT = ("errors", "config", "cluster", "detector", "ingest")

@@ -38,8 +38,8 @@ def original_image(
 ) -> np.ndarray:
     """The row's image at its original size, RGB uint8: the dataset's own file when it can be read (sharper),
     else the PREP image stretched back to ``width`` x ``height``. ``source`` is the dataset's path or URI
-    (raydet.cluster.storage); the file is decoded through raydet.ingest.images (the formats and limits ``raydet prepare``
-    applied: a file over ``max_bytes`` or ``max_pixels`` is not read)."""
+    (raydet.cluster.storage); the file is decoded through raydet.ingest.images (the formats and limits ``raydet
+    prepare`` applied: a file over ``max_bytes`` or ``max_pixels`` is not read)."""
     import cv2
 
     from raydet.cluster import storage

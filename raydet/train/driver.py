@@ -2,8 +2,8 @@
 
 ``train(cfg)`` [driver, here] checks the PREP folder and the cluster, reads the Parquet shards with Ray Data and
 runs ``raydet.train.worker.train_loop_per_worker(config)`` [each worker], which fits the dense detector
-(raydet.detector.model) on batches that raydet.train.inputs builds from every object of every image. docs/TRAINING.md has the
-measurements behind each choice.
+(raydet.detector.model) on batches that raydet.train.inputs builds from every object of every image. docs/TRAINING.md
+has the measurements behind each choice.
 
 - **Input path** (raydet.train.inputs, docs/TRAINING.md). Ray Data splits the train split equally between the workers.
   When a worker's rows fit ``--memory-budget-gb``, the driver ``materialize()``s the train split before the

@@ -8,8 +8,8 @@ streamed from Ray Data.
   (``DataIterator.iter_batches``, rows mixed in a local shuffle buffer of ``SHUFFLE_ROWS``), so a worker holds a
   few batches, not its shard.
 Either way ``BatchMaker`` (numpy) turns rows into augmented float images and their target maps (raydet.detector.augment
-moves the boxes, raydet.detector.targets builds the maps): the same rows in the same order with the same seed give the same
-batches on both paths (a mosaic takes its other images from the same batch, so batches, not rows, must match).
+moves the boxes, raydet.detector.targets builds the maps): the same rows in the same order with the same seed give the
+same batches on both paths (a mosaic takes its other images from the same batch, so batches, not rows, must match).
 Validation rows come straight from the PREP files (raydet.ingest.shards.read_rows): each worker takes its own contiguous
 range (``val_range``), held in memory (``val_dataset``) or read again for every
 validation (``stream_val_dataset``).
@@ -205,7 +205,7 @@ class BatchMaker:
         boxes, labels = [o[0] for o in objects], [o[1] for o in objects]
         if self.augment is not None:
             images, boxes, labels = augment_batch(self.rng, images, boxes, labels, self.augment, self.mosaic)
-        targets = [build_targets(b, l, self.num_classes, self.grid) for b, l in zip(boxes, labels)]
+        targets = [build_targets(b, lab, self.num_classes, self.grid) for b, lab in zip(boxes, labels)]
         return (
             np.stack(images).astype(np.float32, copy=False),
             np.stack([t[0] for t in targets]),

@@ -5,10 +5,7 @@ import math
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-tf_keras = pytest.importorskip("tf_keras")
-
-from raydet.config import ModelConfig  # noqa: E402
+from raydet.config import ModelConfig
 from raydet.detector.model import (
     HEATMAP_PRIOR_BIAS,
     OUTPUT_STRIDE,
@@ -21,6 +18,9 @@ from raydet.detector.model import (
     init_backbone,
     make_box_loss,
 )
+
+tf = pytest.importorskip("tensorflow")
+tf_keras = pytest.importorskip("tf_keras")
 
 
 def test_contract_save_and_load_without_custom_objects(tmp_path):

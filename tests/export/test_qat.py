@@ -1,4 +1,5 @@
-"""raydet.export.qat: quantization-aware training on raydet.detector.model's network, save/load, export to int8 .tflite."""
+"""raydet.export.qat: quantization-aware training on raydet.detector.model's network, save/load, export to int8
+.tflite."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""raydet.ingest.prepare.prepare end to end on tiny datasets: hostile files, input hardening (<size> vs the decoded size, EXIF,
-symlinks, formats, byte limits), every layout, a URI, the split, every object
+"""raydet.ingest.prepare.prepare end to end on tiny datasets: hostile files, input hardening (<size> vs the decoded
+size, EXIF, symlinks, formats, byte limits), every layout, a URI, the split, every object
 kept (K, difficult flags, negatives, the max_objects cut), the Parquet contract read back two ways (plain pyarrow
 + ``image_array``, and ``read_split``), the real raccoon photos, and a two-node cluster. The shard format on its
 own: tests/ingest/test_shards.py."""
@@ -311,7 +311,8 @@ def test_one_summary_line_and_manifest_on_disk(hostile, capsys, tmp_path):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line == (
         f"raydet prepare: loaded {m['images_loaded']} images (train {m['splits']['train']}, test "
-        f"{m['splits']['test']}; 4 negative), skipped {len(m['skipped'])}; manifest: {tmp_path / 'again' / 'manifest.json'}"
+        f"{m['splits']['test']}; 4 negative), skipped {len(m['skipped'])}; "
+        f"manifest: {tmp_path / 'again' / 'manifest.json'}"
     )
     on_disk = json.loads((tmp_path / "again" / "manifest.json").read_text())
     assert on_disk == m
@@ -654,12 +655,15 @@ def test_hardened_every_annotation_is_loaded_or_skipped_with_its_reason(hardened
         "boxes cannot be trusted",
         "JPEGImages/other.jpg": "JPEGImages/other.jpg: <size> 64x48 disagrees with the decoded 64x64 image (not the "
         "same frame at another scale); boxes cannot be trusted",
-        "JPEGImages/eps.jpg": "JPEGImages/eps.jpg: format EPS not accepted (raydet reads JPEG, PNG, BMP, GIF, TIFF, WEBP)",
+        "JPEGImages/eps.jpg": "JPEGImages/eps.jpg: format EPS not accepted "
+        "(raydet reads JPEG, PNG, BMP, GIF, TIFF, WEBP)",
         "JPEGImages/huge.png": f"JPEGImages/huge.png: file of {(data / 'JPEGImages' / 'huge.png').stat().st_size:,} "
         "bytes is over the limit of 20,000 bytes (--max-image-bytes)",
-        "Annotations/bigxml.xml": f"Annotations/bigxml.xml: file of {(data / 'Annotations' / 'bigxml.xml').stat().st_size:,} "
-        "bytes is over the limit of 2,000 bytes (--max-xml-bytes)",
-        "JPEGImages/linked.jpg": f"JPEGImages/linked.jpg: symlink leaves the dataset root (points to {outside}/stolen.jpg)",
+        "Annotations/bigxml.xml": "Annotations/bigxml.xml: file of "
+        f"{(data / 'Annotations' / 'bigxml.xml').stat().st_size:,} bytes is over the limit of 2,000 bytes "
+        "(--max-xml-bytes)",
+        "JPEGImages/linked.jpg": "JPEGImages/linked.jpg: symlink leaves the dataset root "
+        f"(points to {outside}/stolen.jpg)",
     }
 
 
@@ -669,8 +673,9 @@ def test_hardened_rescaled_boxes_and_their_note(hardened):
         {"file": "JPEGImages/resized.jpg", "note": "boxes rescaled from <size> 64x48 to decoded 32x24"}
     ]
     rows = all_rows_by_file(prep)
-    # (16, 12, 48, 36) in the 64 x 48 frame -> x 0.5 -> (8, 6, 24, 18) in 32 x 24 -> /(32, 24) = (0.25, 0.25, 0.75, 0.75)
-    # (normalizing the unscaled box by 32 x 24 would give (0.5, 0.5, 1, 1) after clipping)
+    # (16, 12, 48, 36) in the 64 x 48 frame -> x 0.5 -> (8, 6, 24, 18) in 32 x 24
+    # -> /(32, 24) = (0.25, 0.25, 0.75, 0.75) (normalizing the unscaled box by 32 x 24 would give (0.5, 0.5, 1, 1)
+    # after clipping)
     np.testing.assert_allclose(rows["JPEGImages/resized.jpg"]["boxes"][0], [0.25, 0.25, 0.75, 0.75], rtol=1e-6)
     assert (rows["JPEGImages/resized.jpg"]["width"], rows["JPEGImages/resized.jpg"]["height"]) == (32, 24)
     np.testing.assert_allclose(rows["JPEGImages/good.jpg"]["boxes"][0], [0.25, 0.25, 0.75, 0.75], rtol=1e-6)

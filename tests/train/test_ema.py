@@ -1,5 +1,5 @@
-"""The EMA of the weights (raydet.train.ema): its ramped decay by hand, and the averaged weights a run exports equal that
-formula applied to the weights after each optimizer step."""
+"""The EMA of the weights (raydet.train.ema): its ramped decay by hand, and the averaged weights a run exports equal
+that formula applied to the weights after each optimizer step."""
 
 import math
 
