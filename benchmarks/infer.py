@@ -38,7 +38,7 @@ class SpeedActor:
         t_start = time.time()
         outputs, _ = self.runner.predict(batch["image"])
         decoded = decode(outputs["heatmap"], outputs["boxes"], top_k=100, score_threshold=0.01)
-        for det, width, height in zip(decoded, batch["width"], batch["height"]):
+        for det, width, height in zip(decoded, batch["width"], batch["height"], strict=True):
             to_pixels(det.boxes, float(width), float(height))
         return {
             "images": np.array([len(decoded)]),

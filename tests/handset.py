@@ -110,7 +110,7 @@ def calibration_images() -> np.ndarray:
     combos = [(s, z) for s in range(1, 6) for z in range(1, 6)]
     cells = [(2 * a, 2 * b) for b in range(4) for a in range(4)]
     scenes = [
-        [Obj(ix, iy, label, s, z) for (ix, iy), (s, z) in zip(cells, combos[start : start + 16])]
+        [Obj(ix, iy, label, s, z) for (ix, iy), (s, z) in zip(cells, combos[start : start + 16], strict=False)]
         for label in (0, 1)
         for start in (0, 16)
     ]

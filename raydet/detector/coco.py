@@ -87,7 +87,7 @@ def ground_truth(images: Sequence[dict], classes: Sequence[str]) -> dict[str, An
         if len(boxes) != len(labels):
             raise ValueError(f"{name}: {len(boxes)} boxes but {len(labels)} labels")
         out_images.append({"id": img_id, "file_name": str(img["file"]), "width": int(width), "height": int(height)})
-        for box, label in zip(boxes, labels):
+        for box, label in zip(boxes, labels, strict=True):
             bbox = _bbox(box, name)
             annotations.append(
                 {

@@ -96,7 +96,9 @@ class _PendingTensor:
             raise ValueError(
                 f"tensor {key!r}: size {self.size} has {elements} elements, more than {MAX_TENSOR_ELEMENTS}"
             )
-        extent = self.offset + (sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1 if elements else 0)
+        extent = self.offset + (
+            sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True)) + 1 if elements else 0
+        )
         if extent > self.storage.numel:
             raise ValueError(
                 f"tensor {key!r}: offset {self.offset} size {self.size} stride {self.stride} reaches "

@@ -226,7 +226,7 @@ def draw_examples(
     for name, result in results.items():
         by_file = {im.file: im for im in result.images}
         drawn, captions = [], []
-        for k, (row, base) in enumerate(zip(rows, bases)):
+        for k, (row, base) in enumerate(zip(rows, bases, strict=True)):
             gt, gt_labels = ground_truth_pixels(
                 row["boxes"], row["labels"], row["num_objects"], row["width"], row["height"]
             )
@@ -280,7 +280,7 @@ def write_coco(
         predictions = [
             {"image_id": im.image_id, "box": box, "label": int(label), "score": float(score)}
             for im in result.images
-            for box, label, score in zip(im.boxes, im.labels, im.scores)
+            for box, label, score in zip(im.boxes, im.labels, im.scores, strict=True)
         ]
         written.append(coco.write_json(out / f"detections_{name}.json", coco.detections(predictions, classes)))
     print(f"COCO files: {', '.join(p.name for p in written)} in {shown or out}", flush=True)

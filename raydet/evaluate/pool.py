@@ -212,7 +212,7 @@ def summarize(parts: list[dict], classes: list[str], size_bytes: int) -> dict:
     span = (max(p["t_end"] for p in parts) - min(p["t_start"] for p in parts)) if parts else 0.0
     report = {
         **summary,
-        "per_class": [{"class": name, **c} for name, c in zip(classes, summary["per_class"])],
+        "per_class": [{"class": name, **c} for name, c in zip(classes, summary["per_class"], strict=True)],
         "images": images,
         "detections_per_image": detections / images if images else float("nan"),
         "images_per_s": images / span if span > 0 else float("nan"),

@@ -191,7 +191,7 @@ def calibrate_ranges(qat_model, images) -> int:
         qat_model(np.asarray(images, np.float32), training=True)
     finally:
         quant_ops.MovingAvgQuantize = original
-        for v, value in zip(stats, saved):
+        for v, value in zip(stats, saved, strict=True):
             v.assign(value)
     return len(ranges)
 

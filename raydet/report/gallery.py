@@ -29,7 +29,7 @@ def rows_by_file(prep: str | os.PathLike, split: str, files: set[str]) -> dict[s
     cols = {c: table.column(c).to_pylist() for c in ("file", "width", "height")}
     return {
         f: {"file": f, "width": w, "height": h, "image": images[i]}
-        for i, (f, w, h) in enumerate(zip(cols["file"], cols["width"], cols["height"]))
+        for i, (f, w, h) in enumerate(zip(cols["file"], cols["width"], cols["height"], strict=True))
     }
 
 

@@ -158,7 +158,7 @@ class Detector:
         detections, seconds = detect(
             self.runner, pixels, [item[1] for item in items], self.classes, [item[2] for item in items]
         )
-        return [(dets, float(s), len(items)) for dets, s in zip(detections, seconds)]
+        return [(dets, float(s), len(items)) for dets, s in zip(detections, seconds, strict=True)]
 
 
 def deployment_options(cfg: ServeConfig) -> dict:

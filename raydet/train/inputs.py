@@ -205,7 +205,7 @@ class BatchMaker:
         boxes, labels = [o[0] for o in objects], [o[1] for o in objects]
         if self.augment is not None:
             images, boxes, labels = augment_batch(self.rng, images, boxes, labels, self.augment, self.mosaic)
-        targets = [build_targets(b, lab, self.num_classes, self.grid) for b, lab in zip(boxes, labels)]
+        targets = [build_targets(b, lab, self.num_classes, self.grid) for b, lab in zip(boxes, labels, strict=True)]
         return (
             np.stack(images).astype(np.float32, copy=False),
             np.stack([t[0] for t in targets]),

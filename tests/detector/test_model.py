@@ -200,4 +200,4 @@ def test_mixed_precision_computes_low_keeps_float32_heads_and_the_ema(policy, co
     raw = []  # the weights after the last step (fit's end copies the average into them)
     record = tf_keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: raw.append(model.get_weights()))
     model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[record])
-    assert len(raw) == 20 and any(not np.allclose(a, r) for a, r in zip(averaged_weights(model), raw[-1]))
+    assert len(raw) == 20 and any(not np.allclose(a, r) for a, r in zip(averaged_weights(model), raw[-1], strict=True))

@@ -59,7 +59,9 @@ def test_int8_tflite_decodes_like_the_keras_model(run):
     lite_out = lite.predict(images)
     assert {k: v.dtype for k, v in lite_out.items()} == {"heatmap": np.float32, "boxes": np.float32}
     found = []
-    for k, lt in zip(decode(keras_out["heatmap"], keras_out["boxes"]), decode(lite_out["heatmap"], lite_out["boxes"])):
+    for k, lt in zip(
+        decode(keras_out["heatmap"], keras_out["boxes"]), decode(lite_out["heatmap"], lite_out["boxes"]), strict=True
+    ):
         assert lt.labels.tolist() == k.labels.tolist()  # the same objects, in the same order
         np.testing.assert_allclose(lt.boxes, k.boxes, atol=BOX_TOL)
         np.testing.assert_allclose(lt.scores, k.scores, atol=SCORE_TOL)

@@ -99,7 +99,7 @@ def all_rows_by_file(prep: Path) -> dict[str, dict]:
         for path in sorted((prep / split).glob("*.parquet")):
             table = pq.read_table(path)
             images = image_array(table)
-            for r, image in zip(table.drop_columns(["image"]).to_pylist(), images):
+            for r, image in zip(table.drop_columns(["image"]).to_pylist(), images, strict=True):
                 rows[r["file"]] = {
                     **r,
                     **{c: np.asarray(r[c]).reshape(shape) for c, shape in shapes.items()},
@@ -292,7 +292,7 @@ def test_parquet_read_back_with_ray_data(hostile):
     batch = ds.take_batch(m["splits"]["train"], batch_format="numpy")
     n = m["splits"]["train"]
     by_hand = all_rows_by_file(prep)
-    for file, image in zip(batch["file"], batch["image"]):  # the same pixels both ways
+    for file, image in zip(batch["file"], batch["image"], strict=True):  # the same pixels both ways
         np.testing.assert_array_equal(image, by_hand[file]["image"])
     assert batch["image"].shape == (n, 32, 32, 3) and batch["image"].dtype == np.uint8
     assert batch["boxes"].shape == (n, 8, 4) and batch["boxes"].dtype == np.float32
@@ -300,7 +300,7 @@ def test_parquet_read_back_with_ray_data(hostile):
     assert batch["difficult"].shape == (n, 8) and batch["difficult"].dtype == np.uint8
     assert batch["num_objects"].dtype == np.int32 and batch["width"].dtype == np.int32
     # padding is exactly where num_objects says
-    for k, labels, boxes in zip(batch["num_objects"], batch["labels"], batch["boxes"]):
+    for k, labels, boxes in zip(batch["num_objects"], batch["labels"], batch["boxes"], strict=True):
         assert (labels[:k] >= 0).all() and (labels[k:] == -1).all() and (boxes[k:] == 0).all()
         assert ((boxes[:k] >= 0) & (boxes[:k] <= 1)).all()
 
@@ -503,7 +503,7 @@ def test_hash_split_is_a_pure_function_of_the_path():
     assert 310 < splits.count("test") < 490
     assert all(hash_split(n, 0.0) == "train" for n in names[:50])
     # a larger fraction only moves images from train to test, never back
-    assert all(hash_split(n, 0.5) == "test" for n, s in zip(names, splits) if s == "test")
+    assert all(hash_split(n, 0.5) == "test" for n, s in zip(names, splits, strict=True) if s == "test")
 
 
 def test_rerun_into_the_same_prep_replaces_the_shards(tmp_path, ray_local):

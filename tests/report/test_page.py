@@ -82,7 +82,7 @@ def _result(name: str, rows: list[dict], classes: list[str] = H.CLASSES) -> Mode
     from raydet.detector.metrics import MatchStats, match_image
 
     images, matches = [], []
-    for i, (row, found) in enumerate(zip(rows, FOUND[name])):
+    for i, (row, found) in enumerate(zip(rows, FOUND[name], strict=True)):
         boxes, labels, scores = H.expected(found)
         image = ImageDetections(
             file=row["file"], image_id=i + 1, boxes=to_pixels(boxes, WIDTH, HEIGHT), labels=labels, scores=scores
@@ -117,7 +117,7 @@ def _write_run(root, classes: list[str], files: list[str] | None = None, prep_na
     from raydet.ingest.shards import write_shard
 
     rows = _gt_rows()
-    for row, file in zip(rows, files or []):
+    for row, file in zip(rows, files or [], strict=False):
         row["file"] = file
     prep = root / prep_name
     (prep / "test").mkdir(parents=True)
@@ -238,7 +238,7 @@ def _md_cells(line: str) -> list[str]:
     """A Markdown table row's cells as a renderer splits them: at every ``|`` not escaped by a backslash."""
     unescaped = re.sub(r"\\.", "..", line)  # each escape pair -> two neutral characters (same positions)
     cuts = [i for i, c in enumerate(unescaped) if c == "|"]
-    return [line[a + 1 : b].strip() for a, b in zip(cuts, cuts[1:])]
+    return [line[a + 1 : b].strip() for a, b in zip(cuts, cuts[1:], strict=False)]
 
 
 def test_names_from_data_are_text_in_both_reports(tmp_path):
