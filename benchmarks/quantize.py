@@ -31,7 +31,7 @@ def read_test(prep: str, limit: int | None):
         for k in rows:
             rows[k].append(batch[k])
     data = {k: np.concatenate(v) for k, v in rows.items()}
-    truth = [(b[:n], lab[:n]) for b, lab, n in zip(data["boxes"], data["labels"], data["num_objects"])]
+    truth = [(b[:n], lab[:n]) for b, lab, n in zip(data["boxes"], data["labels"], data["num_objects"], strict=True)]
     return data["image"].astype(np.uint8), truth
 
 

@@ -122,7 +122,7 @@ def same_detections(got: list[dict], want: list[dict]) -> bool:
     than one image, which moves the last digits (raydet predict's own chunks of 64 do the same)."""
     return len(got) == len(want) and all(
         g["class"] == w["class"] and abs(g["score"] - w["score"]) <= 1e-4 and np.allclose(g["box"], w["box"], atol=0.01)
-        for g, w in zip(got, want)
+        for g, w in zip(got, want, strict=True)
     )
 
 

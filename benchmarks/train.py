@@ -54,13 +54,13 @@ def plain_fit(prep: Path, epochs: int, every: int, batch: int, backbone: str) ->
     from raydet.ingest.shards import read_split
     from raydet.train.driver import model_config
     from raydet.train.ema import make_optimizer
-    from raydet.train.inputs import load_split, train_dataset, val_dataset
+    from raydet.train.inputs import load_shard, train_dataset, val_dataset
     from raydet.train.schedule import is_checkpoint_epoch
 
     start = time.perf_counter()
     manifest = Prep(prep).read_manifest()
-    train_arrays = load_split(read_split(prep, "train").materialize())
-    test_arrays = load_split(read_split(prep, "test").materialize())
+    train_arrays = load_shard(read_split(prep, "train").materialize())
+    test_arrays = load_shard(read_split(prep, "test").materialize())
     steps = len(train_arrays["image"]) // batch
     d = TrainConfig(prep="", out="", name="plain", backbone=backbone)  # raydet's optimizer, EMA, clipping, losses
     mcfg = model_config(d, manifest)

@@ -35,7 +35,7 @@ from raydet.ingest.prep import Prep
 
 RUN_NAME = "main"
 TUNE_NAME = "tune"  # OUT/runs/tune: the search of `raydet run --tune N` (trial k: OUT/runs/tune/trial-k)
-STATE_FILE = "pipeline.json"
+PIPELINE_STATE_FILE = "pipeline.json"
 PIPELINE_QUANT_MODES = ("int8",)  # what `run` quantizes and evaluates beside float (`raydet quantize` makes any)
 EVAL_MODELS = ("float", *PIPELINE_QUANT_MODES)
 SYNTH_MIN_SIZE = C.SynthConfig.image_size  # draw shapes at >= 128 px so small --image-size still sees clean edges
@@ -126,13 +126,13 @@ def _train_key(train: C.TrainConfig, prepare: C.PrepareConfig) -> dict:
 
 
 def _load_state(out: str) -> dict:
-    path = storage.join(out, STATE_FILE)
+    path = storage.join(out, PIPELINE_STATE_FILE)
     return json.loads(storage.read_text(path)) if storage.kind(path) == "file" else {}
 
 
 def _save_state(out: str, state: dict) -> None:
     # whole or not at all (storage.write_text): an interrupted run never leaves half a state file
-    storage.write_text(storage.join(out, STATE_FILE), json.dumps(state, indent=2, sort_keys=True))
+    storage.write_text(storage.join(out, PIPELINE_STATE_FILE), json.dumps(state, indent=2, sort_keys=True))
 
 
 def _epochs_done(run_dir: str) -> int:
@@ -169,24 +169,27 @@ def results_table(models: dict) -> str:
     ``RUN/eval/report.md``); a missing figure prints "-"."""
     head = ("model", "AP50", "mAP", "AP75", "VOC AP50", "images/s", "size")
     rows = [head]
+
+    def num(m: dict, key: str, fmt: str = "{:.3f}") -> str:
+        return fmt.format(m[key]) if m.get(key) is not None else "-"
+
     for name, m in models.items():
-
-        def num(key, fmt="{:.3f}"):
-            return fmt.format(m[key]) if m.get(key) is not None else "-"
-
         rows.append(
             (
                 name,
-                num("coco_map_50"),
-                num("coco_map"),
-                num("coco_map_75"),
-                num("voc_map_50"),
-                num("images_per_s", "{:.0f}"),
+                num(m, "coco_map_50"),
+                num(m, "coco_map"),
+                num(m, "coco_map_75"),
+                num(m, "voc_map_50"),
+                num(m, "images_per_s", "{:.0f}"),
                 format_size(m.get("size_bytes")),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -68,10 +68,10 @@ class ImageDetections:
 def ground_truth_pixels(boxes_norm: np.ndarray, labels: np.ndarray, num_objects: int, width: int, height: int):
     """One PREP row's padded ``boxes`` (K, 4) normalized xyxy and ``labels`` (K,) -> the real (G, 4) float64
     pixel xyxy boxes and (G,) int64 labels (padding rows dropped)."""
-    from raydet.detector.boxes import denormalize
+    from raydet.detector.boxes import denormalize_xyxy
 
     n = int(num_objects)
-    return denormalize(np.asarray(boxes_norm)[:n], width, height), np.asarray(labels)[:n].astype(np.int64)
+    return denormalize_xyxy(np.asarray(boxes_norm)[:n], width, height), np.asarray(labels)[:n].astype(np.int64)
 
 
 @dataclass
@@ -202,7 +202,7 @@ def draw_or_report(
             f"drawings: {len(rows)} images per model in {shown} (contact sheets: {', '.join(p.name for p in sheets)})",
             flush=True,
         )
-    except Exception as exc:  # noqa: BLE001 -- drawings are a by-product; the metrics are already written
+    except Exception as exc:  # drawings are a by-product; the metrics are already written
         print(f"drawings failed ({type(exc).__name__}: {exc}); report and COCO files are written", flush=True)
 
 
@@ -223,7 +223,7 @@ def draw_examples(
     for name, result in results.items():
         by_file = {im.file: im for im in result.images}
         drawn, captions = [], []
-        for k, (row, base) in enumerate(zip(rows, bases)):
+        for k, (row, base) in enumerate(zip(rows, bases, strict=True)):
             gt, gt_labels = ground_truth_pixels(
                 row["boxes"], row["labels"], row["num_objects"], row["width"], row["height"]
             )
@@ -277,7 +277,7 @@ def write_coco(
         predictions = [
             {"image_id": im.image_id, "box": box, "label": int(label), "score": float(score)}
             for im in result.images
-            for box, label, score in zip(im.boxes, im.labels, im.scores)
+            for box, label, score in zip(im.boxes, im.labels, im.scores, strict=True)
         ]
         written.append(coco.write_json(out / f"detections_{name}.json", coco.detections(predictions, classes)))
     print(f"COCO files: {', '.join(p.name for p in written)} in {shown or out}", flush=True)

@@ -11,10 +11,11 @@ Layout of the work (docs/FORMATS.md for the files):
    (:class:`raydet.export.runner.ModelRunner`) and, per batch, predicts ``heatmap`` / ``boxes``, decodes them with
    :func:`raydet.detector.decode.decode` (the ``TOP_K`` best peaks with score >= ``METRIC_SCORE_THRESHOLD``: what COCO's
    maxDets 100 sees), converts the boxes to original pixels, matches every detection to the ground truth
-   (:func:`raydet.detector.metrics.match_image`, with the PREP ``difficult`` flags) and returns one row holding the batch's
-   *summable* partial statistics (:class:`raydet.detector.metrics.MatchStats`) plus the per-image detections and latencies;
-3. the driver sums the partials, finishes the metrics (:func:`raydet.detector.metrics.detection_summary`), writes the COCO
-   files (``--coco-out``, default ``RUN/eval/coco``) and ``RUN/eval/report.json`` / ``report.md`` first, then the
+   (:func:`raydet.detector.metrics.match_image`, with the PREP ``difficult`` flags) and returns one row holding the
+   batch's *summable* partial statistics (:class:`raydet.detector.metrics.MatchStats`) plus the per-image detections and
+   latencies;
+3. the driver sums the partials, finishes the metrics (:func:`raydet.detector.metrics.detection_summary`), writes the
+   COCO files (``--coco-out``, default ``RUN/eval/coco``) and ``RUN/eval/report.json`` / ``report.md`` first, then the
    drawings and ``RUN/eval/report.html`` (raydet.report.page, built from those files); a failed drawing or page is
    reported, the evaluation stands.
 
@@ -47,6 +48,7 @@ from raydet.cluster import storage
 from raydet.cluster.progress import Progress
 from raydet.cluster.runtime import init_ray
 from raydet.config import EvaluateConfig
+from raydet.detector.decode import TOP_K
 from raydet.errors import UserError
 from raydet.evaluate.outputs import (
     DRAW_SCORE_THRESHOLD,
@@ -66,7 +68,6 @@ from raydet.ingest.prep import Prep
 # The actors' CPUs are there by now (check_actor_resources waited for an autoscaler if there is one); this bounds
 # their start (TensorFlow's import, the model load): a pool not up in 10 minutes is refused, not waited for.
 ACTOR_START_TIMEOUT_S = 600
-TOP_K = 100  # detections per image kept for the metrics and the COCO file: COCO's maxDets
 METRIC_SCORE_THRESHOLD = 0.01  # lower-scored peaks change AP by nothing measurable and only fill the files
 REPORT_KEYS = (
     "coco_map",
@@ -211,7 +212,7 @@ def summarize(parts: list[dict], classes: list[str], size_bytes: int) -> dict:
     span = (max(p["t_end"] for p in parts) - min(p["t_start"] for p in parts)) if parts else 0.0
     report = {
         **summary,
-        "per_class": [{"class": name, **c} for name, c in zip(classes, summary["per_class"])],
+        "per_class": [{"class": name, **c} for name, c in zip(classes, summary["per_class"], strict=True)],
         "images": images,
         "detections_per_image": detections / images if images else float("nan"),
         "images_per_s": images / span if span > 0 else float("nan"),
@@ -243,7 +244,7 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[dict[str, Path], dict, list[str]]
 GT_COLUMNS = ("file", "boxes", "labels", "difficult", "num_objects", "width", "height")
 
 
-def load_split(data: str, split: str, image_size: int, actors: int, batch_size: int | None = None):
+def read_eval_split(data: str, split: str, image_size: int, actors: int, batch_size: int | None = None):
     """Read ``data``'s (a PREP path or URI) ``split`` once into Ray's object store -> (dataset, ground-truth rows
     sorted by file, {file: id}, rows per block).
 
@@ -322,7 +323,7 @@ def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show
     check_actor_resources(cfg)
 
     # 1. read the split once; every model maps over the same materialized blocks
-    ds, gt_rows, image_ids, batch_size = load_split(
+    ds, gt_rows, image_ids, batch_size = read_eval_split(
         cfg.data, cfg.split, int(manifest["image_size"]), cfg.actors, cfg.batch_size
     )
 
@@ -430,7 +431,7 @@ def _html_or_report(run: Path, eval_dir: Path, run_shown: str, shown: str) -> No
     try:
         build_report(run, eval_dir=eval_dir)
         print(f"report: {storage.join(shown, 'report.html')}", flush=True)
-    except Exception as exc:  # noqa: BLE001 -- the page is a view of files already written
+    except Exception as exc:  # the page is a view of files already written
         print(
             f"report.html failed ({type(exc).__name__}: {exc}); report.json and COCO files are written; "
             f"`raydet report {run_shown}` tries again",

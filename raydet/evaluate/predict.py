@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from raydet.config import PredictConfig
+from raydet.detector.decode import TOP_K
 from raydet.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CHUNK = 64  # images decoded, predicted and drawn together: bounded memory for any number of files
-TOP_K = 100  # detections per image at most (COCO's maxDets)
 
 
 def collect_images(paths: tuple[str, ...] | list[str]) -> tuple[list[Path], list[dict]]:
@@ -115,7 +115,7 @@ def detect(
     # best top_k above any lower one (decode keeps the best by score)
     decoded = decode(outputs["heatmap"], outputs["boxes"], top_k=top_k, score_threshold=min(thresholds, default=1.0))
     results = []
-    for (width, height), det, threshold in zip(sizes, decoded, thresholds):
+    for (width, height), det, threshold in zip(sizes, decoded, thresholds, strict=True):
         keep = det.scores >= threshold
         boxes = to_pixels(det.boxes[keep], width, height)
         results.append(
@@ -126,7 +126,7 @@ def detect(
                     "score": float(score),
                     "box": [float(v) for v in box],
                 }
-                for box, label, score in zip(boxes, det.labels[keep], det.scores[keep])
+                for box, label, score in zip(boxes, det.labels[keep], det.scores[keep], strict=True)
             ]
         )
     return results, seconds
@@ -238,7 +238,7 @@ def _predict_chunk(
         return []
     detections, _ = detect(runner, np.stack(pixels), sizes, classes, score_threshold)
     results = []
-    for path, (width, height), dets in zip(chunk, sizes, detections):
+    for path, (width, height), dets in zip(chunk, sizes, detections, strict=True):
         boxes = np.array([d["box"] for d in dets], np.float64).reshape(-1, 4)
         try:
             drawn = draw_prediction(path, boxes, [d["class"] for d in dets], [d["score"] for d in dets], max_pixels)

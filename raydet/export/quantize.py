@@ -12,8 +12,9 @@ shows what quantization itself gains, apart from leaving Keras (docs/STACK.md: L
 faster than Keras ``predict`` on a CPU).
 
 Every file keeps the Keras model's names in its ``serving_default`` signature: input ``image``, outputs
-``heatmap`` and ``boxes``. :class:`raydet.export.tflite.TFLiteModel` runs any of them; raydet.detector.decode turns the maps into
-detections outside the graph (top-k and gathers inside an int8 graph lost every detection in TF's own CenterNet).
+``heatmap`` and ``boxes``. :class:`raydet.export.tflite.TFLiteModel` runs any of them; raydet.detector.decode turns the
+maps into detections outside the graph (top-k and gathers inside an int8 graph lost every detection in TF's own
+CenterNet).
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from raydet.config import MODEL_NAMES
+from raydet.detector.model import OUTPUT_NAMES
 from raydet.errors import UserError, UserFileNotFoundError
 from raydet.export.run import KNOWN_MODELS, Run
 
-OUTPUT_NAMES = ("heatmap", "boxes")
 KERAS_ARCHITECTURE = "config.json"  # inside a .keras zip: the model's architecture (not a RUN's config.json)
 # Images per Keras call: ~8 MiB of uint8 pixels (a whole actor call at 64 px, 55 images at 224 px), so a large
 # call at a large size does not mean gigabytes of activations.

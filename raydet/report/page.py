@@ -122,7 +122,9 @@ def _gallery(found: dict, classes: list[str], report: dict, count: int) -> tuple
         by_id = {im.image_id: im for im in a["images"]}
         wanted[name] = [(s, by_id[s.image_id]) for s in a["ranked"][:count]]
     try:
-        rows = gallery.read_rows(prep, report.get("split", "test"), {im.file for p in wanted.values() for _, im in p})
+        rows = gallery.rows_by_file(
+            prep, report.get("split", "test"), {im.file for p in wanted.values() for _, im in p}
+        )
     except (OSError, ValueError) as exc:  # PREP moved or deleted: the rest of the page still stands
         return {}, f"no gallery: the test images could not be read from {prep} ({type(exc).__name__}: {exc})"
     try:
@@ -132,7 +134,7 @@ def _gallery(found: dict, classes: list[str], report: dict, count: int) -> tuple
     threshold = float(report.get("draw_score_threshold", analysis.IMAGE_SCORE))
     try:
         return {name: _drawn(pairs, rows, source, classes, threshold) for name, pairs in wanted.items()}, ""
-    except Exception as exc:  # noqa: BLE001 -- pictures; the figures above them stand
+    except Exception as exc:  # pictures; the figures above them stand
         return {}, f"no gallery: drawing failed ({type(exc).__name__}: {exc})"
 
 

@@ -2,8 +2,8 @@
 
 ``train(cfg)`` [driver, here] checks the PREP folder and the cluster, reads the Parquet shards with Ray Data and
 runs ``raydet.train.worker.train_loop_per_worker(config)`` [each worker], which fits the dense detector
-(raydet.detector.model) on batches that raydet.train.inputs builds from every object of every image. docs/TRAINING.md has the
-measurements behind each choice.
+(raydet.detector.model) on batches that raydet.train.inputs builds from every object of every image. docs/TRAINING.md
+has the measurements behind each choice.
 
 - **Input path** (raydet.train.inputs, docs/TRAINING.md). Ray Data splits the train split equally between the workers.
   When a worker's rows fit ``--memory-budget-gb``, the driver ``materialize()``s the train split before the
@@ -44,7 +44,7 @@ from raydet.errors import UserError, UserFileNotFoundError
 from raydet.export.run import Run
 from raydet.ingest.prep import Prep
 from raydet.ingest.shards import read_split
-from raydet.train.worker import STATE_FILE, train_loop_per_worker
+from raydet.train.worker import CHECKPOINT_STATE_FILE, train_loop_per_worker
 
 QAT_CALIBRATION_IMAGES = 64
 STREAM_BLOCK_ROWS = 64  # rows per streamed block and read task: 9.6 MB at 224 px
@@ -392,7 +392,7 @@ def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSumm
     model_name = Run.QAT_MODEL if cfg.qat else Run.FLOAT_MODEL
     with storage.local_copy(run_dir, fetch=[Run.CONFIG]) as local:
         with result.checkpoint.as_directory() as ckpt:
-            state = json.loads((Path(ckpt) / STATE_FILE).read_text())
+            state = json.loads((Path(ckpt) / CHECKPOINT_STATE_FILE).read_text())
             history = state["history"]
             write_history(Run(local).local(Run.HISTORY), history)
             bad = state.get("nonfinite")
@@ -446,7 +446,7 @@ def write_curves(run_dir: Path, history: list[dict], shown: str | None = None) -
                 f"(TensorBoard: tensorboard --logdir {posixpath.dirname(storage.normalize(shown))})",
                 flush=True,
             )
-    except Exception as exc:  # noqa: BLE001 -- a picture of the history, which is saved
+    except Exception as exc:  # a picture of the history, which is saved
         print(f"{Run.CURVES} failed ({type(exc).__name__}: {exc})", flush=True)
 
 

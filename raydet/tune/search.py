@@ -1,8 +1,8 @@
 """``raydet tune``: Ray Tune over raydet's training, one Tune trial per configuration, ASHA on val AP50.
 
 The trainable is a *function* (``run_trial``) that builds and fits raydet's TensorflowTrainer for its trial through
-``raydet.train.driver.train``, with Ray Train's ``TuneReportCallback`` in the trainer's RunConfig: every validated epoch's
-metrics (``epoch``, ``val_ap50``, ...: rank 0's history row, reported with its checkpoint) reach Tune, and ASHA
+``raydet.train.driver.train``, with Ray Train's ``TuneReportCallback`` in the trainer's RunConfig: every validated
+epoch's metrics (``epoch``, ``val_ap50``, ...: rank 0's history row, reported with its checkpoint) reach Tune, and ASHA
 (``time_attr="epoch"``) stops the trials below the best 1/rf at each rung. Each trial validates every
 ``report_every`` epochs, about twice per ASHA grace period, so every rung has a value soon after it.
 
@@ -70,8 +70,8 @@ def run_trial(config: dict, base: TrainConfig, points: list, report_every: int) 
 
 
 class PlacementGroupNote:
-    """A worker callback factory (raydet.train.driver.train's ``callbacks``): rank 0 writes the id of the placement group
-    its Train workers run in to ``path`` (RUN/.placement_group) and returns a callback that does nothing.
+    """A worker callback factory (raydet.train.driver.train's ``callbacks``): rank 0 writes the id of the placement
+    group its Train workers run in to ``path`` (RUN/.placement_group) and returns a callback that does nothing.
 
     Why: Ray Train V2 reserves its workers' CPUs in a placement group that lives as long as the *job*, and relies
     on a detached PlacementGroupCleaner to remove it when the trainer's controller dies. A trial that ASHA stops is

@@ -300,16 +300,16 @@ def test_batch_plan_sizes_calls_by_pixels_and_keeps_every_actor_busy():
     assert batch_plan(1000, 2048, 1) == (63, 16)
 
 
-def test_load_split_reads_once_in_one_block_per_call_and_keeps_no_pixels_in_the_truth(setup, ray_local, tmp_path):
+def test_read_eval_split_reads_once_in_one_block_per_call_and_keeps_no_pixels_in_the_truth(setup, ray_local, tmp_path):
     """3 test rows, 2 actors: batch_plan gives 3 blocks of 1 row; the blocks are in Ray's object store, so they
     map again after the files are gone (every model reuses them); ground truth sorted by file, without images."""
     import shutil
 
-    from raydet.evaluate.pool import load_split
+    from raydet.evaluate.pool import read_eval_split
 
     prep = tmp_path / "prep"
     shutil.copytree(setup["prep"], prep)
-    ds, gt_rows, image_ids, rows = load_split(str(prep), "test", H.SIZE, actors=2)
+    ds, gt_rows, image_ids, rows = read_eval_split(str(prep), "test", H.SIZE, actors=2)
     assert rows == 1 and ds.num_blocks() == 3
     assert [r["file"] for r in gt_rows] == ["img_0.png", "img_1.png", "img_2.png"]
     assert "image" not in gt_rows[0] and gt_rows[1]["difficult"].tolist() == [0, 0, 1]  # G is difficult

@@ -130,6 +130,7 @@ def assert_same_detections(keras_out: dict, tflite_out: dict, mode: str, box_tol
         zip(
             decode(keras_out["heatmap"], keras_out["boxes"], score_threshold=0.3),
             decode(tflite_out["heatmap"], tflite_out["boxes"], score_threshold=0.3),
+            strict=True,
         )
     )
     for k, q in pairs:

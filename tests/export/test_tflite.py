@@ -1,6 +1,6 @@
-"""raydet.export.tflite and raydet.export.runner: the int8 .tflite of the hand-set detector (tests/handset.py) decodes to the Keras
-model's detections within a stated tolerance, the runner's outputs and timings, model file names, a RUN whose
-config.json or model files are not raydet's refused."""
+"""raydet.export.tflite and raydet.export.runner: the int8 .tflite of the hand-set detector (tests/handset.py) decodes
+to the Keras model's detections within a stated tolerance, the runner's outputs and timings, model file names, a RUN
+whose config.json or model files are not raydet's refused."""
 
 from __future__ import annotations
 
@@ -61,10 +61,12 @@ def test_int8_tflite_decodes_like_the_keras_model(run):
     lite_out = lite.predict(images)
     assert {k: v.dtype for k, v in lite_out.items()} == {"heatmap": np.float32, "boxes": np.float32}
     found = []
-    for k, l in zip(decode(keras_out["heatmap"], keras_out["boxes"]), decode(lite_out["heatmap"], lite_out["boxes"])):
-        assert l.labels.tolist() == k.labels.tolist()  # the same objects, in the same order
-        np.testing.assert_allclose(l.boxes, k.boxes, atol=BOX_TOL)
-        np.testing.assert_allclose(l.scores, k.scores, atol=SCORE_TOL)
+    for k, lt in zip(
+        decode(keras_out["heatmap"], keras_out["boxes"]), decode(lite_out["heatmap"], lite_out["boxes"]), strict=True
+    ):
+        assert lt.labels.tolist() == k.labels.tolist()  # the same objects, in the same order
+        np.testing.assert_allclose(lt.boxes, k.boxes, atol=BOX_TOL)
+        np.testing.assert_allclose(lt.scores, k.scores, atol=SCORE_TOL)
         found.append(len(k))
     assert found == [5, 16, 9, 16, 9, 0]  # every painted object, nothing on black
 

@@ -151,7 +151,7 @@ def test_streamed_workers_read_disjoint_halves_of_the_train_split_each_pass(stre
     attempts = [sorted(records[r], key=lambda rec: rec["started"]) for r in (0, 1)]
     assert len(attempts[0]) == len(attempts[1]) == 2, records  # the kill restarted both workers once
     everything = {f"train_{i:04d}.png" for i in range(128)}
-    for first, second in zip(*attempts):
+    for first, second in zip(*attempts, strict=True):
         a, b = first["files"][:64], second["files"][:64]
         assert len(set(a)) == len(set(b)) == 64
         assert not set(a) & set(b) and set(a) | set(b) == everything
@@ -319,7 +319,7 @@ def test_init_from_a_relative_run_folder(killed_run, prep, monkeypatch):
     source = tf_keras.models.load_model(tmp / "runs" / "run" / "model.keras", compile=False)
     warm = tf_keras.models.load_model(tmp / "runs" / "warm" / "model.keras", compile=False)
     for name in ("block0_conv", "neck_s4_smooth_conv", "heatmap", "boxes"):
-        for a, b in zip(source.get_layer(name).get_weights(), warm.get_layer(name).get_weights()):
+        for a, b in zip(source.get_layer(name).get_weights(), warm.get_layer(name).get_weights(), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
