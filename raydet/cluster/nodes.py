@@ -122,7 +122,7 @@ def check_visible(
     finally:
         if marker:
             (Path(local) / marker).unlink(missing_ok=True)
-    blind = [(n, p) for n, p in zip(nodes, problems) if p]
+    blind = [(n, p) for n, p in zip(nodes, problems, strict=True) if p]
     if blind:
         raise UserError(not_visible_message(path, what, blind, len(nodes)))
 

@@ -16,14 +16,14 @@ so the same network trains quantization-aware (raydet.export.qat). Decoding (pea
 graph, in numpy (raydet.detector.decode), for every model file alike.
 
 Model contract (docs/FORMATS.md): input ``image`` (N, S, S, 3) float32 raw pixels 0..255 (each backbone's first
-layer, a Rescaling, normalises them as its weights expect); S a multiple of 32. Only built-in layers, so ``tf_keras.models.load_model(path, compile=False)``
-needs no custom objects. Targets: raydet.detector.targets.
+layer, a Rescaling, normalises them as its weights expect); S a multiple of 32. Only built-in layers, so
+``tf_keras.models.load_model(path, compile=False)`` needs no custom objects. Targets: raydet.detector.targets.
 """
 
 from __future__ import annotations
 
 from raydet.cluster.runtime import use_legacy_keras
-from raydet.config import ModelConfig
+from raydet.config import ModelConfig, TrainConfig
 
 OUTPUT_STRIDE = 4
 OUTPUT_NAMES = ("heatmap", "boxes")
@@ -219,8 +219,8 @@ def giou(a, b):
 def make_box_loss(offset_weight: float, size_weight: float, giou_weight: float):
     """Loss of the ``boxes`` map at object centres, per image (N,), divided by the batch's object count.
 
-    ``y_true`` (N, G, G, 5) [off_x, off_y, w, h, mask] (raydet.detector.targets), ``y_pred`` (N, G, G, 4). At each centre:
-    ``offset_weight * L1(offset, cells) + size_weight * L1(w, h normalized) + giou_weight * (1 - GIoU)``.
+    ``y_true`` (N, G, G, 5) [off_x, off_y, w, h, mask] (raydet.detector.targets), ``y_pred`` (N, G, G, 4). At
+    each centre: ``offset_weight * L1(offset, cells) + size_weight * L1(w, h normalized) + giou_weight * (1 - GIoU)``.
     """
     tf, _ = _tf()
 
@@ -244,10 +244,10 @@ def compile_model(
     model,
     optimizer,
     *,
-    heatmap_weight: float = 1.0,
-    offset_weight: float = 1.0,
-    size_weight: float = 5.0,
-    giou_weight: float = 2.0,
+    heatmap_weight: float = TrainConfig.heatmap_loss_weight,
+    offset_weight: float = TrainConfig.offset_loss_weight,
+    size_weight: float = TrainConfig.size_loss_weight,
+    giou_weight: float = TrainConfig.giou_loss_weight,
 ) -> None:
     """Attach the losses: focal loss on ``heatmap`` (times ``heatmap_weight``), the box loss on ``boxes``.
 

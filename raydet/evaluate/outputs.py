@@ -17,33 +17,30 @@ import numpy as np
 from raydet.cluster import storage
 from raydet.cluster.sizes import format_size
 from raydet.errors import UserError
+from raydet.export.run import Run
 
 DRAW_SCORE_THRESHOLD = 0.3  # detections drawn on the example images and contact sheets
 
 
 # A bucket cannot rename a folder: RUN/eval there is written under a new prefix, RUN/eval-<id>, and switched in by
 # one small write of RUN/eval.json (an object PUT is atomic), which readers follow (:func:`eval_dir`). An upload
-# cut short leaves the pointer, so the previous eval, as they were.
-EVAL_PREFIX = "eval-"
-EVAL_POINTER = "eval.json"
-
-
+# cut short leaves the pointer, so the previous eval, as they were (the names: raydet.export.run.Run).
 def eval_dir(run: str | os.PathLike) -> str:
     """Where ``run``'s evaluation is: ``RUN/eval`` for a local run; in a bucket the prefix RUN/eval.json names
     (``RUN/eval`` when there is no pointer: a run evaluated before pointers, or never)."""
-    pointer = storage.join(run, EVAL_POINTER)
+    pointer = Run(run).file(Run.EVAL_POINTER)
     if not storage.is_uri(run) or storage.kind(pointer) != "file":
-        return storage.join(run, "eval")
+        return Run(run).file(Run.EVAL)
     name = json.loads(storage.read_text(pointer))["eval"]
-    if not name.startswith(EVAL_PREFIX) or "/" in name:
-        raise UserError(f"{pointer}: names {name!r}, not an {EVAL_PREFIX}<id> folder of the run")
+    if not name.startswith(Run.EVAL_PREFIX) or "/" in name:
+        raise UserError(f"{pointer}: names {name!r}, not an {Run.EVAL_PREFIX}<id> folder of the run")
     return storage.join(run, name)
 
 
 def published_dir(run: str | os.PathLike, run_id: str) -> str:
     """Where evaluate ``run_id``'s RUN/eval ends up: ``RUN/eval`` for a local run, ``RUN/eval-<run_id>`` in a
     bucket (:func:`publish_eval`)."""
-    return storage.join(run, f"{EVAL_PREFIX}{run_id}" if storage.is_uri(run) else "eval")
+    return storage.join(run, f"{Run.EVAL_PREFIX}{run_id}" if storage.is_uri(run) else Run.EVAL)
 
 
 def publish_eval(local_eval: Path, run: str, run_id: str) -> str:
@@ -51,7 +48,7 @@ def publish_eval(local_eval: Path, run: str, run_id: str) -> str:
     it replaces; returns the new location. Until the pointer is written readers see the previous eval whole."""
     previous, target = eval_dir(run), published_dir(run, run_id)
     storage.upload(local_eval, target, sorted(storage.list_files(str(local_eval))))
-    storage.write_text(storage.join(run, EVAL_POINTER), json.dumps({"eval": posixpath.basename(target)}) + "\n")
+    storage.write_text(Run(run).file(Run.EVAL_POINTER), json.dumps({"eval": posixpath.basename(target)}) + "\n")
     storage.delete_dir(previous)
     return target
 
@@ -71,10 +68,10 @@ class ImageDetections:
 def ground_truth_pixels(boxes_norm: np.ndarray, labels: np.ndarray, num_objects: int, width: int, height: int):
     """One PREP row's padded ``boxes`` (K, 4) normalized xyxy and ``labels`` (K,) -> the real (G, 4) float64
     pixel xyxy boxes and (G,) int64 labels (padding rows dropped)."""
-    from raydet.detector.boxes import denormalize
+    from raydet.detector.boxes import denormalize_xyxy
 
     n = int(num_objects)
-    return denormalize(np.asarray(boxes_norm)[:n], width, height), np.asarray(labels)[:n].astype(np.int64)
+    return denormalize_xyxy(np.asarray(boxes_norm)[:n], width, height), np.asarray(labels)[:n].astype(np.int64)
 
 
 @dataclass
@@ -205,7 +202,7 @@ def draw_or_report(
             f"drawings: {len(rows)} images per model in {shown} (contact sheets: {', '.join(p.name for p in sheets)})",
             flush=True,
         )
-    except Exception as exc:  # noqa: BLE001 -- drawings are a by-product; the metrics are already written
+    except Exception as exc:  # drawings are a by-product; the metrics are already written
         print(f"drawings failed ({type(exc).__name__}: {exc}); report and COCO files are written", flush=True)
 
 
@@ -226,7 +223,7 @@ def draw_examples(
     for name, result in results.items():
         by_file = {im.file: im for im in result.images}
         drawn, captions = [], []
-        for k, (row, base) in enumerate(zip(rows, bases)):
+        for k, (row, base) in enumerate(zip(rows, bases, strict=True)):
             gt, gt_labels = ground_truth_pixels(
                 row["boxes"], row["labels"], row["num_objects"], row["width"], row["height"]
             )
@@ -280,7 +277,7 @@ def write_coco(
         predictions = [
             {"image_id": im.image_id, "box": box, "label": int(label), "score": float(score)}
             for im in result.images
-            for box, label, score in zip(im.boxes, im.labels, im.scores)
+            for box, label, score in zip(im.boxes, im.labels, im.scores, strict=True)
         ]
         written.append(coco.write_json(out / f"detections_{name}.json", coco.detections(predictions, classes)))
     print(f"COCO files: {', '.join(p.name for p in written)} in {shown or out}", flush=True)

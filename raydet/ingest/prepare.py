@@ -179,7 +179,7 @@ def _decode_write_batch(
         "note": [],
         "orientation": [],
     }
-    for index, file, split, blob in zip(batch["index"], batch["file"], batch["split"], batch["record"]):
+    for index, file, split, blob in zip(batch["index"], batch["file"], batch["split"], batch["record"], strict=True):
         t = time.process_time()
         data, result = _read_image(filesystem, root, file, max_bytes)
         seconds["read"] += time.process_time() - t
@@ -258,7 +258,7 @@ def _decode_row(
         pixels, width, height = decode_resize(data, image_size, max_pixels=max_pixels)
     except ImageError as exc:
         return _Decoded(None, f"{file}: {exc}")
-    except Exception as exc:  # noqa: BLE001 -- a decoder bug on one hostile file must not stop the run
+    except Exception as exc:  # a decoder bug on one hostile file must not stop the run
         return _Decoded(None, f"{file}: unexpected {type(exc).__name__} while decoding: {exc}")
     fitted, note = fit_to_image(record, width, height)  # boxes in the decoded frame, or why they cannot be
     if fitted is None:
@@ -288,12 +288,12 @@ def _pad_row(
     inside = B.area(norm) > 0
     dropped = [
         f"object {o.name!r} box {o.box} lies outside the decoded {width}x{height} image"
-        for o, ok in zip(record.objects, inside)
+        for o, ok in zip(record.objects, inside, strict=True)
         if not ok
     ]
     if record.objects and not inside.any():
         return None, f"{file}: {NO_OBJECTS} (every box lies outside the decoded {width}x{height} image)", dropped
-    kept = [o for o, ok in zip(record.objects, inside) if ok]
+    kept = [o for o, ok in zip(record.objects, inside, strict=True) if ok]
     boxes = np.zeros((objects_per_row, 4), np.float32)
     labels = np.full((objects_per_row,), -1, np.int32)
     difficult = np.zeros((objects_per_row,), np.uint8)
@@ -356,7 +356,7 @@ def _split_table(table: pa.Table, blocks: int) -> list[pa.Table]:
     """``table`` cut into ``blocks`` consecutive slices of (nearly) equal length: Ray Data's blocks, built in
     one pass (``from_items`` with a dict per row costs the driver far more: docs/INGEST.md)."""
     bounds = np.linspace(0, len(table), blocks + 1).round().astype(int)
-    return [table.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [table.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _parse_all(dataset: Dataset, classes: tuple[str, ...] | None, cpus: int, max_bytes: int) -> list[dict]:

@@ -11,7 +11,7 @@ import numpy as np
 JPEG_QUALITY = 85  # drawn photos in report.html: a tenth of the PNG's bytes, the boxes and labels still crisp
 
 
-def read_rows(prep: str | os.PathLike, split: str, files: set[str]) -> dict[str, dict]:
+def rows_by_file(prep: str | os.PathLike, split: str, files: set[str]) -> dict[str, dict]:
     """The PREP rows of ``files`` in ``PREP/split`` -> {file: row}, each row with ``file``, ``width``,
     ``height`` (original pixels) and ``image`` (S, S, 3) uint8; files not in the split are absent."""
     import pyarrow.compute as pc
@@ -29,7 +29,7 @@ def read_rows(prep: str | os.PathLike, split: str, files: set[str]) -> dict[str,
     cols = {c: table.column(c).to_pylist() for c in ("file", "width", "height")}
     return {
         f: {"file": f, "width": w, "height": h, "image": images[i]}
-        for i, (f, w, h) in enumerate(zip(cols["file"], cols["width"], cols["height"]))
+        for i, (f, w, h) in enumerate(zip(cols["file"], cols["width"], cols["height"], strict=True))
     }
 
 
@@ -38,8 +38,8 @@ def original_image(
 ) -> np.ndarray:
     """The row's image at its original size, RGB uint8: the dataset's own file when it can be read (sharper),
     else the PREP image stretched back to ``width`` x ``height``. ``source`` is the dataset's path or URI
-    (raydet.cluster.storage); the file is decoded through raydet.ingest.images (the formats and limits ``raydet prepare``
-    applied: a file over ``max_bytes`` or ``max_pixels`` is not read)."""
+    (raydet.cluster.storage); the file is decoded through raydet.ingest.images (the formats and limits ``raydet
+    prepare`` applied: a file over ``max_bytes`` or ``max_pixels`` is not read)."""
     import cv2
 
     from raydet.cluster import storage

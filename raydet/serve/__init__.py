@@ -5,7 +5,8 @@ Owns: the HTTP contract (``POST /detect``, ``GET /health``, ``GET /model``), req
 ``serve run`` import (:mod:`raydet.serve.app`: ``raydet.serve.app:build``), and the command that starts it on a
 local Ray or a cluster and keeps it until Ctrl-C (:mod:`raydet.serve.driver`).
 
-May import: raydet.errors, raydet.config, raydet.cluster, raydet.ingest, raydet.report, raydet.export, raydet.evaluate (``MAY_IMPORT``; tests/test_layers.py checks it).
+May import: raydet.errors, raydet.config, raydet.cluster, raydet.ingest, raydet.report, raydet.export, raydet.evaluate
+(``MAY_IMPORT``; tests/test_layers.py checks it).
 Ray Serve only in :mod:`raydet.serve.app` (loaded when the command runs, never by ``import raydet`` or
 ``import raydet.serve``).
 """

@@ -4,8 +4,8 @@ Each replica loads the model once (:class:`raydet.export.runner.ModelRunner`, a 
 replica's process as evaluate's actors fetch theirs) and answers ``POST /detect``, ``GET /health`` and
 ``GET /model`` (:mod:`raydet.serve.http` for the contract). A request is decoded in the replica with
 :func:`raydet.ingest.images.decode_resize` (``raydet predict``'s decoder, limits included), then waits in a
-``@serve.batch`` queue; one call of :func:`raydet.evaluate.predict.detect` (model, peak decode, boxes in the stored image's
-pixels: ``raydet predict``'s own code) serves every request of a batch, so one request's detections are
+``@serve.batch`` queue; one call of :func:`raydet.evaluate.predict.detect` (model, peak decode, boxes in the stored
+image's pixels: ``raydet predict``'s own code) serves every request of a batch, so one request's detections are
 ``raydet predict``'s for the same file. Bad requests are answered 4xx with one line and the replica goes on.
 
 ``build`` is the application builder Serve imports: ``serve run raydet.serve.app:build run=RUN model=int8``, or
@@ -158,7 +158,7 @@ class Detector:
         detections, seconds = detect(
             self.runner, pixels, [item[1] for item in items], self.classes, [item[2] for item in items]
         )
-        return [(dets, float(s), len(items)) for dets, s in zip(detections, seconds)]
+        return [(dets, float(s), len(items)) for dets, s in zip(detections, seconds, strict=True)]
 
 
 def deployment_options(cfg: ServeConfig) -> dict:
@@ -188,13 +188,14 @@ def deployment_options(cfg: ServeConfig) -> dict:
 
 
 def check_model(cfg: ServeConfig) -> tuple[str, list[str]]:
-    """Refuse a missing model, an old single-box run or a run without class names before any replica starts ->
-    (the model file's location for the replicas: a local path, or for a RUN URI the file's URI, which each
+    """Refuse a missing model, a file that is not a raydet model or a run without class names before any replica
+    starts -> (the model file's location for the replicas: a local path, or for a RUN URI the file's URI, which each
     replica fetches itself; the class names)."""
     from raydet.evaluate.predict import run_classes
-    from raydet.export.runner import check_run, model_file, require_models
+    from raydet.export.run import Run
+    from raydet.export.runner import check_run, require_models
 
-    with storage.local_copy(cfg.run, fetch=["config.json", model_file("", cfg.model).name]) as run:
+    with storage.local_copy(cfg.run, fetch=[Run.CONFIG, Run.model_name(cfg.model)]) as run:
         path = require_models(run, (cfg.model,))[cfg.model]
         check_run(run, (cfg.model,))
         classes = run_classes(run)

@@ -22,8 +22,8 @@ class ValidationAP:
 
     @classmethod
     def from_prep(cls, prep: str, num_classes: int, limit: int = VAL_AP_IMAGES) -> ValidationAP:
-        """On the first ``limit`` rows of ``PREP/test`` in file order (raydet.ingest.shards.read_rows: the same rows every
-        epoch and on every run, whatever the workers' shards), read here; only they are held."""
+        """On the first ``limit`` rows of ``PREP/test`` in file order (raydet.ingest.shards.read_rows: the same rows
+        every epoch and on every run, whatever the workers' shards), read here; only they are held."""
         from raydet.train.inputs import load_rows
 
         return cls(load_rows(prep, "test", 0, limit), num_classes, limit)

@@ -24,14 +24,12 @@ from pathlib import Path
 
 from raydet.cluster.runtime import use_legacy_keras
 from raydet.config import ModelConfig
-from raydet.export.runner import FLOAT_FILE as FLOAT_MODEL
-from raydet.export.runner import QAT_KERAS_FILE as QAT_MODEL
+from raydet.export.run import Run
 from raydet.train.ema import averaged_weights, make_optimizer
 from raydet.train.schedule import is_checkpoint_epoch
 
-STATE_FILE = "state.json"
+CHECKPOINT_STATE_FILE = "state.json"
 WEIGHTS_PREFIX = "weights/ckpt"
-TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard: rank 0's event files
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -56,8 +54,8 @@ def train_loop_per_worker(config: dict) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(max(1, round(tcfg["cpus_per_worker"])))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    # One worker has nothing to all-reduce with, and MultiWorkerMirroredStrategy's collectives cost it 7-8% per
-    # epoch (synth 64 px, 2 CPUs: 733-748 against 793-802 img/s), so it trains under TF's default strategy.
+    # One worker has nothing to all-reduce with: it trains under TF's default strategy, without
+    # MultiWorkerMirroredStrategy's collectives (docs/TRAINING.md, "Layout of the workers", has their cost).
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(tcfg["seed"] + rank)  # different shuffles per worker, same init below
 
@@ -88,13 +86,13 @@ def train_loop_per_worker(config: dict) -> None:
         return
 
     from raydet.train.inputs import CloseMosaic
-    from raydet.train.schedule import StepLR
+    from raydet.train.schedule import WarmupCosine
     from raydet.train.validation import ValidationAP
 
     validation = ValidationAP.from_prep(config["prep"], mcfg.num_classes) if rank == 0 else None
     reporter = _EpochReporter(model, export, tcfg, history, rank, validation, _tensorboard_writer(config, rank))
     callbacks = [
-        StepLR(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
+        WarmupCosine(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
         CloseMosaic(maker, tcfg["epochs"], tcfg["close_mosaic"]),
         reporter,
     ]
@@ -152,7 +150,7 @@ def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
         return train_ds, maker, val_ds, val_steps
     from raydet.ingest.shards import read_rows
 
-    arrays = inputs.load_split(shard)
+    arrays = inputs.load_shard(shard)
     val_parts = [inputs.arrays_of(b) for b in read_rows(config["prep"], "test", start, stop)]
     val_ds, val_steps = inputs.val_dataset(val_parts, classes, grid, size, batch, pad_to)
     train_ds, maker = inputs.train_dataset(arrays, classes, grid, batch, augment, seed)
@@ -232,7 +230,7 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
     )
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt:
-            state = json.loads((Path(ckpt) / STATE_FILE).read_text())
+            state = json.loads((Path(ckpt) / CHECKPOINT_STATE_FILE).read_text())
             history = state["history"]
             stopped = bool(state.get("nonfinite"))
             if history and not stopped:  # a non-finite stop's checkpoint holds no weights
@@ -248,7 +246,7 @@ def _load_init_from(run: str):
     from raydet.cluster import storage
 
     with tempfile.TemporaryDirectory(prefix="raydet-init-") as tmp:
-        return tf_keras.models.load_model(storage.local_file(storage.join(run, FLOAT_MODEL), Path(tmp)), compile=False)
+        return tf_keras.models.load_model(storage.local_file(Run(run).file(Run.FLOAT_MODEL), Path(tmp)), compile=False)
 
 
 def transfer_weights(source, target) -> str:
@@ -381,14 +379,14 @@ def _make_reporter_class():
         def _save(self, folder: str) -> None:
             self.net.save_weights(str(Path(folder) / WEIGHTS_PREFIX))
             if self.tcfg["qat"]:
-                self.net.save(str(Path(folder) / QAT_MODEL), save_format="keras_v3")
+                self.net.save(str(Path(folder) / Run.QAT_MODEL), save_format="keras_v3")
             else:
                 # the export copy has no compile state, so model.keras loads without custom objects
                 if self.rank == 0:
                     # save_format named: tf_keras keeps "use the .keras format" in a thread-local that its
                     # own save/load reset to False, so a second save in Ray's training thread wrote HDF5.
-                    self.export.save(str(Path(folder) / FLOAT_MODEL), save_format="keras_v3")
-            Path(folder, STATE_FILE).write_text(json.dumps({"history": self.history, "nonfinite": None}))
+                    self.export.save(str(Path(folder) / Run.FLOAT_MODEL), save_format="keras_v3")
+            Path(folder, CHECKPOINT_STATE_FILE).write_text(json.dumps({"history": self.history, "nonfinite": None}))
 
         def _report_nonfinite(self, row: dict) -> None:
             """Stop everywhere; report the good epochs' history with a marker the driver turns into an error (no
@@ -398,7 +396,7 @@ def _make_reporter_class():
                 ray.train.report(row, checkpoint=None)
                 return
             folder = tempfile.mkdtemp(prefix="raydet-ckpt-r0-")  # deleted by Ray Train once uploaded
-            Path(folder, STATE_FILE).write_text(
+            Path(folder, CHECKPOINT_STATE_FILE).write_text(
                 json.dumps({"history": self.history, "nonfinite": {"epoch": row["epoch"], "loss": row["loss"]}})
             )
             print(f"loss became non-finite ({row['loss']}) at epoch {row['epoch']}: stopping", flush=True)
@@ -409,5 +407,5 @@ def _make_reporter_class():
     return EpochReporter
 
 
-def _EpochReporter(*args, **kwargs):  # noqa: N802 - a class built lazily so this module imports without TF
+def _EpochReporter(*args, **kwargs):  # a class built lazily so this module imports without TF
     return _make_reporter_class()(*args, **kwargs)

@@ -5,22 +5,22 @@ import math
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-tf_keras = pytest.importorskip("tf_keras")
-
-from raydet.config import ModelConfig  # noqa: E402
+from raydet.config import ModelConfig
 from raydet.detector.model import (
     HEATMAP_PRIOR_BIAS,
     OUTPUT_STRIDE,
     block_widths,
     build_model,
-    compile_model,  # noqa: E402
+    compile_model,
     focal_loss,
     freeze_backbone_bn,
     giou,
     init_backbone,
     make_box_loss,
 )
+
+tf = pytest.importorskip("tensorflow")
+tf_keras = pytest.importorskip("tf_keras")
 
 
 def test_contract_save_and_load_without_custom_objects(tmp_path):
@@ -201,4 +201,4 @@ def test_mixed_precision_computes_low_keeps_float32_heads_and_the_ema(policy, co
     raw = []  # the weights after the last step (fit's end copies the average into them)
     record = tf_keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: raw.append(model.get_weights()))
     model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[record])
-    assert len(raw) == 20 and any(not np.allclose(a, r) for a, r in zip(averaged_weights(model), raw[-1]))
+    assert len(raw) == 20 and any(not np.allclose(a, r) for a, r in zip(averaged_weights(model), raw[-1], strict=True))

@@ -1,4 +1,5 @@
-"""raydet.export.qat: quantization-aware training on raydet.detector.model's network, save/load, export to int8 .tflite."""
+"""raydet.export.qat: quantization-aware training on raydet.detector.model's network, save/load, export to int8
+.tflite."""
 
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ def float_model(small_float_model):
 
 @pytest.fixture(scope="module")
 def qat_run(float_model, tmp_path_factory):
-    """A RUN folder after a QAT fine-tune: model_qat.keras (save_qat_model), config.json, model_qat.tflite."""
-    from raydet.export.qat import apply_qat, export_qat_tflite, save_qat_model
+    """A RUN folder after a QAT fine-tune: model_qat.keras (HDF5), config.json, model_qat.tflite."""
+    from raydet.export.qat import apply_qat, export_qat_tflite
 
     model = train_small_model(synthetic(800, seed=0), epochs=3, model=apply_qat(float_model))
     run = tmp_path_factory.mktemp("qat") / "run"
     run.mkdir()
-    save_qat_model(model, run / "model_qat.keras")
+    model.save(str(run / "model_qat.keras"), save_format="h5", include_optimizer=False)  # HDF5 under .keras
     (run / "config.json").write_text(json.dumps({"model": dataclasses.asdict(_model_config())}))
     return {"run": run, "model": model, "tflite": export_qat_tflite(run)}
 
@@ -74,7 +75,7 @@ def test_plain_tfmot_refuses_rescaling(float_model):
 
 
 def test_batchnorm_after_pooling_is_refused_with_the_layer_named():
-    """The original project's order, Conv -> MaxPool -> BN, which tfmot cannot fold."""
+    """Conv -> MaxPool -> BN: an order tfmot cannot fold."""
     import tf_keras as keras
 
     from raydet.export.qat import apply_qat
@@ -172,7 +173,7 @@ def _qat_worker_loop(config):
     import tf_keras
 
     from raydet.detector.model import build_model, compile_model
-    from raydet.export.qat import apply_qat, save_qat_model
+    from raydet.export.qat import apply_qat
     from raydet.train.inputs import BatchMaker
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -185,8 +186,9 @@ def _qat_worker_loop(config):
     weights = model.get_weights()  # every worker reads: synced variables are read collectively
     rank = ray.train.get_context().get_world_rank()
     # Every rank saves: reading the quantizers' synced variables is a collective op, so rank 0 alone
-    # would wait for rank 1 forever (it did: this test hung in save until it was rewritten this way).
-    save_qat_model(model, Path(config["run"]) / ("model_qat.keras" if rank == 0 else f"rank{rank}_qat.keras"))
+    # would wait for rank 1 forever.
+    name = "model_qat.keras" if rank == 0 else f"rank{rank}_qat.keras"
+    model.save(str(Path(config["run"]) / name), save_format="keras_v3")  # as raydet.train.worker saves it
     # Result.metrics only holds rank 0's report (and none without a checkpoint): each rank writes its own
     checksum = float(sum(np.abs(w.astype(np.float64)).sum() for w in weights))
     Path(config["run"], f"rank{rank}.json").write_text(

