@@ -1,4 +1,5 @@
-"""raydet.export.qat: quantization-aware training on raydet.detector.model's network, save/load, export to int8 .tflite."""
+"""raydet.export.qat: quantization-aware training on raydet.detector.model's network, save/load, export to int8
+.tflite, and `raydet train --qat` with two Ray Train workers."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import numpy as np
 import prep_helpers
 import pytest
 import quant_helpers
-import worker_hooks
 from quant_helpers import ap50, synthetic, train_small_model
 
-
-# The largest |model_qat.tflite - model_qat.keras| output allowed (measured: see the test).
-QAT_TFLITE_TOLERANCE = {"heatmap": 1.0, "boxes": 1.0}
+# The largest |model_qat.tflite - Keras QAT model| output allowed, test_train_qat_with_two_workers_...: measured
+# 0.0048 (heatmap) and 0.0087 (boxes), one to two of the 256 int8 output levels of [0, 1]; a file that lost the
+# rescale (raydet.export.qat's RescalingQuantizeConfig without its output quantizer) is far off.
+QAT_TFLITE_TOLERANCE = {"heatmap": 0.02, "boxes": 0.03}
 
 
 def _model_config():
@@ -165,18 +166,47 @@ def test_export_without_a_qat_model_names_what_exists(tmp_path):
         export_qat_tflite(tmp_path)
 
 
+def keras_outputs_at_the_end(images: np.ndarray, folder: str):
+    """A worker callback factory (raydet.train.driver.train's ``callbacks``): after the last epoch every rank runs
+    its live Keras QAT model on ``images`` (all ranks: reading the quantizers' synced variables is collective);
+    rank 0 writes the outputs to ``folder/keras_out.npz``, each rank the sha256 of its weights to rank<r>.json."""
+
+    def factory(rank: int, world: int, steps: int):
+        import hashlib
+        import json
+
+        import numpy as np
+        import tf_keras
+
+        class Outputs(tf_keras.callbacks.Callback):
+            def on_train_end(self, logs=None):
+                out = self.model(images.astype(np.float32), training=False)
+                weights = self.model.get_weights()
+                digest = hashlib.sha256(b"".join(w.tobytes() for w in weights)).hexdigest()
+                Path(folder, f"rank{rank}.json").write_text(json.dumps({"sha256": digest}))
+                if rank == 0:
+                    np.savez(Path(folder, "keras_out.npz"), **{k: v.numpy() for k, v in out.items()})
+
+        return Outputs()
+
+    return factory
+
+
 @pytest.mark.slow
 def test_train_qat_with_two_workers_writes_a_tflite_that_agrees_with_the_keras_qat_model(ray_local, tmp_path):
     """The production path of `raydet train --qat`: raydet.train.driver.train with TrainConfig(qat=True) and two Ray
     Train workers (one hides distribution bugs: docs/STACK.md) ends with RUN/model_qat.keras and the driver's
-    export RUN/model_qat.tflite, whose int8 outputs are the Keras QAT model's on the same images."""
-    from raydet.config import TrainConfig
+    export RUN/model_qat.tflite, whose int8 outputs are those of the Keras QAT model the workers trained."""
+    import ray.cloudpickle
+
+    from raydet.config import ModelConfig, TrainConfig
     from raydet.export.qat import load_qat_model
     from raydet.export.tflite import TFLiteModel
     from raydet.train.driver import train
 
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the callback travels by value
     prep = prep_helpers.make_prep(tmp_path / "prep", n_train=32, n_test=16, classes=3)
-    worker_hooks.register()
+    images = synthetic(16, seed=5)["image"]
     cfg = TrainConfig(
         prep=str(prep),
         out=str(tmp_path / "runs"),
@@ -191,20 +221,22 @@ def test_train_qat_with_two_workers_writes_a_tflite_that_agrees_with_the_keras_q
         lr=3e-3,
         qat=True,
     )
-    summary = train(cfg, callbacks=(worker_hooks.write_checksums(str(tmp_path)),))
+    summary = train(cfg, callbacks=(keras_outputs_at_the_end(images, str(tmp_path)),))
     run = tmp_path / "runs" / "qat"
     assert summary.model_path == str(run / "model_qat.keras") and (run / "model_qat.tflite").is_file()
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["raw_sha256"] == ranks[1]["raw_sha256"]  # the replicas (quantizer ranges too) stayed in sync
+    assert ranks[0] == ranks[1]  # the replicas (weights and quantizer ranges) stayed in sync
 
-    images = synthetic(16, seed=5)["image"]
-    keras_out = load_qat_model(run / "model_qat.keras").predict(images.astype(np.float32), verbose=0)
+    live = dict(np.load(tmp_path / "keras_out.npz"))  # the trained model in the worker, before any save
+    # model_qat.keras (a native zip: rebuilt from config.json's model fields) holds that model
+    mcfg = ModelConfig(**json.loads((run / "config.json").read_text())["model"])
+    saved = load_qat_model(run / "model_qat.keras", mcfg).predict(images.astype(np.float32), verbose=0)
     lite = TFLiteModel(str(run / "model_qat.tflite"))
     assert lite.input_dtype == np.uint8  # full int8, uint8 in
     lite_out = lite.predict(images)
     for name in ("heatmap", "boxes"):
-        assert lite_out[name].shape == keras_out[name].shape
-        err = np.abs(lite_out[name] - keras_out[name]).max()
+        np.testing.assert_allclose(saved[name], live[name], atol=1e-5)
+        err = np.abs(lite_out[name] - live[name]).max()
         print(f"{name}: largest |tflite - keras| {err:.4f}")
         assert err < QAT_TFLITE_TOLERANCE[name], (name, err)
 
