@@ -16,8 +16,9 @@ from quant_helpers import ap50, synthetic, train_small_model
 
 # The largest |model_qat.tflite - Keras QAT model| output allowed, test_train_qat_with_two_workers_...: measured
 # 0.0048 (heatmap) and 0.0087 (boxes), one to two of the 256 int8 output levels of [0, 1]; a file that lost the
-# rescale (raydet.export.qat's RescalingQuantizeConfig without its output quantizer) is far off.
-QAT_TFLITE_TOLERANCE = {"heatmap": 0.02, "boxes": 0.03}
+# rescale (raydet.export.qat's RescalingQuantizeConfig without its output quantizer) was 0.030 off in the heatmap
+# after this one-epoch run (a longer one drifts further: raydet.export.qat says why).
+QAT_TFLITE_TOLERANCE = {"heatmap": 0.015, "boxes": 0.03}
 
 
 def _model_config():
