@@ -5,9 +5,9 @@
 
 Each configuration maps the same materialized images (read once) through ``map_batches`` with an actor pool,
 each actor loading its model once and the images cut into calls as ``raydet evaluate`` cuts them
-(raydet.export.runner.ModelRunner, raydet.export.runner.batch_plan; ``--batch-size`` as in evaluate), but the actors only
-predict and decode (raydet.detector.decode.decode, as evaluate: top 100 peaks with score >= 0.01, then pixel boxes): the
-matching and metric bookkeeping of an evaluation are left out,
+(raydet.export.runner.ModelRunner, raydet.export.runner.batch_plan; ``--batch-size`` as in evaluate), but the actors
+only predict and decode (raydet.detector.decode.decode, as evaluate: top 100 peaks with score >= 0.01, then pixel
+boxes): the matching and metric bookkeeping of an evaluation are left out,
 so the figures are the models' speed. images/s = images / (last batch's end - first batch's start) inside the
 actors; the pool starts handing out batches only when all its actors have loaded their model.
 """
@@ -38,7 +38,7 @@ class SpeedActor:
         t_start = time.time()
         outputs, _ = self.runner.predict(batch["image"])
         decoded = decode(outputs["heatmap"], outputs["boxes"], top_k=100, score_threshold=0.01)
-        for det, width, height in zip(decoded, batch["width"], batch["height"]):
+        for det, width, height in zip(decoded, batch["width"], batch["height"], strict=True):
             to_pixels(det.boxes, float(width), float(height))
         return {
             "images": np.array([len(decoded)]),
@@ -81,11 +81,12 @@ def _one_pass(ds, path: Path, actors: int, threads: int, batch_size: int) -> dic
 
 def model_files(run: Path) -> dict[str, Path]:
     """Every model of the run that exists: the float Keras model, the float32 reference .tflite and the
-    quantized ones (raydet.export.runner's names)."""
-    from raydet.export.runner import KNOWN_MODELS, available_models, model_file
+    quantized ones (raydet.export.run.Run's names)."""
+    from raydet.export.run import KNOWN_MODELS, Run
+    from raydet.export.runner import available_models
 
     labels = {"float": "float (keras)", "float32": "float32 tflite"}
-    return {labels.get(n, n): model_file(run, n) for n in available_models(run, KNOWN_MODELS)}
+    return {labels.get(n, n): Run(run).model(n) for n in available_models(run, KNOWN_MODELS)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from raydet.export.runner import batch_plan, check_run
     from raydet.ingest.shards import read_split
 
-    check_run(args.run)  # an old single-box run is refused before Ray starts
+    check_run(args.run)  # a RUN that is not raydet's is refused before Ray starts
     image_size = int(json.loads((args.data / "manifest.json").read_text())["image_size"])
     init_ray(args.address)
     cpus = int(ray.cluster_resources().get("CPU", 1))

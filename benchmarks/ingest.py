@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
             b = baseline(data, work / "baseline", args.image_size)
             print(
                 f"baseline (1 process, ElementTree + PIL full decode + bicubic resize + np.save): {b['total']:.1f} s, "
-                f"{n / b['total']:.0f} img/s, {n / b['cpu']:.0f} img per CPU-s  [parse {b['parse']:.1f} s, decode+resize {b['decode_resize']:.1f} s, "
-                f"np.save {b['save']:.1f} s]"
+                f"{n / b['total']:.0f} img/s, {n / b['cpu']:.0f} img per CPU-s  [parse {b['parse']:.1f} s, "
+                f"decode+resize {b['decode_resize']:.1f} s, np.save {b['save']:.1f} s]"
             )
             shutil.rmtree(work / "baseline")
             flushed += settle()
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         busy = sum(task.values())
         print(
-            f"  inside decode tasks ({busy:.1f} CPU-s, {st['decoded'] / busy:.0f} img per CPU-s): read {task['read'] / busy:.0%}, "
+            f"  inside decode tasks ({busy:.1f} CPU-s, {st['decoded'] / busy:.0f} img per CPU-s): "
+            f"read {task['read'] / busy:.0%}, "
             f"decode+resize {task['decode'] / busy:.0%}, Parquet write {task['write'] / busy:.0%}"
         )
         print(

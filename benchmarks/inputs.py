@@ -50,11 +50,12 @@ def build(prep: Path, backbone: str, precision: str = "float32"):
 
     from raydet.config import TrainConfig
     from raydet.detector.model import build_model, compile_model, init_backbone
-    from raydet.train.driver import model_config, read_manifest
+    from raydet.ingest.prep import Prep
+    from raydet.train.driver import model_config
     from raydet.train.ema import make_optimizer
 
     d = TrainConfig(prep="", out="", name="bench", backbone=backbone)
-    mcfg = model_config(d, read_manifest(prep))
+    mcfg = model_config(d, Prep(prep).read_manifest())
     tf_keras.mixed_precision.set_global_policy(precision)
     model = build_model(mcfg)
     tf_keras.mixed_precision.set_global_policy("float32")
@@ -85,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from raydet.config import AugmentConfig
     from raydet.detector.model import OUTPUT_STRIDE
-    from raydet.train.driver import read_manifest
+    from raydet.ingest.prep import Prep
     from raydet.train.inputs import load_rows, train_dataset
 
     prep = Path(args.prep).absolute()
-    n = read_manifest(prep)["splits"]["train"]
+    n = Prep(prep).read_manifest()["splits"]["train"]
     arrays = load_rows(str(prep), "train", 0, n)
     model, mcfg = build(prep, args.backbone, args.precision)
     grid, classes, batch = mcfg.image_size // OUTPUT_STRIDE, mcfg.num_classes, args.batch_size

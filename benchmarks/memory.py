@@ -68,7 +68,7 @@ class StorePeak(threading.Thread):
                     for o in list_objects(address=address, limit=10_000, raise_on_missing_output=False, timeout=10)
                 }
                 self.peak = max(self.peak, sum(sizes.values()))
-            except Exception as exc:  # noqa: BLE001 -- a missed sample; the next one counts
+            except Exception as exc:  # a missed sample; the next one counts
                 self.errors.append(f"{type(exc).__name__}: {exc}")
             self.done.wait(self.every_s)
 

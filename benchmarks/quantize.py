@@ -31,7 +31,7 @@ def read_test(prep: str, limit: int | None):
         for k in rows:
             rows[k].append(batch[k])
     data = {k: np.concatenate(v) for k, v in rows.items()}
-    truth = [(b[:n], lab[:n]) for b, lab, n in zip(data["boxes"], data["labels"], data["num_objects"])]
+    truth = [(b[:n], lab[:n]) for b, lab, n in zip(data["boxes"], data["labels"], data["num_objects"], strict=True)]
     return data["image"].astype(np.uint8), truth
 
 
@@ -75,7 +75,8 @@ def main(argv=None) -> int:
 
     use_legacy_keras()
     init_ray()
-    from raydet.export.quantize import load_float_model, tflite_path
+    from raydet.export.quantize import load_float_model
+    from raydet.export.run import Run
     from raydet.export.tflite import TFLiteModel
 
     images, truth = read_test(args.prep, args.limit)
@@ -86,11 +87,11 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     results["float"] = {
         **score(model.predict(images.astype(np.float32), batch_size=64, verbose=0), truth, num_classes),
-        "bytes": (Path(args.run) / "model.keras").stat().st_size,
+        "bytes": Run(args.run).model("float").stat().st_size,
         "seconds": time.perf_counter() - start,
     }
     for mode in ("float32", "dynamic", "float16", "int8", "qat"):
-        path = tflite_path(args.run, mode)
+        path = Run(args.run).model(mode)
         if not path.is_file():
             continue
         start = time.perf_counter()

@@ -1,8 +1,10 @@
-"""The dense detector on a real VOC folder (from scratch, or from ImageNet with --backbone): prepare -> train -> quantize (int8) -> evaluate.
+"""The dense detector on a real VOC folder (from scratch, or from ImageNet with --backbone): prepare -> train ->
+quantize (int8) -> evaluate.
 
     python benchmarks/real.py ../shared/data/raccoon [--work DIR] [--image-size 128] [--epochs 150]
     python benchmarks/real.py ../shared/data/microcontrollers --image-size 128 --epochs 150
-    python benchmarks/real.py ../shared/data/raccoon --backbone efficientnet_lite0 --image-size 160 --epochs 40 --lr 1e-3
+    python benchmarks/real.py ../shared/data/raccoon --backbone efficientnet_lite0 --image-size 160 \\
+        --epochs 40 --lr 1e-3
 
 Runs raydet's own stages in one Ray, as a user would type them (``raydet prepare`` with the hash split,
 ``raydet train``, ``raydet quantize --mode int8``, ``raydet evaluate --models float,int8``), and prints COCO AP50,
@@ -77,12 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{args.data}: {manifest['splits']['train']} train / {manifest['splits']['test']} test photos, "
         f"{len(manifest['classes'])} classes, {manifest['objects_loaded']} objects; {args.image_size} px, "
-        f"{args.epochs} epochs, backbone {args.backbone}{'' if args.pretrained else ' (random init)'}, width {args.width}, batch {args.batch_size}, lr {args.lr}, seed {args.seed}; training {train_s:.0f} s"
+        f"{args.epochs} epochs, backbone {args.backbone}{'' if args.pretrained else ' (random init)'}, "
+        f"width {args.width}, batch {args.batch_size}, lr {args.lr}, seed {args.seed}; training {train_s:.0f} s"
     )
     print("\n| model | COCO AP50 | mAP | AP75 | VOC AP50 |\n|---|---|---|---|---|")
     for name, m in report["models"].items():
         print(
-            f"| {name} | {m['coco_map_50']:.3f} | {m['coco_map']:.3f} | {m['coco_map_75']:.3f} | {m['voc_map_50']:.3f} |"
+            f"| {name} | {m['coco_map_50']:.3f} | {m['coco_map']:.3f} | {m['coco_map_75']:.3f} "
+            f"| {m['voc_map_50']:.3f} |"
         )
     print(f"\nruns, reports and drawings under {work}")
     return 0

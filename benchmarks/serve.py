@@ -46,10 +46,11 @@ def load_images(folder: Path, n: int) -> list[tuple[str, bytes]]:
 def in_process(run: Path, model: str, images: list[tuple[str, bytes]]) -> tuple[dict, dict]:
     """The baseline (module docstring, 1.) -> (figures, ``{name: detections}`` to check the answers against)."""
     from raydet.evaluate.predict import detect, run_classes
-    from raydet.export.runner import ModelRunner, model_file
+    from raydet.export.run import Run
+    from raydet.export.runner import ModelRunner
     from raydet.ingest.images import decode_resize
 
-    runner, classes = ModelRunner(model_file(run, model), num_threads=1), run_classes(run)
+    runner, classes = ModelRunner(Run(run).model(model), num_threads=1), run_classes(run)
     s = runner.image_size
     runner.predict(np.zeros((1, s, s, 3), np.uint8))
     expected, latencies = {}, []
@@ -121,7 +122,7 @@ def same_detections(got: list[dict], want: list[dict]) -> bool:
     than one image, which moves the last digits (raydet predict's own chunks of 64 do the same)."""
     return len(got) == len(want) and all(
         g["class"] == w["class"] and abs(g["score"] - w["score"]) <= 1e-4 and np.allclose(g["box"], w["box"], atol=0.01)
-        for g, w in zip(got, want)
+        for g, w in zip(got, want, strict=True)
     )
 
 

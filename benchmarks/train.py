@@ -37,10 +37,10 @@ def steady_images_per_s(end_times: list[float], images_per_epoch: int) -> float:
 
 def default_cadence(prep: Path, batch: int) -> tuple[int, int]:
     """(epochs of a default run on ``prep`` at ``batch``, its checkpoint/validation interval ``k``)."""
-    from raydet.train.driver import read_manifest
+    from raydet.ingest.prep import Prep
     from raydet.train.schedule import auto_epochs, checkpoint_every
 
-    epochs = auto_epochs(read_manifest(prep)["splits"]["train"] // batch)
+    epochs = auto_epochs(Prep(prep).read_manifest()["splits"]["train"] // batch)
     return epochs, checkpoint_every(epochs)
 
 
@@ -50,16 +50,17 @@ def plain_fit(prep: Path, epochs: int, every: int, batch: int, backbone: str) ->
 
     from raydet.config import AugmentConfig, TrainConfig
     from raydet.detector.model import OUTPUT_STRIDE, build_model, compile_model, freeze_backbone_bn, init_backbone
+    from raydet.ingest.prep import Prep
     from raydet.ingest.shards import read_split
-    from raydet.train.driver import model_config, read_manifest
+    from raydet.train.driver import model_config
     from raydet.train.ema import make_optimizer
-    from raydet.train.inputs import load_split, train_dataset, val_dataset
+    from raydet.train.inputs import load_shard, train_dataset, val_dataset
     from raydet.train.schedule import is_checkpoint_epoch
 
     start = time.perf_counter()
-    manifest = read_manifest(prep)
-    train_arrays = load_split(read_split(prep, "train").materialize())
-    test_arrays = load_split(read_split(prep, "test").materialize())
+    manifest = Prep(prep).read_manifest()
+    train_arrays = load_shard(read_split(prep, "train").materialize())
+    test_arrays = load_shard(read_split(prep, "test").materialize())
     steps = len(train_arrays["image"]) // batch
     d = TrainConfig(prep="", out="", name="plain", backbone=backbone)  # raydet's optimizer, EMA, clipping, losses
     mcfg = model_config(d, manifest)
@@ -110,7 +111,8 @@ def raydet_fit(
     """(b)/(c): (steady images/s from the run's history (``end_time`` of each epoch), end-to-end images/s: all
     epochs' images over the whole ``train`` call plus ``ray_start`` seconds)."""
     from raydet.config import TrainConfig
-    from raydet.train.driver import read_manifest, train
+    from raydet.ingest.prep import Prep
+    from raydet.train.driver import train
 
     shutil.rmtree(out / name, ignore_errors=True)
     cfg = TrainConfig(
@@ -129,7 +131,7 @@ def raydet_fit(
     whole = time.perf_counter() - start
     # From the manifest: a lazy read_split(...).count() prunes the image column, which Ray 2.60's
     # tensor_column_schema cast then fails to find (KeyError 'Field "image" does not exist').
-    rows = read_manifest(prep)["splits"]["train"]
+    rows = Prep(prep).read_manifest()["splits"]["train"]
     local = batch // workers
     images = (rows // workers) // local * local * workers  # steps per epoch x global batch, as train() runs it
     return steady_images_per_s([row["end_time"] for row in summary.history], images), epochs * images / (

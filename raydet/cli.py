@@ -41,7 +41,9 @@ def _add_address(p: argparse.ArgumentParser) -> None:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raydet",
-        description="raydet: distributed object detection on Ray (Pascal VOC in, Parquet shards, Ray Train, TFLite out).",
+        description=(
+            "raydet: distributed object detection on Ray (Pascal VOC in, Parquet shards, Ray Train, TFLite out)."
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -715,8 +717,9 @@ def dispatch(cfg) -> object:
 
 
 def run_quietly(cfg, command: str) -> object:
-    """``dispatch(cfg)`` with Ray's and TensorFlow's messages in a log file (raydet.cluster.console; ``RAYDET_VERBOSE=1``:
-    on the console). A Ray this command started is stopped inside, so its last forwarded lines land there too."""
+    """``dispatch(cfg)`` with Ray's and TensorFlow's messages in a log file (raydet.cluster.console;
+    ``RAYDET_VERBOSE=1``: on the console). A Ray this command started is stopped inside, so its last forwarded lines
+    land there too."""
     with quiet_stderr(log_path(command)):
         ours = not ray_is_up()
         try:

@@ -106,8 +106,8 @@ class PrepareConfig:
     # far above any real annotation; 64 MiB is above any photo (a 100 MP JPEG is ~30 MB) and bounds a task's memory.
     max_xml_bytes: int = 2**20
     max_image_bytes: int = 64 * 2**20
-    # Images whose header gives more pixels are skipped undecoded (raydet.ingest.images.MAX_PIXELS: 100 MP); it also sets
-    # the memory each decode task declares to Ray (raydet.ingest.prepare.decode_task_memory, docs/INGEST.md).
+    # Images whose header gives more pixels are skipped undecoded (raydet.ingest.images.MAX_PIXELS: 100 MP); it also
+    # sets the memory each decode task declares to Ray (raydet.ingest.prepare.decode_task_memory, docs/INGEST.md).
     max_pixels: int = 100_000_000
 
     def __post_init__(self) -> None:
@@ -164,8 +164,8 @@ class TrainConfig:
     prep: str  # folder written by `raydet prepare`
     out: str  # RUNS folder; the run lives in out/name
     name: str
-    # None: the fastest layout where it runs (raydet.train.driver.worker_layout): one worker per GPU with --gpu, else one
-    # worker per node holding that node's CPUs (two 1-CPU workers on one 2-core machine train at about half the
+    # None: the fastest layout where it runs (raydet.train.driver.worker_layout): one worker per GPU with --gpu, else
+    # one worker per node holding that node's CPUs (two 1-CPU workers on one 2-core machine train at about half the
     # speed of one 2-CPU worker: benchmarks/train.py).
     workers: int | None = None
     use_gpu: bool = False
@@ -213,8 +213,8 @@ class TrainConfig:
     # float32. None: mixed_float16 with --gpu, float32 on a CPU (mixed_bfloat16 was slower per image on this
     # machine's AVX-512 CPU: docs/TRAINING.md); recorded resolved in RUN/config.json
     precision: str | None = None
-    # True: a pretrained backbone's BatchNorm layers stay in inference mode (raydet.detector.model.freeze_backbone_bn); with
-    # batches of 16 they train better (docs/TRAINING.md), so they train by default.
+    # True: a pretrained backbone's BatchNorm layers stay in inference mode (raydet.detector.model.freeze_backbone_bn);
+    # with batches of 16 they train better (docs/TRAINING.md), so they train by default.
     freeze_bn: bool = False
     width: int = 16  # ModelConfig.width
     depth: int = 5
@@ -492,8 +492,8 @@ def _probability(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation (raydet.detector.augment): Ultralytics' small-data recipe, so a few hundred photos go further.
-    None instead of a config means no augmentation (validation, or ``augment`` False)."""
+    """Training augmentation (raydet.detector.augment): Ultralytics' small-data recipe, so a few hundred photos go
+    further. None instead of a config means no augmentation (validation, or ``augment`` False)."""
 
     hflip: float = 0.5  # probability of a left-right mirror: most scenes have no handedness
     # probabilities of a top-bottom mirror and of 1-3 quarter turns: 0 because photos have an up; overhead or

@@ -30,14 +30,14 @@ from raydet.cluster.console import stdout_to, verbose
 from raydet.cluster.runtime import init_ray
 from raydet.cluster.sizes import format_size
 from raydet.errors import UserError
-from raydet.export.runner import FLOAT_FILE
+from raydet.export.run import Run
+from raydet.ingest.prep import Prep
 
 RUN_NAME = "main"
 TUNE_NAME = "tune"  # OUT/runs/tune: the search of `raydet run --tune N` (trial k: OUT/runs/tune/trial-k)
-STATE_FILE = "pipeline.json"
-QUANT_MODES = ("int8",)  # what `run` evaluates beside float; `raydet quantize RUN` makes the others
-EVAL_MODELS = ("float", "int8")
-QUANT_LOG = "quantize.log"  # RUN/quantize.log: what `raydet quantize` prints, kept out of `raydet run`'s console
+PIPELINE_STATE_FILE = "pipeline.json"
+PIPELINE_QUANT_MODES = ("int8",)  # what `run` quantizes and evaluates beside float (`raydet quantize` makes any)
+EVAL_MODELS = ("float", *PIPELINE_QUANT_MODES)
 SYNTH_MIN_SIZE = C.SynthConfig.image_size  # draw shapes at >= 128 px so small --image-size still sees clean edges
 # The synthetic set's own training settings (README): its 2,400 clean shapes need no ImageNet features, and the
 # from-scratch cnn at 96 px reaches its bar in a third of the time the pretrained backbone takes.
@@ -94,13 +94,13 @@ def stage_configs(cfg: C.RunConfig) -> dict:
         address=cfg.address,
     )
     run_dir = storage.join(train.out, train.name)
-    quantize = C.QuantizeConfig(run=run_dir, modes=QUANT_MODES, address=cfg.address)
+    quantize = C.QuantizeConfig(run=run_dir, modes=PIPELINE_QUANT_MODES, address=cfg.address)
     evaluate = C.EvaluateConfig(
         run=run_dir,
         data=prepare.out,
         models=EVAL_MODELS,
         draw=cfg.draw,
-        coco_out=storage.join(run_dir, "eval", "coco"),
+        coco_out=storage.join(run_dir, Run.EVAL, "coco"),
         resource_timeout_s=cfg.resource_timeout_s,
         address=cfg.address,
     )
@@ -126,22 +126,18 @@ def _train_key(train: C.TrainConfig, prepare: C.PrepareConfig) -> dict:
 
 
 def _load_state(out: str) -> dict:
-    path = storage.join(out, STATE_FILE)
+    path = storage.join(out, PIPELINE_STATE_FILE)
     return json.loads(storage.read_text(path)) if storage.kind(path) == "file" else {}
 
 
 def _save_state(out: str, state: dict) -> None:
     # whole or not at all (storage.write_text): an interrupted run never leaves half a state file
-    storage.write_text(storage.join(out, STATE_FILE), json.dumps(state, indent=2, sort_keys=True))
+    storage.write_text(storage.join(out, PIPELINE_STATE_FILE), json.dumps(state, indent=2, sort_keys=True))
 
 
 def _epochs_done(run_dir: str) -> int:
     """Highest epoch in RUN/history.jsonl (0 when there is none)."""
-    history = storage.join(run_dir, "history.jsonl")
-    if storage.kind(history) != "file":
-        return 0
-    epochs = [json.loads(line)["epoch"] for line in storage.read_text(history).splitlines() if line.strip()]
-    return max(epochs, default=0)
+    return max((row["epoch"] for row in Run(run_dir).read_history()), default=0)
 
 
 def _target_epochs(run_dir: str, train_cfg: C.TrainConfig) -> int | None:
@@ -149,8 +145,8 @@ def _target_epochs(run_dir: str, train_cfg: C.TrainConfig) -> int | None:
     (None before the first training of an auto-sized run)."""
     if train_cfg.epochs is not None:
         return train_cfg.epochs
-    config = storage.join(run_dir, "config.json")
-    return json.loads(storage.read_text(config))["train"]["epochs"] if storage.kind(config) == "file" else None
+    config = Run(run_dir).read_config(need=("train",), missing_ok=True)
+    return config["train"]["epochs"] if config else None
 
 
 def _set_aside(run_dir: str) -> str:
@@ -173,24 +169,27 @@ def results_table(models: dict) -> str:
     ``RUN/eval/report.md``); a missing figure prints "-"."""
     head = ("model", "AP50", "mAP", "AP75", "VOC AP50", "images/s", "size")
     rows = [head]
+
+    def num(m: dict, key: str, fmt: str = "{:.3f}") -> str:
+        return fmt.format(m[key]) if m.get(key) is not None else "-"
+
     for name, m in models.items():
-
-        def num(key, fmt="{:.3f}"):
-            return fmt.format(m[key]) if m.get(key) is not None else "-"
-
         rows.append(
             (
                 name,
-                num("coco_map_50"),
-                num("coco_map"),
-                num("coco_map_75"),
-                num("voc_map_50"),
-                num("images_per_s", "{:.0f}"),
+                num(m, "coco_map_50"),
+                num(m, "coco_map"),
+                num(m, "coco_map_75"),
+                num(m, "voc_map_50"),
+                num(m, "images_per_s", "{:.0f}"),
                 format_size(m.get("size_bytes")),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -226,9 +225,8 @@ def run(cfg: C.RunConfig) -> dict:
 
     # 2. prepare: skipped when OUT/prep came from the same data and settings (delete it after editing --data).
     prep = cfgs["prepare"]
-    manifest_path = storage.join(prep.out, "manifest.json")
-    if not redo and state.get("prepare") == _key(prep) and storage.kind(manifest_path) == "file":
-        print(f"=== raydet run: prepare: {manifest_path} matches, skipped", flush=True)
+    if not redo and state.get("prepare") == _key(prep) and Prep(prep.out).is_written():
+        print(f"=== raydet run: prepare: {Prep(prep.out).manifest} matches, skipped", flush=True)
     else:
         from raydet.ingest.prepare import prepare
 
@@ -248,7 +246,7 @@ def run(cfg: C.RunConfig) -> dict:
         run_dir = _train(cfgs, state, out, seconds)
 
     # 4. quantize: again whenever the float model changed since the .tflite files were written.
-    float_model = storage.join(run_dir, FLOAT_FILE)
+    float_model = Run(run_dir).file(Run.FLOAT_MODEL)
     quant = dataclasses.replace(cfgs["quantize"], run=run_dir)
     return _evaluate_and_report(cfgs, out, run_dir, float_model, quant, seconds, t_all)
 
@@ -265,7 +263,7 @@ def _train(cfgs: dict, state: dict, out: str, seconds: dict) -> str:
         )
     state["train"] = key
     _save_state(out, state)
-    float_model = storage.join(run_dir, FLOAT_FILE)
+    float_model = Run(run_dir).file(Run.FLOAT_MODEL)
     done, target = _epochs_done(run_dir), _target_epochs(run_dir, train_cfg)
     if target is not None and done >= target and storage.kind(float_model) == "file":
         print(f"=== raydet run: train: {run_dir} has {done} of {target} epochs, skipped", flush=True)
@@ -302,7 +300,7 @@ def _evaluate_and_report(
     cfgs: dict, out: str, run_dir: str, float_model: str, quant: C.QuantizeConfig, seconds: dict, t_all: float
 ) -> dict:
     """Stages 4 and 5 of ``run`` on ``run_dir``: quantize when the float model is newer, evaluate, the summary."""
-    if all(_is_newer(storage.join(run_dir, f"model_{m}.tflite"), float_model) for m in quant.modes):
+    if all(_is_newer(Run(run_dir).file(Run.model_name(m)), float_model) for m in quant.modes):
         print(f"=== raydet run: quantize: {', '.join(quant.modes)} newer than {float_model}, skipped", flush=True)
     else:
         t = _banner("quantize", f"{', '.join(quant.modes)} from {float_model}")
@@ -313,7 +311,7 @@ def _evaluate_and_report(
     from raydet.evaluate.outputs import eval_dir as evaluated_dir
     from raydet.evaluate.pool import evaluate
 
-    ev = dataclasses.replace(cfgs["evaluate"], run=run_dir, coco_out=storage.join(run_dir, "eval", "coco"))
+    ev = dataclasses.replace(cfgs["evaluate"], run=run_dir, coco_out=storage.join(run_dir, Run.EVAL, "coco"))
     t = _banner("evaluate", f"{', '.join(ev.models)} on {ev.data} (test split), {ev.actors} actors")
     report = evaluate(ev, show_table=False)  # the table comes once, at the end
     eval_dir = evaluated_dir(run_dir)
@@ -353,10 +351,10 @@ def _quantize(quant: C.QuantizeConfig, run_dir: str) -> None:
     from raydet.export.quantize import quantize
 
     with tempfile.TemporaryDirectory(prefix="raydet-qlog-") as tmp:
-        log = None if verbose() else Path(tmp) / QUANT_LOG  # the converter's step-by-step lines
+        log = None if verbose() else Path(tmp) / Run.QUANT_LOG  # the converter's step-by-step lines
         with stdout_to(log):
             written = quantize(quant)
-        shown = storage.join(run_dir, QUANT_LOG)
+        shown = Run(run_dir).file(Run.QUANT_LOG)
         if log is not None:
             old = storage.read_bytes(shown) if storage.kind(shown) == "file" else b""
             storage.write_bytes(shown, old + log.read_bytes())
@@ -370,13 +368,10 @@ def _print_summary(
     print("\n=== raydet run: results on the test split")
     print(results_table(report["models"]))
     print(f"\nreport:   {storage.join(eval_dir, 'report.html')} (and report.md, report.json)")
-    print(
-        f"curves:   {storage.join(run_dir, 'curves.png')}; TensorBoard: tensorboard --logdir "
-        f"{posixpath.dirname(run_dir)}"
-    )
+    print(f"curves:   {Run(run_dir).file(Run.CURVES)}; TensorBoard: tensorboard --logdir {posixpath.dirname(run_dir)}")
     print(f"pictures: {storage.join(eval_dir, 'images')}")
     print(
-        f"models:   {storage.join(run_dir, FLOAT_FILE)} and "
-        f"{', '.join(storage.join(run_dir, f'model_{m}.tflite') for m in modes)}"
+        f"models:   {Run(run_dir).file(Run.FLOAT_MODEL)} and "
+        f"{', '.join(Run(run_dir).file(Run.model_name(m)) for m in modes)}"
     )
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), flush=True)

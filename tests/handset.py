@@ -1,7 +1,7 @@
 """A hand-set dense detector for the evaluate / predict / tflite tests: its answers are known without training.
 
-The model (tf_keras, the raydet.detector.model contract: input ``image`` (N, 32, 32, 3) float32 0..255, outputs ``heatmap``
-(N, 8, 8, 2) and ``boxes`` (N, 8, 8, 4)) is ``Rescaling(1/255) -> AveragePooling2D(4)`` (the mean colour
+The model (tf_keras, the raydet.detector.model contract: input ``image`` (N, 32, 32, 3) float32 0..255, outputs
+``heatmap`` (N, 8, 8, 2) and ``boxes`` (N, 8, 8, 4)) is ``Rescaling(1/255) -> AveragePooling2D(4)`` (the mean colour
 (r, g, b) in [0, 1] of each 4 x 4 pixel cell) followed by two 1x1 convolutions with set weights:
 
 - ``heatmap``: class 0 ("red") = sigmoid(12 r - 12 b - 6), class 1 ("blue") = sigmoid(12 b - 12 r - 6);
@@ -110,7 +110,7 @@ def calibration_images() -> np.ndarray:
     combos = [(s, z) for s in range(1, 6) for z in range(1, 6)]
     cells = [(2 * a, 2 * b) for b in range(4) for a in range(4)]
     scenes = [
-        [Obj(ix, iy, label, s, z) for (ix, iy), (s, z) in zip(cells, combos[start : start + 16])]
+        [Obj(ix, iy, label, s, z) for (ix, iy), (s, z) in zip(cells, combos[start : start + 16], strict=False)]
         for label in (0, 1)
         for start in (0, 16)
     ]

@@ -1,5 +1,5 @@
-"""Shared by export/test_quantize.py and export/test_qat.py: a tiny detection set (several coloured rectangles per image, the
-class is the colour: tests/prep_helpers.py) and a small dense model trained on it in this process.
+"""Shared by export/test_quantize.py and export/test_qat.py: a tiny detection set (several coloured rectangles per
+image, the class is the colour: tests/prep_helpers.py) and a small dense model trained on it in this process.
 
 A network that finds every rectangle in a few seconds makes quantization error show up as a change in AP50 and
 in the decoded boxes.

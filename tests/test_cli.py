@@ -152,9 +152,9 @@ def test_bad_input_prints_one_line_and_internal_errors_keep_their_traceback(monk
     import numpy as np
 
     def missing_prep(cfg, command):
-        from raydet.train.driver import read_manifest
+        from raydet.ingest.prep import Prep
 
-        read_manifest("/nonexistent/prep")  # raydet's own check: a UserError naming the path
+        Prep("/nonexistent/prep").read_manifest()  # raydet's own check: a UserError naming the path
 
     monkeypatch.setattr(cli, "run_quietly", missing_prep)
     assert cli.main(["train", "/nonexistent/prep", "--out", "runs", "--name", "r"]) == 2

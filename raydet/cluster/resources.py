@@ -28,6 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+from ray.autoscaler.sdk import request_resources
+
 from raydet.errors import UserError
 
 # Written on the head node by `ray up` (the filled-in cluster config, JSON); its monitor (the autoscaler) runs with
@@ -58,10 +61,10 @@ class Autoscaler:
 def read_autoscaler(address: str | None, path: str | os.PathLike | None = None) -> Autoscaler | None:
     """The autoscaler of the cluster this driver uses, or None when there is none.
 
-    ``address``: the stage's ``--address``. None (and no ``RAY_ADDRESS``) or "local" means raydet.cluster.runtime.init_ray
-    started a Ray of its own, which no autoscaler manages whatever files lie around. Otherwise the autoscaling
-    config at ``path`` (default :data:`BOOTSTRAP_CONFIG`) decides: present on the head of a ``ray up`` cluster,
-    where ``ray job submit`` runs the driver; absent anywhere else.
+    ``address``: the stage's ``--address``. None (and no ``RAY_ADDRESS``) or "local" means
+    raydet.cluster.runtime.init_ray started a Ray of its own, which no autoscaler manages whatever files lie around.
+    Otherwise the autoscaling config at ``path`` (default :data:`BOOTSTRAP_CONFIG`) decides: present on the head of a
+    ``ray up`` cluster, where ``ray job submit`` runs the driver; absent anywhere else.
     """
     address = address or os.environ.get("RAY_ADDRESS")
     if not address or address == "local":
@@ -92,9 +95,8 @@ def autoscaler_from_config(config: dict, source: str) -> Autoscaler:
     return Autoscaler(node_types=tuple(node_types), max_nodes=total, source=source)
 
 
-def alive_nodes() -> list[dict]:
+def alive_node_resources() -> list[dict]:
     """The total resources of each alive node of the connected Ray (``ray.nodes()``)."""
-    import ray
 
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
@@ -102,7 +104,6 @@ def alive_nodes() -> list[dict]:
 def request_from_autoscaler(bundles: list[dict]) -> None:
     """Ask the autoscaler for room for ``bundles`` (``[]`` withdraws the request). One request per cluster:
     each call replaces the one before, from whichever driver it came."""
-    from ray.autoscaler.sdk import request_resources
 
     request_resources(bundles=list(bundles))
 
@@ -179,7 +180,7 @@ def ensure_resources(
     what: str,
     timeout_s: float,
     autoscaler: Autoscaler | None,
-    read_nodes: Callable[[], list[dict]] = alive_nodes,
+    read_nodes: Callable[[], list[dict]] = alive_node_resources,
     request: Callable[[list[dict]], None] = request_from_autoscaler,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,

@@ -13,9 +13,9 @@ and on an existing cluster it travels in the runtime environment.
 
 On an existing cluster the code travels too: ``ray.init`` gets ``py_modules=[<this raydet's folder>]``, so Ray
 zips the package (without ``__pycache__``: ~0.45 MB, the .py files stored uncompressed), uploads it once per
-content hash and puts it first on every worker's ``sys.path``. Workers then run the driver's raydet even where none (or another version) is installed.
-Tasks, actors and Ray Train workers inherit it from the job: a child's runtime env that names other fields
-(``runtime_env()``: env_vars only) keeps the job's ``py_modules``.
+content hash and puts it first on every worker's ``sys.path``. Workers then run the driver's raydet even where none (or
+another version) is installed. Tasks, actors and Ray Train workers inherit it from the job: a child's runtime env that
+names other fields (``runtime_env()``: env_vars only) keeps the job's ``py_modules``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import contextlib
 import json
 import os
 from pathlib import Path
+
+from raydet.cluster.console import verbose
 
 LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}
 DASHBOARD_ENV = "RAYDET_DASHBOARD"
@@ -113,11 +115,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
         ray.init(address=address, runtime_env=driver_runtime_env() or None, log_to_driver=log_to_driver)
     else:
         # No runtime_env here: the local Ray's processes inherit this one's environment, which
-        # use_legacy_keras() just set. A job runtime_env would make Ray start fresh workers for it and throw
-        # away the ones it prestarted without one: measured 0.8-0.9 s off the first Ray Data pass of
-        # `raydet prepare` (benchmarks/ingest.py).
-        # No dashboard unless asked for (RAYDET_DASHBOARD=1): it lives only as long as this command, and starting
-        # it put 1.3 s of polling on ray.init's path plus ~2 CPU-s during a 20 s `raydet prepare`.
+        # use_legacy_keras() just set; a job runtime_env would make Ray start fresh workers for it and throw
+        # away the ones it prestarted. No dashboard unless asked for (RAYDET_DASHBOARD=1): it lives only as long
+        # as this command. docs/INGEST.md ("The local Ray") has what each would cost.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard_wanted(), log_to_driver=log_to_driver)
     quiet_ray_data()
 
@@ -126,7 +126,6 @@ def quiet_ray_data() -> None:
     """Ray Data's progress bars off in this driver unless ``RAYDET_VERBOSE=1``: raydet draws one line for its
     own long passes (raydet.cluster.progress), and Ray Data's redraws (or, off a terminal, its progress log every few
     seconds) covered every internal step (reads, repartitions, column selections)."""
-    from raydet.cluster.console import verbose
 
     if not verbose():
         from ray.data import DataContext
@@ -141,14 +140,11 @@ def dashboard_wanted() -> bool:
 
 @contextlib.contextmanager
 def data_uses_every_cpu():
-    """Within the block, Ray Data's task-pool operators may use every CPU the cluster has.
-
-    Ray Data (2.60) reserves a share of the cluster (``op_resource_reservation_ratio``, 0.5) for each operator
-    and, on a 2-CPU machine, then keeps one ``map_batches`` task pool well under two tasks at a time: measured
-    here, 40 tasks of 0.25 s CPU each ran at an average concurrency of 1.16-1.22 by default, 1.91 with the
-    reservation off, 1.98 as plain Ray tasks. raydet's ingestion is a single map stage, so the reservation (which
-    protects one operator of a multi-stage pipeline from starving another) buys nothing and halves the speed.
-    The setting is restored on exit, so other Ray Data work in this process keeps Ray's defaults.
+    """Within the block, Ray Data's task-pool operators may use every CPU the cluster has: Ray Data's
+    per-operator resource reservation (``DataContext.op_resource_reservation_enabled``) is off, and the block
+    yields the ``DataContext``. On exit the setting is restored, so other Ray Data work in this process keeps Ray's
+    defaults. For a single map stage, such as raydet's ingestion, the reservation (which keeps one operator of a
+    multi-stage pipeline from starving another) only holds tasks back; docs/INGEST.md has the measurements.
     """
     from ray.data import DataContext
 

@@ -2,8 +2,8 @@
 labels, where boxes can be dropped), so they cannot drift apart.
 
 numpy and OpenCV only (no TensorFlow): the training input pipeline calls them per image, then builds the heads'
-targets from the moved boxes (raydet.detector.targets). Images are (S, S, 3) RGB pixel values 0..255, uint8 or float32 in
-(uint8 is faster: the pipeline keeps it until ``augment`` returns float32); boxes are (K, 4) float xyxy
+targets from the moved boxes (raydet.detector.targets). Images are (S, S, 3) RGB pixel values 0..255, uint8 or float32
+in (uint8 is faster: the pipeline keeps it until ``augment`` returns float32); boxes are (K, 4) float xyxy
 normalized to [0, 1] with their (K,) int labels, real rows only (no padding). Box coordinates are continuous:
 pixel i spans [i, i + 1].
 
@@ -149,7 +149,7 @@ def mosaic_at(
     """
     canvas = np.full((2 * size, 2 * size, 3), PAD, np.result_type(*images))
     out_boxes, out_labels = [], []
-    for tile, (image, boxes, labels) in enumerate(zip(images, boxes_list, labels_list)):
+    for tile, (image, boxes, labels) in enumerate(zip(images, boxes_list, labels_list, strict=True)):
         left = xc - size if tile in (0, 2) else xc  # the left column ends at xc, the right one starts there
         top = yc - size if tile in (0, 1) else yc
         x0, y0 = max(left, 0), max(top, 0)  # the tile's visible part of the canvas
@@ -207,7 +207,7 @@ def augment_batch(
     tile of a ``mosaic`` with 3 others drawn from the batch (with replacement; a batch of 1: itself 4 times).
     Deterministic given ``rng``."""
     out_images, out_boxes, out_labels = [], [], []
-    for i, (image, boxes, labels) in enumerate(zip(images, boxes_list, labels_list)):
+    for i, (image, boxes, labels) in enumerate(zip(images, boxes_list, labels_list, strict=True)):
         size = image.shape[0]
         if use_mosaic and rng.random() < cfg.mosaic:
             others = [j for j in range(len(images)) if j != i] or [i]

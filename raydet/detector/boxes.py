@@ -42,13 +42,13 @@ def _check_size(width: float, height: float) -> None:
         )
 
 
-def normalize(boxes_xyxy_pixel: np.ndarray, width: float, height: float) -> np.ndarray:
+def normalize_xyxy(boxes_xyxy_pixel: np.ndarray, width: float, height: float) -> np.ndarray:
     """Pixel xyxy -> normalized xyxy for an image of ``width`` x ``height`` pixels."""
     _check_size(width, height)
     return _as_boxes(boxes_xyxy_pixel) / np.array([width, height, width, height], dtype=np.float64)
 
 
-def denormalize(boxes_xyxy_norm: np.ndarray, width: float, height: float) -> np.ndarray:
+def denormalize_xyxy(boxes_xyxy_norm: np.ndarray, width: float, height: float) -> np.ndarray:
     """Normalized xyxy -> pixel xyxy for an image of ``width`` x ``height`` pixels."""
     _check_size(width, height)
     return _as_boxes(boxes_xyxy_norm) * np.array([width, height, width, height], dtype=np.float64)
@@ -77,25 +77,3 @@ def iou_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
     union = area(a)[:, None] + area(b)[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
-    """Element-wise IoU of two ``(..., 4)`` xyxy arrays of the same shape -> ``(...,)``."""
-    a, b = _as_boxes(a_xyxy, "a"), _as_boxes(b_xyxy, "b")
-    lt = np.maximum(a[..., :2], b[..., :2])
-    rb = np.minimum(a[..., 2:], b[..., 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    union = area(a) + area(b) - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
-    """Greedy non-maximum suppression. ``(N, 4)`` xyxy, ``(N,)`` scores -> indices kept, best score first."""
-    b = _as_boxes(boxes_xyxy).reshape(-1, 4)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    keep: list[int] = []
-    while order.size:
-        best, order = order[0], order[1:]
-        keep.append(int(best))
-        order = order[iou_matrix(b[best : best + 1], b[order])[0] <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)

@@ -8,8 +8,8 @@ Ids, the same in both files (and in :func:`raydet.detector.metrics.match_image`'
   at 1 (pycocotools reads a match to annotation id 0 as no match).
 
 Boxes go out as ``bbox = [xmin, ymin, xmax - xmin, ymax - ymin]`` in original image pixels, no +/-1 shift
-(continuous coordinates, as :mod:`raydet.detector.boxes`), ``area = w * h`` and ``iscrowd = 0``: every ground-truth object
-counts (see :mod:`raydet.detector.metrics` on ``difficult``).
+(continuous coordinates, as :mod:`raydet.detector.boxes`), ``area = w * h`` and ``iscrowd = 0``: every ground-truth
+object counts (see :mod:`raydet.detector.metrics` on ``difficult``).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def ground_truth(images: Sequence[dict], classes: Sequence[str]) -> dict[str, An
         if len(boxes) != len(labels):
             raise ValueError(f"{name}: {len(boxes)} boxes but {len(labels)} labels")
         out_images.append({"id": img_id, "file_name": str(img["file"]), "width": int(width), "height": int(height)})
-        for box, label in zip(boxes, labels):
+        for box, label in zip(boxes, labels, strict=True):
             bbox = _bbox(box, name)
             annotations.append(
                 {

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raydet.detector.boxes import denormalize, iou_matrix
+from raydet.detector.boxes import denormalize_xyxy, iou_matrix
+
+TOP_K = 100  # detections per image at most, by default: COCO's maxDets
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,7 +129,7 @@ def _check_decode_args(heatmap, boxes, top_k, score_threshold, nms_iou) -> tuple
 
 
 def decode(
-    heatmap, boxes, *, top_k: int = 100, score_threshold: float = 0.01, nms_iou: float | None = None
+    heatmap, boxes, *, top_k: int = TOP_K, score_threshold: float = 0.01, nms_iou: float | None = None
 ) -> list[Detections]:
     """``heatmap`` ``(N, G, G, C)`` and ``boxes`` ``(N, G, G, 4)`` -> one :class:`Detections` per image.
 
@@ -155,4 +157,4 @@ def decode(
 
 def to_pixels(boxes_norm: np.ndarray, width: float, height: float) -> np.ndarray:
     """``(D, 4)`` xyxy normalized -> ``(D, 4)`` float64 xyxy pixels for a ``width`` x ``height`` image."""
-    return denormalize(boxes_norm, width, height)
+    return denormalize_xyxy(boxes_norm, width, height)

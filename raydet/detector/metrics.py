@@ -11,8 +11,8 @@ Every metric is computed in two steps so that evaluation can be spread over Ray 
 Conventions (decided here, documented once):
 
 - Boxes are ``(N, 4)`` xyxy in any units shared by ground truth and detections (pixels or normalized); IoU is
-  :func:`raydet.detector.boxes.iou_matrix`: continuous coordinates, no VOC ``+1`` pixel. That is exactly pycocotools' bbox
-  IoU on the ``[x, y, w, h]`` boxes that :mod:`raydet.detector.coco` exports (``w = xmax - xmin``, no +/-1 shift).
+  :func:`raydet.detector.boxes.iou_matrix`: continuous coordinates, no VOC ``+1`` pixel. That is exactly pycocotools'
+  bbox IoU on the ``[x, y, w, h]`` boxes that :mod:`raydet.detector.coco` exports (``w = xmax - xmin``, no +/-1 shift).
 - Detection ties of score are ordered by image id, then by position in the image's list, in every metric: that is
   the order pycocotools sees for the exported files.
 - COCO mAP@[.5:.95], AP50 and AP75 follow pycocotools' ``COCOeval`` (bbox, areaRng "all", maxDets 100): per class,
@@ -31,8 +31,8 @@ Conventions (decided here, documented once):
   exactly 3/10 misses the 0.3 point, as it does in voc_eval.py.
 - ``difficult`` (``gt_difficult`` of :func:`match_image`, the PREP ``difficult`` column) only changes VOC. COCO
   counts every object, difficult included: finding it is a true positive, missing it costs recall. The COCO export
-  (:mod:`raydet.detector.coco`) gives every object ``iscrowd 0``, so pycocotools sees the same ground truth as raydet's COCO
-  metrics and agrees with them.
+  (:mod:`raydet.detector.coco`) gives every object ``iscrowd 0``, so pycocotools sees the same ground truth as raydet's
+  COCO metrics and agrees with them.
 """
 
 from __future__ import annotations
@@ -248,8 +248,8 @@ def match_image(
     be removed first); ``gt_labels`` (G,) and ``det_labels`` (D,) class indices in ``[0, num_classes)``;
     ``det_scores`` (D,) confidences; ``gt_difficult`` (G,) bool (or 0/1), ``None`` for no difficult object (it
     only changes VOC, see the module docstring). ``image_id`` must be unique per image: it orders detections of
-    equal score (use the id :func:`raydet.detector.coco.ground_truth` gives the image to agree with pycocotools on ties).
-    Returns the image's :class:`MatchStats` with one row per detection, in the order given.
+    equal score (use the id :func:`raydet.detector.coco.ground_truth` gives the image to agree with pycocotools on
+    ties). Returns the image's :class:`MatchStats` with one row per detection, in the order given.
     """
     thr = _check_thresholds(iou_thresholds)
     if num_classes < 1:

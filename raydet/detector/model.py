@@ -16,14 +16,15 @@ so the same network trains quantization-aware (raydet.export.qat). Decoding (pea
 graph, in numpy (raydet.detector.decode), for every model file alike.
 
 Model contract (docs/FORMATS.md): input ``image`` (N, S, S, 3) float32 raw pixels 0..255 (each backbone's first
-layer, a Rescaling, normalises them as its weights expect); S a multiple of 32. Only built-in layers, so ``tf_keras.models.load_model(path, compile=False)``
-needs no custom objects. Targets: raydet.detector.targets.
+layer, a Rescaling, normalises them as its weights expect); S a multiple of 32. Only built-in layers, so
+``tf_keras.models.load_model(path, compile=False)`` needs no custom objects. Targets: raydet.detector.targets.
 """
 
 from __future__ import annotations
 
 from raydet.cluster.runtime import use_legacy_keras
-from raydet.config import ModelConfig
+from raydet.config import ModelConfig, TrainConfig
+from raydet.detector.efficientnet_lite import VARIANTS, lite_features, load_lite_weights
 
 OUTPUT_STRIDE = 4
 OUTPUT_NAMES = ("heatmap", "boxes")
@@ -73,14 +74,12 @@ def lite_backbone(inputs, cfg: ModelConfig) -> dict[int, object]:
     {stride: map}, strides 2 .. 32, layers named ``{backbone_prefix(cfg)}_...``. Its ImageNet weights are set by
     :func:`init_backbone`, not here (a model built to receive trained weights would read them for nothing). BN
     momentum stays the source's 0.99 (``cfg.bn_momentum`` is the cnn's)."""
-    from raydet.detector.efficientnet_lite import lite_features
 
     return lite_features(inputs, cfg.backbone)
 
 
 def backbone_prefix(cfg: ModelConfig) -> str | None:
     """The layer-name prefix of a pretrained backbone (``lite0`` for efficientnet_lite0, ...); None for the cnn."""
-    from raydet.detector.efficientnet_lite import VARIANTS
 
     v = VARIANTS.get(cfg.backbone)
     return v.prefix if v else None
@@ -101,7 +100,6 @@ def init_backbone(model, cfg: ModelConfig) -> str:
     sha256-checked)."""
     if backbone_prefix(cfg) is None or not cfg.pretrained:
         return f"backbone {cfg.backbone}: random initial weights"
-    from raydet.detector.efficientnet_lite import load_lite_weights
 
     count = load_lite_weights(model, cfg.backbone)
     return f"backbone {cfg.backbone}: {count} ImageNet tensors loaded"
@@ -219,8 +217,8 @@ def giou(a, b):
 def make_box_loss(offset_weight: float, size_weight: float, giou_weight: float):
     """Loss of the ``boxes`` map at object centres, per image (N,), divided by the batch's object count.
 
-    ``y_true`` (N, G, G, 5) [off_x, off_y, w, h, mask] (raydet.detector.targets), ``y_pred`` (N, G, G, 4). At each centre:
-    ``offset_weight * L1(offset, cells) + size_weight * L1(w, h normalized) + giou_weight * (1 - GIoU)``.
+    ``y_true`` (N, G, G, 5) [off_x, off_y, w, h, mask] (raydet.detector.targets), ``y_pred`` (N, G, G, 4). At
+    each centre: ``offset_weight * L1(offset, cells) + size_weight * L1(w, h normalized) + giou_weight * (1 - GIoU)``.
     """
     tf, _ = _tf()
 
@@ -244,10 +242,10 @@ def compile_model(
     model,
     optimizer,
     *,
-    heatmap_weight: float = 1.0,
-    offset_weight: float = 1.0,
-    size_weight: float = 5.0,
-    giou_weight: float = 2.0,
+    heatmap_weight: float = TrainConfig.heatmap_loss_weight,
+    offset_weight: float = TrainConfig.offset_loss_weight,
+    size_weight: float = TrainConfig.size_loss_weight,
+    giou_weight: float = TrainConfig.giou_loss_weight,
 ) -> None:
     """Attach the losses: focal loss on ``heatmap`` (times ``heatmap_weight``), the box loss on ``boxes``.
 

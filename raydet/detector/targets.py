@@ -134,28 +134,3 @@ def build_targets(boxes, labels, num_classes: int, grid: int) -> tuple[np.ndarra
         draw_gaussian(heatmap[:, :, lab[i]], ix, iy, radius)
         box_target[iy, ix] = (gx - ix, gy - iy, w, h, 1.0)
     return heatmap, box_target
-
-
-def build_batch_targets(boxes, labels, num_objects, num_classes: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """A batch's targets: ``(N, K, 4)`` xyxy normalized boxes (zero-padded), ``(N, K)`` int labels (-1-padded),
-    ``(N,)`` object counts -> ``heatmap`` ``(N, grid, grid, num_classes)`` and ``box_target``
-    ``(N, grid, grid, 5)``, both float32. Only the first ``num_objects[n]`` rows of image ``n`` are used.
-    """
-    b = np.asarray(boxes)
-    lab = np.asarray(labels)
-    counts = np.asarray(num_objects)
-    _check_sizes(num_classes, grid)
-    if b.ndim != 3 or b.shape[2] != 4:
-        raise ValueError(f"boxes must have shape (N, K, 4) xyxy normalized, got {b.shape}")
-    if lab.shape != b.shape[:2]:
-        raise ValueError(f"labels must have shape {b.shape[:2]} to match boxes, got {lab.shape}")
-    if counts.shape != b.shape[:1]:
-        raise ValueError(f"num_objects must have shape ({b.shape[0]},) to match boxes, got {counts.shape}")
-    bad = (counts < 0) | (counts > b.shape[1]) | (counts != np.round(counts))
-    if bad.any():
-        raise ValueError(f"num_objects must be integers in [0, {b.shape[1]}], got {counts[bad][:5].tolist()}")
-    heatmap = np.zeros((b.shape[0], grid, grid, num_classes), dtype=np.float32)
-    box_target = np.zeros((b.shape[0], grid, grid, 5), dtype=np.float32)
-    for n, k in enumerate(counts.astype(np.int64).tolist()):
-        heatmap[n], box_target[n] = build_targets(b[n, :k], lab[n, :k], num_classes, grid)
-    return heatmap, box_target

@@ -96,7 +96,9 @@ class _PendingTensor:
             raise ValueError(
                 f"tensor {key!r}: size {self.size} has {elements} elements, more than {MAX_TENSOR_ELEMENTS}"
             )
-        extent = self.offset + (sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1 if elements else 0)
+        extent = self.offset + (
+            sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True)) + 1 if elements else 0
+        )
         if extent > self.storage.numel:
             raise ValueError(
                 f"tensor {key!r}: offset {self.offset} size {self.size} stride {self.stride} reaches "
@@ -105,7 +107,8 @@ class _PendingTensor:
         self.size, self.stride = tuple(self.size), tuple(self.stride)
 
     def to_numpy(self) -> np.ndarray:
-        """The tensor as an array that owns its memory (as_strided over the storage, then copied in C order); ``check`` first."""
+        """The tensor as an array that owns its memory (as_strided over the storage, then copied in C order); ``check``
+        first."""
         data = self.storage.data
         if any(n == 0 for n in self.size):
             return np.zeros(self.size, dtype=data.dtype)

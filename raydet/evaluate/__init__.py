@@ -3,7 +3,8 @@
 Owns: ``raydet evaluate``'s actor pool and its figures (``pool``), what it writes (``outputs``: report.json,
 report.md, COCO files, drawings, the eval folder switched in whole) and ``raydet predict`` (``predict``).
 
-May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector, raydet.ingest, raydet.report, raydet.export (``MAY_IMPORT``; tests/test_layers.py checks it).
+May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector, raydet.ingest, raydet.report, raydet.export
+(``MAY_IMPORT``; tests/test_layers.py checks it).
 """
 
 MAY_IMPORT = ("errors", "config", "cluster", "detector", "ingest", "report", "export")

@@ -16,34 +16,35 @@ import numpy as np
 
 from raydet.cluster import storage
 from raydet.cluster.sizes import format_size
+from raydet.detector import coco
+from raydet.detector.boxes import denormalize_xyxy
 from raydet.errors import UserError
+from raydet.export.run import Run
+from raydet.report import draw
+from raydet.report.gallery import original_image
 
 DRAW_SCORE_THRESHOLD = 0.3  # detections drawn on the example images and contact sheets
 
 
 # A bucket cannot rename a folder: RUN/eval there is written under a new prefix, RUN/eval-<id>, and switched in by
 # one small write of RUN/eval.json (an object PUT is atomic), which readers follow (:func:`eval_dir`). An upload
-# cut short leaves the pointer, so the previous eval, as they were.
-EVAL_PREFIX = "eval-"
-EVAL_POINTER = "eval.json"
-
-
+# cut short leaves the pointer, so the previous eval, as they were (the names: raydet.export.run.Run).
 def eval_dir(run: str | os.PathLike) -> str:
     """Where ``run``'s evaluation is: ``RUN/eval`` for a local run; in a bucket the prefix RUN/eval.json names
     (``RUN/eval`` when there is no pointer: a run evaluated before pointers, or never)."""
-    pointer = storage.join(run, EVAL_POINTER)
+    pointer = Run(run).file(Run.EVAL_POINTER)
     if not storage.is_uri(run) or storage.kind(pointer) != "file":
-        return storage.join(run, "eval")
+        return Run(run).file(Run.EVAL)
     name = json.loads(storage.read_text(pointer))["eval"]
-    if not name.startswith(EVAL_PREFIX) or "/" in name:
-        raise UserError(f"{pointer}: names {name!r}, not an {EVAL_PREFIX}<id> folder of the run")
+    if not name.startswith(Run.EVAL_PREFIX) or "/" in name:
+        raise UserError(f"{pointer}: names {name!r}, not an {Run.EVAL_PREFIX}<id> folder of the run")
     return storage.join(run, name)
 
 
 def published_dir(run: str | os.PathLike, run_id: str) -> str:
     """Where evaluate ``run_id``'s RUN/eval ends up: ``RUN/eval`` for a local run, ``RUN/eval-<run_id>`` in a
     bucket (:func:`publish_eval`)."""
-    return storage.join(run, f"{EVAL_PREFIX}{run_id}" if storage.is_uri(run) else "eval")
+    return storage.join(run, f"{Run.EVAL_PREFIX}{run_id}" if storage.is_uri(run) else Run.EVAL)
 
 
 def publish_eval(local_eval: Path, run: str, run_id: str) -> str:
@@ -51,7 +52,7 @@ def publish_eval(local_eval: Path, run: str, run_id: str) -> str:
     it replaces; returns the new location. Until the pointer is written readers see the previous eval whole."""
     previous, target = eval_dir(run), published_dir(run, run_id)
     storage.upload(local_eval, target, sorted(storage.list_files(str(local_eval))))
-    storage.write_text(storage.join(run, EVAL_POINTER), json.dumps({"eval": posixpath.basename(target)}) + "\n")
+    storage.write_text(Run(run).file(Run.EVAL_POINTER), json.dumps({"eval": posixpath.basename(target)}) + "\n")
     storage.delete_dir(previous)
     return target
 
@@ -71,10 +72,9 @@ class ImageDetections:
 def ground_truth_pixels(boxes_norm: np.ndarray, labels: np.ndarray, num_objects: int, width: int, height: int):
     """One PREP row's padded ``boxes`` (K, 4) normalized xyxy and ``labels`` (K,) -> the real (G, 4) float64
     pixel xyxy boxes and (G,) int64 labels (padding rows dropped)."""
-    from raydet.detector.boxes import denormalize
 
     n = int(num_objects)
-    return denormalize(np.asarray(boxes_norm)[:n], width, height), np.asarray(labels)[:n].astype(np.int64)
+    return denormalize_xyxy(np.asarray(boxes_norm)[:n], width, height), np.asarray(labels)[:n].astype(np.int64)
 
 
 @dataclass
@@ -90,7 +90,6 @@ class ModelResult:
 def write_report(out: Path, report: dict, show_table: bool = True) -> None:
     """``out/report.json`` (NaN written as null) and ``out/report.md`` (models table, per-class table); prints
     the models table when ``show_table``."""
-    from raydet.detector import coco
 
     coco.write_json(out / "report.json", _json_safe(report))
     table = format_table(report["models"])
@@ -205,7 +204,7 @@ def draw_or_report(
             f"drawings: {len(rows)} images per model in {shown} (contact sheets: {', '.join(p.name for p in sheets)})",
             flush=True,
         )
-    except Exception as exc:  # noqa: BLE001 -- drawings are a by-product; the metrics are already written
+    except Exception as exc:  # drawings are a by-product; the metrics are already written
         print(f"drawings failed ({type(exc).__name__}: {exc}); report and COCO files are written", flush=True)
 
 
@@ -218,15 +217,13 @@ def draw_examples(
     Writes ``out/<model>_<k>_<stem>.png`` per image and model and ``out/contact_sheet_<model>.png``; returns the
     contact sheets' paths.
     """
-    from raydet.report import draw
-    from raydet.report.gallery import original_image
 
     sheets = []
     bases = [original_image(source, r) for r in rows]
     for name, result in results.items():
         by_file = {im.file: im for im in result.images}
         drawn, captions = [], []
-        for k, (row, base) in enumerate(zip(rows, bases)):
+        for k, (row, base) in enumerate(zip(rows, bases, strict=True)):
             gt, gt_labels = ground_truth_pixels(
                 row["boxes"], row["labels"], row["num_objects"], row["width"], row["height"]
             )
@@ -259,7 +256,6 @@ def write_coco(
     ``gt_rows``, which must be sorted as the ids were given) and ``out/detections_<model>.json`` (COCO results:
     every detection the metrics saw, bbox ``[xmin, ymin, w, h]`` original pixels, each image's in score order).
     ``shown``: where the files will be once the command ends (``out`` may be a staging folder), for the message."""
-    from raydet.detector import coco
 
     images = []
     for row in gt_rows:
@@ -280,7 +276,7 @@ def write_coco(
         predictions = [
             {"image_id": im.image_id, "box": box, "label": int(label), "score": float(score)}
             for im in result.images
-            for box, label, score in zip(im.boxes, im.labels, im.scores)
+            for box, label, score in zip(im.boxes, im.labels, im.scores, strict=True)
         ]
         written.append(coco.write_json(out / f"detections_{name}.json", coco.detections(predictions, classes)))
     print(f"COCO files: {', '.join(p.name for p in written)} in {shown or out}", flush=True)

@@ -2,7 +2,7 @@
 
 Layout of the work (docs/FORMATS.md for the files):
 
-1. the driver checks every requested model file exists and is not an old single-box model
+1. the driver checks every requested model file exists and is a raydet model
    (:func:`raydet.export.runner.check_run`), before Ray starts; it reads the split once, already cut into
    one block per actor call (:func:`raydet.ingest.shards.read_blocks`, row counts from the Parquet footers), and
    ``materialize()``\\ s it, so every model reuses the same blocks instead of re-reading the Parquet; the ground
@@ -11,10 +11,11 @@ Layout of the work (docs/FORMATS.md for the files):
    (:class:`raydet.export.runner.ModelRunner`) and, per batch, predicts ``heatmap`` / ``boxes``, decodes them with
    :func:`raydet.detector.decode.decode` (the ``TOP_K`` best peaks with score >= ``METRIC_SCORE_THRESHOLD``: what COCO's
    maxDets 100 sees), converts the boxes to original pixels, matches every detection to the ground truth
-   (:func:`raydet.detector.metrics.match_image`, with the PREP ``difficult`` flags) and returns one row holding the batch's
-   *summable* partial statistics (:class:`raydet.detector.metrics.MatchStats`) plus the per-image detections and latencies;
-3. the driver sums the partials, finishes the metrics (:func:`raydet.detector.metrics.detection_summary`), writes the COCO
-   files (``--coco-out``, default ``RUN/eval/coco``) and ``RUN/eval/report.json`` / ``report.md`` first, then the
+   (:func:`raydet.detector.metrics.match_image`, with the PREP ``difficult`` flags) and returns one row holding the
+   batch's *summable* partial statistics (:class:`raydet.detector.metrics.MatchStats`) plus the per-image detections and
+   latencies;
+3. the driver sums the partials, finishes the metrics (:func:`raydet.detector.metrics.detection_summary`), writes the
+   COCO files (``--coco-out``, default ``RUN/eval/coco``) and ``RUN/eval/report.json`` / ``report.md`` first, then the
    drawings and ``RUN/eval/report.html`` (raydet.report.page, built from those files); a failed drawing or page is
    reported, the evaluation stands.
 
@@ -32,7 +33,6 @@ included. Latency: :class:`raydet.export.runner.ModelRunner`'s per-image model t
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import posixpath
@@ -43,12 +43,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import ray
 
 from raydet.cluster import storage
+from raydet.cluster.nodes import check_visible
 from raydet.cluster.progress import Progress
+from raydet.cluster.resources import ensure_resources, read_autoscaler
 from raydet.cluster.runtime import init_ray
 from raydet.config import EvaluateConfig
-from raydet.errors import UserError, UserFileNotFoundError
+from raydet.detector import coco
+from raydet.detector.decode import TOP_K, decode, to_pixels
+from raydet.detector.metrics import MatchStats, detection_summary, match_image
+from raydet.errors import UserError
 from raydet.evaluate.outputs import (
     DRAW_SCORE_THRESHOLD,
     ImageDetections,
@@ -60,13 +66,15 @@ from raydet.evaluate.outputs import (
     write_coco,
     write_report,
 )
-from raydet.export.runner import ModelRunner, batch_plan, check_run, model_file, require_models
-from raydet.ingest.shards import shard_paths
+from raydet.export.run import Run
+from raydet.export.runner import ModelRunner, batch_plan, check_run, require_models
+from raydet.ingest.prep import Prep
+from raydet.ingest.shards import difficult_of, read_blocks, split_rows
+from raydet.report.page import build_report
 
 # The actors' CPUs are there by now (check_actor_resources waited for an autoscaler if there is one); this bounds
 # their start (TensorFlow's import, the model load): a pool not up in 10 minutes is refused, not waited for.
 ACTOR_START_TIMEOUT_S = 600
-TOP_K = 100  # detections per image kept for the metrics and the COCO file: COCO's maxDets
 METRIC_SCORE_THRESHOLD = 0.01  # lower-scored peaks change AP by nothing measurable and only fill the files
 REPORT_KEYS = (
     "coco_map",
@@ -102,9 +110,6 @@ class Predictor:
         self.runner.predict(np.zeros((1, self.runner.image_size, self.runner.image_size, 3), np.uint8))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from raydet.detector.decode import decode, to_pixels
-        from raydet.detector.metrics import MatchStats, match_image
-        from raydet.ingest.shards import difficult_of
 
         t_start = time.time()
         if self.runner.num_classes != self.num_classes:  # raised here, not in __init__: a task error reaches the driver
@@ -170,7 +175,6 @@ def run_model(
     """Evaluate one model on a (materialized) PREP dataset ``ds`` in ``actors`` actors of ``threads`` CPUs, each
     a ``predictor`` (:class:`Predictor` or a subclass taking the same arguments). ``path``: the model file, a
     local path every actor's node sees or a URI; ``size_bytes``: its size (default: read from ``path``)."""
-    import ray
 
     mapped = ds.map_batches(
         predictor,
@@ -201,7 +205,6 @@ def run_model(
 def summarize(parts: list[dict], classes: list[str], size_bytes: int) -> dict:
     """The actors' partial rows -> one model's report (``REPORT_KEYS``); ``per_class`` holds one dict per class:
     ``class`` (its name) and detection_summary's ``ap50``, ``voc_ap50``, ``recall50``, ``ground_truth``."""
-    from raydet.detector.metrics import MatchStats, detection_summary
 
     match = MatchStats.concat([p["match"] for p in parts]) if parts else MatchStats.empty(len(classes))
     summary = detection_summary(match)
@@ -211,7 +214,7 @@ def summarize(parts: list[dict], classes: list[str], size_bytes: int) -> dict:
     span = (max(p["t_end"] for p in parts) - min(p["t_start"] for p in parts)) if parts else 0.0
     report = {
         **summary,
-        "per_class": [{"class": name, **c} for name, c in zip(classes, summary["per_class"])],
+        "per_class": [{"class": name, **c} for name, c in zip(classes, summary["per_class"], strict=True)],
         "images": images,
         "detections_per_image": detections / images if images else float("nan"),
         "images_per_s": images / span if span > 0 else float("nan"),
@@ -222,42 +225,28 @@ def summarize(parts: list[dict], classes: list[str], size_bytes: int) -> dict:
     return {k: report[k] for k in REPORT_KEYS}
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise UserFileNotFoundError(f"{path} not found ({what})")
-    return json.loads(path.read_text())
-
-
 def check_inputs(cfg: EvaluateConfig) -> tuple[dict[str, Path], dict, list[str]]:
-    """Everything that can be refused before Ray starts: models (present, not single-box), PREP split, classes
-    and image size agreeing. Returns (model paths, manifest, classes)."""
+    """Everything that can be refused before Ray starts: models (present, raydet models), RUN/config.json, the PREP
+    manifest and split (:meth:`raydet.ingest.prep.Prep.read_manifest`), classes and image size agreeing. Returns
+    (model paths, manifest, classes)."""
     paths = require_models(cfg.run, cfg.models)
-    check_run(cfg.run, cfg.models)
-    manifest_path = storage.join(cfg.data, "manifest.json")
-    if storage.kind(manifest_path) != "file":
-        raise UserFileNotFoundError(f"{manifest_path} not found (the PREP manifest written by `raydet prepare`)")
-    manifest = json.loads(storage.read_text(manifest_path))
-    split = storage.join(cfg.data, cfg.split)
-    if not shard_paths(cfg.data, cfg.split):
-        raise UserFileNotFoundError(f"no Parquet files in {split} (the {cfg.split} split of {cfg.data})")
-    run_cfg_path = Path(cfg.run) / "config.json"
+    run_cfg = check_run(cfg.run, cfg.models)
+    manifest = Prep(cfg.data).read_manifest(splits=(cfg.split,))
     classes = list(manifest["classes"])
-    if run_cfg_path.is_file():
-        run_cfg = json.loads(run_cfg_path.read_text())
-        if list(run_cfg.get("classes", classes)) != classes:
-            raise UserError(f"the run was trained on classes {run_cfg['classes']}, {cfg.data} has {classes}")
-        if int(run_cfg.get("image_size", manifest["image_size"])) != int(manifest["image_size"]):
-            raise UserError(
-                f"the run's models take {run_cfg['image_size']} px images, {cfg.data} holds "
-                f"{manifest['image_size']} px images"
-            )
+    if list(run_cfg.get("classes", classes)) != classes:
+        raise UserError(f"the run was trained on classes {run_cfg['classes']}, {cfg.data} has {classes}")
+    if int(run_cfg.get("image_size", manifest["image_size"])) != int(manifest["image_size"]):
+        raise UserError(
+            f"the run's models take {run_cfg['image_size']} px images, {cfg.data} holds "
+            f"{manifest['image_size']} px images"
+        )
     return paths, manifest, classes
 
 
 GT_COLUMNS = ("file", "boxes", "labels", "difficult", "num_objects", "width", "height")
 
 
-def load_split(data: str, split: str, image_size: int, actors: int, batch_size: int | None = None):
+def read_eval_split(data: str, split: str, image_size: int, actors: int, batch_size: int | None = None):
     """Read ``data``'s (a PREP path or URI) ``split`` once into Ray's object store -> (dataset, ground-truth rows
     sorted by file, {file: id}, rows per block).
 
@@ -266,8 +255,6 @@ def load_split(data: str, split: str, image_size: int, actors: int, batch_size: 
     single block would keep all but one actor idle, and a repartition after the read would hold the pixels twice.
     Every model maps over these blocks. Ground-truth rows hold every column but ``image``.
     """
-    from raydet.detector import coco
-    from raydet.ingest.shards import read_blocks, split_rows
 
     images = sum(rows for _, rows in split_rows(data, split))
     _, rows = batch_plan(images, image_size, actors, batch_size)
@@ -287,7 +274,6 @@ def check_actor_resources(cfg: EvaluateConfig) -> None:
     one's node types never can; otherwise an autoscaling cluster is asked and waited for, up to
     ``cfg.resource_timeout_s`` seconds (raydet.cluster.resources.ensure_resources).
     """
-    from raydet.cluster.resources import ensure_resources, read_autoscaler
 
     ensure_resources(
         [{"CPU": cfg.threads}] * cfg.actors,
@@ -309,19 +295,19 @@ def evaluate(cfg: EvaluateConfig, predictor: type = Predictor, show_table: bool 
     evaluate that fails or is interrupted leaves the previous one as it was. ``cfg.run`` and ``cfg.data`` may be
     URIs: the run's small files and models are fetched into a local copy (raydet.cluster.storage.local_copy), each actor
     fetches its model file itself, and the new RUN/eval goes back at the end."""
-    fetch = ["config.json", "history.jsonl", *(model_file("", name).name for name in cfg.models)]
+    fetch = [Run.CONFIG, Run.HISTORY, *(Run.model_name(name) for name in cfg.models)]
     run_id = uuid.uuid4().hex[:12]
     shown = published_dir(cfg.run, run_id)
     with storage.local_copy(cfg.run, fetch=fetch) as run:
         stage = run / f"{EVAL_STAGING}{run_id}"
         try:
             report = _evaluate(cfg, run, stage, predictor, show_table, shown)
-            _swap_in(stage, run / "eval")
+            _swap_in(stage, Run(run).local(Run.EVAL))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         if storage.is_uri(cfg.run):
-            publish_eval(run / "eval", cfg.run, run_id)
-            shutil.rmtree(run / "eval")  # published under its own prefix: local_copy must not send it back
+            publish_eval(Run(run).local(Run.EVAL), cfg.run, run_id)
+            shutil.rmtree(Run(run).local(Run.EVAL))  # published under its own prefix: local_copy must not send it back
     return report
 
 
@@ -336,7 +322,7 @@ def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show
     check_actor_resources(cfg)
 
     # 1. read the split once; every model maps over the same materialized blocks
-    ds, gt_rows, image_ids, batch_size = load_split(
+    ds, gt_rows, image_ids, batch_size = read_eval_split(
         cfg.data, cfg.split, int(manifest["image_size"]), cfg.actors, cfg.batch_size
     )
 
@@ -401,7 +387,6 @@ def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show
 def _check_visible(cfg: EvaluateConfig) -> None:
     """On a multi-node cluster, refuse a local PREP or RUN that not every node sees: the split is read and the
     model files are loaded on whichever nodes run the tasks and actors (raydet.cluster.nodes)."""
-    from raydet.cluster.nodes import check_visible
 
     check_visible(cfg.data, write=False, what="--data")
     check_visible(cfg.run, write=False, what="RUN")
@@ -414,7 +399,7 @@ def coco_target(cfg: EvaluateConfig, stage: Path) -> tuple[Path, str]:
     """Where the COCO files are written now, and what report.json records (``coco_dir``): ``--coco-out``, else
     ``RUN/eval/coco``; inside RUN/eval it is written in ``stage`` and recorded relative to RUN/eval, elsewhere
     written and recorded as it is. ValueError for a URI outside RUN/eval (the files are written locally)."""
-    eval_dir = storage.join(cfg.run, "eval")
+    eval_dir = Run(cfg.run).file(Run.EVAL)
     wanted = storage.normalize(cfg.coco_out) if cfg.coco_out else storage.join(eval_dir, "coco")
     if wanted == eval_dir or wanted.startswith(eval_dir + "/"):
         relative = posixpath.relpath(wanted, eval_dir)
@@ -439,12 +424,11 @@ def _swap_in(stage: Path, eval_dir: Path) -> None:
 def _html_or_report(run: Path, eval_dir: Path, run_shown: str, shown: str) -> None:
     """Write ``eval_dir``/report.html (raydet.report.page; ``eval_dir``: RUN/eval or its staging folder; ``run_shown``
     and ``shown``: where RUN and RUN/eval are, for the messages); a failure is printed, not raised."""
-    from raydet.report.page import build_report
 
     try:
         build_report(run, eval_dir=eval_dir)
         print(f"report: {storage.join(shown, 'report.html')}", flush=True)
-    except Exception as exc:  # noqa: BLE001 -- the page is a view of files already written
+    except Exception as exc:  # the page is a view of files already written
         print(
             f"report.html failed ({type(exc).__name__}: {exc}); report.json and COCO files are written; "
             f"`raydet report {run_shown}` tries again",

@@ -28,12 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
+from raydet.cluster import storage
 from raydet.config import PredictConfig
-from raydet.errors import UserError, UserFileNotFoundError
+from raydet.detector.decode import TOP_K, decode, to_pixels
+from raydet.errors import UserError
+from raydet.export.run import Run
+from raydet.export.runner import ModelRunner, check_run, require_models
+from raydet.ingest.images import ImageError, decode_resize, decode_rgb
+from raydet.report import draw
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CHUNK = 64  # images decoded, predicted and drawn together: bounded memory for any number of files
-TOP_K = 100  # detections per image at most (COCO's maxDets)
 
 
 def collect_images(paths: tuple[str, ...] | list[str]) -> tuple[list[Path], list[dict]]:
@@ -84,8 +89,6 @@ def draw_encoded(data: bytes, boxes: np.ndarray, names: list[str], scores: list[
     through :func:`raydet.ingest.images.decode_rgb` (the checks and decoders ``decode_resize`` used, so an image the
     model saw is an image that can be drawn), then :func:`raydet.report.draw.draw_detections` (at most
     ``MAX_DRAW_PIXELS``) -> (H', W', 3) uint8 RGB."""
-    from raydet.ingest.images import decode_rgb
-    from raydet.report import draw
 
     image = decode_rgb(data, max_pixels=max_pixels)
     return draw.draw_detections(image, np.zeros((0, 4)), [], boxes, names, scores)
@@ -107,7 +110,6 @@ def detect(
     ``{"class", "label", "score", "box"}`` with ``box`` ``[x0, y0, x1, y1]`` in the stored image's pixels, and
     the model's seconds per image (N,) (:meth:`raydet.export.runner.ModelRunner.predict`).
     """
-    from raydet.detector.decode import decode, to_pixels
 
     thresholds = [score_threshold] * len(sizes) if np.isscalar(score_threshold) else list(score_threshold)
     outputs, seconds = runner.predict(pixels)
@@ -115,7 +117,7 @@ def detect(
     # best top_k above any lower one (decode keeps the best by score)
     decoded = decode(outputs["heatmap"], outputs["boxes"], top_k=top_k, score_threshold=min(thresholds, default=1.0))
     results = []
-    for (width, height), det, threshold in zip(sizes, decoded, thresholds):
+    for (width, height), det, threshold in zip(sizes, decoded, thresholds, strict=True):
         keep = det.scores >= threshold
         boxes = to_pixels(det.boxes[keep], width, height)
         results.append(
@@ -126,33 +128,28 @@ def detect(
                     "score": float(score),
                     "box": [float(v) for v in box],
                 }
-                for box, label, score in zip(boxes, det.labels[keep], det.scores[keep])
+                for box, label, score in zip(boxes, det.labels[keep], det.scores[keep], strict=True)
             ]
         )
     return results, seconds
 
 
 def run_classes(run: Path) -> list[str]:
-    """The class names of a RUN folder, in label order, from its config.json."""
-    path = run / "config.json"
-    if not path.is_file():
-        raise UserFileNotFoundError(f"{path} not found: the class names come from the run's config.json")
-    return list(json.loads(path.read_text())["classes"])
+    """The class names of a RUN folder, in label order, from its config.json (UserError when it names none)."""
+
+    return list(Run(run).read_config(need=("classes",))["classes"])
 
 
 def predict(cfg: PredictConfig) -> dict:
     """Predict ``cfg.paths`` with model ``cfg.model`` of ``cfg.run`` (a path or URI: a URI's config.json and model
     file are fetched into a temporary folder); writes ``cfg.out``. Returns the JSON's dict."""
-    from raydet.cluster import storage
-    from raydet.export.runner import model_file
 
-    with storage.local_copy(cfg.run, fetch=["config.json", model_file("", cfg.model).name]) as run:
+    with storage.local_copy(cfg.run, fetch=[Run.CONFIG, Run.model_name(cfg.model)]) as run:
         return _predict(cfg, run)
 
 
 def _predict(cfg: PredictConfig, run: Path) -> dict:
     """:func:`predict` on a local RUN folder ``run``."""
-    from raydet.export.runner import ModelRunner, check_run, require_models
 
     # 1. everything that can be refused before loading the model
     model_path = require_models(run, (cfg.model,))[cfg.model]
@@ -165,7 +162,7 @@ def _predict(cfg: PredictConfig, run: Path) -> dict:
     runner = ModelRunner(model_path, num_threads=os.cpu_count() or 1)
     if runner.num_classes != len(classes):
         raise UserError(
-            f"{model_path.name} predicts {runner.num_classes} classes, {run / 'config.json'} names "
+            f"{model_path.name} predicts {runner.num_classes} classes, {Run(run).file(Run.CONFIG)} names "
             f"{len(classes)}: {classes}"
         )
     print(
@@ -221,8 +218,6 @@ def _predict_chunk(
     """Decode, predict, draw and describe ``paths``; files that cannot be decoded (over ``max_pixels`` pixels
     included) go to ``skipped``, as does one that changed between its decode and its drawing. Returns one dict
     per drawn image (the ``images`` entries of predictions.json)."""
-    from raydet.ingest.images import ImageError, decode_resize
-    from raydet.report import draw
 
     chunk, pixels, sizes = [], [], []
     for path in paths:
@@ -238,7 +233,7 @@ def _predict_chunk(
         return []
     detections, _ = detect(runner, np.stack(pixels), sizes, classes, score_threshold)
     results = []
-    for path, (width, height), dets in zip(chunk, sizes, detections):
+    for path, (width, height), dets in zip(chunk, sizes, detections, strict=True):
         boxes = np.array([d["box"] for d in dets], np.float64).reshape(-1, 4)
         try:
             drawn = draw_prediction(path, boxes, [d["class"] for d in dets], [d["score"] for d in dets], max_pixels)

@@ -1,26 +1,24 @@
 """Quantization-aware training (tensorflow-model-optimization) and its export to ``RUN/model_qat.tflite``.
 
-Why the original project's QAT failed, and what is done here instead (docs/STACK.md):
+What tfmot needs from the network (docs/STACK.md):
 - tfmot refuses ``Rescaling`` ("Layer rescaling is not supported"): it is annotated with
   ``RescalingQuantizeConfig``: no weights to quantize, but its output gets an 8-bit range measured in
-  training, like the input. A config that quantizes nothing at all (the first fix tried) trains, but
-  the converted int8 file then loses the rescale and predicts garbage (measured, see the class).
+  training, like the input (a config that quantizes nothing loses the rescale in the int8 file; see the class).
 - tfmot folds BatchNormalization only when it directly follows a convolution (or Dense) with linear
   activation; Conv -> MaxPool -> BN is refused deep inside tfmot. :func:`apply_qat` checks this first and
   names the offending layers; ``raydet.detector.model.build_model`` puts every BN right after a Conv without bias.
 
-Saving: a QAT model saved in the native ``.keras`` zip format does not load back with ``load_model``
-(tf-keras 2.21 + tfmot 0.8.1: ``QuantizeLayer`` is built twice on load and the wrappers list their
-variables differently, "expected 5 variables, but received 3"). :func:`save_qat_model` therefore writes
-HDF5 (under the ``model_qat.keras`` name of the contract; tf-keras reads a non-zip ``.keras`` file as
-HDF5), which round-trips exactly; :func:`load_qat_model` reads it, and also reads a native zip by
-rebuilding the same network and loading the weights into it.
+Loading: a QAT model saved in the native ``.keras`` zip format (what training writes to ``model_qat.keras``) does
+not load back with ``load_model`` (tf-keras 2.21 + tfmot 0.8.1: ``QuantizeLayer`` is built twice on load and the
+wrappers list their variables differently, "expected 5 variables, but received 3"). :func:`load_qat_model`
+therefore rebuilds the same network and loads the weights into it; an HDF5 file (tf-keras reads a non-zip
+``.keras`` file as HDF5) loads as it is.
 
 Usage in training (``raydet train --qat``), on every worker, inside ``strategy.scope()``::
 
     model = apply_qat(build_model(model_cfg))        # or a float model loaded with --init-from
     compile_model(model, ...); model.fit(...)
-    save_qat_model(model, path)                      # EVERY worker (rank 0's path is RUN/model_qat.keras)
+    model.save(path, save_format="keras_v3")         # EVERY worker: reading synced variables is collective
     export_qat_tflite(RUN)                           # on the driver -> RUN/model_qat.tflite
 """
 
@@ -28,13 +26,17 @@ from __future__ import annotations
 
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from raydet.cluster.runtime import use_legacy_keras
+from raydet.config import ModelConfig
+from raydet.detector.model import build_model
 from raydet.errors import UserError, UserFileNotFoundError
-from raydet.export.runner import QAT_KERAS_FILE as QAT_MODEL
+from raydet.export.quantize import require_model
+from raydet.export.run import Run
 
 # (class name of the layer feeding a BatchNormalization) that tfmot's default 8-bit transforms fold.
 _BN_FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
@@ -59,9 +61,9 @@ def _rescaling_config_class():
             """For Rescaling, which tfmot does not support: no weights; the output gets a measured range.
 
             Quantizing nothing (no output quantizer either) trains fine in Keras, but the TFLite converter
-            then drops the rescale and feeds the first convolution the raw 0..255 input at scale 1: the
-            int8 file predicted one constant answer (33% class agreement with the Keras QAT model on 3
-            classes). With the output range the converter keeps the 1/255 and the file agrees with Keras.
+            then drops the rescale and feeds the first convolution the raw 0..255 input at scale 1, and the
+            int8 file does not agree with Keras (docs/STACK.md). With the output range the converter keeps the
+            rescale and the file agrees with Keras.
             """
 
             def get_weights_and_quantizers(self, layer):
@@ -156,7 +158,7 @@ def apply_qat(model):
     renamed = {}
     for name in model.output_names:
         wrapper = quantized.get_layer(f"quant_{name}")
-        wrapper._name = name  # noqa: SLF001 - Keras has no public rename; the inner layer keeps the same name
+        wrapper._name = name  # Keras has no public rename; the inner layer keeps the same name
         renamed[name] = wrapper.output
     outputs = {name: renamed[name] for name in _output_keys(model)}
     return tf_keras.Model(quantized.inputs, outputs, name=f"{model.name}_qat")
@@ -193,7 +195,7 @@ def calibrate_ranges(qat_model, images) -> int:
         qat_model(np.asarray(images, np.float32), training=True)
     finally:
         quant_ops.MovingAvgQuantize = original
-        for v, value in zip(stats, saved):
+        for v, value in zip(stats, saved, strict=True):
             v.assign(value)
     return len(ranges)
 
@@ -205,24 +207,14 @@ def _output_keys(model) -> list[str]:
     return list(model.output)
 
 
-def save_qat_model(model, path: str | os.PathLike) -> None:
-    """Save a QAT model so :func:`load_qat_model` restores it exactly (HDF5; see module docstring).
-
-    Under MultiWorkerMirroredStrategy call it on every worker (each to its own path): reading the
-    quantizers' synchronized variables is a collective operation, and one worker saving alone hangs.
-    """
-    model.save(str(path), save_format="h5", include_optimizer=False)
-
-
 def load_qat_model(path: str | os.PathLike, model_config=None):
     """Load a QAT model, uncompiled.
 
-    HDF5 (written by :func:`save_qat_model`) loads as it is. A native ``.keras`` zip cannot be deserialized
+    HDF5 loads as it is. A native ``.keras`` zip (what training writes) cannot be deserialized
     (module docstring), but its weights load by position into the same construction,
     ``apply_qat(build_model(model_config))``; ``model_config`` (a :class:`raydet.config.ModelConfig`) is
     then required.
     """
-    import zipfile
 
     use_legacy_keras()
     import tf_keras
@@ -234,9 +226,8 @@ def load_qat_model(path: str | os.PathLike, model_config=None):
         if model_config is None:
             raise UserError(
                 f"{path} is a native .keras zip, which does not deserialize with tfmot wrappers; "
-                "pass the run's ModelConfig to rebuild it, or save it with raydet.export.qat.save_qat_model"
+                "pass the run's ModelConfig (RUN/config.json's model fields) to rebuild it"
             )
-        from raydet.detector.model import build_model
 
         model = apply_qat(build_model(model_config))
         model.load_weights(str(path))
@@ -262,17 +253,12 @@ def export_qat_tflite(run_dir: str | os.PathLike) -> str:
     FileNotFoundError names what the run holds if the QAT model is missing. A native-zip model file is
     rebuilt from ``RUN/config.json``'s ``model`` fields (see :func:`load_qat_model`).
     """
-    import json
 
-    from raydet.config import ModelConfig
-    from raydet.export.quantize import require_model, tflite_path
-
-    src = require_model(run_dir, QAT_MODEL)
-    config = Path(run_dir) / "config.json"
-    fields = json.loads(config.read_text()).get("model") if config.is_file() else None
+    src = require_model(run_dir, Run.QAT_MODEL)
+    fields = Run(run_dir).read_config(missing_ok=True).get("model")
     start = time.perf_counter()
     data = convert_qat(load_qat_model(src, ModelConfig(**fields) if fields else None))
-    out = tflite_path(run_dir, "qat")
+    out = Run(run_dir).model("qat")
     out.write_bytes(data)
     print(f"wrote {out} ({len(data):,} bytes, {time.perf_counter() - start:.1f} s)", flush=True)
     return str(out)

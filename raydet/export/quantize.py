@@ -12,13 +12,13 @@ shows what quantization itself gains, apart from leaving Keras (docs/STACK.md: L
 faster than Keras ``predict`` on a CPU).
 
 Every file keeps the Keras model's names in its ``serving_default`` signature: input ``image``, outputs
-``heatmap`` and ``boxes``. :class:`raydet.export.tflite.TFLiteModel` runs any of them; raydet.detector.decode turns the maps into
-detections outside the graph (top-k and gathers inside an int8 graph lost every detection in TF's own CenterNet).
+``heatmap`` and ``boxes``. :class:`raydet.export.tflite.TFLiteModel` runs any of them; raydet.detector.decode turns the
+maps into detections outside the graph (top-k and gathers inside an int8 graph lost every detection in TF's own
+CenterNet).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -29,14 +29,9 @@ from raydet.cluster import storage
 from raydet.cluster.runtime import init_ray, use_legacy_keras
 from raydet.config import QuantizeConfig
 from raydet.errors import UserError, UserFileNotFoundError
-from raydet.export.runner import FLOAT_FILE as FLOAT_MODEL
-from raydet.export.runner import REFERENCE  # the unoptimized .tflite written beside the quantized ones
+from raydet.export.run import KNOWN_MODELS, REFERENCE, Run
+from raydet.ingest.prep import Prep
 from raydet.ingest.shards import read_split
-
-
-def tflite_path(run_dir: str | os.PathLike, mode: str) -> Path:
-    """``RUN/model_<mode>.tflite`` (mode: float32, dynamic, float16, int8 or qat)."""
-    return Path(run_dir) / f"model_{mode}.tflite"
 
 
 def describe_run(run_dir: str | os.PathLike) -> str:
@@ -48,9 +43,9 @@ def describe_run(run_dir: str | os.PathLike) -> str:
     return f"{run_dir} holds {', '.join(names)}" if names else f"{run_dir} is empty"
 
 
-def require_model(run_dir: str | os.PathLike, name: str = FLOAT_MODEL) -> str:
+def require_model(run_dir: str | os.PathLike, name: str = Run.FLOAT_MODEL) -> str:
     """``RUN/name`` (path or URI) if it is a file, else FileNotFoundError naming it and what the run holds."""
-    path = storage.join(run_dir, name)
+    path = Run(run_dir).file(name)
     if storage.kind(path) != "file":
         raise UserFileNotFoundError(f"no model at {path}: {describe_run(run_dir)}")
     return path
@@ -71,14 +66,12 @@ def calibration_images(
     """Up to ``limit`` train images of a PREP folder, (N, S, S, 3) uint8, read through Ray Data.
 
     Connects to Ray with :func:`raydet.cluster.runtime.init_ray` (``address``, RAY_ADDRESS or a fresh local Ray). Raises
-    FileNotFoundError if ``PREP/train`` is missing and ValueError if the images are not ``image_size``
-    square (a calibration set prepared at another size would calibrate the wrong network).
+    as :meth:`raydet.ingest.prep.Prep.read_manifest` for a PREP without a manifest or train shards, and ValueError if
+    the images are not ``image_size`` square (a calibration set prepared at another size would calibrate the wrong
+    network).
     """
+    Prep(prep).read_manifest(splits=("train",))
     train = storage.join(prep, "train")
-    if storage.kind(train) != "dir":
-        raise UserFileNotFoundError(
-            f"no calibration images: {train} does not exist (expected a PREP folder written by `raydet prepare`)"
-        )
     init_ray(address)
 
     ds = read_split(storage.normalize(prep), "train").select_columns(["image"]).limit(limit)
@@ -150,13 +143,13 @@ def size_rows(run_dir: str | os.PathLike, model=None) -> list[dict]:
     run = Path(run_dir)
     rows = []
     weights = model.count_params() * 4 if model is not None else None
-    float32 = tflite_path(run, REFERENCE)
+    float32 = Run(run).model(REFERENCE)
     ref = float32.stat().st_size if float32.is_file() else None
-    keras_file = run / FLOAT_MODEL
+    keras_file = Run(run).model("float")
     if keras_file.is_file():
         rows.append({"name": "float (.keras)", "file": keras_file.name, "bytes": keras_file.stat().st_size})
-    for mode in (REFERENCE, "dynamic", "float16", "int8", "qat"):
-        path = tflite_path(run, mode)
+    for mode in (m for m in KNOWN_MODELS if m != "float"):
+        path = Run(run).model(mode)
         if path.is_file():
             rows.append({"name": mode, "file": path.name, "bytes": path.stat().st_size})
     for row in rows:
@@ -185,10 +178,11 @@ def format_size_table(rows: list[dict], weights_bytes: int | None = None) -> str
 def _calibration_source(cfg: QuantizeConfig, run: Path) -> str:
     if cfg.calibration:
         return cfg.calibration
-    config = run / "config.json"
-    prep = json.loads(config.read_text()).get("prep") if config.is_file() else None
+    prep = Run(run).read_config(missing_ok=True).get("prep")
     if not prep:
-        raise UserError(f"int8 needs calibration images: pass --calibration PREP ({config} names no 'prep')")
+        raise UserError(
+            f"int8 needs calibration images: pass --calibration PREP ({Run(run).file(Run.CONFIG)} names no 'prep')"
+        )
     return prep
 
 
@@ -200,7 +194,7 @@ def quantize(cfg: QuantizeConfig) -> dict[str, str]:
     is written too, not returned).
     """
     require_model(cfg.run)  # before any Ray or TensorFlow start-up
-    with storage.local_copy(cfg.run, fetch=["config.json", FLOAT_MODEL]) as run:
+    with storage.local_copy(cfg.run, fetch=[Run.CONFIG, Run.FLOAT_MODEL]) as run:
         prep = _calibration_source(cfg, run) if "int8" in cfg.modes else None
         written = _convert_all(cfg, run, prep)
     return {mode: storage.join(cfg.run, Path(path).name) for mode, path in written.items()}
@@ -209,8 +203,8 @@ def quantize(cfg: QuantizeConfig) -> dict[str, str]:
 def _convert_all(cfg: QuantizeConfig, run: Path, prep: str | None) -> dict[str, str]:
     """Every file of ``cfg.modes`` (and the float32 reference when it is older than the model) into the local
     RUN folder ``run``; -> {mode: local path}."""
-    keras_path = run / FLOAT_MODEL
-    print(f"loading {storage.join(cfg.run, FLOAT_MODEL)}", flush=True)
+    keras_path = Run(run).model("float")
+    print(f"loading {Run(cfg.run).file(Run.FLOAT_MODEL)}", flush=True)
     model = load_float_model(run)
     image_size = int(model.input_shape[1])
     calibration = None
@@ -220,7 +214,7 @@ def _convert_all(cfg: QuantizeConfig, run: Path, prep: str | None) -> dict[str, 
         print(f"  {len(calibration)} images", flush=True)
 
     written = {}
-    reference = tflite_path(run, REFERENCE)
+    reference = Run(run).model(REFERENCE)
     todo = list(cfg.modes)
     if not reference.is_file() or reference.stat().st_mtime < keras_path.stat().st_mtime:
         todo.insert(0, REFERENCE)
@@ -228,7 +222,7 @@ def _convert_all(cfg: QuantizeConfig, run: Path, prep: str | None) -> dict[str, 
         start = time.perf_counter()
         print(f"converting {mode} ...", flush=True)
         data = convert(model, mode, calibration, progress=True)
-        path = tflite_path(run, mode)
+        path = Run(run).model(mode)
         path.write_bytes(data)
         print(
             f"  wrote {storage.join(cfg.run, path.name)} ({len(data):,} bytes, {time.perf_counter() - start:.1f} s)",

@@ -1,18 +1,10 @@
-"""Running a run's models: where their files live, refusing old runs, one runner for .keras and .tflite, and how
-to cut images into actor calls (:func:`batch_plan`, shared by ``raydet evaluate`` and benchmarks/infer.py).
-
-Model files of a RUN (docs/FORMATS.md), named here and nowhere else:
-
-- ``float``: ``RUN/model.keras``, the float tf_keras model;
-- ``float32``, ``dynamic``, ``float16``, ``int8``, ``qat``: ``RUN/model_<name>.tflite`` (``float32`` is the
-  unoptimized reference ``raydet quantize`` writes beside the quantized files);
-- ``RUN/model_qat.keras``: the QAT Keras model (:data:`QAT_KERAS_FILE`), exported to ``model_qat.tflite``.
+"""Running a run's models: which of them a RUN holds, checking a model file is a raydet model, one runner for
+.keras and .tflite, and how to cut images into actor calls (:func:`batch_plan`, shared by ``raydet evaluate`` and
+benchmarks/infer.py). The model file names are :class:`raydet.export.run.Run`'s.
 
 Every model has the dense contract of :mod:`raydet.detector.model`: input ``image`` (N, S, S, 3) pixels 0..255, outputs
-``heatmap`` (N, G, G, C) and ``boxes`` (N, G, G, 4) ``[off_x, off_y, w, h]`` per cell. A RUN written by the
-single-box raydet (outputs ``class_logits`` (N, C) and ``boxes`` (N, 4) xyxy normalized, or a ``config.json``
-whose ``model`` has no ``backbone``) is refused by :func:`check_run` / :class:`ModelRunner` with
-:class:`OldRunError`: it must be retrained.
+``heatmap`` (N, G, G, C) and ``boxes`` (N, G, G, 4) ``[off_x, off_y, w, h]`` per cell; a file with other outputs
+is refused by :func:`check_run` / :class:`ModelRunner` with a UserError naming it.
 """
 
 from __future__ import annotations
@@ -29,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from raydet.cluster import storage
+from raydet.cluster.runtime import use_legacy_keras
 from raydet.config import MODEL_NAMES
+from raydet.detector.model import OUTPUT_NAMES
 from raydet.errors import UserError, UserFileNotFoundError
+from raydet.export.run import KNOWN_MODELS, Run
+from raydet.export.tflite import TFLiteModel, signature
 
-FLOAT_FILE = "model.keras"
-QAT_KERAS_FILE = "model_qat.keras"
-REFERENCE = "float32"  # the unoptimized .tflite
-# every name model_file knows: MODEL_NAMES (what evaluate/predict accept) plus the float32 reference
-KNOWN_MODELS = tuple(dict.fromkeys(MODEL_NAMES[:1] + (REFERENCE,) + MODEL_NAMES[1:]))
-OUTPUT_NAMES = ("heatmap", "boxes")
+KERAS_ARCHITECTURE = "config.json"  # inside a .keras zip: the model's architecture (not a RUN's config.json)
 # Images per Keras call: ~8 MiB of uint8 pixels (a whole actor call at 64 px, 55 images at 224 px), so a large
 # call at a large size does not mean gigabytes of activations.
 KERAS_CHUNK_BYTES = 8 * 2**20
@@ -49,51 +41,31 @@ AUTO_BATCH_BYTES = 24 * 2**20
 MAX_AUTO_BATCH = 512
 
 
-class OldRunError(ValueError):
-    """A RUN (or model file) made by the single-box raydet: it has to be retrained."""
-
-
-def old_run_error(what: str) -> OldRunError:
-    """The refusal of an old single-box model or run; ``what`` names the file and what was found in it."""
-    return OldRunError(
-        f"{what}: this is a single-box model of an older raydet (class_logits (N, C) and boxes (N, 4) per image); "
-        "this raydet version is a dense detector (outputs heatmap (N, G, G, C) and boxes (N, G, G, 4)), so the run "
-        "must be retrained with this raydet version (`raydet train`, then `raydet quantize`)"
-    )
-
-
 # ---------------------------------------------------------------------------------------------- model files
 
 
-def model_file(run: str | os.PathLike, name: str) -> Path:
-    """Where model ``name`` (one of ``KNOWN_MODELS``) of a run lives: ``model.keras`` or ``model_<name>.tflite``."""
-    if name not in KNOWN_MODELS:
-        raise UserError(f"unknown model {name!r}: expected one of {KNOWN_MODELS}")
-    return Path(run) / (FLOAT_FILE if name == "float" else f"model_{name}.tflite")
-
-
 def available_models(run: str | os.PathLike, names: tuple[str, ...] = MODEL_NAMES) -> list[str]:
-    """The model names among ``names`` whose files exist in ``run``, in ``names`` order."""
-    return [n for n in names if model_file(run, n).exists()]
+    """The model names among ``names`` whose files exist in the local RUN folder ``run``, in ``names`` order."""
+    return [n for n in names if Run(run).model(n).exists()]
 
 
 def require_models(run: str | os.PathLike, names: tuple[str, ...]) -> dict[str, Path]:
     """``{name: path}`` for ``names``; FileNotFoundError naming the missing ones and the ones that exist."""
     if not Path(run).is_dir():
         raise UserFileNotFoundError(f"run folder {run} does not exist")
-    missing = [n for n in names if not model_file(run, n).exists()]
+    missing = [n for n in names if not Run(run).model(n).exists()]
     if missing:
         have = available_models(run)
         raise UserFileNotFoundError(
             f"model(s) {', '.join(missing)} not found in {run} "
-            f"(expected {', '.join(model_file(run, n).name for n in missing)}); "
+            f"(expected {', '.join(Run.model_name(n) for n in missing)}); "
             f"this run has: {', '.join(have) if have else 'no models'}"
             + ("; make the .tflite files with `raydet quantize RUN`" if set(missing) - {"float"} else "")
         )
-    return {n: model_file(run, n) for n in names}
+    return {n: Run(run).model(n) for n in names}
 
 
-# ---------------------------------------------------------------------------------------------- old runs
+# ---------------------------------------------------------------------------------------------- checks
 
 
 def model_output_names(path: str | os.PathLike) -> list[str]:
@@ -101,13 +73,11 @@ def model_output_names(path: str | os.PathLike) -> list[str]:
     (``output_layers``), a ``.tflite`` file's ``serving_default`` signature."""
     path = Path(path)
     if path.suffix == ".tflite":
-        from raydet.export.tflite import signature
-
         return signature(str(path))["outputs"]
     if path.suffix == ".keras":
         try:
             with zipfile.ZipFile(path) as z:
-                outputs = json.loads(z.read("config.json"))["config"].get("output_layers", [])
+                outputs = json.loads(z.read(KERAS_ARCHITECTURE))["config"].get("output_layers", [])
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
             raise UserError(f"{path}: not a readable .keras model file ({exc})") from exc
         # dict outputs: {name: [layer, 0, 0]}; a list of outputs: [[layer, 0, 0], ...]
@@ -115,37 +85,38 @@ def model_output_names(path: str | os.PathLike) -> list[str]:
     raise UserError(f"{path}: not a .keras or .tflite model")
 
 
+def _not_a_raydet_model(path: Path, found) -> UserError:
+    """The refusal of a model file whose outputs (``found``: their names or shapes) are not raydet's."""
+    return UserError(
+        f"{path} has outputs {found}: not a raydet model (outputs heatmap (N, G, G, C) and boxes (N, G, G, 4))"
+    )
+
+
 def check_model_file(path: str | os.PathLike) -> None:
-    """OldRunError if the model file's outputs are not ``heatmap`` and ``boxes`` (an old single-box model
-    has ``class_logits``); ValueError for a file that is neither."""
+    """UserError unless the ``.keras`` or ``.tflite`` file at ``path`` has the outputs ``heatmap`` and ``boxes``."""
     names = model_output_names(path)
-    if "class_logits" in names or not set(OUTPUT_NAMES) <= set(names):
-        raise old_run_error(f"{path} has outputs {sorted(names)}")
+    if not set(OUTPUT_NAMES) <= set(names):
+        raise _not_a_raydet_model(path, sorted(names))
 
 
-def check_run(run: str | os.PathLike, names: tuple[str, ...] | None = None) -> None:
-    """Refuse a RUN made by the single-box raydet, before any model is loaded.
-
-    Looks at ``RUN/config.json`` (its ``model`` must have a ``backbone``; a run without ``config.json`` or without
-    ``model`` in it passes this test) and at the outputs of the model files ``names`` (default: every model of
-    the run that exists). Raises :class:`OldRunError` naming what it found.
-    """
-    config = Path(run) / "config.json"
-    if config.is_file():
-        model = json.loads(config.read_text()).get("model")
-        if isinstance(model, dict) and "backbone" not in model:
-            raise old_run_error(f"{config} describes a model without a backbone ({', '.join(sorted(model))})")
+def check_run(run: str | os.PathLike, names: tuple[str, ...] | None = None) -> dict:
+    """Check a local RUN folder before any model is loaded: its ``config.json`` when there is one
+    (:meth:`raydet.export.run.Run.read_config`) and the outputs of the model files ``names`` (default: every
+    model of the run that exists). -> the config's dict ({} when there is none); UserError naming the file and
+    what is wrong in it."""
+    config = Run(run).read_config(missing_ok=True)
     for name in available_models(run, KNOWN_MODELS) if names is None else names:
-        if model_file(run, name).exists():
-            check_model_file(model_file(run, name))
+        if Run(run).model(name).exists():
+            check_model_file(Run(run).model(name))
+    return config
 
 
 def check_outputs(path: Path, shapes: dict[str, tuple]) -> None:
-    """OldRunError unless ``shapes`` (output name -> shape, batch first) hold a rank-4 ``heatmap`` and a
+    """UserError unless ``shapes`` (output name -> shape, batch first) hold a rank-4 ``heatmap`` and a
     rank-4 ``boxes`` with 4 channels."""
     heatmap, boxes = shapes.get("heatmap"), shapes.get("boxes")
     if heatmap is None or boxes is None or len(heatmap) != 4 or len(boxes) != 4 or boxes[-1] != 4:
-        raise old_run_error(f"{path} has outputs {dict(sorted(shapes.items()))}")
+        raise _not_a_raydet_model(path, dict(sorted(shapes.items())))
 
 
 # ---------------------------------------------------------------------------------------------- the runner
@@ -168,7 +139,6 @@ def batch_plan(images: int, image_size: int, actors: int, batch_size: int | None
 def _local_model(path: str | os.PathLike) -> Path:
     """A model file's local path: itself, or for a URI (a run in a bucket) a copy fetched into a temporary
     folder of this process (an actor on any node can load it; the folder goes when the process ends)."""
-    from raydet.cluster import storage
 
     if not storage.is_uri(path):
         return Path(path)
@@ -204,7 +174,6 @@ class ModelRunner:
         self.grid, self.num_classes = int(shapes["heatmap"][1]), int(shapes["heatmap"][3])
 
     def _load_tflite(self, num_threads: int) -> dict[str, tuple]:
-        from raydet.export.tflite import TFLiteModel
 
         self._tflite = TFLiteModel(str(self.path), num_threads=num_threads, batch_size=1)
         self.image_size = self._tflite.image_size
@@ -212,7 +181,6 @@ class ModelRunner:
         return self._tflite.output_shapes
 
     def _load_keras(self, num_threads: int) -> dict[str, tuple]:
-        from raydet.cluster.runtime import use_legacy_keras
 
         use_legacy_keras()
         import tensorflow as tf

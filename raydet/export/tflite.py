@@ -18,9 +18,9 @@ import os
 
 import numpy as np
 
+from raydet.detector.model import OUTPUT_NAMES
 from raydet.errors import UserFileNotFoundError
 
-OUTPUT_NAMES = ("heatmap", "boxes")
 SIGNATURE = "serving_default"
 
 

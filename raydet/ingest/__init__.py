@@ -5,7 +5,8 @@ raydet compares them (``classnames``), decoding and resizing one image (``images
 the PREP folder and its manifest (``prep``: the one reader and writer of that layout), ``raydet prepare`` on Ray
 Data (``prepare``) and the built-in synthetic dataset (``synth``).
 
-May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector (``MAY_IMPORT``; tests/test_layers.py checks it).
+May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector
+(``MAY_IMPORT``; tests/test_layers.py checks it).
 """
 
 MAY_IMPORT = ("errors", "config", "cluster", "detector")

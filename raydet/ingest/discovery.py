@@ -404,8 +404,8 @@ def resolve_image(dataset_or_names: Dataset | Collection[str], ref: AnnotationRe
     from ``Dataset.image_files``: pure, no filesystem access, cheap to ship to a Ray task).
     ``filename``: the record's ``<filename>``. Order: that name in ``ref.image_dir`` (exactly, then ignoring
     case and Unicode normalization); else its stem with any image extension (any case); else the XML's stem
-    with any image extension, preferring the extension of ``<filename>``. Raises ``VocError`` "path traversal refused" for an absolute ``<filename>`` or one with
-    ``..``, and "image not found" when nothing matches.
+    with any image extension, preferring the extension of ``<filename>``. Raises ``VocError`` "path traversal refused"
+    for an absolute ``<filename>`` or one with ``..``, and "image not found" when nothing matches.
     """
     if isinstance(dataset_or_names, Dataset):
         names = dataset_or_names.image_names(ref)

@@ -5,9 +5,8 @@ Decisions, and why:
   of its factors 1/8, 2/8, ... 7/8 straight into RGB, at the smallest scale that still gives at least ``size``
   pixels on each side, so a photo is never decoded in full and never upsampled from a reduced decode. Then
   OpenCV's area filter shrinks it (the right antialiasing filter for shrinking; bilinear where it grows).
-  Pillow's ``draft`` offers only 1/2, 1/4 and 1/8, which a typical 500 x 375 photo at 224 px cannot use:
-  measured on the raccoon photos, single core, 224 px: 803 against 562 images per CPU-second for Pillow
-  ``draft`` + bilinear (``benchmarks/ingest.py`` prints the rate of this function).
+  Pillow's ``draft`` offers only 1/2, 1/4 and 1/8, which a typical 500 x 375 photo at 224 px cannot use
+  (docs/INGEST.md, "JPEG decode", compares the two; ``benchmarks/ingest.py`` prints the rate of this function).
 - **Everything else through Pillow**: PNG, BMP, GIF, TIFF, WebP, CMYK/YCCK JPEGs (Pillow handles Adobe's
   inverted CMYK), and any JPEG that libjpeg-turbo calls damaged (Pillow then names the damage). Pillow's
   ``draft`` still reduces large JPEGs on this path, then a bilinear resize (which widens its support when
@@ -165,7 +164,7 @@ def _refused_format(data: bytes) -> str | None:
             continue
         try:
             result = accept(prefix)
-        except Exception:  # noqa: BLE001 -- a plugin's own check failing means "not this format"
+        except Exception:  # a plugin's own check failing means "not this format"
             continue
         if result and not isinstance(result, str):  # a str is Pillow's "looks like it, but cannot be read"
             return fmt
@@ -186,7 +185,7 @@ def exif_orientation(data: bytes) -> int:
             if im.format == "PNG" and "exif" not in im.info:
                 return 1  # an eXIf chunk after the pixels: Pillow would decode the whole image to reach it
             value = int(im.getexif().get(_ORIENTATION, 1))
-    except Exception:  # noqa: BLE001 -- a damaged header is decode_resize's to report, not this function's
+    except Exception:  # a damaged header is decode_resize's to report, not this function's
         return 1
     return value if 2 <= value <= 8 else 1
 

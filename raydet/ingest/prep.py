@@ -31,10 +31,14 @@ and the moves, rewritten as they complete):
 
 So at every crash point the next run finds the journal (roll forward to the new PREP, whole in its staging folder
 or already moved) or none (the previous PREP untouched, leftovers deleted): never neither.
+
+**Reading** a PREP: :class:`Prep` (its manifest's location, and :meth:`Prep.read_manifest`, the one reader of
+``PREP/manifest.json``, which checks it against the shards).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -46,8 +50,8 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from raydet.cluster import storage
-from raydet.errors import UserError
-from raydet.ingest.shards import SPLITS
+from raydet.errors import UserError, UserFileNotFoundError
+from raydet.ingest.shards import SPLITS, shard_paths, split_rows
 
 # Under --out, both removed (or finished, when the journal names them) by the next run when a run dies: a run's
 # shards and manifest until it commits, and the previous PREP while the commit swaps it out.
@@ -56,6 +60,63 @@ MANIFEST = "manifest.json"
 LEASE, JOURNAL = ".raydet-lease.json", ".raydet-commit.json"
 HEARTBEAT_S = 30.0  # the holder rewrites the lease this often
 STALE_S = 300.0  # a lease whose heartbeat is older than this (another host, or a bucket) is taken over
+
+
+@dataclass(frozen=True)
+class Prep:
+    """The PREP folder at ``where`` (a path or URI) that ``raydet prepare`` wrote: ``MANIFEST`` and one folder of
+    Parquet shards per split (raydet.ingest.shards)."""
+
+    where: str | os.PathLike
+
+    @property
+    def manifest(self) -> str:
+        """PREP/manifest.json as a path or URI."""
+        return storage.join(self.where, MANIFEST)
+
+    def is_written(self) -> bool:
+        """Whether the PREP has its manifest (written last: the PREP is whole)."""
+        return storage.kind(self.manifest) == "file"
+
+    def read_manifest(self, splits: tuple[str, ...] = SPLITS) -> dict:
+        """PREP/manifest.json -> its dict, checked: UserFileNotFoundError when it is absent or a split of
+        ``splits`` has no Parquet shard; a one-line UserError naming the file and the bad value when it is not
+        a JSON object, its ``classes`` is not a non-empty list or its ``image_size`` not a positive integer, or
+        a split's shards hold other row counts than its ``splits`` says."""
+        path = self.manifest
+        if storage.kind(path) != "file":
+            raise UserFileNotFoundError(f"{path}: no manifest; is {self.where} a folder written by `raydet prepare`?")
+        try:
+            manifest = json.loads(storage.read_text(path))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc})") from exc
+        if not isinstance(manifest, dict):
+            raise UserError(f"{path}: expected a JSON object, got {manifest!r}")
+        classes, size = manifest.get("classes"), manifest.get("image_size")
+        if not isinstance(classes, list) or not classes:
+            raise UserError(f"{path}: 'classes' must be a non-empty list, got {classes!r}")
+        if not isinstance(size, int) or size <= 0:
+            raise UserError(f"{path}: 'image_size' must be a positive integer, got {size!r}")
+        for split in splits:
+            self._check_split(split, (manifest.get("splits") or {}).get(split))
+        return manifest
+
+    def _check_split(self, split: str, expected: int | None) -> None:
+        """UserFileNotFoundError when ``PREP/<split>`` has no shard; UserError unless its shards hold the
+        ``expected`` rows the manifest counted (their Parquet footers are read, no column): a PREP copied in
+        part, or shards added or removed by hand, is something else than the manifest describes. ``expected``
+        None (a manifest without counts): not compared."""
+        folder = storage.join(self.where, split)
+        if not shard_paths(self.where, split):
+            raise UserFileNotFoundError(f"{folder}: no Parquet shards (expected {folder}/*.parquet)")
+        if expected is None:
+            return
+        found = sum(rows for _, rows in split_rows(self.where, split))
+        if found != expected:
+            raise UserError(
+                f"{folder}: its shards hold {found} rows but {self.manifest} counted {expected}; the PREP changed "
+                "after `raydet prepare` wrote it (copied in part?): prepare it again"
+            )
 
 
 class LeaseHeld(UserError):
@@ -147,7 +208,6 @@ def acquire_lease(filesystem: pafs.FileSystem, root: str, out: str) -> Lease:
 
 
 def _acquire_local(filesystem: pafs.FileSystem, path: str, holder: dict, out: str) -> Lease:
-    import fcntl
 
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -71,9 +71,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+import ray
 
 from raydet.cluster.nodes import check_visible
 from raydet.cluster.progress import Progress
+from raydet.cluster.runtime import data_uses_every_cpu, init_ray
 from raydet.config import PrepareConfig
 from raydet.detector import boxes as B
 from raydet.errors import UserError
@@ -111,7 +113,6 @@ def _parse_batch(
 ) -> pa.Table:
     """[Ray task] annotation paths -> one row each: the pickled ``VocRecord`` or the error, the node, and the
     task's ``start``/``end`` (wall clock, seconds since the epoch)."""
-    import ray
 
     start = time.time()
     node = ray.get_runtime_context().get_node_id()
@@ -163,7 +164,6 @@ def _decode_write_batch(
     ``start``/``end`` (wall clock, seconds since the epoch) and the CPU seconds it spent reading, decoding and
     writing (CPU time, unlike wall time, does not grow when other processes share the cores).
     """
-    import ray
 
     start = time.time()
     node = ray.get_runtime_context().get_node_id()
@@ -179,7 +179,7 @@ def _decode_write_batch(
         "note": [],
         "orientation": [],
     }
-    for index, file, split, blob in zip(batch["index"], batch["file"], batch["split"], batch["record"]):
+    for index, file, split, blob in zip(batch["index"], batch["file"], batch["split"], batch["record"], strict=True):
         t = time.process_time()
         data, result = _read_image(filesystem, root, file, max_bytes)
         seconds["read"] += time.process_time() - t
@@ -258,7 +258,7 @@ def _decode_row(
         pixels, width, height = decode_resize(data, image_size, max_pixels=max_pixels)
     except ImageError as exc:
         return _Decoded(None, f"{file}: {exc}")
-    except Exception as exc:  # noqa: BLE001 -- a decoder bug on one hostile file must not stop the run
+    except Exception as exc:  # a decoder bug on one hostile file must not stop the run
         return _Decoded(None, f"{file}: unexpected {type(exc).__name__} while decoding: {exc}")
     fitted, note = fit_to_image(record, width, height)  # boxes in the decoded frame, or why they cannot be
     if fitted is None:
@@ -288,12 +288,12 @@ def _pad_row(
     inside = B.area(norm) > 0
     dropped = [
         f"object {o.name!r} box {o.box} lies outside the decoded {width}x{height} image"
-        for o, ok in zip(record.objects, inside)
+        for o, ok in zip(record.objects, inside, strict=True)
         if not ok
     ]
     if record.objects and not inside.any():
         return None, f"{file}: {NO_OBJECTS} (every box lies outside the decoded {width}x{height} image)", dropped
-    kept = [o for o, ok in zip(record.objects, inside) if ok]
+    kept = [o for o, ok in zip(record.objects, inside, strict=True) if ok]
     boxes = np.zeros((objects_per_row, 4), np.float32)
     labels = np.full((objects_per_row,), -1, np.int32)
     difficult = np.zeros((objects_per_row,), np.uint8)
@@ -339,7 +339,6 @@ def decode_task_memory(rows: int, image_size: int, max_pixels: int, max_image_by
 
 def _node_memory() -> int | None:
     """The largest ``memory`` resource of a live Ray node (bytes), None when Ray does not say."""
-    import ray
 
     sizes = [n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive")]
     return int(max(sizes)) if sizes and max(sizes) > 0 else None
@@ -356,12 +355,11 @@ def _split_table(table: pa.Table, blocks: int) -> list[pa.Table]:
     """``table`` cut into ``blocks`` consecutive slices of (nearly) equal length: Ray Data's blocks, built in
     one pass (``from_items`` with a dict per row costs the driver far more: docs/INGEST.md)."""
     bounds = np.linspace(0, len(table), blocks + 1).round().astype(int)
-    return [table.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [table.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _parse_all(dataset: Dataset, classes: tuple[str, ...] | None, cpus: int, max_bytes: int) -> list[dict]:
     """Ray Data parse pass: every annotation -> {annotation, record (pickled) or None, error, node, start, end}."""
-    import ray
 
     names = pa.table({"annotation": pa.array([ref.annotation for ref in dataset.annotations], pa.string())})
     blocks = max(min(len(names), 2 * cpus), math.ceil(len(names) / PARSE_ROWS))
@@ -488,7 +486,6 @@ def _decode_all(
     cpus: int,
 ) -> list[dict]:
     """Ray Data decode pass: planned rows -> shards on disk, one summary row back per input row."""
-    import ray
 
     if not planned:
         return []
@@ -579,10 +576,8 @@ def prepare(cfg: PrepareConfig) -> dict:
 
 def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
     """Both Ray Data passes, the shards written into ``out.stage`` -> the manifest (not yet written)."""
-    from raydet.cluster.runtime import data_uses_every_cpu, init_ray
 
     t_discover = time.perf_counter()
-    import ray
 
     started = not ray.is_initialized()
     init_ray(cfg.address)

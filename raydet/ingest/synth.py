@@ -230,7 +230,7 @@ def _paint(
     w, h = x1 - x0, y1 - y0
     mask = Image.new("L", (w * SUPERSAMPLE, h * SUPERSAMPLE), 0)
     draw = ImageDraw.Draw(mask)
-    for poly, hole in zip(polys, shape.hole or (False,) * len(polys)):
+    for poly, hole in zip(polys, shape.hole or (False,) * len(polys), strict=True):
         # -0.5: PIL fills the pixels whose centres the outline touches, both ends included
         pts = (poly - [x0, y0]) * SUPERSAMPLE - 0.5
         draw.polygon([tuple(p) for p in pts], fill=0 if hole else 255)
@@ -333,7 +333,7 @@ def split_ids(cfg: SynthConfig) -> tuple[list[str], list[str]]:
     is_test = np.zeros(cfg.images, bool)
     is_test[rng.permutation(cfg.images)[:n_test]] = True
     ids = [image_id(i) for i in range(cfg.images)]
-    return [x for x, t in zip(ids, is_test) if not t], [x for x, t in zip(ids, is_test) if t]
+    return [x for x, t in zip(ids, is_test, strict=True) if not t], [x for x, t in zip(ids, is_test, strict=True) if t]
 
 
 def image_id(index: int) -> str:

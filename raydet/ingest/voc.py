@@ -147,20 +147,22 @@ def _box(obj: Element, width: int, height: int) -> tuple[tuple[float, float, flo
     clipped = B.clip(np.array(values), width or math.inf, height or math.inf)
     if B.area(clipped) <= 0:
         where = f" after clipping to {width}x{height}" if width and height else ""
-        return None, f"zero-area box{where} ({', '.join(f'{t}={_num(v)}' for t, v in zip(_COORDS, values))})"
+        return None, f"zero-area box{where} ({_coords(values)})"
     w, h = float(clipped[2] - clipped[0]), float(clipped[3] - clipped[1])
     if w < MIN_BOX_PX or h < MIN_BOX_PX:
         where = f" after clipping to {width}x{height}" if width and height else ""
-        return (
-            None,
-            f"box under 1 px ({w:g} x {h:g} px{where}; {', '.join(f'{t}={_num(v)}' for t, v in zip(_COORDS, values))})",
-        )
+        return None, f"box under 1 px ({w:g} x {h:g} px{where}; {_coords(values)})"
     return tuple(float(v) for v in clipped), ""
 
 
 def _num(value: float) -> str:
     """12.0 -> '12', 12.5 -> '12.5': coordinates in messages as the annotator wrote them."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _coords(values: Sequence[float]) -> str:
+    """The four coordinates for a message: ``xmin=1, ymin=2, xmax=3, ymax=4``."""
+    return ", ".join(f"{tag}={_num(v)}" for tag, v in zip(_COORDS, values, strict=True))
 
 
 def parse_voc(data: bytes, classes: Sequence[str] | None = None, *, source: str = "") -> VocRecord:
@@ -216,7 +218,7 @@ def normalize_boxes(record: VocRecord, width: int, height: int) -> np.ndarray:
     if not record.objects:
         return np.zeros((0, 4), np.float32)
     pixel = np.array([o.box for o in record.objects], dtype=np.float64)
-    return np.clip(B.normalize(pixel, width, height), 0.0, 1.0).astype(np.float32)
+    return np.clip(B.normalize_xyxy(pixel, width, height), 0.0, 1.0).astype(np.float32)
 
 
 def fit_to_image(record: VocRecord, width: int, height: int) -> tuple[VocRecord | None, str]:

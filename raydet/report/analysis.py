@@ -170,7 +170,7 @@ def confusion_matrix(
         g_idx, d_idx = np.nonzero(ious >= iou_threshold)
         order = np.argsort(-ious[g_idx, d_idx], kind="stable")
         free_g, free_d = np.ones(len(im.gt_labels), bool), np.ones(len(det_labels), bool)
-        for g, d in zip(g_idx[order], d_idx[order]):
+        for g, d in zip(g_idx[order], d_idx[order], strict=True):
             if free_g[g] and free_d[d]:
                 m[im.gt_labels[g], det_labels[d]] += 1
                 free_g[g] = free_d[d] = False
@@ -328,6 +328,6 @@ def image_scores(
     shown = np.bincount(pos, minlength=len(ids))
     scores = [
         ImageScore(image_id=int(i), tp=int(t), fp=int(s - t), fn=int(len(im.gt_labels) - t))
-        for i, t, s, im in zip(ids, found, shown, images)
+        for i, t, s, im in zip(ids, found, shown, images, strict=True)
     ]
     return sorted(scores, key=lambda s: (s.f1, -(s.fp + s.fn), s.image_id))

@@ -1,34 +1,21 @@
-"""Headless Chromium, to look at report.html as a person would: a screenshot, and a check that the page loaded
-with every image. No Ray, no TensorFlow; Chromium is Debian's ``chromium`` package (``.ci/run`` installs it).
+"""Headless Chromium, to look at report.html as a person would: a screenshot. No Ray, no TensorFlow; Chromium
+is Debian's ``chromium`` package (``.ci/run`` installs it).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from PIL import Image
+
 from raydet.errors import UserFileNotFoundError
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 TIMEOUT_S = 120
-
-# Put first in <head> of a copy of the page: counts the images once the page has loaded, and every error
-# (a script's, or an image that failed: resource errors reach window only in the capture phase).
-_PROBE = """<script>
-window.__errors = [];
-window.addEventListener('error', e => window.__errors.push(e.message || ('failed to load ' + (e.target.src || '')).slice(0, 80)), true);
-window.addEventListener('load', () => {
-  const imgs = Array.from(document.images);
-  const broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;
-  document.body.setAttribute('data-images', imgs.length);
-  document.body.setAttribute('data-broken', broken);
-  document.body.setAttribute('data-errors', window.__errors.length);
-});
-</script>"""
 
 
 def find_chromium() -> str | None:
@@ -93,7 +80,6 @@ def screenshot(
 def shrink_png(path: Path, max_bytes: int) -> None:
     """Rewrite the PNG at ``path`` with a 256-colour palette, then at 0.8x the size per step, until it is at
     most ``max_bytes``."""
-    from PIL import Image
 
     with Image.open(path) as im:
         image = im.convert("RGB")
@@ -105,18 +91,3 @@ def shrink_png(path: Path, max_bytes: int) -> None:
         if path.stat().st_size <= max_bytes or scale < 0.2:
             return
         scale *= 0.8
-
-
-def check_page(html_path: str | os.PathLike, timeout_s: float = TIMEOUT_S) -> dict:
-    """Load a copy of the page with a probe script -> ``{"images": n, "broken": n, "errors": n}``: the
-    page's images, those that did not load (or have no pixels), and the errors the page raised."""
-    page = Path(html_path).read_text(encoding="utf-8")
-    probed = page.replace("<head>", "<head>" + _PROBE, 1)
-    with tempfile.TemporaryDirectory(prefix="raydet-page-") as tmp:
-        copy = Path(tmp) / "page.html"
-        copy.write_text(probed, encoding="utf-8")
-        dom = _chromium(["--dump-dom", "--virtual-time-budget=10000", copy.as_uri()], timeout_s).stdout
-    found = {k: re.search(rf'data-{k}="(\d+)"', dom) for k in ("images", "broken", "errors")}
-    if not all(found.values()):
-        raise RuntimeError(f"the probe did not run (page not loaded?); DOM starts {dom[:300]!r}")
-    return {k: int(m.group(1)) for k, m in found.items()}

@@ -142,7 +142,7 @@ def draw_detections(
     for box in pred:
         cv2.rectangle(out, *corners(box), PRED_COLOR, thickness, cv2.LINE_8)
     # 2. ground-truth names inside the box's bottom-left, predictions above the box: they rarely collide
-    for box, name in zip(gt, gt_names):
+    for box, name in zip(gt, gt_names, strict=True):
         (x0, _), (_, y1) = corners(box)
         (_, th), base = cv2.getTextSize(str(name), _FONT, font_scale, text_thickness)
         _label_box(
@@ -155,7 +155,7 @@ def draw_detections(
             text_thickness,
             below=True,
         )
-    for box, name, score in zip(pred, pred_names, pred_scores):
+    for box, name, score in zip(pred, pred_names, pred_scores, strict=True):
         (x0, y0), _ = corners(box)
         _label_box(out, f"{name} {float(score):.2f}", x0, y0, PRED_COLOR, font_scale, text_thickness)
     return out

@@ -8,17 +8,19 @@ import os
 
 import numpy as np
 
+from raydet.cluster import storage
+from raydet.ingest.images import MAX_PIXELS, ImageError, decode_rgb
+from raydet.ingest.shards import image_array
+from raydet.report import draw
+
 JPEG_QUALITY = 85  # drawn photos in report.html: a tenth of the PNG's bytes, the boxes and labels still crisp
 
 
-def read_rows(prep: str | os.PathLike, split: str, files: set[str]) -> dict[str, dict]:
+def rows_by_file(prep: str | os.PathLike, split: str, files: set[str]) -> dict[str, dict]:
     """The PREP rows of ``files`` in ``PREP/split`` -> {file: row}, each row with ``file``, ``width``,
     ``height`` (original pixels) and ``image`` (S, S, 3) uint8; files not in the split are absent."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
-
-    from raydet.cluster import storage
-    from raydet.ingest.shards import image_array
 
     if not files:
         return {}
@@ -29,7 +31,7 @@ def read_rows(prep: str | os.PathLike, split: str, files: set[str]) -> dict[str,
     cols = {c: table.column(c).to_pylist() for c in ("file", "width", "height")}
     return {
         f: {"file": f, "width": w, "height": h, "image": images[i]}
-        for i, (f, w, h) in enumerate(zip(cols["file"], cols["width"], cols["height"]))
+        for i, (f, w, h) in enumerate(zip(cols["file"], cols["width"], cols["height"], strict=True))
     }
 
 
@@ -38,12 +40,9 @@ def original_image(
 ) -> np.ndarray:
     """The row's image at its original size, RGB uint8: the dataset's own file when it can be read (sharper),
     else the PREP image stretched back to ``width`` x ``height``. ``source`` is the dataset's path or URI
-    (raydet.cluster.storage); the file is decoded through raydet.ingest.images (the formats and limits ``raydet prepare``
-    applied: a file over ``max_bytes`` or ``max_pixels`` is not read)."""
+    (raydet.cluster.storage); the file is decoded through raydet.ingest.images (the formats and limits ``raydet
+    prepare`` applied: a file over ``max_bytes`` or ``max_pixels`` is not read)."""
     import cv2
-
-    from raydet.cluster import storage
-    from raydet.ingest.images import MAX_PIXELS, ImageError, decode_rgb
 
     width, height = int(row["width"]), int(row["height"])
     if source:
@@ -62,7 +61,6 @@ def original_image(
 def draw_result(base_rgb: np.ndarray, result, classes: list[str], score_threshold: float) -> np.ndarray:
     """``base_rgb`` (H, W, 3) uint8 at original size with ``result``'s (a raydet.report.analysis.ImageResult, boxes in
     original pixels) ground truth in green and its detections scoring >= ``score_threshold`` in red."""
-    from raydet.report import draw
 
     keep = result.det_scores >= score_threshold
     return draw.draw_detections(

@@ -26,7 +26,10 @@ import numpy as np
 
 from raydet.cluster.sizes import format_size
 from raydet.errors import UserFileNotFoundError
-from raydet.report import analysis, plots
+from raydet.export.run import Run
+from raydet.ingest.prep import Prep
+from raydet.report import analysis, gallery, plots
+from raydet.report.browser import screenshot
 
 REPORT_FILE = "report.html"
 GALLERY_IMAGES = 12  # worst test images shown per model
@@ -53,13 +56,6 @@ def _read_json(path: Path, what: str):
     return json.loads(path.read_text())
 
 
-def read_history(path: Path) -> list[dict]:
-    """history.jsonl -> its rows ([] when the file is absent)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def build_report(
     run: str | os.PathLike, gallery_images: int = GALLERY_IMAGES, eval_dir: str | os.PathLike | None = None
 ) -> Path:
@@ -67,7 +63,7 @@ def build_report(
     the folder holding report.json (default RUN/eval; evaluate passes its staging folder); a relative
     ``coco_dir`` in report.json is relative to it. FileNotFoundError names a missing report.json or COCO file."""
     run = Path(run)
-    eval_dir = Path(eval_dir) if eval_dir is not None else run / "eval"
+    eval_dir = Path(eval_dir) if eval_dir is not None else Run(run).local(Run.EVAL)
     report = _read_json(eval_dir / "report.json", "written by `raydet evaluate`")
     coco_dir = eval_dir / (report.get("coco_dir") or "coco")  # an absolute coco_dir replaces eval_dir
     gt = _read_json(coco_dir / "ground_truth.json", "the COCO ground truth `raydet evaluate` writes")
@@ -81,7 +77,7 @@ def build_report(
         ModelView(name, report["models"][name], *_model_plots(name, a, classes), a["sizes"], drawings.get(name, []))
         for name, a in found.items()
     ]
-    page = render_page(run, report, views, plots.training_curves(read_history(run / "history.jsonl")), note)
+    page = render_page(run, report, views, plots.training_curves(Run(run).read_history()), note)
     out = eval_dir / REPORT_FILE
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
@@ -119,8 +115,6 @@ def _model_plots(name: str, a: dict, classes: list[str]) -> tuple[bytes, bytes]:
 
 def _gallery(found: dict, classes: list[str], report: dict, count: int) -> tuple[dict, str]:
     """{model: [(caption, JPEG)]} of each model's ``count`` worst images, and a note ('' when all went well)."""
-    from raydet.cluster import storage
-    from raydet.report import gallery
 
     prep = report.get("data") or ""  # a path or a URI (raydet.cluster.storage), never made a Path: s3:// would lose a /
     wanted = {}
@@ -128,23 +122,24 @@ def _gallery(found: dict, classes: list[str], report: dict, count: int) -> tuple
         by_id = {im.image_id: im for im in a["images"]}
         wanted[name] = [(s, by_id[s.image_id]) for s in a["ranked"][:count]]
     try:
-        rows = gallery.read_rows(prep, report.get("split", "test"), {im.file for p in wanted.values() for _, im in p})
+        rows = gallery.rows_by_file(
+            prep, report.get("split", "test"), {im.file for p in wanted.values() for _, im in p}
+        )
     except (OSError, ValueError) as exc:  # PREP moved or deleted: the rest of the page still stands
         return {}, f"no gallery: the test images could not be read from {prep} ({type(exc).__name__}: {exc})"
     try:
-        source = json.loads(storage.read_text(storage.join(prep, "manifest.json"))).get("source")
+        source = Prep(prep).read_manifest(splits=()).get("source")
     except (OSError, ValueError):  # no manifest: the PREP pixels are drawn
         source = None
     threshold = float(report.get("draw_score_threshold", analysis.IMAGE_SCORE))
     try:
         return {name: _drawn(pairs, rows, source, classes, threshold) for name, pairs in wanted.items()}, ""
-    except Exception as exc:  # noqa: BLE001 -- pictures; the figures above them stand
+    except Exception as exc:  # pictures; the figures above them stand
         return {}, f"no gallery: drawing failed ({type(exc).__name__}: {exc})"
 
 
 def _drawn(pairs: list, rows: dict, source: str | None, classes: list[str], threshold: float) -> list:
     """[(caption, JPEG bytes)] for each (ImageScore, ImageResult) pair whose image is in ``rows``."""
-    from raydet.report import gallery
 
     out = []
     for s, im in pairs:
@@ -267,7 +262,7 @@ def render_page(run: Path, report: dict, views: list[ModelView], curves_png: byt
         f"<code>{_esc(report.get('data', '?'))}</code>: {images} images, classes {_esc(', '.join(classes))}; "
         f"written {time.strftime('%Y-%m-%d %H:%M')}"
     )
-    curves = _img(curves_png, "training curves") if curves_png else '<p class="note">no history.jsonl</p>'
+    curves = _img(curves_png, "training curves") if curves_png else f'<p class="note">no {Run.HISTORY}</p>'
     parts = [
         f'<h1>raydet evaluation</h1><p class="meta">{meta}</p>',
         "<h2>Models</h2>",
@@ -317,8 +312,6 @@ def report(cfg) -> Path:
     path = build_report(cfg.run)
     print(f"report: {path}", flush=True)
     if cfg.screenshot:
-        from raydet.report.browser import screenshot
-
         width, height = SCREENSHOT_SIZE
         shot = screenshot(path, cfg.screenshot, width=width, height=height, max_bytes=SCREENSHOT_MAX_BYTES)
         print(f"screenshot: {shot} (the page's top {width} x {height} px)", flush=True)

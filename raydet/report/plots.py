@@ -100,7 +100,7 @@ def training_curves(history: list[dict]) -> bytes | None:
     epochs = [row["epoch"] for row in history]
 
     def series(key):  # (epochs, values) where the key has a value: validation runs every few epochs
-        pairs = [(e, _number(row.get(key))) for e, row in zip(epochs, history)]
+        pairs = [(e, _number(row.get(key))) for e, row in zip(epochs, history, strict=True)]
         return [e for e, v in pairs if math.isfinite(v)], [v for e, v in pairs if math.isfinite(v)]
 
     fig = _figure(12, 3.4)

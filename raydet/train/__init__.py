@@ -4,7 +4,8 @@ Owns: the driver that configures and runs the trainer and writes the RUN (``driv
 (``worker``), the input pipeline (``inputs``), the schedule (``schedule``: epochs, warm-up and cosine, checkpoint
 cadence), validation AP during training (``validation``) and the EMA of the weights (``ema``).
 
-May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector, raydet.ingest, raydet.report, raydet.export (``MAY_IMPORT``; tests/test_layers.py checks it).
+May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector, raydet.ingest, raydet.report, raydet.export
+(``MAY_IMPORT``; tests/test_layers.py checks it).
 """
 
 MAY_IMPORT = ("errors", "config", "cluster", "detector", "ingest", "report", "export")

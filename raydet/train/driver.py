@@ -2,8 +2,8 @@
 
 ``train(cfg)`` [driver, here] checks the PREP folder and the cluster, reads the Parquet shards with Ray Data and
 runs ``raydet.train.worker.train_loop_per_worker(config)`` [each worker], which fits the dense detector
-(raydet.detector.model) on batches that raydet.train.inputs builds from every object of every image. docs/TRAINING.md has the
-measurements behind each choice.
+(raydet.detector.model) on batches that raydet.train.inputs builds from every object of every image. docs/TRAINING.md
+has the measurements behind each choice.
 
 - **Input path** (raydet.train.inputs, docs/TRAINING.md). Ray Data splits the train split equally between the workers.
   When a worker's rows fit ``--memory-budget-gb``, the driver ``materialize()``s the train split before the
@@ -37,17 +37,25 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import ray
+import ray.train
+from ray.data import ExecutionOptions, ExecutionResources
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+
 from raydet.cluster import storage
+from raydet.cluster.nodes import check_visible
+from raydet.cluster.resources import ensure_resources, read_autoscaler
 from raydet.cluster.runtime import init_ray, runtime_env
 from raydet.config import ModelConfig, TrainConfig
 from raydet.errors import UserError, UserFileNotFoundError
-from raydet.export.runner import FLOAT_FILE as FLOAT_MODEL
-from raydet.export.runner import QAT_KERAS_FILE as QAT_MODEL
-from raydet.ingest.shards import read_split, shard_paths
-from raydet.train.worker import STATE_FILE, TENSORBOARD_DIR, train_loop_per_worker
-
-CURVES_FILE = "curves.png"
-
+from raydet.export.qat import export_qat_tflite
+from raydet.export.run import Run
+from raydet.ingest.prep import Prep
+from raydet.ingest.shards import read_blocks, read_rows, read_split, split_rows
+from raydet.report import plots
+from raydet.train.inputs import load_rows, plan_inputs
+from raydet.train.schedule import auto_epochs, checkpoint_every
+from raydet.train.worker import CHECKPOINT_STATE_FILE, train_loop_per_worker, write_scalars
 
 QAT_CALIBRATION_IMAGES = 64
 STREAM_BLOCK_ROWS = 64  # rows per streamed block and read task: 9.6 MB at 224 px
@@ -65,46 +73,6 @@ class TrainSummary:
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def read_manifest(prep: str | os.PathLike) -> dict:
-    """PREP/manifest.json (PREP a path or URI), checked: ValueError/FileNotFoundError naming the path when it is
-    not a valid PREP, or when a split holds no Parquet shard."""
-    path = storage.join(prep, "manifest.json")
-    if storage.kind(path) != "file":
-        raise UserFileNotFoundError(f"{path}: no manifest; is {prep} a folder written by `raydet prepare`?")
-    try:
-        manifest = json.loads(storage.read_text(path))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from exc
-    classes, size = manifest.get("classes"), manifest.get("image_size")
-    if not isinstance(classes, list) or not classes:
-        raise UserError(f"{path}: 'classes' must be a non-empty list, got {classes!r}")
-    if not isinstance(size, int) or size <= 0:
-        raise UserError(f"{path}: 'image_size' must be a positive integer, got {size!r}")
-    for split in ("train", "test"):
-        folder = storage.join(prep, split)
-        if not shard_paths(prep, split):
-            raise UserFileNotFoundError(f"{folder}: no Parquet shards (expected {folder}/*.parquet)")
-        _check_rows(prep, split, (manifest.get("splits") or {}).get(split), path)
-    return manifest
-
-
-def _check_rows(prep: str | os.PathLike, split: str, expected: int | None, manifest_path: str) -> None:
-    """ValueError unless ``PREP/<split>``'s shards hold the ``expected`` rows the manifest counted (their Parquet
-    footers are read, no column): a PREP copied in part, or shards added or removed by hand, would train on
-    something else than the manifest describes. ``expected`` None (an old manifest): not checked."""
-    from raydet.ingest.shards import split_rows
-
-    if expected is None:
-        return
-    found = sum(rows for _, rows in split_rows(prep, split))
-    if found != expected:
-        raise UserError(
-            f"{storage.join(prep, split)}: its shards hold {found} rows but {manifest_path} counted "
-            f"{expected}; the PREP changed after `raydet prepare` wrote it (copied in part?): "
-            "prepare it again"
-        )
-
-
 def worker_layout(cfg: TrainConfig, node_cpus: list[float], gpus: float) -> tuple[int, float]:
     """(workers, CPUs per worker) of a run: ``cfg``'s where given, else the fastest layout where it runs.
 
@@ -164,9 +132,6 @@ def fit_to_cluster(cfg: TrainConfig) -> TrainConfig:
     once (ValueError); an autoscaling one is asked for the nodes and waited for, up to ``cfg.resource_timeout_s``
     seconds (raydet.cluster.resources.ensure_resources).
     """
-    import ray
-
-    from raydet.cluster.resources import ensure_resources, read_autoscaler
 
     nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
     resources = ray.cluster_resources()
@@ -192,15 +157,8 @@ ARCHITECTURE_FIELDS = ("backbone", "width", "max_width", "depth", "neck_width", 
 
 
 def read_run_model_config(run: str | os.PathLike) -> dict:
-    """RUN/config.json's ``model`` fields; ValueError for a run of the single-box network raydet had before its
-    dense heads (its weights cannot start or be read as this network)."""
-    fields = json.loads(storage.read_text(storage.join(run, "config.json")))["model"]
-    if "backbone" not in fields:
-        raise UserError(
-            f"{run} was trained by an older raydet whose network predicted one box per image; "
-            f"it cannot be used with the dense detector: retrain it with this version"
-        )
-    return fields
+    """RUN/config.json's ``model`` fields (RUN a path or URI); UserError as :meth:`Run.read_config`."""
+    return Run(run).read_config(need=("model",))["model"]
 
 
 def model_config(cfg: TrainConfig, manifest: dict) -> ModelConfig:
@@ -215,8 +173,8 @@ def model_config(cfg: TrainConfig, manifest: dict) -> ModelConfig:
 
 def _check_init_from(cfg: TrainConfig) -> None:
     if cfg.init_from:
-        for name in ("config.json", FLOAT_MODEL):
-            if storage.kind(storage.join(cfg.init_from, name)) != "file":
+        for name in (Run.CONFIG, Run.FLOAT_MODEL):
+            if storage.kind(Run(cfg.init_from).file(name)) != "file":
                 raise UserFileNotFoundError(
                     f"--init-from {cfg.init_from}: no {name} there (is it a finished RUN folder?)"
                 )
@@ -235,7 +193,7 @@ def train(cfg: TrainConfig, callbacks: tuple = (), run_callbacks: tuple = ()) ->
     not meet within ``cfg.resource_timeout_s`` (before Ray Train starts), and ValueError when the loss becomes
     non-finite (naming the epoch).
     """
-    manifest = read_manifest(cfg.prep)
+    manifest = Prep(cfg.prep).read_manifest()
     _check_init_from(cfg)
     # absolute: the workers run in other folders, where a relative path would not be found
     cfg = replace(
@@ -251,7 +209,7 @@ def train(cfg: TrainConfig, callbacks: tuple = (), run_callbacks: tuple = ()) ->
 
     run_dir = storage.join(cfg.out, cfg.name)
     storage.write_text(
-        storage.join(run_dir, "config.json"),
+        Run(run_dir).file(Run.CONFIG),
         json.dumps(
             {
                 "classes": manifest["classes"],
@@ -275,7 +233,6 @@ def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
     about ``CHECKPOINTS`` a run), ``warmup_epochs`` (at most ``epochs``) and ``precision`` (None: mixed_float16
     on GPUs, else float32) resolved; the schedule printed on one line.
     ``cfg.workers`` must be resolved (``fit_to_cluster``)."""
-    from raydet.train.schedule import auto_epochs, checkpoint_every
 
     steps = (n_train // cfg.workers) // (cfg.batch_size // cfg.workers)
     epochs = cfg.epochs or auto_epochs(max(steps, 1))
@@ -290,7 +247,6 @@ def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
 
 def _check_visible(cfg: TrainConfig) -> None:
     """On a multi-node cluster, refuse local paths that are not the same folder on every node (raydet.cluster.nodes)."""
-    from raydet.cluster.nodes import check_visible
 
     check_visible(cfg.prep, write=False, what="PREP")
     check_visible(cfg.out, write=True, what="--out")
@@ -299,10 +255,7 @@ def _check_visible(cfg: TrainConfig) -> None:
 
 
 def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, run_callbacks: tuple = ()):
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
-
-    from raydet.train.inputs import load_rows
 
     prep = storage.normalize(cfg.prep)  # absolute: the workers run in other folders
     plan, n_train, n_test = _input_plan(cfg, prep, mcfg.image_size)
@@ -317,7 +270,7 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, ru
         "n_test": n_test,
         "callbacks": callbacks,
         # rank 0 writes each epoch's scalars there; a run in a bucket gets them from the history at the end
-        "tensorboard_dir": None if storage.is_uri(run_dir) else storage.join(run_dir, TENSORBOARD_DIR),
+        "tensorboard_dir": None if storage.is_uri(run_dir) else Run(run_dir).file(Run.TENSORBOARD),
         # QAT: the same first training images on every worker, to start the activation ranges (raydet.export.qat)
         "calibration": load_rows(prep, "train", 0, QAT_CALIBRATION_IMAGES)["image"] if cfg.qat else None,
     }
@@ -353,8 +306,6 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, ru
 def _input_plan(cfg: TrainConfig, prep: str, image_size: int):
     """-> (raydet.train.inputs.InputPlan, train rows, test rows), counted from the Parquet footers; prints the choice.
     ValueError when the train split is smaller than one step."""
-    from raydet.ingest.shards import read_rows, split_rows
-    from raydet.train.inputs import plan_inputs
 
     n_train, n_test = (sum(rows for _, rows in split_rows(prep, split)) for split in ("train", "test"))
     # K, the same in every row of a split; the test split has its own (every object kept: docs/FORMATS.md)
@@ -387,11 +338,6 @@ def _train_split(cfg: TrainConfig, prep: str, plan):
     (a task waiting for a CPU that the workers hold waits forever: docs/STACK.md); Ray Data is limited to the CPUs
     the workers leave and to ``STREAM_AHEAD_BLOCKS`` blocks per worker in the object store.
     """
-    import ray
-    from ray.data import ExecutionOptions, ExecutionResources
-    from ray.train import DataConfig
-
-    from raydet.ingest.shards import read_blocks
 
     if not plan.stream:
         print(f"reading {prep} ...", flush=True)
@@ -429,7 +375,6 @@ def finish_from_checkpoint(cfg: TrainConfig, checkpoint_dir: str) -> TrainSummar
     """Write RUN's model, history and curves from one of its checkpoint folders (``RUN/checkpoint_*``), as a
     finished ``train`` does: for a run stopped from outside (a Tune trial that ASHA ended), whose driver never got
     to. ``cfg``: the run's TrainConfig (``out``/``name`` name RUN). Raises as ``train``'s end does."""
-    import ray.train
 
     result = SimpleNamespace(checkpoint=ray.train.Checkpoint(checkpoint_dir), error=None)
     return _finish(cfg, storage.join(cfg.out, cfg.name), result, time.time())
@@ -439,29 +384,27 @@ def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSumm
     """The newest checkpoint's model and history into RUN (a path or URI), then the QAT export and the curves."""
     if result.checkpoint is None:
         raise RuntimeError(f"training of {run_dir} ended without a checkpoint (error: {result.error!r})")
-    model_name = QAT_MODEL if cfg.qat else FLOAT_MODEL
-    with storage.local_copy(run_dir, fetch=["config.json"]) as local:
+    model_name = Run.QAT_MODEL if cfg.qat else Run.FLOAT_MODEL
+    with storage.local_copy(run_dir, fetch=[Run.CONFIG]) as local:
         with result.checkpoint.as_directory() as ckpt:
-            state = json.loads((Path(ckpt) / STATE_FILE).read_text())
+            state = json.loads((Path(ckpt) / CHECKPOINT_STATE_FILE).read_text())
             history = state["history"]
-            write_history(local / "history.jsonl", history)
+            write_history(Run(local).local(Run.HISTORY), history)
             bad = state.get("nonfinite")
             if bad:
                 raise UserError(
                     f"loss became non-finite ({bad['loss']}) at epoch {bad['epoch']} of {run_dir}; "
-                    f"history.jsonl keeps the {len(history)} good epochs (try a lower --lr)"
+                    f"{Run.HISTORY} keeps the {len(history)} good epochs (try a lower --lr)"
                 )
             if not (Path(ckpt) / model_name).is_file():
                 raise RuntimeError(f"newest checkpoint {result.checkpoint.path} holds no {model_name}")
             shutil.copyfile(Path(ckpt) / model_name, local / model_name)
         if cfg.qat:
-            from raydet.export.qat import export_qat_tflite
-
             export_qat_tflite(local)
-        model = storage.join(run_dir, model_name)
-        print(f"model: {model}  ({len(history)} epochs; history: {storage.join(run_dir, 'history.jsonl')})", flush=True)
+        model = Run(run_dir).file(model_name)
+        print(f"model: {model}  ({len(history)} epochs; history: {Run(run_dir).file(Run.HISTORY)})", flush=True)
         if storage.is_uri(run_dir):
-            write_tensorboard(local / TENSORBOARD_DIR, history)
+            write_tensorboard(Run(local).local(Run.TENSORBOARD), history)
         write_curves(local, history, shown=run_dir)
     trained = sum(1 for row in history if row["end_time"] >= started)
     return TrainSummary(run_dir, model, tuple(history), trained)
@@ -471,8 +414,6 @@ def write_tensorboard(folder: Path, history: list[dict]) -> None:
     """Every epoch of ``history`` as TensorBoard scalars in ``folder`` (what rank 0 writes as it goes, for a run
     whose folder is a URI, which TensorFlow's file writer cannot reach)."""
     import tensorflow as tf
-
-    from raydet.train.worker import write_scalars
 
     writer = tf.summary.create_file_writer(str(folder))
     for row in history:
@@ -484,20 +425,19 @@ def write_curves(run_dir: Path, history: list[dict], shown: str | None = None) -
     """``RUN/curves.png``: losses, val AP50 / mAP and learning rate per epoch (raydet.report.plots); a failure is
     printed, not raised (the model and history are written by now). ``shown``: RUN as the user named it (a URI
     whose local copy ``run_dir`` is), for the message."""
-    from raydet.report import plots
 
     shown = shown or str(run_dir)
     try:
         png = plots.training_curves(history)
         if png is not None:
-            plots.write_png(run_dir / CURVES_FILE, png)
+            plots.write_png(Run(run_dir).local(Run.CURVES), png)
             print(
-                f"curves: {storage.join(shown, CURVES_FILE)}  "
+                f"curves: {Run(shown).file(Run.CURVES)}  "
                 f"(TensorBoard: tensorboard --logdir {posixpath.dirname(storage.normalize(shown))})",
                 flush=True,
             )
-    except Exception as exc:  # noqa: BLE001 -- a picture of the history, which is saved
-        print(f"curves.png failed ({type(exc).__name__}: {exc})", flush=True)
+    except Exception as exc:  # a picture of the history, which is saved
+        print(f"{Run.CURVES} failed ({type(exc).__name__}: {exc})", flush=True)
 
 
 def write_history(path: Path, history: list[dict]) -> None:

@@ -2,14 +2,14 @@
 streamed from Ray Data.
 
 ``plan_inputs`` chooses the path (raydet.train.driver prints the choice):
-- **in memory**, when a worker's rows fit ``--memory-budget-gb``: ``load_split`` pulls the worker's Ray Data shard
+- **in memory**, when a worker's rows fit ``--memory-budget-gb``: ``load_shard`` pulls the worker's Ray Data shard
   into numpy arrays once and ``train_dataset`` reshuffles them every epoch (fast: no data moves after the start);
 - **streamed** otherwise: ``stream_train_dataset`` pulls the shard from Ray Data again on every pass
   (``DataIterator.iter_batches``, rows mixed in a local shuffle buffer of ``SHUFFLE_ROWS``), so a worker holds a
   few batches, not its shard.
 Either way ``BatchMaker`` (numpy) turns rows into augmented float images and their target maps (raydet.detector.augment
-moves the boxes, raydet.detector.targets builds the maps): the same rows in the same order with the same seed give the same
-batches on both paths (a mosaic takes its other images from the same batch, so batches, not rows, must match).
+moves the boxes, raydet.detector.targets builds the maps): the same rows in the same order with the same seed give the
+same batches on both paths (a mosaic takes its other images from the same batch, so batches, not rows, must match).
 Validation rows come straight from the PREP files (raydet.ingest.shards.read_rows): each worker takes its own contiguous
 range (``val_range``), held in memory (``val_dataset``) or read again for every
 validation (``stream_val_dataset``).
@@ -34,6 +34,7 @@ import numpy as np
 from raydet.config import AugmentConfig
 from raydet.detector.augment import augment_batch
 from raydet.detector.targets import build_targets
+from raydet.ingest.shards import read_rows
 
 # Rows a streamed shard is mixed in (Ray Data's local shuffle buffer): 512 rows of 224 px are 77 MB.
 SHUFFLE_ROWS = 512
@@ -122,7 +123,7 @@ def concat(parts: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def load_split(shard) -> dict[str, np.ndarray]:
+def load_shard(shard) -> dict[str, np.ndarray]:
     """A Ray Data split (``get_dataset_shard`` or a Dataset) -> its rows as arrays. ValueError when it holds no row."""
     parts = [arrays_of(b) for b in shard.iter_batches(batch_size=1024, batch_format="numpy")]
     if not parts:
@@ -133,7 +134,6 @@ def load_split(shard) -> dict[str, np.ndarray]:
 def load_rows(prep: str, split: str, start: int, stop: int) -> dict[str, np.ndarray]:
     """Rows ``start``..``stop - 1`` of ``PREP/<split>`` (raydet.ingest.shards.read_rows) as arrays. ValueError when the
     range holds no row."""
-    from raydet.ingest.shards import read_rows
 
     parts = [arrays_of(b) for b in read_rows(prep, split, start, stop)]
     if not parts:
@@ -205,7 +205,7 @@ class BatchMaker:
         boxes, labels = [o[0] for o in objects], [o[1] for o in objects]
         if self.augment is not None:
             images, boxes, labels = augment_batch(self.rng, images, boxes, labels, self.augment, self.mosaic)
-        targets = [build_targets(b, l, self.num_classes, self.grid) for b, l in zip(boxes, labels)]
+        targets = [build_targets(b, lab, self.num_classes, self.grid) for b, lab in zip(boxes, labels, strict=True)]
         return (
             np.stack(images).astype(np.float32, copy=False),
             np.stack([t[0] for t in targets]),
@@ -213,7 +213,7 @@ class BatchMaker:
         )
 
 
-def CloseMosaic(maker: BatchMaker, epochs: int, close_last: int):  # noqa: N802 - a Keras class, made lazily
+def CloseMosaic(maker: BatchMaker, epochs: int, close_last: int):  # a Keras class, made lazily
     """A Keras callback setting ``maker.mosaic`` to ``epoch < epochs - close_last`` (0-based) as each epoch begins:
     the last ``close_last`` epochs train on whole images, as inference sees them (Ultralytics' close_mosaic); a
     resumed run gets the right setting from its first epoch. Prefetched batches lag by up to 2 (``BatchMaker``)."""
@@ -336,7 +336,6 @@ def stream_val_dataset(
 ):
     """As ``val_dataset`` for rows ``start``..``stop - 1`` of ``PREP/<split>``, read from the files
     (raydet.ingest.shards.read_rows) again on every pass, ``local_batch`` rows at a time."""
-    from raydet.ingest.shards import read_rows
 
     def parts():
         return (arrays_of(b) for b in read_rows(prep, split, start, stop, batch_rows=local_batch))

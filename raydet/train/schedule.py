@@ -40,7 +40,9 @@ def cosine_lr(lr: float, epoch: int, epochs: int, floor: float = 0.05) -> float:
     return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0))))
 
 
-def step_lr(lr: float, epoch: int, step: int, steps_per_epoch: int, epochs: int, warmup_epochs: float) -> float:
+def warmup_cosine_lr(
+    lr: float, epoch: int, step: int, steps_per_epoch: int, epochs: int, warmup_epochs: float
+) -> float:
     """Learning rate of 0-based ``step`` in 0-based ``epoch``: the epoch's cosine rate (:func:`cosine_lr`), scaled
     by a linear warm-up over the first ``warmup_epochs`` epochs: (steps done + 1) / warm-up steps, up to 1."""
     base = cosine_lr(lr, epoch, epochs)
@@ -49,11 +51,12 @@ def step_lr(lr: float, epoch: int, step: int, steps_per_epoch: int, epochs: int,
     return base if done + 1 >= warmup_steps else base * (done + 1) / warmup_steps
 
 
-def StepLR(lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float):  # noqa: N802 - built lazily (TF)
-    """Keras callback setting :func:`step_lr` before each step (while warming up) and at each epoch's start."""
+def WarmupCosine(lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float):  # a Keras class, built lazily
+    """Keras callback setting :func:`warmup_cosine_lr` before each step (while warming up) and at each epoch's
+    start."""
     import tf_keras
 
-    class StepLR(tf_keras.callbacks.Callback):
+    class WarmupCosine(tf_keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
             self._set(0)
@@ -65,7 +68,7 @@ def StepLR(lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float): 
         def _set(self, step: int) -> None:
             tf_keras.backend.set_value(
                 self.model.optimizer.learning_rate,
-                step_lr(lr, self.epoch, step, steps_per_epoch, epochs, warmup_epochs),
+                warmup_cosine_lr(lr, self.epoch, step, steps_per_epoch, epochs, warmup_epochs),
             )
 
-    return StepLR()
+    return WarmupCosine()

@@ -16,22 +16,30 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from raydet.cluster.runtime import use_legacy_keras
-from raydet.config import ModelConfig
-from raydet.export.runner import FLOAT_FILE as FLOAT_MODEL
-from raydet.export.runner import QAT_KERAS_FILE as QAT_MODEL
-from raydet.train.ema import averaged_weights, make_optimizer
-from raydet.train.schedule import is_checkpoint_epoch
+import ray.train
 
-STATE_FILE = "state.json"
+from raydet.cluster import storage
+from raydet.cluster.runtime import use_legacy_keras
+from raydet.config import AugmentConfig, ModelConfig
+from raydet.detector.model import OUTPUT_STRIDE, build_model, compile_model, freeze_backbone_bn, init_backbone
+from raydet.export.qat import apply_qat, calibrate_ranges
+from raydet.export.run import Run
+from raydet.ingest.shards import read_rows
+from raydet.train import inputs
+from raydet.train.ema import averaged_weights, make_optimizer
+from raydet.train.inputs import CloseMosaic
+from raydet.train.schedule import WarmupCosine, is_checkpoint_epoch
+from raydet.train.validation import ValidationAP
+
+CHECKPOINT_STATE_FILE = "state.json"
 WEIGHTS_PREFIX = "weights/ckpt"
-TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard: rank 0's event files
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -44,10 +52,7 @@ def train_loop_per_worker(config: dict) -> None:
     ``tensorboard_dir`` (absolute; rank 0 writes each epoch's scalars there), ``calibration`` (QAT's images).
     """
     use_legacy_keras()
-    import ray.train
     import tensorflow as tf
-
-    from raydet.detector.model import build_model
 
     tf.get_logger().setLevel("ERROR")  # MWMS logs every collective at INFO: thousands of lines
     _quiet_worker_logs()
@@ -56,8 +61,8 @@ def train_loop_per_worker(config: dict) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(max(1, round(tcfg["cpus_per_worker"])))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    # One worker has nothing to all-reduce with, and MultiWorkerMirroredStrategy's collectives cost it 7-8% per
-    # epoch (synth 64 px, 2 CPUs: 733-748 against 793-802 img/s), so it trains under TF's default strategy.
+    # One worker has nothing to all-reduce with: it trains under TF's default strategy, without
+    # MultiWorkerMirroredStrategy's collectives (docs/TRAINING.md, "Layout of the workers", has their cost).
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(tcfg["seed"] + rank)  # different shuffles per worker, same init below
 
@@ -72,8 +77,6 @@ def train_loop_per_worker(config: dict) -> None:
     # It holds each epoch's weights for the saved model and for rank 0's validation AP.
     export = build_model(mcfg)
     if tcfg["qat"]:
-        from raydet.export.qat import apply_qat
-
         export = apply_qat(export)
     with strategy.scope(), _policy(tcfg["precision"]):
         model, history, stopped = _build(mcfg, tcfg, checkpoint, say=_say if rank == 0 else lambda text: None)
@@ -87,14 +90,10 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"run already has {initial_epoch} epochs (asked for {tcfg['epochs']}): nothing to train", flush=True)
         return
 
-    from raydet.train.inputs import CloseMosaic
-    from raydet.train.schedule import StepLR
-    from raydet.train.validation import ValidationAP
-
     validation = ValidationAP.from_prep(config["prep"], mcfg.num_classes) if rank == 0 else None
     reporter = _EpochReporter(model, export, tcfg, history, rank, validation, _tensorboard_writer(config, rank))
     callbacks = [
-        StepLR(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
+        WarmupCosine(tcfg["lr"], tcfg["epochs"], config["steps_per_epoch"], tcfg["warmup_epochs"]),
         CloseMosaic(maker, tcfg["epochs"], tcfg["close_mosaic"]),
         reporter,
     ]
@@ -130,11 +129,6 @@ def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
     """This worker's (train dataset, its BatchMaker, validation dataset, validation steps), streamed or in memory
     as ``config["inputs"]`` (raydet.train.inputs.InputPlan fields) says: the train shard from Ray Data
     (``get_dataset_shard("train")``), the validation range ``val_range`` straight from ``config["prep"]``."""
-    import ray.train
-
-    from raydet.config import AugmentConfig
-    from raydet.detector.model import OUTPUT_STRIDE
-    from raydet.train import inputs
 
     tcfg, plan, batch = config["train"], config["inputs"], config["local_batch"]
     augment = AugmentConfig(**tcfg["augmentation"]) if tcfg["augment"] else None
@@ -150,9 +144,8 @@ def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
             shard, classes, grid, size, batch, augment, seed, plan["rows_per_worker"]
         )
         return train_ds, maker, val_ds, val_steps
-    from raydet.ingest.shards import read_rows
 
-    arrays = inputs.load_split(shard)
+    arrays = inputs.load_shard(shard)
     val_parts = [inputs.arrays_of(b) for b in read_rows(config["prep"], "test", start, stop)]
     val_ds, val_steps = inputs.val_dataset(val_parts, classes, grid, size, batch, pad_to)
     train_ds, maker = inputs.train_dataset(arrays, classes, grid, batch, augment, seed)
@@ -173,7 +166,6 @@ def _calibrate_qat(model, export, images, say) -> None:
     """Start a fresh QAT model's activation ranges at what its layers output on ``images`` (the same rows on
     every worker, from the driver), measured on the plain ``export`` copy and copied into the distributed
     ``model`` (raydet.export.qat.calibrate_ranges says why)."""
-    from raydet.export.qat import calibrate_ranges
 
     export.set_weights(model.get_weights())
     count = calibrate_ranges(export, images)
@@ -189,7 +181,6 @@ def _quiet_worker_logs() -> None:
     """Keep the worker's output to raydet's one line per epoch. TF's checkpoint saver logs every save through absl
     at INFO ("Sharding callback duration"), and Ray Train 2.60 logs every report, with all its metrics and from every
     worker, through a logger named after its source file, which ``LoggingConfig`` does not reach."""
-    import logging
 
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
@@ -203,7 +194,6 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
     """Model + optimizer, restored from ``checkpoint`` or started from ``--init-from`` or the backbone's
     pretrained weights; ``say(text)`` logs what was done. Returns (model, history, stopped: the checkpoint is the
     weightless one of a run whose loss became non-finite)."""
-    from raydet.detector.model import build_model, compile_model, freeze_backbone_bn, init_backbone
 
     model = build_model(mcfg)
     history: list[dict] = []
@@ -215,8 +205,6 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
     if tcfg["freeze_bn"] and freeze_backbone_bn(model, mcfg):
         say("backbone BatchNorm frozen (ImageNet statistics kept)")
     if tcfg["qat"]:
-        from raydet.export.qat import apply_qat
-
         model = apply_qat(model)
     # QAT fine-tunes briefly from a run's averaged float weights (its --init-from): it keeps no average of its own
     optimizer = make_optimizer(
@@ -232,7 +220,7 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
     )
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt:
-            state = json.loads((Path(ckpt) / STATE_FILE).read_text())
+            state = json.loads((Path(ckpt) / CHECKPOINT_STATE_FILE).read_text())
             history = state["history"]
             stopped = bool(state.get("nonfinite"))
             if history and not stopped:  # a non-finite stop's checkpoint holds no weights
@@ -245,10 +233,8 @@ def _load_init_from(run: str):
     """``--init-from`` RUN's float model (RUN a path or URI, fetched into a temporary folder), uncompiled."""
     import tf_keras
 
-    from raydet.cluster import storage
-
     with tempfile.TemporaryDirectory(prefix="raydet-init-") as tmp:
-        return tf_keras.models.load_model(storage.local_file(storage.join(run, FLOAT_MODEL), Path(tmp)), compile=False)
+        return tf_keras.models.load_model(storage.local_file(Run(run).file(Run.FLOAT_MODEL), Path(tmp)), compile=False)
 
 
 def transfer_weights(source, target) -> str:
@@ -326,7 +312,6 @@ def write_scalars(writer, row: dict) -> None:
 
 
 def _make_reporter_class():
-    import ray.train
     import tf_keras
 
     class EpochReporter(tf_keras.callbacks.Callback):
@@ -381,14 +366,14 @@ def _make_reporter_class():
         def _save(self, folder: str) -> None:
             self.net.save_weights(str(Path(folder) / WEIGHTS_PREFIX))
             if self.tcfg["qat"]:
-                self.net.save(str(Path(folder) / QAT_MODEL), save_format="keras_v3")
+                self.net.save(str(Path(folder) / Run.QAT_MODEL), save_format="keras_v3")
             else:
                 # the export copy has no compile state, so model.keras loads without custom objects
                 if self.rank == 0:
                     # save_format named: tf_keras keeps "use the .keras format" in a thread-local that its
                     # own save/load reset to False, so a second save in Ray's training thread wrote HDF5.
-                    self.export.save(str(Path(folder) / FLOAT_MODEL), save_format="keras_v3")
-            Path(folder, STATE_FILE).write_text(json.dumps({"history": self.history, "nonfinite": None}))
+                    self.export.save(str(Path(folder) / Run.FLOAT_MODEL), save_format="keras_v3")
+            Path(folder, CHECKPOINT_STATE_FILE).write_text(json.dumps({"history": self.history, "nonfinite": None}))
 
         def _report_nonfinite(self, row: dict) -> None:
             """Stop everywhere; report the good epochs' history with a marker the driver turns into an error (no
@@ -398,7 +383,7 @@ def _make_reporter_class():
                 ray.train.report(row, checkpoint=None)
                 return
             folder = tempfile.mkdtemp(prefix="raydet-ckpt-r0-")  # deleted by Ray Train once uploaded
-            Path(folder, STATE_FILE).write_text(
+            Path(folder, CHECKPOINT_STATE_FILE).write_text(
                 json.dumps({"history": self.history, "nonfinite": {"epoch": row["epoch"], "loss": row["loss"]}})
             )
             print(f"loss became non-finite ({row['loss']}) at epoch {row['epoch']}: stopping", flush=True)
@@ -409,5 +394,5 @@ def _make_reporter_class():
     return EpochReporter
 
 
-def _EpochReporter(*args, **kwargs):  # noqa: N802 - a class built lazily so this module imports without TF
+def _EpochReporter(*args, **kwargs):  # a class built lazily so this module imports without TF
     return _make_reporter_class()(*args, **kwargs)

@@ -5,8 +5,9 @@ space centred on raydet's defaults, the trials' configurations sampled from it),
 trainable *function* that builds and fits raydet's TensorflowTrainer for one trial, ASHA on val AP50, restore of an
 interrupted search) and the table of trials (``table``: ``RUNS/NAME/trials.md`` and ``trials.json``).
 
-May import: raydet.errors, raydet.config, raydet.cluster, raydet.train (``MAY_IMPORT``; tests/test_layers.py checks it),
-and Ray Tune (``search`` imports it at its top; ``space`` and ``table`` import no Ray and no TensorFlow).
+May import: raydet.errors, raydet.config, raydet.cluster, raydet.ingest, raydet.export, raydet.train (``MAY_IMPORT``;
+tests/test_layers.py checks it), and Ray Tune (``search`` imports it at its top; ``space`` and ``table`` import no
+Ray and no TensorFlow).
 """
 
-MAY_IMPORT = ("errors", "config", "cluster", "train")
+MAY_IMPORT = ("errors", "config", "cluster", "ingest", "export", "train")

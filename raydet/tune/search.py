@@ -1,8 +1,8 @@
 """``raydet tune``: Ray Tune over raydet's training, one Tune trial per configuration, ASHA on val AP50.
 
 The trainable is a *function* (``run_trial``) that builds and fits raydet's TensorflowTrainer for its trial through
-``raydet.train.driver.train``, with Ray Train's ``TuneReportCallback`` in the trainer's RunConfig: every validated epoch's
-metrics (``epoch``, ``val_ap50``, ...: rank 0's history row, reported with its checkpoint) reach Tune, and ASHA
+``raydet.train.driver.train``, with Ray Train's ``TuneReportCallback`` in the trainer's RunConfig: every validated
+epoch's metrics (``epoch``, ``val_ap50``, ...: rank 0's history row, reported with its checkpoint) reach Tune, and ASHA
 (``time_attr="epoch"``) stops the trials below the best 1/rf at each rung. Each trial validates every
 ``report_every`` epochs, about twice per ASHA grace period, so every rung has a value soon after it.
 
@@ -26,13 +26,18 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
 
+import ray
 from ray import tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from raydet.cluster import storage
 from raydet.cluster.runtime import init_ray
 from raydet.config import TrainConfig, TuneConfig
 from raydet.errors import UserError
+from raydet.export.run import Run
+from raydet.ingest.prep import Prep
+from raydet.train.driver import finish_from_checkpoint, fit_to_cluster, train
 from raydet.tune import table
 from raydet.tune.space import build_space, sample_trials, trial_name, trial_train_config
 
@@ -58,7 +63,6 @@ class TuneSummary:
 def run_trial(config: dict, base: TrainConfig, points: list, report_every: int) -> None:
     """One Tune trial: train ``points[config["trial"] - 1]`` as RUN ``base.out/base.name/trial-k`` (a resumed trial
     continues from that RUN's newest checkpoint). Its driver's lines go to RUN/train.log."""
-    from raydet.train.driver import train
 
     k = config["trial"]
     cfg = trial_train_config(base, points[k - 1], k, report_every)
@@ -68,8 +72,8 @@ def run_trial(config: dict, base: TrainConfig, points: list, report_every: int) 
 
 
 class PlacementGroupNote:
-    """A worker callback factory (raydet.train.driver.train's ``callbacks``): rank 0 writes the id of the placement group
-    its Train workers run in to ``path`` (RUN/.placement_group) and returns a callback that does nothing.
+    """A worker callback factory (raydet.train.driver.train's ``callbacks``): rank 0 writes the id of the placement
+    group its Train workers run in to ``path`` (RUN/.placement_group) and returns a callback that does nothing.
 
     Why: Ray Train V2 reserves its workers' CPUs in a placement group that lives as long as the *job*, and relies
     on a detached PlacementGroupCleaner to remove it when the trainer's controller dies. A trial that ASHA stops is
@@ -81,7 +85,6 @@ class PlacementGroupNote:
         self.path = path
 
     def __call__(self, rank: int, world: int, steps_per_epoch: int):
-        import ray
         import tf_keras
 
         group = ray.util.get_current_placement_group()
@@ -93,8 +96,6 @@ class PlacementGroupNote:
 def release(run: str) -> bool:
     """Remove the placement group RUN/.placement_group names unless Ray already removed it; -> whether it did.
     Call only for a trial that has ended (its workers, if any are left, are killed)."""
-    import ray
-    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
     path = storage.join(run, PG_FILE)
     if storage.kind(path) != "file":
@@ -157,10 +158,9 @@ def tune(cfg: TuneConfig) -> TuneSummary:
     batch smaller than the workers or larger than the train split), or a RUNS/NAME that holds another search;
     KeyboardInterrupt when the search was interrupted (Ctrl-C) with trials unfinished: run it again to continue.
     """
-    from raydet.train.driver import fit_to_cluster, read_manifest
 
     base = replace(cfg.train, prep=storage.normalize(cfg.train.prep), out=storage.normalize(cfg.train.out))
-    manifest = read_manifest(base.prep)
+    manifest = Prep(base.prep).read_manifest()
     init_ray(base.address, log_to_driver=False)  # the trials' epoch lines would interleave: raydet prints its own
     base = fit_to_cluster(base)
     points = sample_trials(build_space(base, cfg.space, cfg.max_epochs), base, cfg.max_epochs, cfg.trials, cfg.seed)
@@ -238,7 +238,6 @@ def _claim(search_dir: str, search: dict) -> None:
 
 def _slots(base: TrainConfig) -> int:
     """Trials that can train at once: trainers of ``base``'s layout that fit the cluster's CPUs (and GPUs)."""
-    import ray
 
     have = ray.cluster_resources()
     slots = int(have.get("CPU", 0) // (base.workers * base.cpus_per_worker))
@@ -347,7 +346,6 @@ class TrialLines(ray_tune.Callback):
 def _record(result, base: TrainConfig, points: list[dict]) -> dict:
     """One finished Tune trial -> its table record (raydet.tune.table); a trial that ASHA stopped gets its model
     and history written from its last reported checkpoint first."""
-    from raydet.train.driver import finish_from_checkpoint
 
     k = result.config["trial"]
     point = points[k - 1]
@@ -361,7 +359,7 @@ def _record(result, base: TrainConfig, points: list[dict]) -> dict:
             "val_ap50": None,
             "error": _one_line(result.error),
         }
-    history = _history(run)
+    history = Run(run).read_history()
     if metrics.get("checkpoint_path") and (not history or history[-1]["epoch"] < metrics.get("epoch", 0)):
         with _lines_into(storage.join(run, TRAIN_LOG)):
             history = list(finish_from_checkpoint(cfg, metrics["checkpoint_path"]).history)
@@ -372,14 +370,6 @@ def _record(result, base: TrainConfig, points: list[dict]) -> dict:
         "epochs_run": last,
         "val_ap50": validated[-1] if validated else None,
     }
-
-
-def _history(run: str) -> list[dict]:
-    """RUN/history.jsonl's rows ([] when there is none)."""
-    path = storage.join(run, "history.jsonl")
-    if storage.kind(path) != "file":
-        return []
-    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 def _one_line(error: BaseException, limit: int = 200) -> str:

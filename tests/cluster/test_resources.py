@@ -1,4 +1,5 @@
-"""raydet.cluster.resources: bundles packed per node, a fixed cluster refused at once, an autoscaler asked and waited for.
+"""raydet.cluster.resources: bundles packed per node, a fixed cluster refused at once, an autoscaler asked and waited
+for.
 
 The waiting and timeout logic runs for real against a fake cloud: a clock that only moves when the code sleeps,
 nodes that join some (fake) seconds after the request, and the requests recorded. The refusals, and train's and

@@ -75,9 +75,9 @@ def test_local_copy_of_a_missing_uri_is_refused(s3_bucket):
 @pytest.mark.slow
 def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     """`jobs/pipeline.py --data s3://... --out s3://...` (which is `raydet run`), then `raydet run` again and
-    `raydet predict` with its model, against a real S3-compatible server: prepare reads the dataset from the
-    bucket and writes PREP there, training checkpoints and writes RUN there, quantize and evaluate read and write
-    it there, predict fetches its model from there; nothing lands on the local disk under a folder named "s3:"."""
+    `raydet predict` with its model, against a real S3-compatible server: prepare reads the dataset from the bucket and
+    writes PREP there, training checkpoints and writes RUN there, quantize and evaluate read and write it there, predict
+    fetches its model from there; nothing lands on the local disk under a folder named "s3:"."""
     import json
     import subprocess
     import sys
@@ -277,7 +277,7 @@ def test_gallery_reads_a_prep_and_its_dataset_in_a_bucket(s3_bucket, tmp_path):
     (tmp_path / "prep" / "test").mkdir(parents=True)
     write_shard(str(tmp_path / "prep" / "test" / "part-0.parquet"), [row])
     storage.upload(tmp_path / "prep", s3_bucket + "/prep", ["test/part-0.parquet"])
-    rows = gallery.read_rows(s3_bucket + "/prep", "test", {"a.png"})
+    rows = gallery.rows_by_file(s3_bucket + "/prep", "test", {"a.png"})
     assert set(rows) == {"a.png"} and rows["a.png"]["image"].shape == (16, 16, 3)
     original = np.full((10, 20, 3), 77, np.uint8)
     buf = io.BytesIO()

@@ -15,7 +15,7 @@ class Draws:
     def __init__(self, *values):
         self.values = list(values)
 
-    def uniform(self, low, high, size=None):  # noqa: ARG002
+    def uniform(self, low, high, size=None):
         return self.values.pop(0)
 
 
@@ -233,10 +233,10 @@ def test_augment_batch_keeps_each_label_with_its_own_box():
     most = 0
     for _ in range(30):
         outs, out_boxes, out_labels = A.augment_batch(rng, images, boxes, labels, cfg, use_mosaic=True)
-        for out, b, lab in zip(outs, out_boxes, out_labels):
+        for out, b, lab in zip(outs, out_boxes, out_labels, strict=True):
             assert out.dtype == np.float32 and out.shape == (64, 64, 3) and len(b) == len(lab)
             centres = {0: [], 1: []}
-            for box, label in zip(b, lab):
+            for box, label in zip(b, lab, strict=True):
                 cx, cy = int((box[0] + box[2]) / 2 * 64), int((box[1] + box[3]) / 2 * 64)
                 centres[int(label)].append(out[cy, cx, 0])
             for values in centres.values():
@@ -251,8 +251,8 @@ def test_augment_batch_is_deterministic_and_a_batch_of_one_mosaics_itself():
     images, boxes, labels = _two_class_images(4)
     one = A.augment_batch(np.random.default_rng(5), images, boxes, labels, AugmentConfig())
     two = A.augment_batch(np.random.default_rng(5), images, boxes, labels, AugmentConfig())
-    for a, b in zip(one, two):
-        for x, y in zip(a, b):
+    for a, b in zip(one, two, strict=True):
+        for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
     # no zoom or shift: the centred 64 px window of the canvas holds the mosaic's centre, where every tile shows;
     # with 4 images of 4 values, each output shows its own value and others from the batch

@@ -229,8 +229,8 @@ def test_weights_path_without_the_wheel(monkeypatch, name):
 
 @pytest.mark.slow
 def test_backbone_goes_through_qat():
-    """Every layer but the input Rescaling is in tfmot's default registry: raydet.export.qat.apply_qat annotates that one
-    and quantizes the rest with the default scheme."""
+    """Every layer but the input Rescaling is in tfmot's default registry: raydet.export.qat.apply_qat annotates that
+    one and quantizes the rest with the default scheme."""
     from raydet.export.qat import apply_qat
 
     keras = _keras()

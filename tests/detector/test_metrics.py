@@ -237,7 +237,7 @@ def test_coco_gives_an_iou_tie_to_the_later_ground_truth(tmp_path):
     np.testing.assert_array_equal(s.voc_tp[:, 0], [True, False])
     expected = (3 + 4 * 25.5 / 101) / 10
     assert M.detection_summary(s)["coco_map"] == pytest.approx(expected)
-    dets = [{"image_id": 1, "box": np.array(b), "label": 0, "score": sc} for b, sc in zip(det, [0.9, 0.8])]
+    dets = [{"image_id": 1, "box": np.array(b), "label": 0, "score": sc} for b, sc in zip(det, [0.9, 0.8], strict=True)]
     images = [{"file": "a.jpg", "width": 20, "height": 20, "boxes": np.array(gt), "labels": np.array([0, 0])}]
     assert pycocotools_eval(tmp_path, images, dets, ["a"]).stats[0] == pytest.approx(expected, abs=1e-12)
 

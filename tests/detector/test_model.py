@@ -5,11 +5,8 @@ import math
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-tf_keras = pytest.importorskip("tf_keras")
-
-from raydet.config import ModelConfig  # noqa: E402
-from raydet.detector.model import (  # noqa: E402
+from raydet.config import ModelConfig
+from raydet.detector.model import (
     OUTPUT_STRIDE,
     block_widths,
     build_model,
@@ -20,6 +17,9 @@ from raydet.detector.model import (  # noqa: E402
     init_backbone,
     make_box_loss,
 )
+
+tf = pytest.importorskip("tensorflow")
+tf_keras = pytest.importorskip("tf_keras")
 
 
 def test_contract_save_and_load_without_custom_objects(tmp_path):

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from raydet.detector.targets import build_batch_targets, build_targets, draw_gaussian, gaussian_radius
+from raydet.detector.targets import build_targets, draw_gaussian, gaussian_radius
 
 
 def test_gaussian_radius_by_hand():
@@ -153,29 +153,6 @@ def test_bad_inputs_are_named(boxes, labels, match):
 def test_bad_grid_named():
     with pytest.raises(ValueError, match="grid .* got 0"):
         build_targets(np.zeros((0, 4)), np.zeros(0), num_classes=3, grid=0)
-
-
-def test_batch_targets_use_the_real_rows_only():
-    boxes = np.zeros((2, 3, 4), dtype=np.float32)
-    labels = np.full((2, 3), -1, dtype=np.int32)
-    boxes[0, :2] = [[0.1, 0.2, 0.5, 0.6], [0.5, 0.5, 1.0, 1.0]]
-    labels[0, :2] = [2, 0]
-    boxes[1, 0] = [0.0, 0.0, 0.25, 0.25]  # past num_objects: ignored
-    labels[1, 0] = 1
-    heatmap, box_target = build_batch_targets(boxes, labels, np.array([2, 0]), num_classes=3, grid=8)
-    assert heatmap.shape == (2, 8, 8, 3) and box_target.shape == (2, 8, 8, 5)
-    want_h, want_b = build_targets(boxes[0, :2], labels[0, :2], num_classes=3, grid=8)
-    np.testing.assert_array_equal(heatmap[0], want_h)
-    np.testing.assert_array_equal(box_target[0], want_b)
-    assert box_target[0, ..., 4].sum() == 2.0
-    assert not heatmap[1].any() and not box_target[1].any()
-
-
-def test_batch_targets_refuse_bad_counts():
-    with pytest.raises(ValueError, match=r"\[0, 3\], got \[4\]"):
-        build_batch_targets(np.zeros((1, 3, 4)), np.full((1, 3), -1), np.array([4]), num_classes=2, grid=8)
-    with pytest.raises(ValueError, match=r"\(2, 3\)"):
-        build_batch_targets(np.zeros((2, 3, 4)), np.full((2, 2), -1), np.array([0, 0]), num_classes=2, grid=8)
 
 
 def test_small_box_gets_the_radius_floor():

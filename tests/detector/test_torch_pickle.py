@@ -1,4 +1,5 @@
-"""raydet.detector.torch_pickle: legacy PyTorch files read into numpy without torch, and nothing but tensors unpickled."""
+"""raydet.detector.torch_pickle: legacy PyTorch files read into numpy without torch, and nothing but tensors
+unpickled."""
 
 from __future__ import annotations
 

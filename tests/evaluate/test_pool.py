@@ -1,6 +1,6 @@
 """raydet.evaluate.pool with the hand-set detector of tests/handset.py: several objects of both classes per image, AP
 computed by hand and by pycocotools from the written COCO files, every detection in the COCO file, drawings that
-honour the draw threshold, an actor killed mid-run, old runs and bad inputs refused before Ray starts."""
+honour the draw threshold, an actor killed mid-run, foreign runs and bad inputs refused before Ray starts."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import worker_hooks
 from printed import assert_printed_locations_exist
 
 from raydet.config import EvaluateConfig
+from raydet.errors import UserError
 from raydet.evaluate.pool import REPORT_KEYS, evaluate
-from raydet.export.runner import OldRunError, require_models
+from raydet.export.runner import require_models
 
 WIDTH, HEIGHT = 64, 48  # original image size of every PREP row (not square: pixel conversion is exercised)
 A, A2, B = H.Obj(1, 1, 0, 5, 1), H.Obj(6, 1, 0, 4, 1), H.Obj(5, 2, 1, 4, 2)  # image 0: red, red, blue
@@ -111,7 +112,7 @@ def test_evaluate_refuses_before_ray_starts(tmp_path, setup):
     with pytest.raises(FileNotFoundError, match="this run has: float"):
         evaluate(EvaluateConfig(run=str(tmp_path / "run"), data=str(tmp_path / "prep"), models=("float", "int8")))
     old = H.write_old_run(tmp_path / "old")
-    with pytest.raises(OldRunError, match="must be retrained with this raydet version"):
+    with pytest.raises(UserError, match="config.json: 'model' must be an object naming its backbone"):
         evaluate(EvaluateConfig(run=str(old), data=str(setup["prep"]), models=("float",)))
     with pytest.raises(FileNotFoundError, match="manifest"):
         evaluate(EvaluateConfig(run=str(setup["run"]), data=str(tmp_path / "prep"), models=("float",)))
@@ -343,16 +344,16 @@ def test_batch_plan_sizes_calls_by_pixels_and_keeps_every_actor_busy():
     assert batch_plan(1000, 2048, 1) == (63, 16)
 
 
-def test_load_split_reads_once_in_one_block_per_call_and_keeps_no_pixels_in_the_truth(setup, ray_local, tmp_path):
+def test_read_eval_split_reads_once_in_one_block_per_call_and_keeps_no_pixels_in_the_truth(setup, ray_local, tmp_path):
     """3 test rows, 2 actors: batch_plan gives 3 blocks of 1 row; the blocks are in Ray's object store, so they
     map again after the files are gone (every model reuses them); ground truth sorted by file, without images."""
     import shutil
 
-    from raydet.evaluate.pool import load_split
+    from raydet.evaluate.pool import read_eval_split
 
     prep = tmp_path / "prep"
     shutil.copytree(setup["prep"], prep)
-    ds, gt_rows, image_ids, rows = load_split(str(prep), "test", H.SIZE, actors=2)
+    ds, gt_rows, image_ids, rows = read_eval_split(str(prep), "test", H.SIZE, actors=2)
     assert rows == 1 and ds.num_blocks() == 3
     assert [r["file"] for r in gt_rows] == ["img_0.png", "img_1.png", "img_2.png"]
     assert "image" not in gt_rows[0] and gt_rows[1]["difficult"].tolist() == [0, 0, 1]  # G is difficult

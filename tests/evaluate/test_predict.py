@@ -1,6 +1,6 @@
 """raydet.evaluate.predict with the hand-set detector (tests/handset.py): every detection above the threshold listed in
-original pixels and drawn, bad files reported, predictions.json kept when a predict is interrupted, old runs
-refused."""
+original pixels and drawn, bad files reported, predictions.json kept when a predict is interrupted, a RUN whose
+config.json or model is not raydet's refused."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from PIL import Image
 from printed import assert_printed_locations_exist
 
 from raydet.config import PredictConfig
+from raydet.errors import UserError
 from raydet.evaluate.predict import collect_images, predict
-from raydet.export.runner import ModelRunner, OldRunError
+from raydet.export.runner import ModelRunner
 
 A, B, C, D = H.Obj(1, 1, 0, 5, 1), H.Obj(5, 2, 1, 4, 2), H.Obj(2, 5, 0, 3, 2), H.Obj(6, 6, 0, 2, 1)
 SCENE = [A, B, C, D]  # scores 0.9975 (red), 0.9734 (blue), 0.7685 (red), 0.2315 (red: under the default 0.3)
@@ -146,9 +147,9 @@ def test_interrupted_predict_keeps_the_finished_chunks(run_dir, tmp_path, monkey
     assert not list(out.glob("*.tmp"))
 
 
-def test_old_run_is_refused_before_any_output(tmp_path):
+def test_a_foreign_run_is_refused_before_any_output(tmp_path):
     old = H.write_old_run(tmp_path / "old")
-    with pytest.raises(OldRunError, match="must be retrained with this raydet version"):
+    with pytest.raises(UserError, match="config.json: 'model' must be an object naming its backbone"):
         predict(PredictConfig(run=str(old), paths=(str(tmp_path),), out=str(tmp_path / "o"), model="float"))
     assert not (tmp_path / "o").exists()
 

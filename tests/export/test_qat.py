@@ -35,13 +35,13 @@ def float_model():
 
 @pytest.fixture(scope="module")
 def qat_run(float_model, tmp_path_factory):
-    """A RUN folder after a QAT fine-tune: model_qat.keras (save_qat_model), config.json, model_qat.tflite."""
-    from raydet.export.qat import apply_qat, export_qat_tflite, save_qat_model
+    """A RUN folder after a QAT fine-tune: model_qat.keras (HDF5), config.json, model_qat.tflite."""
+    from raydet.export.qat import apply_qat, export_qat_tflite
 
     model = train_small_model(synthetic(800, seed=0), epochs=3, model=apply_qat(float_model))
     run = tmp_path_factory.mktemp("qat") / "run"
     run.mkdir()
-    save_qat_model(model, run / "model_qat.keras")
+    model.save(str(run / "model_qat.keras"), save_format="h5", include_optimizer=False)  # HDF5 under .keras
     (run / "config.json").write_text(json.dumps({"model": dataclasses.asdict(_model_config())}))
     return {"run": run, "model": model, "tflite": export_qat_tflite(run)}
 
@@ -80,7 +80,7 @@ def test_plain_tfmot_refuses_rescaling(float_model):
 
 
 def test_batchnorm_after_pooling_is_refused_with_the_layer_named():
-    """The original project's order, Conv -> MaxPool -> BN, which tfmot cannot fold."""
+    """Conv -> MaxPool -> BN: an order tfmot cannot fold."""
     import tf_keras as keras
 
     from raydet.export.qat import apply_qat

@@ -71,19 +71,19 @@ def test_bad_mode_is_refused_before_any_work():
 
 
 def test_every_mode_converts_and_runs_through_litert(trained_run, quantized, capsys):
-    from raydet.export.quantize import tflite_path
+    from raydet.export.run import Run
     from raydet.export.tflite import TFLiteModel
 
     run = trained_run["run"]
     assert set(quantized) == {"dynamic", "float16", "int8"}
     images = trained_run["test"]["image"][:16]
     for mode in ("float32", "dynamic", "float16", "int8"):
-        model = TFLiteModel(str(tflite_path(run, mode)))
+        model = TFLiteModel(str(Run(run).model(mode)))
         out = model.predict(images)
         assert out["heatmap"].shape == (16, 8, 8, 3) and out["boxes"].shape == (16, 8, 8, 4), mode
         assert out["heatmap"].dtype == np.float32 and out["boxes"].dtype == np.float32, mode
         assert model.input_dtype == (np.uint8 if mode == "int8" else np.float32), mode
-    sizes = {mode: tflite_path(run, mode).stat().st_size for mode in ("float32", "dynamic", "float16", "int8")}
+    sizes = {mode: Run(run).model(mode).stat().st_size for mode in ("float32", "dynamic", "float16", "int8")}
     # int8 and dynamic store 1 byte per weight instead of 4; float16 2 instead of 4 (plus graph overhead)
     assert sizes["int8"] < 0.5 * sizes["float32"], sizes
     assert sizes["dynamic"] < 0.5 * sizes["float32"], sizes
@@ -102,13 +102,13 @@ def test_size_table_lists_every_file(trained_run, quantized):
 
 
 def test_float_tflite_matches_keras_and_quantized_models_stay_close(trained_run, quantized):
-    from raydet.export.quantize import tflite_path
+    from raydet.export.run import Run
     from raydet.export.tflite import TFLiteModel
 
     test = trained_run["test"]
     keras_out = trained_run["model"].predict(test["image"].astype(np.float32), verbose=0)
     outs = {
-        mode: TFLiteModel(str(tflite_path(trained_run["run"], mode)), batch_size=32).predict(test["image"])
+        mode: TFLiteModel(str(Run(trained_run["run"]).model(mode)), batch_size=32).predict(test["image"])
         for mode in ("float32", "dynamic", "float16", "int8")
     }
     for name in ("heatmap", "boxes"):
@@ -130,6 +130,7 @@ def assert_same_detections(keras_out: dict, tflite_out: dict, mode: str, box_tol
         zip(
             decode(keras_out["heatmap"], keras_out["boxes"], score_threshold=0.3),
             decode(tflite_out["heatmap"], tflite_out["boxes"], score_threshold=0.3),
+            strict=True,
         )
     )
     for k, q in pairs:
@@ -166,10 +167,11 @@ def test_the_trained_model_finds_several_objects_of_different_classes(trained_ru
 
 
 def test_int8_takes_raw_uint8_pixels(trained_run, quantized):
-    from raydet.export.quantize import calibration_images, tflite_path
+    from raydet.export.quantize import calibration_images
+    from raydet.export.run import Run
     from raydet.export.tflite import TFLiteModel
 
-    model = TFLiteModel(str(tflite_path(trained_run["run"], "int8")))
+    model = TFLiteModel(str(Run(trained_run["run"]).model("int8")))
     scale, zero_point = model._input["quantization"]
     # the input range is the calibration images' 0..max: one uint8 step per max / 255 pixel values
     brightest = int(calibration_images(trained_run["prep"], 64).max())
@@ -181,10 +183,10 @@ def test_int8_takes_raw_uint8_pixels(trained_run, quantized):
 
 
 def test_tflite_model_batches_and_refuses_wrong_shapes(trained_run, quantized):
-    from raydet.export.quantize import tflite_path
+    from raydet.export.run import Run
     from raydet.export.tflite import TFLiteModel
 
-    path = str(tflite_path(trained_run["run"], "int8"))
+    path = str(Run(trained_run["run"]).model("int8"))
     images = trained_run["test"]["image"][:5]
     one, three = TFLiteModel(path, batch_size=1), TFLiteModel(path, batch_size=3)  # 3 -> chunks of 3 and 2
     for name in ("heatmap", "boxes"):
@@ -205,5 +207,5 @@ def test_calibration_at_the_wrong_size_is_refused(trained_run):
     assert calibration_images(trained_run["prep"], 7, image_size=32).shape == (7, 32, 32, 3)
     with pytest.raises(ValueError, match="32x32 but the model takes 64x64"):
         calibration_images(trained_run["prep"], 7, image_size=64)
-    with pytest.raises(FileNotFoundError, match="train"):
+    with pytest.raises(FileNotFoundError, match="no manifest"):
         calibration_images(trained_run["run"], 7)

@@ -1,6 +1,6 @@
-"""raydet.export.tflite and raydet.export.runner: the int8 .tflite of the hand-set detector (tests/handset.py)
-decodes to the Keras model's detections within a stated tolerance, the runner's outputs and timings, model file
-names, old single-box runs refused."""
+"""raydet.export.tflite and raydet.export.runner: the int8 .tflite of the hand-set detector (tests/handset.py) decodes
+to the Keras model's detections within a stated tolerance, the runner's outputs and timings, model file names, a RUN
+whose config.json or model files are not raydet's refused."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from raydet.detector.decode import decode
-from raydet.export.runner import ModelRunner, OldRunError, check_model_file, check_run, model_file
+from raydet.errors import UserError
+from raydet.export.run import Run
+from raydet.export.runner import ModelRunner, check_model_file, check_run
 
 # int8 tolerance after decoding: a box coordinate within 0.002 of the image side (the boxes output is quantized
 # in steps of ~1/256 over [0, 1]; 0.002 is a sixteenth of a cell at G = 8), a score within 0.01 (the sigmoid
@@ -32,11 +34,11 @@ def run(tmp_path_factory):
 
 
 def test_model_file_names(tmp_path):
-    assert model_file(tmp_path, "float") == tmp_path / "model.keras"
-    assert model_file(tmp_path, "int8") == tmp_path / "model_int8.tflite"
-    assert model_file(tmp_path, "float32") == tmp_path / "model_float32.tflite"
+    assert Run(tmp_path).model("float") == tmp_path / "model.keras"
+    assert Run(tmp_path).model("int8") == tmp_path / "model_int8.tflite"
+    assert Run(tmp_path).model("float32") == tmp_path / "model_float32.tflite"
     with pytest.raises(ValueError, match="unknown model 'int4'"):
-        model_file(tmp_path, "int4")
+        Run(tmp_path).model("int4")
 
 
 def test_keras_model_gives_the_hand_computed_detections(run):
@@ -59,10 +61,9 @@ def test_int8_tflite_decodes_like_the_keras_model(run):
     lite_out = lite.predict(images)
     assert {k: v.dtype for k, v in lite_out.items()} == {"heatmap": np.float32, "boxes": np.float32}
     found = []
-    pairs = zip(
+    for k, lt in zip(
         decode(keras_out["heatmap"], keras_out["boxes"]), decode(lite_out["heatmap"], lite_out["boxes"]), strict=True
-    )
-    for k, lt in pairs:
+    ):
         assert lt.labels.tolist() == k.labels.tolist()  # the same objects, in the same order
         np.testing.assert_allclose(lt.boxes, k.boxes, atol=BOX_TOL)
         np.testing.assert_allclose(lt.scores, k.scores, atol=SCORE_TOL)
@@ -105,12 +106,11 @@ def test_tflite_runner_times_each_image_and_reports_its_shapes(run, monkeypatch)
         runner.predict(np.zeros((1, 16, 16, 3), np.uint8))
 
 
-def test_old_single_box_run_is_refused(tmp_path):
-    old = H.write_old_run(tmp_path / "old")
+def test_a_run_that_is_not_raydets_is_refused(tmp_path):
+    old = H.write_old_run(tmp_path / "old")  # a single-box network: outputs class_logits and boxes
     # 1. by its config.json: a "model" without a backbone
-    with pytest.raises(OldRunError, match="must be retrained with this raydet version") as err:
+    with pytest.raises(UserError, match="config.json: 'model' must be an object naming its backbone"):
         check_run(old)
-    assert "config.json" in str(err.value)
     # 2. by its model's outputs, also without the config's help, when checked and when loaded
     config = json.loads((old / "config.json").read_text())
     del config["model"]
@@ -120,17 +120,17 @@ def test_old_single_box_run_is_refused(tmp_path):
         lambda _: check_model_file(old / "model.keras"),
         lambda _: ModelRunner(old / "model.keras"),
     ):
-        with pytest.raises(OldRunError, match=r"outputs \['boxes', 'class_logits'\].*must be retrained"):
+        with pytest.raises(UserError, match=r"outputs \['boxes', 'class_logits'\]: not a raydet model"):
             refuse(old)
 
 
-def test_old_single_box_tflite_is_refused(tmp_path):
+def test_a_tflite_without_heatmap_is_refused(tmp_path):
     import tf_keras
 
     old = H.write_old_run(tmp_path / "old")
     model = tf_keras.models.load_model(old / "model.keras", compile=False)
     (old / "model_int8.tflite").write_bytes(H.int8_tflite(model, H.calibration_images()))
-    with pytest.raises(OldRunError, match=r"model_int8.tflite has outputs \['boxes', 'class_logits'\]"):
+    with pytest.raises(UserError, match=r"model_int8.tflite has outputs \['boxes', 'class_logits'\]"):
         ModelRunner(old / "model_int8.tflite")
 
 

@@ -243,7 +243,7 @@ def test_backslash_and_colon_are_plain_characters_of_file_names(tmp_path):
         touch(tmp_path / "images" / f"{stem}.jpg", stem.encode())
     ds = discover(str(tmp_path))
     assert [r.annotation for r in ds.annotations] == ["annotations/back\\slash.xml", "annotations/c:colon.xml"]
-    for ref, stem in zip(ds.annotations, ("back\\slash", "c:colon")):
+    for ref, stem in zip(ds.annotations, ("back\\slash", "c:colon"), strict=True):
         record = parse_voc(read_file(ds.filesystem, ds.root, ref.annotation), source=ref.annotation)
         image = resolve_image(ds, ref, record.filename)
         assert image == f"images/{stem}.jpg"

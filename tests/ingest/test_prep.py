@@ -1,5 +1,5 @@
-"""raydet.ingest.prepare's atomic output: a prepare writes into a staging folder under --out and swaps it in at the end, so
-a run that dies leaves the previous PREP as it was and the next run cleans up after it. The commit and the clean-up
+"""raydet.ingest.prepare's atomic output: a prepare writes into a staging folder under --out and swaps it in at the end,
+so a run that dies leaves the previous PREP as it was and the next run cleans up after it. The commit and the clean-up
 on their own (no Ray), then the real CLI killed half-way with SIGKILL and with SIGINT."""
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def by_file(entries: list[dict]) -> dict[str, str]:
     return {e["file"]: e["reason"] for e in entries}
 
 
-def read_rows(prep: Path) -> dict[str, dict]:
+def all_rows_by_file(prep: Path) -> dict[str, dict]:
     """Every row of both splits, read with plain pyarrow, keyed by file. ``image`` (raw bytes) comes back
     through ``image_array``; the tensor columns as flat lists (or arrays, once Ray has registered its extension
     type), reshaped here by hand."""
@@ -237,7 +237,7 @@ def test_dropped_objects_are_reported(hostile):
 
 def test_parquet_rows_by_hand_with_pyarrow(hostile):
     _, prep, m = hostile
-    rows = read_rows(prep)
+    rows = all_rows_by_file(prep)
     assert sorted(rows) == sorted(f"images/{hostile_cases()[s][0]}" for s in LOADED)
     assert sum(m["splits"].values()) == 8 and m["split_source"] == "hash"
     # hash split at 0.2, by hand: sha1 of the UTF-8 path, its first 4 hex digits / 16^4 -> cmyk 0x0faa = 0.061 and
@@ -294,7 +294,7 @@ def test_parquet_read_back_with_ray_data(hostile):
     ds = read_split(prep, "train", override_num_blocks=1)  # one read task: tiny files
     batch = ds.take_batch(m["splits"]["train"], batch_format="numpy")
     n = m["splits"]["train"]
-    by_hand = read_rows(prep)
+    by_hand = all_rows_by_file(prep)
     for file, image in zip(batch["file"], batch["image"], strict=True):  # the same pixels both ways
         np.testing.assert_array_equal(image, by_hand[file]["image"])
     assert batch["image"].shape == (n, 32, 32, 3) and batch["image"].dtype == np.uint8
@@ -324,7 +324,7 @@ def test_one_summary_line_and_manifest_on_disk(hostile, capsys, tmp_path):
     assert m["classes"] == ["dog"] and m["images_loaded"] == 8 and len(m["skipped"]) == 10
     assert m["negative_images"] == 4 and set(by_file(m["skipped"])) == {file for file, _ in SKIPPED.values()}
     assert any("class not in the class list" in e["reason"] for e in m["objects_skipped"])
-    rows = read_rows(tmp_path / "again")
+    rows = all_rows_by_file(tmp_path / "again")
     # max_objects 1 and at most one dog per image: K = 1 in both splits; a negative row is all padding
     assert m["objects_per_row"] == {"train": 1, "test": 1}
     assert (rows["images/rgba.png"]["num_objects"], rows["images/rgba.png"]["labels"].tolist()) == (0, [-1])
@@ -372,7 +372,7 @@ def test_an_image_with_12_objects_keeps_all_12_with_their_difficult_flags(dense)
     prep, m = dense
     # K per split: the most objects of any image of the split (test holds only negatives: 1)
     assert m["max_objects"] == 100 and m["objects_per_row"] == {"train": 12, "test": 1}
-    row = read_rows(prep)["train/dense.jpg"]
+    row = all_rows_by_file(prep)["train/dense.jpg"]
     assert row["num_objects"] == 12
     # largest first: the area grows with k, so row j holds object 11 - j; pixels / (64, 48) -> normalized xyxy
     expected = [dense_object(11 - j) for j in range(12)]
@@ -385,7 +385,7 @@ def test_an_image_with_12_objects_keeps_all_12_with_their_difficult_flags(dense)
 
 def test_annotations_without_objects_are_kept_as_negatives(dense):
     prep, m = dense
-    rows = read_rows(prep)
+    rows = all_rows_by_file(prep)
     assert sorted(rows) == ["test/neg.jpg", "test/zebra.jpg", "train/dense.jpg"]
     assert m["negative_images"] == 2 and m["splits"] == {"train": 1, "test": 2}
     for file in ("test/neg.jpg", "test/zebra.jpg"):  # a split of negatives only has its own K = 1
@@ -433,7 +433,7 @@ def test_max_objects_cuts_train_images_only_so_the_test_ground_truth_is_whole(tm
     assert [e["file"] for e in m["objects_skipped"]] == ["train/five.xml"] * 2  # test cuts nothing
     assert all("beyond --max-objects 3" in e["reason"] for e in m["objects_skipped"])
     assert m["images_loaded"] + len(m["skipped"]) == m["annotations_found"] == 2
-    rows = read_rows(tmp_path / "prep")
+    rows = all_rows_by_file(tmp_path / "prep")
     largest_first = [[0, 0, 4 * k / 64, 40 / 48] for k in range(5, 0, -1)]
     train, test = rows["train/five.jpg"], rows["test/five.jpg"]
     assert train["num_objects"] == 3 and test["num_objects"] == 5
@@ -465,7 +465,7 @@ def test_devkit_through_a_file_uri_uses_the_dataset_split(tmp_path, ray_local):
     m = run(data.as_uri(), tmp_path / "prep", image_size=16)
     assert m["layout"] == "devkit" and m["split_source"] == "dataset" and m["source"] == data.as_uri()
     assert m["splits"] == {"train": 3, "test": 1} and m["images_loaded"] == 4
-    rows = read_rows(tmp_path / "prep")
+    rows = all_rows_by_file(tmp_path / "prep")
     assert rows["JPEGImages/000003.jpg"]["split"] == "test"
     blue = rows["JPEGImages/000002.jpg"]["image"]
     assert blue[..., 2].min() > 240 and blue[..., :2].max() < 10
@@ -478,7 +478,7 @@ def test_train_test_folders_layout(tmp_path, ray_local):
     m = run(tmp_path / "data", tmp_path / "prep", image_size=16)
     assert m["layout"] == "train_test" and m["split_source"] == "dataset"
     assert m["splits"] == {"train": 2, "test": 1}
-    assert read_rows(tmp_path / "prep")["test/c.jpg"]["split"] == "test"
+    assert all_rows_by_file(tmp_path / "prep")["test/c.jpg"]["split"] == "test"
 
 
 def test_flat_layout_and_hash_split_stability(tmp_path, ray_local):
@@ -487,11 +487,11 @@ def test_flat_layout_and_hash_split_stability(tmp_path, ray_local):
         one_good(data, f"img{i:02d}")
     first = run(data, tmp_path / "prep1", image_size=16, test_fraction=0.3)
     assert first["layout"] == "flat" and first["split_source"] == "hash" and first["images_loaded"] == 12
-    before = {f: r["split"] for f, r in read_rows(tmp_path / "prep1").items()}
+    before = {f: r["split"] for f, r in all_rows_by_file(tmp_path / "prep1").items()}
     for i in range(12, 30):
         one_good(data, f"img{i:02d}")
     second = run(data, tmp_path / "prep2", image_size=16, test_fraction=0.3)
-    after = {f: r["split"] for f, r in read_rows(tmp_path / "prep2").items()}
+    after = {f: r["split"] for f, r in all_rows_by_file(tmp_path / "prep2").items()}
     assert second["images_loaded"] == 30
     assert {f: after[f] for f in before} == before  # adding 18 images moved none of the first 12
     assert set(after.values()) == {"train", "test"}
@@ -517,7 +517,7 @@ def test_rerun_into_the_same_prep_replaces_the_shards(tmp_path, ray_local):
     run(tmp_path / "d", tmp_path / "prep", image_size=16)
     (tmp_path / "d" / "b.xml").unlink()
     m = run(tmp_path / "d", tmp_path / "prep", image_size=16)
-    assert m["images_loaded"] == 1 and list(read_rows(tmp_path / "prep")) == ["a.jpg"]
+    assert m["images_loaded"] == 1 and list(all_rows_by_file(tmp_path / "prep")) == ["a.jpg"]
 
 
 def test_raccoon_every_photo_accounted_for(raccoon_dir, tmp_path, ray_local):
@@ -526,7 +526,7 @@ def test_raccoon_every_photo_accounted_for(raccoon_dir, tmp_path, ray_local):
     assert m["images_loaded"] + len(m["skipped"]) == 200
     assert m["images_loaded"] == 200 and m["objects_loaded"] == 217 and m["classes"] == ["raccoon"]
     assert sum(m["splits"].values()) == 200 and m["splits"]["test"] > 0
-    rows = read_rows(tmp_path / "prep")
+    rows = all_rows_by_file(tmp_path / "prep")
     r = rows["images/raccoon-1.jpg"]
     # raccoon-1.xml: 650 x 417, box (81, 88, 522, 408) -> (81/650, 88/417, 522/650, 408/417)
     assert (r["width"], r["height"]) == (650, 417)
@@ -681,7 +681,7 @@ def test_hardened_rescaled_boxes_and_their_note(hardened):
     assert m["rescaled"] == [
         {"file": "JPEGImages/resized.jpg", "note": "boxes rescaled from <size> 64x48 to decoded 32x24"}
     ]
-    rows = read_rows(prep)
+    rows = all_rows_by_file(prep)
     # (16, 12, 48, 36) in the 64 x 48 frame -> x 0.5 -> (8, 6, 24, 18) in 32 x 24 -> /(32, 24)
     # = (0.25, 0.25, 0.75, 0.75)
     # (normalizing the unscaled box by 32 x 24 would give (0.5, 0.5, 1, 1) after clipping)
@@ -693,7 +693,7 @@ def test_hardened_rescaled_boxes_and_their_note(hardened):
 def test_hardened_exif_orientation_is_listed_and_not_applied(hardened):
     _, prep, m = hardened
     assert m["exif_rotated_images"] == ["JPEGImages/exif.jpg"]
-    row = read_rows(prep)["JPEGImages/exif.jpg"]
+    row = all_rows_by_file(prep)["JPEGImages/exif.jpg"]
     assert (row["width"], row["height"]) == (64, 48)  # the stored frame, not the turned 48 x 64
 
 
@@ -708,12 +708,12 @@ def test_hardened_symlinks_out_of_the_root_are_reported_the_rest_loaded(hardened
         },
     ]
     assert m["split_source"] == "hash"  # the test.txt behind the refused ImageSets link was never read
-    assert "JPEGImages/alias.jpg" in read_rows(prep)  # a symlink inside the root loads like a file
+    assert "JPEGImages/alias.jpg" in all_rows_by_file(prep)  # a symlink inside the root loads like a file
 
 
 def test_hardened_backslash_and_colon_are_plain_characters_and_case_collisions_are_listed(hardened):
     _, prep, m = hardened
-    rows = read_rows(prep)
+    rows = all_rows_by_file(prep)
     for stem in ODD_NAMES:  # each loaded under its own name, its image found beside it
         assert rows[f"JPEGImages/{stem}.jpg"]["num_objects"] == 1
     assert m["classes"] == ["Cat", "cat", "dog"] and m["case_collisions"] == [["Cat", "cat"]]

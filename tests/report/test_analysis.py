@@ -1,5 +1,5 @@
-"""raydet.report.analysis on cases built by hand (boxes xyxy in original pixels): the confusion matrix, AP by object size,
-the PR curve and the per-image score; pycocotools agrees on the size APs."""
+"""raydet.report.analysis on cases built by hand (boxes xyxy in original pixels): the confusion matrix, AP by object
+size, the PR curve and the per-image score; pycocotools agrees on the size APs."""
 
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ def test_every_prediction_of_an_image_is_drawn_with_its_own_label():
     img = grey(200, 200)
     boxes = [[10, 40, 60, 90], [100, 40, 150, 90], [60, 130, 190, 190]]
     out = draw.draw_detections(img, [], [], boxes, ["cat", "dog", "cat"], [0.9, 0.8, 0.4], scale=1)
-    for x0, y0, x1, y1 in boxes:
+    for x0, y0, _x1, y1 in boxes:
         # each box's left edge, at mid-height, in the prediction colour
         assert tuple(out[(y0 + y1) // 2, x0]) == draw.PRED_COLOR
         # and its own label on a red background just above its top edge (8 px up, over the box's first 30 px)

@@ -178,7 +178,7 @@ def test_a_batch_of_mixed_thresholds_answers_each_image_as_if_alone():
     together, _ = detect(Runner(), np.stack(scenes), sizes, H.CLASSES, [0.98, 0.3, 0.8])
     alone = [
         detect(Runner(), scene[None], [size], H.CLASSES, t)[0][0]
-        for scene, size, t in zip(scenes, sizes, [0.98, 0.3, 0.8])
+        for scene, size, t in zip(scenes, sizes, [0.98, 0.3, 0.8], strict=True)
     ]
     assert together == alone
     assert [len(d) for d in together] == [1, 3, 0]  # A only; A, B, C; C's 0.77 < 0.8
@@ -447,7 +447,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(one, scenes))
-    for scene, (status, answer) in zip(scenes, answers):
+    for scene, (status, answer) in zip(scenes, answers, strict=True):
         (det,) = answer["detections"]
         assert status == 200 and det["label"] == scene[0].label
         np.testing.assert_allclose(det["box"], H.box(scene[0]) * 32, atol=0.5)

@@ -16,7 +16,8 @@ import worker_hooks
 from prep_helpers import make_prep
 
 from raydet.config import TrainConfig
-from raydet.train.driver import check_resources, read_manifest, resources_per_worker, train, worker_layout
+from raydet.ingest.prep import Prep
+from raydet.train.driver import check_resources, resources_per_worker, train, worker_layout
 
 SIZE = 32
 # AP50 on the test split (64 rows of tests/prep_helpers.make_prep), measured: an untrained network scores
@@ -249,7 +250,7 @@ def test_training_learns_to_find_the_rectangles(tmp_path, ray_local):
     arrays = _test_arrays(prep)
     cfg = _cfg(prep, tmp_path / "runs", workers=1, cpus_per_worker=2.0, epochs=6, augment=False, warmup_epochs=1.0)
     tf_keras.utils.set_random_seed(0)
-    untrained = _pycocotools_ap50(build_model(model_config(cfg, read_manifest(prep))), arrays)
+    untrained = _pycocotools_ap50(build_model(model_config(cfg, Prep(prep).read_manifest())), arrays)
     started = time.time()
     summary = train(cfg)
     trained = _pycocotools_ap50(tf_keras.models.load_model(summary.model_path, compile=False), arrays)
@@ -435,8 +436,9 @@ def test_bfloat16_training_saves_a_float32_model_that_quantizes_to_int8(prep, tm
     assert out["heatmap"].shape == (2, 8, 8, 2) and np.isfinite(out["boxes"]).all()
 
 
-def test_init_from_a_single_box_run_is_refused(prep, tmp_path):
-    """A RUN of the network raydet had before the dense heads cannot start this one: say so, before Ray starts."""
+def test_init_from_a_run_without_a_backbone_is_refused(prep, tmp_path):
+    """A RUN whose config.json names no backbone (here the single-box network's) cannot start this one: say so,
+    before Ray starts."""
     old = tmp_path / "old"
     old.mkdir()
     (old / "model.keras").write_bytes(b"")
@@ -445,7 +447,7 @@ def test_init_from_a_single_box_run_is_refused(prep, tmp_path):
             {"model": {"num_classes": 2, "image_size": 32, "width": 8, "depth": 3, "head_units": 128, "dropout": 0.2}}
         )
     )
-    with pytest.raises(ValueError, match="predicted one box per image.*retrain it"):
+    with pytest.raises(ValueError, match="config.json: 'model' must be an object naming its backbone"):
         train(_cfg(prep, tmp_path / "runs", init_from=str(old)))
 
 
@@ -463,21 +465,21 @@ def test_bad_prep_is_named(tmp_path):
         train(_cfg(tmp_path, tmp_path / "runs"))
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        read_manifest(tmp_path)
+        Prep(tmp_path).read_manifest()
     (tmp_path / "manifest.json").write_text(json.dumps({"classes": ["a"], "image_size": 32}))
     with pytest.raises(FileNotFoundError, match="no Parquet shards"):
-        read_manifest(tmp_path)
+        Prep(tmp_path).read_manifest()
     (tmp_path / "manifest.json").write_text(json.dumps({"classes": [], "image_size": 32}))
     with pytest.raises(ValueError, match=r"'classes' must be a non-empty list, got \[\]"):
-        read_manifest(tmp_path)
+        Prep(tmp_path).read_manifest()
 
 
 def test_shards_that_disagree_with_the_manifest_are_refused(tmp_path):
     prep = make_prep(tmp_path / "prep", n_train=8, n_test=4)
-    assert read_manifest(prep)["splits"] == {"train": 8, "test": 4}  # 2 shards of 4 rows each agree
+    assert Prep(prep).read_manifest()["splits"] == {"train": 8, "test": 4}  # 2 shards of 4 rows each agree
     (prep / "train" / "part-0000001.parquet").unlink()  # half the train split went missing in a copy
     with pytest.raises(ValueError, match=r"prep/train: its shards hold 4 rows but .*manifest.json counted 8"):
-        read_manifest(prep)
+        Prep(prep).read_manifest()
 
 
 def test_resource_check_names_the_numbers():

@@ -1,5 +1,5 @@
-"""The EMA of the weights (raydet.train.ema): its ramped decay by hand, and the averaged weights a run exports equal that
-formula applied to the weights after each optimizer step."""
+"""The EMA of the weights (raydet.train.ema): its ramped decay by hand, and the averaged weights a run exports equal
+that formula applied to the weights after each optimizer step."""
 
 import math
 
@@ -36,9 +36,9 @@ def test_averaged_weights_follow_the_formula_after_k_steps():
     expected = [w.copy() for w in start]
     for t, weights in enumerate(after, start=1):
         d = 0.9 * (1 - math.exp(-t / 2.0))
-        expected = [d * e + (1 - d) * w for e, w in zip(expected, weights)]
+        expected = [d * e + (1 - d) * w for e, w in zip(expected, weights, strict=True)]
     got = averaged_weights(model)
-    for i, (g, e, w, is_trainable) in enumerate(zip(got, expected, after[-1], trainable)):
+    for i, (g, e, w, is_trainable) in enumerate(zip(got, expected, after[-1], trainable, strict=True)):
         if is_trainable:  # the kernel, bias, gamma, beta: their averages
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6, err_msg=f"weight {i}")
             assert not np.allclose(g, w)  # and not the raw weights
@@ -55,5 +55,5 @@ def test_no_average_means_the_weights():
     model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(2)])
     model.compile(make_optimizer(0.05, 0.0, 0.0, ema=0.0), loss="mse")
     model.fit(np.ones((4, 3), "float32"), np.zeros((4, 2), "float32"), verbose=0)
-    for g, w in zip(averaged_weights(model), model.get_weights()):
+    for g, w in zip(averaged_weights(model), model.get_weights(), strict=True):
         np.testing.assert_array_equal(g, w)

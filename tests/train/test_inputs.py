@@ -88,7 +88,7 @@ def test_the_streamed_dataset_augments_with_its_seed():
     arrays, cfg = _arrays(8), AugmentConfig()
     ds, maker = stream_train_dataset(ListIterator(arrays), CLASSES, GRID, SIZE, 4, cfg, 5, rows_per_pass=8)
     reference = BatchMaker(arrays, CLASSES, GRID, cfg, seed=5)
-    for (x, y), rows in zip(ds.take(2), (np.arange(4), np.arange(4, 8))):
+    for (x, y), rows in zip(ds.take(2), (np.arange(4), np.arange(4, 8)), strict=True):
         images, heatmap, _ = reference(rows)
         np.testing.assert_array_equal(x["image"].numpy(), images)
         np.testing.assert_array_equal(y["heatmap"].numpy(), heatmap)
@@ -130,12 +130,12 @@ def _by_image(batches) -> dict:
     """{sha1 of a row's image: (heatmap, box targets)} over ({"image"}, {"heatmap", "boxes"}) batches."""
     out = {}
     for x, y in batches:
-        for img, hm, bt in zip(x["image"].numpy(), y["heatmap"].numpy(), y["boxes"].numpy()):
+        for img, hm, bt in zip(x["image"].numpy(), y["heatmap"].numpy(), y["boxes"].numpy(), strict=True):
             out[hashlib.sha1(img.tobytes()).hexdigest()] = (hm, bt)
     return out
 
 
-def test_streamed_and_in_memory_training_batches_hold_the_same_targets(tmp_path, ray_local):  # noqa: ARG001
+def test_streamed_and_in_memory_training_batches_hold_the_same_targets(tmp_path, ray_local):
     """The same 40 rows through a real Ray Data shard (streamed, shuffled in its buffer) and in memory, without
     augmentation: each image comes with the same target maps, every row once per pass of 40 = 5 x 8 rows."""
     from raydet.ingest.shards import read_blocks
@@ -157,7 +157,7 @@ def test_a_pass_of_the_wrong_length_stops_training_loudly():
     assert [len(b["image"]) for b in (next(passes) for _ in range(6))] == [5, 5, 2, 5, 5, 2]  # two passes
     short = shard_passes(ListIterator(arrays, rows=10), rows_per_pass=12, seed=None, batch_rows=5)
     with pytest.raises(RuntimeError, match="gave 10 rows, expected 12"):
-        list(zip(range(10), short))
+        list(zip(range(10), short, strict=False))
 
 
 def test_streamed_batches_carry_a_pass_remainder_into_the_next_epoch():
@@ -195,8 +195,8 @@ def test_validation_in_memory_and_from_the_files_are_the_same_padded_batches(tmp
     files, files_steps = stream_val_dataset(prep, "test", start, stop, CLASSES, GRID, SIZE, 2, pad_to=5)
     assert steps == files_steps == 3 and int(files.cardinality()) == 3
     a, b, again = _val_batches(memory), _val_batches(files), _val_batches(files)
-    for x, y, z in zip(a, b, again):
-        for u, v, t in zip(x, y, z):
+    for x, y, z in zip(a, b, again, strict=True):
+        for u, v, t in zip(x, y, z, strict=True):
             np.testing.assert_array_equal(u, v)
             np.testing.assert_array_equal(u, t)
     assert [w.tolist() for *_, w in a] == [[1, 1], [1, 1], [0]]

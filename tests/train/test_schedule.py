@@ -2,7 +2,7 @@
 
 import pytest
 
-from raydet.train.schedule import cosine_lr, step_lr
+from raydet.train.schedule import cosine_lr, warmup_cosine_lr
 
 
 def test_cosine_schedule_by_hand():
@@ -15,12 +15,12 @@ def test_cosine_schedule_by_hand():
 def test_warmup_by_hand():
     # 10 steps per epoch, warm-up 1.5 epochs = 15 steps: step k (0-based, counted over epochs) runs at (k + 1) / 15
     # of the epoch's cosine rate; from step 14 on, the plain cosine rate.
-    assert step_lr(1.0, 0, 0, 10, 5, 1.5) == pytest.approx(1 / 15)
-    assert step_lr(1.0, 0, 9, 10, 5, 1.5) == pytest.approx(10 / 15)
-    assert step_lr(1.0, 1, 2, 10, 5, 1.5) == pytest.approx(cosine_lr(1.0, 1, 5) * 13 / 15)
-    assert step_lr(1.0, 1, 4, 10, 5, 1.5) == pytest.approx(cosine_lr(1.0, 1, 5))
-    assert step_lr(1.0, 3, 0, 10, 5, 1.5) == pytest.approx(cosine_lr(1.0, 3, 5))
-    assert step_lr(1.0, 0, 0, 10, 5, 0.0) == pytest.approx(1.0)  # no warm-up
+    assert warmup_cosine_lr(1.0, 0, 0, 10, 5, 1.5) == pytest.approx(1 / 15)
+    assert warmup_cosine_lr(1.0, 0, 9, 10, 5, 1.5) == pytest.approx(10 / 15)
+    assert warmup_cosine_lr(1.0, 1, 2, 10, 5, 1.5) == pytest.approx(cosine_lr(1.0, 1, 5) * 13 / 15)
+    assert warmup_cosine_lr(1.0, 1, 4, 10, 5, 1.5) == pytest.approx(cosine_lr(1.0, 1, 5))
+    assert warmup_cosine_lr(1.0, 3, 0, 10, 5, 1.5) == pytest.approx(cosine_lr(1.0, 3, 5))
+    assert warmup_cosine_lr(1.0, 0, 0, 10, 5, 0.0) == pytest.approx(1.0)  # no warm-up
 
 
 def test_auto_epochs_sized_in_steps():
