@@ -42,10 +42,20 @@ def test_bad_values_are_named(make, match):
         make()
 
 
-def test_configs_are_frozen():
-    cfg = C.SynthConfig(out="o")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.images = 5  # type: ignore[misc]
+def test_model_and_augment_configs_come_back_whole_from_config_json():
+    """RUN/config.json holds asdict(ModelConfig) and the TrainConfig's augmentation; the Ray Train workers and the
+    QAT export rebuild them with ModelConfig(**...) / AugmentConfig(**...): the same configs, checks included."""
+    import json
+
+    model = C.ModelConfig(num_classes=3, image_size=96, backbone="efficientnet_lite1", width=8, max_width=64, depth=3)
+    augment = C.AugmentConfig(hflip=0.25, vflip=0.5, rot90=0.5, scale=0.3, mosaic=0.0, min_box_px=1.5)
+    train = C.TrainConfig(prep="p", out="o", name="n", augmentation=augment)
+    on_disk = json.loads(json.dumps({"model": dataclasses.asdict(model), "train": dataclasses.asdict(train)}))
+    assert C.ModelConfig(**on_disk["model"]) == model
+    assert C.AugmentConfig(**on_disk["train"]["augmentation"]) == augment
+    on_disk["model"]["depth"] = 2  # an edited config.json is checked as a command line is
+    with pytest.raises(UserError, match=r"depth must be at least 3 \(.*\), got 2"):
+        C.ModelConfig(**on_disk["model"])
 
 
 def test_classes_from_a_file_hold_commas_and_skip_comments(tmp_path):

@@ -293,7 +293,9 @@ def test_pipeline_job_succeeds_and_writes_its_report(ray_head, tmp_path):
     assert "succeeded" in proc.stdout
     report = json.loads((out / "runs" / "main" / "eval" / "report.json").read_text())
     assert set(report["models"]) == {"float", "int8"}
-    assert report["models"]["int8"]["images"] > 0
+    # the synthetic set's test split: round(64 * test_fraction 0.2) = 13 images, each evaluated once by each model
+    assert [report["models"][m]["images"] for m in ("float", "int8")] == [13, 13]
+    assert json.loads((out / "prep" / "manifest.json").read_text())["splits"] == {"train": 51, "test": 13}
     assert "AP50" in proc.stdout  # the results table was printed by the job
 
 

@@ -40,8 +40,11 @@ def fake_stages(monkeypatch):
         calls.append(("train", cfg))
         run = Path(cfg.out) / cfg.name
         run.mkdir(parents=True, exist_ok=True)
-        done = pipeline._epochs_done(run)  # resumes like Ray Train: only the missing epochs
-        with open(run / "history.jsonl", "a") as f:
+        # resumes like Ray Train: only the missing epochs (read here as the real driver does, not with
+        # raydet.pipeline's helper, which is under test)
+        history = run / "history.jsonl"
+        done = len(history.read_text().splitlines()) if history.is_file() else 0
+        with open(history, "a") as f:
             for epoch in range(done + 1, cfg.epochs + 1):
                 f.write(json.dumps({"epoch": epoch, "loss": 1.0 / epoch}) + "\n")
         (run / "model.keras").write_text("float")
@@ -113,15 +116,18 @@ def test_first_run_runs_every_stage_with_the_run_settings(fake_stages, tmp_path,
     assert set(result["seconds"]) >= {"synth", "prepare", "train", "quantize", "evaluate", "total"}
 
 
-def test_rerun_skips_finished_stages_and_more_epochs_resume(fake_stages, tmp_path):
+def test_rerun_skips_finished_stages_and_more_epochs_resume(fake_stages, tmp_path, capsys):
     cfg = RunConfig(out=str(tmp_path / "out"), images=100, image_size=48, epochs=2)
     pipeline.run(cfg)
     stages(fake_stages)
+    capsys.readouterr()
     pipeline.run(cfg)  # nothing changed: only the evaluation runs again
     assert stages(fake_stages) == ["evaluate"]
+    assert "train: " + str(Path(cfg.out) / "runs" / "main") + " has 2 of 2 epochs, skipped" in capsys.readouterr().out
     time.sleep(0.01)  # a later mtime for the retrained model.keras
     pipeline.run(RunConfig(out=cfg.out, images=100, image_size=48, epochs=4))
     assert stages(fake_stages) == ["train", "quantize", "evaluate"]  # data kept; the new model is re-quantized
+    assert "epochs 3-4" in capsys.readouterr().out  # the banner names the epochs still to train
     history = (Path(cfg.out) / "runs" / "main" / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in history] == [1, 2, 3, 4]  # resumed, each epoch once
 

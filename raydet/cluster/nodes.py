@@ -16,6 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
 from raydet.errors import UserError
 
 MARKER_PREFIX = ".raydet-visible-"
@@ -39,7 +42,6 @@ def local_path(path: str) -> str | None:
 
 def alive_nodes() -> list[Node]:
     """The cluster's alive nodes, from ``ray.nodes()`` (Ray must be initialized)."""
-    import ray
 
     return [Node(n["NodeID"], n["NodeManagerAddress"]) for n in ray.nodes() if n.get("Alive")]
 
@@ -67,8 +69,6 @@ def probe_nodes(
 ) -> list[str | None]:
     """``path_problem(path, marker)`` run on each of ``nodes`` (one task pinned to each, no CPU reserved, so a
     busy node answers too); a task that fails or is not done in ``timeout_s`` is a problem of its node."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(num_cpus=0, max_retries=0)(path_problem)
     refs = [

@@ -28,6 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+from ray.autoscaler.sdk import request_resources
+
 from raydet.errors import UserError
 
 # Written on the head node by `ray up` (the filled-in cluster config, JSON); its monitor (the autoscaler) runs with
@@ -94,7 +97,6 @@ def autoscaler_from_config(config: dict, source: str) -> Autoscaler:
 
 def alive_node_resources() -> list[dict]:
     """The total resources of each alive node of the connected Ray (``ray.nodes()``)."""
-    import ray
 
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
@@ -102,7 +104,6 @@ def alive_node_resources() -> list[dict]:
 def request_from_autoscaler(bundles: list[dict]) -> None:
     """Ask the autoscaler for room for ``bundles`` (``[]`` withdraws the request). One request per cluster:
     each call replaces the one before, from whichever driver it came."""
-    from ray.autoscaler.sdk import request_resources
 
     request_resources(bundles=list(bundles))
 

@@ -25,6 +25,8 @@ import json
 import os
 from pathlib import Path
 
+from raydet.cluster.console import verbose
+
 LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}
 DASHBOARD_ENV = "RAYDET_DASHBOARD"
 # Left out of the uploaded package (gitwildmatch patterns, relative to the package folder): bytecode of the
@@ -124,7 +126,6 @@ def quiet_ray_data() -> None:
     """Ray Data's progress bars off in this driver unless ``RAYDET_VERBOSE=1``: raydet draws one line for its
     own long passes (raydet.cluster.progress), and Ray Data's redraws (or, off a terminal, its progress log every few
     seconds) covered every internal step (reads, repartitions, column selections)."""
-    from raydet.cluster.console import verbose
 
     if not verbose():
         from ray.data import DataContext

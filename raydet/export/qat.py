@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from raydet.cluster.runtime import use_legacy_keras
+from raydet.config import ModelConfig
+from raydet.detector.model import build_model
 from raydet.errors import UserError, UserFileNotFoundError
+from raydet.export.quantize import require_model
 from raydet.export.run import Run
 
 # (class name of the layer feeding a BatchNormalization) that tfmot's default 8-bit transforms fold.
@@ -211,7 +215,6 @@ def load_qat_model(path: str | os.PathLike, model_config=None):
     ``apply_qat(build_model(model_config))``; ``model_config`` (a :class:`raydet.config.ModelConfig`) is
     then required.
     """
-    import zipfile
 
     use_legacy_keras()
     import tf_keras
@@ -225,7 +228,6 @@ def load_qat_model(path: str | os.PathLike, model_config=None):
                 f"{path} is a native .keras zip, which does not deserialize with tfmot wrappers; "
                 "pass the run's ModelConfig (RUN/config.json's model fields) to rebuild it"
             )
-        from raydet.detector.model import build_model
 
         model = apply_qat(build_model(model_config))
         model.load_weights(str(path))
@@ -251,8 +253,6 @@ def export_qat_tflite(run_dir: str | os.PathLike) -> str:
     FileNotFoundError names what the run holds if the QAT model is missing. A native-zip model file is
     rebuilt from ``RUN/config.json``'s ``model`` fields (see :func:`load_qat_model`).
     """
-    from raydet.config import ModelConfig
-    from raydet.export.quantize import require_model
 
     src = require_model(run_dir, Run.QAT_MODEL)
     fields = Run(run_dir).read_config(missing_ok=True).get("model")

@@ -21,10 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from raydet.cluster import storage
+from raydet.cluster.runtime import use_legacy_keras
 from raydet.config import MODEL_NAMES
 from raydet.detector.model import OUTPUT_NAMES
 from raydet.errors import UserError, UserFileNotFoundError
 from raydet.export.run import KNOWN_MODELS, Run
+from raydet.export.tflite import TFLiteModel, signature
 
 KERAS_ARCHITECTURE = "config.json"  # inside a .keras zip: the model's architecture (not a RUN's config.json)
 # Images per Keras call: ~8 MiB of uint8 pixels (a whole actor call at 64 px, 55 images at 224 px), so a large
@@ -70,8 +73,6 @@ def model_output_names(path: str | os.PathLike) -> list[str]:
     (``output_layers``), a ``.tflite`` file's ``serving_default`` signature."""
     path = Path(path)
     if path.suffix == ".tflite":
-        from raydet.export.tflite import signature
-
         return signature(str(path))["outputs"]
     if path.suffix == ".keras":
         try:
@@ -138,7 +139,6 @@ def batch_plan(images: int, image_size: int, actors: int, batch_size: int | None
 def _local_model(path: str | os.PathLike) -> Path:
     """A model file's local path: itself, or for a URI (a run in a bucket) a copy fetched into a temporary
     folder of this process (an actor on any node can load it; the folder goes when the process ends)."""
-    from raydet.cluster import storage
 
     if not storage.is_uri(path):
         return Path(path)
@@ -174,7 +174,6 @@ class ModelRunner:
         self.grid, self.num_classes = int(shapes["heatmap"][1]), int(shapes["heatmap"][3])
 
     def _load_tflite(self, num_threads: int) -> dict[str, tuple]:
-        from raydet.export.tflite import TFLiteModel
 
         self._tflite = TFLiteModel(str(self.path), num_threads=num_threads, batch_size=1)
         self.image_size = self._tflite.image_size
@@ -182,7 +181,6 @@ class ModelRunner:
         return self._tflite.output_shapes
 
     def _load_keras(self, num_threads: int) -> dict[str, tuple]:
-        from raydet.cluster.runtime import use_legacy_keras
 
         use_legacy_keras()
         import tensorflow as tf

@@ -38,6 +38,7 @@ or already moved) or none (the previous PREP untouched, leftovers deleted): neve
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -207,7 +208,6 @@ def acquire_lease(filesystem: pafs.FileSystem, root: str, out: str) -> Lease:
 
 
 def _acquire_local(filesystem: pafs.FileSystem, path: str, holder: dict, out: str) -> Lease:
-    import fcntl
 
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

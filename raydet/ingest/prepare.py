@@ -71,9 +71,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+import ray
 
 from raydet.cluster.nodes import check_visible
 from raydet.cluster.progress import Progress
+from raydet.cluster.runtime import data_uses_every_cpu, init_ray
 from raydet.config import PrepareConfig
 from raydet.detector import boxes as B
 from raydet.errors import UserError
@@ -111,7 +113,6 @@ def _parse_batch(
 ) -> pa.Table:
     """[Ray task] annotation paths -> one row each: the pickled ``VocRecord`` or the error, the node, and the
     task's ``start``/``end`` (wall clock, seconds since the epoch)."""
-    import ray
 
     start = time.time()
     node = ray.get_runtime_context().get_node_id()
@@ -163,7 +164,6 @@ def _decode_write_batch(
     ``start``/``end`` (wall clock, seconds since the epoch) and the CPU seconds it spent reading, decoding and
     writing (CPU time, unlike wall time, does not grow when other processes share the cores).
     """
-    import ray
 
     start = time.time()
     node = ray.get_runtime_context().get_node_id()
@@ -339,7 +339,6 @@ def decode_task_memory(rows: int, image_size: int, max_pixels: int, max_image_by
 
 def _node_memory() -> int | None:
     """The largest ``memory`` resource of a live Ray node (bytes), None when Ray does not say."""
-    import ray
 
     sizes = [n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive")]
     return int(max(sizes)) if sizes and max(sizes) > 0 else None
@@ -361,7 +360,6 @@ def _split_table(table: pa.Table, blocks: int) -> list[pa.Table]:
 
 def _parse_all(dataset: Dataset, classes: tuple[str, ...] | None, cpus: int, max_bytes: int) -> list[dict]:
     """Ray Data parse pass: every annotation -> {annotation, record (pickled) or None, error, node, start, end}."""
-    import ray
 
     names = pa.table({"annotation": pa.array([ref.annotation for ref in dataset.annotations], pa.string())})
     blocks = max(min(len(names), 2 * cpus), math.ceil(len(names) / PARSE_ROWS))
@@ -488,7 +486,6 @@ def _decode_all(
     cpus: int,
 ) -> list[dict]:
     """Ray Data decode pass: planned rows -> shards on disk, one summary row back per input row."""
-    import ray
 
     if not planned:
         return []
@@ -579,10 +576,8 @@ def prepare(cfg: PrepareConfig) -> dict:
 
 def _ingest(cfg: PrepareConfig, dataset: Dataset, out: Out, t0: float) -> dict:
     """Both Ray Data passes, the shards written into ``out.stage`` -> the manifest (not yet written)."""
-    from raydet.cluster.runtime import data_uses_every_cpu, init_ray
 
     t_discover = time.perf_counter()
-    import ray
 
     started = not ray.is_initialized()
     init_ray(cfg.address)

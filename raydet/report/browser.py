@@ -10,6 +10,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from PIL import Image
+
 from raydet.errors import UserFileNotFoundError
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -78,7 +80,6 @@ def screenshot(
 def shrink_png(path: Path, max_bytes: int) -> None:
     """Rewrite the PNG at ``path`` with a 256-colour palette, then at 0.8x the size per step, until it is at
     most ``max_bytes``."""
-    from PIL import Image
 
     with Image.open(path) as im:
         image = im.convert("RGB")

@@ -8,6 +8,11 @@ import os
 
 import numpy as np
 
+from raydet.cluster import storage
+from raydet.ingest.images import MAX_PIXELS, ImageError, decode_rgb
+from raydet.ingest.shards import image_array
+from raydet.report import draw
+
 JPEG_QUALITY = 85  # drawn photos in report.html: a tenth of the PNG's bytes, the boxes and labels still crisp
 
 
@@ -16,9 +21,6 @@ def rows_by_file(prep: str | os.PathLike, split: str, files: set[str]) -> dict[s
     ``height`` (original pixels) and ``image`` (S, S, 3) uint8; files not in the split are absent."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
-
-    from raydet.cluster import storage
-    from raydet.ingest.shards import image_array
 
     if not files:
         return {}
@@ -42,9 +44,6 @@ def original_image(
     prepare`` applied: a file over ``max_bytes`` or ``max_pixels`` is not read)."""
     import cv2
 
-    from raydet.cluster import storage
-    from raydet.ingest.images import MAX_PIXELS, ImageError, decode_rgb
-
     width, height = int(row["width"]), int(row["height"])
     if source:
         location = storage.join(source, row["file"])
@@ -62,7 +61,6 @@ def original_image(
 def draw_result(base_rgb: np.ndarray, result, classes: list[str], score_threshold: float) -> np.ndarray:
     """``base_rgb`` (H, W, 3) uint8 at original size with ``result``'s (a raydet.report.analysis.ImageResult, boxes in
     original pixels) ground truth in green and its detections scoring >= ``score_threshold`` in red."""
-    from raydet.report import draw
 
     keep = result.det_scores >= score_threshold
     return draw.draw_detections(

@@ -28,7 +28,8 @@ from raydet.cluster.sizes import format_size
 from raydet.errors import UserFileNotFoundError
 from raydet.export.run import Run
 from raydet.ingest.prep import Prep
-from raydet.report import analysis, plots
+from raydet.report import analysis, gallery, plots
+from raydet.report.browser import screenshot
 
 REPORT_FILE = "report.html"
 GALLERY_IMAGES = 12  # worst test images shown per model
@@ -114,7 +115,6 @@ def _model_plots(name: str, a: dict, classes: list[str]) -> tuple[bytes, bytes]:
 
 def _gallery(found: dict, classes: list[str], report: dict, count: int) -> tuple[dict, str]:
     """{model: [(caption, JPEG)]} of each model's ``count`` worst images, and a note ('' when all went well)."""
-    from raydet.report import gallery
 
     prep = report.get("data") or ""  # a path or a URI (raydet.cluster.storage), never made a Path: s3:// would lose a /
     wanted = {}
@@ -140,7 +140,6 @@ def _gallery(found: dict, classes: list[str], report: dict, count: int) -> tuple
 
 def _drawn(pairs: list, rows: dict, source: str | None, classes: list[str], threshold: float) -> list:
     """[(caption, JPEG bytes)] for each (ImageScore, ImageResult) pair whose image is in ``rows``."""
-    from raydet.report import gallery
 
     out = []
     for s, im in pairs:
@@ -313,8 +312,6 @@ def report(cfg) -> Path:
     path = build_report(cfg.run)
     print(f"report: {path}", flush=True)
     if cfg.screenshot:
-        from raydet.report.browser import screenshot
-
         width, height = SCREENSHOT_SIZE
         shot = screenshot(path, cfg.screenshot, width=width, height=height, max_bytes=SCREENSHOT_MAX_BYTES)
         print(f"screenshot: {shot} (the page's top {width} x {height} px)", flush=True)

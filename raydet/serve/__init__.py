@@ -7,8 +7,8 @@ local Ray or a cluster and keeps it until Ctrl-C (:mod:`raydet.serve.driver`).
 
 May import: raydet.errors, raydet.config, raydet.cluster, raydet.ingest, raydet.report, raydet.export, raydet.evaluate
 (``MAY_IMPORT``; tests/test_layers.py checks it).
-Ray Serve only in :mod:`raydet.serve.app` (loaded when the command runs, never by ``import raydet`` or
-``import raydet.serve``).
+Ray Serve is imported by :mod:`raydet.serve.app` and :mod:`raydet.serve.driver`, which only the command loads
+(never ``import raydet`` or ``import raydet.serve``).
 """
 
 MAY_IMPORT = ("errors", "config", "cluster", "ingest", "report", "export", "evaluate")

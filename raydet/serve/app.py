@@ -26,6 +26,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from raydet.cluster import storage
 from raydet.config import ServeConfig, parse_autoscale
 from raydet.errors import UserError
+from raydet.evaluate.predict import detect, draw_encoded, run_classes
+from raydet.export.run import Run
+from raydet.export.runner import ModelRunner, check_run, require_models
+from raydet.ingest.images import ImageError, decode_resize
+from raydet.report.draw import encode_png
 from raydet.serve.http import HttpError, detect_options, image_bytes, image_error, read_body
 
 # A replica takes up to this many requests at once (at least two batches' worth, so the next batch fills while
@@ -41,7 +46,6 @@ class Detector:
     (the run's class names, label order) in; HTTP requests in, JSON or PNG out."""
 
     def __init__(self, cfg: ServeConfig, model_source: str, classes: list[str]):
-        from raydet.export.runner import ModelRunner
 
         self.cfg, self.classes = cfg, list(classes)
         self.runner = ModelRunner(model_source, num_threads=cfg.threads)
@@ -93,7 +97,6 @@ class Detector:
 
     async def _detect(self, request: Request) -> Response:
         """One image -> its detections (JSON) or their drawing (PNG); module docstring."""
-        from raydet.ingest.images import ImageError, decode_resize
 
         # 1. options and bytes: refused before any decoding
         t0 = time.perf_counter()
@@ -133,9 +136,6 @@ class Detector:
 
     def _drawing(self, data: bytes, detections: list[dict]) -> bytes:
         """PNG bytes of the image with ``detections`` drawn (raydet predict's drawing, at most MAX_DRAW_PIXELS)."""
-        from raydet.evaluate.predict import draw_encoded
-        from raydet.ingest.images import ImageError
-        from raydet.report.draw import encode_png
 
         boxes = np.array([d["box"] for d in detections], np.float64).reshape(-1, 4)
         try:
@@ -152,7 +152,6 @@ class Detector:
     async def _infer(self, items: list[tuple[np.ndarray, tuple[int, int], float]]) -> list[tuple[list, float, int]]:
         """A batch of ``(pixels (S, S, 3) uint8, (width, height), score_threshold)`` -> per item ``(detections,
         model seconds, batch size)``: one :func:`raydet.evaluate.predict.detect` call for all of them."""
-        from raydet.evaluate.predict import detect
 
         pixels = np.stack([item[0] for item in items])
         detections, seconds = detect(
@@ -191,9 +190,6 @@ def check_model(cfg: ServeConfig) -> tuple[str, list[str]]:
     """Refuse a missing model, a file that is not a raydet model or a run without class names before any replica
     starts -> (the model file's location for the replicas: a local path, or for a RUN URI the file's URI, which each
     replica fetches itself; the class names)."""
-    from raydet.evaluate.predict import run_classes
-    from raydet.export.run import Run
-    from raydet.export.runner import check_run, require_models
 
     with storage.local_copy(cfg.run, fetch=[Run.CONFIG, Run.model_name(cfg.model)]) as run:
         path = require_models(run, (cfg.model,))[cfg.model]

@@ -14,9 +14,12 @@ import os
 import socket
 import time
 
+from ray import serve as ray_serve
+
 from raydet.cluster.runtime import init_ray
 from raydet.config import ServeConfig
 from raydet.errors import UserError
+from raydet.serve.app import application
 
 APP_NAME = "raydet"
 
@@ -38,9 +41,6 @@ def check_port(host: str, port: int) -> None:
 def serve(cfg: ServeConfig) -> dict:
     """Deploy ``cfg`` and keep it until Ctrl-C (or return at once with ``cfg.detach``) -> ``{"url", "replicas",
     "model", "run"}``."""
-    from ray import serve as ray_serve
-
-    from raydet.serve.app import application
 
     # 1. refusals first
     cluster = on_cluster(cfg)

@@ -37,14 +37,25 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import ray
+import ray.train
+from ray.data import ExecutionOptions, ExecutionResources
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+
 from raydet.cluster import storage
+from raydet.cluster.nodes import check_visible
+from raydet.cluster.resources import ensure_resources, read_autoscaler
 from raydet.cluster.runtime import init_ray, runtime_env
 from raydet.config import ModelConfig, TrainConfig
 from raydet.errors import UserError, UserFileNotFoundError
+from raydet.export.qat import export_qat_tflite
 from raydet.export.run import Run
 from raydet.ingest.prep import Prep
-from raydet.ingest.shards import read_split
-from raydet.train.worker import CHECKPOINT_STATE_FILE, train_loop_per_worker
+from raydet.ingest.shards import read_blocks, read_rows, read_split, split_rows
+from raydet.report import plots
+from raydet.train.inputs import load_rows, plan_inputs
+from raydet.train.schedule import auto_epochs, checkpoint_every
+from raydet.train.worker import CHECKPOINT_STATE_FILE, train_loop_per_worker, write_scalars
 
 QAT_CALIBRATION_IMAGES = 64
 STREAM_BLOCK_ROWS = 64  # rows per streamed block and read task: 9.6 MB at 224 px
@@ -121,9 +132,6 @@ def fit_to_cluster(cfg: TrainConfig) -> TrainConfig:
     once (ValueError); an autoscaling one is asked for the nodes and waited for, up to ``cfg.resource_timeout_s``
     seconds (raydet.cluster.resources.ensure_resources).
     """
-    import ray
-
-    from raydet.cluster.resources import ensure_resources, read_autoscaler
 
     nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
     resources = ray.cluster_resources()
@@ -225,7 +233,6 @@ def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
     about ``CHECKPOINTS`` a run), ``warmup_epochs`` (at most ``epochs``) and ``precision`` (None: mixed_float16
     on GPUs, else float32) resolved; the schedule printed on one line.
     ``cfg.workers`` must be resolved (``fit_to_cluster``)."""
-    from raydet.train.schedule import auto_epochs, checkpoint_every
 
     steps = (n_train // cfg.workers) // (cfg.batch_size // cfg.workers)
     epochs = cfg.epochs or auto_epochs(max(steps, 1))
@@ -240,7 +247,6 @@ def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
 
 def _check_visible(cfg: TrainConfig) -> None:
     """On a multi-node cluster, refuse local paths that are not the same folder on every node (raydet.cluster.nodes)."""
-    from raydet.cluster.nodes import check_visible
 
     check_visible(cfg.prep, write=False, what="PREP")
     check_visible(cfg.out, write=True, what="--out")
@@ -249,10 +255,7 @@ def _check_visible(cfg: TrainConfig) -> None:
 
 
 def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, run_callbacks: tuple = ()):
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
-
-    from raydet.train.inputs import load_rows
 
     prep = storage.normalize(cfg.prep)  # absolute: the workers run in other folders
     plan, n_train, n_test = _input_plan(cfg, prep, mcfg.image_size)
@@ -303,8 +306,6 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, ru
 def _input_plan(cfg: TrainConfig, prep: str, image_size: int):
     """-> (raydet.train.inputs.InputPlan, train rows, test rows), counted from the Parquet footers; prints the choice.
     ValueError when the train split is smaller than one step."""
-    from raydet.ingest.shards import read_rows, split_rows
-    from raydet.train.inputs import plan_inputs
 
     n_train, n_test = (sum(rows for _, rows in split_rows(prep, split)) for split in ("train", "test"))
     # K, the same in every row of a split; the test split has its own (every object kept: docs/FORMATS.md)
@@ -337,11 +338,6 @@ def _train_split(cfg: TrainConfig, prep: str, plan):
     (a task waiting for a CPU that the workers hold waits forever: docs/STACK.md); Ray Data is limited to the CPUs
     the workers leave and to ``STREAM_AHEAD_BLOCKS`` blocks per worker in the object store.
     """
-    import ray
-    from ray.data import ExecutionOptions, ExecutionResources
-    from ray.train import DataConfig
-
-    from raydet.ingest.shards import read_blocks
 
     if not plan.stream:
         print(f"reading {prep} ...", flush=True)
@@ -379,7 +375,6 @@ def finish_from_checkpoint(cfg: TrainConfig, checkpoint_dir: str) -> TrainSummar
     """Write RUN's model, history and curves from one of its checkpoint folders (``RUN/checkpoint_*``), as a
     finished ``train`` does: for a run stopped from outside (a Tune trial that ASHA ended), whose driver never got
     to. ``cfg``: the run's TrainConfig (``out``/``name`` name RUN). Raises as ``train``'s end does."""
-    import ray.train
 
     result = SimpleNamespace(checkpoint=ray.train.Checkpoint(checkpoint_dir), error=None)
     return _finish(cfg, storage.join(cfg.out, cfg.name), result, time.time())
@@ -405,8 +400,6 @@ def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSumm
                 raise RuntimeError(f"newest checkpoint {result.checkpoint.path} holds no {model_name}")
             shutil.copyfile(Path(ckpt) / model_name, local / model_name)
         if cfg.qat:
-            from raydet.export.qat import export_qat_tflite
-
             export_qat_tflite(local)
         model = Run(run_dir).file(model_name)
         print(f"model: {model}  ({len(history)} epochs; history: {Run(run_dir).file(Run.HISTORY)})", flush=True)
@@ -422,8 +415,6 @@ def write_tensorboard(folder: Path, history: list[dict]) -> None:
     whose folder is a URI, which TensorFlow's file writer cannot reach)."""
     import tensorflow as tf
 
-    from raydet.train.worker import write_scalars
-
     writer = tf.summary.create_file_writer(str(folder))
     for row in history:
         write_scalars(writer, row)
@@ -434,7 +425,6 @@ def write_curves(run_dir: Path, history: list[dict], shown: str | None = None) -
     """``RUN/curves.png``: losses, val AP50 / mAP and learning rate per epoch (raydet.report.plots); a failure is
     printed, not raised (the model and history are written by now). ``shown``: RUN as the user named it (a URI
     whose local copy ``run_dir`` is), for the message."""
-    from raydet.report import plots
 
     shown = shown or str(run_dir)
     try:

@@ -34,6 +34,7 @@ import numpy as np
 from raydet.config import AugmentConfig
 from raydet.detector.augment import augment_batch
 from raydet.detector.targets import build_targets
+from raydet.ingest.shards import read_rows
 
 # Rows a streamed shard is mixed in (Ray Data's local shuffle buffer): 512 rows of 224 px are 77 MB.
 SHUFFLE_ROWS = 512
@@ -133,7 +134,6 @@ def load_shard(shard) -> dict[str, np.ndarray]:
 def load_rows(prep: str, split: str, start: int, stop: int) -> dict[str, np.ndarray]:
     """Rows ``start``..``stop - 1`` of ``PREP/<split>`` (raydet.ingest.shards.read_rows) as arrays. ValueError when the
     range holds no row."""
-    from raydet.ingest.shards import read_rows
 
     parts = [arrays_of(b) for b in read_rows(prep, split, start, stop)]
     if not parts:
@@ -336,7 +336,6 @@ def stream_val_dataset(
 ):
     """As ``val_dataset`` for rows ``start``..``stop - 1`` of ``PREP/<split>``, read from the files
     (raydet.ingest.shards.read_rows) again on every pass, ``local_batch`` rows at a time."""
-    from raydet.ingest.shards import read_rows
 
     def parts():
         return (arrays_of(b) for b in read_rows(prep, split, start, stop, batch_rows=local_batch))

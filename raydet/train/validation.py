@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from raydet.train.inputs import objects_of
+from raydet.detector.decode import decode
+from raydet.detector.metrics import MatchStats, detection_summary, match_image
+from raydet.train.inputs import load_rows, objects_of
 
 VAL_AP_IMAGES = 500  # test images rank 0 decodes after each epoch for val_ap50 / val_map (the first ones in order)
 
@@ -24,7 +26,6 @@ class ValidationAP:
     def from_prep(cls, prep: str, num_classes: int, limit: int = VAL_AP_IMAGES) -> ValidationAP:
         """On the first ``limit`` rows of ``PREP/test`` in file order (raydet.ingest.shards.read_rows: the same rows
         every epoch and on every run, whatever the workers' shards), read here; only they are held."""
-        from raydet.train.inputs import load_rows
 
         return cls(load_rows(prep, "test", 0, limit), num_classes, limit)
 
@@ -40,8 +41,6 @@ class ValidationAP:
 
     def score(self, outputs: dict) -> dict[str, float]:
         """``heatmap`` (n, G, G, C) and ``boxes`` (n, G, G, 4) of the rows, in order -> {val_ap50, val_map}."""
-        from raydet.detector.decode import decode
-        from raydet.detector.metrics import MatchStats, detection_summary, match_image
 
         parts = []
         for i, det in enumerate(decode(outputs["heatmap"][: len(self.truth)], outputs["boxes"][: len(self.truth)])):

@@ -16,17 +16,27 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import ray.train
+
+from raydet.cluster import storage
 from raydet.cluster.runtime import use_legacy_keras
-from raydet.config import ModelConfig
+from raydet.config import AugmentConfig, ModelConfig
+from raydet.detector.model import OUTPUT_STRIDE, build_model, compile_model, freeze_backbone_bn, init_backbone
+from raydet.export.qat import apply_qat, calibrate_ranges
 from raydet.export.run import Run
+from raydet.ingest.shards import read_rows
+from raydet.train import inputs
 from raydet.train.ema import averaged_weights, make_optimizer
-from raydet.train.schedule import is_checkpoint_epoch
+from raydet.train.inputs import CloseMosaic
+from raydet.train.schedule import WarmupCosine, is_checkpoint_epoch
+from raydet.train.validation import ValidationAP
 
 CHECKPOINT_STATE_FILE = "state.json"
 WEIGHTS_PREFIX = "weights/ckpt"
@@ -42,10 +52,7 @@ def train_loop_per_worker(config: dict) -> None:
     ``tensorboard_dir`` (absolute; rank 0 writes each epoch's scalars there), ``calibration`` (QAT's images).
     """
     use_legacy_keras()
-    import ray.train
     import tensorflow as tf
-
-    from raydet.detector.model import build_model
 
     tf.get_logger().setLevel("ERROR")  # MWMS logs every collective at INFO: thousands of lines
     _quiet_worker_logs()
@@ -70,8 +77,6 @@ def train_loop_per_worker(config: dict) -> None:
     # It holds each epoch's weights for the saved model and for rank 0's validation AP.
     export = build_model(mcfg)
     if tcfg["qat"]:
-        from raydet.export.qat import apply_qat
-
         export = apply_qat(export)
     with strategy.scope(), _policy(tcfg["precision"]):
         model, history, stopped = _build(mcfg, tcfg, checkpoint, say=_say if rank == 0 else lambda text: None)
@@ -84,10 +89,6 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             print(f"run already has {initial_epoch} epochs (asked for {tcfg['epochs']}): nothing to train", flush=True)
         return
-
-    from raydet.train.inputs import CloseMosaic
-    from raydet.train.schedule import WarmupCosine
-    from raydet.train.validation import ValidationAP
 
     validation = ValidationAP.from_prep(config["prep"], mcfg.num_classes) if rank == 0 else None
     reporter = _EpochReporter(model, export, tcfg, history, rank, validation, _tensorboard_writer(config, rank))
@@ -128,11 +129,6 @@ def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
     """This worker's (train dataset, its BatchMaker, validation dataset, validation steps), streamed or in memory
     as ``config["inputs"]`` (raydet.train.inputs.InputPlan fields) says: the train shard from Ray Data
     (``get_dataset_shard("train")``), the validation range ``val_range`` straight from ``config["prep"]``."""
-    import ray.train
-
-    from raydet.config import AugmentConfig
-    from raydet.detector.model import OUTPUT_STRIDE
-    from raydet.train import inputs
 
     tcfg, plan, batch = config["train"], config["inputs"], config["local_batch"]
     augment = AugmentConfig(**tcfg["augmentation"]) if tcfg["augment"] else None
@@ -148,7 +144,6 @@ def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
             shard, classes, grid, size, batch, augment, seed, plan["rows_per_worker"]
         )
         return train_ds, maker, val_ds, val_steps
-    from raydet.ingest.shards import read_rows
 
     arrays = inputs.load_shard(shard)
     val_parts = [inputs.arrays_of(b) for b in read_rows(config["prep"], "test", start, stop)]
@@ -171,7 +166,6 @@ def _calibrate_qat(model, export, images, say) -> None:
     """Start a fresh QAT model's activation ranges at what its layers output on ``images`` (the same rows on
     every worker, from the driver), measured on the plain ``export`` copy and copied into the distributed
     ``model`` (raydet.export.qat.calibrate_ranges says why)."""
-    from raydet.export.qat import calibrate_ranges
 
     export.set_weights(model.get_weights())
     count = calibrate_ranges(export, images)
@@ -187,7 +181,6 @@ def _quiet_worker_logs() -> None:
     """Keep the worker's output to raydet's one line per epoch. TF's checkpoint saver logs every save through absl
     at INFO ("Sharding callback duration"), and Ray Train 2.60 logs every report, with all its metrics and from every
     worker, through a logger named after its source file, which ``LoggingConfig`` does not reach."""
-    import logging
 
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
@@ -201,7 +194,6 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
     """Model + optimizer, restored from ``checkpoint`` or started from ``--init-from`` or the backbone's
     pretrained weights; ``say(text)`` logs what was done. Returns (model, history, stopped: the checkpoint is the
     weightless one of a run whose loss became non-finite)."""
-    from raydet.detector.model import build_model, compile_model, freeze_backbone_bn, init_backbone
 
     model = build_model(mcfg)
     history: list[dict] = []
@@ -213,8 +205,6 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
     if tcfg["freeze_bn"] and freeze_backbone_bn(model, mcfg):
         say("backbone BatchNorm frozen (ImageNet statistics kept)")
     if tcfg["qat"]:
-        from raydet.export.qat import apply_qat
-
         model = apply_qat(model)
     # QAT fine-tunes briefly from a run's averaged float weights (its --init-from): it keeps no average of its own
     optimizer = make_optimizer(
@@ -242,8 +232,6 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
 def _load_init_from(run: str):
     """``--init-from`` RUN's float model (RUN a path or URI, fetched into a temporary folder), uncompiled."""
     import tf_keras
-
-    from raydet.cluster import storage
 
     with tempfile.TemporaryDirectory(prefix="raydet-init-") as tmp:
         return tf_keras.models.load_model(storage.local_file(Run(run).file(Run.FLOAT_MODEL), Path(tmp)), compile=False)
@@ -324,7 +312,6 @@ def write_scalars(writer, row: dict) -> None:
 
 
 def _make_reporter_class():
-    import ray.train
     import tf_keras
 
     class EpochReporter(tf_keras.callbacks.Callback):

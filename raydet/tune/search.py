@@ -26,8 +26,10 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
 
+import ray
 from ray import tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from raydet.cluster import storage
 from raydet.cluster.runtime import init_ray
@@ -35,6 +37,7 @@ from raydet.config import TrainConfig, TuneConfig
 from raydet.errors import UserError
 from raydet.export.run import Run
 from raydet.ingest.prep import Prep
+from raydet.train.driver import finish_from_checkpoint, fit_to_cluster, train
 from raydet.tune import table
 from raydet.tune.space import build_space, sample_trials, trial_name, trial_train_config
 
@@ -60,7 +63,6 @@ class TuneSummary:
 def run_trial(config: dict, base: TrainConfig, points: list, report_every: int) -> None:
     """One Tune trial: train ``points[config["trial"] - 1]`` as RUN ``base.out/base.name/trial-k`` (a resumed trial
     continues from that RUN's newest checkpoint). Its driver's lines go to RUN/train.log."""
-    from raydet.train.driver import train
 
     k = config["trial"]
     cfg = trial_train_config(base, points[k - 1], k, report_every)
@@ -83,7 +85,6 @@ class PlacementGroupNote:
         self.path = path
 
     def __call__(self, rank: int, world: int, steps_per_epoch: int):
-        import ray
         import tf_keras
 
         group = ray.util.get_current_placement_group()
@@ -95,8 +96,6 @@ class PlacementGroupNote:
 def release(run: str) -> bool:
     """Remove the placement group RUN/.placement_group names unless Ray already removed it; -> whether it did.
     Call only for a trial that has ended (its workers, if any are left, are killed)."""
-    import ray
-    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
     path = storage.join(run, PG_FILE)
     if storage.kind(path) != "file":
@@ -159,7 +158,6 @@ def tune(cfg: TuneConfig) -> TuneSummary:
     batch smaller than the workers or larger than the train split), or a RUNS/NAME that holds another search;
     KeyboardInterrupt when the search was interrupted (Ctrl-C) with trials unfinished: run it again to continue.
     """
-    from raydet.train.driver import fit_to_cluster
 
     base = replace(cfg.train, prep=storage.normalize(cfg.train.prep), out=storage.normalize(cfg.train.out))
     manifest = Prep(base.prep).read_manifest()
@@ -240,7 +238,6 @@ def _claim(search_dir: str, search: dict) -> None:
 
 def _slots(base: TrainConfig) -> int:
     """Trials that can train at once: trainers of ``base``'s layout that fit the cluster's CPUs (and GPUs)."""
-    import ray
 
     have = ray.cluster_resources()
     slots = int(have.get("CPU", 0) // (base.workers * base.cpus_per_worker))
@@ -349,7 +346,6 @@ class TrialLines(ray_tune.Callback):
 def _record(result, base: TrainConfig, points: list[dict]) -> dict:
     """One finished Tune trial -> its table record (raydet.tune.table); a trial that ASHA stopped gets its model
     and history written from its last reported checkpoint first."""
-    from raydet.train.driver import finish_from_checkpoint
 
     k = result.config["trial"]
     point = points[k - 1]

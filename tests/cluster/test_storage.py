@@ -83,6 +83,8 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     import sys
     from pathlib import Path
 
+    import numpy as np
+
     from raydet.config import SynthConfig
     from raydet.ingest.synth import write_synthetic
 
@@ -133,6 +135,23 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
     assert [json.loads(line)["epoch"] for line in history] == [1, 2]
     report = json.loads(storage.read_text(f"{s3_bucket}/out/runs/main/{evaluated}/report.json"))
     assert set(report["models"]) == {"float", "int8"}
+    # what the files hold, not only that they are there: the synthetic set's test split is round(48 * 0.2) = 10
+    # images (seed 3), each evaluated by both models and listed in the COCO ground truth
+    assert manifest["splits"] == {"train": 38, "test": 10}
+    assert [report["models"][m]["images"] for m in ("float", "int8")] == [10, 10]
+    truth = json.loads(storage.read_text(f"{s3_bucket}/out/runs/main/{evaluated}/coco/ground_truth.json"))
+    assert len(truth["images"]) == 10
+    config = json.loads(storage.read_text(s3_bucket + "/out/runs/main/config.json"))
+    assert config["image_size"] == 32 and config["train"]["epochs"] == 2 and config["prep"] == s3_bucket + "/out/prep"
+    # the int8 file in the bucket is a detector for that config: 32 px uint8 in, stride-4 maps of every class out
+    from raydet.export.tflite import TFLiteModel
+
+    int8 = tmp_path / "model_int8.tflite"
+    int8.write_bytes(storage.read_bytes(s3_bucket + "/out/runs/main/model_int8.tflite"))
+    out = TFLiteModel(str(int8)).predict(np.zeros((1, 32, 32, 3), np.uint8))
+    assert out["heatmap"].shape == (1, 8, 8, len(config["classes"])) and out["boxes"].shape == (1, 8, 8, 4)
+    page = storage.read_text(f"{s3_bucket}/out/runs/main/{evaluated}/report.html")
+    assert f"{report['models']['int8']['coco_map_50']:.3f}" in page  # the page shows the report's AP50
     assert not list(Path(cwd).rglob("s3:*")), "a URI became a local folder"
     # a second run finds every stage done in the bucket: nothing is trained again
     again = subprocess.run(

@@ -1,5 +1,3 @@
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -172,10 +170,15 @@ def test_bad_options_are_named():
         decode(heatmap, boxes, nms_iou=1.5)
 
 
-def test_detections_is_frozen():
-    det = Detections(boxes=np.zeros((0, 4)), labels=np.zeros(0), scores=np.zeros(0))
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        det.scores = np.ones(1)
+def test_detections_holds_float64_boxes_int64_labels_whatever_it_is_given():
+    # an empty list of boxes is (0, 4); float32 scores and float labels are widened / cast (COCO json and the
+    # metrics index classes by label)
+    empty = Detections(boxes=[], labels=[], scores=[])
+    assert empty.boxes.shape == (0, 4) and len(empty) == 0
+    det = Detections(boxes=np.array([0.1, 0.2, 0.3, 0.4], np.float32), labels=[1.0], scores=np.float32([0.5]))
+    assert det.boxes.shape == (1, 4) and det.boxes.dtype == np.float64 and len(det) == 1
+    assert det.labels.dtype == np.int64 and det.labels.tolist() == [1]
+    assert det.scores.dtype == np.float64 and det.scores.tolist() == [0.5]
     with pytest.raises(ValueError, match=r"\(1, 4\), \(0,\)"):
         Detections(boxes=np.zeros((1, 4)), labels=np.zeros(0), scores=np.zeros(1))
 

@@ -15,7 +15,6 @@ from printed import assert_printed_locations_exist
 
 from raydet.config import EvaluateConfig
 from raydet.errors import UserError
-from raydet.evaluate.outputs import DRAW_SCORE_THRESHOLD
 from raydet.evaluate.pool import REPORT_KEYS, evaluate
 from raydet.export.runner import require_models
 
@@ -191,7 +190,6 @@ def test_evaluate_report_coco_and_drawings(setup, ray_local):
     # 4. drawings: 3 per model at 8x (ceil(384 / 48)) of 64 x 48 -> 512 x 384; each detection scoring >= 0.3 is
     #    drawn, D (0.23) is not
     images = setup["run"] / "eval" / "images"
-    assert DRAW_SCORE_THRESHOLD == 0.3
     for name in ("float", "int8"):
         assert len(list(images.glob(f"{name}_*.png"))) == 3
         with Image.open(images / f"{name}_000_img_0.png") as im:
@@ -207,6 +205,52 @@ def test_evaluate_report_coco_and_drawings(setup, ray_local):
         assert tuple(second[312, 365]) == (0, 0, 0)
         with Image.open(images / f"contact_sheet_{name}.png") as sheet:
             assert sheet.size == (3 * 256, 256)  # 3 tiles of 256 px in one row
+
+
+def test_drawings_keep_the_detections_at_or_above_the_draw_threshold(tmp_path, monkeypatch):
+    """draw_examples hands draw_detections each image's detections scoring >= 0.3 (raydet.evaluate.outputs'
+    DRAW_SCORE_THRESHOLD), at exactly 0.3 included, in order, with their class names, and counts them in the
+    caption; the ground truth in original pixels."""
+    from raydet.evaluate.outputs import ImageDetections, ModelResult, draw_examples
+    from raydet.report import draw
+
+    seen, recorded_captions = [], []
+    real_sheet = draw.contact_sheet
+
+    def record(image, gt_boxes, gt_names, boxes, names, scores):
+        seen.append({"gt": np.asarray(gt_boxes).tolist(), "boxes": np.asarray(boxes).tolist(), "names": list(names)})
+        seen[-1]["scores"] = list(scores)
+        return image
+
+    def sheet(images, columns=4, tile=256, captions=None):
+        recorded_captions.extend(captions)
+        return real_sheet(images, columns=columns, tile=tile, captions=captions)
+
+    monkeypatch.setattr(draw, "draw_detections", record)
+    monkeypatch.setattr(draw, "contact_sheet", sheet)
+    row = {
+        "file": "a.png",
+        "image": np.zeros((8, 8, 3), np.uint8),
+        "boxes": np.array([[0.25, 0.5, 0.75, 1.0], [0, 0, 0, 0]], np.float32),  # one object + padding
+        "labels": np.array([1, -1]),
+        "num_objects": 1,
+        "width": 40,
+        "height": 20,
+    }
+    scores = np.array([0.9, 0.3, 0.2999])
+    boxes = np.array([[0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 6, 6]], np.float64)
+    result = ModelResult("int8", {}, [ImageDetections("a.png", 1, boxes, np.array([1, 0, 1]), scores)])
+    draw_examples(tmp_path, [row], {"int8": result}, ["red", "blue"], source=None)
+    assert seen == [
+        {
+            "gt": [[10.0, 10.0, 30.0, 20.0]],  # (0.25, 0.5, 0.75, 1.0) x (40, 20)
+            "boxes": [[0, 0, 4, 4], [1, 1, 5, 5]],  # 0.9 and 0.3 kept, 0.2999 not
+            "names": ["blue", "red"],
+            "scores": [0.9, 0.3],
+        }
+    ]
+    assert recorded_captions == ["a: 2 found, 1 true"]
+    assert (tmp_path / "int8_000_a.png").is_file() and (tmp_path / "contact_sheet_int8.png").is_file()
 
 
 @pytest.mark.slow

@@ -71,7 +71,10 @@ def test_int8_tflite_decodes_like_the_keras_model(run):
     assert found == [5, 16, 9, 16, 9, 0]  # every painted object, nothing on black
 
 
-def test_tflite_runner_times_each_image_and_reports_its_shapes(run):
+def test_tflite_runner_times_each_image_and_reports_its_shapes(run, monkeypatch):
+    import types
+
+    import raydet.export.runner as runner_module
     from raydet.export.tflite import TFLiteModel
 
     lite = TFLiteModel(str(run / "model_int8.tflite"))
@@ -81,9 +84,24 @@ def test_tflite_runner_times_each_image_and_reports_its_shapes(run):
     assert empty["heatmap"].shape == (0, 8, 8, 2) and empty["boxes"].shape == (0, 8, 8, 4)
     runner = ModelRunner(run / "model_int8.tflite")
     assert (runner.grid, runner.num_classes, runner.image_size) == (8, 2, 32)
-    outputs, seconds = runner.predict(np.stack([H.paint(SCENE)] * 3))
-    assert outputs["heatmap"].shape == (3, 8, 8, 2) and seconds.shape == (3,)
-    assert len(set(seconds.tolist())) > 1  # one invoke per image, each timed (a per-batch time would repeat)
+    # a clock that moves only inside the interpreter's call: image i takes (i + 1) * 10 ms
+    now, calls, real = [0.0], [], runner._tflite.predict
+
+    def timed(batch):
+        calls.append(len(batch))
+        now[0] += 0.01 * len(calls)
+        return real(batch)
+
+    monkeypatch.setattr(runner_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(runner._tflite, "predict", timed)
+    images = np.stack([H.paint(SCENE), np.zeros_like(H.paint(SCENE)), H.paint(SCENE)])
+    outputs, seconds = runner.predict(images)
+    assert outputs["heatmap"].shape == (3, 8, 8, 2)
+    # one call per image, each timed on its own (a per-batch time would read [0.02] * 3 or [0.06] * 3)
+    assert calls == [1, 1, 1] and seconds.tolist() == pytest.approx([0.01, 0.02, 0.03], abs=1e-12)
+    # and the outputs are each image's, in order: the black image's heatmap is another
+    np.testing.assert_array_equal(outputs["heatmap"][0], outputs["heatmap"][2])
+    assert not np.array_equal(outputs["heatmap"][0], outputs["heatmap"][1])
     with pytest.raises(ValueError, match=r"takes \(N, 32, 32, 3\) images, got \(1, 16, 16, 3\)"):
         runner.predict(np.zeros((1, 16, 16, 3), np.uint8))
 

@@ -202,15 +202,38 @@ def test_page_renders_in_chromium(hand_run, tmp_path):
 
     with Image.open(shot) as im:
         assert im.size == (1000, 1400) and shot.stat().st_size <= 200_000
-        pixels = np.asarray(im.convert("L"))
-    assert pixels.std() > 10  # a page with tables and plots, not a blank one
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+
+    def rows_with(colour, tolerance=40):  # the screen rows (y) holding pixels of about this colour
+        return np.flatnonzero((np.abs(rgb - colour).sum(axis=2) < tolerance).any(axis=1))
+
+    # what a reader sees, top down (measured at 1000 px wide): the title's dark text in the first 100 rows; the
+    # training curves (matplotlib's C1 orange: val_loss, val_map) in 300-560; the float confusion matrix (the
+    # darkest "Blues" cells, #08306b: red->red 2 of 2, background->blue 1 of 1) from 970 down
+    assert (rgb[:100].sum(axis=2) < 200).sum() > 500
+    orange = rows_with((0xFF, 0x7F, 0x0E))
+    assert ((280 < orange) & (orange < 600)).any(), orange
+    navy = rows_with((8, 48, 107))
+    assert len(navy) > 100 and navy.min() > 900, navy
 
 
-def test_raydet_report_rewrites_the_page_from_files(hand_run, capsys):
-    (hand_run / "eval" / REPORT_FILE).unlink(missing_ok=True)
-    assert main(["report", str(hand_run)]) == 0
-    assert (hand_run / "eval" / REPORT_FILE).is_file()
-    assert f"report: {hand_run / 'eval' / REPORT_FILE}" in capsys.readouterr().out
+def test_raydet_report_rewrites_the_page_from_files(hand_run, tmp_path, capsys):
+    """`raydet report RUN` builds report.html again from the files: an edited report.json and history.jsonl
+    show up in the new page, not the old figures."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(hand_run, run)
+    (run / "eval" / REPORT_FILE).unlink(missing_ok=True)
+    report = json.loads((run / "eval" / "report.json").read_text())
+    report["models"]["int8"]["coco_map_50"] = 0.123  # was 0.379
+    (run / "eval" / "report.json").write_text(json.dumps(report))
+    assert main(["report", str(run)]) == 0
+    assert f"report: {run / 'eval' / REPORT_FILE}" in capsys.readouterr().out
+    page = (run / "eval" / REPORT_FILE).read_text()
+    # float's 0.626 - 0.123 = 0.503 behind
+    assert _cells(page, "float")[2] == "0.626" and _cells(page, "int8")[2] == "0.123 (-0.503)"
+    assert page.count("<figcaption>") == 6  # the gallery, drawn from the PREP the report names
 
 
 def test_raydet_report_names_what_is_missing(tmp_path, capsys):

@@ -16,13 +16,33 @@ def _size(png: bytes) -> tuple[int, int]:
         return im.size
 
 
+BLUE, ORANGE = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)  # matplotlib's first two line colours (C0, C1)
+
+
+def _has(rgb: np.ndarray, colour) -> bool:
+    return bool((np.abs(rgb.astype(int) - colour).sum(axis=2) < 30).any())
+
+
 def test_training_curves_is_a_wide_png_and_none_without_history():
     rows = [
         {"epoch": e, "loss": 1.0 / e, "val_loss": None, "val_ap50": 0.2 * e, "val_map": 0.1 * e, "lr": 1e-3}
         for e in (1, 2, 3)
     ]
-    assert _size(plots.training_curves(rows)) == (1200, 340)  # 12 x 3.4 inches at 100 dpi
+    png = plots.training_curves(rows)
+    assert _size(png) == (1200, 340)  # 12 x 3.4 inches at 100 dpi
     assert plots.training_curves([]) is None
+    with Image.open(io.BytesIO(png)) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    losses, ap, lr = rgb[:, :400], rgb[:, 400:800], rgb[:, 800:]  # three panels side by side
+    # losses: only "loss" has values (C0); val_loss, null in every epoch, is left out: no line, no legend entry
+    assert _has(losses, BLUE) and not _has(losses, ORANGE)
+    # validation AP: val_ap50 (C0) and val_map (C1); the learning rate: one line (C0)
+    assert _has(ap, BLUE) and _has(ap, ORANGE)
+    assert _has(lr, BLUE) and not _has(lr, ORANGE)
+    # with val_loss in one epoch, its line (a marker) and legend entry appear in the losses panel
+    rows[1]["val_loss"] = 0.7
+    with Image.open(io.BytesIO(plots.training_curves(rows))) as im:
+        assert _has(np.asarray(im.convert("RGB"))[:, :400], ORANGE)
 
 
 def test_pr_curves_draw_the_classes_with_ground_truth_only():
@@ -35,10 +55,7 @@ def test_pr_curves_draw_the_classes_with_ground_truth_only():
         rgb = np.asarray(im.convert("RGB")).astype(int)
 
     # matplotlib's first colour (#1f77b4) is there for class a; the second (#ff7f0e), b's, is not
-    def has(colour):
-        return bool((np.abs(rgb - colour).sum(axis=2) < 30).any())
-
-    assert has((0x1F, 0x77, 0xB4)) and not has((0xFF, 0x7F, 0x0E))
+    assert _has(rgb, BLUE) and not _has(rgb, ORANGE)
 
 
 def test_confusion_grows_with_the_classes():

@@ -18,9 +18,12 @@ from prep_helpers import make_prep
 from raydet.config import TrainConfig
 from raydet.ingest.prep import Prep
 from raydet.train.driver import check_resources, resources_per_worker, train, worker_layout
-from raydet.train.validation import ValidationAP
 
 SIZE = 32
+# AP50 on the test split (64 rows of tests/prep_helpers.make_prep), measured: an untrained network scores
+# 0.0003-0.0043 (5 seeds); the 2-epoch runs below (a worker killed in epoch 2) reached 0.244 and 0.186 in memory
+# (two runs) and 0.175 streamed. A run that learnt nothing stays under this:
+LEARNT_IN_2_EPOCHS = 0.05
 
 
 def _cfg(prep, out, **kw):
@@ -127,13 +130,22 @@ def streamed_run(prep, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_streamed_run_survives_a_killed_worker_with_each_epoch_once(streamed_run):
+def test_streamed_run_survives_a_killed_worker_with_each_epoch_once(streamed_run, prep):
     tmp, summary, seconds = streamed_run
     assert "killed rank 1 at epoch 2" in (tmp / "killed.txt").read_text()
     history = _history(tmp / "runs" / "run")
     assert [row["epoch"] for row in history] == [1, 2]
-    assert all(math.isfinite(row[k]) for row in history for k in ("loss", "val_loss", "val_ap50"))
     assert json.loads((tmp / "runs" / "run" / "config.json").read_text())["train"]["memory_budget_gb"] == 0
+    # the restarted run trained on: its loss fell, and the saved model finds rectangles no untrained one does
+    # (its AP50 by pycocotools is the history's)
+    import tf_keras
+
+    model = tf_keras.models.load_model(tmp / "runs" / "run" / "model.keras", compile=False)
+    ap50 = _pycocotools_ap50(model, _test_arrays(prep))
+    print(f"streamed run: loss {history[0]['loss']:.3f} -> {history[1]['loss']:.3f}, AP50 {ap50:.3f}")
+    assert history[1]["loss"] < history[0]["loss"]
+    assert history[-1]["val_ap50"] == pytest.approx(ap50, abs=1e-6)
+    assert ap50 > LEARNT_IN_2_EPOCHS, ap50
     sums = [json.loads((tmp / f"rank{r}.json").read_text())["sha256"] for r in (0, 1)]
     assert sums[0] == sums[1]  # the replicas stayed identical
     print(f"streamed run with a restart: {seconds:.0f} s")
@@ -159,13 +171,19 @@ def test_streamed_workers_read_disjoint_halves_of_the_train_split_each_pass(stre
 
 @pytest.mark.slow
 def test_streamed_results_look_like_the_in_memory_ones(streamed_run, killed_run):
-    """The same run (2 epochs, the same kill) in memory and streamed: the same epochs and metrics, losses alike
-    (they see the rows in other orders, so not equal)."""
+    """The same run (2 epochs, the same kill) in memory and streamed: the same epochs and metrics, and both learn
+    alike: they see the rows in other orders, so their figures are not equal, but each epoch's loss falls and the
+    AP50s are close."""
     memory, streamed = _history(killed_run[0] / "runs" / "run"), _history(streamed_run[0] / "runs" / "run")
     assert [r["epoch"] for r in memory] == [r["epoch"] for r in streamed]
     assert set(memory[-1]) == set(streamed[-1])
-    for key in ("loss", "val_loss"):
-        assert streamed[-1][key] == pytest.approx(memory[-1][key], rel=0.5), (key, memory[-1], streamed[-1])
+    for run in (memory, streamed):
+        assert run[1]["loss"] < run[0]["loss"] and run[-1]["val_ap50"] > LEARNT_IN_2_EPOCHS, run
+    # measured: loss 4.358 in memory / 4.313 streamed (1% apart), val_loss 3.884 / 3.652 (6%); AP50 0.244 / 0.175,
+    # but the in-memory run alone gave 0.244 and 0.186 on two runs (the kill lands at another point of the
+    # asynchronous checkpoint upload), so AP50 is only held to LEARNT_IN_2_EPOCHS above
+    for key, rel in (("loss", 0.15), ("val_loss", 0.25)):
+        assert streamed[-1][key] == pytest.approx(memory[-1][key], rel=rel), (key, memory[-1], streamed[-1])
 
 
 def _history(run_dir):
@@ -200,18 +218,93 @@ def _test_arrays(prep):
 
 
 @pytest.mark.slow
-def test_history_val_ap_is_the_saved_models_ap(killed_run, prep):
-    """val_ap50 / val_map of the last epoch are what the saved model scores on the test split, decoded as
-    evaluation decodes (so the epoch line tells the truth), and the model learnt something."""
+def test_history_val_ap_is_the_saved_models_ap_and_beats_an_untrained_model(killed_run, prep):
+    """val_ap50 of the last epoch is what pycocotools gives the saved model on the test split (decoded as
+    evaluation decodes: the epoch line tells the truth), and the model learnt: far above an untrained one."""
     import tf_keras
 
     tmp, _ = killed_run
     last = _history(tmp / "runs" / "run")[-1]
     model = tf_keras.models.load_model(tmp / "runs" / "run" / "model.keras", compile=False)
-    again = ValidationAP(_test_arrays(prep), num_classes=2)(model)
-    assert last["val_ap50"] == pytest.approx(again["val_ap50"], abs=1e-6)
-    assert last["val_map"] == pytest.approx(again["val_map"], abs=1e-6)
+    ap50 = _pycocotools_ap50(model, _test_arrays(prep))
+    print(f"killed run: AP50 {ap50:.3f}, history {last['val_ap50']:.3f}")
+    assert last["val_ap50"] == pytest.approx(ap50, abs=1e-6)
+    assert ap50 > LEARNT_IN_2_EPOCHS, ap50
+    assert 0 < last["val_map"] < last["val_ap50"]  # mAP@[.5:.95] is below AP50
     assert math.isfinite(last["val_heatmap_loss"]) and math.isfinite(last["val_box_loss"])
+
+
+@pytest.mark.slow
+def test_training_learns_to_find_the_rectangles(tmp_path, ray_local):
+    """The model LEARNS: `raydet train` (one 2-CPU worker, 6 epochs of 8 steps, no augmentation) on 128 images
+    of tests/prep_helpers.make_prep takes AP50 on its 32 test images from what an untrained network of the same
+    shape scores there to far above it, by pycocotools on the saved model.keras."""
+    import time
+
+    import tf_keras
+
+    from raydet.detector.model import build_model
+    from raydet.train.driver import model_config
+
+    prep = make_prep(tmp_path / "prep", n_train=128, n_test=32)
+    arrays = _test_arrays(prep)
+    cfg = _cfg(prep, tmp_path / "runs", workers=1, cpus_per_worker=2.0, epochs=6, augment=False, warmup_epochs=1.0)
+    tf_keras.utils.set_random_seed(0)
+    untrained = _pycocotools_ap50(build_model(model_config(cfg, Prep(prep).read_manifest())), arrays)
+    started = time.time()
+    summary = train(cfg)
+    trained = _pycocotools_ap50(tf_keras.models.load_model(summary.model_path, compile=False), arrays)
+    print(f"AP50 untrained {untrained:.4f}, trained {trained:.3f} ({time.time() - started:.0f} s)")
+    # measured: untrained 0.0013 here (0.0002-0.0043 over 5 seeds and 32 or 64 test images); trained 0.952 after
+    # 6 epochs (0.984 after 8); the threshold sits far from both
+    assert untrained < 0.05 and trained > 0.5
+    assert summary.history[-1]["val_ap50"] == pytest.approx(trained, abs=1e-6)  # the epoch line tells the truth
+
+
+def _pycocotools_ap50(model, arrays: dict) -> float:
+    """COCO AP50 of ``model`` on ``arrays`` (the test split) by pycocotools, not by raydet's metrics: outputs decoded
+    with raydet.detector.decode (as evaluation decodes), boxes scaled to SIZE pixels."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from raydet.detector.decode import decode
+
+    out = model(arrays["image"].astype(np.float32), training=False)
+    found = decode(out["heatmap"].numpy(), out["boxes"].numpy())
+    images, annotations, results = [], [], []
+    for i, det in enumerate(found):
+        images.append({"id": i + 1, "width": SIZE, "height": SIZE})
+        for box, label in zip(arrays["boxes"][i][: arrays["num_objects"][i]], arrays["labels"][i], strict=False):
+            x0, y0, x1, y1 = (float(v) * SIZE for v in box)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(label) + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+        for box, label, score in zip(det.boxes, det.labels, det.scores, strict=True):
+            x0, y0, x1, y1 = (float(v) * SIZE for v in box)
+            results.append(
+                {"image_id": i + 1, "category_id": int(label) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score}
+            )
+    if not results:
+        return 0.0
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1}, {"id": 2}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[1])
 
 
 def _scalars(folder):
