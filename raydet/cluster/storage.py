@@ -15,6 +15,7 @@ local paths). Tools that only take local files (Keras, the TFLite converter, Lit
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import shutil
@@ -88,6 +89,18 @@ def read_bytes(location: str | os.PathLike) -> bytes:
 
 def read_text(location: str | os.PathLike) -> str:
     return read_bytes(location).decode("utf-8")
+
+
+def read_json_object(location: str | os.PathLike) -> dict:
+    """A JSON file that must hold an object -> that dict; a one-line UserError naming the file when it is not
+    valid JSON or not an object."""
+    try:
+        value = json.loads(read_text(location))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{location}: not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise UserError(f"{location}: expected a JSON object, got {value!r}")
+    return value
 
 
 def write_bytes(location: str | os.PathLike, data: bytes) -> None:

@@ -92,12 +92,7 @@ class Run:
             if missing_ok:
                 return {}
             raise UserFileNotFoundError(f"{path} not found: a RUN folder holds the config.json `raydet train` wrote")
-        try:
-            config = json.loads(storage.read_text(path))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON ({exc})") from exc
-        if not isinstance(config, dict):
-            raise UserError(f"{path}: expected a JSON object, got {config!r}")
+        config = storage.read_json_object(path)
         for field in need:
             if field not in config:
                 raise UserError(f"{path}: no {field!r} (fields: {', '.join(sorted(config))})")

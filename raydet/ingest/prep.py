@@ -86,12 +86,7 @@ class Prep:
         path = self.manifest
         if storage.kind(path) != "file":
             raise UserFileNotFoundError(f"{path}: no manifest; is {self.where} a folder written by `raydet prepare`?")
-        try:
-            manifest = json.loads(storage.read_text(path))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON ({exc})") from exc
-        if not isinstance(manifest, dict):
-            raise UserError(f"{path}: expected a JSON object, got {manifest!r}")
+        manifest = storage.read_json_object(path)
         classes, size = manifest.get("classes"), manifest.get("image_size")
         if not isinstance(classes, list) or not classes:
             raise UserError(f"{path}: 'classes' must be a non-empty list, got {classes!r}")
