@@ -51,16 +51,14 @@ def plain_fit(prep: Path, epochs: int, every: int, batch: int, backbone: str) ->
     from raydet.config import AugmentConfig, TrainConfig
     from raydet.detector.model import OUTPUT_STRIDE, build_model, compile_model, freeze_backbone_bn, init_backbone
     from raydet.ingest.prep import Prep
-    from raydet.ingest.shards import read_split
     from raydet.train.driver import model_config
     from raydet.train.ema import make_optimizer
-    from raydet.train.inputs import load_shard, train_dataset, val_dataset
+    from raydet.train.inputs import load_rows, train_dataset, val_dataset
     from raydet.train.schedule import is_checkpoint_epoch
 
     start = time.perf_counter()
     manifest = Prep(prep).read_manifest()
-    train_arrays = load_shard(read_split(prep, "train").materialize())
-    test_arrays = load_shard(read_split(prep, "test").materialize())
+    train_arrays, test_arrays = load_rows(prep, "train"), load_rows(prep, "test")
     steps = len(train_arrays["image"]) // batch
     d = TrainConfig(prep="", out="", name="plain", backbone=backbone)  # raydet's optimizer, EMA, clipping, losses
     mcfg = model_config(d, manifest)

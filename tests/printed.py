@@ -1,4 +1,5 @@
-"""What a command printed: every path or URI under a root it names must exist once the command has ended."""
+"""What a command printed: every path or URI under a root it names must exist once the command has ended, and a
+whole run's console is short and holds none of Ray's or TensorFlow's own lines."""
 
 import re
 
@@ -18,3 +19,36 @@ def assert_printed_locations_exist(printed: str, root: str, at_least: int) -> li
     assert len(locations) >= at_least, printed[-3000:]
     assert [p for p in locations if not storage.exists(p)] == [], printed[-3000:]
     return locations
+
+
+# Lines only Ray or TensorFlow write: none may reach the console.
+INTERNAL = (
+    "PlacementGroupCleaner",
+    "logging_progress",
+    "streaming_executor",
+    "oneDNN",
+    "cuInit",
+    "cuda",
+    "cpu_feature_guard",
+    "absl",
+    "XNNPACK",
+    "Warning",
+    "WARNING",
+    "Traceback",
+    "core_worker",
+    "RayTrainWorker",
+    "pid=",
+)
+
+
+def assert_short_clean_console(printed: str, epochs: int) -> None:
+    """``printed``, the whole console of a small `raydet run` (stdout and stderr together, RAYDET_VERBOSE unset),
+    holds no line only Ray or TensorFlow writes (``INTERNAL``), one line per epoch, prepare's progress line and
+    the path of report.html, in at most 45 lines (the default 15 epochs would add 13 more)."""
+    lines = printed.splitlines()
+    noise = [line for line in lines if any(word in line for word in INTERNAL)]
+    assert not noise, noise
+    assert sum(line.startswith("epoch ") for line in lines) == epochs, printed
+    assert any(re.match(r"prepare: decode \+ resize: \d+/\d+ images in", line) for line in lines), printed
+    assert any(line.startswith("report:   ") and line.split()[1].endswith("/report.html") for line in lines), printed
+    assert len(lines) <= 45, printed

@@ -51,7 +51,7 @@ from raydet.errors import UserError, UserFileNotFoundError
 from raydet.export.qat import export_qat_tflite
 from raydet.export.run import Run
 from raydet.ingest.prep import Prep
-from raydet.ingest.shards import read_blocks, read_rows, read_split, split_rows
+from raydet.ingest.shards import read_blocks, read_rows, split_rows
 from raydet.report import plots
 from raydet.train.inputs import load_rows, plan_inputs
 from raydet.train.schedule import auto_epochs, checkpoint_every
@@ -279,7 +279,8 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, ru
         f"(global batch {local_batch * cfg.workers}), {plan.steps_per_epoch} steps per epoch",
         flush=True,
     )
-    train_split, data_config = _train_split(cfg, prep, plan)
+    # Held in memory, each worker reads its own rows from PREP (raydet.train.worker): no Ray Data at all
+    streamed = _streamed_split(cfg, prep, plan) if plan.stream else {}
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -297,8 +298,7 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, ru
             # shard) buried raydet's one line per epoch; Ray Train's system log files keep them.
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
-        datasets={"train": train_split},  # the workers read their validation rows from the files themselves
-        dataset_config=data_config,
+        **streamed,
     )
     return trainer.fit()
 
@@ -329,31 +329,26 @@ def _input_plan(cfg: TrainConfig, prep: str, image_size: int):
     return plan, n_train, n_test
 
 
-def _train_split(cfg: TrainConfig, prep: str, plan):
-    """The train split for Ray Train and its ``DataConfig`` (split equally between the workers), as ``plan``
-    (raydet.train.inputs.InputPlan) says.
+def _streamed_split(cfg: TrainConfig, prep: str, plan) -> dict:
+    """The ``datasets`` and ``dataset_config`` arguments of ``TensorflowTrainer`` that stream the train split from
+    Ray Data, split equally between the workers (``plan``: raydet.train.inputs.InputPlan).
 
-    In memory: ``materialize()``d here, before the workers take their CPUs. Streamed: lazy, read by 1-CPU tasks
-    where the workers leave a CPU free, and by 0-CPU tasks sharing the workers' cores where they hold every one
-    (a task waiting for a CPU that the workers hold waits forever: docs/STACK.md); Ray Data is limited to the CPUs
-    the workers leave and to ``STREAM_AHEAD_BLOCKS`` blocks per worker in the object store.
+    Read lazily, by 1-CPU tasks where the workers leave a CPU free and by 0-CPU tasks sharing the workers' cores
+    where they hold every one (a task waiting for a CPU that the workers hold waits forever: docs/STACK.md); Ray
+    Data is limited to the CPUs the workers leave and to ``STREAM_AHEAD_BLOCKS`` blocks per worker in the object
+    store.
     """
 
-    if not plan.stream:
-        print(f"reading {prep} ...", flush=True)
-        ds = read_split(prep, "train").materialize()
-        config = DataConfig(datasets_to_split=["train"])
-    else:
-        held = cfg.workers * cfg.cpus_per_worker
-        spare = float(ray.cluster_resources().get("CPU", 0)) - held
-        ds = read_blocks(prep, "train", STREAM_BLOCK_ROWS, num_cpus=1.0 if spare >= 1 else 0.0)
-        ahead = cfg.workers * STREAM_AHEAD_BLOCKS * STREAM_BLOCK_ROWS * plan.row_bytes
-        limits = ExecutionOptions(resource_limits=ExecutionResources(cpu=max(spare, 0.0), object_store_memory=ahead))
-        config = DataConfig(datasets_to_split=["train"], execution_options={"train": limits})
-    # The in-memory read takes about a second; its progress bar was left half-drawn and repeated on every later
-    # line of the output (seen in `raydet run`), and a streamed one would redraw every epoch: none is drawn.
-    ds.context.enable_progress_bars = False
-    return ds, config
+    held = cfg.workers * cfg.cpus_per_worker
+    spare = float(ray.cluster_resources().get("CPU", 0)) - held
+    ds = read_blocks(prep, "train", STREAM_BLOCK_ROWS, num_cpus=1.0 if spare >= 1 else 0.0)
+    ahead = cfg.workers * STREAM_AHEAD_BLOCKS * STREAM_BLOCK_ROWS * plan.row_bytes
+    limits = ExecutionOptions(resource_limits=ExecutionResources(cpu=max(spare, 0.0), object_store_memory=ahead))
+    ds.context.enable_progress_bars = False  # a streamed read would redraw its bar every epoch
+    return {
+        "datasets": {"train": ds},
+        "dataset_config": DataConfig(datasets_to_split=["train"], execution_options={"train": limits}),
+    }
 
 
 def _worker_env() -> dict:

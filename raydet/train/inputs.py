@@ -2,8 +2,10 @@
 streamed from Ray Data.
 
 ``plan_inputs`` chooses the path (raydet.train.driver prints the choice):
-- **in memory**, when a worker's rows fit ``--memory-budget-gb``: ``load_shard`` pulls the worker's Ray Data shard
-  into numpy arrays once and ``train_dataset`` reshuffles them every epoch (fast: no data moves after the start);
+- **in memory**, when a worker's rows fit ``--memory-budget-gb``: ``load_rows`` reads the worker's own
+  ``rows_per_worker`` consecutive rows straight from the PREP files once (rank r takes rows r x rows_per_worker
+  onwards; no Ray Data, whose materialized split cost seconds a run: docs/TRAINING.md) and ``train_dataset``
+  reshuffles them every epoch (no data moves after the start);
 - **streamed** otherwise: ``stream_train_dataset`` pulls the shard from Ray Data again on every pass
   (``DataIterator.iter_batches``, rows mixed in a local shuffle buffer of ``SHUFFLE_ROWS``), so a worker holds a
   few batches, not its shard.
@@ -15,9 +17,10 @@ range (``val_range``), held in memory (``val_dataset``) or read again for every
 validation (``stream_val_dataset``).
 
 Steps: every worker runs ``steps_per_epoch = rows_per_worker // local_batch`` steps per epoch (MultiWorkerMirrored
-Strategy waits forever for a worker that stops early). Ray's equal split gives each worker ``rows_per_worker =
-n_train // workers`` rows per pass; a streamed pass's last ``rows_per_worker % local_batch`` rows start the next
-epoch's first batch, so every row of every pass is trained on once and no batch is short.
+Strategy waits forever for a worker that stops early). Each worker gets ``rows_per_worker = n_train // workers``
+rows per pass (Ray's equal split when streamed; in memory the last ``n_train % workers`` rows are left out); a
+streamed pass's last ``rows_per_worker % local_batch`` rows start the next epoch's first batch, so every row of
+every pass is trained on once and no batch is short.
 
 Arrays (docs/FORMATS.md): ``image`` (n, S, S, 3) uint8, ``boxes`` (n, K, 4) float32 xyxy normalized, ``labels``
 (n, K) int32 (-1 padding), ``num_objects`` (n,) int32, ``difficult`` (n, K) bool.
@@ -46,7 +49,7 @@ SHUFFLE_ROWS = 512
 @dataclass(frozen=True)
 class InputPlan:
     stream: bool  # True: stream the train shard from Ray Data; False: hold it in memory
-    rows_per_worker: int  # train rows per worker per pass (Ray's equal split: n_train // workers)
+    rows_per_worker: int  # train rows per worker per pass: n_train // workers
     steps_per_epoch: int  # rows_per_worker // local_batch, the same on every worker
     val_rows_per_worker: int  # ceil(n_test / workers): each worker's validation range, padded to this
     worker_bytes: int  # what one worker would hold in memory: rows x row_bytes + val rows x a test row's bytes
@@ -123,21 +126,14 @@ def concat(parts: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def load_shard(shard) -> dict[str, np.ndarray]:
-    """A Ray Data split (``get_dataset_shard`` or a Dataset) -> its rows as arrays. ValueError when it holds no row."""
-    parts = [arrays_of(b) for b in shard.iter_batches(batch_size=1024, batch_format="numpy")]
-    if not parts:
-        raise ValueError("this worker's data split is empty")
-    return concat(parts)
-
-
-def load_rows(prep: str, split: str, start: int, stop: int) -> dict[str, np.ndarray]:
-    """Rows ``start``..``stop - 1`` of ``PREP/<split>`` (raydet.ingest.shards.read_rows) as arrays. ValueError when the
-    range holds no row."""
+def load_rows(prep: str, split: str, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+    """Rows ``start``..``stop - 1`` of ``PREP/<split>`` (raydet.ingest.shards.read_rows; ``stop`` None: to the end)
+    as arrays. ValueError when the range holds no row."""
 
     parts = [arrays_of(b) for b in read_rows(prep, split, start, stop)]
     if not parts:
-        raise ValueError(f"{prep}/{split}: rows {start}..{stop - 1} hold no row")
+        last = "the end" if stop is None else stop - 1
+        raise ValueError(f"{prep}/{split}: rows {start}..{last} hold no row")
     return concat(parts)
 
 

@@ -127,25 +127,25 @@ def _policy(name: str | None):
 
 def _inputs(config: dict, mcfg: ModelConfig, rank: int, world: int):
     """This worker's (train dataset, its BatchMaker, validation dataset, validation steps), streamed or in memory
-    as ``config["inputs"]`` (raydet.train.inputs.InputPlan fields) says: the train shard from Ray Data
-    (``get_dataset_shard("train")``), the validation range ``val_range`` straight from ``config["prep"]``."""
+    as ``config["inputs"]`` (raydet.train.inputs.InputPlan fields) says. Streamed, the train shard comes from Ray
+    Data (``get_dataset_shard("train")``); in memory, the worker reads its ``rows_per_worker`` consecutive train
+    rows straight from ``config["prep"]``, as it reads its validation range (``val_range``) either way."""
 
     tcfg, plan, batch = config["train"], config["inputs"], config["local_batch"]
     augment = AugmentConfig(**tcfg["augmentation"]) if tcfg["augment"] else None
     grid, size, classes = mcfg.image_size // OUTPUT_STRIDE, mcfg.image_size, mcfg.num_classes
-    shard, seed = ray.train.get_dataset_shard("train"), tcfg["seed"] + rank
+    seed, rows = tcfg["seed"] + rank, plan["rows_per_worker"]
     start, stop = inputs.val_range(config["n_test"], rank, world)
     pad_to = plan["val_rows_per_worker"]
     if plan["stream"]:
         val_ds, val_steps = inputs.stream_val_dataset(
             config["prep"], "test", start, stop, classes, grid, size, batch, pad_to
         )
-        train_ds, maker = inputs.stream_train_dataset(
-            shard, classes, grid, size, batch, augment, seed, plan["rows_per_worker"]
-        )
+        shard = ray.train.get_dataset_shard("train")
+        train_ds, maker = inputs.stream_train_dataset(shard, classes, grid, size, batch, augment, seed, rows)
         return train_ds, maker, val_ds, val_steps
 
-    arrays = inputs.load_shard(shard)
+    arrays = inputs.load_rows(config["prep"], "train", rank * rows, (rank + 1) * rows)
     val_parts = [inputs.arrays_of(b) for b in read_rows(config["prep"], "test", start, stop)]
     val_ds, val_steps = inputs.val_dataset(val_parts, classes, grid, size, batch, pad_to)
     train_ds, maker = inputs.train_dataset(arrays, classes, grid, batch, augment, seed)

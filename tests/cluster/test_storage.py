@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from printed import assert_printed_locations_exist
+from printed import assert_printed_locations_exist, assert_short_clean_console
 
 from raydet.cluster import storage
 
@@ -114,6 +114,7 @@ def test_raydet_run_round_trips_through_s3(s3_bucket, s3_server, tmp_path):
         job, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
+    assert_short_clean_console(proc.stdout, epochs=2)  # what `raydet run` shows a user, bucket or not
     files = set(storage.list_files(s3_bucket + "/out"))
     evaluated = json.loads(storage.read_text(s3_bucket + "/out/runs/main/eval.json"))["eval"]
     assert {
