@@ -1,6 +1,7 @@
-"""`ray job submit` of jobs/*.py to a Ray head this test starts and owns (token auth, own ports, own temp dir),
-and raydet commands run with ``--address`` against a second head whose Python cannot import the repository's
-raydet (the code must travel as ``py_modules``).
+"""`ray job submit` of jobs/*.py to a Ray head this test starts and owns (token auth, own ports, own temp dir; for
+the whole pipeline, a head and a second node, so that training spreads over two nodes), and raydet commands run
+with ``--address`` against another head whose Python cannot import the repository's raydet (the code must travel
+as ``py_modules``).
 
 Each head runs under ``setsid`` so that it and everything it starts form one process group, which the
 fixture ends (TERM, then KILL) without touching any other Ray on the machine (docs/STACK.md, "Ray").
@@ -18,9 +19,11 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from printed import assert_printed_locations_exist
 
 from raydet.cluster import runtime
 
@@ -38,8 +41,8 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _start_head(tmp: Path, name: str, env: dict, *args: str) -> tuple[subprocess.Popen, str, Path]:
-    """`ray start --head --block ARGS` of 2 CPUs under setsid, its log in tmp/head.log, its temp dir
+def _start_head(tmp: Path, name: str, env: dict, *args: str, cpus: int = 2) -> tuple[subprocess.Popen, str, Path]:
+    """`ray start --head --block ARGS` of ``cpus`` CPUs under setsid, its log in tmp/head.log, its temp dir
     /tmp/NAME<this pid>; returns (process, GCS address, temp dir)."""
     # Short temp dir: Ray's socket paths must stay under 107 characters.
     temp_dir = Path("/tmp") / f"{name}{os.getpid()}"
@@ -53,7 +56,7 @@ def _start_head(tmp: Path, name: str, env: dict, *args: str) -> tuple[subprocess
                 "--head",
                 "--block",
                 "--num-cpus",
-                "2",
+                str(cpus),
                 "--port",
                 str(gcs),
                 "--ray-client-server-port",
@@ -72,6 +75,32 @@ def _start_head(tmp: Path, name: str, env: dict, *args: str) -> tuple[subprocess
             cwd=tmp,
         )
     return head, f"127.0.0.1:{gcs}", temp_dir
+
+
+def _start_node(tmp: Path, gcs: str, env: dict) -> subprocess.Popen:
+    """`ray start --address GCS --block` of 1 CPU under setsid: one more node of the head's cluster, on this
+    machine, on ports of its own; its log in tmp/node.log."""
+    [agent] = _free_ports(1)
+    with open(tmp / "node.log", "w") as log:
+        return subprocess.Popen(
+            [
+                "setsid",
+                RAY,
+                "start",
+                "--address",
+                gcs,
+                "--block",
+                "--num-cpus",
+                "1",
+                "--dashboard-agent-listen-port",
+                str(agent),
+                "--disable-usage-stats",
+            ],
+            env=dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+        )
 
 
 def _wait_for_head(head: subprocess.Popen, tmp: Path, ready, what: str, timeout: float = 120) -> None:
@@ -112,6 +141,10 @@ def _head_env(**extra: str) -> dict:
     return env
 
 
+def _answers_job_list(url: str, env: dict) -> bool:
+    return subprocess.run([RAY, "job", "list", "--address", url], env=env, capture_output=True).returncode == 0
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A `ray start --head` of 2 CPUs with token auth; yields (dashboard URL, env for the `ray` CLI)."""
@@ -120,14 +153,37 @@ def ray_head(tmp_path_factory):
     [dash] = _free_ports(1)
     head, _, temp_dir = _start_head(tmp, "rdj", env, "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash))
     url = f"http://127.0.0.1:{dash}"
-
-    def answers() -> bool:
-        return subprocess.run([RAY, "job", "list", "--address", url], env=env, capture_output=True).returncode == 0
-
     try:
-        _wait_for_head(head, tmp, answers, "answer `ray job list`")
+        _wait_for_head(head, tmp, lambda: _answers_job_list(url, env), "answer `ray job list`")
         yield url, env
     finally:
+        _stop_head(head, temp_dir)
+
+
+@pytest.fixture(scope="module")
+def two_node_head(tmp_path_factory):
+    """A head of 1 CPU with token auth and a second node of 1 CPU joined to it, both on this machine; yields
+    (dashboard URL, env for the `ray` CLI), as ``ray_head``."""
+    tmp = tmp_path_factory.mktemp("two")
+    env = _head_env()
+    [dash] = _free_ports(1)
+    head, gcs, temp_dir = _start_head(
+        tmp, "rd2", env, "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), cpus=1
+    )
+    url, node = f"http://127.0.0.1:{dash}", None
+
+    def two_nodes() -> bool:
+        status = subprocess.run([RAY, "status", "--address", gcs], env=env, capture_output=True, text=True)
+        return status.returncode == 0 and status.stdout.count("node_") >= 2
+
+    try:
+        _wait_for_head(head, tmp, lambda: _answers_job_list(url, env), "answer `ray job list`")
+        node = _start_node(tmp, gcs, env)
+        _wait_for_head(head, tmp, two_nodes, "count two nodes in `ray status`")
+        yield url, env
+    finally:
+        if node is not None:
+            _stop_head(node, temp_dir)  # the node's files live in the head's temp dir: removed with the head's
         _stop_head(head, temp_dir)
 
 
@@ -269,24 +325,17 @@ def test_job_workers_get_legacy_keras_and_no_big_folders(ray_head, with_runtime_
 
 
 @pytest.mark.slow
-def test_pipeline_job_succeeds_and_writes_its_report(ray_head, tmp_path):
+def test_pipeline_job_on_two_nodes_trains_across_them_and_writes_its_report(two_node_head, tmp_path):
+    """jobs/pipeline.py by `ray job submit` to a cluster of two 1-CPU nodes: every stage runs, each test image is
+    evaluated once by each model, every location the job printed exists, the results table is printed, and the
+    two Ray Train workers ran one on each node."""
     out = tmp_path / "out"
     proc = submit(
-        ray_head,
+        two_node_head,
         "python",
         "jobs/pipeline.py",
-        "--out",
-        str(out),
-        "--images",
-        "64",
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--workers",
-        "1",
-        "--batch-size",
-        "16",
+        *("--out", str(out), "--images", "64", "--image-size", "32", "--epochs", "1"),
+        *("--workers", "2", "--batch-size", "16"),
         timeout=540,
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
@@ -297,6 +346,27 @@ def test_pipeline_job_succeeds_and_writes_its_report(ray_head, tmp_path):
     assert [report["models"][m]["images"] for m in ("float", "int8")] == [13, 13]
     assert json.loads((out / "prep" / "manifest.json").read_text())["splits"] == {"train": 51, "test": 13}
     assert "AP50" in proc.stdout  # the results table was printed by the job
+    drawn = sorted(f.name for f in (out / "runs" / "main" / "eval" / "images").glob("*.png"))
+    for model in ("float", "int8"):  # each of the 13 (fewer than --draw's 16) and a contact sheet, per model
+        assert len([name for name in drawn if name.startswith(f"{model}_")]) == 13, drawn
+        assert f"contact_sheet_{model}.png" in drawn, drawn
+    assert_printed_locations_exist(proc.stdout, str(out), at_least=8)
+    # Where Ray Train's workers ran, from the cluster's state API: one per node (1 CPU per node, 1 CPU per
+    # worker). A worker group that Ray Train restarted (FailureConfig; on a loaded machine a health check can
+    # time out) adds two more actors, again one per node, so every node hosts the same number of them.
+    url, env = two_node_head
+    listed = subprocess.run(
+        [RAY, "list", "actors", "--address", url, "--filter", "class_name=RayTrainWorker", "--detail"]
+        + ["--format", "json", "--limit", "100"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    per_node = Counter(actor["node_id"] for actor in json.loads(listed.stdout))
+    assert sum(per_node.values()) >= 2 and sum(per_node.values()) % 2 == 0, per_node
+    assert len(per_node) == 2 and len(set(per_node.values())) == 1, per_node
 
 
 # The sitecustomize of a head whose Python cannot import the repository's raydet, as on a cluster where raydet is

@@ -1,5 +1,6 @@
-"""`raydet run`: which stages run on a first run and a re-run (with stand-in stages, fast), and the real
-pipeline end to end on a two-node ``ray.cluster_utils.Cluster`` with the training workers on different nodes."""
+"""`raydet run`: which stages run on a first run and a re-run, with stand-in stages (fast). The real pipeline runs
+end to end on two nodes in tests/test_jobs.py (by `ray job submit`) and through a bucket in
+tests/cluster/test_storage.py."""
 
 from __future__ import annotations
 
@@ -7,11 +8,9 @@ import json
 import sys
 import time
 import types
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from printed import assert_printed_locations_exist
 
 from raydet import pipeline
 from raydet.config import RunConfig
@@ -177,69 +176,6 @@ def test_results_table_rows_and_units():
 
 # ---------------------------------------------------------------------------------------------------------
 # The real thing on two Ray nodes.
-
-
-@pytest.fixture
-def two_node_cluster():
-    """A head and one more node of 1 CPU each, on this machine; the shared test Ray is shut down first."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    from raydet.cluster.runtime import runtime_env
-
-    if ray.is_initialized():
-        ray.shutdown()
-    for attempt in range(3):
-        cluster = Cluster()
-        try:
-            cluster.add_node(num_cpus=1, include_dashboard=False)  # the head
-            cluster.add_node(num_cpus=1)
-            cluster.wait_for_nodes()
-            break
-        except Exception:  # Ray gives a raylet 30 s to register: a busy shared machine can miss that; retry
-            cluster.shutdown()
-            if attempt == 2:
-                raise
-    try:
-        ray.init(address=cluster.address, runtime_env=runtime_env())
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-
-
-@pytest.mark.slow
-def test_whole_pipeline_on_two_nodes_trains_across_them(two_node_cluster, tmp_path, capsys):
-    import ray
-    from ray._private.state import actors
-
-    result = pipeline.run(
-        RunConfig(
-            out=str(tmp_path / "out"),
-            images=64,
-            image_size=32,
-            epochs=1,
-            workers=2,
-            batch_size=16,
-            draw=2,
-            address=two_node_cluster.address,
-        )
-    )
-    report = json.loads(Path(result["report"]).read_text())
-    assert set(report["models"]) == {"float", "int8"}
-    manifest = json.loads((tmp_path / "out" / "prep" / "manifest.json").read_text())
-    assert all(m["images"] == manifest["splits"]["test"] for m in report["models"].values())  # each image once
-    assert len(list(Path(result["images"]).glob("*.png"))) >= 2
-    # every file or folder any stage named on the console is there once the run has ended
-    assert_printed_locations_exist(capsys.readouterr().out, str(tmp_path / "out"), at_least=8)
-    # Where Ray Train's workers ran: one per node (1 CPU per node, 1 CPU per worker). A worker group that
-    # Ray Train restarted (FailureConfig; on a loaded machine a health check can time out) adds two more
-    # actors, again one per node, so every node hosts the same number of them.
-    workers = [a for a in actors().values() if a["ActorClassName"].endswith("RayTrainWorker")]
-    per_node = Counter(a["Address"]["NodeID"] for a in workers)
-    assert len(workers) >= 2 and len(workers) % 2 == 0, workers
-    assert set(per_node) == {n["NodeID"] for n in ray.nodes()}, per_node
-    assert len(set(per_node.values())) == 1, per_node
 
 
 def test_cluster_settings_reach_the_stages_and_do_not_restart_training():
