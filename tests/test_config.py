@@ -4,18 +4,6 @@ import pytest
 
 from raydet import config as C
 from raydet.errors import UserError
-from raydet.ingest.classnames import parse_class_list
-
-
-def test_class_list_parsing():
-    assert parse_class_list(" cat, dog ") == ("cat", "dog")
-    assert parse_class_list(None) is None
-
-
-@pytest.mark.parametrize("text,match", [("a,,b", "'a,,b'"), ("", "''"), ("a,b,a", r"\['a'\]")])
-def test_malformed_class_list_names_it(text, match):
-    with pytest.raises(ValueError, match=match):
-        parse_class_list(text)
 
 
 @pytest.mark.parametrize(
@@ -56,20 +44,6 @@ def test_model_and_augment_configs_come_back_whole_from_config_json():
     on_disk["model"]["depth"] = 2  # an edited config.json is checked as a command line is
     with pytest.raises(UserError, match=r"depth must be at least 3 \(.*\), got 2"):
         C.ModelConfig(**on_disk["model"])
-
-
-def test_classes_from_a_file_hold_commas_and_skip_comments(tmp_path):
-
-    path = tmp_path / "classes.txt"
-    path.write_text("# my classes\nred, round\n\n  carre\u0301  \n#blue\nsquare\u200b\n", encoding="utf-8")
-    assert parse_class_list(str(path)) == ("red, round", "carr\u00e9", "square")
-    assert parse_class_list("red, round") == ("red", "round")  # not a file: a comma list
-    (tmp_path / "dupes.txt").write_text("cat\ncat\u200b\n")
-    with pytest.raises(UserError, match=r"class file .*dupes\.txt.*repeated class names \['cat'\]"):
-        parse_class_list(str(tmp_path / "dupes.txt"))
-    (tmp_path / "empty.txt").write_text("# nothing\n\n")
-    with pytest.raises(UserError, match="names no class"):
-        parse_class_list(str(tmp_path / "empty.txt"))
 
 
 def test_a_class_with_a_comma_is_chosen_through_a_classes_file(tmp_path):

@@ -40,10 +40,17 @@ class ValidationAP:
         return self.score({k: np.concatenate([c[k].numpy() for c in chunks]) for k in ("heatmap", "boxes")})
 
     def score(self, outputs: dict) -> dict[str, float]:
-        """``heatmap`` (n, G, G, C) and ``boxes`` (n, G, G, 4) of the rows, in order -> {val_ap50, val_map}."""
+        """``heatmap`` (n, G, G, C) and ``boxes`` (n, G, G, 4) of the n rows, in order -> {val_ap50, val_map}.
+        ValueError when n is not the number of rows held: a row without outputs would drop its objects from AP."""
 
+        n = len(self.truth)
+        if len(outputs["heatmap"]) != n or len(outputs["boxes"]) != n:
+            raise ValueError(
+                f"validation holds {n} rows, got outputs for {len(outputs['heatmap'])} heatmap and "
+                f"{len(outputs['boxes'])} box rows"
+            )
         parts = []
-        for i, det in enumerate(decode(outputs["heatmap"][: len(self.truth)], outputs["boxes"][: len(self.truth)])):
+        for i, det in enumerate(decode(outputs["heatmap"], outputs["boxes"])):
             boxes, labels, difficult = self.truth[i]
             parts.append(
                 match_image(

@@ -333,22 +333,6 @@ def test_too_many_actors_for_the_cluster(setup, ray_local):
         evaluate(cfg)
 
 
-def test_batch_plan_sizes_calls_by_pixels_and_keeps_every_actor_busy():
-    from raydet.export.runner import batch_plan
-
-    # 64 px: 24 MiB / (64 * 64 * 3) = 2048 -> capped at 512; 24,000 images -> ceil(24000 / 512) = 47 calls
-    assert batch_plan(24_000, 64, 2) == (47, 511)  # 47 blocks of ceil(24000 / 47) = 511 rows
-    # 224 px: 25,165,824 // 150,528 = 167 per call; 600 images -> 4 calls of 150
-    assert batch_plan(600, 224, 2) == (4, 150)
-    # 600 test images at 64 px would be 2 calls of 512: raised to 2 per actor so neither of 2 actors idles
-    assert batch_plan(600, 64, 2) == (4, 150)
-    # an explicit --batch-size wins; fewer rows than 2 per actor -> one row per block
-    assert batch_plan(100, 64, 1, batch_size=30) == (4, 25)
-    assert batch_plan(3, 64, 2) == (3, 1)
-    # huge images: never fewer than 16 per call
-    assert batch_plan(1000, 2048, 1) == (63, 16)
-
-
 @pytest.mark.slow
 def test_read_eval_split_reads_once_in_one_block_per_call_and_keeps_no_pixels_in_the_truth(setup, ray_local, tmp_path):
     """3 test rows, 2 actors: batch_plan gives 3 blocks of 1 row; the blocks are in Ray's object store, so they

@@ -1,6 +1,7 @@
 """raydet.export.runner: which model files a RUN holds (and the refusal naming the missing ones), a model file
 without raydet's outputs refused before loading, and ModelRunner predicting the hand-set detector's known maps
-(tests/handset.py). The file names themselves: tests/export/test_run.py."""
+(tests/handset.py), and ``batch_plan``, the rows per call of an evaluation. The file names themselves:
+tests/export/test_run.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import numpy as np
 import pytest
 
 from raydet.errors import UserError, UserFileNotFoundError
-from raydet.export.runner import ModelRunner, available_models, check_model_file, check_run, require_models
+from raydet.export.runner import (
+    ModelRunner,
+    available_models,
+    batch_plan,
+    check_model_file,
+    check_run,
+    require_models,
+)
 
 
 def test_model_files_of_a_run_and_the_refusal_naming_what_is_missing(tmp_path):
@@ -57,3 +65,17 @@ def test_model_runner_gives_the_hand_set_maps(tmp_path):
     assert empty["heatmap"].shape == (0, 8, 8, 2)
     with pytest.raises(ValueError, match=r"takes \(N, 32, 32, 3\) images, got \(1, 16, 16, 3\)"):
         runner.predict(np.zeros((1, 16, 16, 3), np.uint8))
+
+
+def test_batch_plan_sizes_calls_by_pixels_and_keeps_every_actor_busy():
+    # 64 px: 24 MiB / (64 * 64 * 3) = 2048 -> capped at 512; 24,000 images -> ceil(24000 / 512) = 47 calls
+    assert batch_plan(24_000, 64, 2) == (47, 511)  # 47 blocks of ceil(24000 / 47) = 511 rows
+    # 224 px: 25,165,824 // 150,528 = 167 per call; 600 images -> 4 calls of 150
+    assert batch_plan(600, 224, 2) == (4, 150)
+    # 600 test images at 64 px would be 2 calls of 512: raised to 2 per actor so neither of 2 actors idles
+    assert batch_plan(600, 64, 2) == (4, 150)
+    # an explicit --batch-size wins; fewer rows than 2 per actor -> one row per block
+    assert batch_plan(100, 64, 1, batch_size=30) == (4, 25)
+    assert batch_plan(3, 64, 2) == (3, 1)
+    # huge images: never fewer than 16 per call
+    assert batch_plan(1000, 2048, 1) == (63, 16)

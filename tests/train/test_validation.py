@@ -51,6 +51,13 @@ def test_score_of_hand_made_outputs(label, side, ap50, map_):
     assert got == pytest.approx({"val_ap50": ap50, "val_map": map_}, abs=1e-9)
 
 
+def test_outputs_for_fewer_rows_than_held_are_refused():
+    """Scoring 1 row of outputs against 2 rows of truth would leave the second row's objects out of AP."""
+    val = ValidationAP(_arrays(TRUTH, [0], n=2), num_classes=2)
+    with pytest.raises(ValueError, match="validation holds 2 rows, got outputs for 1 heatmap and 1 box rows"):
+        val.score(_outputs(0, 0.25))
+
+
 def test_only_the_first_limit_rows_are_held():
     val = ValidationAP(_arrays(TRUTH, [0], n=5), num_classes=2, limit=2)
     assert len(val.images) == len(val.truth) == 2
