@@ -340,7 +340,7 @@ def test_a_replica_killed_under_load_is_replaced_and_no_answer_is_wrong(served):
         ]
         ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
         killed = time.monotonic()
-        deadline = killed + 60
+        deadline = killed + 120  # the replacement took 13 s alone, once 60 s late in a full suite run
         while not [r for r in results if r[0] > killed + 1 and r[2] == 200] and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(1)
