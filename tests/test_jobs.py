@@ -327,8 +327,8 @@ def test_job_workers_get_legacy_keras_and_no_big_folders(ray_head, with_runtime_
 @pytest.mark.slow
 def test_pipeline_job_on_two_nodes_trains_across_them_and_writes_its_report(two_node_head, tmp_path):
     """jobs/pipeline.py by `ray job submit` to a cluster of two 1-CPU nodes: every stage runs, each test image is
-    evaluated once by each model, every location the job printed exists, the results table is printed, and the
-    two Ray Train workers ran one on each node."""
+    evaluated once by each model, every location the job printed exists, the results table is printed, prepare
+    parsed and decoded on both nodes, and the two Ray Train workers ran one on each node."""
     out = tmp_path / "out"
     proc = submit(
         two_node_head,
@@ -344,7 +344,8 @@ def test_pipeline_job_on_two_nodes_trains_across_them_and_writes_its_report(two_
     assert set(report["models"]) == {"float", "int8"}
     # the synthetic set's test split: round(64 * test_fraction 0.2) = 13 images, each evaluated once by each model
     assert [report["models"][m]["images"] for m in ("float", "int8")] == [13, 13]
-    assert json.loads((out / "prep" / "manifest.json").read_text())["splits"] == {"train": 51, "test": 13}
+    manifest = json.loads((out / "prep" / "manifest.json").read_text())
+    assert manifest["splits"] == {"train": 51, "test": 13}
     assert "AP50" in proc.stdout  # the results table was printed by the job
     drawn = sorted(f.name for f in (out / "runs" / "main" / "eval" / "images").glob("*.png"))
     for model in ("float", "int8"):  # each of the 13 (fewer than --draw's 16) and a contact sheet, per model
@@ -367,6 +368,10 @@ def test_pipeline_job_on_two_nodes_trains_across_them_and_writes_its_report(two_
     per_node = Counter(actor["node_id"] for actor in json.loads(listed.stdout))
     assert sum(per_node.values()) >= 2 and sum(per_node.values()) % 2 == 0, per_node
     assert len(per_node) == 2 and len(set(per_node.values())) == 1, per_node
+    # prepare's Ray Data tasks parsed and decoded on both nodes too (the manifest records where each ran)
+    assert manifest["stats"]["cpus"] == 2
+    for stage in ("parse", "decode"):
+        assert set(manifest["stats"]["nodes"][stage]) == set(per_node), (stage, manifest["stats"]["nodes"])
 
 
 # The sitecustomize of a head whose Python cannot import the repository's raydet, as on a cluster where raydet is

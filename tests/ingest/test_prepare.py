@@ -1,8 +1,8 @@
 """raydet.ingest.prepare.prepare end to end on tiny datasets: hostile files, input hardening (<size> vs the decoded
 size, EXIF, symlinks, formats, byte limits), every layout, a URI, the split, every object
 kept (K, difficult flags, negatives, the max_objects cut), the Parquet contract read back two ways (plain pyarrow
-+ ``image_array``, and ``read_split``), the real raccoon photos, and a two-node cluster. The shard format on its
-own: tests/ingest/test_shards.py."""
++ ``image_array``, and ``read_split``), and the real raccoon photos. The shard format on its own:
+tests/ingest/test_shards.py; prepare's tasks spread over two nodes: the two-node pipeline job of tests/test_jobs.py."""
 
 from __future__ import annotations
 
@@ -576,31 +576,6 @@ def test_nothing_loadable_names_the_path(tmp_path, ray_local):
         ValueError, match=rf"nothing loadable in {re.escape(str(tmp_path / 'd'))}: all 1 annotations skipped"
     ):
         run(tmp_path / "d", tmp_path / "prep")
-
-
-# ------------------------------------------------------------------------------------ two-node cluster
-
-
-@pytest.mark.slow
-def test_parse_and_decode_ran_on_both_nodes_of_a_two_node_cluster(tmp_path):
-    import ray
-    from ray.cluster_utils import Cluster
-
-    for i in range(16):
-        one_good(tmp_path / "d", f"img{i:02d}")
-    ray.shutdown()  # the shared local Ray; this test needs its own cluster
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        m = run(tmp_path / "d", tmp_path / "prep", image_size=16, address=cluster.address)
-        assert m["images_loaded"] == 16 and m["stats"]["cpus"] == 2
-        assert len(set(m["stats"]["nodes"]["parse"])) == 2
-        assert len(set(m["stats"]["nodes"]["decode"])) == 2
-        assert set(m["stats"]["nodes"]["decode"]) == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 # --------------------------------------------------------------- input hardening (issue 13, ingestion side)
