@@ -41,66 +41,42 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _ray_start(tmp: Path, log_name: str, env: dict, *args: str) -> subprocess.Popen:
+    """`ray start --block ARGS --disable-usage-stats` under setsid, in ``tmp``, its output in tmp/LOG_NAME."""
+    with open(tmp / log_name, "w") as log:  # the process keeps its own copy of the descriptor
+        return subprocess.Popen(
+            ["setsid", RAY, "start", "--block", *args, "--disable-usage-stats"],
+            # No 30 s drain on SIGTERM (Ray 2.60's default, for Serve): the test's nodes have nothing to hand over.
+            env=dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+        )
+
+
 def _start_head(tmp: Path, name: str, env: dict, *args: str, cpus: int = 2) -> tuple[subprocess.Popen, str, Path]:
     """`ray start --head --block ARGS` of ``cpus`` CPUs under setsid, its log in tmp/head.log, its temp dir
     /tmp/NAME<this pid>; returns (process, GCS address, temp dir)."""
     # Short temp dir: Ray's socket paths must stay under 107 characters.
     temp_dir = Path("/tmp") / f"{name}{os.getpid()}"
     gcs, client, agent = _free_ports(3)
-    with open(tmp / "head.log", "w") as log:  # the head keeps its own copy of the descriptor
-        head = subprocess.Popen(
-            [
-                "setsid",
-                RAY,
-                "start",
-                "--head",
-                "--block",
-                "--num-cpus",
-                str(cpus),
-                "--port",
-                str(gcs),
-                "--ray-client-server-port",
-                str(client),
-                "--dashboard-agent-listen-port",
-                str(agent),
-                "--temp-dir",
-                str(temp_dir),
-                "--disable-usage-stats",
-                *args,
-            ],
-            # No 30 s drain on SIGTERM (Ray 2.60's default, for Serve): the test's head has nothing to hand over.
-            env=dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
-        )
+    head = _ray_start(
+        tmp,
+        "head.log",
+        env,
+        *("--head", "--num-cpus", str(cpus), "--port", str(gcs), "--ray-client-server-port", str(client)),
+        *("--dashboard-agent-listen-port", str(agent), "--temp-dir", str(temp_dir), *args),
+    )
     return head, f"127.0.0.1:{gcs}", temp_dir
 
 
 def _start_node(tmp: Path, gcs: str, env: dict) -> subprocess.Popen:
     """`ray start --address GCS --block` of 1 CPU under setsid: one more node of the head's cluster, on this
-    machine, on ports of its own; its log in tmp/node.log."""
+    machine, on ports of its own (its files in the head's temp dir); its log in tmp/node.log."""
     [agent] = _free_ports(1)
-    with open(tmp / "node.log", "w") as log:
-        return subprocess.Popen(
-            [
-                "setsid",
-                RAY,
-                "start",
-                "--address",
-                gcs,
-                "--block",
-                "--num-cpus",
-                "1",
-                "--dashboard-agent-listen-port",
-                str(agent),
-                "--disable-usage-stats",
-            ],
-            env=dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
-        )
+    return _ray_start(
+        tmp, "node.log", env, "--address", gcs, "--num-cpus", "1", "--dashboard-agent-listen-port", str(agent)
+    )
 
 
 def _wait_for_head(head: subprocess.Popen, tmp: Path, ready, what: str, timeout: float = 120) -> None:
@@ -114,9 +90,9 @@ def _wait_for_head(head: subprocess.Popen, tmp: Path, ready, what: str, timeout:
         time.sleep(2)
 
 
-def _stop_head(head: subprocess.Popen, temp_dir: Path) -> None:
-    """End the head and everything it started (setsid made it a group leader, its pid is the group id), then
-    remove its temp dir."""
+def _stop_head(head: subprocess.Popen, temp_dir: Path | None) -> None:
+    """End the head (or node) and everything it started (setsid made it a group leader, its pid is the group id),
+    then remove ``temp_dir`` unless it is None."""
     for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
         try:
             os.killpg(head.pid, sig)
@@ -127,7 +103,8 @@ def _stop_head(head: subprocess.Popen, temp_dir: Path) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    if temp_dir is not None:
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _head_env(**extra: str) -> dict:
@@ -183,7 +160,7 @@ def two_node_head(tmp_path_factory):
         yield url, env
     finally:
         if node is not None:
-            _stop_head(node, temp_dir)  # the node's files live in the head's temp dir: removed with the head's
+            _stop_head(node, None)  # the node's files live in the head's temp dir: removed with the head's
         _stop_head(head, temp_dir)
 
 
