@@ -25,6 +25,7 @@ import json
 import os
 from pathlib import Path
 
+from raydet.cluster import heavy
 from raydet.cluster.console import verbose
 
 LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}
@@ -105,8 +106,7 @@ def driver_runtime_env() -> dict:
 def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> None:
     """Connect to (or start) Ray once per process; later calls are no-ops. ``log_to_driver`` False: workers'
     output stays in Ray's log files (``raydet tune``, whose trials' epoch lines would interleave)."""
-    import ray
-
+    ray = heavy.ray()
     use_legacy_keras()
     if ray.is_initialized():
         return
@@ -128,9 +128,7 @@ def quiet_ray_data() -> None:
     seconds) covered every internal step (reads, repartitions, column selections)."""
 
     if not verbose():
-        from ray.data import DataContext
-
-        DataContext.get_current().enable_progress_bars = False
+        heavy.data_context().get_current().enable_progress_bars = False
 
 
 def dashboard_wanted() -> bool:
@@ -146,9 +144,7 @@ def data_uses_every_cpu():
     defaults. For a single map stage, such as raydet's ingestion, the reservation (which keeps one operator of a
     multi-stage pipeline from starving another) only holds tasks back; docs/INGEST.md has the measurements.
     """
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
+    ctx = heavy.data_context().get_current()
     before = ctx.op_resource_reservation_enabled
     ctx.op_resource_reservation_enabled = False
     try:

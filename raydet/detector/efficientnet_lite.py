@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raydet.cluster.runtime import use_legacy_keras
+from raydet.detector import heavy
 from raydet.detector.torch_pickle import load_state_dict
 
 # Lite0's stages: (kernel, stride, expand, in, out, repeats)
@@ -123,13 +123,6 @@ def variant(name: str) -> Variant:
         raise ValueError(f"unknown EfficientNet-Lite variant {name!r}; expected one of {sorted(VARIANTS)}") from None
 
 
-def _keras():
-    use_legacy_keras()  # before TensorFlow loads; harmless if it already has with the variable set
-    import tf_keras
-
-    return tf_keras
-
-
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
     """EfficientNet's channel rounding: ``filters * width`` to a multiple of ``divisor``, never below 90% of it."""
     scaled = filters * width
@@ -173,7 +166,7 @@ def stride_channels(name: str = LITE0) -> dict[int, int]:
 
 def _conv_bn(x, filters: int, kernel: int, name: str, momentum: float, stride: int = 1, relu: bool = True):
     """Conv2D (no bias) -> BN [-> ReLU6], layers named ``{name}_conv``, ``{name}_bn``, ``{name}_relu``."""
-    layers = _keras().layers
+    layers = heavy.keras().layers
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(momentum=momentum, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
@@ -181,7 +174,7 @@ def _conv_bn(x, filters: int, kernel: int, name: str, momentum: float, stride: i
 
 def _mbconv(x, spec, name: str, momentum: float):
     """One MBConv block; ``spec`` = (kernel, stride, expand, in, out), layers named ``{name}_...``."""
-    layers = _keras().layers
+    layers = heavy.keras().layers
     kernel, stride, expand, cin, cout = spec
     inputs = x
     if expand != 1:
@@ -201,7 +194,7 @@ def lite_features(
     """Keras tensor (N, S, S, 3) float32 raw pixels 0..255 -> {stride: feature map} for strides 2, 4, 8, 16, 32
     (channels ``stride_channels(name)``) of the variant ``name``. Rescales the input itself; every layer is named
     ``{prefix}_...`` (default: the variant's, e.g. ``lite0``)."""
-    keras = _keras()
+    keras = heavy.keras()
     prefix = prefix or variant(name).prefix
     x = keras.layers.Rescaling(1 / 128, offset=-127 / 128, name=f"{prefix}_rescale")(inputs)
     x = _conv_bn(x, STEM_FILTERS, 3, f"{prefix}_stem", bn_momentum, stride=2)
@@ -218,7 +211,7 @@ def lite_classifier(name: str = LITE0, image_size: int | None = None):
     """The ImageNet classifier: input ``image`` (N, size, size, 3) raw 0..255 (default size: the variant's native
     one), output (N, 1000) softmax probabilities. Untrained: load weights with
     ``load_lite_weights(model, name, include_top=True)``."""
-    keras = _keras()
+    keras = heavy.keras()
     layers = keras.layers
     v = variant(name)
     size = image_size or v.native_size

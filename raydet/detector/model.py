@@ -22,8 +22,8 @@ layer, a Rescaling, normalises them as its weights expect); S a multiple of 32. 
 
 from __future__ import annotations
 
-from raydet.cluster.runtime import use_legacy_keras
 from raydet.config import ModelConfig, TrainConfig
+from raydet.detector import heavy
 from raydet.detector.efficientnet_lite import VARIANTS, lite_features, load_lite_weights
 
 OUTPUT_STRIDE = 4
@@ -34,14 +34,6 @@ HEATMAP_PRIOR_BIAS = -2.19
 BOX_BIAS = -1.0
 
 
-def _tf():
-    use_legacy_keras()  # before TensorFlow loads; harmless if it already has with the variable set
-    import tensorflow as tf
-    import tf_keras
-
-    return tf, tf_keras
-
-
 def block_widths(cfg: ModelConfig) -> list[int]:
     """Filters of each conv block of the ``cnn`` backbone: ``width`` doubling per block, capped at ``max_width``."""
     return [min(cfg.width * 2**i, cfg.max_width) for i in range(cfg.depth)]
@@ -49,7 +41,7 @@ def block_widths(cfg: ModelConfig) -> list[int]:
 
 def conv_bn_relu(x, filters: int, kernel: int, name: str, momentum: float, stride: int = 1):
     """Conv2D (no bias: BN's beta replaces it) -> BatchNormalization -> ReLU, the order QAT folds."""
-    _, keras = _tf()
+    keras = heavy.keras()
     layers = keras.layers
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
@@ -59,7 +51,7 @@ def conv_bn_relu(x, filters: int, kernel: int, name: str, momentum: float, strid
 def cnn_backbone(inputs, cfg: ModelConfig) -> dict[int, object]:
     """The from-scratch CNN: pixels scaled to [0, 1], then ``depth`` blocks of Conv3x3-BN-ReLU -> MaxPool(2).
     ``inputs`` (N, S, S, 3) raw 0..255; returns {stride: feature map}, stride 2 .. 2**depth."""
-    _, keras = _tf()
+    keras = heavy.keras()
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     features = {}
     for i, filters in enumerate(block_widths(cfg)):
@@ -112,7 +104,7 @@ def freeze_backbone_bn(model, cfg: ModelConfig) -> int:
     prefix = backbone_prefix(cfg)
     if prefix is None or not cfg.pretrained:
         return 0
-    _, keras = _tf()
+    keras = heavy.keras()
     frozen = [
         layer
         for layer in model.layers
@@ -126,7 +118,7 @@ def freeze_backbone_bn(model, cfg: ModelConfig) -> int:
 def neck(features: dict[int, object], cfg: ModelConfig):
     """Top-down path from the deepest feature map to stride ``OUTPUT_STRIDE``: at each stride, upsample (nearest)
     the path x2, add a 1x1 Conv-BN-ReLU projection of that stride's backbone map, smooth with Conv3x3-BN-ReLU."""
-    _, keras = _tf()
+    keras = heavy.keras()
     layers = keras.layers
     strides = sorted(s for s in features if s >= OUTPUT_STRIDE)
     if not strides or strides[0] != OUTPUT_STRIDE:
@@ -141,7 +133,7 @@ def neck(features: dict[int, object], cfg: ModelConfig):
 
 
 def _head(x, channels: int, name: str, cfg: ModelConfig, bias: float):
-    _, keras = _tf()
+    keras = heavy.keras()
     h = conv_bn_relu(x, cfg.head_width, 3, f"{name}_head", cfg.bn_momentum)
     # float32 under a mixed-precision policy too: the sigmoid's tails and the focal loss's logs need its range
     return keras.layers.Conv2D(
@@ -157,7 +149,7 @@ def _head(x, channels: int, name: str, cfg: ModelConfig, bias: float):
 def build_model(cfg: ModelConfig):
     """The float model: input ``image`` (N, S, S, 3) float32 0..255 -> {``heatmap`` (N, G, G, C),
     ``boxes`` (N, G, G, 4) [off_x, off_y, w, h]}, G = S / OUTPUT_STRIDE."""
-    _, keras = _tf()
+    keras = heavy.keras()
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {cfg.backbone!r}; expected one of {sorted(BACKBONES)}")
     inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), dtype="float32", name="image")
@@ -182,7 +174,7 @@ def _per_image(tf, loss_sum, count):
 def focal_loss(y_true, y_pred):
     """Penalty-reduced pixel-wise focal loss (CenterNet, alpha 2, beta 4) of ``heatmap`` maps (N, G, G, C),
     divided by the batch's number of objects (target cells equal to 1). -> (N,)"""
-    tf, _ = _tf()
+    tf = heavy.tf()
     y_true = tf.cast(y_true, tf.float32)
     p = tf.clip_by_value(tf.cast(y_pred, tf.float32), 1e-4, 1.0 - 1e-4)  # as CenterNet: log(0) never happens
     pos = tf.cast(y_true >= 1.0, tf.float32)
@@ -201,7 +193,7 @@ def _centre_boxes(tf, maps, grid):
 
 def giou(a, b):
     """Generalized IoU (Rezatofighi et al. 2019) of matching boxes (..., 4) xyxy -> (...,) in [-1, 1]."""
-    tf, _ = _tf()
+    tf = heavy.tf()
 
     def area(box):
         return tf.nn.relu(box[..., 2] - box[..., 0]) * tf.nn.relu(box[..., 3] - box[..., 1])
@@ -220,7 +212,7 @@ def make_box_loss(offset_weight: float, size_weight: float, giou_weight: float):
     ``y_true`` (N, G, G, 5) [off_x, off_y, w, h, mask] (raydet.detector.targets), ``y_pred`` (N, G, G, 4). At
     each centre: ``offset_weight * L1(offset, cells) + size_weight * L1(w, h normalized) + giou_weight * (1 - GIoU)``.
     """
-    tf, _ = _tf()
+    tf = heavy.tf()
 
     def box_loss(y_true, y_pred):
         y_true = tf.cast(y_true, tf.float32)

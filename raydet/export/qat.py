@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from raydet.cluster.runtime import use_legacy_keras
 from raydet.config import ModelConfig
 from raydet.detector.model import build_model
 from raydet.errors import UserError, UserFileNotFoundError
+from raydet.export import heavy
 from raydet.export.quantize import require_model
 from raydet.export.run import Run
 
@@ -42,18 +42,11 @@ from raydet.export.run import Run
 _BN_FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
 
 
-def _tfmot():
-    use_legacy_keras()  # tfmot works on tf-keras models only; set before TensorFlow loads
-    import tensorflow_model_optimization as tfmot
-
-    return tfmot
-
-
 def _rescaling_config_class():
     """The QuantizeConfig class for Rescaling (built lazily: tfmot must not load at import time)."""
     global _RESCALING_CONFIG
     if _RESCALING_CONFIG is None:
-        qk = _tfmot().quantization.keras
+        qk = heavy.tfmot().quantization.keras
 
         # The name must be unique: tfmot's quantize_scope already maps "NoOpQuantizeConfig" to its own class,
         # which would silently replace ours when quantize_apply round-trips the config.
@@ -104,7 +97,7 @@ def rescaling_quantize_config():
 def qat_scope():
     """The custom-object scope a QAT model is deserialized in (tfmot's wrappers + RescalingQuantizeConfig)."""
     cls = _rescaling_config_class()
-    return _tfmot().quantization.keras.quantize_scope({cls.__name__: cls})
+    return heavy.tfmot().quantization.keras.quantize_scope({cls.__name__: cls})
 
 
 def check_qat_compatible(model) -> None:
@@ -138,11 +131,9 @@ def apply_qat(model):
     their names (``image``; ``heatmap``, ``boxes``), so the same losses, metrics and logs apply.
     Raises ValueError if the model has BatchNormalization that tfmot cannot fold (see module docstring).
     """
-    use_legacy_keras()
-    import tf_keras
-
+    tf_keras = heavy.keras()
     check_qat_compatible(model)
-    qk = _tfmot().quantization.keras
+    qk = heavy.tfmot().quantization.keras
 
     def annotate(layer):
         # tfmot's documented pattern: annotate the original layers; quantize_apply clones them with weights.
@@ -174,10 +165,7 @@ def calibrate_ranges(qat_model, images) -> int:
     bottlenecks of efficientnet_lite0 reach past 6) and small ones get a few of the 256 levels (docs/TRAINING.md
     has the measured loss). One pass with decay 0 sets them to the batch's min/max instead.
     """
-    # Private tfmot API, here only: its MovingAverageQuantizer passes the fixed decay to this module function at
-    # call time, and no public setting changes it.
-    from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
-
+    quant_ops = heavy.quant_ops()  # private tfmot API (raydet.export.heavy says why)
     stats = [v for v in qat_model.variables if "moving_mean" in v.name or "moving_variance" in v.name]
     saved = [v.numpy() for v in stats]
     ranges = [
@@ -215,10 +203,7 @@ def load_qat_model(path: str | os.PathLike, model_config=None):
     ``apply_qat(build_model(model_config))``; ``model_config`` (a :class:`raydet.config.ModelConfig`) is
     then required.
     """
-
-    use_legacy_keras()
-    import tf_keras
-
+    tf_keras = heavy.keras()
     path = Path(path)
     if not path.is_file():
         raise UserFileNotFoundError(f"no QAT model at {path}")
@@ -238,9 +223,7 @@ def load_qat_model(path: str | os.PathLike, model_config=None):
 
 def convert_qat(model) -> bytes:
     """A QAT tf-keras model -> ``.tflite`` bytes: int8 weights and activations, uint8 input, float32 outputs."""
-    use_legacy_keras()
-    import tensorflow as tf
-
+    tf = heavy.tf()
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]  # the fake-quant ranges learned in training
     converter.inference_input_type = tf.uint8  # pixels 0..255 in, like the PTQ int8 file

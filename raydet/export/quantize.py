@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from raydet.cluster import storage
-from raydet.cluster.runtime import init_ray, use_legacy_keras
+from raydet.cluster.runtime import init_ray
 from raydet.config import QuantizeConfig
 from raydet.errors import UserError, UserFileNotFoundError
+from raydet.export import heavy
 from raydet.export.run import KNOWN_MODELS, REFERENCE, Run
 from raydet.ingest.prep import Prep
 from raydet.ingest.shards import read_split
@@ -54,10 +55,7 @@ def require_model(run_dir: str | os.PathLike, name: str = Run.FLOAT_MODEL) -> st
 def load_float_model(run_dir: str | os.PathLike):
     """The run's float tf-keras model (``RUN/model.keras``), uncompiled."""
     path = require_model(run_dir)
-    use_legacy_keras()
-    import tf_keras
-
-    return tf_keras.models.load_model(path, compile=False)
+    return heavy.keras().models.load_model(path, compile=False)
 
 
 def calibration_images(
@@ -97,9 +95,7 @@ def convert(model, mode: str, calibration: np.ndarray | None = None, progress: b
         mode: ``float32`` (reference, no optimization), ``dynamic``, ``float16`` or ``int8``.
         calibration: (N, S, S, 3) uint8 images; required for ``int8``, one calibration step each.
     """
-    use_legacy_keras()
-    import tensorflow as tf
-
+    tf = heavy.tf()
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if mode == REFERENCE:
         pass

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from raydet.cluster import storage
-from raydet.cluster.runtime import use_legacy_keras
 from raydet.config import MODEL_NAMES
 from raydet.detector.model import OUTPUT_NAMES
 from raydet.errors import UserError, UserFileNotFoundError
+from raydet.export import heavy
 from raydet.export.run import KNOWN_MODELS, Run
 from raydet.export.tflite import TFLiteModel, signature
 
@@ -182,10 +182,7 @@ class ModelRunner:
 
     def _load_keras(self, num_threads: int) -> dict[str, tuple]:
 
-        use_legacy_keras()
-        import tensorflow as tf
-        import tf_keras
-
+        tf, tf_keras = heavy.tf(), heavy.keras()
         try:
             tf.config.threading.set_intra_op_parallelism_threads(num_threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)

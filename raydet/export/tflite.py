@@ -20,6 +20,7 @@ import numpy as np
 
 from raydet.detector.model import OUTPUT_NAMES
 from raydet.errors import UserFileNotFoundError
+from raydet.export import heavy
 
 SIGNATURE = "serving_default"
 
@@ -42,8 +43,7 @@ def _dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 def signature(path: str) -> dict[str, list[str]]:
     """``{"inputs": [...], "outputs": [...]}``: the names of a ``.tflite`` file's ``serving_default`` signature
     (empty lists when it has none), read without allocating the interpreter's tensors."""
-    from ai_edge_litert.interpreter import Interpreter
-
+    Interpreter = heavy.litert_interpreter()
     names = Interpreter(model_path=str(path)).get_signature_list().get(SIGNATURE, {})
     return {"inputs": list(names.get("inputs", [])), "outputs": list(names.get("outputs", []))}
 
@@ -65,8 +65,7 @@ class TFLiteModel:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         if not os.path.isfile(path):
             raise UserFileNotFoundError(f"no TFLite model at {path}")
-        from ai_edge_litert.interpreter import Interpreter
-
+        Interpreter = heavy.litert_interpreter()
         self.path = path
         self.batch_size = batch_size
         self.size_bytes = os.path.getsize(path)

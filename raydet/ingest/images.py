@@ -42,6 +42,8 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from raydet.ingest import heavy
+
 # Pixels an image may have (width x height, read from its header before any pixel is decoded); ``--max-pixels``
 # of ``raydet prepare`` and ``raydet predict``. 100 megapixels is above any camera photo (a 61 MP full-frame
 # sensor, a 100 MP medium-format back) and bounds what one decode costs: at most
@@ -206,9 +208,8 @@ def _decode_jpeg_turbo(data: bytes, size: int | None, max_pixels: int) -> tuple[
     take it: a colour space other than YCbCr/grey/RGB, data libjpeg-turbo refuses (``strict``: a truncated file
     raises instead of returning grey rows), or no ``simplejpeg`` installed. Refuses a decompression bomb from the
     header."""
-    try:
-        import simplejpeg
-    except ImportError:  # a cluster whose nodes lack it (raydet installed without deps) still decodes, via Pillow
+    simplejpeg = heavy.simplejpeg()
+    if simplejpeg is None:  # not installed (heavy.simplejpeg): Pillow decodes
         return None
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
@@ -229,8 +230,7 @@ def _decode_jpeg_turbo(data: bytes, size: int | None, max_pixels: int) -> tuple[
 
 def _resize(rgb: np.ndarray, size: int) -> np.ndarray:
     """(h, w, 3) uint8 -> (size, size, 3): OpenCV's area filter when both sides shrink, else bilinear."""
-    import cv2
-
+    cv2 = heavy.cv2()
     h, w = rgb.shape[:2]
     if (h, w) == (size, size):
         return np.ascontiguousarray(rgb)

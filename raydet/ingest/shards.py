@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from raydet.cluster import storage
 from raydet.errors import UserError
+from raydet.ingest import heavy
 
 SPLITS = ("train", "test")
 # docs/FORMATS.md: the ``image`` column is a Parquet binary of the (S, S, 3) uint8 array's row-major bytes;
@@ -66,8 +67,7 @@ def shard_table(rows: list[dict], where: str = "shard") -> pa.Table:
     columns. Raises ValueError (naming ``where`` and the file) for an image that is not (S, S, 3) uint8 with
     every row the same S, or for boxes/labels/difficult not of the first row's K.
     """
-    from ray.data.extensions import ArrowTensorArray
-
+    ArrowTensorArray = heavy.arrow_tensor_array()
     _check_rows(rows, where)
     k = len(rows[0]["labels"]) if rows else 0
     difficult = [
@@ -238,8 +238,6 @@ def read_split(prep: str | os.PathLike, split: str, **read_kwargs):
     dataset) fails in Ray's tensor cast with ``KeyError: Field "image"``; ``materialize()`` first, or take
     row counts from ``manifest.json``'s ``splits``.
     """
-    import ray
-
     prep = str(prep)
     filesystem, root, folder, shards = _split_shards(prep, split)
     schema = pq.read_schema(shards[0], filesystem=filesystem)
@@ -252,7 +250,7 @@ def read_split(prep: str | os.PathLike, split: str, **read_kwargs):
         columns = read_kwargs.get("columns")
         if columns is not None and "image" not in columns:  # Ray would cast a column it did not read
             del read_kwargs["tensor_column_schema"]
-    return ray.data.read_parquet(target, filesystem=filesystem, **read_kwargs)
+    return heavy.ray_data().read_parquet(target, filesystem=filesystem, **read_kwargs)
 
 
 def read_blocks(prep: str | os.PathLike, split: str, block_rows: int, num_cpus: float = 1.0):
@@ -265,12 +263,12 @@ def read_blocks(prep: str | os.PathLike, split: str, block_rows: int, num_cpus: 
     from the footers on the caller's side and every task reserves ``num_cpus``. And the blocks come out exactly
     as asked (one actor call each, raydet.evaluate.pool). Raises as ``read_split``.
     """
-    import ray
-
     n = sum(rows for _, rows in split_rows(prep, split))
     ranges = [{"start": start, "stop": min(n, start + block_rows)} for start in range(0, n, block_rows)]
-    return ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
-        _read_block, batch_size=1, num_cpus=num_cpus, fn_kwargs={"prep": str(prep), "split": split}
+    return (
+        heavy.ray_data()
+        .from_items(ranges, override_num_blocks=len(ranges))
+        .map_batches(_read_block, batch_size=1, num_cpus=num_cpus, fn_kwargs={"prep": str(prep), "split": split})
     )
 
 

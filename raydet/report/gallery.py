@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import numpy as np
 
 from raydet.cluster import storage
 from raydet.ingest.images import MAX_PIXELS, ImageError, decode_rgb
 from raydet.ingest.shards import image_array
-from raydet.report import draw
+from raydet.report import draw, heavy
 
 JPEG_QUALITY = 85  # drawn photos in report.html: a tenth of the PNG's bytes, the boxes and labels still crisp
 
@@ -19,9 +20,7 @@ JPEG_QUALITY = 85  # drawn photos in report.html: a tenth of the PNG's bytes, th
 def rows_by_file(prep: str | os.PathLike, split: str, files: set[str]) -> dict[str, dict]:
     """The PREP rows of ``files`` in ``PREP/split`` -> {file: row}, each row with ``file``, ``width``,
     ``height`` (original pixels) and ``image`` (S, S, 3) uint8; files not in the split are absent."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-
+    pads, pc = heavy.arrow_dataset()
     if not files:
         return {}
     filesystem, root = storage.resolve(prep)  # a path or a URI: never a Path, which would turn s3:// into s3:/
@@ -42,8 +41,6 @@ def original_image(
     else the PREP image stretched back to ``width`` x ``height``. ``source`` is the dataset's path or URI
     (raydet.cluster.storage); the file is decoded through raydet.ingest.images (the formats and limits ``raydet
     prepare`` applied: a file over ``max_bytes`` or ``max_pixels`` is not read)."""
-    import cv2
-
     width, height = int(row["width"]), int(row["height"])
     if source:
         location = storage.join(source, row["file"])
@@ -75,8 +72,6 @@ def draw_result(base_rgb: np.ndarray, result, classes: list[str], score_threshol
 
 def jpeg(image_rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     """(H, W, 3) uint8 RGB -> JPEG file bytes."""
-    import cv2
-
     ok, data = cv2.imencode(
         ".jpg",
         cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR),

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from raydet.report import heavy
+
 DPI = 100
 
 
 def _figure(width_in: float, height_in: float):
     # Figure + FigureCanvasAgg directly: pyplot would pick a GUI backend and keep every figure alive globally
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    Figure, FigureCanvasAgg = heavy.figure()
     fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -124,11 +124,9 @@ def training_curves(history: list[dict]) -> bytes | None:
     lr.plot(*series("lr"), marker=".")
     lr.set(xlabel="epoch", title="learning rate (end of epoch)")
     lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-    from matplotlib.ticker import MaxNLocator
-
     for ax in (losses, ap, lr):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.xaxis.set_major_locator(heavy.ticker().MaxNLocator(integer=True))  # epochs are whole numbers
     return _png(fig)
 
 

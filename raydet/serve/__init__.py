@@ -8,7 +8,8 @@ local Ray or a cluster and keeps it until Ctrl-C (:mod:`raydet.serve.driver`).
 May import: raydet.errors, raydet.config, raydet.cluster, raydet.ingest, raydet.report, raydet.export, raydet.evaluate
 (``MAY_IMPORT``; tests/test_layers.py checks it).
 Ray Serve is imported by :mod:`raydet.serve.app` and :mod:`raydet.serve.driver`, which only the command loads
-(never ``import raydet`` or ``import raydet.serve``).
+(never ``import raydet`` or ``import raydet.serve``). A replica imports TensorFlow or LiteRT only when it loads its
+model, through raydet.export.heavy (an int8 replica LiteRT alone).
 """
 
 MAY_IMPORT = ("errors", "config", "cluster", "ingest", "report", "export", "evaluate")

@@ -2,7 +2,8 @@
 
 Owns: the driver that configures and runs the trainer and writes the RUN (``driver``), one worker's loop
 (``worker``), the input pipeline (``inputs``), the schedule (``schedule``: epochs, warm-up and cosine, checkpoint
-cadence), validation AP during training (``validation``) and the EMA of the weights (``ema``).
+cadence), validation AP during training (``validation``) and the EMA of the weights (``ema``). TensorFlow,
+tf_keras, Ray Train's ``TensorflowTrainer`` and its one private module are deferred in ``heavy``.
 
 May import: raydet.errors, raydet.config, raydet.cluster, raydet.detector, raydet.ingest, raydet.report, raydet.export
 (``MAY_IMPORT``; tests/test_layers.py checks it).

@@ -53,6 +53,7 @@ from raydet.export.run import Run
 from raydet.ingest.prep import Prep
 from raydet.ingest.shards import read_blocks, read_rows, split_rows
 from raydet.report import plots
+from raydet.train import heavy
 from raydet.train.inputs import load_rows, plan_inputs
 from raydet.train.schedule import auto_epochs, checkpoint_every
 from raydet.train.worker import CHECKPOINT_STATE_FILE, train_loop_per_worker, write_scalars
@@ -255,8 +256,7 @@ def _check_visible(cfg: TrainConfig) -> None:
 
 
 def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, run_callbacks: tuple = ()):
-    from ray.train.tensorflow import TensorflowTrainer
-
+    TensorflowTrainer = heavy.tensorflow_trainer()
     prep = storage.normalize(cfg.prep)  # absolute: the workers run in other folders
     plan, n_train, n_test = _input_plan(cfg, prep, mcfg.image_size)
     local_batch = cfg.batch_size // cfg.workers
@@ -408,9 +408,7 @@ def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSumm
 def write_tensorboard(folder: Path, history: list[dict]) -> None:
     """Every epoch of ``history`` as TensorBoard scalars in ``folder`` (what rank 0 writes as it goes, for a run
     whose folder is a URI, which TensorFlow's file writer cannot reach)."""
-    import tensorflow as tf
-
-    writer = tf.summary.create_file_writer(str(folder))
+    writer = heavy.tf().summary.create_file_writer(str(folder))
     for row in history:
         write_scalars(writer, row)
     writer.close()

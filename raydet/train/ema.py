@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 
+from raydet.train import heavy
+
 # d_t = DECAY * (1 - exp(-t / TAU)): ~100-step window late in a run; a few hundred photos train ~1,000-3,000 steps.
 DECAY = 0.99
 TAU = 200.0
@@ -36,8 +38,7 @@ def make_optimizer(lr: float, weight_decay: float, clip_norm: float, ema: float 
     tf_keras clips after the cross-worker all-reduce (it aggregates, then clips), so every worker applies the same
     clipped step and the replicas stay identical.
     """
-    import tensorflow as tf
-    import tf_keras
+    tf, tf_keras = heavy.tf(), heavy.keras()
 
     class EmaAdamW(tf_keras.optimizers.AdamW):
         def _update_model_variables_moving_average(self, var_list):  # private tf_keras hook (module docstring)

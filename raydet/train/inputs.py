@@ -38,6 +38,7 @@ from raydet.config import AugmentConfig
 from raydet.detector.augment import augment_batch
 from raydet.detector.targets import build_targets
 from raydet.ingest.shards import read_rows
+from raydet.train import heavy
 
 # Rows a streamed shard is mixed in (Ray Data's local shuffle buffer): 512 rows of 224 px are 77 MB.
 SHUFFLE_ROWS = 512
@@ -213,7 +214,7 @@ def CloseMosaic(maker: BatchMaker, epochs: int, close_last: int):  # a Keras cla
     """A Keras callback setting ``maker.mosaic`` to ``epoch < epochs - close_last`` (0-based) as each epoch begins:
     the last ``close_last`` epochs train on whole images, as inference sees them (Ultralytics' close_mosaic); a
     resumed run gets the right setting from its first epoch. Prefetched batches lag by up to 2 (``BatchMaker``)."""
-    import tf_keras
+    tf_keras = heavy.keras()
 
     class _CloseMosaic(tf_keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -227,8 +228,7 @@ def CloseMosaic(maker: BatchMaker, epochs: int, close_last: int):  # a Keras cla
 
 def _signature(image_size: int, grid: int, num_classes: int, weighted: bool = False):
     """``from_generator``'s output signature of ({"image"}, {"heatmap", "boxes"}[, weights])."""
-    import tensorflow as tf
-
+    tf = heavy.tf()
     x = {"image": tf.TensorSpec([None, image_size, image_size, 3], tf.float32)}
     y = {
         "heatmap": tf.TensorSpec([None, grid, grid, num_classes], tf.float32),
@@ -240,8 +240,7 @@ def _signature(image_size: int, grid: int, num_classes: int, weighted: bool = Fa
 
 def _as_tf(maker: BatchMaker, indices, image_size: int):
     """One ``tf.numpy_function`` call of ``maker`` with the static shapes Keras needs."""
-    import tensorflow as tf
-
+    tf = heavy.tf()
     images, heatmap, box_target = tf.numpy_function(maker, [indices], [tf.float32] * 3, stateful=True)
     images = tf.ensure_shape(images, [None, image_size, image_size, 3])
     heatmap = tf.ensure_shape(heatmap, [None, maker.grid, maker.grid, maker.num_classes])
@@ -254,8 +253,7 @@ def train_dataset(
 ):
     """Endless shuffled (and, with ``augment``, augmented) batches of this worker's rows in memory:
     ({"image"}, {"heatmap", "boxes"}). Returns (dataset, its BatchMaker: ``CloseMosaic`` switches its mosaic)."""
-    import tensorflow as tf
-
+    tf = heavy.tf()
     n = len(arrays["image"])
     maker = BatchMaker(arrays, num_classes, grid, augment, seed)
     size = arrays["image"].shape[1]
@@ -296,8 +294,7 @@ def stream_train_dataset(
 ):
     """Endless (augmented) batches of ``local_batch`` rows streamed from ``shard`` (``shard_passes``, shuffled with
     ``seed``): ({"image"}, {"heatmap", "boxes"}), as ``train_dataset``'s. Returns (dataset, its BatchMaker)."""
-    import tensorflow as tf
-
+    tf = heavy.tf()
     maker = BatchMaker(None, num_classes, grid, augment, seed)
 
     def batches():
@@ -348,8 +345,7 @@ def _val_dataset(
     image_size: int,
     local_batch: int,
 ):
-    import tensorflow as tf
-
+    tf = heavy.tf()
     maker = BatchMaker(None, num_classes, grid)
 
     def weighted():

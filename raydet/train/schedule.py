@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from raydet.train import heavy
+
 # Optimizer steps a run aims for when --epochs is not given: a few hundred photos in batches of 16 make ~10 steps
 # an epoch, so epochs are the wrong unit; the epochs are derived from this budget and the train split's size,
 # within [MIN_EPOCHS, MAX_EPOCHS] (a large set still sees every photo MIN_EPOCHS times). docs/TRAINING.md.
@@ -54,7 +56,7 @@ def warmup_cosine_lr(
 def WarmupCosine(lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float):  # a Keras class, built lazily
     """Keras callback setting :func:`warmup_cosine_lr` before each step (while warming up) and at each epoch's
     start."""
-    import tf_keras
+    tf_keras = heavy.keras()
 
     class WarmupCosine(tf_keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

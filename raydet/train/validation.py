@@ -7,6 +7,7 @@ import numpy as np
 
 from raydet.detector.decode import decode
 from raydet.detector.metrics import MatchStats, detection_summary, match_image
+from raydet.train import heavy
 from raydet.train.inputs import load_rows, objects_of
 
 VAL_AP_IMAGES = 500  # test images rank 0 decodes after each epoch for val_ap50 / val_map (the first ones in order)
@@ -31,8 +32,7 @@ class ValidationAP:
 
     def __call__(self, model, chunk: int = 64) -> dict[str, float]:
         """``model`` (a tf_keras detector) predicts the rows in chunks; -> ``score`` of its outputs."""
-        import tensorflow as tf
-
+        tf = heavy.tf()
         # A plain call in a tf.function, not ``predict``: Keras' predict runs under the distribution strategy of the
         # surrounding fit (callbacks run inside its scope) and would wait for the other workers' collectives.
         forward = tf.function(lambda x: model(x, training=False))

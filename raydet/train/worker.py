@@ -26,13 +26,12 @@ from pathlib import Path
 import ray.train
 
 from raydet.cluster import storage
-from raydet.cluster.runtime import use_legacy_keras
 from raydet.config import AugmentConfig, ModelConfig
 from raydet.detector.model import OUTPUT_STRIDE, build_model, compile_model, freeze_backbone_bn, init_backbone
 from raydet.export.qat import apply_qat, calibrate_ranges
 from raydet.export.run import Run
 from raydet.ingest.shards import read_rows
-from raydet.train import inputs
+from raydet.train import heavy, inputs
 from raydet.train.ema import averaged_weights, make_optimizer
 from raydet.train.inputs import CloseMosaic
 from raydet.train.schedule import WarmupCosine, is_checkpoint_epoch
@@ -51,9 +50,7 @@ def train_loop_per_worker(config: dict) -> None:
     (factories ``f(rank, world, steps_per_epoch)`` of extra Keras callbacks, raydet.train.driver.train),
     ``tensorboard_dir`` (absolute; rank 0 writes each epoch's scalars there), ``calibration`` (QAT's images).
     """
-    use_legacy_keras()
-    import tensorflow as tf
-
+    tf = heavy.tf()
     tf.get_logger().setLevel("ERROR")  # MWMS logs every collective at INFO: thousands of lines
     _quiet_worker_logs()
     tcfg = config["train"]
@@ -116,8 +113,7 @@ def train_loop_per_worker(config: dict) -> None:
 def _policy(name: str | None):
     """Layers built inside compute under the Keras mixed-precision policy ``name`` (None: float32); the global
     policy is float32 again afterwards, so the export copy and everything else stay float32."""
-    import tf_keras
-
+    tf_keras = heavy.keras()
     tf_keras.mixed_precision.set_global_policy(name or "float32")
     try:
         yield
@@ -157,9 +153,7 @@ def _tensorboard_writer(config: dict, rank: int):
     None on the other ranks or without the key. Made outside the strategy's scope, like the export copy."""
     if rank != 0 or not config.get("tensorboard_dir"):
         return None
-    import tensorflow as tf
-
-    return tf.summary.create_file_writer(config["tensorboard_dir"])
+    return heavy.tf().summary.create_file_writer(config["tensorboard_dir"])
 
 
 def _calibrate_qat(model, export, images, say) -> None:
@@ -183,11 +177,9 @@ def _quiet_worker_logs() -> None:
     worker, through a logger named after its source file, which ``LoggingConfig`` does not reach."""
 
     logging.getLogger("absl").setLevel(logging.WARNING)
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-    except ImportError:  # another Ray version: its lines stay
-        return
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    train_context = heavy.train_context()  # private Ray Train API (raydet.train.heavy); None: another Ray version
+    if train_context is not None:
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
 def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
@@ -231,8 +223,7 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
 
 def _load_init_from(run: str):
     """``--init-from`` RUN's float model (RUN a path or URI, fetched into a temporary folder), uncompiled."""
-    import tf_keras
-
+    tf_keras = heavy.keras()
     with tempfile.TemporaryDirectory(prefix="raydet-init-") as tmp:
         return tf_keras.models.load_model(storage.local_file(Run(run).file(Run.FLOAT_MODEL), Path(tmp)), compile=False)
 
@@ -302,8 +293,7 @@ SCALARS = (
 def write_scalars(writer, row: dict) -> None:
     """One history row as TensorBoard scalars at step ``row["epoch"]``: python floats through a
     ``tf.summary`` file writer (no tensors of the model, no collective, so nothing waits for other workers)."""
-    import tensorflow as tf
-
+    tf = heavy.tf()
     with writer.as_default():
         for key in SCALARS:
             if isinstance(row.get(key), (int, float)) and math.isfinite(row[key]):
@@ -312,7 +302,7 @@ def write_scalars(writer, row: dict) -> None:
 
 
 def _make_reporter_class():
-    import tf_keras
+    tf_keras = heavy.keras()
 
     class EpochReporter(tf_keras.callbacks.Callback):
         """After each epoch: check the loss, copy the weights into the plain (non-distributed) ``export`` model

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 
 import ray
 from ray import tune as ray_tune
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
@@ -38,7 +39,7 @@ from raydet.errors import UserError
 from raydet.export.run import Run
 from raydet.ingest.prep import Prep
 from raydet.train.driver import finish_from_checkpoint, fit_to_cluster, train
-from raydet.tune import table
+from raydet.tune import heavy, table
 from raydet.tune.space import build_space, sample_trials, trial_name, trial_train_config
 
 TUNE_DIR = "tune"  # RUNS/NAME/tune: Tune's experiment folder
@@ -85,8 +86,7 @@ class PlacementGroupNote:
         self.path = path
 
     def __call__(self, rank: int, world: int, steps_per_epoch: int):
-        import tf_keras
-
+        tf_keras = heavy.keras()
         group = ray.util.get_current_placement_group()
         if rank == 0 and group is not None:
             storage.write_text(self.path, group.id.hex())
@@ -130,7 +130,6 @@ def _lines_into(path: str):
 def _report_callback():
     """Ray Train's ``TuneReportCallback``, forwarding only reports that carry ``val_ap50`` (a non-finite loss is
     re-reported without it, and Tune refuses a result that lacks its metric)."""
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     class ValidatedReport(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
