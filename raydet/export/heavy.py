@@ -1,28 +1,15 @@
-"""Export's deferred imports, the one place it imports TensorFlow, tf_keras, tensorflow-model-optimization and LiteRT:
-checking a model file needs none of them, and a ``.tflite`` runner (an int8 serve replica or evaluation actor) must
-load LiteRT alone, never TensorFlow."""
+"""Export's deferred imports, the one place it imports tensorflow-model-optimization and LiteRT (TensorFlow and
+tf_keras come from raydet.detector.heavy): checking a model file needs none of them, and a ``.tflite`` runner (an
+int8 serve replica or evaluation actor) must load LiteRT alone, never TensorFlow."""
 
 from __future__ import annotations
 
 from types import ModuleType
 
 from raydet.cluster.runtime import use_legacy_keras
+from raydet.detector.heavy import keras, tf  # TensorFlow and tf_keras are imported in raydet.detector.heavy alone
 
-
-def tf() -> ModuleType:
-    """TensorFlow, imported with tf-keras as its Keras. Deferred: only converting or running a Keras model needs it."""
-    use_legacy_keras()  # before TensorFlow loads; harmless if it already has with the variable set
-    import tensorflow
-
-    return tensorflow
-
-
-def keras() -> ModuleType:
-    """tf_keras (Keras 2), for ``.keras`` files. Deferred: it loads TensorFlow."""
-    use_legacy_keras()
-    import tf_keras
-
-    return tf_keras
+__all__ = ["keras", "litert_interpreter", "quant_ops", "tf", "tfmot"]
 
 
 def tfmot() -> ModuleType:

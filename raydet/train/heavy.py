@@ -1,29 +1,15 @@
-"""Training's deferred imports, the one place it imports TensorFlow (with tf_keras and Ray Train's TensorFlow
-trainer) and Ray Train's one private module: the driver's modules import without TensorFlow, which loads where a
-model is fitted or written."""
+"""Training's deferred imports, the one place it imports Ray Train's TensorFlow trainer and Ray Train's one private
+module (TensorFlow and tf_keras come from raydet.detector.heavy): the driver's modules import without TensorFlow,
+which loads where a model is fitted or written."""
 
 from __future__ import annotations
 
 from types import ModuleType
 
 from raydet.cluster.runtime import use_legacy_keras
+from raydet.detector.heavy import keras, tf  # TensorFlow and tf_keras are imported in raydet.detector.heavy alone
 
-
-def tf() -> ModuleType:
-    """TensorFlow, imported with tf-keras as its Keras. Deferred: only a worker (or the driver writing TensorBoard
-    scalars) needs it."""
-    use_legacy_keras()  # before TensorFlow loads; harmless if it already has with the variable set
-    import tensorflow
-
-    return tensorflow
-
-
-def keras() -> ModuleType:
-    """tf_keras (Keras 2: docs/STACK.md says why not Keras 3). Deferred: it loads TensorFlow."""
-    use_legacy_keras()
-    import tf_keras
-
-    return tf_keras
+__all__ = ["keras", "tensorflow_trainer", "tf", "train_context"]
 
 
 def tensorflow_trainer() -> type:

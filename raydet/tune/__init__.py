@@ -7,7 +7,7 @@ interrupted search) and the table of trials (``table``: ``RUNS/NAME/trials.md`` 
 
 May import: raydet.errors, raydet.config, raydet.cluster, raydet.ingest, raydet.export, raydet.train (``MAY_IMPORT``;
 tests/test_layers.py checks it), and Ray Tune (``search`` imports it at its top; ``space`` and ``table`` import no
-Ray and no TensorFlow); tf_keras, which only a trial's workers need, is deferred in ``heavy``.
+Ray and no TensorFlow); tf_keras, which only a trial's workers need, comes deferred from raydet.train.heavy.
 """
 
 MAY_IMPORT = ("errors", "config", "cluster", "ingest", "export", "train")

@@ -38,8 +38,9 @@ from raydet.config import TrainConfig, TuneConfig
 from raydet.errors import UserError
 from raydet.export.run import Run
 from raydet.ingest.prep import Prep
+from raydet.train import heavy
 from raydet.train.driver import finish_from_checkpoint, fit_to_cluster, train
-from raydet.tune import heavy, table
+from raydet.tune import table
 from raydet.tune.space import build_space, sample_trials, trial_name, trial_train_config
 
 TUNE_DIR = "tune"  # RUNS/NAME/tune: Tune's experiment folder
