@@ -15,6 +15,10 @@ import numpy as np
 from raydet.detector.boxes import denormalize_xyxy, iou_matrix
 
 TOP_K = 100  # detections per image at most, by default: COCO's maxDets
+# Class-wise box NMS after the peaks: a large object can leave two peaks more than a cell apart, and the second
+# box is a duplicate that COCO counts as a false positive. 0.7 is Ultralytics' default; its effect on the shared
+# sets is in docs/TRAINING.md (it never lowered AP there).
+NMS_IOU = 0.7
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,14 +133,15 @@ def _check_decode_args(heatmap, boxes, top_k, score_threshold, nms_iou) -> tuple
 
 
 def decode(
-    heatmap, boxes, *, top_k: int = TOP_K, score_threshold: float = 0.01, nms_iou: float | None = None
+    heatmap, boxes, *, top_k: int = TOP_K, score_threshold: float = 0.01, nms_iou: float | None = NMS_IOU
 ) -> list[Detections]:
     """``heatmap`` ``(N, G, G, C)`` and ``boxes`` ``(N, G, G, 4)`` -> one :class:`Detections` per image.
 
     Per image: the peaks of :func:`find_peaks` with score >= ``score_threshold``, the ``top_k`` best over all
     classes; box ``cx = (ix + off_x) / G``, ``cy = (iy + off_y) / G``,
     ``xyxy = (cx - w/2, cy - h/2, cx + w/2, cy + h/2)`` clipped to [0, 1] (normalized); then class-wise
-    greedy NMS at IoU ``nms_iou`` unless it is None. Sorted by score descending, ties by flat index.
+    greedy NMS at IoU ``nms_iou`` (default :data:`NMS_IOU`; None: none). Sorted by score descending, ties by
+    flat index.
     """
     h, b = _check_decode_args(heatmap, boxes, top_k, score_threshold, nms_iou)
     rows, cols, classes = h.shape[1:]

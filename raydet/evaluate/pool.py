@@ -52,7 +52,7 @@ from raydet.cluster.resources import ensure_resources, read_autoscaler
 from raydet.cluster.runtime import init_ray
 from raydet.config import EvaluateConfig
 from raydet.detector import coco
-from raydet.detector.decode import TOP_K, decode, to_pixels
+from raydet.detector.decode import NMS_IOU, TOP_K, decode, to_pixels
 from raydet.detector.metrics import MatchStats, detection_summary, match_image
 from raydet.errors import UserError
 from raydet.evaluate.outputs import (
@@ -285,7 +285,7 @@ def check_actor_resources(cfg: EvaluateConfig) -> None:
 
 def evaluate(cfg: EvaluateConfig, predictor: type = Predictor, show_table: bool = True) -> dict:
     """Evaluate ``cfg.models`` of ``cfg.run`` on ``cfg.data``'s split; returns the report: ``models`` ({name:
-    REPORT_KEYS}), ``split``, ``data``, ``classes``, ``actors``, ``threads``, ``batch_size``, ``top_k``,
+    REPORT_KEYS}), ``split``, ``data``, ``classes``, ``actors``, ``threads``, ``batch_size``, ``top_k``, ``nms_iou``,
     ``score_threshold``, ``draw_score_threshold``, ``actor_pids`` ({name: sorted pids that returned results}),
     ``coco_dir`` (relative to RUN/eval when inside it, else absolute). ``predictor``: the actor class
     (:class:`Predictor` or a subclass with its constructor); ``show_table``: print the models table (``raydet
@@ -358,6 +358,7 @@ def _evaluate(cfg: EvaluateConfig, run: Path, stage: Path, predictor: type, show
         "threads": cfg.threads,
         "batch_size": batch_size,
         "top_k": TOP_K,
+        "nms_iou": NMS_IOU,
         "score_threshold": METRIC_SCORE_THRESHOLD,
         "draw_score_threshold": DRAW_SCORE_THRESHOLD,
         # processes that returned results per model: a pool of N that shared the work shows N (+1 per restart)

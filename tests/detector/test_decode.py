@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from raydet.detector.decode import Detections, decode, find_peaks, nms, to_pixels
+from raydet.detector.decode import NMS_IOU, Detections, decode, find_peaks, nms, to_pixels
 from raydet.detector.targets import build_targets
 
 
@@ -105,13 +105,29 @@ def _nms_maps():
 def test_nms_drops_same_class_keeps_other_class():
     heatmap, boxes = _nms_maps()
     (det,) = decode(heatmap, boxes)
-    np.testing.assert_allclose(det.scores, [0.9, 0.8, 0.7], rtol=1e-7)  # no NMS by default
+    np.testing.assert_allclose(det.scores, [0.9, 0.8, 0.7], rtol=1e-7)  # 7/13 <= 0.7, the default: all stay
     (det,) = decode(heatmap, boxes, nms_iou=0.5)  # 7/13 > 0.5: B goes; C is class 1 and stays
     np.testing.assert_allclose(det.scores, [0.9, 0.7], rtol=1e-7)
     np.testing.assert_array_equal(det.labels, [0, 1])
     np.testing.assert_allclose(det.boxes, [[0.15625, 0.1875, 0.78125, 0.6875]] * 2)
     (det,) = decode(heatmap, boxes, nms_iou=0.6)  # 7/13 <= 0.6: all stay
     assert len(det) == 3
+
+
+def test_default_nms_drops_a_duplicate_box_of_a_large_object():
+    heatmap, boxes = _maps()
+    # two peaks of class 0 two cells apart, both w = 1, h = 0.5, off_y 0.5 -> y 0.1875..0.6875
+    # A (y 3, x 3) 0.9, off_x 0.5: cx = 3.5 / 8 = 0.4375 -> x -0.0625..0.9375, clipped to 0..0.9375
+    # B (y 3, x 5) 0.8, off_x 0: cx = 5 / 8 = 0.625 -> x 0.125..1.125, clipped to 0.125..1
+    # same heights: IoU = (0.9375 - 0.125) / (1 - 0) = 0.8125 > 0.7: B is A's duplicate
+    heatmap[0, 3, 3, 0], boxes[0, 3, 3] = 0.9, [0.5, 0.5, 1.0, 0.5]
+    heatmap[0, 3, 5, 0], boxes[0, 3, 5] = 0.8, [0.0, 0.5, 1.0, 0.5]
+    assert NMS_IOU == 0.7
+    (det,) = decode(heatmap, boxes)
+    np.testing.assert_allclose(det.scores, [0.9], rtol=1e-7)
+    np.testing.assert_allclose(det.boxes, [[0, 0.1875, 0.9375, 0.6875]])
+    for kept in (decode(heatmap, boxes, nms_iou=None), decode(heatmap, boxes, nms_iou=0.85)):
+        np.testing.assert_allclose(kept[0].scores, [0.9, 0.8], rtol=1e-7)
 
 
 def test_nms_function():

@@ -137,6 +137,7 @@ def _write_run(root, classes: list[str], files: list[str] | None = None, prep_na
             "threads": 1,
             "batch_size": 3,
             "top_k": 100,
+            "nms_iou": 0.7,
             "score_threshold": 0.01,
             "draw_score_threshold": 0.3,
             "coco_dir": str(run / "eval" / "coco"),
