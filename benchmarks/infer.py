@@ -6,8 +6,8 @@
 Each configuration maps the same materialized images (read once) through ``map_batches`` with an actor pool,
 each actor loading its model once and the images cut into calls as ``raydet evaluate`` cuts them
 (raydet.export.runner.ModelRunner, raydet.export.runner.batch_plan; ``--batch-size`` as in evaluate), but the actors
-only predict and decode (raydet.detector.decode.decode, as evaluate: top 100 peaks with score >= 0.01, then pixel
-boxes): the matching and metric bookkeeping of an evaluation are left out,
+only predict and decode (raydet.detector.decode.decode, as evaluate: top 100 peaks with score >= 0.01, box NMS,
+then pixel boxes): the matching and metric bookkeeping of an evaluation are left out,
 so the figures are the models' speed. images/s = images / (last batch's end - first batch's start) inside the
 actors; the pool starts handing out batches only when all its actors have loaded their model.
 """
