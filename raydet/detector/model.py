@@ -207,24 +207,24 @@ def giou(a, b):
 
 
 def make_box_loss(offset_weight: float, size_weight: float, giou_weight: float):
-    """Loss of the ``boxes`` map at object centres, per image (N,), divided by the batch's object count.
+    """Loss of the ``boxes`` map, per image (N,), divided by the batch's object count.
 
-    ``y_true`` (N, G, G, 5) [off_x, off_y, w, h, mask] (raydet.detector.targets), ``y_pred`` (N, G, G, 4). At
-    each centre: ``offset_weight * L1(offset, cells) + size_weight * L1(w, h normalized) + giou_weight * (1 - GIoU)``.
+    ``y_true`` (N, G, G, 6) [off_x, off_y, w, h, mask, size_weight] (raydet.detector.targets), ``y_pred``
+    (N, G, G, 4). At each centre (mask): ``offset_weight * L1(offset, cells) + giou_weight * (1 - GIoU)``; over each
+    object's Gaussian: ``size_weight * L1(w, h normalized)`` times the cell's size weight (an object's add up to 1).
     """
     tf = heavy.tf()
 
     def box_loss(y_true, y_pred):
         y_true = tf.cast(y_true, tf.float32)
         y_pred = tf.cast(y_pred, tf.float32)
-        mask = y_true[..., 4]
+        mask, area = y_true[..., 4], y_true[..., 5]
         grid = tf.cast(tf.shape(y_pred)[2], tf.float32)
         target = y_true[..., :4]
-        l1 = offset_weight * tf.reduce_sum(
-            tf.abs(y_pred[..., :2] - target[..., :2]), axis=-1
-        ) + size_weight * tf.reduce_sum(tf.abs(y_pred[..., 2:] - target[..., 2:]), axis=-1)
+        offset = offset_weight * tf.reduce_sum(tf.abs(y_pred[..., :2] - target[..., :2]), axis=-1)
+        size = size_weight * tf.reduce_sum(tf.abs(y_pred[..., 2:] - target[..., 2:]), axis=-1)
         g = giou(_centre_boxes(tf, y_pred, grid), _centre_boxes(tf, target, grid))
-        per_cell = (l1 + giou_weight * (1.0 - g)) * mask
+        per_cell = (offset + giou_weight * (1.0 - g)) * mask + size * area
         return _per_image(tf, tf.reduce_sum(per_cell, axis=[1, 2]), tf.reduce_sum(mask))
 
     return box_loss
@@ -241,7 +241,7 @@ def compile_model(
 ) -> None:
     """Attach the losses: focal loss on ``heatmap`` (times ``heatmap_weight``), the box loss on ``boxes``.
 
-    Targets are a dict ``heatmap`` (N, G, G, C) and ``boxes`` (N, G, G, 5) from raydet.detector.targets. Keras logs
+    Targets are a dict ``heatmap`` (N, G, G, C) and ``boxes`` (N, G, G, 6) from raydet.detector.targets. Keras logs
     ``loss``, ``heatmap_loss`` and ``boxes_loss``.
     """
     model.compile(

@@ -4,9 +4,10 @@ Per image, from ``(K, 4)`` xyxy normalized boxes and ``(K,)`` int class labels:
 
 - ``heatmap`` ``(grid, grid, C)`` float32: one Gaussian per object at its centre cell in its class channel,
   element-wise max where Gaussians overlap, exactly 1.0 at each centre cell;
-- ``box_target`` ``(grid, grid, 5)`` float32, channels ``[off_x, off_y, w, h, mask]``: at each object's centre
-  cell, the sub-cell offset of the centre (cell units), the box width / height (normalized by the image side)
-  and mask 1; zeros elsewhere.
+- ``box_target`` ``(grid, grid, 6)`` float32, channels ``[off_x, off_y, w, h, mask, size_weight]``: at each
+  object's centre cell the sub-cell offset of the centre (cell units) and mask 1; over the object's Gaussian (the
+  heatmap's window) its width / height (normalized by the image side) and a size weight, the Gaussian divided by
+  its sum, so each object's size weights add up to 1 (TTFNet's Gaussian-area regression); zeros elsewhere.
 
 Arrays are indexed ``[y, x]`` (row = cell ``iy``, column = cell ``ix``), as the model's outputs.
 """
@@ -25,6 +26,7 @@ from raydet.detector.boxes import area
 # stride 4), which left a one-cell peak whose neighbours took the full negative loss; a floor of 1 gives every
 # object a 3 x 3 peak (neighbours exp(-2) = 0.135), so a near miss of one cell costs little (docs/TRAINING.md).
 MIN_RADIUS = 1
+BOX_TARGET_CHANNELS = 6  # [off_x, off_y, w, h, mask, size_weight]
 
 
 def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
@@ -58,6 +60,20 @@ def _gaussian_kernel(radius: int) -> np.ndarray:
     return kernel
 
 
+def _window(shape: tuple[int, int], cx: int, cy: int, r: int) -> tuple[slice, slice, slice, slice]:
+    """The ``(2r+1) x (2r+1)`` window around cell ``(cx, cy)`` clipped to a ``shape`` map: (rows, cols) of the map
+    and (rows, cols) of the kernel."""
+    h, w = shape
+    left, right = min(cx, r), min(w - cx, r + 1)
+    top, bottom = min(cy, r), min(h - cy, r + 1)
+    return (
+        slice(cy - top, cy + bottom),
+        slice(cx - left, cx + right),
+        slice(r - top, r + bottom),
+        slice(r - left, r + right),
+    )
+
+
 def draw_gaussian(heatmap_2d: np.ndarray, cx: int, cy: int, radius: int) -> np.ndarray:
     """Draw a Gaussian peak into ``heatmap_2d`` ``(H, W)`` in place (element-wise max) and return it.
 
@@ -72,11 +88,9 @@ def draw_gaussian(heatmap_2d: np.ndarray, cx: int, cy: int, radius: int) -> np.n
         raise ValueError(f"centre cell (cx={cx!r}, cy={cy!r}) is outside the {h} x {w} heatmap")
     if r < 0:
         raise ValueError(f"radius must be >= 0, got {radius!r}")
-    kernel = _gaussian_kernel(r)
-    left, right = min(cx, r), min(w - cx, r + 1)
-    top, bottom = min(cy, r), min(h - cy, r + 1)
-    window = heatmap_2d[cy - top : cy + bottom, cx - left : cx + right]
-    np.maximum(window, kernel[r - top : r + bottom, r - left : r + right], out=window)
+    rows, cols, krows, kcols = _window((h, w), cx, cy, r)
+    window = heatmap_2d[rows, cols]
+    np.maximum(window, _gaussian_kernel(r)[krows, kcols], out=window)
     return heatmap_2d
 
 
@@ -112,17 +126,18 @@ def _check_inputs(boxes, labels, num_classes: int, grid: int) -> tuple[np.ndarra
 
 def build_targets(boxes, labels, num_classes: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
     """One image's targets: ``(K, 4)`` xyxy normalized boxes (real rows only), ``(K,)`` int labels ->
-    ``heatmap`` ``(grid, grid, num_classes)`` float32 and ``box_target`` ``(grid, grid, 5)`` float32.
+    ``heatmap`` ``(grid, grid, num_classes)`` float32 and ``box_target`` ``(grid, grid, 6)`` float32.
 
     Centre cell ``ix = min(floor(cx * grid), grid - 1)`` (same for y); ``off_x = cx * grid - ix``;
     ``w = x1 - x0``, ``h = y1 - y0``; Gaussian radius ``max(MIN_RADIUS, int(gaussian_radius(ceil(h), ceil(w))))``
     with h, w in cells (CenterNet's ceil, raydet's floor).
-    Zero-width or zero-height boxes are skipped. Objects go largest first, so when two share a centre cell
-    the smaller one's box is kept in ``box_target``; the heatmap is the element-wise max.
+    The size weights are the object's Gaussian over its window clipped to the map, divided by their sum.
+    Zero-width or zero-height boxes are skipped. Objects go largest first, so where two share a cell the
+    smaller one's offset, size and weight are kept in ``box_target``; the heatmap is the element-wise max.
     """
     b, lab = _check_inputs(boxes, labels, num_classes, grid)
     heatmap = np.zeros((grid, grid, num_classes), dtype=np.float32)
-    box_target = np.zeros((grid, grid, 5), dtype=np.float32)
+    box_target = np.zeros((grid, grid, BOX_TARGET_CHANNELS), dtype=np.float32)
     for i in np.argsort(-area(b), kind="stable"):
         x0, y0, x1, y1 = b[i].tolist()
         w, h = x1 - x0, y1 - y0
@@ -132,5 +147,9 @@ def build_targets(boxes, labels, num_classes: int, grid: int) -> tuple[np.ndarra
         ix, iy = min(int(gx), grid - 1), min(int(gy), grid - 1)
         radius = max(MIN_RADIUS, int(gaussian_radius(math.ceil(h * grid), math.ceil(w * grid))))
         draw_gaussian(heatmap[:, :, lab[i]], ix, iy, radius)
-        box_target[iy, ix] = (gx - ix, gy - iy, w, h, 1.0)
+        rows, cols, krows, kcols = _window((grid, grid), ix, iy, radius)
+        kernel = _gaussian_kernel(radius)[krows, kcols]
+        box_target[rows, cols, 2:4] = (w, h)
+        box_target[rows, cols, 5] = kernel / kernel.sum()
+        box_target[iy, ix, :5] = (gx - ix, gy - iy, w, h, 1.0)
     return heatmap, box_target

@@ -36,7 +36,7 @@ import numpy as np
 
 from raydet.config import AugmentConfig
 from raydet.detector.augment import augment_batch
-from raydet.detector.targets import build_targets
+from raydet.detector.targets import BOX_TARGET_CHANNELS, build_targets
 from raydet.ingest.shards import read_rows
 from raydet.train import heavy
 
@@ -169,7 +169,7 @@ def objects_of(arrays: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, np.nd
 
 
 class BatchMaker:
-    """Rows -> (images (B, S, S, 3) float32 0..255, heatmap (B, G, G, C), box targets (B, G, G, 5)).
+    """Rows -> (images (B, S, S, 3) float32 0..255, heatmap (B, G, G, C), box targets (B, G, G, 6)).
 
     ``maker(indices)`` takes rows of the ``arrays`` it was given (None: only ``maker.rows(arrays, indices)``).
     With ``augment`` set, each batch is augmented (raydet.detector.augment.augment_batch: mosaics from within the batch)
@@ -232,7 +232,7 @@ def _signature(image_size: int, grid: int, num_classes: int, weighted: bool = Fa
     x = {"image": tf.TensorSpec([None, image_size, image_size, 3], tf.float32)}
     y = {
         "heatmap": tf.TensorSpec([None, grid, grid, num_classes], tf.float32),
-        "boxes": tf.TensorSpec([None, grid, grid, 5], tf.float32),
+        "boxes": tf.TensorSpec([None, grid, grid, BOX_TARGET_CHANNELS], tf.float32),
     }
     w = {"heatmap": tf.TensorSpec([None], tf.float32), "boxes": tf.TensorSpec([None], tf.float32)}
     return (x, y, w) if weighted else (x, y)
@@ -244,7 +244,7 @@ def _as_tf(maker: BatchMaker, indices, image_size: int):
     images, heatmap, box_target = tf.numpy_function(maker, [indices], [tf.float32] * 3, stateful=True)
     images = tf.ensure_shape(images, [None, image_size, image_size, 3])
     heatmap = tf.ensure_shape(heatmap, [None, maker.grid, maker.grid, maker.num_classes])
-    box_target = tf.ensure_shape(box_target, [None, maker.grid, maker.grid, 5])
+    box_target = tf.ensure_shape(box_target, [None, maker.grid, maker.grid, BOX_TARGET_CHANNELS])
     return {"image": images}, {"heatmap": heatmap, "boxes": box_target}
 
 

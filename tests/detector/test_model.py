@@ -166,17 +166,19 @@ def test_focal_loss_by_hand():
     np.testing.assert_allclose(both.mean(), expected + bg, rtol=1e-5)
 
 
-def test_box_loss_at_centres_by_hand():
+def test_box_loss_at_centres_and_sizes_over_the_area_by_hand():
     loss = make_box_loss(offset_weight=1.0, size_weight=5.0, giou_weight=2.0)
-    y_true = np.zeros((1, 2, 2, 5), np.float32)
+    y_true = np.zeros((1, 2, 2, 6), np.float32)
     y_pred = np.zeros((1, 2, 2, 4), np.float32)
-    y_true[0, 0, 1] = [0.5, 0.5, 0.5, 0.5, 1.0]  # an object centred in cell (0, 1), half the image wide and high
+    y_true[0, 0, 1] = [0.5, 0.5, 0.5, 0.5, 1.0, 0.6]  # an object centred in cell (0, 1), half the image wide and high
+    y_true[0, 0, 0] = [0.0, 0.0, 0.5, 0.5, 0.0, 0.4]  # the same object's size, in its Gaussian next to the centre
     y_pred[0, 0, 1] = [0.5, 0.5, 0.5, 0.25]  # right centre and width, half the height
-    y_pred[0, 1, 0] = [0.9, 0.9, 0.9, 0.9]  # not a centre: ignored
-    # offset L1 0; size L1 |0.25 - 0.5| = 0.25 -> 5 * 0.25 = 1.25
+    y_pred[0, 0, 0] = [0.9, 0.9, 0.5, 0.3]  # not a centre: only its size counts, |0.3 - 0.5| = 0.2
+    y_pred[0, 1, 0] = [0.9, 0.9, 0.9, 0.9]  # neither centre nor size weight: ignored
+    # centre: offset L1 0; size L1 |0.25 - 0.5| = 0.25 -> 5 * 0.25 * 0.6 = 0.75
     # boxes around the same centre: 0.5 x 0.5 and 0.5 x 0.25 -> IoU 0.125 / 0.25 = 0.5, hull = union -> GIoU 0.5
-    # 2 * (1 - 0.5) = 1.0; total 2.25 over 1 object
-    np.testing.assert_allclose(loss(y_true, y_pred).numpy(), [2.25], rtol=1e-5)
+    # 2 * (1 - 0.5) = 1.0; the area cell: 5 * 0.2 * 0.4 = 0.4; total 2.15 over 1 object
+    np.testing.assert_allclose(loss(y_true, y_pred).numpy(), [2.15], rtol=1e-5)
     np.testing.assert_allclose(loss(y_true, y_true[..., :4]).numpy(), [0.0], atol=1e-6)
 
 
@@ -200,7 +202,7 @@ def test_mixed_precision_computes_low_keeps_float32_heads_and_the_ema(policy, co
     assert all(o.dtype == "float32" for o in model.outputs) and all(w.dtype == "float32" for w in model.weights)
     # 20 steps: mixed_float16's dynamic loss scale starts high and skips the steps whose gradients overflow
     x = np.random.default_rng(0).uniform(0, 255, (40, 32, 32, 3)).astype("float32")
-    y = {"heatmap": np.zeros((40, 8, 8, 2), "float32"), "boxes": np.zeros((40, 8, 8, 5), "float32")}
+    y = {"heatmap": np.zeros((40, 8, 8, 2), "float32"), "boxes": np.zeros((40, 8, 8, 6), "float32")}
     raw = []  # the weights after the last step (fit's end copies the average into them)
     record = tf_keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: raw.append(model.get_weights()))
     model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[record])

@@ -19,15 +19,25 @@ def test_gaussian_radius_by_hand():
     assert gaussian_radius(0, 0) == 0.0
 
 
+# Gaussian of radius 1 (sigma 0.5): centre 1, one cell away exp(-2) = 0.1353353, diagonal exp(-4) = 0.0183156;
+# the 3 x 3 window sums to 1 + 4 * 0.1353353 + 4 * 0.0183156 = 1.6146036, so the size weights are
+# centre 0.6193470, one away 0.0838196, diagonal 0.0113437
+W_CENTRE, W_SIDE, W_DIAG = 0.6193470, 0.0838196, 0.0113437
+
+
 def test_one_box_centre_offsets_size_and_mask():
     # grid 16, box (0.1, 0.2, 0.5, 0.6): cx = 0.3 -> 4.8 cells -> ix 4, off_x 0.8;
-    # cy = 0.4 -> 6.4 cells -> iy 6, off_y 0.4; w = h = 0.4
+    # cy = 0.4 -> 6.4 cells -> iy 6, off_y 0.4; w = h = 0.4 (6.4 cells, ceil 7: radius 1.913 -> r 1)
     heatmap, box_target = build_targets(np.array([[0.1, 0.2, 0.5, 0.6]]), np.array([2]), num_classes=3, grid=16)
     assert heatmap.shape == (16, 16, 3) and heatmap.dtype == np.float32
-    assert box_target.shape == (16, 16, 5) and box_target.dtype == np.float32
-    np.testing.assert_allclose(box_target[6, 4], [0.8, 0.4, 0.4, 0.4, 1.0], rtol=1e-6)
+    assert box_target.shape == (16, 16, 6) and box_target.dtype == np.float32
+    np.testing.assert_allclose(box_target[6, 4], [0.8, 0.4, 0.4, 0.4, 1.0, W_CENTRE], rtol=1e-5)
     assert box_target[..., 4].sum() == 1.0  # one mask cell
-    assert np.count_nonzero(box_target) == 5  # nothing outside the centre cell
+    # the size (and its weight) over the 3 x 3 Gaussian window, no offset or mask there
+    np.testing.assert_allclose(box_target[6, 5], [0, 0, 0.4, 0.4, 0, W_SIDE], rtol=1e-5)
+    np.testing.assert_allclose(box_target[7, 3], [0, 0, 0.4, 0.4, 0, W_DIAG], rtol=1e-5)
+    np.testing.assert_allclose(box_target[..., 5].sum(), 1.0, rtol=1e-6)
+    assert np.count_nonzero(box_target[..., 5]) == 9 and not box_target[:5].any() and not box_target[8:].any()
     assert heatmap[6, 4, 2] == 1.0
     assert not heatmap[..., :2].any()  # other classes empty
 
@@ -67,18 +77,23 @@ def test_two_classes_in_separate_channels():
     heatmap, box_target = build_targets(boxes, np.array([0, 1]), num_classes=2, grid=8)
     assert heatmap[1, 1, 0] == 1.0 and heatmap[1, 1, 1] == 0.0
     assert heatmap[6, 6, 1] == 1.0 and heatmap[6, 6, 0] == 0.0
-    np.testing.assert_allclose(box_target[1, 1], [0, 0, 0.25, 0.25, 1])
-    np.testing.assert_allclose(box_target[6, 6], [0, 0, 0.5, 0.5, 1])
+    # both radius 1 (2 x 2 and 4 x 4 cells: 0.547 and 1.093, floored at 1)
+    np.testing.assert_allclose(box_target[1, 1], [0, 0, 0.25, 0.25, 1, W_CENTRE], rtol=1e-5)
+    np.testing.assert_allclose(box_target[6, 6], [0, 0, 0.5, 0.5, 1, W_CENTRE], rtol=1e-5)
+    np.testing.assert_allclose(box_target[0, 2], [0, 0, 0.25, 0.25, 0, W_DIAG], rtol=1e-5)
+    np.testing.assert_allclose(box_target[7, 6], [0, 0, 0.5, 0.5, 0, W_SIDE], rtol=1e-5)
     assert box_target[..., 4].sum() == 2.0
+    np.testing.assert_allclose(box_target[..., 5].sum(), 2.0, rtol=1e-6)  # one per object
 
 
 def test_shared_centre_smaller_box_wins_heatmap_is_max():
     # grid 10, both centred at 0.5 -> cell (5, 5), off 0. Given small first: objects go largest first anyway.
     # big: 6 x 6 cells, radius 1.63992 -> r 1, sigma 0.5 -> one cell away exp(-2) = 0.135335
-    # small: 1 x 1 cell, radius 0.27332 -> r 0 -> only its centre cell
+    # small: 1 x 1 cell, radius 0.27332 -> floored at 1: the same 3 x 3 window, which it takes over
     boxes = np.array([[0.45, 0.45, 0.55, 0.55], [0.2, 0.2, 0.8, 0.8]])
     heatmap, box_target = build_targets(boxes, np.array([0, 0]), num_classes=1, grid=10)
-    np.testing.assert_allclose(box_target[5, 5], [0, 0, 0.1, 0.1, 1], atol=1e-6)
+    np.testing.assert_allclose(box_target[5, 5], [0, 0, 0.1, 0.1, 1, W_CENTRE], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(box_target[4:7, 4:7, 2:4], 0.1, rtol=1e-6)  # the small box's size everywhere
     assert box_target[..., 4].sum() == 1.0
     assert heatmap[5, 5, 0] == 1.0
     np.testing.assert_allclose(heatmap[5, 6, 0], math.exp(-2), rtol=1e-6)  # big's tail is not overwritten
@@ -96,8 +111,12 @@ def test_overlapping_gaussians_take_the_max_not_the_sum():
 def test_box_touching_the_border():
     # grid 10, box (.99, .99, 1, 1): centre 0.995 * 10 = 9.95 -> cell 9 = grid - 1, off 0.95, w = h = 0.01
     # (the min(., grid - 1) clip only matters where cx * grid rounds up to grid)
+    # Its 3 x 3 window is cut to rows and columns 8..9: 1 + 2 * 0.1353353 + 0.0183156 = 1.2889862, so the size
+    # weights are 0.7758038 at the centre, 0.1049932 one away and 0.0142093 on the diagonal
     _, box_target = build_targets(np.array([[0.99, 0.99, 1.0, 1.0]]), np.array([0]), num_classes=1, grid=10)
-    np.testing.assert_allclose(box_target[9, 9], [0.95, 0.95, 0.01, 0.01, 1], rtol=1e-5)
+    np.testing.assert_allclose(box_target[9, 9], [0.95, 0.95, 0.01, 0.01, 1, 0.7758038], rtol=1e-5)
+    np.testing.assert_allclose(box_target[8:, 8:, 5], [[0.0142093, 0.1049932], [0.1049932, 0.7758038]], rtol=1e-5)
+    assert np.count_nonzero(box_target[..., 5]) == 4
 
 
 def test_draw_gaussian_clipped_at_the_borders():
@@ -129,7 +148,7 @@ def test_zero_area_boxes_are_skipped():
 
 def test_empty_input_gives_zeros():
     heatmap, box_target = build_targets(np.zeros((0, 4)), np.zeros(0, dtype=int), num_classes=3, grid=8)
-    assert heatmap.shape == (8, 8, 3) and box_target.shape == (8, 8, 5)
+    assert heatmap.shape == (8, 8, 3) and box_target.shape == (8, 8, 6)
     assert not heatmap.any() and not box_target.any()
 
 
