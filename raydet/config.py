@@ -183,7 +183,8 @@ class TrainConfig:
     # 0: no warm-up (docs/TRAINING.md: clipping alone did not prevent the saturation).
     warmup_epochs: float = 3.0  # Ultralytics' 3; clamped to the epochs of a short run
     # Loss weights (raydet.detector.model.compile_model): focal loss on the heatmap; at object centres L1 on the offset
-    # (cells) and 1 - GIoU of the box; L1 on w, h (normalized) over each object's Gaussian, weighted to sum to 1.
+    # (cells) and 1 - GIoU of the box; L1 on w, h (normalized) over each object's Gaussian, weighted to sum to 1
+    # (less where a smaller object takes some of its cells).
     heatmap_loss_weight: float = 1.0
     offset_loss_weight: float = 1.0
     size_loss_weight: float = 5.0

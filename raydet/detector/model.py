@@ -211,7 +211,8 @@ def make_box_loss(offset_weight: float, size_weight: float, giou_weight: float):
 
     ``y_true`` (N, G, G, 6) [off_x, off_y, w, h, mask, size_weight] (raydet.detector.targets), ``y_pred``
     (N, G, G, 4). At each centre (mask): ``offset_weight * L1(offset, cells) + giou_weight * (1 - GIoU)``; over each
-    object's Gaussian: ``size_weight * L1(w, h normalized)`` times the cell's size weight (an object's add up to 1).
+    object's Gaussian: ``size_weight * L1(w, h normalized)`` times the cell's size weight (an object's add up to at
+    most 1).
     """
     tf = heavy.tf()
 

@@ -7,7 +7,8 @@ Per image, from ``(K, 4)`` xyxy normalized boxes and ``(K,)`` int class labels:
 - ``box_target`` ``(grid, grid, 6)`` float32, channels ``[off_x, off_y, w, h, mask, size_weight]``: at each
   object's centre cell the sub-cell offset of the centre (cell units) and mask 1; over the object's Gaussian (the
   heatmap's window) its width / height (normalized by the image side) and a size weight, the Gaussian divided by
-  its sum, so each object's size weights add up to 1 (TTFNet's Gaussian-area regression); zeros elsewhere.
+  its sum, so an object's size weights add up to 1, or less where a smaller object takes some of its cells
+  (TTFNet's Gaussian-area regression); zeros elsewhere. Every centre cell holds its own object's box.
 
 Arrays are indexed ``[y, x]`` (row = cell ``iy``, column = cell ``ix``), as the model's outputs.
 """
@@ -132,12 +133,15 @@ def build_targets(boxes, labels, num_classes: int, grid: int) -> tuple[np.ndarra
     ``w = x1 - x0``, ``h = y1 - y0``; Gaussian radius ``max(MIN_RADIUS, int(gaussian_radius(ceil(h), ceil(w))))``
     with h, w in cells (CenterNet's ceil, raydet's floor).
     The size weights are the object's Gaussian over its window clipped to the map, divided by their sum.
-    Zero-width or zero-height boxes are skipped. Objects go largest first, so where two share a cell the
-    smaller one's offset, size and weight are kept in ``box_target``; the heatmap is the element-wise max.
+    Zero-width or zero-height boxes are skipped. Objects go largest first, so where two Gaussians overlap the
+    smaller object's size and weight are kept; then every centre cell gets its own object's offset, size, mask and
+    weight (a smaller object's Gaussian never changes the box decode reads at a bigger one's centre), the smaller
+    object's where two share a centre. The heatmap is the element-wise max.
     """
     b, lab = _check_inputs(boxes, labels, num_classes, grid)
     heatmap = np.zeros((grid, grid, num_classes), dtype=np.float32)
     box_target = np.zeros((grid, grid, BOX_TARGET_CHANNELS), dtype=np.float32)
+    centres = []
     for i in np.argsort(-area(b), kind="stable"):
         x0, y0, x1, y1 = b[i].tolist()
         w, h = x1 - x0, y1 - y0
@@ -148,8 +152,11 @@ def build_targets(boxes, labels, num_classes: int, grid: int) -> tuple[np.ndarra
         radius = max(MIN_RADIUS, int(gaussian_radius(math.ceil(h * grid), math.ceil(w * grid))))
         draw_gaussian(heatmap[:, :, lab[i]], ix, iy, radius)
         rows, cols, krows, kcols = _window((grid, grid), ix, iy, radius)
-        kernel = _gaussian_kernel(radius)[krows, kcols]
+        weights = _gaussian_kernel(radius)[krows, kcols]
+        weights = weights / weights.sum()
         box_target[rows, cols, 2:4] = (w, h)
-        box_target[rows, cols, 5] = kernel / kernel.sum()
-        box_target[iy, ix, :5] = (gx - ix, gy - iy, w, h, 1.0)
+        box_target[rows, cols, 5] = weights
+        centres.append((iy, ix, (gx - ix, gy - iy, w, h, 1.0, weights[iy - rows.start, ix - cols.start])))
+    for iy, ix, centre in centres:
+        box_target[iy, ix] = centre
     return heatmap, box_target

@@ -99,6 +99,23 @@ def test_shared_centre_smaller_box_wins_heatmap_is_max():
     np.testing.assert_allclose(heatmap[5, 6, 0], math.exp(-2), rtol=1e-6)  # big's tail is not overwritten
 
 
+def test_a_smaller_objects_gaussian_never_changes_a_bigger_ones_centre():
+    # grid 10. big: 6 x 6 cells centred on cell (5, 5), r 1 (as above). small: 0.08 x 0.08 of the side centred at
+    # (0.65, 0.55) -> cell (row 5, col 6), offset (0.5, 0.5), r floored at 1: its window, rows 4-6 x cols 5-7,
+    # covers the big centre (one cell to its left). The big centre keeps the big box (decode reads it there);
+    # the other shared cells take the small one's size and weight.
+    boxes = np.array([[0.2, 0.2, 0.8, 0.8], [0.61, 0.51, 0.69, 0.59]])
+    _, box_target = build_targets(boxes, np.array([0, 1]), num_classes=2, grid=10)
+    np.testing.assert_allclose(box_target[5, 5], [0, 0, 0.6, 0.6, 1, W_CENTRE], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(box_target[5, 6], [0.5, 0.5, 0.08, 0.08, 1, W_CENTRE], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(box_target[4, 5], [0, 0, 0.08, 0.08, 0, W_DIAG], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(box_target[5, 4], [0, 0, 0.6, 0.6, 0, W_SIDE], rtol=1e-5, atol=1e-6)
+    assert box_target[..., 4].sum() == 2.0
+    # big keeps its centre and its left column: W_CENTRE + W_SIDE + 2 W_DIAG; small loses one side cell
+    big = W_CENTRE + W_SIDE + 2 * W_DIAG
+    np.testing.assert_allclose(box_target[..., 5].sum(), big + (1 - W_SIDE), rtol=1e-5)
+
+
 def test_overlapping_gaussians_take_the_max_not_the_sum():
     # grid 16, two 8 x 8-cell boxes (r 2): A centred at cell (8, 8), B with x from 7/16 to 15/16 -> centre 11
     # cell (9, 8): A one away exp(-0.72) = 0.486752, B two away exp(-2.88) = 0.056135 -> max 0.486752
