@@ -250,8 +250,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="search N training configurations (`raydet tune`; --epochs is then the longest trial's, "
-        f"default {C.TuneConfig.max_epochs} with --data) and quantize and evaluate the best trial",
+        help="search N training configurations (`raydet tune`; --epochs is then the longest trial's, by "
+        "default what training alone would run) and quantize and evaluate the best trial",
     )
     p.add_argument("--gpu", action="store_true")
     _add_memory_budget(p)
@@ -359,7 +359,8 @@ def _add_tune_parser(sub) -> None:
         "--max-epochs",
         type=int,
         default=t.max_epochs,
-        help="epochs of the longest trial, ASHA's max_t (default %(default)s)",
+        help="epochs of the longest trial, ASHA's max_t (default: the longest epochs= of --space, else what "
+        "`raydet train` runs on PREP, so trial 1 is that run)",
     )
     p.add_argument(
         "--space",

@@ -273,9 +273,10 @@ class TuneConfig:
 
     train: TrainConfig
     trials: int = 6  # configurations tried; trial 1 is the space's centre (raydet's defaults), the rest sampled
-    # epochs of the longest trial (ASHA's max_t): the search pays for a few full trials and many short ones, so
-    # it stays well below a default run's ~1,000 optimizer steps (raccoon: 112 epochs)
-    max_epochs: int = 30
+    # epochs of the longest trial (ASHA's max_t); None: the longest ``epochs`` that ``space`` names, else the
+    # epochs a default ``raydet train`` runs on the PREP (its auto schedule), so that trial 1, the space's centre,
+    # is that very run and the search can only match or beat it (raydet.tune.search.resolve_max_epochs)
+    max_epochs: int | None = None
     # ``lr=1e-4..3e-3,batch=8|16,...`` (raydet.tune.space); None: the default space, centred on ``train``
     space: str | None = None
     # ASHA's first rung (epochs a trial trains before it can be stopped); None: max_epochs // 5, at least 1
@@ -286,8 +287,9 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         _positive("--trials", self.trials)
-        _positive("--max-epochs", self.max_epochs)
-        if self.grace_epochs is not None and not 1 <= self.grace_epochs <= self.max_epochs:
+        if self.max_epochs is not None:
+            _positive("--max-epochs", self.max_epochs)
+        if self.grace_epochs is not None and not 1 <= self.grace_epochs <= (self.max_epochs or self.grace_epochs):
             raise UserError(f"--grace-epochs must be in [1, --max-epochs {self.max_epochs}], got {self.grace_epochs!r}")
         if not self.reduction_factor > 1:  # also refuses nan
             raise UserError(f"--reduction-factor must be > 1, got {self.reduction_factor!r}")
@@ -297,6 +299,8 @@ class TuneConfig:
     @property
     def grace(self) -> int:
         """ASHA's grace period in epochs (``grace_epochs`` resolved)."""
+        if self.max_epochs is None:
+            raise ValueError("max_epochs is not resolved yet (raydet.tune.search.resolve_max_epochs)")
         return self.grace_epochs or max(1, self.max_epochs // 5)
 
 

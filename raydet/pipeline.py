@@ -287,7 +287,7 @@ def _tune(cfg: C.RunConfig, cfgs: dict) -> str:
     from raydet.tune.search import tune
 
     base = dataclasses.replace(cfgs["train"], name=TUNE_NAME, epochs=None)
-    max_epochs = recipe(cfg)["epochs"] or C.TuneConfig.max_epochs
+    max_epochs = recipe(cfg)["epochs"]  # None (photos): as a plain training would run
     summary = tune(C.TuneConfig(train=base, trials=cfg.tune, max_epochs=max_epochs, seed=cfg.seed))
     if summary.best_run is None:
         raise UserError(

@@ -229,13 +229,19 @@ def train(cfg: TrainConfig, callbacks: tuple = (), run_callbacks: tuple = ()) ->
     return _finish(cfg, run_dir, result, started)
 
 
+def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    """Optimizer steps in one epoch of ``cfg`` on ``n_train`` train images (0: too few for one batch): each of
+    ``cfg.workers`` (resolved) workers steps through its share in local batches of ``batch_size // workers``."""
+    return (n_train // cfg.workers) // (cfg.batch_size // cfg.workers)
+
+
 def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
     """``cfg`` with ``epochs`` (None: ``auto_epochs`` of the train split's steps), ``checkpoint_every`` (None:
     about ``CHECKPOINTS`` a run), ``warmup_epochs`` (at most ``epochs``) and ``precision`` (None: mixed_float16
     on GPUs, else float32) resolved; the schedule printed on one line.
     ``cfg.workers`` must be resolved (``fit_to_cluster``)."""
 
-    steps = (n_train // cfg.workers) // (cfg.batch_size // cfg.workers)
+    steps = steps_per_epoch(cfg, n_train)
     epochs = cfg.epochs or auto_epochs(max(steps, 1))
     every = min(cfg.checkpoint_every or checkpoint_every(epochs), epochs)
     how = "" if cfg.epochs else f" (auto: about {max(steps, 1) * epochs} optimizer steps; --epochs to set)"

@@ -39,9 +39,10 @@ from raydet.errors import UserError
 from raydet.export.run import Run
 from raydet.ingest.prep import Prep
 from raydet.train import heavy
-from raydet.train.driver import finish_from_checkpoint, fit_to_cluster, train
+from raydet.train.driver import finish_from_checkpoint, fit_to_cluster, steps_per_epoch, train
+from raydet.train.schedule import auto_epochs
 from raydet.tune import table
-from raydet.tune.space import build_space, sample_trials, trial_name, trial_train_config
+from raydet.tune.space import build_space, longest_epochs, sample_trials, trial_name, trial_train_config
 
 TUNE_DIR = "tune"  # RUNS/NAME/tune: Tune's experiment folder
 SEARCH_FILE = "search.json"
@@ -163,6 +164,9 @@ def tune(cfg: TuneConfig) -> TuneSummary:
     manifest = Prep(base.prep).read_manifest()
     init_ray(base.address, log_to_driver=False)  # the trials' epoch lines would interleave: raydet prints its own
     base = fit_to_cluster(base)
+    asked, cfg = cfg.max_epochs, resolve_max_epochs(cfg, base, manifest["splits"]["train"])
+    if asked is None and not longest_epochs(cfg.space):
+        print(f"max epochs: {cfg.max_epochs}, what `raydet train` runs on this PREP (--max-epochs to set)", flush=True)
     points = sample_trials(build_space(base, cfg.space, cfg.max_epochs), base, cfg.max_epochs, cfg.trials, cfg.seed)
     _check_points(points, base, manifest["splits"]["train"])
     search_dir = storage.join(base.out, base.name)
@@ -187,6 +191,18 @@ def tune(cfg: TuneConfig) -> TuneSummary:
     table.write_tables(search_dir, records, search)
     best = table.best_trial(records)
     return TuneSummary(search_dir, tuple(records), best["run"] if best else None)
+
+
+def resolve_max_epochs(cfg: TuneConfig, base: TrainConfig, n_train: int) -> TuneConfig:
+    """``cfg`` with ``max_epochs`` set: as given, else the longest ``epochs`` its ``--space`` names, else the epochs
+    a default ``raydet train`` of ``base`` (workers resolved) runs on ``n_train`` train images (its auto schedule),
+    so that trial 1, the space's centre, is that run. UserError if ``--grace-epochs`` is then above it."""
+    if cfg.max_epochs is not None:
+        return cfg
+    epochs = longest_epochs(cfg.space) or auto_epochs(max(steps_per_epoch(base, n_train), 1))
+    if cfg.grace_epochs is not None and cfg.grace_epochs > epochs:
+        raise UserError(f"--grace-epochs must be in [1, --max-epochs {epochs}], got {cfg.grace_epochs!r}")
+    return replace(cfg, max_epochs=epochs)
 
 
 def _unfinished(experiment: str) -> list[int]:

@@ -60,21 +60,22 @@ def _number(name: str, text: str, integer: bool) -> float | int:
     return value
 
 
-def _check_value(name: str, value, max_epochs: int) -> None:
-    """UserError naming ``value`` when parameter ``name`` cannot take it."""
+def _check_value(name: str, value, max_epochs: int | None) -> None:
+    """UserError naming ``value`` when parameter ``name`` cannot take it (``max_epochs`` None: no upper bound on
+    ``epochs``)."""
     if name == "backbone":
         if value not in BACKBONE_NAMES:
             raise UserError(f"--space backbone: {value!r} is not one of {', '.join(BACKBONE_NAMES)}")
     elif name == "aug":
         if not 0 <= value <= MAX_AUG:
             raise UserError(f"--space aug: {value!r} must be in [0, {MAX_AUG:g}]")
-    elif name == "epochs" and not 1 <= value <= max_epochs:
+    elif name == "epochs" and not 1 <= value <= (max_epochs or value):
         raise UserError(f"--space epochs: {value!r} must be in [1, --max-epochs {max_epochs}]")
     elif value <= 0:
         raise UserError(f"--space {name}: {value!r} must be positive")
 
 
-def _dimension(name: str, text: str, max_epochs: int) -> Range | Choice:
+def _dimension(name: str, text: str, max_epochs: int | None) -> Range | Choice:
     """One ``NAME=VALUES`` part's VALUES -> a Range or Choice, every value checked."""
     integer = name in ("batch", "epochs")
     if ".." in text:
@@ -96,9 +97,10 @@ def _dimension(name: str, text: str, max_epochs: int) -> Range | Choice:
     return Choice(values)
 
 
-def parse_space(text: str, max_epochs: int) -> dict[str, Range | Choice]:
+def parse_space(text: str, max_epochs: int | None) -> dict[str, Range | Choice]:
     """``"lr=1e-4..3e-3,batch=8|16"`` -> ``{"lr": Range(...), "batch": Choice((8, 16))}``; "" -> {}.
-    UserError naming the bad part: an unknown or repeated name, a part without ``=``, a bad value."""
+    UserError naming the bad part: an unknown or repeated name, a part without ``=``, a bad value (an ``epochs``
+    above ``max_epochs``, unless that is None)."""
     space: dict[str, Range | Choice] = {}
     for part in (p.strip() for p in text.split(",")):
         if not part and not text.strip():
@@ -113,6 +115,15 @@ def parse_space(text: str, max_epochs: int) -> dict[str, Range | Choice]:
             raise UserError(f"--space: {name!r} is given twice")
         space[name] = _dimension(name, values.strip(), max_epochs)
     return space
+
+
+def longest_epochs(text: str | None) -> int | None:
+    """The most epochs ``--space`` text gives a trial (a range's high end, a choice's largest), None when it does
+    not name ``epochs``."""
+    epochs = parse_space(text or "", None).get("epochs")
+    if epochs is None:
+        return None
+    return int(epochs.high if isinstance(epochs, Range) else max(epochs.values))
 
 
 def default_space(base: TrainConfig, max_epochs: int) -> dict[str, Range | Choice]:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,27 @@ def test_tune_config_refuses_what_the_search_sets_itself():
         TuneConfig(train=TrainConfig(prep="p", out="o", name="n", epochs=5))
     assert TuneConfig(train=BASE, max_epochs=30).grace == 6  # 30 // 5
     assert TuneConfig(train=BASE, max_epochs=3).grace == 1
+    with pytest.raises(ValueError, match="not resolved"):
+        TuneConfig(train=BASE).grace  # noqa: B018 (the property raises)
+
+
+def test_max_epochs_left_out_is_what_raydet_train_runs_so_trial_1_is_that_run():
+    """No --max-epochs: the longest trial trains as long as a default `raydet train` of the same PREP (its auto
+    schedule), or as long as the longest epochs= of --space; a given --max-epochs stays."""
+    from raydet.tune.search import resolve_max_epochs
+
+    one = replace(BASE, workers=1)
+    # 158 train images in batches of 16: 9 steps an epoch; ceil(1000 / 9) = 112 epochs (raccoon's default run)
+    assert resolve_max_epochs(TuneConfig(train=one), one, 158).max_epochs == 112
+    # two workers of 8: each 79 images, 9 local batches of 8 -> the same 112; 1,600 images -> 100 steps -> 20 (floor)
+    two = replace(BASE, workers=2)
+    assert resolve_max_epochs(TuneConfig(train=two), two, 158).max_epochs == 112
+    assert resolve_max_epochs(TuneConfig(train=two), two, 1600).max_epochs == 20
+    assert resolve_max_epochs(TuneConfig(train=one, space="epochs=10|40"), one, 158).max_epochs == 40
+    assert resolve_max_epochs(TuneConfig(train=one, space="epochs=5..25"), one, 158).max_epochs == 25
+    assert resolve_max_epochs(TuneConfig(train=one, max_epochs=30), one, 158).max_epochs == 30
+    with pytest.raises(UserError, match=r"--grace-epochs must be in \[1, --max-epochs 112\], got 200"):
+        resolve_max_epochs(TuneConfig(train=one, grace_epochs=200), one, 158)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:

@@ -12,7 +12,15 @@ import pytest
 
 from raydet.config import AugmentConfig, TrainConfig
 from raydet.errors import UserError
-from raydet.tune.space import Choice, Range, build_space, parse_space, sample_trials, trial_train_config
+from raydet.tune.space import (
+    Choice,
+    Range,
+    build_space,
+    longest_epochs,
+    parse_space,
+    sample_trials,
+    trial_train_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = TrainConfig(prep="prep", out="/runs", name="search")
@@ -29,6 +37,16 @@ def test_parse_space_reads_ranges_choices_and_fixed_values():
     }
     assert parse_space("", 30) == {}
     assert parse_space("epochs=5..10", 30) == {"epochs": Range(5, 10, integer=True)}
+    # no --max-epochs yet (it defaults to the space's longest, or the PREP's auto schedule): no upper bound
+    assert parse_space("epochs=500", None) == {"epochs": Choice((500,))}
+    with pytest.raises(UserError, match="--space epochs: 0"):
+        parse_space("epochs=0", None)
+
+
+def test_longest_epochs_is_the_most_a_space_gives_a_trial():
+    assert longest_epochs("lr=1e-3,epochs=40|10|25") == 40
+    assert longest_epochs("epochs=5..60") == 60
+    assert longest_epochs("lr=1e-4..1e-3") is None and longest_epochs(None) is None
 
 
 @pytest.mark.parametrize(
