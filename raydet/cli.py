@@ -25,7 +25,7 @@ from raydet.cluster.console import log_path, quiet_stderr
 from raydet.errors import UserError
 from raydet.ingest.classnames import parse_class_list
 from raydet.train import schedule as S
-from raydet.tune.space import parse_space
+from raydet.tune.space import longest_epochs, parse_space
 
 EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 
@@ -421,6 +421,9 @@ def _tune_config(args: argparse.Namespace) -> C.TuneConfig:
         seed=args.seed,
     )
     parse_space(cfg.space or "", cfg.max_epochs)  # UserError naming the bad part, before any work
+    longest = cfg.max_epochs or longest_epochs(cfg.space)
+    if cfg.grace_epochs is not None and longest is not None and cfg.grace_epochs > longest:
+        raise UserError(f"--grace-epochs must be at most --max-epochs {longest}, got {cfg.grace_epochs!r}")
     return cfg
 
 

@@ -275,7 +275,7 @@ class TuneConfig:
     trials: int = 6  # configurations tried; trial 1 is the space's centre (raydet's defaults), the rest sampled
     # epochs of the longest trial (ASHA's max_t); None: the longest ``epochs`` that ``space`` names, else the
     # epochs a default ``raydet train`` runs on the PREP (its auto schedule), so that trial 1, the space's centre,
-    # is that very run and the search can only match or beat it (raydet.tune.search.resolve_max_epochs)
+    # is that very run (raydet.tune.search.resolve_max_epochs)
     max_epochs: int | None = None
     # ``lr=1e-4..3e-3,batch=8|16,...`` (raydet.tune.space); None: the default space, centred on ``train``
     space: str | None = None
@@ -290,7 +290,8 @@ class TuneConfig:
         if self.max_epochs is not None:
             _positive("--max-epochs", self.max_epochs)
         if self.grace_epochs is not None and not 1 <= self.grace_epochs <= (self.max_epochs or self.grace_epochs):
-            raise UserError(f"--grace-epochs must be in [1, --max-epochs {self.max_epochs}], got {self.grace_epochs!r}")
+            bound = "" if self.max_epochs is None else f" and at most --max-epochs {self.max_epochs}"
+            raise UserError(f"--grace-epochs must be at least 1{bound}, got {self.grace_epochs!r}")
         if not self.reduction_factor > 1:  # also refuses nan
             raise UserError(f"--reduction-factor must be > 1, got {self.reduction_factor!r}")
         if self.train.epochs is not None:

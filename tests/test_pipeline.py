@@ -247,9 +247,17 @@ def test_the_recipe_follows_the_data_and_what_the_user_set_wins():
     )
 
 
-def test_run_tune_puts_the_best_trial_through_quantize_and_evaluate(fake_stages, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "photos, epochs, max_epochs",
+    [(False, None, 15), (True, None, None), (True, 40, 40)],
+    ids=["synthetic-recipe", "photos-as-training-would", "photos-given-epochs"],
+)
+def test_run_tune_puts_the_best_trial_through_quantize_and_evaluate(
+    fake_stages, tmp_path, monkeypatch, photos, epochs, max_epochs
+):
     """``raydet run --tune N``: the search replaces training (its base run is the recipe's, epochs left to the
-    search), then quantize and evaluate work on the best trial's RUN."""
+    search), then quantize and evaluate work on the best trial's RUN. The longest trial: the synthetic recipe's 15
+    epochs; on photos None (the search makes it what a default training of that PREP runs), or --epochs."""
     out, searches = tmp_path / "out", []
 
     def tune(cfg):
@@ -262,11 +270,12 @@ def test_run_tune_puts_the_best_trial_through_quantize_and_evaluate(fake_stages,
     module = types.ModuleType("raydet.tune.search")
     module.tune = tune
     monkeypatch.setitem(sys.modules, "raydet.tune.search", module)
-    result = pipeline.run(RunConfig(out=str(out), images=100, image_size=48, tune=3))
+    data = str(tmp_path / "voc") if photos else None
+    result = pipeline.run(RunConfig(data=data, out=str(out), images=100, image_size=48, epochs=epochs, tune=3))
     calls = dict(fake_stages)
-    assert stages(fake_stages) == ["synth", "prepare", "quantize", "evaluate"]  # no plain training
+    assert stages(fake_stages) == ["synth", "prepare", "quantize", "evaluate"][(1 if photos else 0) :]  # no training
     (cfg,) = searches
-    assert (cfg.trials, cfg.max_epochs, cfg.train.name, cfg.train.epochs) == (3, 15, "tune", None)  # synth recipe
+    assert (cfg.trials, cfg.max_epochs, cfg.train.name, cfg.train.epochs) == (3, max_epochs, "tune", None)
     best = str(out / "runs" / "tune" / "trial-2")
     assert calls["quantize"].run == calls["evaluate"].run == result["run"] == best
     assert calls["evaluate"].coco_out == str(Path(best) / "eval" / "coco")

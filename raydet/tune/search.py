@@ -166,7 +166,7 @@ def tune(cfg: TuneConfig) -> TuneSummary:
     base = fit_to_cluster(base)
     asked, cfg = cfg.max_epochs, resolve_max_epochs(cfg, base, manifest["splits"]["train"])
     if asked is None and not longest_epochs(cfg.space):
-        print(f"max epochs: {cfg.max_epochs}, what `raydet train` runs on this PREP (--max-epochs to set)", flush=True)
+        print(f"max epochs: {cfg.max_epochs}, as long as a default training on this PREP", flush=True)
     points = sample_trials(build_space(base, cfg.space, cfg.max_epochs), base, cfg.max_epochs, cfg.trials, cfg.seed)
     _check_points(points, base, manifest["splits"]["train"])
     search_dir = storage.join(base.out, base.name)
@@ -201,7 +201,7 @@ def resolve_max_epochs(cfg: TuneConfig, base: TrainConfig, n_train: int) -> Tune
         return cfg
     epochs = longest_epochs(cfg.space) or auto_epochs(max(steps_per_epoch(base, n_train), 1))
     if cfg.grace_epochs is not None and cfg.grace_epochs > epochs:
-        raise UserError(f"--grace-epochs must be in [1, --max-epochs {epochs}], got {cfg.grace_epochs!r}")
+        raise UserError(f"--grace-epochs must be at most --max-epochs {epochs}, got {cfg.grace_epochs!r}")
     return replace(cfg, max_epochs=epochs)
 
 
@@ -243,13 +243,32 @@ def _claim(search_dir: str, search: dict) -> None:
     """Write search.json, or check that the one there is this search's (UserError otherwise)."""
     path = storage.join(search_dir, SEARCH_FILE)
     if storage.kind(path) == "file":
-        if json.loads(storage.read_text(path)) != search:
+        there = json.loads(storage.read_text(path))
+        if there != search:
+            differ = "; ".join(_difference(there, search))
             raise UserError(
-                f"{search_dir} holds a search with other settings ({path}); give another --name, or "
+                f"{search_dir} holds a search with other settings ({path}: {differ}); give another --name, or "
                 f"the same --trials/--space/--max-epochs/--seed and training flags to continue it"
             )
         return
     storage.write_text(path, json.dumps(search, indent=2) + "\n")
+
+
+def _difference(there: dict, here: dict) -> list[str]:
+    """What differs between two search keys, one item each: ``max_epochs 30 there, 112 here`` for a number,
+    ``train.lr`` for a training setting, ``points`` for the sampled trials."""
+    items = []
+    for key in sorted(set(there) | set(here)):
+        a, b = there.get(key), here.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            items += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif isinstance(a, (int, float, str)) and isinstance(b, (int, float, str)):
+            items.append(f"{key} {a} there, {b} here")
+        else:
+            items.append(key)
+    return items
 
 
 def _slots(base: TrainConfig) -> int:

@@ -70,7 +70,8 @@ def _check_value(name: str, value, max_epochs: int | None) -> None:
         if not 0 <= value <= MAX_AUG:
             raise UserError(f"--space aug: {value!r} must be in [0, {MAX_AUG:g}]")
     elif name == "epochs" and not 1 <= value <= (max_epochs or value):
-        raise UserError(f"--space epochs: {value!r} must be in [1, --max-epochs {max_epochs}]")
+        bound = "" if max_epochs is None else f" and at most --max-epochs {max_epochs}"
+        raise UserError(f"--space epochs: {value!r} must be at least 1{bound}")
     elif value <= 0:
         raise UserError(f"--space {name}: {value!r} must be positive")
 

@@ -48,6 +48,21 @@ def test_tune_config_refuses_what_the_search_sets_itself():
     assert TuneConfig(train=BASE, max_epochs=3).grace == 1
     with pytest.raises(ValueError, match="not resolved"):
         TuneConfig(train=BASE).grace  # noqa: B018 (the property raises)
+    with pytest.raises(UserError, match=r"^--grace-epochs must be at least 1, got 0$"):  # no "None" in it
+        TuneConfig(train=BASE, grace_epochs=0)
+
+
+def test_the_cli_refuses_a_grace_period_longer_than_the_longest_trial_before_any_work():
+    from raydet.cli import config_from_args, get_args_parser
+
+    def parse(*extra):
+        return config_from_args(get_args_parser().parse_args(["tune", "prep", "--out", "o", "--name", "n", *extra]))
+
+    with pytest.raises(UserError, match=r"--grace-epochs must be at most --max-epochs 40, got 50"):
+        parse("--grace-epochs", "50", "--space", "epochs=10|40")
+    with pytest.raises(UserError, match=r"--grace-epochs must be at least 1 and at most --max-epochs 30, got 50"):
+        parse("--grace-epochs", "50", "--max-epochs", "30")
+    assert parse("--grace-epochs", "50").max_epochs is None  # checked once the PREP gives the default
 
 
 def test_max_epochs_left_out_is_what_raydet_train_runs_so_trial_1_is_that_run():
@@ -62,11 +77,30 @@ def test_max_epochs_left_out_is_what_raydet_train_runs_so_trial_1_is_that_run():
     two = replace(BASE, workers=2)
     assert resolve_max_epochs(TuneConfig(train=two), two, 158).max_epochs == 112
     assert resolve_max_epochs(TuneConfig(train=two), two, 1600).max_epochs == 20
+    # three workers: 52 images each in local batches of 5 -> 10 steps -> 100 (not 158 // 16 = 9 -> 112)
+    three = replace(BASE, workers=3)
+    assert resolve_max_epochs(TuneConfig(train=three), three, 158).max_epochs == 100
     assert resolve_max_epochs(TuneConfig(train=one, space="epochs=10|40"), one, 158).max_epochs == 40
     assert resolve_max_epochs(TuneConfig(train=one, space="epochs=5..25"), one, 158).max_epochs == 25
     assert resolve_max_epochs(TuneConfig(train=one, max_epochs=30), one, 158).max_epochs == 30
-    with pytest.raises(UserError, match=r"--grace-epochs must be in \[1, --max-epochs 112\], got 200"):
+    with pytest.raises(UserError, match=r"--grace-epochs must be at most --max-epochs 112, got 200"):
         resolve_max_epochs(TuneConfig(train=one, grace_epochs=200), one, 158)
+
+
+def test_a_search_folder_with_other_settings_is_refused_naming_what_differs(tmp_path):
+    """A search started with --max-epochs 30 cannot be continued as one of 112 epochs (the old default against
+    the new): the refusal names the setting and both values, and search.json is left as it was."""
+    from raydet.tune.search import SEARCH_FILE, _claim
+
+    first = {"points": [{"lr": 1e-3}], "max_epochs": 30, "grace_epochs": 6, "train": {"lr": 1e-3, "seed": 0}}
+    _claim(str(tmp_path), first)
+    _claim(str(tmp_path), first)  # the same search: continued
+    other = first | {"max_epochs": 112, "grace_epochs": 22, "train": {"lr": 2e-3, "seed": 0}}
+    with pytest.raises(
+        UserError, match=r"json: grace_epochs 6 there, 22 here; max_epochs 30 there, 112 here; train\.lr\)"
+    ):
+        _claim(str(tmp_path), other)
+    assert json.loads((tmp_path / SEARCH_FILE).read_text()) == first
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
@@ -80,7 +114,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
 
 @pytest.mark.slow
 def test_two_trial_search_with_two_workers_writes_its_table_and_continues_after_an_interrupt(tmp_path):
-    """Two trials of 2 epochs, each two 1-CPU Ray Train workers (so one trial at a time on 2 CPUs); Ctrl-C once
+    """Two trials of 2 epochs (no --max-epochs: the space's epochs=2 is the longest, on both runs), each two 1-CPU
+    Ray Train workers (so one trial at a time on 2 CPUs); Ctrl-C once
     trial 2 has started, then the same command again: trial 1 is kept as it was, trial 2 ends, the table names the
     best trial, whose RUN holds model.keras."""
     prep, runs = make_prep(tmp_path / "prep"), tmp_path / "runs"
@@ -95,8 +130,6 @@ def test_two_trial_search_with_two_workers_writes_its_table_and_continues_after_
         "--name",
         "t",
         "--trials",
-        "2",
-        "--max-epochs",
         "2",
         "--space",
         "backbone=cnn,batch=16,lr=1e-3..4e-3,epochs=2",

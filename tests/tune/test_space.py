@@ -39,7 +39,7 @@ def test_parse_space_reads_ranges_choices_and_fixed_values():
     assert parse_space("epochs=5..10", 30) == {"epochs": Range(5, 10, integer=True)}
     # no --max-epochs yet (it defaults to the space's longest, or the PREP's auto schedule): no upper bound
     assert parse_space("epochs=500", None) == {"epochs": Choice((500,))}
-    with pytest.raises(UserError, match="--space epochs: 0"):
+    with pytest.raises(UserError, match=r"^--space epochs: 0 must be at least 1$"):
         parse_space("epochs=0", None)
 
 
