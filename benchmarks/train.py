@@ -149,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="/tmp/bench-train")
     args = p.parse_args(argv)
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    import ray
-
-    from raydet.cluster.runtime import runtime_env
+    from raydet.cluster.console import log_path, quiet_stderr
 
     prep, out = Path(args.prep).absolute(), Path(args.out).absolute()
     default_epochs, k = default_cadence(prep, args.batch_size)
@@ -162,22 +160,35 @@ def main(argv: list[str] | None = None) -> int:
         f"epochs, every {every}",
         flush=True,
     )
+    # as a raydet command: the benchmark's and raydet's lines here, Ray's and TensorFlow's in a log file
+    with quiet_stderr(log_path("bench-train")):
+        fits = _measure(prep, out, epochs, every, args.batch_size, args.backbone)
+    (a, a_e2e), (b, b_e2e), (c, c_e2e) = fits["a"], fits["b"], fits["c"]
+    print(f"end to end: b/a = {b_e2e / a_e2e:.3f}   c/a = {c_e2e / a_e2e:.3f}")
+    print(f"backbone {args.backbone}, steady state (epochs 2..{epochs}): b/a = {b / a:.3f}   c/a = {c / a:.3f}")
+    return 0
+
+
+def _measure(prep: Path, out: Path, epochs: int, every: int, batch: int, backbone: str) -> dict:
+    """Ray started here, (a), (b) and (c) measured and printed, Ray stopped -> {label: (steady, end to end)}."""
+    import ray
+
+    from raydet.cluster.runtime import runtime_env
+
     cpus = os.cpu_count() or 2
     t = time.perf_counter()
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env())
     ray_start = time.perf_counter() - t
     try:
-        a, a_e2e, per_epoch = plain_fit(prep, epochs, every, args.batch_size, args.backbone)
+        a, a_e2e, per_epoch = plain_fit(prep, epochs, every, batch, backbone)
         print(
             f"(a) plain tf_keras fit, 1 process, {cpus} threads: {a:8.1f} images/s steady, {a_e2e:6.1f} end to end "
             f"({per_epoch} images/epoch)",
             flush=True,
         )
-        fits = {}
+        fits = {"a": (a, a_e2e)}
         for label, name, workers, per in (("b", "bench1", 1, float(cpus)), ("c", "bench2", 2, 1.0)):
-            steady, e2e = raydet_fit(
-                prep, out, name, workers, per, epochs, every, args.batch_size, args.backbone, ray_start
-            )
+            steady, e2e = raydet_fit(prep, out, name, workers, per, epochs, every, batch, backbone, ray_start)
             fits[label] = (steady, e2e)
             print(
                 f"({label}) raydet, {workers} worker(s) x {per:g} CPUs:   {steady:8.1f} images/s steady, "
@@ -186,10 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         ray.shutdown()
-    (b, b_e2e), (c, c_e2e) = fits["b"], fits["c"]
-    print(f"end to end: b/a = {b_e2e / a_e2e:.3f}   c/a = {c_e2e / a_e2e:.3f}")
-    print(f"backbone {args.backbone}, steady state (epochs 2..{epochs}): b/a = {b / a:.3f}   c/a = {c / a:.3f}")
-    return 0
+    return fits
 
 
 if __name__ == "__main__":
