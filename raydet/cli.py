@@ -414,16 +414,15 @@ def _tune_config(args: argparse.Namespace) -> C.TuneConfig:
     cfg = C.TuneConfig(
         train=base,
         trials=args.trials,
-        max_epochs=args.max_epochs,
+        # the space's longest trial, when it names one, is known before any work: TuneConfig checks
+        # --grace-epochs against it; the PREP's default is resolved by the search (raydet.tune.search)
+        max_epochs=args.max_epochs if args.max_epochs is not None else longest_epochs(args.space),
         space=args.space,
         grace_epochs=args.grace_epochs,
         reduction_factor=args.reduction_factor,
         seed=args.seed,
     )
     parse_space(cfg.space or "", cfg.max_epochs)  # UserError naming the bad part, before any work
-    longest = cfg.max_epochs or longest_epochs(cfg.space)
-    if cfg.grace_epochs is not None and longest is not None and cfg.grace_epochs > longest:
-        raise UserError(f"--grace-epochs must be at most --max-epochs {longest}, got {cfg.grace_epochs!r}")
     return cfg
 
 

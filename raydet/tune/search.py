@@ -196,12 +196,11 @@ def tune(cfg: TuneConfig) -> TuneSummary:
 def resolve_max_epochs(cfg: TuneConfig, base: TrainConfig, n_train: int) -> TuneConfig:
     """``cfg`` with ``max_epochs`` set: as given, else the longest ``epochs`` its ``--space`` names, else the epochs
     a default ``raydet train`` of ``base`` (workers resolved) runs on ``n_train`` train images (its auto schedule),
-    so that trial 1, the space's centre, is that run. UserError if ``--grace-epochs`` is then above it."""
+    so that trial 1, the space's centre, is that run. UserError (TuneConfig's own check, which ``replace`` runs)
+    if ``--grace-epochs`` is then above it."""
     if cfg.max_epochs is not None:
         return cfg
     epochs = longest_epochs(cfg.space) or auto_epochs(max(steps_per_epoch(base, n_train), 1))
-    if cfg.grace_epochs is not None and cfg.grace_epochs > epochs:
-        raise UserError(f"--grace-epochs must be at most --max-epochs {epochs}, got {cfg.grace_epochs!r}")
     return replace(cfg, max_epochs=epochs)
 
 

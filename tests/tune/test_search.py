@@ -58,7 +58,7 @@ def test_the_cli_refuses_a_grace_period_longer_than_the_longest_trial_before_any
     def parse(*extra):
         return config_from_args(get_args_parser().parse_args(["tune", "prep", "--out", "o", "--name", "n", *extra]))
 
-    with pytest.raises(UserError, match=r"--grace-epochs must be at most --max-epochs 40, got 50"):
+    with pytest.raises(UserError, match=r"--grace-epochs must be at least 1 and at most --max-epochs 40, got 50"):
         parse("--grace-epochs", "50", "--space", "epochs=10|40")
     with pytest.raises(UserError, match=r"--grace-epochs must be at least 1 and at most --max-epochs 30, got 50"):
         parse("--grace-epochs", "50", "--max-epochs", "30")
@@ -83,7 +83,7 @@ def test_max_epochs_left_out_is_what_raydet_train_runs_so_trial_1_is_that_run():
     assert resolve_max_epochs(TuneConfig(train=one, space="epochs=10|40"), one, 158).max_epochs == 40
     assert resolve_max_epochs(TuneConfig(train=one, space="epochs=5..25"), one, 158).max_epochs == 25
     assert resolve_max_epochs(TuneConfig(train=one, max_epochs=30), one, 158).max_epochs == 30
-    with pytest.raises(UserError, match=r"--grace-epochs must be at most --max-epochs 112, got 200"):
+    with pytest.raises(UserError, match=r"--grace-epochs must be at least 1 and at most --max-epochs 112, got 200"):
         resolve_max_epochs(TuneConfig(train=one, grace_epochs=200), one, 158)
 
 
