@@ -15,7 +15,9 @@ as each stretch of a default run does (``--epochs`` overrides; ``--checkpoint-ev
 Steady state: images/s = training images of epochs 2..E / (end of epoch E - end of epoch 1), start-up and the whole
 first epoch excluded, everything raydet adds between epochs included. End to end: images of all epochs / the
 whole call (for raydet Ray's start, timed once at the beginning, is added: every command pays it).
-Prints each, and on its last line ``b/a = X   c/a = Y`` (steady state).
+Prints each, and on its last line ``b/a = X   c/a = Y`` (steady state). ``--rounds R`` measures (a), (b), (c) R times
+and prints the median of the rounds' ratios, each round's raydet runs against that round's plain ``fit``: this
+machine's speed drifts by 20-30% over minutes, and one round's ratios moved with it (steady b/a 0.84-1.35).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -147,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         "--backbone", default="efficientnet_lite0", help="cnn or efficientnet_lite0 (raydet train --backbone)"
     )
     p.add_argument("--out", default="/tmp/bench-train")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="(a), (b), (c) this many times; the ratios are the medians of the rounds'"
+    )
     args = p.parse_args(argv)
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     from raydet.cluster.console import log_path, quiet_stderr
@@ -162,15 +168,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     # as a raydet command: the benchmark's and raydet's lines here, Ray's and TensorFlow's in a log file
     with quiet_stderr(log_path("bench-train")):
-        fits = _measure(prep, out, epochs, every, args.batch_size, args.backbone)
-    (a, a_e2e), (b, b_e2e), (c, c_e2e) = fits["a"], fits["b"], fits["c"]
-    print(f"end to end: b/a = {b_e2e / a_e2e:.3f}   c/a = {c_e2e / a_e2e:.3f}")
-    print(f"backbone {args.backbone}, steady state (epochs 2..{epochs}): b/a = {b / a:.3f}   c/a = {c / a:.3f}")
+        rounds = _measure(prep, out, epochs, every, args.batch_size, args.backbone, args.rounds)
+    ratios = {
+        (kind, label): statistics.median(fits[label][kind] / fits["a"][kind] for fits in rounds)
+        for kind in (0, 1)
+        for label in ("b", "c")
+    }
+    of = f"median of {len(rounds)} rounds, " if len(rounds) > 1 else ""
+    print(f"end to end ({of}each against its own round's (a)): b/a = {ratios[1, 'b']:.3f}   c/a = {ratios[1, 'c']:.3f}")
+    print(
+        f"backbone {args.backbone}, steady state (epochs 2..{epochs}{', ' + of[:-2] if of else ''}): "
+        f"b/a = {ratios[0, 'b']:.3f}   c/a = {ratios[0, 'c']:.3f}"
+    )
     return 0
 
 
-def _measure(prep: Path, out: Path, epochs: int, every: int, batch: int, backbone: str) -> dict:
-    """Ray started here, (a), (b) and (c) measured and printed, Ray stopped -> {label: (steady, end to end)}."""
+def _measure(prep: Path, out: Path, epochs: int, every: int, batch: int, backbone: str, rounds: int) -> list[dict]:
+    """Ray started here, (a), (b) and (c) measured and printed ``rounds`` times (on a shared machine the speed drifts
+    over minutes, so each round's raydet runs are compared with the plain ``fit`` just before them), Ray stopped ->
+    one {label: (steady, end to end)} per round."""
     import ray
 
     from raydet.cluster.runtime import runtime_env
@@ -180,23 +196,28 @@ def _measure(prep: Path, out: Path, epochs: int, every: int, batch: int, backbon
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env())
     ray_start = time.perf_counter() - t
     try:
-        a, a_e2e, per_epoch = plain_fit(prep, epochs, every, batch, backbone)
-        print(
-            f"(a) plain tf_keras fit, 1 process, {cpus} threads: {a:8.1f} images/s steady, {a_e2e:6.1f} end to end "
-            f"({per_epoch} images/epoch)",
-            flush=True,
-        )
-        fits = {"a": (a, a_e2e)}
-        for label, name, workers, per in (("b", "bench1", 1, float(cpus)), ("c", "bench2", 2, 1.0)):
-            steady, e2e = raydet_fit(prep, out, name, workers, per, epochs, every, batch, backbone, ray_start)
-            fits[label] = (steady, e2e)
-            print(
-                f"({label}) raydet, {workers} worker(s) x {per:g} CPUs:   {steady:8.1f} images/s steady, "
-                f"{e2e:6.1f} end to end (Ray start {ray_start:.1f} s included)",
-                flush=True,
-            )
+        return [_round(prep, out, epochs, every, batch, backbone, cpus, ray_start) for _ in range(rounds)]
     finally:
         ray.shutdown()
+
+
+def _round(prep: Path, out: Path, epochs: int, every: int, batch: int, backbone: str, cpus: int, ray_start: float):
+    """(a), then (b) and (c), each printed -> {label: (steady, end to end)}."""
+    a, a_e2e, per_epoch = plain_fit(prep, epochs, every, batch, backbone)
+    print(
+        f"(a) plain tf_keras fit, 1 process, {cpus} threads: {a:8.1f} images/s steady, {a_e2e:6.1f} end to end "
+        f"({per_epoch} images/epoch)",
+        flush=True,
+    )
+    fits = {"a": (a, a_e2e)}
+    for label, name, workers, per in (("b", "bench1", 1, float(cpus)), ("c", "bench2", 2, 1.0)):
+        steady, e2e = raydet_fit(prep, out, name, workers, per, epochs, every, batch, backbone, ray_start)
+        fits[label] = (steady, e2e)
+        print(
+            f"({label}) raydet, {workers} worker(s) x {per:g} CPUs:   {steady:8.1f} images/s steady, "
+            f"{e2e:6.1f} end to end (Ray start {ray_start:.1f} s included)",
+            flush=True,
+        )
     return fits
 
 

@@ -28,6 +28,7 @@ has the measurements behind each choice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -54,6 +55,7 @@ from raydet.ingest.prep import Prep
 from raydet.ingest.shards import read_blocks, read_rows, split_rows
 from raydet.report import plots
 from raydet.train import heavy
+from raydet.train.backend import TFConfigBackend
 from raydet.train.inputs import load_rows, plan_inputs
 from raydet.train.schedule import auto_epochs, checkpoint_every
 from raydet.train.worker import CHECKPOINT_STATE_FILE, train_loop_per_worker, write_scalars
@@ -63,6 +65,8 @@ STREAM_BLOCK_ROWS = 64  # rows per streamed block and read task: 9.6 MB at 224 p
 # Streamed blocks Ray Data may hold per worker ahead of training (its object store limit): 8 x 9.6 MB at 224 px.
 # Unlimited, it read ahead as far as its share of the object store allowed: the whole split of a small cluster's run.
 STREAM_AHEAD_BLOCKS = 8
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # Ray Train's; ``_polled_often``
+HEALTH_CHECK_INTERVAL_S = "0.5"
 
 
 @dataclass(frozen=True)
@@ -304,9 +308,27 @@ def _fit(cfg: TrainConfig, mcfg: ModelConfig, run_dir: str, callbacks: tuple, ru
             # shard) buried raydet's one line per epoch; Ray Train's system log files keep them.
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
+        tensorflow_config=TFConfigBackend(),  # TF_CONFIG as Ray's own, without TensorFlow in the controller
         **streamed,
     )
-    return trainer.fit()
+    with _polled_often():
+        return trainer.fit()
+
+
+@contextlib.contextmanager
+def _polled_often():
+    """Within the block, Ray Train's controller polls its workers every ``HEALTH_CHECK_INTERVAL_S`` (Ray's default
+    is 2 s): it sees that training ended only at a poll, so every run waited up to one interval more before the
+    driver had its result. Ray Train passes the variable from this process's environment to its controller (and
+    the controller to the workers); a value the user set is kept."""
+    if HEALTH_CHECK_ENV in os.environ:
+        yield
+        return
+    os.environ[HEALTH_CHECK_ENV] = HEALTH_CHECK_INTERVAL_S
+    try:
+        yield
+    finally:
+        os.environ.pop(HEALTH_CHECK_ENV, None)
 
 
 def _input_plan(cfg: TrainConfig, prep: str, image_size: int):

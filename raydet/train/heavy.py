@@ -1,5 +1,5 @@
-"""Training's deferred imports, the one place it imports Ray Train's TensorFlow trainer and Ray Train's one private
-module (TensorFlow and tf_keras come from raydet.detector.heavy): the driver's modules import without TensorFlow,
+"""Training's deferred imports, the one place it imports Ray Train's TensorFlow trainer and Ray Train's two private
+modules (TensorFlow and tf_keras come from raydet.detector.heavy): the driver's modules import without TensorFlow,
 which loads where a model is fitted or written."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from types import ModuleType
 from raydet.cluster.runtime import use_legacy_keras
 from raydet.detector.heavy import keras, tf  # TensorFlow and tf_keras are imported in raydet.detector.heavy alone
 
-__all__ = ["keras", "tensorflow_trainer", "tf", "train_context"]
+__all__ = ["keras", "tensorflow_framework", "tensorflow_trainer", "tf", "train_context"]
 
 
 def tensorflow_trainer() -> type:
@@ -29,3 +29,13 @@ def train_context() -> ModuleType | None:
     except ImportError:  # another Ray version: its lines stay
         return None
     return context
+
+
+def tensorflow_framework():
+    """Ray Train's private ``TrainingFramework.TENSORFLOW``, which names the framework of a run on Ray's dashboard
+    (raydet.train.backend); None on a Ray without it, as for any ``BackendConfig``."""
+    try:
+        from ray.train.v2._internal.util import TrainingFramework
+    except ImportError:
+        return None
+    return TrainingFramework.TENSORFLOW

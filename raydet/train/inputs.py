@@ -259,7 +259,7 @@ def train_dataset(
     size = arrays["image"].shape[1]
     ds = tf.data.Dataset.from_tensor_slices(np.arange(n, dtype=np.int64))
     ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat().batch(local_batch, drop_remainder=True)
-    return ds.map(lambda idx: _as_tf(maker, idx, size)).prefetch(2), maker
+    return _no_autotune(ds.map(lambda idx: _as_tf(maker, idx, size)).prefetch(2)), maker
 
 
 def shard_passes(shard, rows_per_pass: int, seed: int | None, batch_rows: int = 64) -> Iterator[dict]:
@@ -303,7 +303,7 @@ def stream_train_dataset(
             yield {"image": images}, {"heatmap": heatmap, "boxes": box_target}
 
     ds = tf.data.Dataset.from_generator(batches, output_signature=_signature(image_size, grid, num_classes))
-    return ds.prefetch(2), maker
+    return _no_autotune(ds.prefetch(2)), maker
 
 
 def val_dataset(
@@ -366,4 +366,13 @@ def _val_dataset(
     steps = -(-total // local_batch)
     ds = tf.data.Dataset.from_generator(batches, output_signature=_signature(image_size, grid, num_classes, True))
     # a known length makes Keras start the generator again for every validation (unknown: it expects one endless one)
-    return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2), steps
+    return _no_autotune(ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)), steps
+
+
+def _no_autotune(ds):
+    """``ds`` with tf.data's autotuning off. These pipelines have fixed buffers and nothing for it to tune, and in
+    a Ray Train worker its optimisation thread held up the end of ``fit`` (the iterator's destructor waits for it)
+    by up to 23 s after a 12-epoch run: docs/TRAINING.md, "Where a short run's time goes"."""
+    options = heavy.tf().data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)

@@ -8,6 +8,7 @@ has a worker killed in epoch 2 (the restart, which costs a worker group start, i
 
 import json
 import math
+import os
 import time
 from dataclasses import replace
 
@@ -536,3 +537,19 @@ def test_schedule_resolved_from_the_train_split(capsys):
     got = resolve_schedule(replace(cfg, epochs=2, checkpoint_every=None), 158)
     assert (got.epochs, got.checkpoint_every, got.warmup_epochs) == (2, 1, 2.0)
     assert resolve_schedule(replace(cfg, epochs=30, checkpoint_every=50), 158).checkpoint_every == 30
+
+
+def test_ray_train_polls_every_half_second_during_fit_unless_the_user_chose(monkeypatch):
+    """Ray Train passes RAY_TRAIN_HEALTH_CHECK_INTERVAL_S from the driver's environment to its controller: set for the
+    fit (its 2 s default made every run wait up to 2 s more for its end), then gone; a user's value is kept."""
+    from raydet.train.driver import _polled_often
+
+    name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    monkeypatch.delenv(name, raising=False)
+    with _polled_often():
+        assert os.environ[name] == "0.5"
+    assert name not in os.environ
+    monkeypatch.setenv(name, "3")
+    with _polled_often():
+        assert os.environ[name] == "3"
+    assert os.environ[name] == "3"

@@ -211,3 +211,14 @@ def test_a_worker_without_validation_rows_runs_its_steps_on_blank_rows():
     (batch,) = _val_batches(ds)
     assert steps == 1 and batch[0].shape == (3, SIZE, SIZE, 3) and batch[3].tolist() == [0, 0, 0]
     assert blank_rows(2, SIZE, 3)["labels"].tolist() == [[-1] * 3] * 2
+
+
+def test_every_training_pipeline_runs_without_tf_data_autotuning(tmp_path):
+    """Its optimisation thread held up the end of a Ray Train worker's ``fit`` by up to 23 s (docs/TRAINING.md): the
+    in-memory and streamed train datasets and both validation datasets turn it off."""
+    make_prep(tmp_path, n_train=4, n_test=4)
+    train_ds, _ = train_dataset(_arrays(4), CLASSES, GRID, 2, None, 0)
+    streamed, _ = stream_train_dataset(None, CLASSES, GRID, SIZE, 2, None, 0, 4)
+    memory_val, _ = val_dataset([], CLASSES, GRID, SIZE, 2, pad_to=2)
+    files_val, _ = stream_val_dataset(str(tmp_path), "test", 0, 4, CLASSES, GRID, SIZE, 2, 4)
+    assert [ds.options().autotune.enabled for ds in (train_ds, streamed, memory_val, files_val)] == [False] * 4
