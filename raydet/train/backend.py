@@ -2,9 +2,9 @@
 own ``TensorflowConfig``, from a module that does not import TensorFlow.
 
 Ray Train's controller actor unpickles the trainer's backend config; unpickling ``TensorflowConfig`` runs
-``ray.train.tensorflow``'s ``__init__``, which imports TensorFlow in the controller (about 4.5 s here, before any
-worker starts, on every run) although the controller never uses it. The workers still import it, where the model is
-fitted.
+``ray.train.tensorflow``'s ``__init__``, which imports TensorFlow in the controller, before any worker starts,
+although the controller never uses it. The workers still import it, where the model is fitted (docs/TRAINING.md,
+"Around the steps", has what this saves).
 """
 
 from __future__ import annotations

@@ -372,7 +372,7 @@ def _val_dataset(
 def _no_autotune(ds):
     """``ds`` with tf.data's autotuning off. These pipelines have fixed buffers and nothing for it to tune, and in
     a Ray Train worker its optimisation thread held up the end of ``fit`` (the iterator's destructor waits for it)
-    by up to 23 s after a 12-epoch run: docs/TRAINING.md, "Where a short run's time goes"."""
+    by up to 23 s after a 12-epoch run: docs/TRAINING.md, "Around the steps"."""
     options = heavy.tf().data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)

@@ -215,6 +215,16 @@ def prepare_args(data: Path, out: Path) -> list[str]:
     return [str(RAYDET), "prepare", str(data), "--out", str(out), "--image-size", "256"]
 
 
+def _new_stage(out: Path, not_in: set[str]) -> str | None:
+    """The name of a staging folder of ``out`` (not in ``not_in``) that holds a shard, or None. A folder that the
+    run removes while this looks (the previous run's leftover) counts as none."""
+    try:
+        staged = [p for p in out.glob(f"{STAGING_PREFIX}*/*/part-*.parquet") if p.parents[1].name not in not_in]
+    except FileNotFoundError:
+        return None
+    return staged[0].parents[1].name if staged else None
+
+
 def start_and_stop(data: Path, out: Path, sig: int, not_in: set[str]) -> str:
     """Start `raydet prepare`, send ``sig`` once its staging folder (one not in ``not_in``) holds a shard, wait for
     it to end; -> that staging folder's name. Every process it started is ended (its own session)."""
@@ -230,8 +240,7 @@ def start_and_stop(data: Path, out: Path, sig: int, not_in: set[str]) -> str:
         while stage is None:
             assert proc.poll() is None, f"prepare ended (rc {proc.returncode}) before a shard was staged"
             assert time.monotonic() < deadline, "no shard staged within 120 s"
-            staged = [p for p in out.glob(f"{STAGING_PREFIX}*/*/part-*.parquet") if p.parents[1].name not in not_in]
-            stage = staged[0].parents[1].name if staged else None
+            stage = _new_stage(out, not_in)
             time.sleep(0.01)
         os.kill(proc.pid, sig)
         proc.wait(timeout=60)
