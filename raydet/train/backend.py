@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import ray
 from ray.train.backend import Backend, BackendConfig
 
+from raydet.cluster.runtime import use_legacy_keras
 from raydet.train import heavy
 
 
@@ -34,7 +35,7 @@ def worker_address() -> str:
 def set_tf_config(addresses: list[str], index: int) -> None:
     """This worker's ``TF_CONFIG``: every worker's address, and this one's ``index`` (its world rank)."""
     os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    use_legacy_keras()
 
 
 class _TFConfigBackend(Backend):
