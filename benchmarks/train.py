@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         for kind in (0, 1)
         for label in ("b", "c")
     }
-    of = f"median of {len(rounds)} rounds, " if len(rounds) > 1 else ""
-    print(f"end to end ({of}each against its own round's (a)): b/a = {ratios[1, 'b']:.3f}   c/a = {ratios[1, 'c']:.3f}")
+    of = f", median of {len(rounds)} rounds" if len(rounds) > 1 else ""
+    print(f"end to end (each against its own round's (a){of}): b/a = {ratios[1, 'b']:.3f}   c/a = {ratios[1, 'c']:.3f}")
     print(
-        f"backbone {args.backbone}, steady state (epochs 2..{epochs}{', ' + of[:-2] if of else ''}): "
+        f"backbone {args.backbone}, steady state (epochs 2..{epochs}{of}): "
         f"b/a = {ratios[0, 'b']:.3f}   c/a = {ratios[0, 'c']:.3f}"
     )
     return 0
