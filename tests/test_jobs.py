@@ -1,5 +1,6 @@
 """`ray job submit` of jobs/*.py to a Ray head this test starts and owns (token auth, own ports, own temp dir; for
-the whole pipeline, a head and a second node, so that training spreads over two nodes), and raydet commands run
+the whole pipeline, a head and a second node, so that training spreads over two nodes, with its data and output in
+a bucket on a local S3-compatible server), and raydet commands run
 with ``--address`` against another head whose Python cannot import the repository's raydet (the code must travel
 as ``py_modules``).
 
@@ -22,8 +23,9 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
-from printed import assert_printed_locations_exist
+from printed import assert_printed_locations_exist, assert_short_clean_console
 
 from raydet.cluster import runtime
 
@@ -70,12 +72,16 @@ def _start_head(tmp: Path, name: str, env: dict, *args: str, cpus: int = 2) -> t
     return head, f"127.0.0.1:{gcs}", temp_dir
 
 
-def _start_node(tmp: Path, gcs: str, env: dict) -> subprocess.Popen:
+def _start_node(tmp: Path, gcs: str, env: dict, temp_dir: Path) -> subprocess.Popen:
     """`ray start --address GCS --block` of 1 CPU under setsid: one more node of the head's cluster, on this
-    machine, on ports of its own (its files in the head's temp dir); its log in tmp/node.log."""
+    machine, on ports and in a temp dir of its own; its log in tmp/node.log."""
     [agent] = _free_ports(1)
     return _ray_start(
-        tmp, "node.log", env, "--address", gcs, "--num-cpus", "1", "--dashboard-agent-listen-port", str(agent)
+        tmp,
+        "node.log",
+        env,
+        *("--address", gcs, "--num-cpus", "1", "--dashboard-agent-listen-port", str(agent)),
+        *("--temp-dir", str(temp_dir)),
     )
 
 
@@ -138,16 +144,18 @@ def ray_head(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_node_head(tmp_path_factory):
-    """A head of 1 CPU with token auth and a second node of 1 CPU joined to it, both on this machine; yields
+def two_node_head(tmp_path_factory, s3_server):
+    """A head of 1 CPU with token auth and a second node of 1 CPU joined to it, both on this machine, each with its
+    own temp dir (so each node's log monitor forwards only its own workers' lines, as on two machines), and both
+    given ``s3_server``'s AWS environment (as a cluster's nodes have their bucket's credentials); yields
     (dashboard URL, env for the `ray` CLI), as ``ray_head``."""
     tmp = tmp_path_factory.mktemp("two")
-    env = _head_env()
+    env = _head_env(**s3_server)
     [dash] = _free_ports(1)
     head, gcs, temp_dir = _start_head(
         tmp, "rd2", env, "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), cpus=1
     )
-    url, node = f"http://127.0.0.1:{dash}", None
+    url, node, node_dir = f"http://127.0.0.1:{dash}", None, Path("/tmp") / f"rd2n{os.getpid()}"
 
     def two_nodes() -> bool:
         status = subprocess.run([RAY, "status", "--address", gcs], env=env, capture_output=True, text=True)
@@ -155,12 +163,12 @@ def two_node_head(tmp_path_factory):
 
     try:
         _wait_for_head(head, tmp, lambda: _answers_job_list(url, env), "answer `ray job list`")
-        node = _start_node(tmp, gcs, env)
+        node = _start_node(tmp, gcs, env, node_dir)
         _wait_for_head(head, tmp, two_nodes, "count two nodes in `ray status`")
         yield url, env
     finally:
         if node is not None:
-            _stop_head(node, None)  # the node's files live in the head's temp dir: removed with the head's
+            _stop_head(node, node_dir)
         _stop_head(head, temp_dir)
 
 
@@ -301,38 +309,89 @@ def test_job_workers_get_legacy_keras_and_no_big_folders(ray_head, with_runtime_
     assert "SHIPS_AGAIN False" in proc.stdout, proc.stdout[-3000:]
 
 
+def _job_lines(printed: str) -> str:
+    """The job's own output in what `ray job submit` printed: from raydet's first stage header to the line before
+    the CLI's closing "Job ... succeeded" block."""
+    lines = printed.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("=== raydet run"))
+    last = max(i for i, line in enumerate(lines) if "Job 'raysubmit_" in line)
+    return "\n".join(lines[first : last - 1])
+
+
 @pytest.mark.slow
-def test_pipeline_job_on_two_nodes_trains_across_them_and_writes_its_report(two_node_head, tmp_path):
-    """jobs/pipeline.py by `ray job submit` to a cluster of two 1-CPU nodes: every stage runs, each test image is
-    evaluated once by each model, every location the job printed exists, the results table is printed, prepare
-    parsed and decoded on both nodes, and the two Ray Train workers ran one on each node."""
-    out = tmp_path / "out"
-    proc = submit(
-        two_node_head,
-        "python",
-        "jobs/pipeline.py",
-        *("--out", str(out), "--images", "64", "--image-size", "32", "--epochs", "1"),
-        *("--workers", "2", "--batch-size", "16"),
-        timeout=540,
-    )
+def test_pipeline_job_on_two_nodes_trains_across_them_through_a_bucket(two_node_head, s3_bucket, tmp_path):
+    """jobs/pipeline.py by `ray job submit` to a cluster of two 1-CPU nodes, its data and its output in a bucket
+    (a real S3-compatible server): every stage runs, reading and writing only there; each test image is evaluated
+    once by each model; every location the job printed exists; its console is raydet's short one; prepare parsed
+    and decoded on both nodes and the two Ray Train workers ran one on each. Then, from this machine, `raydet run`
+    again finds every stage done in the bucket, and `raydet predict` runs the bucket's int8 model on local photos.
+    """
+    from raydet.cluster import storage
+    from raydet.config import SynthConfig
+    from raydet.export.tflite import TFLiteModel
+    from raydet.ingest.synth import write_synthetic
+
+    write_synthetic(SynthConfig(out=str(tmp_path / "data"), images=64, image_size=64, seed=3))
+    storage.upload(tmp_path / "data", s3_bucket + "/data", storage.list_files(str(tmp_path / "data")))
+    out = s3_bucket + "/out"
+    flags = ["--data", s3_bucket + "/data", "--out", out, "--image-size", "32", "--epochs", "2"]
+    flags += ["--workers", "2", "--batch-size", "16", "--backbone", "cnn"]
+    proc = submit(two_node_head, "python", "jobs/pipeline.py", *flags, timeout=540)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
-    report = json.loads((out / "runs" / "main" / "eval" / "report.json").read_text())
-    assert set(report["models"]) == {"float", "int8"}
+    assert_short_clean_console(_job_lines(proc.stdout), epochs=2)  # what `raydet run` shows, job or not
+    files = set(storage.list_files(out))
+    evaluated = json.loads(storage.read_text(out + "/runs/main/eval.json"))["eval"]
+    assert {
+        "pipeline.json",
+        "prep/manifest.json",
+        "runs/main/config.json",
+        "runs/main/model.keras",
+        "runs/main/model_int8.tflite",
+        f"runs/main/{evaluated}/report.html",
+    } <= files
+    assert any(f.startswith("prep/train/") and f.endswith(".parquet") for f in files)
+    assert_printed_locations_exist(proc.stdout, s3_bucket, at_least=8)
+    manifest = json.loads(storage.read_text(out + "/prep/manifest.json"))
+    assert manifest["images_loaded"] == 64 and manifest["source"] == s3_bucket + "/data"
     # the synthetic set's test split: round(64 * test_fraction 0.2) = 13 images, each evaluated once by each model
-    assert [report["models"][m]["images"] for m in ("float", "int8")] == [13, 13]
-    manifest = json.loads((out / "prep" / "manifest.json").read_text())
+    # and listed in the COCO ground truth
     assert manifest["splits"] == {"train": 51, "test": 13}
-    assert "AP50" in proc.stdout  # the results table was printed by the job
-    drawn = sorted(f.name for f in (out / "runs" / "main" / "eval" / "images").glob("*.png"))
+    report = json.loads(storage.read_text(f"{out}/runs/main/{evaluated}/report.json"))
+    assert set(report["models"]) == {"float", "int8"}
+    assert [report["models"][m]["images"] for m in ("float", "int8")] == [13, 13]
+    truth = json.loads(storage.read_text(f"{out}/runs/main/{evaluated}/coco/ground_truth.json"))
+    assert len(truth["images"]) == 13
+    history = storage.read_text(out + "/runs/main/history.jsonl").splitlines()
+    assert [json.loads(line)["epoch"] for line in history] == [1, 2]
+    config = json.loads(storage.read_text(out + "/runs/main/config.json"))
+    assert config["image_size"] == 32 and config["train"]["epochs"] == 2 and config["prep"] == out + "/prep"
+    drawn = [f.rsplit("/", 1)[-1] for f in files if f.startswith(f"runs/main/{evaluated}/images/")]
     for model in ("float", "int8"):  # each of the 13 (fewer than --draw's 16) and a contact sheet, per model
         assert len([name for name in drawn if name.startswith(f"{model}_")]) == 13, drawn
         assert f"contact_sheet_{model}.png" in drawn, drawn
-    assert_printed_locations_exist(proc.stdout, str(out), at_least=8)
+    page = storage.read_text(f"{out}/runs/main/{evaluated}/report.html")
+    assert f"{report['models']['int8']['coco_map_50']:.3f}" in page  # the page shows the report's AP50
+    # the int8 file in the bucket is a detector for that config: 32 px uint8 in, stride-4 maps of every class out
+    (tmp_path / "model_int8.tflite").write_bytes(storage.read_bytes(out + "/runs/main/model_int8.tflite"))
+    maps = TFLiteModel(str(tmp_path / "model_int8.tflite")).predict(np.zeros((1, 32, 32, 3), np.uint8))
+    assert maps["heatmap"].shape == (1, 8, 8, len(config["classes"])) and maps["boxes"].shape == (1, 8, 8, 4)
     # Where Ray Train's workers ran, from the cluster's state API: one per node (1 CPU per node, 1 CPU per
     # worker). A worker group that Ray Train restarted (FailureConfig; on a loaded machine a health check can
     # time out) adds two more actors, again one per node, so every node hosts the same number of them.
-    url, env = two_node_head
+    per_node = _train_workers_per_node(two_node_head)
+    assert sum(per_node.values()) >= 2 and sum(per_node.values()) % 2 == 0, per_node
+    assert len(per_node) == 2 and len(set(per_node.values())) == 1, per_node
+    # prepare's Ray Data tasks parsed and decoded on both nodes too (the manifest records where each ran)
+    assert manifest["stats"]["cpus"] == 2
+    for stage in ("parse", "decode"):
+        assert set(manifest["stats"]["nodes"][stage]) == set(per_node), (stage, manifest["stats"]["nodes"])
+    _again_from_here(flags, out, evaluated, tmp_path)
+
+
+def _train_workers_per_node(cluster) -> Counter:
+    """How many RayTrainWorker actors the cluster's state API lists on each node id."""
+    url, env = cluster
     listed = subprocess.run(
         [RAY, "list", "actors", "--address", url, "--filter", "class_name=RayTrainWorker", "--detail"]
         + ["--format", "json", "--limit", "100"],
@@ -342,13 +401,42 @@ def test_pipeline_job_on_two_nodes_trains_across_them_and_writes_its_report(two_
         timeout=60,
     )
     assert listed.returncode == 0, listed.stdout + listed.stderr
-    per_node = Counter(actor["node_id"] for actor in json.loads(listed.stdout))
-    assert sum(per_node.values()) >= 2 and sum(per_node.values()) % 2 == 0, per_node
-    assert len(per_node) == 2 and len(set(per_node.values())) == 1, per_node
-    # prepare's Ray Data tasks parsed and decoded on both nodes too (the manifest records where each ran)
-    assert manifest["stats"]["cpus"] == 2
-    for stage in ("parse", "decode"):
-        assert set(manifest["stats"]["nodes"][stage]) == set(per_node), (stage, manifest["stats"]["nodes"])
+    return Counter(actor["node_id"] for actor in json.loads(listed.stdout))
+
+
+def _again_from_here(flags: list[str], out: str, evaluated: str, tmp_path: Path) -> None:
+    """`raydet run FLAGS` on a local Ray finds every stage in the bucket done (only evaluate runs again, its new
+    eval switched in by RUN/eval.json and the old one deleted); `raydet predict` with the bucket's int8 model writes
+    every local photo's detections; no URI becomes a local folder."""
+    from raydet.cluster import storage
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYDET_VERBOSE")}  # AWS_*: s3_bucket's
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    run = [sys.executable, "-m", "raydet.cli"]
+    again = subprocess.run(
+        [*run, "run", *flags], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "prepare: " in again.stdout and "matches, skipped" in again.stdout
+    assert "has 2 of 2 epochs, skipped" in again.stdout and "quantize: int8 newer than" in again.stdout
+    now = json.loads(storage.read_text(out + "/runs/main/eval.json"))["eval"]
+    assert now != evaluated and not storage.exists(f"{out}/runs/main/{evaluated}")
+    assert_printed_locations_exist(again.stdout, out, at_least=5)
+    predicted = subprocess.run(
+        [*run, "predict", out + "/runs/main", str(tmp_path / "data" / "JPEGImages"), "--out", str(tmp_path / "pred")]
+        + ["--model", "int8"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert predicted.returncode == 0, predicted.stdout[-4000:]
+    result = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert result["complete"] and len(result["images"]) == 64 and result["model"] == "int8"
+    assert not list(cwd.rglob("s3:*")), "a URI became a local folder"
 
 
 # The sitecustomize of a head whose Python cannot import the repository's raydet, as on a cluster where raydet is

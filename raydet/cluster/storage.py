@@ -150,7 +150,10 @@ def list_files(location: str | os.PathLike) -> list[str]:
     """Paths, relative to ``location`` and posix, of every file under it (recursive, sorted); [] when absent."""
     filesystem, root = resolve(location)
     infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    return sorted(posixpath.relpath(i.path, root) for i in infos if i.type == pafs.FileType.File)
+    # By prefix, not posixpath.relpath: that calls os.getcwd() for a bucket's relative keys, which fails in a folder
+    # since deleted (a Ray job's working dir that its node cleaned up).
+    prefix = root.rstrip("/") + "/"
+    return sorted(i.path.removeprefix(prefix) for i in infos if i.type == pafs.FileType.File)
 
 
 def _copy_file(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:

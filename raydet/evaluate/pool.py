@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import posixpath
 import shutil
 import time
 import uuid
@@ -403,7 +402,7 @@ def coco_target(cfg: EvaluateConfig, stage: Path) -> tuple[Path, str]:
     eval_dir = Run(cfg.run).file(Run.EVAL)
     wanted = storage.normalize(cfg.coco_out) if cfg.coco_out else storage.join(eval_dir, "coco")
     if wanted == eval_dir or wanted.startswith(eval_dir + "/"):
-        relative = posixpath.relpath(wanted, eval_dir)
+        relative = wanted.removeprefix(eval_dir).lstrip("/") or "."  # not relpath: it needs a current directory
         return stage / relative, relative
     if storage.is_uri(wanted):
         raise UserError(

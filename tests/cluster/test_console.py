@@ -1,8 +1,8 @@
 """The quiet console: stderr (of this process and its children) goes to a log file, raydet's own lines stay.
 
 A whole `raydet run`'s console (no Ray or TensorFlow line, a line per epoch, a few dozen lines in all) is checked on
-the run tests/cluster/test_storage.py makes through a bucket (tests/printed.py, ``assert_short_clean_console``):
-one end-to-end run serves both."""
+the pipeline job tests/test_jobs.py submits to two nodes through a bucket (tests/printed.py,
+``assert_short_clean_console``): one end-to-end run serves both."""
 
 from __future__ import annotations
 

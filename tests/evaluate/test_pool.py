@@ -363,3 +363,18 @@ def test_every_path_evaluate_prints_exists_once_it_ends(setup, ray_local, capsys
     printed = capsys.readouterr().out
     assert f"in {out / 'eval' / 'coco'}" in printed and ".eval-staging-" not in printed
     assert_printed_locations_exist(printed, str(out), at_least=3)
+
+
+def test_coco_files_of_a_bucket_run_are_placed_without_a_current_directory(tmp_path, monkeypatch):
+    """RUN/eval/coco of a bucket RUN is written in the stage and recorded as "coco", also where the current
+    directory has been deleted (a Ray job's working dir cleaned up by its node)."""
+    from raydet.evaluate.pool import coco_target
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    stage = tmp_path / "stage"
+    assert coco_target(EvaluateConfig(run="s3://b/runs/main", data="s3://b/prep"), stage) == (stage / "coco", "coco")
+    custom = EvaluateConfig(run="s3://b/runs/main", data="s3://b/prep", coco_out="s3://b/runs/main/eval/c/d")
+    assert coco_target(custom, stage) == (stage / "c" / "d", "c/d")
