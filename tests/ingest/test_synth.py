@@ -173,14 +173,21 @@ def test_written_jpegs_are_the_checked_images_and_their_objects_stand_out(tmp_pa
         assert diff[inside].mean() > 3 * diff[~inside].mean() and diff[inside].mean() > 20, ref.annotation
 
 
-def test_speed_3000_images_of_128_px_fit_in_seconds():
+def test_speed_an_image_costs_at_most_ten_noise_fills_of_its_size():
+    """Synthesis stays cheap beside the pixels it makes: an image of 128 px costs at most 10x the CPU of filling a
+    128 px RGB image with Gaussian noise in numpy. Both are timed on this thread (``thread_time``): the test process's
+    other threads (Ray's, after earlier tests) are not counted, and the machine's speed cancels out."""
     cfg = SynthConfig(out="-", images=100, image_size=128)
-    start = time.process_time()  # CPU time: the shared test machine's load must not fail this
+    rng = np.random.default_rng(0)
+    start = time.thread_time()
+    for _ in range(cfg.images):
+        np.clip(rng.normal(128, 10, size=(128, 128, 3)), 0, 255).astype(np.uint8)
+    fill = (time.thread_time() - start) / cfg.images
+    start = time.thread_time()
     for i in range(cfg.images):
         synth.make_image(cfg, i)
-    per_image = (time.process_time() - start) / cfg.images
-    # 3,000 images in a few seconds: ~1 ms of CPU per image measured; fail past 5 ms (15 s for 3,000)
-    assert per_image * 3000 < 15, f"{per_image * 1e3:.1f} ms of CPU per image"
+    per_image = (time.thread_time() - start) / cfg.images
+    assert per_image < 10 * fill, f"{per_image * 1e3:.2f} ms of CPU per image, {fill * 1e3:.2f} ms per noise fill"
 
 
 def test_cli_synth_writes_the_set_and_refuses_bad_arguments(tmp_path, capsys):
