@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from printed import assert_printed_locations_exist, assert_short_clean_console
+from printed import INTERNAL, assert_printed_locations_exist, assert_short_clean_console
 
 from raydet.cluster import runtime
 
@@ -56,11 +56,15 @@ def _ray_start(tmp: Path, log_name: str, env: dict, *args: str) -> subprocess.Po
         )
 
 
+def _temp_dir(name: str) -> Path:
+    """/tmp/NAME<this pid>: short, as Ray's socket paths must stay under 107 characters."""
+    return Path("/tmp") / f"{name}{os.getpid()}"
+
+
 def _start_head(tmp: Path, name: str, env: dict, *args: str, cpus: int = 2) -> tuple[subprocess.Popen, str, Path]:
     """`ray start --head --block ARGS` of ``cpus`` CPUs under setsid, its log in tmp/head.log, its temp dir
     /tmp/NAME<this pid>; returns (process, GCS address, temp dir)."""
-    # Short temp dir: Ray's socket paths must stay under 107 characters.
-    temp_dir = Path("/tmp") / f"{name}{os.getpid()}"
+    temp_dir = _temp_dir(name)
     gcs, client, agent = _free_ports(3)
     head = _ray_start(
         tmp,
@@ -143,6 +147,9 @@ def ray_head(tmp_path_factory):
         _stop_head(head, temp_dir)
 
 
+TWO_NODE_NAMES = ("rd2", "rd2n")  # temp dir names of two_node_head's head and second node (see _temp_dir)
+
+
 @pytest.fixture(scope="module")
 def two_node_head(tmp_path_factory, s3_server):
     """A head of 1 CPU with token auth and a second node of 1 CPU joined to it, both on this machine, each with its
@@ -153,9 +160,9 @@ def two_node_head(tmp_path_factory, s3_server):
     env = _head_env(**s3_server)
     [dash] = _free_ports(1)
     head, gcs, temp_dir = _start_head(
-        tmp, "rd2", env, "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), cpus=1
+        tmp, TWO_NODE_NAMES[0], env, "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), cpus=1
     )
-    url, node, node_dir = f"http://127.0.0.1:{dash}", None, Path("/tmp") / f"rd2n{os.getpid()}"
+    url, node, node_dir = f"http://127.0.0.1:{dash}", None, _temp_dir(TWO_NODE_NAMES[1])
 
     def two_nodes() -> bool:
         status = subprocess.run([RAY, "status", "--address", gcs], env=env, capture_output=True, text=True)
@@ -310,12 +317,13 @@ def test_job_workers_get_legacy_keras_and_no_big_folders(ray_head, with_runtime_
 
 
 def _job_lines(printed: str) -> str:
-    """The job's own output in what `ray job submit` printed: from raydet's first stage header to the line before
-    the CLI's closing "Job ... succeeded" block."""
+    """The job's part of what `ray job submit` printed: the lines after the CLI's "Tailing logs until the job
+    exits" up to its closing block (a dashed line, "Job '...' succeeded", a dashed line)."""
     lines = printed.splitlines()
-    first = next(i for i, line in enumerate(lines) if line.startswith("=== raydet run"))
-    last = max(i for i, line in enumerate(lines) if "Job 'raysubmit_" in line)
-    return "\n".join(lines[first : last - 1])
+    starts = [i for i, line in enumerate(lines) if "Tailing logs until the job exits" in line]
+    ends = [i for i, line in enumerate(lines) if "Job 'raysubmit_" in line and "succeeded" in line]
+    assert starts and ends and starts[0] < ends[-1] - 1, printed[-3000:]
+    return "\n".join(lines[starts[0] + 1 : ends[-1] - 1])
 
 
 @pytest.mark.slow
@@ -340,6 +348,7 @@ def test_pipeline_job_on_two_nodes_trains_across_them_through_a_bucket(two_node_
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
     assert_short_clean_console(_job_lines(proc.stdout), epochs=2)  # what `raydet run` shows, job or not
+    assert "AP50" in proc.stdout  # the results table was printed by the job
     files = set(storage.list_files(out))
     evaluated = json.loads(storage.read_text(out + "/runs/main/eval.json"))["eval"]
     assert {
@@ -386,6 +395,8 @@ def test_pipeline_job_on_two_nodes_trains_across_them_through_a_bucket(two_node_
     assert manifest["stats"]["cpus"] == 2
     for stage in ("parse", "decode"):
         assert set(manifest["stats"]["nodes"][stage]) == set(per_node), (stage, manifest["stats"]["nodes"])
+    # the job ran in a working dir under the nodes' temp dirs: no URI became a local folder there
+    assert not [p for name in TWO_NODE_NAMES for p in _temp_dir(name).rglob("s3:*")], "a URI became a local folder"
     _again_from_here(flags, out, evaluated, tmp_path)
 
 
@@ -415,11 +426,18 @@ def _again_from_here(flags: list[str], out: str, evaluated: str, tmp_path: Path)
     cwd.mkdir()
     run = [sys.executable, "-m", "raydet.cli"]
     again = subprocess.run(
-        [*run, "run", *flags], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*run, "run", *flags],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
     )
     assert again.returncode == 0, again.stdout[-4000:]
     assert "prepare: " in again.stdout and "matches, skipped" in again.stdout
     assert "has 2 of 2 epochs, skipped" in again.stdout and "quantize: int8 newer than" in again.stdout
+    assert not [line for line in again.stdout.splitlines() if any(word in line for word in INTERNAL)], again.stdout
     now = json.loads(storage.read_text(out + "/runs/main/eval.json"))["eval"]
     assert now != evaluated and not storage.exists(f"{out}/runs/main/{evaluated}")
     assert_printed_locations_exist(again.stdout, out, at_least=5)

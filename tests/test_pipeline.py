@@ -1,6 +1,5 @@
 """`raydet run`: which stages run on a first run and a re-run, with stand-in stages (fast). The real pipeline runs
-end to end on two nodes in tests/test_jobs.py (by `ray job submit`) and through a bucket in
-tests/cluster/test_storage.py."""
+end to end on two nodes through a bucket in tests/test_jobs.py (by `ray job submit`, then again from this machine)."""
 
 from __future__ import annotations
 
