@@ -41,13 +41,18 @@ INTERNAL = (
 )
 
 
+def assert_no_internal_lines(printed: str) -> None:
+    """Fail naming each line of ``printed`` that only Ray or TensorFlow writes (``INTERNAL``)."""
+    noise = [line for line in printed.splitlines() if any(word in line for word in INTERNAL)]
+    assert not noise, noise
+
+
 def assert_short_clean_console(printed: str, epochs: int) -> None:
     """``printed``, the whole console of a small `raydet run` (stdout and stderr together, RAYDET_VERBOSE unset),
     holds no line only Ray or TensorFlow writes (``INTERNAL``), one line per epoch, prepare's progress line and
     the path of report.html, in at most 45 lines (the default 15 epochs would add 13 more)."""
+    assert_no_internal_lines(printed)
     lines = printed.splitlines()
-    noise = [line for line in lines if any(word in line for word in INTERNAL)]
-    assert not noise, noise
     assert sum(line.startswith("epoch ") for line in lines) == epochs, printed
     assert any(re.match(r"prepare: decode \+ resize: \d+/\d+ images in", line) for line in lines), printed
     assert any(line.startswith("report:   ") and line.split()[1].endswith("/report.html") for line in lines), printed

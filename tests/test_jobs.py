@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from printed import INTERNAL, assert_printed_locations_exist, assert_short_clean_console
+from printed import assert_no_internal_lines, assert_printed_locations_exist, assert_short_clean_console
 
 from raydet.cluster import runtime
 
@@ -424,32 +424,29 @@ def _again_from_here(flags: list[str], out: str, evaluated: str, tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYDET_VERBOSE")}  # AWS_*: s3_bucket's
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    run = [sys.executable, "-m", "raydet.cli"]
-    again = subprocess.run(
-        [*run, "run", *flags],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
-    )
+
+    def raydet(*args: str, timeout: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "raydet.cli", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
+
+    again = raydet("run", *flags, timeout=600)
     assert again.returncode == 0, again.stdout[-4000:]
     assert "prepare: " in again.stdout and "matches, skipped" in again.stdout
     assert "has 2 of 2 epochs, skipped" in again.stdout and "quantize: int8 newer than" in again.stdout
-    assert not [line for line in again.stdout.splitlines() if any(word in line for word in INTERNAL)], again.stdout
+    assert_no_internal_lines(again.stdout)
     now = json.loads(storage.read_text(out + "/runs/main/eval.json"))["eval"]
     assert now != evaluated and not storage.exists(f"{out}/runs/main/{evaluated}")
     assert_printed_locations_exist(again.stdout, out, at_least=5)
-    predicted = subprocess.run(
-        [*run, "predict", out + "/runs/main", str(tmp_path / "data" / "JPEGImages"), "--out", str(tmp_path / "pred")]
-        + ["--model", "int8"],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
+    images = str(tmp_path / "data" / "JPEGImages")
+    predicted = raydet(
+        "predict", out + "/runs/main", images, "--out", str(tmp_path / "pred"), "--model", "int8", timeout=300
     )
     assert predicted.returncode == 0, predicted.stdout[-4000:]
     result = json.loads((tmp_path / "pred" / "predictions.json").read_text())
