@@ -243,10 +243,16 @@ def compile_model(
     """Attach the losses: focal loss on ``heatmap`` (times ``heatmap_weight``), the box loss on ``boxes``.
 
     Targets are a dict ``heatmap`` (N, G, G, C) and ``boxes`` (N, G, G, 6) from raydet.detector.targets. Keras logs
-    ``loss``, ``heatmap_loss`` and ``boxes_loss``.
+    ``loss``, ``heatmap_loss`` and ``boxes_loss``. The optimizer's state and the loss trackers are made here, for
+    the model's trainable variables as they are now (freeze layers before, not after).
     """
     model.compile(
         optimizer=optimizer,
         loss={"heatmap": focal_loss, "boxes": make_box_loss(offset_weight, size_weight, giou_weight)},
         loss_weights={"heatmap": heatmap_weight, "boxes": 1.0},
     )
+    # Keras makes both lazily, in fit's first step; a variable made while tf.function traces a step makes it trace
+    # the step twice (docs/TRAINING.md, "Around the steps"). `compiled_loss.build` is tf_keras' LossesContainer's
+    # own one-time set-up (per-output loss trackers), called here before Keras would.
+    optimizer.build(model.trainable_variables)
+    model.compiled_loss.build(dict(zip(model.output_names, model.outputs, strict=True)))

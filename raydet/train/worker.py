@@ -216,7 +216,7 @@ def _build(mcfg: ModelConfig, tcfg: dict, checkpoint, say):
             history = state["history"]
             stopped = bool(state.get("nonfinite"))
             if history and not stopped:  # a non-finite stop's checkpoint holds no weights
-                optimizer.build(model.trainable_variables)  # so the optimizer state restores now, not lazily
+                # the optimizer's state is built (compile_model), so it restores now, not lazily
                 model.load_weights(str(Path(ckpt) / WEIGHTS_PREFIX)).assert_existing_objects_matched()
     return model, history, stopped
 

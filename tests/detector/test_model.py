@@ -186,7 +186,8 @@ def test_box_loss_at_centres_and_sizes_over_the_area_by_hand():
 @pytest.mark.parametrize("policy,compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
 def test_mixed_precision_computes_low_keeps_float32_heads_and_the_ema(policy, compute):
     """Under a mixed policy the convolutions compute in 16 bits, the heads' last layers and every weight stay
-    float32, and the EMA is still read through the LossScaleOptimizer that mixed_float16 wraps around AdamW."""
+    float32, and the EMA is still read through the LossScaleOptimizer that mixed_float16 wraps around AdamW; fit
+    traces its step once."""
     import tf_keras
 
     from raydet.train.ema import averaged_weights, make_optimizer
@@ -206,4 +207,6 @@ def test_mixed_precision_computes_low_keeps_float32_heads_and_the_ema(policy, co
     raw = []  # the weights after the last step (fit's end copies the average into them)
     record = tf_keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: raw.append(model.get_weights()))
     model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[record])
+    # compile_model made every variable of the step: fit traced it once, not twice (the second trace cost seconds)
+    assert model.train_function.experimental_get_tracing_count() == 1
     assert len(raw) == 20 and any(not np.allclose(a, r) for a, r in zip(averaged_weights(model), raw[-1], strict=True))
