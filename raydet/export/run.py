@@ -9,6 +9,8 @@ The files (docs/FORMATS.md), each named here and nowhere else:
   (``float32`` reference, ``dynamic``, ``float16``, ``int8``, ``qat``): :meth:`Run.model_name`;
 - ``history.jsonl`` (one row per epoch: :meth:`Run.read_history`), ``curves.png``, ``tensorboard/``,
   ``quantize.log`` (what ``raydet run``'s quantize printed);
+- ``stopped.json`` (``{"epoch", "loss"}``: the run's loss became non-finite there; raydet.train.driver writes it
+  and refuses to train the run again: :meth:`Run.read_stopped`);
 - ``eval/`` (``raydet evaluate``'s output; in a bucket ``eval-<id>/`` named by the pointer ``eval.json``);
 - ``checkpoint_*/``: Ray Train's checkpoint folders (their files: raydet.train.worker).
 """
@@ -57,6 +59,7 @@ class Run:
     CURVES: ClassVar[str] = "curves.png"
     TENSORBOARD: ClassVar[str] = "tensorboard"
     QUANT_LOG: ClassVar[str] = "quantize.log"
+    STOPPED: ClassVar[str] = "stopped.json"
     EVAL: ClassVar[str] = "eval"
     EVAL_PREFIX: ClassVar[str] = "eval-"  # a bucket's RUN/eval-<id>
     EVAL_POINTER: ClassVar[str] = "eval.json"  # names the bucket's current RUN/eval-<id>
@@ -100,6 +103,12 @@ class Run:
             if field in config and not good(config[field]):
                 raise UserError(f"{path}: {field!r} must be {what}, got {config[field]!r}")
         return config
+
+    def read_stopped(self) -> dict | None:
+        """RUN/stopped.json -> ``{"epoch", "loss"}`` of the non-finite stop that ended the run; None when there is
+        none."""
+        path = self.file(self.STOPPED)
+        return storage.read_json_object(path) if storage.kind(path) == "file" else None
 
     def read_history(self) -> list[dict]:
         """RUN/history.jsonl's rows, one dict per epoch ([] when there is none)."""

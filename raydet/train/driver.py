@@ -207,12 +207,13 @@ def train(cfg: TrainConfig, callbacks: tuple = (), run_callbacks: tuple = ()) ->
         out=storage.normalize(cfg.out),
         init_from=storage.normalize(cfg.init_from) if cfg.init_from else None,
     )
+    run_dir = storage.join(cfg.out, cfg.name)
+    _refuse_stopped(run_dir)
     mcfg = model_config(cfg, manifest)
     init_ray(cfg.address)
     _check_visible(cfg)
     cfg = resolve_schedule(fit_to_cluster(cfg), manifest["splits"]["train"])
 
-    run_dir = storage.join(cfg.out, cfg.name)
     storage.write_text(
         Run(run_dir).file(Run.CONFIG),
         json.dumps(
@@ -231,6 +232,20 @@ def train(cfg: TrainConfig, callbacks: tuple = (), run_callbacks: tuple = ()) ->
     started = time.time()
     result = _fit(cfg, mcfg, run_dir, tuple(callbacks), tuple(run_callbacks))
     return _finish(cfg, run_dir, result, started)
+
+
+def _refuse_stopped(run_dir: str) -> None:
+    """UserError when RUN ended in a non-finite stop (RUN/stopped.json): its newest checkpoint holds no weights, so
+    Ray Train would only start to report the same stop."""
+    stopped = Run(run_dir).read_stopped()
+    if stopped is not None:
+        raise UserError(
+            f"{run_dir} stopped at epoch {stopped.get('epoch')}: its loss became non-finite ({stopped.get('loss')}) "
+            f"and its newest checkpoint holds no weights to go on from; {_AFTER_A_STOP}"
+        )
+
+
+_AFTER_A_STOP = "train under another --name (or delete the RUN folder) with a lower --lr"
 
 
 def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
@@ -404,7 +419,8 @@ def finish_from_checkpoint(cfg: TrainConfig, checkpoint_dir: str) -> TrainSummar
 
 
 def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSummary:
-    """The newest checkpoint's model and history into RUN (a path or URI), then the QAT export and the curves."""
+    """The newest checkpoint's model and history into RUN (a path or URI), then the QAT export and the curves. A
+    non-finite stop's checkpoint gives the history and RUN/stopped.json, then UserError naming the epoch."""
     if result.checkpoint is None:
         raise RuntimeError(f"training of {run_dir} ended without a checkpoint (error: {result.error!r})")
     model_name = Run.QAT_MODEL if cfg.qat else Run.FLOAT_MODEL
@@ -414,23 +430,33 @@ def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSumm
             history = state["history"]
             write_history(Run(local).local(Run.HISTORY), history)
             bad = state.get("nonfinite")
-            if bad:
-                raise UserError(
-                    f"loss became non-finite ({bad['loss']}) at epoch {bad['epoch']} of {run_dir}; "
-                    f"{Run.HISTORY} keeps the {len(history)} good epochs (try a lower --lr)"
-                )
-            if not (Path(ckpt) / model_name).is_file():
+            if bad:  # recorded in RUN (uploaded, for a bucket), then raised below
+                Run(local).local(Run.STOPPED).write_text(json.dumps(bad) + "\n")
+            elif not (Path(ckpt) / model_name).is_file():
                 raise RuntimeError(f"newest checkpoint {result.checkpoint.path} holds no {model_name}")
-            shutil.copyfile(Path(ckpt) / model_name, local / model_name)
-        if cfg.qat:
-            export_qat_tflite(local)
-        model = Run(run_dir).file(model_name)
-        print(f"model: {model}  ({len(history)} epochs; history: {Run(run_dir).file(Run.HISTORY)})", flush=True)
-        if storage.is_uri(run_dir):
-            write_tensorboard(Run(local).local(Run.TENSORBOARD), history)
-        write_curves(local, history, shown=run_dir)
+            else:
+                shutil.copyfile(Path(ckpt) / model_name, local / model_name)
+        if not bad:
+            _export_and_draw(cfg, run_dir, local, history)
+    if bad:
+        raise UserError(
+            f"loss became non-finite ({bad['loss']}) at epoch {bad['epoch']} of {run_dir}; {Run.HISTORY} keeps the "
+            f"{len(history)} good epochs ({_AFTER_A_STOP})"
+        )
     trained = sum(1 for row in history if row["end_time"] >= started)
-    return TrainSummary(run_dir, model, tuple(history), trained)
+    return TrainSummary(run_dir, Run(run_dir).file(model_name), tuple(history), trained)
+
+
+def _export_and_draw(cfg: TrainConfig, run_dir: str, local: Path, history: list[dict]) -> None:
+    """After a run's model is in the local RUN folder ``local`` (standing for ``run_dir``): the QAT export, the
+    printed location, TensorBoard scalars for a bucket's run, the curves."""
+    if cfg.qat:
+        export_qat_tflite(local)
+    model = Run(run_dir).file(Run.QAT_MODEL if cfg.qat else Run.FLOAT_MODEL)
+    print(f"model: {model}  ({len(history)} epochs; history: {Run(run_dir).file(Run.HISTORY)})", flush=True)
+    if storage.is_uri(run_dir):
+        write_tensorboard(Run(local).local(Run.TENSORBOARD), history)
+    write_curves(local, history, shown=run_dir)
 
 
 def write_tensorboard(folder: Path, history: list[dict]) -> None:
