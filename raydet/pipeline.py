@@ -9,7 +9,8 @@ Folders under ``OUT`` (see docs/FORMATS.md for what each holds):
 
 Re-running the same command resumes: synth and prepare are skipped when their outputs exist and were made
 with the same settings, training continues from its newest checkpoint (Ray Train), a finished training is
-not restarted, and quantization runs again only when the float model is newer than the ``.tflite`` file.
+not restarted, quantization runs again only when the float model is newer than the ``.tflite`` file, and
+evaluation only when a model, its settings or its report changed since (the results table is printed either way).
 On a cluster, ``OUT`` must be storage every node reaches (a bucket URI such as ``s3://bucket/raydet``, or an EFS
 mount): Ray Data writes the shards from worker nodes and Ray Train keeps its checkpoints under ``OUT/runs``. Every
 check and file here goes through raydet.cluster.storage, so a URI works wherever a local path does.
@@ -248,7 +249,7 @@ def run(cfg: C.RunConfig) -> dict:
     # 4. quantize: again whenever the float model changed since the .tflite files were written.
     float_model = Run(run_dir).file(Run.FLOAT_MODEL)
     quant = dataclasses.replace(cfgs["quantize"], run=run_dir)
-    return _evaluate_and_report(cfgs, out, run_dir, float_model, quant, seconds, t_all)
+    return _evaluate_and_report(cfgs, state, out, run_dir, float_model, quant, seconds, t_all)
 
 
 def _train(cfgs: dict, state: dict, out: str, seconds: dict) -> str:
@@ -297,9 +298,17 @@ def _tune(cfg: C.RunConfig, cfgs: dict) -> str:
 
 
 def _evaluate_and_report(
-    cfgs: dict, out: str, run_dir: str, float_model: str, quant: C.QuantizeConfig, seconds: dict, t_all: float
+    cfgs: dict,
+    state: dict,
+    out: str,
+    run_dir: str,
+    float_model: str,
+    quant: C.QuantizeConfig,
+    seconds: dict,
+    t_all: float,
 ) -> dict:
-    """Stages 4 and 5 of ``run`` on ``run_dir``: quantize when the float model is newer, evaluate, the summary."""
+    """Stages 4 and 5 of ``run`` on ``run_dir``: quantize when the float model is newer, evaluate unless its
+    report is of the same models and settings, the summary."""
     if all(_is_newer(Run(run_dir).file(Run.model_name(m)), float_model) for m in quant.modes):
         print(f"=== raydet run: quantize: {', '.join(quant.modes)} newer than {float_model}, skipped", flush=True)
     else:
@@ -307,25 +316,42 @@ def _evaluate_and_report(
         _quantize(quant, run_dir)
         seconds["quantize"] = time.perf_counter() - t
 
-    # 5. evaluate: always (it is the answer the user came for; a few seconds on the test split).
+    # 5. evaluate: again when a model, the settings or the report changed since the last one (`raydet evaluate`
+    # measures again on demand); the table is printed either way.
+    from raydet.evaluate.outputs import REPORT_FILE
     from raydet.evaluate.outputs import eval_dir as evaluated_dir
-    from raydet.evaluate.pool import evaluate
 
     ev = dataclasses.replace(cfgs["evaluate"], run=run_dir, coco_out=storage.join(run_dir, Run.EVAL, "coco"))
-    t = _banner("evaluate", f"{', '.join(ev.models)} on {ev.data} (test split), {ev.actors} actors")
-    report = evaluate(ev, show_table=False)  # the table comes once, at the end
+    report_file = storage.join(evaluated_dir(run_dir), REPORT_FILE)
+    key = {"settings": _key(ev), "models": _files_key(Run(run_dir).file(Run.model_name(m)) for m in ev.models)}
+    if state.get("evaluate") == dict(key, report=_files_key([report_file])):
+        print(f"=== raydet run: evaluate: {report_file} is of these models and settings, skipped", flush=True)
+        report = storage.read_json_object(report_file)
+    else:
+        from raydet.evaluate.pool import evaluate
+
+        t = _banner("evaluate", f"{', '.join(ev.models)} on {ev.data} (test split), {ev.actors} actors")
+        report = evaluate(ev, show_table=False)  # the table comes once, at the end
+        seconds["evaluate"] = time.perf_counter() - t
+        state["evaluate"] = dict(key, report=_files_key([storage.join(evaluated_dir(run_dir), REPORT_FILE)]))
+        _save_state(out, state)
     eval_dir = evaluated_dir(run_dir)
-    seconds["evaluate"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_all
     _print_summary(run_dir, eval_dir, report, quant.modes, seconds)
     return {
         "out": out,
         "run": run_dir,
-        "report": storage.join(eval_dir, "report.json"),
+        "report": storage.join(eval_dir, REPORT_FILE),
         "images": storage.join(eval_dir, "images"),
         "models": report["models"],
         "seconds": seconds,
     }
+
+
+def _files_key(paths) -> list:
+    """[[path, mtime, bytes], ...] of files (paths or URIs; None for one that is missing): one written again since
+    gives another key."""
+    return [[p, storage.mtime(p), storage.size(p) if storage.kind(p) == "file" else None] for p in paths]
 
 
 def _banner(stage: str, what: str) -> float:

@@ -3,6 +3,7 @@ end to end on two nodes through a bucket in tests/test_jobs.py (by `ray job subm
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -56,7 +57,7 @@ def fake_stages(monkeypatch):
 
     def evaluate(cfg, show_table=True):
         calls.append(("evaluate", cfg))
-        return {
+        report = {
             "models": {
                 m: {
                     "coco_map_50": 0.95,
@@ -69,6 +70,9 @@ def fake_stages(monkeypatch):
                 for m in cfg.models
             }
         }
+        (Path(cfg.run) / "eval").mkdir(exist_ok=True)
+        (Path(cfg.run) / "eval" / "report.json").write_text(json.dumps(report))
+        return report
 
     for name, fn in [
         ("ingest.synth", write_synthetic),
@@ -119,9 +123,18 @@ def test_rerun_skips_finished_stages_and_more_epochs_resume(fake_stages, tmp_pat
     pipeline.run(cfg)
     stages(fake_stages)
     capsys.readouterr()
-    pipeline.run(cfg)  # nothing changed: only the evaluation runs again
+    pipeline.run(cfg)  # nothing changed: no stage runs, the results table is printed again from report.json
+    assert stages(fake_stages) == []
+    printed = capsys.readouterr().out
+    assert "train: " + str(Path(cfg.out) / "runs" / "main") + " has 2 of 2 epochs, skipped" in printed
+    report = Path(cfg.out) / "runs" / "main" / "eval" / "report.json"
+    assert f"evaluate: {report} is of these models and settings, skipped" in printed and "0.950" in printed
+    time.sleep(0.01)
+    report.write_text(report.read_text() + " ")  # another evaluation since (a `raydet evaluate` of the RUN)
+    pipeline.run(cfg)
     assert stages(fake_stages) == ["evaluate"]
-    assert "train: " + str(Path(cfg.out) / "runs" / "main") + " has 2 of 2 epochs, skipped" in capsys.readouterr().out
+    pipeline.run(dataclasses.replace(cfg, draw=4))  # another evaluate setting
+    assert stages(fake_stages) == ["evaluate"]
     time.sleep(0.01)  # a later mtime for the retrained model.keras
     pipeline.run(RunConfig(out=cfg.out, images=100, image_size=48, epochs=4))
     assert stages(fake_stages) == ["train", "quantize", "evaluate"]  # data kept; the new model is re-quantized
