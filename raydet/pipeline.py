@@ -307,8 +307,11 @@ def _evaluate_and_report(
     seconds: dict,
     t_all: float,
 ) -> dict:
-    """Stages 4 and 5 of ``run`` on ``run_dir``: quantize when the float model is newer, evaluate unless its
-    report is of the same models and settings, the summary."""
+    """Stages 4 and 5 of ``run`` on ``run_dir``: quantize when the float model is newer, evaluate (``_evaluate``),
+    the summary."""
+    from raydet.evaluate.outputs import REPORT_JSON
+    from raydet.evaluate.outputs import eval_dir as evaluated_dir
+
     if all(_is_newer(Run(run_dir).file(Run.model_name(m)), float_model) for m in quant.modes):
         print(f"=== raydet run: quantize: {', '.join(quant.modes)} newer than {float_model}, skipped", flush=True)
     else:
@@ -316,36 +319,41 @@ def _evaluate_and_report(
         _quantize(quant, run_dir)
         seconds["quantize"] = time.perf_counter() - t
 
-    # 5. evaluate: again when a model, the settings or the report changed since the last one (`raydet evaluate`
-    # measures again on demand); the table is printed either way.
-    from raydet.evaluate.outputs import REPORT_FILE
-    from raydet.evaluate.outputs import eval_dir as evaluated_dir
-
-    ev = dataclasses.replace(cfgs["evaluate"], run=run_dir, coco_out=storage.join(run_dir, Run.EVAL, "coco"))
-    report_file = storage.join(evaluated_dir(run_dir), REPORT_FILE)
-    key = {"settings": _key(ev), "models": _files_key(Run(run_dir).file(Run.model_name(m)) for m in ev.models)}
-    if state.get("evaluate") == dict(key, report=_files_key([report_file])):
-        print(f"=== raydet run: evaluate: {report_file} is of these models and settings, skipped", flush=True)
-        report = storage.read_json_object(report_file)
-    else:
-        from raydet.evaluate.pool import evaluate
-
-        t = _banner("evaluate", f"{', '.join(ev.models)} on {ev.data} (test split), {ev.actors} actors")
-        report = evaluate(ev, show_table=False)  # the table comes once, at the end
-        seconds["evaluate"] = time.perf_counter() - t
-        state["evaluate"] = dict(key, report=_files_key([storage.join(evaluated_dir(run_dir), REPORT_FILE)]))
-        _save_state(out, state)
+    report = _evaluate(cfgs, state, out, run_dir, seconds)
     eval_dir = evaluated_dir(run_dir)
     seconds["total"] = time.perf_counter() - t_all
     _print_summary(run_dir, eval_dir, report, quant.modes, seconds)
     return {
         "out": out,
         "run": run_dir,
-        "report": storage.join(eval_dir, REPORT_FILE),
+        "report": storage.join(eval_dir, REPORT_JSON),
         "images": storage.join(eval_dir, "images"),
         "models": report["models"],
         "seconds": seconds,
     }
+
+
+def _evaluate(cfgs: dict, state: dict, out: str, run_dir: str, seconds: dict) -> dict:
+    """Stage 5 of ``run``: evaluate ``run_dir`` again when a model, the settings or the report changed since the
+    last evaluation (``state["evaluate"]``; `raydet evaluate` measures again on demand), else read its report.json
+    (NaN figures come back as None); -> the report."""
+    from raydet.evaluate.outputs import REPORT_JSON
+    from raydet.evaluate.outputs import eval_dir as evaluated_dir
+
+    ev = dataclasses.replace(cfgs["evaluate"], run=run_dir, coco_out=storage.join(run_dir, Run.EVAL, "coco"))
+    report_file = storage.join(evaluated_dir(run_dir), REPORT_JSON)
+    key = {"settings": _key(ev), "models": _files_key(Run(run_dir).file(Run.model_name(m)) for m in ev.models)}
+    if state.get("evaluate") == dict(key, report=_files_key([report_file])):
+        print(f"=== raydet run: evaluate: {report_file} is of these models and settings, skipped", flush=True)
+        return storage.read_json_object(report_file)
+    from raydet.evaluate.pool import evaluate
+
+    t = _banner("evaluate", f"{', '.join(ev.models)} on {ev.data} (test split), {ev.actors} actors")
+    report = evaluate(ev, show_table=False)  # the table comes once, at the end
+    seconds["evaluate"] = time.perf_counter() - t
+    state["evaluate"] = dict(key, report=_files_key([storage.join(evaluated_dir(run_dir), REPORT_JSON)]))
+    _save_state(out, state)
+    return report
 
 
 def _files_key(paths) -> list:

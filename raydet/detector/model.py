@@ -244,7 +244,8 @@ def compile_model(
 
     Targets are a dict ``heatmap`` (N, G, G, C) and ``boxes`` (N, G, G, 6) from raydet.detector.targets. Keras logs
     ``loss``, ``heatmap_loss`` and ``boxes_loss``. The optimizer's state and the loss trackers are made here, for
-    the model's trainable variables as they are now (freeze layers before, not after).
+    the model's trainable variables as they are now: freeze layers and set weights before, not after (an EMA
+    starts from the weights at this call).
     """
     model.compile(
         optimizer=optimizer,

@@ -23,7 +23,7 @@ from raydet.export.run import Run
 from raydet.report import draw
 from raydet.report.gallery import original_image
 
-REPORT_FILE = "report.json"  # the eval folder's figures (report.md and report.html are drawn from the same dict)
+REPORT_JSON = "report.json"  # the eval folder's figures (report.md and report.html are drawn from the same dict)
 DRAW_SCORE_THRESHOLD = 0.3  # detections drawn on the example images and contact sheets
 
 
@@ -92,7 +92,7 @@ def write_report(out: Path, report: dict, show_table: bool = True) -> None:
     """``out/report.json`` (NaN written as null) and ``out/report.md`` (models table, per-class table); prints
     the models table when ``show_table``."""
 
-    coco.write_json(out / REPORT_FILE, _json_safe(report))
+    coco.write_json(out / REPORT_JSON, _json_safe(report))
     table = format_table(report["models"])
     (out / "report.md").write_text(_markdown(report, table, format_class_table(report["models"], report["classes"])))
     if show_table:

@@ -194,9 +194,9 @@ def train(cfg: TrainConfig, callbacks: tuple = (), run_callbacks: tuple = ()) ->
     ``run_callbacks``: Ray Train callbacks for the trainer's ``RunConfig`` (raydet.tune passes Tune's
     ``TuneReportCallback``, which sees each validated epoch's metrics).
 
-    Raises FileNotFoundError/ValueError for a bad PREP, an impossible resource request or one an autoscaler did
-    not meet within ``cfg.resource_timeout_s`` (before Ray Train starts), and ValueError when the loss becomes
-    non-finite (naming the epoch).
+    Raises FileNotFoundError/ValueError for a bad PREP, a RUN that a non-finite loss stopped before (RUN/stopped.json),
+    an impossible resource request or one an autoscaler did not meet within ``cfg.resource_timeout_s`` (all before
+    Ray Train starts), and ValueError when the loss becomes non-finite (naming the epoch).
     """
     manifest = Prep(cfg.prep).read_manifest()
     _check_init_from(cfg)
@@ -234,6 +234,10 @@ def train(cfg: TrainConfig, callbacks: tuple = (), run_callbacks: tuple = ()) ->
     return _finish(cfg, run_dir, result, started)
 
 
+# what a stopped run's messages advise (`raydet run` starts a new run by itself when --lr changes)
+_AFTER_A_STOP = "lower --lr and train a new run (another --name; `raydet run` starts one itself when --lr changes)"
+
+
 def _refuse_stopped(run_dir: str) -> None:
     """UserError when RUN ended in a non-finite stop (RUN/stopped.json): its newest checkpoint holds no weights, so
     Ray Train would only start to report the same stop."""
@@ -243,9 +247,6 @@ def _refuse_stopped(run_dir: str) -> None:
             f"{run_dir} stopped at epoch {stopped.get('epoch')}: its loss became non-finite ({stopped.get('loss')}) "
             f"and its newest checkpoint holds no weights to go on from; {_AFTER_A_STOP}"
         )
-
-
-_AFTER_A_STOP = "train under another --name (or delete the RUN folder) with a lower --lr"
 
 
 def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
@@ -431,7 +432,8 @@ def _finish(cfg: TrainConfig, run_dir: str, result, started: float) -> TrainSumm
             write_history(Run(local).local(Run.HISTORY), history)
             bad = state.get("nonfinite")
             if bad:  # recorded in RUN (uploaded, for a bucket), then raised below
-                Run(local).local(Run.STOPPED).write_text(json.dumps(bad) + "\n")
+                stop = {"epoch": bad["epoch"], "loss": str(bad["loss"])}  # "nan" or "inf": plain JSON
+                Run(local).local(Run.STOPPED).write_text(json.dumps(stop) + "\n")
             elif not (Path(ckpt) / model_name).is_file():
                 raise RuntimeError(f"newest checkpoint {result.checkpoint.path} holds no {model_name}")
             else:

@@ -12,7 +12,8 @@ Train worker holds the same average) and saves it with the optimizer state in ea
 continues the same average. Its decay is a fixed float; the ramp needs the step, so ``EmaAdamW`` overrides the
 optimizer's update hook. That hook and the attributes ``averaged_weights`` reads are private to tf_keras 2.x
 (``_update_model_variables_moving_average``, ``_model_variables_moving_average``, ``_index_dict``,
-``_var_key``): this module is the one place raydet uses them.
+``_var_key``): this module is the one place raydet uses them (raydet.detector.model.compile_model also calls
+tf_keras' loss container's one-time ``build`` early).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def make_optimizer(lr: float, weight_decay: float, clip_norm: float, ema: float 
 
 def averaged_weights(model) -> list:
     """``model.get_weights()`` with each trainable variable replaced by its EMA when the model's optimizer keeps
-    one (and has taken a step); otherwise the weights as they are. -> list of numpy arrays in ``model.weights``
+    one (raydet.detector.model.compile_model makes it, from the weights at that moment); otherwise the weights as
+    they are. -> list of numpy arrays in ``model.weights``
     order, for ``set_weights`` on a copy of the model."""
     optimizer = getattr(model, "optimizer", None)
     averages = getattr(optimizer, "_model_variables_moving_average", None)

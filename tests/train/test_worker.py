@@ -1,5 +1,6 @@
-"""raydet.train.worker, the parts that run without Ray Train: an epoch's history row and its console line, and
---init-from's weight transfer. (The worker loop itself runs in tests/train/test_driver.py.)"""
+"""raydet.train.worker, the parts that run without Ray Train: an epoch's history row and its console line,
+--init-from's weight transfer, a stopped run's checkpoint. (The worker loop itself runs in
+tests/train/test_driver.py.)"""
 
 from __future__ import annotations
 
@@ -55,3 +56,26 @@ def test_transfer_weights_copies_the_layers_whose_shapes_match():
         np.testing.assert_array_equal(a, b)
     for a, b in zip(fresh_head, target.get_layer("head").get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_checkpoint_of_a_nonfinite_stop_restores_its_history_and_says_stopped(tmp_path):
+    """The worker's own guard, for a RUN whose stopped.json is gone (deleted, or the driver died before writing it):
+    the weightless checkpoint of a non-finite stop gives back its history and ``stopped``, loading no weights."""
+    import dataclasses
+    import json
+
+    from ray.train import Checkpoint
+
+    from raydet.config import ModelConfig, TrainConfig
+    from raydet.train.worker import CHECKPOINT_STATE_FILE, _build
+
+    history = [{"epoch": 1, "loss": 2.0}]
+    (tmp_path / CHECKPOINT_STATE_FILE).write_text(
+        json.dumps({"history": history, "nonfinite": {"epoch": 2, "loss": float("nan")}})
+    )
+    mcfg = ModelConfig(num_classes=2, image_size=32, backbone="cnn", width=8, depth=3)
+    tcfg = dataclasses.asdict(TrainConfig(prep="p", out="o", name="n"))
+    said = []
+    model, got, stopped = _build(mcfg, tcfg, Checkpoint.from_directory(str(tmp_path)), said.append)
+    assert stopped and got == history and said == []  # no weights/ folder was read, nothing started from ImageNet
+    assert model.get_layer("heatmap") is not None
