@@ -310,7 +310,6 @@ def _evaluate_and_report(
     """Stages 4 and 5 of ``run`` on ``run_dir``: quantize when the float model is newer, evaluate (``_evaluate``),
     the summary."""
     from raydet.evaluate.outputs import REPORT_JSON
-    from raydet.evaluate.outputs import eval_dir as evaluated_dir
 
     if all(_is_newer(Run(run_dir).file(Run.model_name(m)), float_model) for m in quant.modes):
         print(f"=== raydet run: quantize: {', '.join(quant.modes)} newer than {float_model}, skipped", flush=True)
@@ -319,8 +318,7 @@ def _evaluate_and_report(
         _quantize(quant, run_dir)
         seconds["quantize"] = time.perf_counter() - t
 
-    report = _evaluate(cfgs, state, out, run_dir, seconds)
-    eval_dir = evaluated_dir(run_dir)
+    report, eval_dir = _evaluate(cfgs, state, out, run_dir, seconds)
     seconds["total"] = time.perf_counter() - t_all
     _print_summary(run_dir, eval_dir, report, quant.modes, seconds)
     return {
@@ -333,33 +331,36 @@ def _evaluate_and_report(
     }
 
 
-def _evaluate(cfgs: dict, state: dict, out: str, run_dir: str, seconds: dict) -> dict:
+def _evaluate(cfgs: dict, state: dict, out: str, run_dir: str, seconds: dict) -> tuple[dict, str]:
     """Stage 5 of ``run``: evaluate ``run_dir`` again when a model, the settings or the report changed since the
     last evaluation (``state["evaluate"]``; `raydet evaluate` measures again on demand), else read its report.json
-    (NaN figures come back as None); -> the report."""
+    (NaN figures come back as None); -> (the report, the eval folder it is in)."""
     from raydet.evaluate.outputs import REPORT_JSON
     from raydet.evaluate.outputs import eval_dir as evaluated_dir
 
     ev = dataclasses.replace(cfgs["evaluate"], run=run_dir, coco_out=storage.join(run_dir, Run.EVAL, "coco"))
-    report_file = storage.join(evaluated_dir(run_dir), REPORT_JSON)
+    eval_dir = evaluated_dir(run_dir)
+    report_file = storage.join(eval_dir, REPORT_JSON)
     key = {"settings": _key(ev), "models": _files_key(Run(run_dir).file(Run.model_name(m)) for m in ev.models)}
     if state.get("evaluate") == dict(key, report=_files_key([report_file])):
         print(f"=== raydet run: evaluate: {report_file} is of these models and settings, skipped", flush=True)
-        return storage.read_json_object(report_file)
+        return storage.read_json_object(report_file), eval_dir
     from raydet.evaluate.pool import evaluate
 
     t = _banner("evaluate", f"{', '.join(ev.models)} on {ev.data} (test split), {ev.actors} actors")
     report = evaluate(ev, show_table=False)  # the table comes once, at the end
     seconds["evaluate"] = time.perf_counter() - t
-    state["evaluate"] = dict(key, report=_files_key([storage.join(evaluated_dir(run_dir), REPORT_JSON)]))
+    eval_dir = evaluated_dir(run_dir)  # a new one in a bucket (RUN/eval.json names it)
+    state["evaluate"] = dict(key, report=_files_key([storage.join(eval_dir, REPORT_JSON)]))
     _save_state(out, state)
-    return report
+    return report, eval_dir
 
 
 def _files_key(paths) -> list:
     """[[path, mtime, bytes], ...] of files (paths or URIs; None for one that is missing): one written again since
     gives another key."""
-    return [[p, storage.mtime(p), storage.size(p) if storage.kind(p) == "file" else None] for p in paths]
+    mtimes = [(p, storage.mtime(p)) for p in paths]  # None where no file is
+    return [[p, mtime, storage.size(p) if mtime is not None else None] for p, mtime in mtimes]
 
 
 def _banner(stage: str, what: str) -> float:
